@@ -1,0 +1,157 @@
+package pki
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// testClock is a settable clock, safe for concurrent use.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *testClock {
+	// Real time, so certificates also work with TLS stacks that use the
+	// system clock; truncated so comparisons are exact after DER encoding.
+	return &testClock{t: time.Now().UTC().Truncate(time.Second)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// logBuffer collects log output for assertions and forwards it to t.Logf.
+type logBuffer struct {
+	t  *testing.T
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
+}
+
+func newLogger(t *testing.T) (hclog.Logger, *logBuffer) {
+	t.Helper()
+	buf := &logBuffer{t: t}
+	return hclog.New(&hclog.LoggerOptions{Name: "pki", Level: hclog.Debug, Output: buf}), buf
+}
+
+// opts returns Options with the clock and a test logger.
+func testOptions(t *testing.T, clk *testClock, hostnames ...string) Options {
+	t.Helper()
+	log, _ := newLogger(t)
+	return Options{Hostnames: hostnames, Now: clk.Now, Logger: log}
+}
+
+func mustLoad(t *testing.T, dir string, opts Options) *Authority {
+	t.Helper()
+	a, err := LoadOrCreate(dir, opts)
+	if err != nil {
+		t.Fatalf("LoadOrCreate: %v", err)
+	}
+	return a
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	writeFile(t, to, readFile(t, from))
+}
+
+// snapshot returns the content of every PKI file in dir ("" when absent).
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	m := make(map[string]string)
+	for _, f := range []string{CACertFile, CAKeyFile, ServerCertFile, ServerKeyFile, TokenKeyFile} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err == nil {
+			m[f] = string(b)
+		}
+	}
+	return m
+}
+
+func p256Key(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// csrPEM builds a PEM CSR signed by key from tmpl (nil: a plain one).
+func csrPEM(t *testing.T, key crypto.Signer, tmpl *x509.CertificateRequest) []byte {
+	t.Helper()
+	if tmpl == nil {
+		tmpl = &x509.CertificateRequest{Subject: pkix.Name{CommonName: "agent"}}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
+func mustParseCSR(t *testing.T, p []byte) *x509.CertificateRequest {
+	t.Helper()
+	csr, err := ParseCSR(p)
+	if err != nil {
+		t.Fatalf("ParseCSR: %v", err)
+	}
+	return csr
+}

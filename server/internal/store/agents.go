@@ -1,0 +1,260 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+const agentColumns = `id, name, hostname, spki_sha256, cert_serial, cert_not_after, enrolled_at, deleted_at`
+
+// nameKey is the form in which agent names are compared: names are unique
+// case-insensitively.
+func nameKey(name string) string { return strings.ToLower(name) }
+
+// RecordEnrollmentToken implements Store.
+func (s *SQLite) RecordEnrollmentToken(ctx context.Context, t EnrollmentToken) error {
+	if t.JTI == "" || t.ExpiresAt.IsZero() {
+		return fmt.Errorf("%w: enrollment token needs a jti and an expiry", ErrInvalid)
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `INSERT INTO enrollment_tokens (jti, agent_name, created_at, expires_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING`,
+			t.JTI, t.AgentName, millis(s.orNow(t.CreatedAt)), millis(t.ExpiresAt))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: enrollment token %q already recorded", ErrConflict, t.JTI)
+		}
+		return nil
+	})
+	return wrapErr("record enrollment token", err)
+}
+
+// ListEnrollmentTokens implements Store.
+func (s *SQLite) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT t.jti, t.agent_name, t.created_at, t.expires_at, c.consumed_at, c.agent_id
+FROM enrollment_tokens t LEFT JOIN consumed_enrollment_tokens c ON c.jti = t.jti
+ORDER BY t.created_at, t.jti`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
+	}
+	defer rows.Close()
+	out := []EnrollmentToken{}
+	for rows.Next() {
+		var (
+			t                EnrollmentToken
+			created, expires int64
+			consumed         sql.NullInt64
+			agentID          sql.NullString
+		)
+		if err := rows.Scan(&t.JTI, &t.AgentName, &created, &expires, &consumed, &agentID); err != nil {
+			return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
+		}
+		t.CreatedAt, t.ExpiresAt = fromMillis(created), fromMillis(expires)
+		t.ConsumedAt, t.AgentID = ptrMillis(consumed), agentID.String
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
+	}
+	return out, nil
+}
+
+// EnrollAgent implements Store. The transaction takes SQLite's write lock
+// first (BEGIN IMMEDIATE), so concurrent enrollments, also from other
+// processes, run one after the other and see each other's results.
+func (s *SQLite) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollResult, error) {
+	a := req.Agent
+	switch {
+	case req.JTI == "" || req.TokenExpiresAt.IsZero() || req.CSRSHA256 == "" || len(req.CertPEM) == 0:
+		return EnrollResult{}, fmt.Errorf("%w: enrollment needs a jti, the token expiry, the CSR hash and the certificate", ErrInvalid)
+	case !canonicalUUID(a.ID):
+		return EnrollResult{}, fmt.Errorf("%w: agent id %q is not a canonical UUID", ErrInvalid, a.ID)
+	case a.Name == "" || a.SPKISHA256 == "":
+		return EnrollResult{}, fmt.Errorf("%w: agent needs a name and an SPKI hash", ErrInvalid)
+	}
+	a.EnrolledAt = s.orNow(a.EnrolledAt)
+	a.CertNotAfter = truncate(a.CertNotAfter)
+	a.DeletedAt = nil
+
+	var res EnrollResult
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var csrHash, agentID, certPEM string
+		err := tx.QueryRowContext(ctx, `SELECT csr_sha256, agent_id, cert_pem FROM consumed_enrollment_tokens WHERE jti = $1`,
+			req.JTI).Scan(&csrHash, &agentID, &certPEM)
+		switch {
+		case err == nil:
+			return s.replayLocked(ctx, tx, req, csrHash, agentID, certPEM, &res)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+
+		var holder string
+		err = tx.QueryRowContext(ctx, `SELECT id FROM agents WHERE name_key = $1 AND deleted_at IS NULL`,
+			nameKey(a.Name)).Scan(&holder)
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w: %q (agent %s)", ErrNameTaken, a.Name, holder)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+
+		r, err := tx.ExecContext(ctx, `INSERT INTO agents (`+agentColumns+`, name_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)
+ON CONFLICT DO NOTHING`,
+			a.ID, a.Name, a.Hostname, a.SPKISHA256, a.CertSerial, millis(a.CertNotAfter), millis(a.EnrolledAt), nameKey(a.Name))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			// The live name was checked above under the write lock, so
+			// the id is what collides.
+			return fmt.Errorf("%w: agent id %s exists", ErrConflict, a.ID)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO consumed_enrollment_tokens
+(jti, expires_at, csr_sha256, agent_id, cert_pem, consumed_at)
+VALUES ($1, $2, $3, $4, $5, $6)`,
+			req.JTI, millis(req.TokenExpiresAt), req.CSRSHA256, a.ID, string(req.CertPEM), millis(s.now())); err != nil {
+			return err
+		}
+		res = EnrollResult{Agent: a, CertPEM: append([]byte(nil), req.CertPEM...)}
+		return nil
+	})
+	if err != nil {
+		return EnrollResult{}, wrapErr("enroll agent", err)
+	}
+	if !res.Replayed {
+		s.log.Debug("enrolled agent", "agent_id", a.ID, "name", a.Name, "jti", req.JTI)
+	}
+	return res, nil
+}
+
+// replayLocked answers an enrollment whose jti was already consumed.
+func (s *SQLite) replayLocked(ctx context.Context, tx *sql.Tx, req EnrollRequest, csrHash, agentID, certPEM string, res *EnrollResult) error {
+	if csrHash != req.CSRSHA256 {
+		return fmt.Errorf("%w: enrollment token %s was used with another CSR", ErrTokenUsed, req.JTI)
+	}
+	a, err := getAgent(ctx, tx, agentID)
+	if err != nil {
+		return err
+	}
+	if a.DeletedAt != nil {
+		return fmt.Errorf("%w: enrollment token %s enrolled agent %s, since deleted", ErrTokenUsed, req.JTI, agentID)
+	}
+	*res = EnrollResult{Agent: a, CertPEM: []byte(certPEM), Replayed: true}
+	return nil
+}
+
+// canonicalUUID reports whether s is a UUID in lowercase hyphenated form.
+func canonicalUUID(s string) bool {
+	id, err := uuid.Parse(s)
+	return err == nil && id.String() == s
+}
+
+// GetAgent implements Store.
+func (s *SQLite) GetAgent(ctx context.Context, id string) (Agent, error) {
+	a, err := getAgent(ctx, s.db, id)
+	return a, wrapErr("get agent", err)
+}
+
+func getAgent(ctx context.Context, q queryer, id string) (Agent, error) {
+	a, err := scanAgent(q.QueryRowContext(ctx, `SELECT `+agentColumns+` FROM agents WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, fmt.Errorf("%w: agent %q", ErrNotFound, id)
+	}
+	return a, err
+}
+
+// ListAgents implements Store.
+func (s *SQLite) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	query := `SELECT ` + agentColumns + ` FROM agents WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2`
+	if opts.IncludeDeleted {
+		query = `SELECT ` + agentColumns + ` FROM agents WHERE id > $1 ORDER BY id LIMIT $2`
+	}
+	rows, err := s.db.QueryContext(ctx, query, opts.AfterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: list agents: %w", err)
+	}
+	defer rows.Close()
+	out := []Agent{}
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list agents: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list agents: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteAgent implements Store.
+func (s *SQLite) DeleteAgent(ctx context.Context, id string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `UPDATE agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL`,
+			id, millis(s.now()))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: live agent %q", ErrNotFound, id)
+		}
+		return nil
+	})
+	return wrapErr("delete agent", err)
+}
+
+// UpdateAgentCert implements Store.
+func (s *SQLite) UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error {
+	if spkiSHA256 == "" {
+		return fmt.Errorf("%w: empty SPKI hash", ErrInvalid)
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `UPDATE agents SET spki_sha256 = $2, cert_serial = $3, cert_not_after = $4
+WHERE id = $1 AND deleted_at IS NULL`,
+			id, spkiSHA256, serial, millis(notAfter))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: live agent %q", ErrNotFound, id)
+		}
+		return nil
+	})
+	return wrapErr("update agent certificate", err)
+}
+
+func scanAgent(sc scanner) (Agent, error) {
+	var (
+		a                  Agent
+		notAfter, enrolled int64
+		deleted            sql.NullInt64
+	)
+	if err := sc.Scan(&a.ID, &a.Name, &a.Hostname, &a.SPKISHA256, &a.CertSerial, &notAfter, &enrolled, &deleted); err != nil {
+		return Agent{}, err
+	}
+	a.CertNotAfter, a.EnrolledAt, a.DeletedAt = fromMillis(notAfter), fromMillis(enrolled), ptrMillis(deleted)
+	return a, nil
+}

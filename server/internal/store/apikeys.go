@@ -1,0 +1,131 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+const apiKeyColumns = `id, name, key_hash, scopes, created_at, revoked_at`
+
+// CreateAPIKey implements Store.
+func (s *SQLite) CreateAPIKey(ctx context.Context, k APIKey) error {
+	if k.ID == "" || k.Name == "" || len(k.Hash) == 0 {
+		return fmt.Errorf("%w: api key needs an id, a name and a hash", ErrInvalid)
+	}
+	scopes := k.Scopes
+	if scopes == nil {
+		scopes = []string{}
+	}
+	scopesJSON, err := json.Marshal(scopes)
+	if err != nil {
+		return wrapErr("create api key", err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `INSERT INTO api_keys (`+apiKeyColumns+`)
+VALUES ($1, $2, $3, $4, $5, NULL)
+ON CONFLICT DO NOTHING`,
+			k.ID, k.Name, hex.EncodeToString(k.Hash), string(scopesJSON), millis(s.orNow(k.CreatedAt)))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: an api key with id %q or the same hash exists", ErrConflict, k.ID)
+		}
+		return nil
+	})
+	return wrapErr("create api key", err)
+}
+
+// APIKeyByHash implements Store.
+func (s *SQLite) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE key_hash = $1`, hex.EncodeToString(hash))
+	k, err := scanAPIKey(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return APIKey{}, fmt.Errorf("%w: api key", ErrNotFound)
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("store: api key by hash: %w", err)
+	}
+	return k, nil
+}
+
+// ListAPIKeys implements Store.
+func (s *SQLite) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list api keys: %w", err)
+	}
+	defer rows.Close()
+	keys := []APIKey{}
+	for rows.Next() {
+		k, err := scanAPIKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list api keys: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list api keys: %w", err)
+	}
+	return keys, nil
+}
+
+// RevokeAPIKey implements Store.
+func (s *SQLite) RevokeAPIKey(ctx context.Context, id string) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`,
+			id, millis(s.now()))
+		if err != nil {
+			return err
+		}
+		if n, err := rowsAffected(r); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: api key %q", ErrNotFound, id)
+		}
+		return nil
+	})
+	return wrapErr("revoke api key", err)
+}
+
+// CountAPIKeys implements Store.
+func (s *SQLite) CountAPIKeys(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count api keys: %w", err)
+	}
+	return n, nil
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }
+
+func scanAPIKey(sc scanner) (APIKey, error) {
+	var (
+		k          APIKey
+		hashHex    string
+		scopesJSON string
+		created    int64
+		revoked    sql.NullInt64
+	)
+	if err := sc.Scan(&k.ID, &k.Name, &hashHex, &scopesJSON, &created, &revoked); err != nil {
+		return APIKey{}, err
+	}
+	hash, err := hex.DecodeString(hashHex)
+	if err != nil {
+		return APIKey{}, fmt.Errorf("api key %s: corrupt hash: %w", k.ID, err)
+	}
+	if err := json.Unmarshal([]byte(scopesJSON), &k.Scopes); err != nil {
+		return APIKey{}, fmt.Errorf("api key %s: corrupt scopes: %w", k.ID, err)
+	}
+	k.Hash = hash
+	k.CreatedAt = fromMillis(created)
+	k.RevokedAt = ptrMillis(revoked)
+	return k, nil
+}

@@ -1,0 +1,202 @@
+// Package store persists the gateway's durable state (DESIGN.md §10): API
+// keys, enrollment tokens and consumed token ids, enrolled agents, and the
+// session audit. Live routes and connections stay in memory elsewhere.
+//
+// Store is the interface; SQLite, opened with OpenSQLite, is the default
+// implementation (one file in the data directory, pure Go driver). The
+// schema is versioned by embedded migrations and written in portable SQL so
+// a PostgreSQL implementation can share it.
+//
+// Conventions: times are stored as BIGINT Unix milliseconds and returned in
+// UTC, truncated to the millisecond; a nil *time.Time means "not yet"
+// (not revoked, not deleted). Every write that a method acknowledges is
+// committed durably before it returns, so a restart loses nothing that was
+// acknowledged.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors callers branch on. Methods wrap them with the detail, so match
+// them with errors.Is.
+var (
+	// ErrNotFound: no such API key, agent or session (or, for DeleteAgent
+	// and UpdateAgentCert, the agent was deleted).
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict: a row with the same unique identifier (id, hash, jti)
+	// already exists, or a session was already finished.
+	ErrConflict = errors.New("store: conflict")
+	// ErrNameTaken: a live agent already has this name, compared
+	// case-insensitively.
+	ErrNameTaken = errors.New("store: agent name taken")
+	// ErrTokenUsed: a single-use token's jti was already consumed.
+	ErrTokenUsed = errors.New("store: token already used")
+	// ErrInvalid: a required field is missing or malformed; a programming
+	// error in the caller.
+	ErrInvalid = errors.New("store: invalid argument")
+	// ErrSchemaTooNew: the database was migrated by a newer gateway.
+	ErrSchemaTooNew = errors.New("store: database schema is newer than this gateway")
+)
+
+// Store is the gateway's persistent state. Implementations are safe for
+// concurrent use, by several goroutines and by several processes (or
+// replicas) sharing the database.
+type Store interface {
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+	// Close releases the database. It is idempotent.
+	Close() error
+
+	// CreateAPIKey stores a new key. ID, Name and Hash are required; a zero
+	// CreatedAt means now; RevokedAt is ignored. ErrConflict if the id or
+	// hash exists.
+	CreateAPIKey(ctx context.Context, k APIKey) error
+	// APIKeyByHash returns the key with this secret hash, revoked or not.
+	// ErrNotFound if none.
+	APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error)
+	// ListAPIKeys returns every key, revoked ones included, oldest first.
+	ListAPIKeys(ctx context.Context) ([]APIKey, error)
+	// RevokeAPIKey marks a key revoked. Revoking a revoked key succeeds and
+	// keeps the first revocation time. ErrNotFound if no such key.
+	RevokeAPIKey(ctx context.Context, id string) error
+	// CountAPIKeys returns the number of keys, revoked ones included: zero
+	// means the gateway has never created one.
+	CountAPIKeys(ctx context.Context) (int, error)
+
+	// RecordEnrollmentToken remembers a token this gateway minted, for
+	// listing. Consuming a jti does not require it to be recorded.
+	// ErrConflict if the jti is already recorded.
+	RecordEnrollmentToken(ctx context.Context, t EnrollmentToken) error
+	// ListEnrollmentTokens returns the recorded tokens, oldest first, with
+	// their consumption if any.
+	ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error)
+	// EnrollAgent consumes an enrollment token's jti and stores the new
+	// agent in one transaction; see EnrollRequest. The outcomes:
+	//   - the jti is new and the name free: the agent is stored and the
+	//     jti consumed; Replayed is false;
+	//   - the jti was consumed by a request with the same CSR hash, and that
+	//     agent is not deleted: the stored agent and certificate are returned
+	//     with Replayed true and nothing changes (an idempotent retry);
+	//   - the jti was consumed with another CSR, or its agent was deleted:
+	//     ErrTokenUsed;
+	//   - a live agent has the name (case-insensitively): ErrNameTaken, and
+	//     the jti is NOT consumed;
+	//   - the agent id exists: ErrConflict, and the jti is not consumed.
+	// Concurrent calls with the same jti serialize: exactly one consumes it.
+	EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollResult, error)
+
+	// GetAgent returns an agent, deleted or not (see Agent.DeletedAt).
+	// ErrNotFound if the id was never enrolled.
+	GetAgent(ctx context.Context, id string) (Agent, error)
+	// ListAgents returns agents with ids greater than opts.AfterID in id
+	// order, at most opts.Limit of them.
+	ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error)
+	// DeleteAgent marks a live agent deleted (its name becomes reusable; the
+	// row stays for audit). ErrNotFound if no such agent or it is already
+	// deleted.
+	DeleteAgent(ctx context.Context, id string) error
+	// UpdateAgentCert records a renewed certificate for a live agent.
+	// ErrNotFound if no such agent or it is deleted.
+	UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error
+
+	// InsertSession records a session at its start. ID is required; a zero
+	// StartedAt means now; a zero EndedAt leaves it open. ErrConflict if the
+	// id exists.
+	InsertSession(ctx context.Context, r SessionRecord) error
+	// FinishSession records the end of an open session; a zero end means
+	// now. ErrNotFound if no such session, ErrConflict if already finished.
+	FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error
+	// GetSession returns a session record. ErrNotFound if none.
+	GetSession(ctx context.Context, id string) (SessionRecord, error)
+	// ConsumeSessionToken consumes a single-use session token's jti, kept
+	// until PruneExpired passes expiresAt. ErrTokenUsed on the second use.
+	ConsumeSessionToken(ctx context.Context, jti string, expiresAt time.Time) error
+	// PruneExpired deletes consumed jtis (enrollment and session) and
+	// recorded enrollment tokens whose token expired before before, and
+	// returns how many rows it deleted. Pass a time early enough that every
+	// token expiring before it is refused by token verification (now minus
+	// the verification leeway): a pruned jti can be consumed again.
+	PruneExpired(ctx context.Context, before time.Time) (int64, error)
+}
+
+// APIKey is a management API key. The secret itself is never stored.
+type APIKey struct {
+	ID        string     // unique, chosen by the caller (a UUID)
+	Name      string     // for operators
+	Hash      []byte     // SHA-256 of the secret; unique
+	Scopes    []string   // granted scopes; nil is stored as none
+	CreatedAt time.Time  // if zero on create, now
+	RevokedAt *time.Time // nil while the key is valid
+}
+
+// EnrollmentToken is an enrollment token minted by this gateway.
+type EnrollmentToken struct {
+	JTI       string    // the token's unique id
+	AgentName string    // the agent name the token carries; may be empty
+	CreatedAt time.Time // if zero on record, now
+	ExpiresAt time.Time // the token's exp
+
+	// Filled by ListEnrollmentTokens, ignored by RecordEnrollmentToken.
+	ConsumedAt *time.Time // nil while unused
+	AgentID    string     // the agent enrolled with it, if consumed
+}
+
+// Agent is an enrolled agent.
+type Agent struct {
+	ID           string     // canonical UUID: lowercase, hyphenated
+	Name         string     // unique among live agents, case-insensitively
+	Hostname     string     // as reported at enrollment; may be empty
+	SPKISHA256   string     // hex SHA-256 of the certificate key's SubjectPublicKeyInfo
+	CertSerial   string     // hex serial of the current certificate
+	CertNotAfter time.Time  // expiry of the current certificate
+	EnrolledAt   time.Time  // if zero on enroll, now
+	DeletedAt    *time.Time // nil while live
+}
+
+// ListAgentsOptions selects a page of ListAgents.
+type ListAgentsOptions struct {
+	// AfterID starts the page after this id (keyset pagination); "" starts
+	// at the beginning.
+	AfterID string
+	// Limit is the page size. If zero or negative, 100.
+	Limit int
+	// IncludeDeleted also returns deleted agents.
+	IncludeDeleted bool
+}
+
+// DefaultListLimit is the page size of ListAgents when none is given.
+const DefaultListLimit = 100
+
+// EnrollRequest is one enrollment: the token's jti to consume and the agent
+// to store with its first certificate.
+type EnrollRequest struct {
+	JTI            string    // required
+	TokenExpiresAt time.Time // required; the consumed jti is kept until then (see PruneExpired)
+	CSRSHA256      string    // required; identifies a retry of the same request
+	Agent          Agent     // ID (canonical UUID), Name, SPKISHA256 required; DeletedAt ignored
+	CertPEM        []byte    // required; returned again on an idempotent retry
+}
+
+// EnrollResult is the outcome of EnrollAgent.
+type EnrollResult struct {
+	Agent    Agent  // the stored agent (for a replay: as it is now)
+	CertPEM  []byte // the certificate issued at enrollment
+	Replayed bool   // true when this was a retry of an earlier, identical request
+}
+
+// SessionRecord is the audit record of one client session.
+type SessionRecord struct {
+	ID        string    // the session id (the session token's jti); required
+	Target    string    // host:port
+	AgentID   string    // the agent that carried it; "" for a direct connection
+	Decision  string    // the routing decision and why
+	StartedAt time.Time // if zero on insert, now
+	EndedAt   time.Time // zero while open
+	BytesUp   int64     // client → target
+	BytesDown int64     // target → client
+	Outcome   string    // e.g. "ok", "refused", "error"; "" while open
+	Reason    string    // detail for the outcome
+}

@@ -1,0 +1,136 @@
+// Package token mints and verifies the gateway's JWTs (ES256): enrollment tokens
+// (DESIGN.md §5), which let one agent enroll once. Tokens signed by a configured
+// external provisioner key are accepted on the same terms.
+package token
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+)
+
+// Claim values and header content types.
+const (
+	ScopeEnroll       = "enroll"
+	ContentEnrollment = "ENROLLMENT"
+	// Leeway is the clock skew tolerated on exp and nbf.
+	Leeway = 60 * time.Second
+	// DefaultEnrollmentTTL is an enrollment token's lifetime when none is asked for.
+	DefaultEnrollmentTTL = time.Hour
+	// MaxEnrollmentTTL bounds the lifetime an operator may ask for.
+	MaxEnrollmentTTL = 30 * 24 * time.Hour
+)
+
+// Errors returned by Verify, for the caller to map to status codes.
+var (
+	ErrMalformed   = errors.New("token: malformed")
+	ErrSignature   = errors.New("token: signature not valid for any trusted key")
+	ErrExpired     = errors.New("token: expired")
+	ErrNotYetValid = errors.New("token: not valid yet")
+	ErrWrongKind   = errors.New("token: wrong kind of token")
+)
+
+// Routes are the subnets and domains pre-approved for the agent a token enrolls.
+type Routes struct {
+	Subnets []string `json:"subnets,omitempty"`
+	Domains []string `json:"domains,omitempty"`
+}
+
+// EnrollmentClaims are the claims of an enrollment token.
+type EnrollmentClaims struct {
+	jwt.RegisteredClaims
+	Scope        string  `json:"scope"`
+	GatewayURL   string  `json:"gw_url"`
+	QUICEndpoint string  `json:"quic_endpoint"`
+	CASPKISHA256 string  `json:"ca_spki_sha256"`
+	AgentName    string  `json:"agent_name,omitempty"`
+	Routes       *Routes `json:"routes,omitempty"`
+}
+
+// Issuer signs tokens with the gateway's key and verifies tokens signed by it or
+// by a provisioner key. It is safe for concurrent use.
+type Issuer struct {
+	key         *ecdsa.PrivateKey
+	provisioner []*ecdsa.PublicKey
+	now         func() time.Time
+}
+
+// NewIssuer returns an Issuer signing with key (P-256). provisioners are extra
+// public keys whose tokens are accepted; now is the clock (nil: time.Now).
+func NewIssuer(key *ecdsa.PrivateKey, provisioners []*ecdsa.PublicKey, now func() time.Time) (*Issuer, error) {
+	if key == nil || key.Curve != elliptic.P256() {
+		return nil, errors.New("token: signing key must be ECDSA P-256")
+	}
+	for _, p := range provisioners {
+		if p == nil || p.Curve != elliptic.P256() {
+			return nil, errors.New("token: provisioner keys must be ECDSA P-256")
+		}
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Issuer{key: key, provisioner: provisioners, now: now}, nil
+}
+
+// NewEnrollment fills the registered claims of c (jti, iat, nbf, exp from ttl,
+// scope) and returns the signed token with its claims.
+func (i *Issuer) NewEnrollment(c EnrollmentClaims, ttl time.Duration) (string, EnrollmentClaims, error) {
+	if ttl <= 0 {
+		ttl = DefaultEnrollmentTTL
+	}
+	now := i.now().Truncate(time.Second)
+	c.ID = uuid.NewString()
+	c.IssuedAt = jwt.NewNumericDate(now)
+	c.NotBefore = jwt.NewNumericDate(now)
+	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	c.Scope = ScopeEnroll
+	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)
+	t.Header["cty"] = ContentEnrollment
+	s, err := t.SignedString(i.key)
+	if err != nil {
+		return "", c, fmt.Errorf("token: sign: %w", err)
+	}
+	return s, c, nil
+}
+
+// VerifyEnrollment checks an enrollment token: ES256 signature by the gateway or
+// a provisioner key, exp/nbf within Leeway, cty ENROLLMENT, scope enroll and a
+// UUID jti. Errors wrap one of the package's sentinels.
+func (i *Issuer) VerifyEnrollment(s string) (EnrollmentClaims, error) {
+	var c EnrollmentClaims
+	keys := jwt.VerificationKeySet{Keys: []jwt.VerificationKey{&i.key.PublicKey}}
+	for _, p := range i.provisioner {
+		keys.Keys = append(keys.Keys, p)
+	}
+	tok, err := jwt.ParseWithClaims(s, &c, func(*jwt.Token) (any, error) { return keys, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodES256.Alg()}),
+		jwt.WithLeeway(Leeway),
+		jwt.WithTimeFunc(i.now),
+		jwt.WithExpirationRequired(),
+	)
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return c, fmt.Errorf("%w (expired at %s)", ErrExpired, c.ExpiresAt.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return c, fmt.Errorf("%w (valid from %s)", ErrNotYetValid, c.NotBefore.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return c, ErrSignature
+	case err != nil:
+		return c, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if cty, _ := tok.Header["cty"].(string); cty != ContentEnrollment {
+		return c, fmt.Errorf("%w: content type %q, want %q", ErrWrongKind, cty, ContentEnrollment)
+	}
+	if c.Scope != ScopeEnroll {
+		return c, fmt.Errorf("%w: scope %q, want %q", ErrWrongKind, c.Scope, ScopeEnroll)
+	}
+	if _, err := uuid.Parse(c.ID); err != nil {
+		return c, fmt.Errorf("%w: jti %q is not a UUID", ErrMalformed, c.ID)
+	}
+	return c, nil
+}

@@ -1,0 +1,142 @@
+package token
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+func newKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func TestEnrollmentRoundTrip(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	iss, err := NewIssuer(newKey(t), nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, c, err := iss.NewEnrollment(EnrollmentClaims{
+		GatewayURL: "https://gw:7171", QUICEndpoint: "gw:4433", CASPKISHA256: "ab", AgentName: "office",
+		Routes: &Routes{Subnets: []string{"10.0.0.0/24"}},
+	}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ExpiresAt.Sub(clk.t); got != DefaultEnrollmentTTL {
+		t.Errorf("default TTL %v", got)
+	}
+	// Header carries typ JWT and cty ENROLLMENT.
+	tok, _, err := jwt.NewParser().ParseUnverified(s, &EnrollmentClaims{})
+	if err != nil || tok.Header["typ"] != "JWT" || tok.Header["cty"] != ContentEnrollment || tok.Header["alg"] != "ES256" {
+		t.Fatalf("header %v (%v)", tok.Header, err)
+	}
+	got, err := iss.VerifyEnrollment(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != c.ID || got.AgentName != "office" || got.Scope != ScopeEnroll || got.Routes.Subnets[0] != "10.0.0.0/24" || got.CASPKISHA256 != "ab" {
+		t.Fatalf("claims %+v", got)
+	}
+}
+
+func TestEnrollmentRefusals(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	key, other, prov := newKey(t), newKey(t), newKey(t)
+	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
+	good, _, _ := iss.NewEnrollment(EnrollmentClaims{}, time.Hour)
+
+	sign := func(k *ecdsa.PrivateKey, m jwt.SigningMethod, c EnrollmentClaims, cty string) string {
+		tok := jwt.NewWithClaims(m, c)
+		if cty != "" {
+			tok.Header["cty"] = cty
+		}
+		var s string
+		var err error
+		if m == jwt.SigningMethodHS256 {
+			s, err = tok.SignedString([]byte("secret"))
+		} else {
+			s, err = tok.SignedString(k)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	base := func() EnrollmentClaims {
+		return EnrollmentClaims{
+			RegisteredClaims: jwt.RegisteredClaims{ID: "0c6e2bd4-4d56-4e55-9a1c-6a3f7e0d1c22", ExpiresAt: jwt.NewNumericDate(clk.t.Add(time.Hour)), NotBefore: jwt.NewNumericDate(clk.t)},
+			Scope:            ScopeEnroll,
+		}
+	}
+	provOK := sign(prov, jwt.SigningMethodES256, base(), ContentEnrollment)
+	if _, err := iss.VerifyEnrollment(provOK); err != nil {
+		t.Fatalf("provisioner token refused: %v", err)
+	}
+	wrongScope := base()
+	wrongScope.Scope = "session"
+	noExp := base()
+	noExp.ExpiresAt = nil
+	badJTI := base()
+	badJTI.ID = "not-a-uuid"
+	expiredInLeeway := base()
+	expiredInLeeway.ExpiresAt = jwt.NewNumericDate(clk.t.Add(-30 * time.Second))
+	if _, err := iss.VerifyEnrollment(sign(key, jwt.SigningMethodES256, expiredInLeeway, ContentEnrollment)); err != nil {
+		t.Fatalf("token 30 s past exp refused despite the 60 s leeway: %v", err)
+	}
+	expired := base()
+	expired.ExpiresAt = jwt.NewNumericDate(clk.t.Add(-61 * time.Second))
+	future := base()
+	future.NotBefore = jwt.NewNumericDate(clk.t.Add(61 * time.Second))
+
+	cases := []struct {
+		name  string
+		token string
+		want  error
+	}{
+		{"other key", sign(other, jwt.SigningMethodES256, base(), ContentEnrollment), ErrSignature},
+		{"hs256", sign(nil, jwt.SigningMethodHS256, base(), ContentEnrollment), ErrSignature},
+		{"no cty", sign(key, jwt.SigningMethodES256, base(), ""), ErrWrongKind},
+		{"session cty", sign(key, jwt.SigningMethodES256, base(), "SESSION"), ErrWrongKind},
+		{"wrong scope", sign(key, jwt.SigningMethodES256, wrongScope, ContentEnrollment), ErrWrongKind},
+		{"no exp", sign(key, jwt.SigningMethodES256, noExp, ContentEnrollment), ErrMalformed},
+		{"bad jti", sign(key, jwt.SigningMethodES256, badJTI, ContentEnrollment), ErrMalformed},
+		{"expired", sign(key, jwt.SigningMethodES256, expired, ContentEnrollment), ErrExpired},
+		{"not yet valid", sign(key, jwt.SigningMethodES256, future, ContentEnrollment), ErrNotYetValid},
+		{"garbage", "not.a.jwt", ErrMalformed},
+		{"tampered", good[:len(good)-4] + strings.Repeat("A", 4), ErrSignature},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := iss.VerifyEnrollment(tc.token)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestNewIssuerRefusesOtherCurves(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if _, err := NewIssuer(k, nil, nil); err == nil {
+		t.Fatal("P-384 signing key accepted")
+	}
+	if _, err := NewIssuer(newKey(t), []*ecdsa.PublicKey{&k.PublicKey}, nil); err == nil {
+		t.Fatal("P-384 provisioner key accepted")
+	}
+}
