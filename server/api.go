@@ -1,0 +1,213 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/outposthq/outpost/gen/openapiv2"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/service/agentadmin"
+	"github.com/outposthq/outpost/server/internal/service/enrollment"
+	"github.com/outposthq/outpost/server/internal/service/routeresolve"
+)
+
+// scopePolicy maps every management RPC to the scope it needs (DESIGN.md §6).
+// Enroll is public here: its bearer is an enrollment token checked by the service.
+var scopePolicy = map[string]string{
+	outpostv1.EnrollmentService_CreateEnrollmentToken_FullMethodName: auth.ScopeEnrollCreate,
+	outpostv1.EnrollmentService_Enroll_FullMethodName:                auth.Public,
+	outpostv1.AgentAdminService_ListAgents_FullMethodName:            auth.ScopeAgentsRead,
+	outpostv1.AgentAdminService_GetAgent_FullMethodName:              auth.ScopeAgentsRead,
+	outpostv1.AgentAdminService_DeleteAgent_FullMethodName:           auth.ScopeAgentsWrite,
+	outpostv1.RouteResolveService_ResolveTarget_FullMethodName:       auth.ScopeRoutesRead,
+	outpostv1.RouteResolveService_CreateSession_FullMethodName:       auth.ScopeSessionsCreate,
+}
+
+// publicServices need no key: health checks and reflection (which only describes
+// the schema that /openapi.json publishes anyway).
+var publicServices = []string{
+	"/grpc.health.v1.Health/",
+	"/grpc.reflection.v1.ServerReflection/",
+	"/grpc.reflection.v1alpha.ServerReflection/",
+}
+
+// inProcessBuffer is the bufconn buffer between the REST gateway and gRPC.
+const inProcessBuffer = 1 << 20
+
+// apiServer is the management API: one gRPC server reached directly (HTTP/2 with
+// application/grpc on the TLS port) and by the REST gateway through an in-process
+// connection, so interceptors (auth, metrics) run exactly once per call either way.
+type apiServer struct {
+	g      *Gateway
+	grpc   *grpc.Server
+	health *health.Server
+	bufLn  *bufconn.Listener
+	conn   *grpc.ClientConn
+	rest   *runtime.ServeMux
+}
+
+func newAPIServer(g *Gateway) (*apiServer, error) {
+	authz, err := auth.NewAuthorizer(g.lookupKey, scopePolicy, publicServices...)
+	if err != nil {
+		return nil, err
+	}
+	a := &apiServer{g: g, health: health.NewServer(), bufLn: bufconn.Listen(inProcessBuffer)}
+	a.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(g.cfg.MaxRequestBytes)),
+		grpc.ChainUnaryInterceptor(g.metrics.UnaryInterceptor, authz.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(authz.StreamInterceptor),
+	)
+	enroll, err := enrollment.New(g.pki, g.tokens, g.store, enrollment.Options{
+		PublicURL:        g.cfg.PublicURL,
+		QUICEndpoint:     g.cfg.PublicQUICEndpoint,
+		EnrollmentSecret: g.cfg.EnrollmentSecret,
+		RateBurst:        g.cfg.EnrollRateLimit,
+		Enrollments:      g.metrics.Enrollments,
+		Logger:           g.log.Named("enrollment"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	outpostv1.RegisterEnrollmentServiceServer(a.grpc, enroll)
+	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store))
+	outpostv1.RegisterRouteResolveServiceServer(a.grpc, routeresolve.New())
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	reflection.Register(a.grpc)
+	for name := range a.grpc.GetServiceInfo() {
+		a.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+
+	a.conn, err = grpc.NewClient("passthrough:///outpost-in-process",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.bufLn.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("in-process grpc client: %w", err)
+	}
+	a.rest = runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{},
+		}),
+	)
+	ctx := context.Background()
+	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		outpostv1.RegisterEnrollmentServiceHandler,
+		outpostv1.RegisterAgentAdminServiceHandler,
+		outpostv1.RegisterRouteResolveServiceHandler,
+	} {
+		if err := register(ctx, a.rest, a.conn); err != nil {
+			return nil, fmt.Errorf("register rest handlers: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// run serves the in-process listener until stop or close.
+func (a *apiServer) run(context.Context) error {
+	// A stop that wins the race against Serve leaves ErrServerStopped: a clean stop.
+	if err := a.grpc.Serve(a.bufLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("in-process grpc: %w", err)
+	}
+	return nil
+}
+
+// stop drains gRPC calls until ctx ends, then cuts the rest.
+func (a *apiServer) stop(ctx context.Context) {
+	a.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		a.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		a.grpc.Stop()
+		<-done
+	}
+	a.conn.Close()
+}
+
+// close stops everything at once.
+func (a *apiServer) close() {
+	a.grpc.Stop()
+	a.conn.Close()
+	a.bufLn.Close()
+}
+
+// handler is the TLS port's root handler: gRPC by content type, then the fixed
+// endpoints, then the REST gateway.
+func (a *apiServer) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openapiv2.JSON)
+	})
+	if a.g.cfg.MetricsListen == "" {
+		mux.Handle("GET /metrics", a.metricsHandler())
+	}
+	mux.Handle("/", a.limitBody(a.rest))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			a.grpc.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (a *apiServer) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(a.g.metrics.Registry, promhttp.HandlerOpts{Registry: a.g.metrics.Registry})
+}
+
+// readyz answers 200 when the store answers and the listeners are serving.
+func (a *apiServer) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !a.g.serving.Load() {
+		http.Error(w, "not serving", http.StatusServiceUnavailable)
+		return
+	}
+	if err := a.g.store.Ping(r.Context()); err != nil {
+		http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// limitBody refuses REST bodies over the configured size: 413 when the declared
+// length says so up front, and a read error (400) when a chunked body runs over.
+func (a *apiServer) limitBody(next http.Handler) http.Handler {
+	limit := a.g.cfg.MaxRequestBytes
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			st := status.Newf(codes.InvalidArgument, "request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, limit)
+			runtime.HTTPError(r.Context(), a.rest, &runtime.JSONPb{}, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusRequestEntityTooLarge, Err: st.Err()})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,247 @@
+package server
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the gateway's configuration. The zero value of every field except
+// DataDir means "the default" given in its comment. It is read from a JSON file
+// (LoadConfigFile) whose keys are the field names, and command-line flags override it.
+type Config struct {
+	// DataDir holds the CA, server and token keys, the SQLite store and admin.key.
+	// Required.
+	DataDir string `json:"data_dir"`
+	// Listen is the TCP address serving gRPC, REST, health, metrics and OpenAPI
+	// over TLS. If empty, ":7171".
+	Listen string `json:"listen"`
+	// QUICListen is the UDP address agents dial. If empty, ":4433".
+	QUICListen string `json:"quic_listen"`
+	// MetricsListen, if set, moves /metrics to a separate plain-HTTP listener.
+	MetricsListen string `json:"metrics_listen"`
+	// Hostnames are the DNS names and IP addresses the server certificate covers
+	// (localhost, 127.0.0.1 and ::1 are always added). The first one also builds
+	// the default public URL and QUIC endpoint. If empty, "localhost".
+	Hostnames []string `json:"hostnames"`
+	// PublicURL is the HTTPS base URL agents use to enroll. If empty,
+	// https://<first hostname>:<listen port>.
+	PublicURL string `json:"public_url"`
+	// PublicQUICEndpoint is the host:port agents dial. If empty,
+	// <first hostname>:<quic listen port>.
+	PublicQUICEndpoint string `json:"public_quic_endpoint"`
+	// ShutdownTimeout bounds a graceful stop. If zero, 10 s.
+	ShutdownTimeout Duration `json:"shutdown_timeout"`
+	// MaxRequestBytes bounds a REST request body and a gRPC message. If zero, 1 MiB.
+	MaxRequestBytes int64 `json:"max_request_bytes"`
+	// EnrollmentSecret, if set, is a static bearer that Enroll accepts in place
+	// of an enrollment token. Keep it long and random; empty disables it.
+	EnrollmentSecret string `json:"enrollment_secret"`
+	// ProvisionerPublicKey is an ECDSA P-256 public key (PEM text, or the path
+	// of a PEM file) whose ES256 enrollment JWTs Enroll accepts. Empty: none.
+	ProvisionerPublicKey string `json:"provisioner_public_key"`
+	// EnrollRateLimit is the number of Enroll calls allowed per source IP per
+	// minute. If zero, 10.
+	EnrollRateLimit int `json:"enroll_rate_limit"`
+	// AgentCertValidity is the lifetime of agent certificates. If zero, 30 days.
+	AgentCertValidity Duration `json:"agent_cert_validity"`
+}
+
+// Duration is a time.Duration that reads and writes JSON as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalJSON accepts "1m30s" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
+		return nil
+	}
+	secs, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return fmt.Errorf("duration %s: want a string like \"30s\" or a number of seconds", b)
+	}
+	*d = Duration(secs * float64(time.Second))
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+const (
+	defaultListen          = ":7171"
+	defaultQUICListen      = ":4433"
+	defaultShutdownTimeout = 10 * time.Second
+	defaultMaxRequestBytes = 1 << 20
+)
+
+// LoadConfigFile reads a JSON config file. Unknown keys are an error so that a
+// typo does not silently fall back to a default.
+func LoadConfigFile(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// withDefaults returns a copy of c with every zero field filled in.
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = defaultListen
+	}
+	if c.QUICListen == "" {
+		c.QUICListen = defaultQUICListen
+	}
+	if len(c.Hostnames) == 0 {
+		c.Hostnames = []string{"localhost"}
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = Duration(defaultShutdownTimeout)
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = defaultMaxRequestBytes
+	}
+	return c.withPublicDefaults(portOf(c.Listen), portOf(c.QUICListen))
+}
+
+// withPublicDefaults fills an empty public_url or public_quic_endpoint from
+// the first host name and the given ports. A port "0" (bind any) is left
+// for later: the gateway calls this again with the bound ports.
+func (c Config) withPublicDefaults(apiPort, quicPort string) Config {
+	if c.PublicURL == "" && apiPort != "0" {
+		c.PublicURL = "https://" + net.JoinHostPort(c.Hostnames[0], apiPort)
+	}
+	if c.PublicQUICEndpoint == "" && quicPort != "0" {
+		c.PublicQUICEndpoint = net.JoinHostPort(c.Hostnames[0], quicPort)
+	}
+	return c
+}
+
+func portOf(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return port
+}
+
+// validate reports the first problem with a defaulted config.
+func (c Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required"))
+	}
+	for name, addr := range map[string]string{"listen": c.Listen, "quic_listen": c.QUICListen, "metrics_listen": c.MetricsListen} {
+		if addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %v", name, addr, err))
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: bad port", name, addr))
+		}
+	}
+	for _, h := range c.Hostnames {
+		if err := validHostname(h); err != nil {
+			errs = append(errs, fmt.Errorf("hostname %q: %v", h, err))
+		}
+	}
+	if u, err := url.Parse(c.PublicURL); c.PublicURL != "" && (err != nil || u.Scheme != "https" || u.Host == "") {
+		errs = append(errs, fmt.Errorf("public_url %q: want an https:// URL", c.PublicURL))
+	}
+	if _, _, err := net.SplitHostPort(c.PublicQUICEndpoint); c.PublicQUICEndpoint != "" && err != nil {
+		errs = append(errs, fmt.Errorf("public_quic_endpoint %q: want host:port", c.PublicQUICEndpoint))
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("shutdown_timeout must not be negative"))
+	}
+	if c.EnrollRateLimit < 0 {
+		errs = append(errs, errors.New("enroll_rate_limit must not be negative"))
+	}
+	if c.AgentCertValidity < 0 {
+		errs = append(errs, errors.New("agent_cert_validity must not be negative"))
+	}
+	if c.MaxRequestBytes < 0 {
+		errs = append(errs, errors.New("max_request_bytes must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// validHostname accepts an IP literal or a DNS name of letters, digits, '-' and '.'.
+func validHostname(h string) error {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return nil
+	}
+	if h == "" || len(h) > 253 {
+		return errors.New("must be 1 to 253 characters")
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("empty or over-long label")
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return fmt.Errorf("invalid character %q", r)
+			}
+		}
+	}
+	return nil
+}
+
+// provisionerKey parses Config.ProvisionerPublicKey: PEM text or a file path.
+func (c Config) provisionerKey() (*ecdsa.PublicKey, error) {
+	v := strings.TrimSpace(c.ProvisionerPublicKey)
+	if v == "" {
+		return nil, nil
+	}
+	data := []byte(v)
+	if !strings.HasPrefix(v, "-----BEGIN") {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, fmt.Errorf("provisioner_public_key: %w", err)
+		}
+		data = b
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("provisioner_public_key: no PEM block found")
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner_public_key: %w", err)
+	}
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return nil, errors.New("provisioner_public_key: must be an ECDSA P-256 public key")
+	}
+	return k, nil
+}

@@ -1,0 +1,305 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/atomicfile"
+	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/metrics"
+	"github.com/outposthq/outpost/server/internal/pki"
+	"github.com/outposthq/outpost/server/internal/store"
+	"github.com/outposthq/outpost/server/internal/token"
+)
+
+// File names inside the data directory that the gateway itself owns (the PKI
+// package owns ca.*, server.* and token.key).
+const (
+	storeFile    = "outpost.db"
+	adminKeyFile = "admin.key"
+)
+
+// Gateway is a running Outpost gateway. New binds its listeners; Run serves until
+// its context ends; Close releases everything. Its methods are safe for concurrent use.
+type Gateway struct {
+	cfg     Config
+	log     hclog.Logger
+	pki     *pki.Authority
+	tokens  *token.Issuer
+	store   store.Store
+	metrics *metrics.Metrics
+
+	api        *apiServer
+	httpSrv    *http.Server
+	apiLn      net.Listener
+	metricsSrv *http.Server
+	metricsLn  net.Listener
+	quicConn   *net.UDPConn
+
+	firstAdminKey string
+	serving       atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New prepares a gateway from cfg: it creates or loads the data directory
+// (CA, server certificate, token key, store, first admin key) and binds the
+// listeners, so Addr is valid when it returns. logger may be nil.
+func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("gateway: data dir: %w", err)
+	}
+	g := &Gateway{cfg: cfg, log: logger, metrics: metrics.New()}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+
+	g.pki, err = pki.LoadOrCreate(cfg.DataDir, pki.Options{
+		Hostnames:     cfg.Hostnames,
+		AgentValidity: time.Duration(cfg.AgentCertValidity),
+		Logger:        logger.Named("pki"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	prov, err := cfg.provisionerKey()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	var provKeys []*ecdsa.PublicKey
+	if prov != nil {
+		provKeys = append(provKeys, prov)
+	}
+	g.tokens, err = token.NewIssuer(g.pki.TokenKey(), provKeys, nil)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.store, err = openStore(cfg.DataDir, logger)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := g.ensureAdminKey(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := g.bind(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.cfg = g.cfg.withPublicDefaults(portOf(g.apiLn.Addr().String()), portOf(g.quicConn.LocalAddr().String()))
+	g.api, err = newAPIServer(g)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.serve()
+	return g, nil
+}
+
+func openStore(dataDir string, logger hclog.Logger) (*store.SQLite, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return store.OpenSQLite(ctx, filepath.Join(dataDir, storeFile), store.Options{Logger: logger.Named("store")})
+}
+
+// ensureAdminKey creates the first admin API key on a store that has none, and
+// writes it to admin.key (0600). Later starts leave keys alone.
+func (g *Gateway) ensureAdminKey() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keys, err := g.store.ListAPIKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list api keys: %w", err)
+	}
+	if len(keys) > 0 {
+		return nil
+	}
+	secret, err := createAPIKey(ctx, g.store, rand.Reader, "admin", []string{auth.ScopeAll})
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(g.cfg.DataDir, adminKeyFile), []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", adminKeyFile, err)
+	}
+	g.firstAdminKey = secret
+	g.log.Info("created the first admin API key", "file", filepath.Join(g.cfg.DataDir, adminKeyFile))
+	return nil
+}
+
+// listen binds the API listener (TLS) and, when configured, the metrics listener.
+// bind opens the listeners, so that ports chosen by the system are known
+// before the services that advertise them are built.
+func (g *Gateway) bind() error {
+	ln, err := net.Listen("tcp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
+	}
+	g.apiLn = ln
+	g.quicConn, err = transport.ListenUDP("udp", g.cfg.QUICListen)
+	if err != nil {
+		return fmt.Errorf("quic listen: %w", err)
+	}
+	if g.cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", g.cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("listen metrics %s: %w", g.cfg.MetricsListen, err)
+		}
+		g.metricsLn = mln
+	}
+	return nil
+}
+
+// serve builds the HTTP servers on the bound listeners; Run starts them.
+func (g *Gateway) serve() {
+	g.httpSrv = &http.Server{
+		Handler:           g.api.handler(),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: g.pki.GetCertificate, NextProtos: []string{"h2", "http/1.1"}},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          g.log.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	if g.metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", g.api.metricsHandler())
+		g.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+}
+
+// Addr is the bound address of the API listener.
+func (g *Gateway) Addr() net.Addr { return g.apiLn.Addr() }
+
+// QUICAddr is the bound address of the agent tunnel's UDP socket.
+func (g *Gateway) QUICAddr() net.Addr { return g.quicConn.LocalAddr() }
+
+// MetricsAddr is the bound address of the separate metrics listener, or nil.
+func (g *Gateway) MetricsAddr() net.Addr {
+	if g.metricsLn == nil {
+		return nil
+	}
+	return g.metricsLn.Addr()
+}
+
+// FirstAdminKey is the admin API key created by this start, or "" when the store
+// already had keys. It is shown once so the operator can save it.
+func (g *Gateway) FirstAdminKey() string { return g.firstAdminKey }
+
+// CACertPEM is the gateway CA certificate, what clients pin.
+func (g *Gateway) CACertPEM() []byte { return g.pki.CACertPEM() }
+
+// ServerCertificate is the certificate the API and QUIC listeners serve now.
+func (g *Gateway) ServerCertificate() *x509.Certificate { return g.pki.ServerCert() }
+
+// Run serves until ctx ends, then stops every listener gracefully (bounded by
+// Config.ShutdownTimeout) and returns. It returns nil after a clean stop.
+func (g *Gateway) Run(ctx context.Context) error {
+	eg, ctx := errgroup.WithContext(ctx)
+	g.serving.Store(true)
+	g.log.Info("gateway serving", "api", g.Addr().String(), "public_url", g.cfg.PublicURL,
+		"ca_spki_sha256", g.pki.CASPKISHA256())
+	eg.Go(func() error {
+		if err := g.httpSrv.ServeTLS(g.apiLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("api listener: %w", err)
+		}
+		return nil
+	})
+	if g.metricsSrv != nil {
+		eg.Go(func() error {
+			if err := g.metricsSrv.Serve(g.metricsLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+			return nil
+		})
+	}
+	eg.Go(func() error { return g.api.run(ctx) })
+	eg.Go(func() error {
+		<-ctx.Done()
+		g.serving.Store(false)
+		return g.shutdown()
+	})
+	err := eg.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// shutdown stops the listeners gracefully within the configured timeout.
+func (g *Gateway) shutdown() error {
+	timeout := time.Duration(g.cfg.ShutdownTimeout)
+	g.log.Info("gateway stopping", "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	// gRPC streams served through net/http are drained by the HTTP server's shutdown.
+	if err := g.httpSrv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("api shutdown: %w", err))
+		g.httpSrv.Close()
+	}
+	if g.metricsSrv != nil {
+		if err := g.metricsSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
+			g.metricsSrv.Close()
+		}
+	}
+	g.api.stop(ctx)
+	return errors.Join(errs...)
+}
+
+// Close releases the listeners and the store. Call it after Run has returned (or
+// instead of Run); it is idempotent and abrupt: open connections are cut.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		var errs []error
+		if g.httpSrv != nil {
+			g.httpSrv.Close()
+		}
+		if g.apiLn != nil {
+			g.apiLn.Close()
+		}
+		if g.metricsSrv != nil {
+			g.metricsSrv.Close()
+		}
+		if g.metricsLn != nil {
+			g.metricsLn.Close()
+		}
+		if g.quicConn != nil {
+			g.quicConn.Close()
+		}
+		if g.api != nil {
+			g.api.close()
+		}
+		if g.store != nil {
+			if err := g.store.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}
+
+var _ io.Closer = (*Gateway)(nil)

@@ -1,0 +1,524 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testLogger routes gateway logs to t.Logf.
+func testLogger(t *testing.T) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug, Output: tWriter{t}})
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// running is a gateway serving in the background of a test.
+type running struct {
+	g    *Gateway
+	addr string
+	pool *x509.CertPool
+	stop func() error
+}
+
+// start runs a gateway on 127.0.0.1:0 with dir as its data directory; the
+// returned stop function shuts it down and reports Run's error.
+func start(t *testing.T, dir string, hostnames ...string) *running {
+	t.Helper()
+	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", Hostnames: hostnames}, testLogger(t))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return run(t, g)
+}
+
+// run serves g in the background until the test ends.
+func run(t *testing.T, g *Gateway) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	var stopped bool
+	var runErr error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(15 * time.Second):
+				t.Fatal("gateway did not stop within 15 s")
+			}
+			g.Close()
+		}
+		return runErr
+	}
+	t.Cleanup(func() { stop() })
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(g.CACertPEM()) {
+		t.Fatal("gateway CA PEM does not parse")
+	}
+	r := &running{g: g, addr: g.Addr().String(), pool: pool, stop: stop}
+	r.waitReady(t)
+	return r
+}
+
+func (r *running) httpClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: r.pool, ServerName: "localhost"},
+		ForceAttemptHTTP2: true,
+	}}
+}
+
+func (r *running) waitReady(t *testing.T) {
+	t.Helper()
+	c := r.httpClient()
+	defer c.CloseIdleConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get("https://" + r.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not ready within 10 s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *running) grpcConn(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: r.pool, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// rest performs a REST call and decodes the JSON answer into a map.
+func (r *running) rest(t *testing.T, method, path, key string, body io.Reader) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, "https://"+r.addr+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	c := r.httpClient()
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("%s %s: status %d, body is not JSON: %q", method, path, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, m
+}
+
+func adminKey(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func withKey(ctx context.Context, key string) context.Context {
+	if key == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}
+
+func TestFirstStartCreatesDataDir(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	if r.g.FirstAdminKey() == "" || r.g.FirstAdminKey() != adminKey(t, dir) {
+		t.Fatal("first start did not report the admin key saved in admin.key")
+	}
+	for _, f := range []string{"ca.pem", "ca.key", "server.pem", "server.key", "token.key", "admin.key", storeFile} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if strings.HasSuffix(f, ".key") && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+}
+
+func TestAuthMatrix(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	ctx := context.Background()
+	admin, err := OpenKeyAdmin(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	reader, err := admin.Create(ctx, "reader", []string{"agents.read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer, err := admin.Create(ctx, "writer", []string{"agents.write"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := admin.Create(ctx, "revoked", []string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := admin.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.Name == "revoked" {
+			if err := admin.Revoke(ctx, k.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := admin.Revoke(ctx, "no-such-id"); err == nil {
+		t.Error("revoking an unknown key id succeeded")
+	}
+
+	client := outpostv1.NewAgentAdminServiceClient(r.grpcConn(t))
+	cases := []struct {
+		name     string
+		key      string
+		wantCode codes.Code
+		wantHTTP int
+	}{
+		{"no key", "", codes.Unauthenticated, 401},
+		{"wrong key", "opk_wrong", codes.Unauthenticated, 401},
+		{"revoked key", revoked, codes.Unauthenticated, 401},
+		{"missing scope", writer, codes.PermissionDenied, 403},
+		{"right scope", reader, codes.OK, 200},
+		{"admin", adminKey(t, dir), codes.OK, 200},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := client.ListAgents(withKey(ctx, tc.key), &outpostv1.ListAgentsRequest{})
+			if got := status.Code(err); got != tc.wantCode {
+				t.Fatalf("gRPC: code %v (%v), want %v", got, err, tc.wantCode)
+			}
+			if tc.wantCode == codes.PermissionDenied && !strings.Contains(status.Convert(err).Message(), "agents.read") {
+				t.Errorf("gRPC PermissionDenied does not name the scope: %v", err)
+			}
+			if err == nil && len(resp.GetAgents()) != 0 {
+				t.Errorf("gRPC: %d agents on an empty gateway", len(resp.GetAgents()))
+			}
+			code, body := r.rest(t, "GET", "/v1/agents", tc.key, nil)
+			if code != tc.wantHTTP {
+				t.Fatalf("REST: status %d (%v), want %d", code, body, tc.wantHTTP)
+			}
+			if code == 200 {
+				// Unpopulated fields are emitted: an empty list is [], not absent.
+				if agents, ok := body["agents"].([]any); !ok || len(agents) != 0 {
+					t.Errorf("REST: agents = %#v, want []", body["agents"])
+				}
+			} else if msg, _ := body["message"].(string); msg == "" || body["code"] == nil {
+				t.Errorf("REST error body is not a google.rpc.Status: %v", body)
+			}
+		})
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	key := adminKey(t, dir)
+	cases := []struct {
+		name, method, path string
+		body               io.Reader
+		want               int
+		mention            string
+	}{
+		{"malformed id", "GET", "/v1/agents/not-a-uuid", nil, 400, "agent_id"},
+		{"unknown id", "GET", "/v1/agents/6f1d7c2e-8a34-4b1e-9a55-0c1d2e3f4a5b", nil, 404, "6f1d7c2e"},
+		{"negative page size", "GET", "/v1/agents?page_size=-1", nil, 400, "page_size"},
+		{"page size wrong type", "GET", "/v1/agents?page_size=abc", nil, 400, "page_size"},
+		{"bad page token", "GET", "/v1/agents?page_token=%%%", nil, 400, ""},
+		{"unknown status", "GET", "/v1/agents?status=SLEEPING", nil, 400, ""},
+		{"malformed json", "POST", "/v1/routes:resolve", strings.NewReader(`{"target":`), 400, ""},
+		{"wrong type", "POST", "/v1/routes:resolve", strings.NewReader(`{"target": 5}`), 400, "target"},
+		{"unknown field", "POST", "/v1/routes:resolve", strings.NewReader(`{"bogus": 1}`), 400, "bogus"},
+		{"body over 1 MiB", "POST", "/v1/routes:resolve", bytes.NewReader(bytes.Repeat([]byte(" "), 1<<20+1)), 413, "limit"},
+		{"unknown path", "GET", "/v1/nothing-here", nil, 404, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := r.rest(t, tc.method, tc.path, key, tc.body)
+			if code != tc.want {
+				t.Fatalf("status %d (%v), want %d", code, body, tc.want)
+			}
+			if msg, _ := body["message"].(string); !strings.Contains(msg, tc.mention) {
+				t.Errorf("message %q does not mention %q", msg, tc.mention)
+			}
+		})
+	}
+	// Still serving after all that.
+	if code, _ := r.rest(t, "GET", "/v1/agents", key, nil); code != 200 {
+		t.Fatalf("gateway stopped serving: %d", code)
+	}
+}
+
+func TestHealthMetricsOpenAPI(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	c := r.httpClient()
+	defer c.CloseIdleConnections()
+	// One API call so the request counter has a sample.
+	r.rest(t, "GET", "/v1/agents", adminKey(t, dir), nil)
+	get := func(path string) (int, string) {
+		resp, err := c.Get("https://" + r.addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 200 || !strings.Contains(body, "ok") {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `outpost_api_requests_total{code="OK",method="/outpost.v1.AgentAdminService/ListAgents"} 1`) {
+		t.Errorf("/metrics: %d, no request counter:\n%.2000s", code, body)
+	}
+	code, body := get("/openapi.json")
+	var doc map[string]any
+	if code != 200 || json.Unmarshal([]byte(body), &doc) != nil {
+		t.Fatalf("/openapi.json: %d, not JSON", code)
+	}
+	paths, _ := doc["paths"].(map[string]any)
+	for _, p := range []string{"/v1/agents", "/v1/agents/{agent_id}", "/v1/enroll", "/v1/enrollment-tokens", "/v1/sessions"} {
+		if _, ok := paths[p]; !ok {
+			t.Errorf("/openapi.json lacks path %s", p)
+		}
+	}
+
+	conn := r.grpcConn(t)
+	hc, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("gRPC health: %v %v", hc, err)
+	}
+}
+
+func TestSeparateMetricsListener(t *testing.T) {
+	dir := t.TempDir()
+	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		g.Close()
+	}()
+	var resp *http.Response
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err = http.Get("http://" + g.MetricsAddr().String() + "/metrics")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "go_goroutines") {
+		t.Fatalf("metrics listener: %d", resp.StatusCode)
+	}
+}
+
+func serverSPKI(t *testing.T, addr string, pool *x509.CertPool) (string, []string) {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	names := append([]string{}, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	return hex.EncodeToString(sum[:]), names
+}
+
+func TestRestartKeepsIdentity(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	caPEM := r.g.CACertPEM()
+	spki, names := serverSPKI(t, r.addr, r.pool)
+	for _, want := range []string{"localhost", "127.0.0.1", "::1"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("server certificate lacks SAN %s: %v", want, names)
+		}
+	}
+	read := func(f string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tokenKey, caKey, serverKey := read("token.key"), read("ca.key"), read("server.key")
+	admin := adminKey(t, dir)
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	// Same names: everything is reused.
+	r2 := start(t, dir)
+	if r2.g.FirstAdminKey() != "" {
+		t.Error("a restart created another admin key")
+	}
+	if !bytes.Equal(r2.g.CACertPEM(), caPEM) || !bytes.Equal(read("ca.key"), caKey) || !bytes.Equal(read("token.key"), tokenKey) {
+		t.Error("restart changed the CA or the token key")
+	}
+	if s, _ := serverSPKI(t, r2.addr, r2.pool); s != spki {
+		t.Error("restart changed the server key")
+	}
+	if code, body := r2.rest(t, "GET", "/v1/agents", admin, nil); code != 200 {
+		t.Fatalf("admin key after restart: %d %v", code, body)
+	}
+	if err := r2.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new host name re-issues the server certificate with the same key.
+	r3 := start(t, dir, "gw.example.test", "192.0.2.10")
+	s3, names3 := serverSPKI(t, r3.addr, r3.pool)
+	if s3 != spki || !bytes.Equal(read("server.key"), serverKey) {
+		t.Error("re-issue changed the server key")
+	}
+	for _, want := range []string{"gw.example.test", "192.0.2.10", "localhost"} {
+		if !slices.Contains(names3, want) {
+			t.Errorf("re-issued certificate lacks SAN %s: %v", want, names3)
+		}
+	}
+}
+
+func TestGracefulStopIsPrompt(t *testing.T) {
+	r := start(t, t.TempDir())
+	begin := time.Now()
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(begin); d > 10*time.Second {
+		t.Fatalf("stop took %v", d)
+	}
+	if _, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
+		t.Error("API port still accepts after stop")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no data dir", Config{}, "data_dir"},
+		{"bad listen", Config{DataDir: "x", Listen: "7171"}, "listen"},
+		{"bad port", Config{DataDir: "x", QUICListen: ":99999"}, "quic_listen"},
+		{"bad hostname", Config{DataDir: "x", Hostnames: []string{"bad host"}}, "hostname"},
+		{"http url", Config{DataDir: "x", PublicURL: "http://gw"}, "public_url"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s"}`), 0o644)
+	c, err := LoadConfigFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) {
+		t.Fatalf("parsed %+v", c)
+	}
+	d := c.withDefaults()
+	if d.PublicURL != "https://gw.example.test:7171" || d.PublicQUICEndpoint != "gw.example.test:4433" {
+		t.Fatalf("defaults: %q %q", d.PublicURL, d.PublicQUICEndpoint)
+	}
+	typo := filepath.Join(dir, "typo.json")
+	os.WriteFile(typo, []byte(`{"data_dri": "x"}`), 0o644)
+	if _, err := LoadConfigFile(typo); err == nil || !strings.Contains(err.Error(), "data_dri") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	if _, err := LoadConfigFile(filepath.Join(dir, "missing.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+}

@@ -1,0 +1,194 @@
+// Package auth authenticates and authorizes management API calls: bearer API keys
+// (random, stored only as a SHA-256 hash, carrying scopes) checked by one gRPC
+// interceptor pair. The REST gateway reaches the services through the same gRPC
+// server, so the same check applies to gRPC and REST alike.
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// Scopes carried by API keys (DESIGN.md §6). ScopeAll grants every scope.
+const (
+	ScopeAll            = "*"
+	ScopeEnrollCreate   = "enroll.create"
+	ScopeAgentsRead     = "agents.read"
+	ScopeAgentsWrite    = "agents.write"
+	ScopeRoutesRead     = "routes.read"
+	ScopeSessionsCreate = "sessions.create"
+)
+
+// KnownScopes lists every scope a key may carry, ScopeAll included.
+var KnownScopes = []string{ScopeAll, ScopeEnrollCreate, ScopeAgentsRead, ScopeAgentsWrite, ScopeRoutesRead, ScopeSessionsCreate}
+
+// Public marks a method that needs no API key (health, reflection, and Enroll,
+// whose bearer is an enrollment token checked by the service itself).
+const Public = ""
+
+// KeyPrefix starts every API key, so a leaked key is recognisable in logs and scanners.
+const KeyPrefix = "opk_"
+
+// keyBytes is the number of random bytes in a key: 256 bits.
+const keyBytes = 32
+
+// ErrUnknownKey is returned by a Lookup for a key hash it does not know.
+var ErrUnknownKey = errors.New("auth: unknown api key")
+
+// Key is what a Lookup knows about a stored API key.
+type Key struct {
+	ID      string
+	Scopes  []string
+	Revoked bool
+}
+
+// Allows reports whether the key carries scope (or ScopeAll).
+func (k Key) Allows(scope string) bool {
+	return slices.Contains(k.Scopes, ScopeAll) || slices.Contains(k.Scopes, scope)
+}
+
+// Lookup finds a key by the SHA-256 hash of its secret. It returns ErrUnknownKey
+// (possibly wrapped) when there is none; any other error is an internal failure.
+type Lookup func(ctx context.Context, hash []byte) (Key, error)
+
+// NewKey returns a new random API key secret and its hash, reading entropy from rand.
+func NewKey(rand io.Reader) (secret string, hash []byte, err error) {
+	b := make([]byte, keyBytes)
+	if _, err := io.ReadFull(rand, b); err != nil {
+		return "", nil, fmt.Errorf("auth: generate key: %w", err)
+	}
+	secret = KeyPrefix + base64.RawURLEncoding.EncodeToString(b)
+	return secret, HashKey(secret), nil
+}
+
+// HashKey returns the SHA-256 of an API key secret, the only form that is stored.
+func HashKey(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// ValidateScopes checks that every scope is known and that there is at least one.
+func ValidateScopes(scopes []string) error {
+	if len(scopes) == 0 {
+		return errors.New("auth: at least one scope is required")
+	}
+	for _, s := range scopes {
+		if !slices.Contains(KnownScopes, s) {
+			return fmt.Errorf("auth: unknown scope %q (known: %s)", s, strings.Join(KnownScopes, ", "))
+		}
+	}
+	return nil
+}
+
+// Authorizer checks the bearer key of each gRPC call against the scope its method
+// needs. It is safe for concurrent use once built.
+type Authorizer struct {
+	lookup Lookup
+	// policy maps a full gRPC method name ("/pkg.Service/Method") to the scope it
+	// needs, or Public. Methods absent from it need ScopeAll.
+	policy map[string]string
+	// publicServices are service-name prefixes ("/grpc.health.v1.Health/") open to all.
+	publicServices []string
+}
+
+// NewAuthorizer returns an Authorizer using lookup for keys and policy for scopes.
+// Methods not in policy require ScopeAll; services whose full method names start
+// with one of publicPrefixes need no key.
+func NewAuthorizer(lookup Lookup, policy map[string]string, publicPrefixes ...string) (*Authorizer, error) {
+	if lookup == nil {
+		return nil, errors.New("auth: nil key lookup")
+	}
+	return &Authorizer{lookup: lookup, policy: maps.Clone(policy), publicServices: publicPrefixes}, nil
+}
+
+type keyCtxKey struct{}
+
+// KeyFromContext returns the API key that authorized the call, if any.
+func KeyFromContext(ctx context.Context) (Key, bool) {
+	k, ok := ctx.Value(keyCtxKey{}).(Key)
+	return k, ok
+}
+
+// BearerFromContext returns the bearer token of the incoming call's authorization
+// metadata, or "" when there is none.
+func BearerFromContext(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
+		if ok && strings.EqualFold(scheme, "bearer") {
+			return strings.TrimSpace(tok)
+		}
+	}
+	return ""
+}
+
+// Authorize checks the call to fullMethod and returns a context carrying the key.
+// Errors are gRPC statuses: Unauthenticated for a missing, unknown or revoked key,
+// PermissionDenied naming the scope needed, Internal when the lookup fails.
+func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.Context, error) {
+	scope, listed := a.policy[fullMethod]
+	if !listed {
+		scope = ScopeAll
+		for _, p := range a.publicServices {
+			if strings.HasPrefix(fullMethod, p) {
+				scope = Public
+			}
+		}
+	}
+	if scope == Public {
+		return ctx, nil
+	}
+	bearer := BearerFromContext(ctx)
+	if bearer == "" {
+		return nil, status.Error(codes.Unauthenticated, "missing api key: send 'authorization: Bearer <key>'")
+	}
+	key, err := a.lookup(ctx, HashKey(bearer))
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return nil, status.Error(codes.Unauthenticated, "unknown api key")
+	case err != nil:
+		return nil, status.Errorf(codes.Internal, "api key lookup failed: %v", err)
+	case key.Revoked:
+		return nil, status.Error(codes.Unauthenticated, "api key revoked")
+	case !key.Allows(scope):
+		return nil, status.Errorf(codes.PermissionDenied, "api key %s lacks scope %q needed for %s", key.ID, scope, fullMethod)
+	}
+	return context.WithValue(ctx, keyCtxKey{}, key), nil
+}
+
+// UnaryInterceptor authorizes unary calls.
+func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := a.Authorize(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// StreamInterceptor authorizes streaming calls.
+func (a *Authorizer) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := a.Authorize(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *authedStream) Context() context.Context { return s.ctx }

@@ -1,0 +1,150 @@
+// Package agentadmin implements outpost.v1.AgentAdminService: listing, reading
+// and deleting enrolled agents.
+package agentadmin
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/service/grpcerr"
+	"github.com/outposthq/outpost/server/internal/store"
+)
+
+// Page sizes of ListAgents (DESIGN.md §6).
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// Store is what the service needs from the gateway store.
+type Store interface {
+	GetAgent(ctx context.Context, id string) (store.Agent, error)
+	ListAgents(ctx context.Context, opts store.ListAgentsOptions) ([]store.Agent, error)
+}
+
+// Service implements AgentAdminService. It is safe for concurrent use.
+type Service struct {
+	outpostv1.UnimplementedAgentAdminServiceServer
+	store Store
+}
+
+var _ outpostv1.AgentAdminServiceServer = (*Service)(nil)
+
+// New returns a Service reading agents from s.
+func New(s Store) *Service { return &Service{store: s} }
+
+// ListAgents returns one page of non-deleted agents ordered by id, filtered by
+// status. A page size over MaxPageSize is treated as MaxPageSize.
+func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsRequest) (*outpostv1.ListAgentsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, grpcerr.InvalidArgument("page_size", "must not be negative")
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		size = MaxPageSize
+	}
+	after, err := decodePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, grpcerr.InvalidArgument("page_token", err.Error())
+	}
+	if _, ok := outpostv1.AgentStatus_name[int32(req.GetStatus())]; !ok {
+		return nil, grpcerr.InvalidArgument("status", fmt.Sprintf("unknown agent status %d", req.GetStatus()))
+	}
+	resp := &outpostv1.ListAgentsResponse{Agents: []*outpostv1.Agent{}}
+	// Filtering by status may drop rows, so read batches until the page is full
+	// or the store runs out.
+	for {
+		batch, err := s.store.ListAgents(ctx, store.ListAgentsOptions{AfterID: after, Limit: size + 1})
+		if err != nil {
+			return nil, grpcerr.From(fmt.Errorf("list agents: %w", err))
+		}
+		for i, a := range batch {
+			if len(resp.Agents) == size {
+				// One more row exists beyond this page.
+				resp.NextPageToken = encodePageToken(batch[i-1].ID)
+				return resp, nil
+			}
+			after = a.ID
+			v := view(a)
+			if req.GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_UNSPECIFIED && v.GetStatus() != req.GetStatus() {
+				continue
+			}
+			resp.Agents = append(resp.Agents, v)
+		}
+		if len(batch) < size+1 {
+			return resp, nil
+		}
+	}
+}
+
+// GetAgent returns one agent; a deleted agent is NotFound.
+func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) (*outpostv1.GetAgentResponse, error) {
+	id, err := parseID(req.GetAgentId())
+	if err != nil {
+		return nil, err
+	}
+	a, err := s.store.GetAgent(ctx, id)
+	if err != nil {
+		return nil, grpcerr.From(fmt.Errorf("agent %s: %w", id, err))
+	}
+	if a.DeletedAt != nil {
+		return nil, status.Errorf(codes.NotFound, "agent %s was deleted", id)
+	}
+	return &outpostv1.GetAgentResponse{Agent: view(a)}, nil
+}
+
+// parseID validates an agent id and returns its canonical (lowercase) form.
+func parseID(s string) (string, error) {
+	if s == "" {
+		return "", grpcerr.InvalidArgument("agent_id", "is required")
+	}
+	id, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return "", grpcerr.InvalidArgument("agent_id", fmt.Sprintf("%q is not a UUID", s))
+	}
+	return id.String(), nil
+}
+
+// view builds the API view of a stored agent. Without a live connection an
+// agent is offline.
+func view(a store.Agent) *outpostv1.Agent {
+	v := &outpostv1.Agent{
+		AgentId:    a.ID,
+		Name:       a.Name,
+		Status:     outpostv1.AgentStatus_AGENT_STATUS_OFFLINE,
+		Subnets:    []string{},
+		Domains:    []*outpostv1.DomainRoute{},
+		EnrolledAt: timestamppb.New(a.EnrolledAt),
+	}
+	if !a.CertNotAfter.IsZero() {
+		v.CertNotAfter = timestamppb.New(a.CertNotAfter)
+	}
+	return v
+}
+
+func encodePageToken(afterID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(afterID))
+}
+
+func decodePageToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", fmt.Errorf("malformed page token")
+	}
+	if _, err := uuid.Parse(string(b)); err != nil {
+		return "", fmt.Errorf("malformed page token")
+	}
+	return string(b), nil
+}

@@ -1,0 +1,298 @@
+// Package enrollment implements outpost.v1.EnrollmentService: minting enrollment
+// tokens and enrolling agents from a CSR (DESIGN.md §5).
+package enrollment
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/outposthq/outpost/dataplane"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/clientip"
+	"github.com/outposthq/outpost/server/internal/pki"
+	"github.com/outposthq/outpost/server/internal/ratelimit"
+	"github.com/outposthq/outpost/server/internal/service/grpcerr"
+	"github.com/outposthq/outpost/server/internal/store"
+	"github.com/outposthq/outpost/server/internal/token"
+)
+
+// Limits on enrollment input.
+const (
+	MaxNameLen   = 255
+	MaxRoutes    = 1024
+	staticJTIPfx = "static-secret:"
+)
+
+// Store is what enrollment needs from the gateway store.
+type Store interface {
+	RecordEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error
+	EnrollAgent(ctx context.Context, req store.EnrollRequest) (store.EnrollResult, error)
+}
+
+// Options configure a Service. Zero values mean the defaults given.
+type Options struct {
+	// PublicURL and QUICEndpoint go into tokens and Enroll answers. Required.
+	PublicURL    string
+	QUICEndpoint string
+	// EnrollmentSecret, if set, is a static bearer accepted by Enroll in place of
+	// a token (compared in constant time).
+	EnrollmentSecret string
+	// RateBurst Enroll calls are allowed per source IP per RateWindow.
+	// If zero, 10 per minute.
+	RateBurst  int
+	RateWindow time.Duration
+	// Enrollments counts Enroll calls by outcome; may be nil.
+	Enrollments *prometheus.CounterVec
+	// Now is the clock. If nil, time.Now.
+	Now    func() time.Time
+	Logger hclog.Logger
+}
+
+// Service implements EnrollmentService. It is safe for concurrent use.
+type Service struct {
+	outpostv1.UnimplementedEnrollmentServiceServer
+	opts   Options
+	pki    *pki.Authority
+	tokens *token.Issuer
+	store  Store
+	limit  *ratelimit.PerKey
+	log    hclog.Logger
+}
+
+var _ outpostv1.EnrollmentServiceServer = (*Service)(nil)
+
+// New returns a Service signing with ca, minting and checking tokens with
+// tokens, and persisting to s.
+func New(ca *pki.Authority, tokens *token.Issuer, s Store, opts Options) (*Service, error) {
+	if ca == nil || tokens == nil || s == nil {
+		return nil, errors.New("enrollment: nil authority, issuer or store")
+	}
+	if opts.PublicURL == "" || opts.QUICEndpoint == "" {
+		return nil, errors.New("enrollment: public URL and QUIC endpoint are required")
+	}
+	if opts.RateBurst == 0 {
+		opts.RateBurst = 10
+	}
+	if opts.RateWindow == 0 {
+		opts.RateWindow = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	return &Service{
+		opts: opts, pki: ca, tokens: tokens, store: s,
+		limit: ratelimit.New(opts.RateBurst, opts.RateWindow),
+		log:   opts.Logger,
+	}, nil
+}
+
+// CreateEnrollmentToken mints a single-use enrollment token.
+func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.CreateEnrollmentTokenRequest) (*outpostv1.CreateEnrollmentTokenResponse, error) {
+	if n := req.GetAgentName(); n != "" {
+		if err := ValidateName(n); err != nil {
+			return nil, grpcerr.InvalidArgument("agent_name", err.Error())
+		}
+	}
+	ttl := token.DefaultEnrollmentTTL
+	if d := req.GetTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, grpcerr.InvalidArgument("ttl", err.Error())
+		}
+		ttl = d.AsDuration()
+		if ttl <= 0 || ttl > token.MaxEnrollmentTTL {
+			return nil, grpcerr.InvalidArgument("ttl", fmt.Sprintf("must be more than 0 and at most %v", token.MaxEnrollmentTTL))
+		}
+	}
+	routes, err := validateRoutes(req.GetRoutes())
+	if err != nil {
+		return nil, err
+	}
+	tok, claims, err := s.tokens.NewEnrollment(token.EnrollmentClaims{
+		GatewayURL:   s.opts.PublicURL,
+		QUICEndpoint: s.opts.QUICEndpoint,
+		CASPKISHA256: s.pki.CASPKISHA256(),
+		AgentName:    req.GetAgentName(),
+		Routes:       routes,
+	}, ttl)
+	if err != nil {
+		return nil, grpcerr.From(err)
+	}
+	if err := s.store.RecordEnrollmentToken(ctx, store.EnrollmentToken{
+		JTI: claims.ID, AgentName: claims.AgentName, ExpiresAt: claims.ExpiresAt.Time, CreatedAt: claims.IssuedAt.Time,
+	}); err != nil {
+		return nil, grpcerr.From(fmt.Errorf("record enrollment token: %w", err))
+	}
+	by := ""
+	if k, ok := auth.KeyFromContext(ctx); ok {
+		by = k.ID
+	}
+	s.log.Info("enrollment token created", "token_id", claims.ID, "agent_name", claims.AgentName, "expires_at", claims.ExpiresAt.Time, "api_key", by)
+	return &outpostv1.CreateEnrollmentTokenResponse{
+		Token:     tok,
+		TokenId:   claims.ID,
+		ExpiresAt: timestamppb.New(claims.ExpiresAt.Time),
+	}, nil
+}
+
+// Enroll signs an agent's CSR once per token.
+func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (resp *outpostv1.EnrollResponse, err error) {
+	defer func() { s.count(err) }()
+	ip := clientip.FromContext(ctx)
+	if !s.limit.Allow(ip.String(), s.opts.Now()) {
+		return nil, status.Errorf(codes.ResourceExhausted, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
+	}
+	jti, expires, tokenName, err := s.checkBearer(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	name := req.GetAgentName()
+	if name == "" {
+		name = tokenName
+	}
+	if name == "" {
+		return nil, grpcerr.InvalidArgument("agent_name", "is required (the token names no agent)")
+	}
+	if err := ValidateName(name); err != nil {
+		return nil, grpcerr.InvalidArgument("agent_name", err.Error())
+	}
+	hostname := strings.ToLower(req.GetAgentHostname())
+	if hostname != "" {
+		if !pki.ValidHostName(hostname) {
+			return nil, grpcerr.InvalidArgument("agent_hostname", fmt.Sprintf("%q is not a valid DNS name", req.GetAgentHostname()))
+		}
+	}
+	csr, err := pki.ParseCSR([]byte(req.GetCsrPem()))
+	if err != nil {
+		return nil, grpcerr.InvalidArgument("csr_pem", err.Error())
+	}
+	csrSum := sha256.Sum256(csr.Raw)
+	csrHash := hex.EncodeToString(csrSum[:])
+	if jti == "" {
+		// A static secret enrolls any number of agents: one "token" per CSR keeps
+		// a retry of the same request idempotent.
+		jti = staticJTIPfx + csrHash
+		expires = s.opts.Now().Add(token.DefaultEnrollmentTTL)
+	}
+
+	id := uuid.New()
+	issued, err := s.pki.SignAgent(csr, id, name, hostname)
+	if err != nil {
+		return nil, grpcerr.From(fmt.Errorf("sign agent certificate: %w", err))
+	}
+	res, err := s.store.EnrollAgent(ctx, store.EnrollRequest{
+		JTI:            jti,
+		TokenExpiresAt: expires,
+		CSRSHA256:      csrHash,
+		CertPEM:        issued.PEM,
+		Agent: store.Agent{
+			ID: id.String(), Name: name, Hostname: hostname,
+			SPKISHA256: issued.SPKISHA256, CertSerial: issued.Serial,
+			CertNotAfter: issued.NotAfter, EnrolledAt: s.opts.Now().UTC(),
+		},
+	})
+	switch {
+	case errors.Is(err, store.ErrTokenUsed):
+		return nil, status.Error(codes.PermissionDenied, "enrollment token already used")
+	case errors.Is(err, store.ErrNameTaken):
+		return nil, status.Errorf(codes.AlreadyExists, "agent name %q is already taken", name)
+	case err != nil:
+		return nil, grpcerr.From(fmt.Errorf("store agent: %w", err))
+	}
+	s.log.Info("agent enrolled", "agent_id", res.Agent.ID, "name", res.Agent.Name, "source", ip.String(), "replayed", res.Replayed)
+	return &outpostv1.EnrollResponse{
+		AgentId:          res.Agent.ID,
+		ClientCertPem:    string(res.CertPEM),
+		CaCertPem:        string(s.pki.CACertPEM()),
+		QuicEndpoint:     s.opts.QUICEndpoint,
+		ServerSpkiSha256: s.pki.ServerSPKISHA256(),
+		CertNotAfter:     timestamppb.New(res.Agent.CertNotAfter),
+	}, nil
+}
+
+// checkBearer verifies the enrollment credential. It returns the token's jti
+// (empty for the static secret), its expiry and the agent name it carries.
+func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest) (jti string, expires time.Time, name string, err error) {
+	bearer := auth.BearerFromContext(ctx)
+	if bearer == "" {
+		return "", time.Time{}, "", status.Error(codes.Unauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
+	}
+	if secret := s.opts.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
+		return "", time.Time{}, "", nil
+	}
+	c, err := s.tokens.VerifyEnrollment(bearer)
+	switch {
+	case errors.Is(err, token.ErrWrongKind):
+		return "", time.Time{}, "", status.Errorf(codes.PermissionDenied, "not an enrollment token: %v", err)
+	case err != nil:
+		return "", time.Time{}, "", status.Errorf(codes.Unauthenticated, "enrollment token refused: %v", err)
+	}
+	return c.ID, c.ExpiresAt.Time, c.AgentName, nil
+}
+
+func (s *Service) count(err error) {
+	if s.opts.Enrollments == nil {
+		return
+	}
+	outcome := "success"
+	if err != nil {
+		outcome = strings.ToLower(status.Code(err).String())
+	}
+	s.opts.Enrollments.WithLabelValues(outcome).Inc()
+}
+
+// ValidateName checks an agent name: 1 to 255 printable ASCII characters.
+func ValidateName(n string) error {
+	if n == "" || len(n) > MaxNameLen {
+		return fmt.Errorf("must be 1 to %d characters, got %d", MaxNameLen, len(n))
+	}
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("byte %d (0x%02x) is not printable ASCII", i, c)
+		}
+	}
+	return nil
+}
+
+// validateRoutes checks and normalises the routes a token pre-approves.
+func validateRoutes(rs *outpostv1.RouteSet) (*token.Routes, error) {
+	if rs == nil || len(rs.GetSubnets())+len(rs.GetDomains()) == 0 {
+		return nil, nil
+	}
+	if len(rs.GetSubnets()) > MaxRoutes || len(rs.GetDomains()) > MaxRoutes {
+		return nil, grpcerr.InvalidArgument("routes", fmt.Sprintf("at most %d subnets and %d domains", MaxRoutes, MaxRoutes))
+	}
+	out := &token.Routes{}
+	for i, sn := range rs.GetSubnets() {
+		p, err := netip.ParsePrefix(sn)
+		if err != nil || !p.Addr().Is4() {
+			return nil, grpcerr.InvalidArgument(fmt.Sprintf("routes.subnets[%d]", i), fmt.Sprintf("%q is not an IPv4 CIDR subnet", sn))
+		}
+		out.Subnets = append(out.Subnets, p.String())
+	}
+	for i, d := range rs.GetDomains() {
+		norm, err := dataplane.ValidateDomainRoute(d)
+		if err != nil {
+			return nil, grpcerr.InvalidArgument(fmt.Sprintf("routes.domains[%d]", i), err.Error())
+		}
+		out.Domains = append(out.Domains, norm)
+	}
+	return out, nil
+}
