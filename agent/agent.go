@@ -1,0 +1,57 @@
+// Package agent is the Outpost agent: it enrolls once with a one-time token and
+// then keeps an outbound QUIC tunnel to the gateway. Its parts live under
+// agent/internal; this package is the face the outpost binary calls.
+package agent
+
+import (
+	"context"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/agent/internal/enroll"
+)
+
+// DefaultConfigDir is where agent.json and certs/ live unless OUTPOST_AGENT_DIR
+// or --config-dir says otherwise.
+const DefaultConfigDir = "/etc/outpost-agent"
+
+// ConfigDirEnv names the environment variable that overrides DefaultConfigDir.
+const ConfigDirEnv = "OUTPOST_AGENT_DIR"
+
+// ConfigDir returns flagValue if set, else $OUTPOST_AGENT_DIR, else DefaultConfigDir.
+func ConfigDir(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if v := os.Getenv(ConfigDirEnv); v != "" {
+		return v
+	}
+	return DefaultConfigDir
+}
+
+// Errors Enroll may return (wrapped), for callers that branch on them.
+var (
+	ErrTokenMalformed = enroll.ErrTokenMalformed
+	ErrTokenExpired   = enroll.ErrTokenExpired
+	ErrPinMismatch    = enroll.ErrPinMismatch
+	ErrUnreachable    = enroll.ErrUnreachable
+	ErrRefused        = enroll.ErrRefused
+	ErrConfigDir      = enroll.ErrConfigDir
+)
+
+// EnrollOptions configure Enroll; see the fields' comments in the enroll package.
+type EnrollOptions = enroll.Options
+
+// EnrollResult describes the identity Enroll wrote.
+type EnrollResult = enroll.Result
+
+// Enroll exchanges a one-time enrollment token for an agent identity written to
+// o.ConfigDir: a locally generated key (0600), the signed certificate, the
+// gateway CA and agent.json. On error the previous identity, if any, is intact.
+func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollResult, error) {
+	if logger != nil {
+		o.Logger = logger.Named("enroll")
+	}
+	return enroll.Enroll(ctx, o)
+}

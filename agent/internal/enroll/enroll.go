@@ -1,0 +1,417 @@
+// Package enroll turns a one-time enrollment token into an agent identity: it
+// generates the agent's private key locally, sends only a CSR to the gateway
+// (over HTTPS pinned to the CA in the token), and writes key, certificate, CA and
+// agent.json atomically, restoring the previous files if anything fails.
+package enroll
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/outposthq/outpost/agent/internal/config"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/atomicfile"
+)
+
+// Files written inside the config directory, relative to it.
+const (
+	KeyFile  = "certs/agent.key"
+	CertFile = "certs/agent.pem"
+	CAFile   = "certs/gateway-ca.pem"
+)
+
+// leeway tolerates clock skew when checking the token's expiry locally.
+const leeway = 60 * time.Second
+
+// maxResponse bounds the gateway's answer.
+const maxResponse = 1 << 20
+
+// Sentinel errors for callers (and tests) to branch on.
+var (
+	ErrTokenMalformed = errors.New("enrollment token is malformed")
+	ErrTokenExpired   = errors.New("enrollment token has expired")
+	ErrPinMismatch    = errors.New("gateway CA does not match the token's pin")
+	ErrUnreachable    = errors.New("cannot reach the gateway")
+	ErrRefused        = errors.New("gateway refused enrollment")
+	ErrConfigDir      = errors.New("config directory is not usable")
+)
+
+// Claims are the enrollment token claims the agent reads (without verifying the
+// signature: the gateway does that; the agent only needs where to go and what to pin).
+type Claims struct {
+	ID           string `json:"jti"`
+	ExpiresAt    int64  `json:"exp"`
+	NotBefore    int64  `json:"nbf"`
+	Scope        string `json:"scope"`
+	GatewayURL   string `json:"gw_url"`
+	QUICEndpoint string `json:"quic_endpoint"`
+	CASPKISHA256 string `json:"ca_spki_sha256"`
+	AgentName    string `json:"agent_name"`
+	Routes       *struct {
+		Subnets []string `json:"subnets"`
+		Domains []string `json:"domains"`
+	} `json:"routes"`
+}
+
+// DecodeToken reads a token's claims without verifying its signature, and checks
+// the fields the agent needs.
+func DecodeToken(tok string) (Claims, error) {
+	var c Claims
+	parts := strings.Split(strings.TrimSpace(tok), ".")
+	if len(parts) != 3 {
+		return c, fmt.Errorf("%w: want three dot-separated parts, got %d", ErrTokenMalformed, len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return c, fmt.Errorf("%w: payload is not base64url: %v", ErrTokenMalformed, err)
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return c, fmt.Errorf("%w: payload is not JSON: %v", ErrTokenMalformed, err)
+	}
+	u, err := url.Parse(c.GatewayURL)
+	switch {
+	case err != nil || u.Scheme != "https" || u.Host == "":
+		return c, fmt.Errorf("%w: gw_url %q is not an https URL", ErrTokenMalformed, c.GatewayURL)
+	case len(c.CASPKISHA256) != 64 || !isHex(c.CASPKISHA256):
+		return c, fmt.Errorf("%w: ca_spki_sha256 is not a hex SHA-256", ErrTokenMalformed)
+	case c.ExpiresAt == 0:
+		return c, fmt.Errorf("%w: no exp claim", ErrTokenMalformed)
+	}
+	return c, nil
+}
+
+func isHex(s string) bool {
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// Options for Enroll. Token and ConfigDir are required.
+type Options struct {
+	// Token is the enrollment JWT (or the gateway's static secret, with GatewayURL).
+	Token string
+	// ConfigDir holds agent.json and certs/.
+	ConfigDir string
+	// Name and Hostname override the agent name (default: the token's, else the
+	// host name) and the DNS SAN host name (default: none).
+	Name, Hostname string
+	// Subnets and Domains to advertise; nil keeps the token's routes, else what
+	// agent.json already had.
+	Subnets, Domains []string
+	// QUICEndpoint overrides the token's and the gateway's endpoint.
+	QUICEndpoint string
+	// Timeout bounds the whole exchange with the gateway. If zero, 30 s.
+	Timeout time.Duration
+	// Now is the clock (nil: time.Now); Rand the entropy source (nil: crypto/rand).
+	Now    func() time.Time
+	Rand   io.Reader
+	Logger hclog.Logger
+}
+
+// Result describes the identity written.
+type Result struct {
+	AgentID         string
+	AgentName       string
+	GatewayEndpoint string
+	CertNotAfter    time.Time
+	ConfigPath      string
+}
+
+// Enroll performs the whole enrollment. On error nothing in ConfigDir has changed.
+func Enroll(ctx context.Context, o Options) (Result, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	claims, err := DecodeToken(o.Token)
+	if err != nil {
+		return Result{}, err
+	}
+	if exp := time.Unix(claims.ExpiresAt, 0); o.Now().After(exp.Add(leeway)) {
+		return Result{}, fmt.Errorf("%w (expired at %s); ask for a new one", ErrTokenExpired, exp.UTC().Format(time.RFC3339))
+	}
+	if err := checkWritable(o.ConfigDir); err != nil {
+		return Result{}, err
+	}
+	cfg, _, err := config.Load(o.ConfigDir)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: %v", ErrConfigDir, err)
+	}
+
+	name := firstNonEmpty(o.Name, claims.AgentName)
+	if name == "" {
+		if h, err := os.Hostname(); err == nil {
+			name = h
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), o.Rand)
+	if err != nil {
+		return Result{}, fmt.Errorf("generate key: %w", err)
+	}
+	csrDER, err := x509.CreateCertificateRequest(o.Rand, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return Result{}, fmt.Errorf("create csr: %w", err)
+	}
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
+
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	o.Logger.Info("enrolling", "gateway", claims.GatewayURL, "name", name)
+	resp, err := callEnroll(ctx, claims, o.Token, &outpostv1.EnrollRequest{CsrPem: string(csrPEM), AgentName: name, AgentHostname: o.Hostname})
+	if err != nil {
+		return Result{}, err
+	}
+	if err := checkIssued(resp, key); err != nil {
+		return Result{}, err
+	}
+
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return Result{}, err
+	}
+	t := &cfg.Tunnel
+	t.Enabled = true
+	t.GatewayEndpoint = firstNonEmpty(o.QUICEndpoint, claims.QUICEndpoint, resp.GetQuicEndpoint())
+	t.ClientCertPath, t.ClientKeyPath, t.GatewayCaCertPath = CertFile, KeyFile, CAFile
+	t.ServerSpkiSha256 = resp.GetServerSpkiSha256()
+	t.AgentId, t.AgentName = resp.GetAgentId(), name
+	switch {
+	case o.Subnets != nil:
+		t.AdvertiseSubnets = o.Subnets
+	case claims.Routes != nil && claims.Routes.Subnets != nil:
+		t.AdvertiseSubnets = claims.Routes.Subnets
+	}
+	switch {
+	case o.Domains != nil:
+		t.AdvertiseDomains = o.Domains
+	case claims.Routes != nil && claims.Routes.Domains != nil:
+		t.AdvertiseDomains = claims.Routes.Domains
+	}
+	cfgBytes, err := cfg.Marshal()
+	if err != nil {
+		return Result{}, err
+	}
+	err = writeAll(o.ConfigDir, []file{
+		{KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{CertFile, []byte(resp.GetClientCertPem()), 0o644},
+		{CAFile, []byte(resp.GetCaCertPem()), 0o644},
+		{config.FileName, cfgBytes, 0o600},
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{
+		AgentID:         resp.GetAgentId(),
+		AgentName:       name,
+		GatewayEndpoint: t.GatewayEndpoint,
+		CertNotAfter:    resp.GetCertNotAfter().AsTime(),
+		ConfigPath:      filepath.Join(o.ConfigDir, config.FileName),
+	}, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// checkWritable makes sure the config directory and certs/ exist and take a file,
+// before the token is spent on the gateway.
+func checkWritable(dir string) error {
+	if dir == "" {
+		return fmt.Errorf("%w: no config directory given", ErrConfigDir)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o700); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfigDir, err)
+	}
+	probe, err := os.CreateTemp(filepath.Join(dir, "certs"), ".probe-*")
+	if err != nil {
+		return fmt.Errorf("%w: %s is not writable: %v", ErrConfigDir, dir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return nil
+}
+
+// pinnedTLS trusts exactly the CA whose SPKI hash the token carries: the gateway
+// must present it in its chain, and the leaf must verify against it for host.
+func pinnedTLS(host, pin string) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         host,
+		InsecureSkipVerify: true, // replaced by VerifyConnection below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return &pinError{"no certificate presented"}
+			}
+			var ca *x509.Certificate
+			for _, c := range cs.PeerCertificates {
+				sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+				if hex.EncodeToString(sum[:]) == strings.ToLower(pin) {
+					ca = c
+				}
+			}
+			if ca == nil {
+				return &pinError{"no certificate in its chain has the pinned CA key (SPKI SHA-256 " + pin + ")"}
+			}
+			roots := x509.NewCertPool()
+			roots.AddCert(ca)
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: roots})
+			if err != nil {
+				return &pinError{err.Error()}
+			}
+			return nil
+		},
+	}
+}
+
+// pinError is a failed CA pin check during the TLS handshake.
+type pinError struct{ reason string }
+
+func (e *pinError) Error() string { return "CA pin check failed: " + e.reason }
+
+// callEnroll posts the request to the gateway's REST Enroll endpoint.
+func callEnroll(ctx context.Context, c Claims, bearer string, req *outpostv1.EnrollRequest) (*outpostv1.EnrollResponse, error) {
+	u, _ := url.Parse(c.GatewayURL)
+	body, err := protojson.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	endpoint := strings.TrimRight(c.GatewayURL, "/") + "/v1/enroll"
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrTokenMalformed, err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     pinnedTLS(u.Hostname(), c.CASPKISHA256),
+		TLSHandshakeTimeout: 10 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		ForceAttemptHTTP2:   true,
+	}}
+	defer client.CloseIdleConnections()
+	hresp, err := client.Do(hreq)
+	if err != nil {
+		var pe *pinError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("gateway at %s: %w: %s", c.GatewayURL, ErrPinMismatch, pe.reason)
+		}
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.GatewayURL, err)
+	}
+	defer hresp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(hresp.Body, maxResponse))
+	if err != nil {
+		return nil, fmt.Errorf("%w at %s: reading the answer: %v", ErrUnreachable, c.GatewayURL, err)
+	}
+	if hresp.StatusCode != http.StatusOK {
+		var st struct {
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(raw, &st) != nil || st.Message == "" {
+			st.Message = strings.TrimSpace(string(raw))
+		}
+		return nil, fmt.Errorf("%w: %s (HTTP %d)", ErrRefused, st.Message, hresp.StatusCode)
+	}
+	var resp outpostv1.EnrollResponse
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, &resp); err != nil {
+		return nil, fmt.Errorf("gateway answer is not an EnrollResponse: %v", err)
+	}
+	return &resp, nil
+}
+
+// checkIssued makes sure the certificate is for our key and chains to the CA sent.
+func checkIssued(resp *outpostv1.EnrollResponse, key *ecdsa.PrivateKey) error {
+	cb, _ := pem.Decode([]byte(resp.GetClientCertPem()))
+	ab, _ := pem.Decode([]byte(resp.GetCaCertPem()))
+	if cb == nil || ab == nil {
+		return errors.New("gateway answer lacks a PEM certificate or CA")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return fmt.Errorf("gateway sent a bad certificate: %v", err)
+	}
+	ca, err := x509.ParseCertificate(ab.Bytes)
+	if err != nil {
+		return fmt.Errorf("gateway sent a bad CA certificate: %v", err)
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		return errors.New("gateway issued a certificate for another key")
+	}
+	if err := cert.CheckSignatureFrom(ca); err != nil {
+		return fmt.Errorf("issued certificate does not chain to the CA sent: %v", err)
+	}
+	return nil
+}
+
+type file struct {
+	rel  string
+	data []byte
+	perm os.FileMode
+}
+
+// writeAll writes every file atomically; if one fails, the ones already written
+// get their previous content back (or are removed if they did not exist).
+func writeAll(dir string, files []file) error {
+	type backup struct {
+		path   string
+		data   []byte
+		perm   os.FileMode
+		exists bool
+	}
+	var done []backup
+	for _, f := range files {
+		path := filepath.Join(dir, f.rel)
+		b := backup{path: path}
+		if old, err := os.ReadFile(path); err == nil {
+			fi, _ := os.Stat(path)
+			b.data, b.perm, b.exists = old, fi.Mode().Perm(), true
+		}
+		if err := atomicfile.WriteFile(path, f.data, f.perm); err != nil {
+			for i := len(done) - 1; i >= 0; i-- {
+				if done[i].exists {
+					atomicfile.WriteFile(done[i].path, done[i].data, done[i].perm)
+				} else {
+					os.Remove(done[i].path)
+				}
+			}
+			return fmt.Errorf("%w: write %s: %v", ErrConfigDir, path, err)
+		}
+		done = append(done, b)
+	}
+	return nil
+}

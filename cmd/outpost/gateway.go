@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/outposthq/outpost/server"
+)
+
+func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("gateway", stderr, "gateway --data-dir DIR [flags]")
+	var (
+		lf         logFlags
+		configFile string
+		flagCfg    server.Config
+		hostnames  stringList
+		shutdown   time.Duration
+		secretFile string
+		certValid  time.Duration
+	)
+	lf.register(fs)
+	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
+	fs.StringVar(&flagCfg.DataDir, "data-dir", "", "directory for the CA, keys, store and admin.key (required)")
+	fs.StringVar(&flagCfg.Listen, "listen", ":7171", "TCP address for the TLS API port (gRPC, REST, health, metrics)")
+	fs.StringVar(&flagCfg.QUICListen, "quic-listen", ":4433", "UDP address for agent QUIC connections")
+	fs.StringVar(&flagCfg.MetricsListen, "metrics-listen", "", "separate plain-HTTP address for /metrics (default: on the API port)")
+	fs.Var(&hostnames, "hostname", "DNS name or IP the server certificate covers; repeatable or comma-separated (default localhost)")
+	fs.StringVar(&flagCfg.PublicURL, "public-url", "", "HTTPS base URL agents enroll at (default https://<first hostname>:<listen port>)")
+	fs.StringVar(&flagCfg.PublicQUICEndpoint, "public-quic-endpoint", "", "host:port agents dial (default <first hostname>:<quic port>)")
+	fs.DurationVar(&shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful stop may take")
+	fs.StringVar(&secretFile, "enrollment-secret-file", "", "file holding a static enrollment secret accepted in place of a token (default: none)")
+	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
+	fs.IntVar(&flagCfg.EnrollRateLimit, "enroll-rate-limit", 10, "Enroll calls allowed per source IP per minute")
+	fs.DurationVar(&certValid, "agent-cert-validity", 30*24*time.Hour, "lifetime of agent certificates")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+
+	var cfg server.Config
+	if configFile != "" {
+		var err error
+		if cfg, err = server.LoadConfigFile(configFile); err != nil {
+			return err
+		}
+	}
+	// Flags given on the command line override the file.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data-dir":
+			cfg.DataDir = flagCfg.DataDir
+		case "listen":
+			cfg.Listen = flagCfg.Listen
+		case "quic-listen":
+			cfg.QUICListen = flagCfg.QUICListen
+		case "metrics-listen":
+			cfg.MetricsListen = flagCfg.MetricsListen
+		case "hostname":
+			cfg.Hostnames = hostnames
+		case "public-url":
+			cfg.PublicURL = flagCfg.PublicURL
+		case "public-quic-endpoint":
+			cfg.PublicQUICEndpoint = flagCfg.PublicQUICEndpoint
+		case "shutdown-timeout":
+			cfg.ShutdownTimeout = server.Duration(shutdown)
+		case "provisioner-public-key":
+			cfg.ProvisionerPublicKey = flagCfg.ProvisionerPublicKey
+		case "enroll-rate-limit":
+			cfg.EnrollRateLimit = flagCfg.EnrollRateLimit
+		case "agent-cert-validity":
+			cfg.AgentCertValidity = server.Duration(certValid)
+		}
+	})
+	if secretFile != "" {
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			return fmt.Errorf("enrollment secret: %w", err)
+		}
+		if cfg.EnrollmentSecret = strings.TrimSpace(string(b)); len(cfg.EnrollmentSecret) < 16 {
+			return fmt.Errorf("enrollment secret in %s must be at least 16 characters", secretFile)
+		}
+	}
+	if cfg.DataDir == "" {
+		return fmt.Errorf("%w: --data-dir is required (or data_dir in --config)", errUsage)
+	}
+
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	gw, err := server.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	if key := gw.FirstAdminKey(); key != "" {
+		fmt.Fprintf(stdout, "First admin API key (shown once, also saved in %s/admin.key):\n%s\n", cfg.DataDir, key)
+	}
+	return gw.Run(ctx)
+}
+
+func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const synopsis = "gateway apikey create|list|revoke --data-dir DIR [flags]"
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "Usage: outpost %s\n", synopsis)
+		return fmt.Errorf("%w: apikey needs a subcommand: create, list or revoke", errUsage)
+	}
+	sub := args[0]
+	fs := newFlagSet("gateway apikey "+sub, stderr, synopsis)
+	var (
+		dataDir, name, id string
+		scopes            stringList
+	)
+	fs.StringVar(&dataDir, "data-dir", "", "the gateway's data directory (required)")
+	switch sub {
+	case "create":
+		fs.StringVar(&name, "name", "", "a name for the key (required)")
+		fs.Var(&scopes, "scopes", "scopes, comma-separated: *, enroll.create, agents.read, agents.write, routes.read, sessions.create (required)")
+	case "revoke":
+		fs.StringVar(&id, "id", "", "id of the key to revoke (required; see apikey list)")
+	case "list":
+	default:
+		return fmt.Errorf("%w: unknown apikey subcommand %q (want create, list or revoke)", errUsage, sub)
+	}
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if dataDir == "" {
+		return fmt.Errorf("%w: --data-dir is required", errUsage)
+	}
+	admin, err := server.OpenKeyAdmin(ctx, dataDir, nil)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	switch sub {
+	case "create":
+		if name == "" || len(scopes) == 0 {
+			return fmt.Errorf("%w: --name and --scopes are required", errUsage)
+		}
+		secret, err := admin.Create(ctx, name, scopes)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, secret)
+	case "revoke":
+		if id == "" {
+			return fmt.Errorf("%w: --id is required", errUsage)
+		}
+		if err := admin.Revoke(ctx, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked %s\n", id)
+	case "list":
+		keys, err := admin.List(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNAME\tSCOPES\tCREATED\tREVOKED")
+		for _, k := range keys {
+			revoked := "-"
+			if k.RevokedAt != nil {
+				revoked = k.RevokedAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, strings.Join(k.Scopes, ","), k.CreatedAt.UTC().Format(time.RFC3339), revoked)
+		}
+		return tw.Flush()
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/apiclient"
+)
+
+// adminFlags locate the gateway API and the key for admin commands.
+type adminFlags struct {
+	gateway, keyFile, caFile string
+}
+
+func (a *adminFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&a.gateway, "gateway", "https://localhost:7171", "gateway API URL")
+	fs.StringVar(&a.keyFile, "api-key-file", "", "file holding an API key (required; e.g. <data-dir>/admin.key)")
+	fs.StringVar(&a.caFile, "ca-file", "", "gateway CA certificate to trust (e.g. <data-dir>/ca.pem; default: system roots)")
+}
+
+func (a *adminFlags) dial() (*apiclientConn, error) {
+	if a.keyFile == "" {
+		return nil, fmt.Errorf("%w: --api-key-file is required", errUsage)
+	}
+	key, err := apiclient.ReadKeyFile(a.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	var ca []byte
+	if a.caFile != "" {
+		if ca, err = os.ReadFile(a.caFile); err != nil {
+			return nil, fmt.Errorf("ca file: %w", err)
+		}
+	}
+	conn, err := apiclient.Dial(apiclient.Options{Gateway: a.gateway, APIKey: key, CAPEM: ca})
+	if err != nil {
+		return nil, err
+	}
+	return &apiclientConn{conn}, nil
+}
+
+type apiclientConn struct{ *grpc.ClientConn }
+
+// callErr turns a gRPC status into one readable line.
+func callErr(what string, err error) error {
+	st := status.Convert(err)
+	return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
+}
+
+func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--ca-file F] [--gateway URL] [--name N] [--ttl 1h] [--subnets CSV] [--domains CSV]")
+	var (
+		af               adminFlags
+		name             string
+		ttl              time.Duration
+		subnets, domains stringList
+	)
+	af.register(fs)
+	fs.StringVar(&name, "name", "", "agent name the token is for (optional)")
+	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	fs.Var(&subnets, "subnets", "IPv4 subnets pre-approved for the agent, comma-separated")
+	fs.Var(&domains, "domains", "domains pre-approved for the agent, comma-separated")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	conn, err := af.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req := &outpostv1.CreateEnrollmentTokenRequest{AgentName: name, Ttl: durationpb.New(ttl)}
+	if len(subnets)+len(domains) > 0 {
+		req.Routes = &outpostv1.RouteSet{Subnets: subnets, Domains: domains}
+	}
+	resp, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(ctx, req)
+	if err != nil {
+		return callErr("create enrollment token", err)
+	}
+	fmt.Fprintln(stdout, resp.GetToken())
+	fmt.Fprintf(stderr, "token %s expires at %s\n", resp.GetTokenId(), resp.GetExpiresAt().AsTime().Format(time.RFC3339))
+	return nil
+}

@@ -1,0 +1,327 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outposthq/outpost/agent"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
+)
+
+func enroll(t *testing.T, tok, dir string, mutate func(*agent.EnrollOptions)) (agent.EnrollResult, error) {
+	t.Helper()
+	o := agent.EnrollOptions{Token: tok, ConfigDir: dir}
+	if mutate != nil {
+		mutate(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return agent.Enroll(ctx, o, testLogger(t, "agent"))
+}
+
+func readPEMCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestEnrollSuccess(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "office-1", Routes: &outpostv1.RouteSet{Subnets: []string{"10.10.0.0/24"}, Domains: []string{"Contoso.Local"}}})
+
+	dir := t.TempDir()
+	// A foreign key in agent.json must survive enrollment.
+	os.WriteFile(filepath.Join(dir, "agent.json"), []byte(`{"Other": {"keep": true}, "Tunnel": {"AgentName": "stale"}}`), 0o600)
+	res, err := enroll(t, tok, dir, func(o *agent.EnrollOptions) { o.Hostname = "jump01.contoso.local" })
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	if res.AgentName != "office-1" {
+		t.Errorf("name %q, want the token's", res.AgentName)
+	}
+
+	for f, mode := range map[string]os.FileMode{"certs/agent.key": 0o600, "certs/agent.pem": 0o644, "certs/gateway-ca.pem": 0o644, "agent.json": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s mode %v, want %v", f, fi.Mode().Perm(), mode)
+		}
+	}
+	cert := readPEMCert(t, filepath.Join(dir, "certs/agent.pem"))
+	ca := readPEMCert(t, filepath.Join(dir, "certs/gateway-ca.pem"))
+	if cert.Subject.CommonName != "office-1" {
+		t.Errorf("CN %q", cert.Subject.CommonName)
+	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != "urn:uuid:"+res.AgentID {
+		t.Errorf("URI SANs %v, want urn:uuid:%s", cert.URIs, res.AgentID)
+	}
+	if len(cert.DNSNames) != 1 || cert.DNSNames[0] != "jump01.contoso.local" {
+		t.Errorf("DNS SANs %v", cert.DNSNames)
+	}
+	if len(cert.ExtKeyUsage) != 1 || cert.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+		t.Errorf("EKU %v, want clientAuth only", cert.ExtKeyUsage)
+	}
+	if v := cert.NotAfter.Sub(cert.NotBefore); v < 29*24*time.Hour || v > 31*24*time.Hour {
+		t.Errorf("validity %v, want about 30 days", v)
+	}
+	if err := cert.CheckSignatureFrom(ca); err != nil {
+		t.Errorf("cert does not chain to the CA written: %v", err)
+	}
+	// The key on disk is the certificate's key.
+	kb, _ := os.ReadFile(filepath.Join(dir, "certs/agent.key"))
+	blk, _ := pem.Decode(kb)
+	key, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.(crypto.Signer).Public()) {
+		t.Error("certificate is not for the key on disk")
+	}
+
+	var cfg map[string]json.RawMessage
+	raw, _ := os.ReadFile(filepath.Join(dir, "agent.json"))
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg["Other"]) == "" || !strings.Contains(string(cfg["Other"]), `"keep": true`) {
+		t.Errorf("foreign key lost: %s", raw)
+	}
+	var tun struct {
+		Enabled                                               bool
+		GatewayEndpoint, AgentId, AgentName, ServerSpkiSha256 string
+		ClientCertPath, ClientKeyPath, GatewayCaCertPath      string
+		AdvertiseSubnets, AdvertiseDomains                    []string
+	}
+	json.Unmarshal(cfg["Tunnel"], &tun)
+	if !tun.Enabled || tun.AgentId != res.AgentID || tun.AgentName != "office-1" || tun.GatewayEndpoint != "localhost:"+portOf(gw.g.QUICAddr()) {
+		t.Errorf("tunnel section %+v", tun)
+	}
+	if len(tun.AdvertiseSubnets) != 1 || tun.AdvertiseSubnets[0] != "10.10.0.0/24" || len(tun.AdvertiseDomains) != 1 || tun.AdvertiseDomains[0] != "contoso.local" {
+		t.Errorf("routes from the token not written: %+v", tun)
+	}
+	// The server pin written is the key the gateway serves with.
+	leaf := gw.g.ServerCertificate()
+	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	if tun.ServerSpkiSha256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("server pin %s, want %x", tun.ServerSpkiSha256, sum)
+	}
+
+	code, body := gw.restGet("/v1/agents")
+	if code != 200 || !strings.Contains(body, res.AgentID) || !strings.Contains(body, `"AGENT_STATUS_OFFLINE"`) {
+		t.Fatalf("GET /v1/agents: %d %s", code, body)
+	}
+	code, body = gw.restGet("/v1/agents/" + res.AgentID)
+	if code != 200 || !strings.Contains(body, `"name":"office-1"`) && !strings.Contains(body, `"name": "office-1"`) {
+		t.Fatalf("GET /v1/agents/id: %d %s", code, body)
+	}
+
+	// Replay: the token is spent, and the identity on disk is untouched.
+	before, _ := os.ReadFile(filepath.Join(dir, "certs/agent.pem"))
+	_, err = enroll(t, tok, dir, nil)
+	if err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("replay: %v", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "certs/agent.pem"))
+	if !bytes.Equal(before, after) {
+		t.Error("a failed enrollment changed the identity on disk")
+	}
+}
+
+func TestEnrollFailuresAreClear(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+
+	t.Run("malformed token", func(t *testing.T) {
+		_, err := enroll(t, "not-a-token", t.TempDir(), nil)
+		if !errors.Is(err, agent.ErrTokenMalformed) {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("expired token", func(t *testing.T) {
+		tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "x"})
+		_, err := enroll(t, tok, t.TempDir(), func(o *agent.EnrollOptions) {
+			o.Now = func() time.Time { return time.Now().Add(2 * time.Hour) }
+		})
+		if err == nil || !strings.Contains(err.Error(), "expired") {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("duplicate name", func(t *testing.T) {
+		if _, err := enroll(t, gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "dup"}), t.TempDir(), nil); err != nil {
+			t.Fatal(err)
+		}
+		_, err := enroll(t, gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "DUP"}), t.TempDir(), nil)
+		if err == nil || !strings.Contains(err.Error(), "already taken") {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("unwritable config dir", func(t *testing.T) {
+		parent := t.TempDir()
+		file := filepath.Join(parent, "file")
+		os.WriteFile(file, nil, 0o600)
+		tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "nowrite"})
+		_, err := enroll(t, tok, filepath.Join(file, "dir"), nil)
+		if err == nil || !strings.Contains(err.Error(), "config directory") {
+			t.Fatalf("%v", err)
+		}
+		// The token was not spent on the failed attempt.
+		if _, err := enroll(t, tok, t.TempDir(), nil); err != nil {
+			t.Fatalf("token spent by a failed local check: %v", err)
+		}
+	})
+	t.Run("gateway unreachable", func(t *testing.T) {
+		// A token naming a port where nothing listens.
+		other := startGateway(t, t.TempDir(), nil)
+		tok := other.tokenFor(t, "https://127.0.0.1:1")
+		_, err := enroll(t, tok, t.TempDir(), nil)
+		if err == nil || !strings.Contains(err.Error(), "cannot reach the gateway") {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("ca pin mismatch", func(t *testing.T) {
+		// Gateway B mints a token whose URL points at gateway A: A's CA does
+		// not match B's pin.
+		b := startGateway(t, t.TempDir(), nil)
+		tok := b.tokenFor(t, gw.url)
+		dir := t.TempDir()
+		_, err := enroll(t, tok, dir, nil)
+		if err == nil || !strings.Contains(err.Error(), "pin") {
+			t.Fatalf("%v", err)
+		}
+		if entries, _ := os.ReadDir(filepath.Join(dir, "certs")); len(entries) != 0 {
+			t.Errorf("files written after a pin mismatch: %v", entries)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "agent.json")); err == nil {
+			t.Error("agent.json written after a pin mismatch")
+		}
+	})
+}
+
+// tokenFor mints a token on gw whose gw_url is url, by running a second
+// gateway process over gw's data dir with a different public URL.
+func (gw *gateway) tokenFor(t *testing.T, url string) string {
+	t.Helper()
+	gw.stop()
+	alt := startGateway(t, gw.cfg.DataDir, func(c *server.Config) { c.PublicURL = url })
+	return alt.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "pinned-" + strings.ReplaceAll(t.Name(), "/", "-")})
+}
+
+func TestEnrollTokenSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	gw := startGateway(t, dir, nil)
+	tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "after-restart"})
+	gw.stop()
+
+	// Same ports again: the token names the first start's URL.
+	samePorts := func(c *server.Config) {
+		c.Listen, c.QUICListen = gw.g.Addr().String(), gw.g.QUICAddr().String()
+	}
+	gw2 := startGateway(t, dir, samePorts)
+	if _, err := enroll(t, tok, t.TempDir(), nil); err != nil {
+		t.Fatalf("token minted before a restart: %v", err)
+	}
+	gw2.stop()
+
+	startGateway(t, dir, samePorts)
+	if _, err := enroll(t, tok, t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("consumed state lost on restart: %v", err)
+	}
+}
+
+func TestEnrollConcurrentOneToken(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: "race"})
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = agent.Enroll(context.Background(), agent.EnrollOptions{Token: tok, ConfigDir: t.TempDir()}, nil)
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !strings.Contains(err.Error(), "already used"):
+			t.Errorf("unexpected failure: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d of %d concurrent enrollments succeeded, want exactly 1", ok, n)
+	}
+	code, body := gw.restGet("/v1/agents")
+	if code != 200 || strings.Count(body, `"agent_id"`) != 1 {
+		t.Fatalf("agents after the race: %s", body)
+	}
+}
+
+func TestEnrollSubprocess(t *testing.T) {
+	bin := outpostBinary(t)
+	gw := startGateway(t, t.TempDir(), nil)
+	tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{})
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "agent", "enroll", "--token", "-", "--name", "sub-agent", "--advertise-subnets", "10.1.0.0/16,10.2.0.0/16")
+	cmd.Env = append(os.Environ(), "OUTPOST_AGENT_DIR="+dir)
+	cmd.Stdin = strings.NewReader(tok + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("outpost agent enroll: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `enrolled agent "sub-agent"`) {
+		t.Errorf("output: %s", out)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "agent.json"))
+	if err != nil || !strings.Contains(string(raw), "10.2.0.0/16") {
+		t.Fatalf("agent.json: %v %s", err, raw)
+	}
+
+	// The same token again: one clear line, non-zero exit.
+	cmd = exec.Command(bin, "agent", "enroll", "--token", tok, "--config-dir", t.TempDir())
+	out, err = cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("replay exited %v", err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); !strings.Contains(lines[len(lines)-1], "already used") {
+		t.Errorf("replay output: %s", out)
+	}
+
+	// The admin CLI mints tokens too.
+	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", filepath.Join(gw.cfg.DataDir, "ca.pem"), "--name", "cli-token")
+	out, err = cmd.Output()
+	if err != nil || strings.Count(strings.TrimSpace(string(out)), ".") != 2 {
+		t.Fatalf("token create: %v %s", err, out)
+	}
+}

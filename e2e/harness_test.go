@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/apiclient"
+)
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLogger(t *testing.T, name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: tWriter{t}})
+}
+
+// gateway is a gateway running in-process for a test.
+type gateway struct {
+	t    *testing.T
+	g    *server.Gateway
+	cfg  server.Config
+	url  string
+	stop func()
+}
+
+// startGateway runs a gateway on loopback; mutate adjusts its config.
+func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *gateway {
+	t.Helper()
+	cfg := server.Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1000}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	g, err := server.New(cfg, testLogger(t, "gateway"))
+	if err != nil {
+		t.Fatalf("gateway: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	var once sync.Once
+	gw := &gateway{t: t, g: g, cfg: cfg, url: "https://" + g.Addr().String()}
+	gw.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("gateway Run: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("gateway did not stop within 15 s")
+			}
+			g.Close()
+		})
+	}
+	t.Cleanup(gw.stop)
+	return gw
+}
+
+func (gw *gateway) adminKey() string {
+	b, err := os.ReadFile(filepath.Join(gw.cfg.DataDir, "admin.key"))
+	if err != nil {
+		gw.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (gw *gateway) conn() *grpc.ClientConn {
+	gw.t.Helper()
+	c, err := apiclient.Dial(apiclient.Options{Gateway: gw.url, APIKey: gw.adminKey(), CAPEM: gw.g.CACertPEM()})
+	if err != nil {
+		gw.t.Fatal(err)
+	}
+	gw.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// token mints an enrollment token through the API.
+func (gw *gateway) token(req *outpostv1.CreateEnrollmentTokenRequest) string {
+	gw.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewEnrollmentServiceClient(gw.conn()).CreateEnrollmentToken(ctx, req)
+	if err != nil {
+		gw.t.Fatalf("CreateEnrollmentToken: %v", err)
+	}
+	return resp.GetToken()
+}
+
+// restGet performs an authenticated REST GET and returns status and body.
+func (gw *gateway) restGet(path string) (int, string) {
+	gw.t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(gw.g.CACertPEM())
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer c.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", gw.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+gw.adminKey())
+	resp, err := c.Do(req)
+	if err != nil {
+		gw.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// outpostBinary builds cmd/outpost once per test run.
+func outpostBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "outpost-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "outpost")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/outpost").CombinedOutput()
+		if err != nil {
+			buildErr = &buildError{err: err, out: string(out)}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build outpost: %v", buildErr)
+	}
+	return binPath
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
+
+// portOf is the port of a bound address.
+func portOf(a net.Addr) string {
+	_, port, _ := net.SplitHostPort(a.String())
+	return port
+}
