@@ -1,11 +1,15 @@
 package transport
 
-import "crypto/tls"
+import (
+	"crypto/tls"
+
+	"github.com/outposthq/outpost/dataplane"
+)
 
 // ALPN is the application protocol both ends negotiate on the QUIC
 // connection (DESIGN.md §3); a peer offering anything else fails the
-// handshake.
-const ALPN = "gw-agent-tunnel/1"
+// handshake. It is the codec's constant, restated for callers of this package.
+const ALPN = dataplane.ALPN
 
 // ServerTLS returns a copy of base for the gateway's QUIC listener with TLS
 // 1.3 as the only version and ALPN as the only application protocol.
