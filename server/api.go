@@ -86,7 +86,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		return nil, err
 	}
 	outpostv1.RegisterEnrollmentServiceServer(a.grpc, enroll)
-	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store))
+	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store, g.agents, g.tunnel.Disconnect))
 	outpostv1.RegisterRouteResolveServiceServer(a.grpc, routeresolve.New())
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)

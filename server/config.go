@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Config is the gateway's configuration. The zero value of every field except
@@ -57,6 +59,17 @@ type Config struct {
 	EnrollRateLimit int `json:"enroll_rate_limit"`
 	// AgentCertValidity is the lifetime of agent certificates. If zero, 30 days.
 	AgentCertValidity Duration `json:"agent_cert_validity"`
+	// MaxSessionsPerAgent caps the concurrent sessions through one agent. If
+	// zero, 4,096.
+	MaxSessionsPerAgent int `json:"max_sessions_per_agent"`
+	// QUICIdleTimeout closes an agent connection silent for this long; it is
+	// also how long a vanished agent (power cut, kill -9) keeps its sessions
+	// before they fail. If zero, 120 s.
+	QUICIdleTimeout Duration `json:"quic_idle_timeout"`
+	// QUICKeepAlive is the keep-alive period on agent connections; it must be
+	// shorter than the idle timeout. If zero, 15 s (capped at half the idle
+	// timeout).
+	QUICKeepAlive Duration `json:"quic_keep_alive"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("30s").
@@ -143,6 +156,16 @@ func (c Config) withPublicDefaults(apiPort, quicPort string) Config {
 	return c
 }
 
+// quicConfig is the tunnel transport configuration from the QUIC settings; a
+// keep-alive left at its default is kept under half the idle timeout.
+func (c Config) quicConfig() transport.Config {
+	q := transport.Config{IdleTimeout: time.Duration(c.QUICIdleTimeout), KeepAlivePeriod: time.Duration(c.QUICKeepAlive)}
+	if q.KeepAlivePeriod == 0 && q.IdleTimeout > 0 {
+		q.KeepAlivePeriod = min(transport.DefaultKeepAlivePeriod, q.IdleTimeout/2)
+	}
+	return q
+}
+
 func portOf(addr string) string {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -183,6 +206,12 @@ func (c Config) validate() error {
 	}
 	if c.EnrollRateLimit < 0 {
 		errs = append(errs, errors.New("enroll_rate_limit must not be negative"))
+	}
+	if err := c.quicConfig().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("quic_idle_timeout/quic_keep_alive: %v", err))
+	}
+	if c.MaxSessionsPerAgent < 0 {
+		errs = append(errs, errors.New("max_sessions_per_agent must not be negative"))
 	}
 	if c.AgentCertValidity < 0 {
 		errs = append(errs, errors.New("agent_cert_validity must not be negative"))

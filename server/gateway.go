@@ -25,8 +25,10 @@ import (
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
+	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/token"
+	"github.com/outposthq/outpost/server/internal/tunnel"
 )
 
 // File names inside the data directory that the gateway itself owns (the PKI
@@ -45,6 +47,8 @@ type Gateway struct {
 	tokens  *token.Issuer
 	store   store.Store
 	metrics *metrics.Metrics
+	agents  *registry.Registry
+	tunnel  *tunnel.Server
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -106,6 +110,20 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if err := g.ensureAdminKey(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.agents = registry.New(nil)
+	g.tunnel, err = tunnel.New(tunnel.Config{
+		Authority:           g.pki,
+		Store:               g.store,
+		Registry:            g.agents,
+		MaxSessionsPerAgent: int64(cfg.MaxSessionsPerAgent),
+		QUIC:                cfg.quicConfig(),
+		Renew:               g.renewAgentCert,
+		Metrics:             g.metrics,
+		Logger:              logger.Named("tunnel"),
+	})
+	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if err := g.bind(); err != nil {
@@ -235,6 +253,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
+	eg.Go(func() error { return g.tunnel.Serve(ctx, g.quicConn) })
 	eg.Go(func() error {
 		<-ctx.Done()
 		g.serving.Store(false)

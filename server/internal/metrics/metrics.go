@@ -21,6 +21,15 @@ type Metrics struct {
 	APIRequests *prometheus.CounterVec
 	// Enrollments counts Enroll calls by outcome ("success" or a lowercase gRPC code).
 	Enrollments *prometheus.CounterVec
+	// AgentsConnected is the number of agents with a live tunnel.
+	AgentsConnected prometheus.Gauge
+	// AgentConnections counts tunnel connection attempts by outcome
+	// ("accepted", "not_accepted", "superseded").
+	AgentConnections *prometheus.CounterVec
+	// ControlMessages counts control messages received by type.
+	ControlMessages *prometheus.CounterVec
+	// AgentRTT is the smoothed QUIC round-trip time per agent, in seconds.
+	AgentRTT *prometheus.GaugeVec
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -38,12 +47,36 @@ func New() *Metrics {
 			Name:      "enrollments_total",
 			Help:      "Agent enrollment attempts by outcome.",
 		}, []string{"outcome"}),
+		AgentsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outpost",
+			Name:      "agents_connected",
+			Help:      "Agents with a live QUIC tunnel.",
+		}),
+		AgentConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "agent_connections_total",
+			Help:      "Agent tunnel connections by admission outcome.",
+		}, []string{"outcome"}),
+		ControlMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "control_messages_total",
+			Help:      "Control messages received from agents by type.",
+		}, []string{"type"}),
+		AgentRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "outpost",
+			Name:      "agent_quic_rtt_seconds",
+			Help:      "Smoothed QUIC round-trip time of each connected agent.",
+		}, []string{"agent_id"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.APIRequests,
 		m.Enrollments,
+		m.AgentsConnected,
+		m.AgentConnections,
+		m.ControlMessages,
+		m.AgentRTT,
 	)
 	return m
 }

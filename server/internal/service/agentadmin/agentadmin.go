@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -13,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"github.com/outposthq/outpost/server/internal/store"
 )
@@ -27,18 +30,49 @@ const (
 type Store interface {
 	GetAgent(ctx context.Context, id string) (store.Agent, error)
 	ListAgents(ctx context.Context, opts store.ListAgentsOptions) ([]store.Agent, error)
+	DeleteAgent(ctx context.Context, id string) error
 }
+
+// Live is the gateway's registry of connected agents.
+type Live interface {
+	Get(id string) (registry.Snapshot, bool)
+	LastSeen(id string) (time.Time, bool)
+	Forget(id string)
+}
+
+// Disconnector closes an agent's live connection with a reason.
+type Disconnector func(agentID, reason string) bool
 
 // Service implements AgentAdminService. It is safe for concurrent use.
 type Service struct {
 	outpostv1.UnimplementedAgentAdminServiceServer
-	store Store
+	store      Store
+	live       Live
+	disconnect Disconnector
 }
 
 var _ outpostv1.AgentAdminServiceServer = (*Service)(nil)
 
-// New returns a Service reading agents from s.
-func New(s Store) *Service { return &Service{store: s} }
+// New returns a Service reading agents from s and their live state from live;
+// DeleteAgent closes a deleted agent's connection with disconnect.
+func New(s Store, live Live, disconnect Disconnector) *Service {
+	return &Service{store: s, live: live, disconnect: disconnect}
+}
+
+// DeleteAgent marks the agent deleted, so it can never connect again without
+// a new enrollment, and closes its live connection with "agent-deleted".
+func (s *Service) DeleteAgent(ctx context.Context, req *outpostv1.DeleteAgentRequest) (*outpostv1.DeleteAgentResponse, error) {
+	id, err := parseID(req.GetAgentId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.DeleteAgent(ctx, id); err != nil {
+		return nil, grpcerr.From(fmt.Errorf("agent %s: %w", id, err))
+	}
+	s.disconnect(id, "agent-deleted")
+	s.live.Forget(id)
+	return &outpostv1.DeleteAgentResponse{}, nil
+}
 
 // ListAgents returns one page of non-deleted agents ordered by id, filtered by
 // status. A page size over MaxPageSize is treated as MaxPageSize.
@@ -74,7 +108,7 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 				return resp, nil
 			}
 			after = a.ID
-			v := view(a)
+			v := s.view(a)
 			if req.GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_UNSPECIFIED && v.GetStatus() != req.GetStatus() {
 				continue
 			}
@@ -99,7 +133,7 @@ func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) 
 	if a.DeletedAt != nil {
 		return nil, status.Errorf(codes.NotFound, "agent %s was deleted", id)
 	}
-	return &outpostv1.GetAgentResponse{Agent: view(a)}, nil
+	return &outpostv1.GetAgentResponse{Agent: s.view(a)}, nil
 }
 
 // parseID validates an agent id and returns its canonical (lowercase) form.
@@ -114,9 +148,9 @@ func parseID(s string) (string, error) {
 	return id.String(), nil
 }
 
-// view builds the API view of a stored agent. Without a live connection an
-// agent is offline.
-func view(a store.Agent) *outpostv1.Agent {
+// view builds the API view of a stored agent with its live state. Without a
+// live connection an agent is offline.
+func (s *Service) view(a store.Agent) *outpostv1.Agent {
 	v := &outpostv1.Agent{
 		AgentId:    a.ID,
 		Name:       a.Name,
@@ -128,7 +162,37 @@ func view(a store.Agent) *outpostv1.Agent {
 	if !a.CertNotAfter.IsZero() {
 		v.CertNotAfter = timestamppb.New(a.CertNotAfter)
 	}
+	snap, ok := s.live.Get(a.ID)
+	if !ok {
+		if t, ok := s.live.LastSeen(a.ID); ok {
+			v.LastSeen = timestamppb.New(t)
+		}
+		return v
+	}
+	v.Status = liveStatus(snap.Status)
+	v.ConnectedAt = timestamppb.New(snap.ConnectedAt)
+	v.LastSeen = timestamppb.New(snap.LastSeen)
+	v.RemoteAddr = snap.RemoteAddr
+	v.RouteEpoch = snap.Routes.Epoch
+	v.ActiveSessions = uint32(min(snap.ActiveSessions, math.MaxUint32))
+	for _, p := range snap.Routes.Subnets {
+		v.Subnets = append(v.Subnets, p.String())
+	}
+	for _, d := range snap.Routes.Domains {
+		v.Domains = append(v.Domains, &outpostv1.DomainRoute{Domain: d.Name, AutoDetected: d.AutoDetected})
+	}
 	return v
+}
+
+func liveStatus(s registry.Status) outpostv1.AgentStatus {
+	switch s {
+	case registry.Online:
+		return outpostv1.AgentStatus_AGENT_STATUS_ONLINE
+	case registry.Unresponsive:
+		return outpostv1.AgentStatus_AGENT_STATUS_UNRESPONSIVE
+	default:
+		return outpostv1.AgentStatus_AGENT_STATUS_OFFLINE
+	}
 }
 
 func encodePageToken(afterID string) string {

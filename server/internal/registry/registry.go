@@ -1,0 +1,311 @@
+// Package registry is the gateway's live view of connected agents: who is
+// connected over which connection generation, what it advertises, when it was
+// last heard from, and how many sessions it carries (DESIGN.md §8). It holds
+// nothing persistent; the store has the enrolled agents.
+package registry
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/outposthq/outpost/dataplane"
+)
+
+// Liveness thresholds (DESIGN.md §12): an agent silent for this long is
+// unresponsive, then offline.
+const (
+	UnresponsiveAfter = 45 * time.Second
+	OfflineAfter      = 90 * time.Second
+)
+
+// Status is an agent's liveness.
+type Status int
+
+// Liveness values, in order of health.
+const (
+	Offline Status = iota
+	Unresponsive
+	Online
+)
+
+func (s Status) String() string {
+	switch s {
+	case Online:
+		return "online"
+	case Unresponsive:
+		return "unresponsive"
+	default:
+		return "offline"
+	}
+}
+
+// Conn is what the registry needs from an agent's connection: a way to close
+// it with a reason (an application close code 0 and a reason string).
+type Conn interface {
+	CloseWithReason(reason string)
+}
+
+// Routes is what an agent advertised last.
+type Routes struct {
+	Epoch   uint64
+	Subnets []netip.Prefix
+	Domains []dataplane.DomainRoute
+}
+
+// Entry is one live connection of an agent. Its identity fields are fixed at
+// Register; the mutable parts are behind the registry's lock or atomic.
+type Entry struct {
+	AgentID      string
+	Name         string
+	RemoteAddr   string
+	CertNotAfter time.Time
+	ConnectedAt  time.Time
+	Conn         Conn
+
+	generation uint64 // set by Register
+	lastSeen   atomic.Int64
+	sessions   atomic.Int64
+	reported   atomic.Uint32 // active sessions as the agent last reported
+
+	// Guarded by the registry's mu.
+	routes     Routes
+	advertised bool
+}
+
+// Generation identifies this connection among the agent's connections.
+func (e *Entry) Generation() uint64 { return e.generation }
+
+// Sessions returns the number of sessions the gateway has open on e.
+func (e *Entry) Sessions() int64 { return e.sessions.Load() }
+
+// AcquireSession counts a new session on e unless limit sessions are open
+// already; it reports whether the session may go ahead. Call ReleaseSession
+// when it ends.
+func (e *Entry) AcquireSession(limit int64) bool {
+	for {
+		n := e.sessions.Load()
+		if n >= limit {
+			return false
+		}
+		if e.sessions.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// ReleaseSession ends a session counted by AcquireSession.
+func (e *Entry) ReleaseSession() { e.sessions.Add(-1) }
+
+// Snapshot is a copy of an entry's state at one moment.
+type Snapshot struct {
+	AgentID        string
+	Name           string
+	Generation     uint64
+	Status         Status
+	RemoteAddr     string
+	ConnectedAt    time.Time
+	LastSeen       time.Time
+	CertNotAfter   time.Time
+	Routes         Routes
+	ActiveSessions int64
+	// ReportedSessions is the count in the agent's last Heartbeat.
+	ReportedSessions uint32
+}
+
+// Registry tracks live agent connections. The zero value is not usable; call
+// New. It is safe for concurrent use.
+type Registry struct {
+	now func() time.Time
+
+	mu      sync.RWMutex
+	agents  map[string]*Entry
+	nextGen uint64
+	// departed remembers when disconnected agents were last heard from.
+	departed map[string]time.Time
+	// watchers are told about route and membership changes (routing tables).
+	watchers []func(Change)
+}
+
+// Change describes what happened to an agent, for watchers.
+type Change struct {
+	AgentID string
+	// Entry is the agent's current entry, nil when it left.
+	Entry *Entry
+	// Routes are the entry's routes after the change (zero when it left).
+	Routes Routes
+}
+
+// New returns an empty registry; now is the clock (nil means time.Now).
+func New(now func() time.Time) *Registry {
+	if now == nil {
+		now = time.Now
+	}
+	return &Registry{now: now, agents: make(map[string]*Entry), departed: make(map[string]time.Time)}
+}
+
+// Watch registers fn to be called, under the registry's lock and in order,
+// after every change of membership or routes. fn must be quick and must not
+// call back into the registry.
+func (r *Registry) Watch(fn func(Change)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watchers = append(r.watchers, fn)
+}
+
+func (r *Registry) notifyLocked(id string) {
+	c := Change{AgentID: id}
+	if e := r.agents[id]; e != nil {
+		c.Entry, c.Routes = e, e.routes
+	}
+	for _, w := range r.watchers {
+		w(c)
+	}
+}
+
+// Register makes e the agent's live connection, assigning its generation and
+// marking it seen now. It returns the entry it replaced, if any: the caller
+// closes that connection ("connection-superseded").
+func (r *Registry) Register(e *Entry) (replaced *Entry) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextGen++
+	e.generation = r.nextGen
+	e.ConnectedAt = now
+	e.lastSeen.Store(now.UnixNano())
+	replaced = r.agents[e.AgentID]
+	r.agents[e.AgentID] = e
+	delete(r.departed, e.AgentID)
+	r.notifyLocked(e.AgentID)
+	return replaced
+}
+
+// Unregister removes e if it is still the agent's live connection; a
+// superseded connection's cleanup thus never removes its successor. It
+// reports whether e was removed.
+func (r *Registry) Unregister(e *Entry) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agents[e.AgentID] != e {
+		return false
+	}
+	delete(r.agents, e.AgentID)
+	r.departed[e.AgentID] = time.Unix(0, e.lastSeen.Load())
+	r.notifyLocked(e.AgentID)
+	return true
+}
+
+// LastSeen returns when a disconnected agent was last heard from since this
+// gateway started.
+func (r *Registry) LastSeen(id string) (time.Time, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	t, ok := r.departed[id]
+	return t, ok
+}
+
+// Forget drops what the registry remembers of a disconnected agent (after it
+// was deleted).
+func (r *Registry) Forget(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.departed, id)
+}
+
+// Touch records a sign of life on e.
+func (r *Registry) Touch(e *Entry) { e.lastSeen.Store(r.now().UnixNano()) }
+
+// ReportSessions records the active session count of e's last Heartbeat.
+func (r *Registry) ReportSessions(e *Entry, n uint32) { e.reported.Store(n) }
+
+// Advertise applies a RouteAdvertise received on e with the epoch rules: a
+// higher epoch (or the first advertisement of the connection)
+// replaces the routes, an equal one only refreshes, a lower one is ignored.
+// It reports whether the routes were replaced.
+func (r *Registry) Advertise(e *Entry, epoch uint64, subnets []netip.Prefix, domains []dataplane.DomainRoute) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e.advertised && epoch <= e.routes.Epoch {
+		return false
+	}
+	e.advertised = true
+	e.routes = Routes{Epoch: epoch, Subnets: slices.Clone(subnets), Domains: slices.Clone(domains)}
+	if r.agents[e.AgentID] == e {
+		r.notifyLocked(e.AgentID)
+	}
+	return true
+}
+
+// Lookup returns the agent's live entry.
+func (r *Registry) Lookup(id string) (*Entry, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.agents[id]
+	return e, ok
+}
+
+// Get returns a snapshot of the agent's live entry.
+func (r *Registry) Get(id string) (Snapshot, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.agents[id]
+	if !ok {
+		return Snapshot{}, false
+	}
+	return r.snapshotLocked(e), true
+}
+
+// List returns snapshots of every live entry, in no particular order.
+func (r *Registry) List() []Snapshot {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Snapshot, 0, len(r.agents))
+	for _, e := range r.agents {
+		out = append(out, r.snapshotLocked(e))
+	}
+	return out
+}
+
+// Len returns the number of connected agents.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.agents)
+}
+
+// Status returns e's liveness now.
+func (r *Registry) Status(e *Entry) Status {
+	return StatusAt(time.Unix(0, e.lastSeen.Load()), r.now())
+}
+
+// StatusAt is the liveness of a connected agent last heard from at lastSeen.
+func StatusAt(lastSeen, now time.Time) Status {
+	switch silent := now.Sub(lastSeen); {
+	case silent < UnresponsiveAfter:
+		return Online
+	case silent < OfflineAfter:
+		return Unresponsive
+	default:
+		return Offline
+	}
+}
+
+func (r *Registry) snapshotLocked(e *Entry) Snapshot {
+	last := time.Unix(0, e.lastSeen.Load())
+	return Snapshot{
+		AgentID:          e.AgentID,
+		Name:             e.Name,
+		Generation:       e.generation,
+		Status:           StatusAt(last, r.now()),
+		RemoteAddr:       e.RemoteAddr,
+		ConnectedAt:      e.ConnectedAt,
+		LastSeen:         last,
+		CertNotAfter:     e.CertNotAfter,
+		Routes:           e.routes,
+		ActiveSessions:   e.sessions.Load(),
+		ReportedSessions: e.reported.Load(),
+	}
+}

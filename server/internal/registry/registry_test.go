@@ -1,0 +1,130 @@
+package registry
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outposthq/outpost/dataplane"
+)
+
+type fakeConn struct{ reason string }
+
+func (f *fakeConn) CloseWithReason(r string) { f.reason = r }
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+func TestSupersedeKeepsTheNewEntry(t *testing.T) {
+	r := New(nil)
+	old := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	if r.Register(old) != nil {
+		t.Fatal("first Register replaced something")
+	}
+	repl := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	if got := r.Register(repl); got != old {
+		t.Fatalf("Register returned %v, want the old entry", got)
+	}
+	if repl.Generation() <= old.Generation() {
+		t.Fatal("generation did not increase")
+	}
+	if r.Unregister(old) {
+		t.Fatal("the superseded entry's cleanup removed its successor")
+	}
+	if e, ok := r.Lookup("a"); !ok || e != repl {
+		t.Fatal("successor lost")
+	}
+	if !r.Unregister(repl) || r.Len() != 0 {
+		t.Fatal("Unregister of the live entry failed")
+	}
+	if _, ok := r.LastSeen("a"); !ok {
+		t.Fatal("LastSeen forgot a departed agent")
+	}
+	r.Forget("a")
+	if _, ok := r.LastSeen("a"); ok {
+		t.Fatal("Forget did not forget")
+	}
+}
+
+func TestAdvertiseEpochRules(t *testing.T) {
+	r := New(nil)
+	var changes []Change
+	r.Watch(func(c Change) { changes = append(changes, c) })
+	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	r.Register(e)
+	p := func(s string) []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix(s)} }
+
+	if !r.Advertise(e, 5, p("10.0.0.0/8"), nil) {
+		t.Fatal("first advertisement of a connection must apply, whatever its epoch")
+	}
+	if r.Advertise(e, 5, p("10.1.0.0/16"), nil) {
+		t.Fatal("equal epoch replaced the routes")
+	}
+	if r.Advertise(e, 4, p("10.2.0.0/16"), nil) {
+		t.Fatal("lower epoch replaced the routes")
+	}
+	if !r.Advertise(e, 6, p("10.3.0.0/16"), []dataplane.DomainRoute{{Name: "x.test"}}) {
+		t.Fatal("higher epoch ignored")
+	}
+	s, _ := r.Get("a")
+	if s.Routes.Epoch != 6 || s.Routes.Subnets[0].String() != "10.3.0.0/16" || s.Routes.Domains[0].Name != "x.test" {
+		t.Fatalf("routes %+v", s.Routes)
+	}
+	// Register, two applied advertisements.
+	if len(changes) != 3 || changes[2].Routes.Epoch != 6 {
+		t.Fatalf("watchers saw %d changes", len(changes))
+	}
+	r.Unregister(e)
+	if last := changes[len(changes)-1]; last.Entry != nil {
+		t.Fatal("departure not reported")
+	}
+}
+
+func TestStatusThresholds(t *testing.T) {
+	c := &clock{t: time.Unix(1_000_000, 0)}
+	r := New(c.now)
+	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	r.Register(e)
+	steps := []struct {
+		advance time.Duration
+		want    Status
+	}{
+		{0, Online},
+		{45*time.Second - time.Millisecond, Online},
+		{time.Millisecond, Unresponsive},
+		{45*time.Second - time.Millisecond, Unresponsive},
+		{time.Millisecond, Offline},
+	}
+	for i, s := range steps {
+		c.add(s.advance)
+		if got := r.Status(e); got != s.want {
+			t.Fatalf("step %d: %v, want %v", i, got, s.want)
+		}
+	}
+	r.Touch(e)
+	if got, _ := r.Get("a"); got.Status != Online {
+		t.Fatalf("after Touch: %v", got.Status)
+	}
+}
+
+func TestSessionLimit(t *testing.T) {
+	e := &Entry{}
+	for range 3 {
+		if !e.AcquireSession(3) {
+			t.Fatal("under the limit refused")
+		}
+	}
+	if e.AcquireSession(3) {
+		t.Fatal("limit + 1 accepted")
+	}
+	e.ReleaseSession()
+	if !e.AcquireSession(3) || e.Sessions() != 3 {
+		t.Fatal("a released slot was not reusable")
+	}
+}

@@ -1,0 +1,325 @@
+// Package tunnel is the gateway end of the agent tunnel (DESIGN.md §3–4): the
+// QUIC listener with mutual TLS admission, one control loop per agent
+// connection feeding the live registry, and OpenSession, which opens a session
+// stream to an agent and waits for its ConnectResponse.
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/server/internal/metrics"
+	"github.com/outposthq/outpost/server/internal/pki"
+	"github.com/outposthq/outpost/server/internal/registry"
+	"github.com/outposthq/outpost/server/internal/store"
+)
+
+// Close reasons sent with application error code 0 (DESIGN.md §3).
+const (
+	ReasonShutdown    = "shutdown"
+	ReasonDeleted     = "agent-deleted"
+	ReasonNotAccepted = "agent-not-accepted"
+	ReasonSuperseded  = "connection-superseded"
+	ReasonCertRenewed = "cert-renewed"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxSessionsPerAgent = 4096
+	DefaultConnectTimeout      = 30 * time.Second
+	// controlStreamTimeout bounds how long an admitted agent may take to open
+	// its control stream.
+	controlStreamTimeout = 10 * time.Second
+	// storeTimeout bounds each store lookup made during admission.
+	storeTimeout = 5 * time.Second
+)
+
+// Authority is what the tunnel needs from the gateway CA.
+type Authority interface {
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	VerifyAgentChain(rawCerts [][]byte) (*x509.Certificate, error)
+}
+
+// AgentStore is what admission needs from the store.
+type AgentStore interface {
+	GetAgent(ctx context.Context, id string) (store.Agent, error)
+}
+
+// Renewer signs a renewed certificate for an admitted agent from csrPEM. cert
+// is the certificate the agent proved with mTLS. It returns the new
+// certificate and the CA certificate in PEM, or an error whose text is sent
+// to the agent.
+type Renewer func(ctx context.Context, agentID string, cert *x509.Certificate, csrPEM string) (certPEM, caPEM string, err error)
+
+// Config configures a Server.
+type Config struct {
+	Authority Authority
+	Store     AgentStore
+	Registry  *registry.Registry
+	// QUIC is the transport configuration; its MaxIncomingStreams is forced
+	// to 1 (an agent opens only its control stream).
+	QUIC transport.Config
+	// MaxSessionsPerAgent caps concurrent sessions per agent (default 4,096).
+	MaxSessionsPerAgent int64
+	// ConnectTimeout bounds opening a session: stream, ConnectRequest and the
+	// agent's ConnectResponse (default 30 s).
+	ConnectTimeout time.Duration
+	// Renew handles CertRenewalRequest; nil answers every request with an error.
+	Renew   Renewer
+	Metrics *metrics.Metrics
+	Logger  hclog.Logger
+}
+
+// Server accepts agent connections. Create it with New, run it with Serve.
+type Server struct {
+	cfg  Config
+	log  hclog.Logger
+	reg  *registry.Registry
+	tls  *tls.Config
+	quic *quic.Config
+
+	mu    sync.Mutex
+	conns map[*agentConn]struct{} // every connection being handled
+	wg    sync.WaitGroup          // one per handled connection
+}
+
+// New checks cfg and returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Authority == nil || cfg.Store == nil || cfg.Registry == nil {
+		return nil, errors.New("tunnel: Authority, Store and Registry are required")
+	}
+	if err := cfg.QUIC.Validate(); err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	if cfg.MaxSessionsPerAgent <= 0 {
+		cfg.MaxSessionsPerAgent = DefaultMaxSessionsPerAgent
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
+	qc := cfg.QUIC.QUIC()
+	qc.MaxIncomingStreams = 1
+	return &Server{
+		cfg: cfg,
+		log: cfg.Logger,
+		reg: cfg.Registry,
+		tls: transport.ServerTLS(&tls.Config{
+			GetCertificate: cfg.Authority.GetCertificate,
+			// The chain is verified after the handshake, so that a refused
+			// agent learns why from the close reason instead of a TLS alert.
+			ClientAuth: tls.RequireAnyClientCert,
+		}),
+		quic:  qc,
+		conns: make(map[*agentConn]struct{}),
+	}, nil
+}
+
+// Serve accepts agent connections on pc until ctx ends, then closes every
+// agent connection with "shutdown", waits for their handlers and returns nil.
+// It takes ownership of pc only for the QUIC transport's lifetime; the caller
+// closes pc after Serve returns.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
+	tr := &quic.Transport{Conn: pc}
+	ln, err := tr.Listen(s.tls, s.quic)
+	if err != nil {
+		return fmt.Errorf("tunnel: listen: %w", err)
+	}
+	s.log.Info("agent tunnel listening", "addr", pc.LocalAddr().String(), "alpn", transport.ALPN)
+	if udp, ok := pc.(*net.UDPConn); ok {
+		rep := transport.SocketReport(udp)
+		s.log.Info("UDP socket", "recv_buffer", rep.ReceiveBuffer, "send_buffer", rep.SendBuffer, "gso", rep.GSO)
+		if w := rep.Warning(); w != "" {
+			s.log.Warn(w)
+		}
+	}
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			conn, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			s.start(ctx, conn)
+		}
+	}()
+	<-ctx.Done()
+	ln.Close()
+	<-acceptDone
+	s.closeAll(ReasonShutdown)
+	s.wg.Wait()
+	if err := tr.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("closing QUIC transport", "error", err)
+	}
+	return nil
+}
+
+// start hands conn to its own goroutine, tracked for Serve's shutdown.
+func (s *Server) start(ctx context.Context, conn *quic.Conn) {
+	ac := &agentConn{q: conn}
+	s.mu.Lock()
+	s.conns[ac] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.conns, ac)
+			s.mu.Unlock()
+		}()
+		s.handle(ctx, ac)
+	}()
+}
+
+func (s *Server) closeAll(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ac := range s.conns {
+		ac.CloseWithReason(reason)
+	}
+}
+
+// Disconnect closes the agent's live connection with reason, if it has one,
+// and reports whether it had.
+func (s *Server) Disconnect(agentID, reason string) bool {
+	e, ok := s.reg.Lookup(agentID)
+	if !ok {
+		return false
+	}
+	e.Conn.CloseWithReason(reason)
+	return true
+}
+
+// agentConn is one agent QUIC connection; it implements registry.Conn.
+type agentConn struct {
+	q *quic.Conn
+}
+
+func (c *agentConn) CloseWithReason(reason string) {
+	_ = c.q.CloseWithError(0, reason)
+}
+
+// handle admits conn, registers it and runs its control loop until it ends.
+func (s *Server) handle(ctx context.Context, ac *agentConn) {
+	conn := ac.q
+	remote := conn.RemoteAddr().String()
+	log := s.log.With("remote", remote)
+	cert, agent, err := s.admit(ctx, conn)
+	if err != nil {
+		log.Warn("agent connection refused", "reason", err)
+		s.cfg.Metrics.AgentConnections.WithLabelValues("not_accepted").Inc()
+		ac.CloseWithReason(ReasonNotAccepted)
+		return
+	}
+	log = log.With("agent_id", agent.ID, "agent", agent.Name)
+	e := &registry.Entry{
+		AgentID:      agent.ID,
+		Name:         agent.Name,
+		RemoteAddr:   remote,
+		CertNotAfter: cert.NotAfter,
+		Conn:         ac,
+	}
+	if old := s.reg.Register(e); old != nil {
+		log.Info("agent reconnected; closing its previous connection", "previous_remote", old.RemoteAddr)
+		s.cfg.Metrics.AgentConnections.WithLabelValues("superseded").Inc()
+		old.Conn.CloseWithReason(ReasonSuperseded)
+	}
+	s.cfg.Metrics.AgentConnections.WithLabelValues("accepted").Inc()
+	s.cfg.Metrics.AgentsConnected.Inc()
+	defer func() {
+		if s.reg.Unregister(e) {
+			s.cfg.Metrics.AgentRTT.DeleteLabelValues(agent.ID)
+		}
+		s.cfg.Metrics.AgentsConnected.Dec()
+	}()
+	// A DeleteAgent that ran between the admission lookup and Register found
+	// nothing to disconnect: look again now that the entry is visible.
+	if err := s.checkLive(ctx, agent.ID); err != nil {
+		log.Warn("agent connection refused", "reason", err)
+		ac.CloseWithReason(ReasonNotAccepted)
+		return
+	}
+	log.Info("agent connected", "generation", e.Generation())
+	err = s.controlLoop(ctx, conn, e, cert, log)
+	log.Info("agent disconnected", "reason", describeClose(err), "generation", e.Generation())
+}
+
+// admit applies DESIGN.md §4: chain, URI SAN UUID, agent present and not
+// deleted, SPKI equal to the stored one.
+func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate, store.Agent, error) {
+	state := conn.ConnectionState().TLS
+	raw := make([][]byte, 0, len(state.PeerCertificates))
+	for _, c := range state.PeerCertificates {
+		raw = append(raw, c.Raw)
+	}
+	cert, err := s.cfg.Authority.VerifyAgentChain(raw)
+	if err != nil {
+		return nil, store.Agent{}, err
+	}
+	id, err := pki.AgentIDFromCert(cert)
+	if err != nil {
+		return nil, store.Agent{}, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	agent, err := s.cfg.Store.GetAgent(lctx, id.String())
+	if err != nil {
+		return nil, store.Agent{}, fmt.Errorf("agent %s: %w", id, err)
+	}
+	if agent.DeletedAt != nil {
+		return nil, store.Agent{}, fmt.Errorf("agent %s was deleted", id)
+	}
+	if got := pki.SPKISHA256(cert); got != agent.SPKISHA256 {
+		return nil, store.Agent{}, fmt.Errorf("agent %s presented key %s, enrolled with %s", id, got, agent.SPKISHA256)
+	}
+	return cert, agent, nil
+}
+
+func (s *Server) checkLive(ctx context.Context, id string) error {
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	agent, err := s.cfg.Store.GetAgent(lctx, id)
+	if err != nil {
+		return fmt.Errorf("agent %s: %w", id, err)
+	}
+	if agent.DeletedAt != nil {
+		return fmt.Errorf("agent %s was deleted", id)
+	}
+	return nil
+}
+
+// describeClose turns the error that ended a connection into a log value.
+func describeClose(err error) string {
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.As(err, &appErr):
+		if appErr.ErrorMessage != "" {
+			return appErr.ErrorMessage
+		}
+		return appErr.Error()
+	case errors.As(err, &idle):
+		return "idle timeout"
+	default:
+		return err.Error()
+	}
+}
