@@ -9,7 +9,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/agent/internal/enroll"
+	"github.com/outposthq/outpost/agent/internal/tunnel"
 )
 
 // DefaultConfigDir is where agent.json and certs/ live unless OUTPOST_AGENT_DIR
@@ -54,4 +56,31 @@ func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollRe
 		o.Logger = logger.Named("enroll")
 	}
 	return enroll.Enroll(ctx, o)
+}
+
+// RunOptions configure the tunnel; see tunnel.Options for the defaults.
+type RunOptions = tunnel.Options
+
+// Runner keeps the tunnel up: Run until its context ends, Reload to re-read
+// the config (SIGHUP).
+type Runner = tunnel.Agent
+
+// ErrNotEnrolled is returned by Run when the config directory holds no identity.
+var ErrNotEnrolled = tunnel.ErrNotEnrolled
+
+// NewRunner returns the tunnel runner for o.ConfigDir.
+func NewRunner(o RunOptions, logger hclog.Logger) (*Runner, error) {
+	if logger != nil {
+		o.Logger = logger.Named("tunnel")
+	}
+	return tunnel.New(o)
+}
+
+// Enrolled reports whether dir holds an enrolled identity, and its agent id.
+func Enrolled(dir string) (string, bool) {
+	f, ok, err := config.Load(dir)
+	if err != nil || !ok || f.Tunnel.AgentId == "" {
+		return "", false
+	}
+	return f.Tunnel.AgentId, true
 }

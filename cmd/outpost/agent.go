@@ -6,19 +6,29 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/outposthq/outpost/agent"
 )
 
 func runAgent(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: agent needs a subcommand: enroll", errUsage)
+		return fmt.Errorf("%w: agent needs a subcommand: enroll, run or up", errUsage)
 	}
 	switch args[0] {
 	case "enroll":
 		return runAgentEnroll(ctx, args[1:], stdin, stdout, stderr)
+	case "run":
+		return runAgentRun(ctx, args[1:], stderr)
+	case "up":
+		return runAgentUp(ctx, args[1:], stdin, stdout, stderr)
 	}
 	return fmt.Errorf("%w: unknown agent subcommand %q", errUsage, args[0])
 }
@@ -98,5 +108,102 @@ func runAgentEnroll(ctx context.Context, args []string, stdin io.Reader, stdout,
 	}
 	fmt.Fprintf(stdout, "enrolled agent %q as %s; certificate valid until %s\nconfig: %s (gateway %s)\n",
 		res.AgentName, res.AgentID, res.CertNotAfter.UTC().Format(time.RFC3339), res.ConfigPath, res.GatewayEndpoint)
+	return nil
+}
+
+// runFlags are the flags of the running agent, shared by "agent run" and "agent up".
+type runFlags struct {
+	configDir    string
+	drainTimeout time.Duration
+}
+
+func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
+	if withConfigDir {
+		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
+	}
+	fs.DurationVar(&r.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long live sessions may take to finish")
+}
+
+func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("agent run", stderr, "agent run [--config-dir DIR] [flags]")
+	var (
+		rf runFlags
+		lf logFlags
+	)
+	rf.register(fs, true)
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	return runTunnel(ctx, agent.ConfigDir(rf.configDir), rf, log)
+}
+
+func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("agent up", stderr, "agent up --token <jwt|-> [flags]")
+	var (
+		ef enrollFlags
+		rf runFlags
+		lf logFlags
+	)
+	ef.register(fs)
+	rf.register(fs, false)
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	dir := agent.ConfigDir(ef.configDir)
+	if id, ok := agent.Enrolled(dir); ok {
+		log.Info("already enrolled; using the existing identity", "agent_id", id, "config_dir", dir)
+	} else {
+		o, err := ef.options(stdin)
+		if err != nil {
+			return err
+		}
+		res, err := agent.Enroll(ctx, o, log)
+		if err != nil {
+			return fmt.Errorf("enroll: %w", err)
+		}
+		fmt.Fprintf(stdout, "enrolled agent %q as %s\n", res.AgentName, res.AgentID)
+	}
+	return runTunnel(ctx, dir, rf, log)
+}
+
+// runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
+func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
+	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout}, log)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() {
+		signal.Stop(hup)
+		close(done)
+		wg.Wait()
+	}()
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading the config")
+				r.Reload()
+			}
+		}
+	})
+	if err := r.Run(ctx); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	return nil
 }

@@ -24,6 +24,8 @@ Usage:
   outpost gateway apikey create|list|revoke  manage API keys on the gateway's store
   outpost gateway token create [flags]     mint a one-time agent enrollment token
   outpost agent enroll --token <jwt|->     enroll this machine as an agent
+  outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
+  outpost agent up --token <jwt|->         enroll if needed, then run
   outpost help                             show this help
 
 Run "outpost <command> -h" for the flags of a command.

@@ -1,0 +1,106 @@
+package tunnel
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/outposthq/outpost/agent/internal/config"
+	"github.com/outposthq/outpost/agent/internal/session"
+	"github.com/outposthq/outpost/dataplane"
+)
+
+// ErrNotEnrolled is returned by Run when the config directory holds no
+// enrolled identity.
+var ErrNotEnrolled = errors.New("agent is not enrolled")
+
+// settings is what one connection attempt reads from the config directory.
+type settings struct {
+	endpoint string // host:port
+	host     string // endpoint host without brackets (SNI and verification name)
+	agentID  string
+	tls      *tls.Config
+	routes   session.Routes
+	domains  []dataplane.DomainRoute
+}
+
+// loadSettings reads agent.json and the files it names.
+func loadSettings(dir string) (*settings, error) {
+	f, ok, err := config.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	t := f.Tunnel
+	if !ok || t.AgentId == "" || t.ClientCertPath == "" {
+		return nil, fmt.Errorf("%w: no identity in %s (run outpost agent enroll first)", ErrNotEnrolled, dir)
+	}
+	if !t.Enabled {
+		return nil, fmt.Errorf("the tunnel is disabled in %s (Tunnel.Enabled is false)", dir)
+	}
+	host, _, err := net.SplitHostPort(t.GatewayEndpoint)
+	if err != nil {
+		return nil, fmt.Errorf("GatewayEndpoint %q: want host:port: %v", t.GatewayEndpoint, err)
+	}
+	pair, err := tls.LoadX509KeyPair(config.Resolve(dir, t.ClientCertPath), config.Resolve(dir, t.ClientKeyPath))
+	if err != nil {
+		return nil, fmt.Errorf("agent certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(config.Resolve(dir, t.GatewayCaCertPath))
+	if err != nil {
+		return nil, fmt.Errorf("gateway CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("gateway CA %s: no PEM certificate", t.GatewayCaCertPath)
+	}
+	pin := strings.ToLower(t.ServerSpkiSha256)
+	s := &settings{
+		endpoint: t.GatewayEndpoint,
+		host:     host,
+		agentID:  t.AgentId,
+		tls: &tls.Config{
+			Certificates: []tls.Certificate{pair},
+			RootCAs:      pool,
+			ServerName:   host,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if pin == "" || len(cs.PeerCertificates) == 0 {
+					return nil
+				}
+				sum := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
+				if got := hex.EncodeToString(sum[:]); got != pin {
+					return fmt.Errorf("gateway server key %s does not match the pinned %s", got, pin)
+				}
+				return nil
+			},
+		},
+	}
+	for _, c := range t.AdvertiseSubnets {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil || !p.Addr().Is4() {
+			return nil, fmt.Errorf("AdvertiseSubnets: %q is not an IPv4 CIDR", c)
+		}
+		s.routes.Subnets = append(s.routes.Subnets, p)
+	}
+	for _, d := range t.AdvertiseDomains {
+		name, err := dataplane.ValidateDomainRoute(strings.TrimSpace(d))
+		if err != nil {
+			return nil, fmt.Errorf("AdvertiseDomains: %q: %v", d, err)
+		}
+		s.routes.Domains = append(s.routes.Domains, name)
+		s.domains = append(s.domains, dataplane.DomainRoute{Name: name})
+	}
+	return s, nil
+}
+
+// sameRoutes reports whether two settings advertise the same routes.
+func sameRoutes(a, b *settings) bool {
+	return slices.Equal(a.routes.Subnets, b.routes.Subnets) && slices.Equal(a.domains, b.domains)
+}

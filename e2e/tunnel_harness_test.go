@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outposthq/outpost/agent"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
+)
+
+// fastAgent is the agent tuning tests use: quick reconnects.
+func fastAgent(dir string) agent.RunOptions {
+	return agent.RunOptions{
+		ConfigDir:    dir,
+		BackoffMin:   50 * time.Millisecond,
+		BackoffMax:   300 * time.Millisecond,
+		DrainTimeout: 5 * time.Second,
+	}
+}
+
+// enrollAgent enrolls a new agent on gw with the given routes and returns its
+// config dir and id.
+func enrollAgent(t *testing.T, gw *gateway, name string, subnets, domains []string) (string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	tok := gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: name})
+	res, err := enroll(t, tok, dir, func(o *agent.EnrollOptions) {
+		o.Subnets, o.Domains = subnets, domains
+	})
+	if err != nil {
+		t.Fatalf("enroll %s: %v", name, err)
+	}
+	return dir, res.AgentID
+}
+
+// runningAgent is an in-process agent.
+type runningAgent struct {
+	r    *agent.Runner
+	stop func()
+}
+
+func startAgent(t *testing.T, opts agent.RunOptions) *runningAgent {
+	t.Helper()
+	r, err := agent.NewRunner(opts, testLogger(t, "agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	ra := &runningAgent{r: r}
+	ra.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("agent Run: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("agent did not stop within 20 s")
+			}
+		})
+	}
+	t.Cleanup(ra.stop)
+	return ra
+}
+
+// agentView reads an agent through the API.
+func (gw *gateway) agentView(id string) *outpostv1.Agent {
+	gw.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewAgentAdminServiceClient(gw.conn()).GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: id})
+	if err != nil {
+		gw.t.Fatalf("GetAgent: %v", err)
+	}
+	return resp.GetAgent()
+}
+
+// waitStatus polls until the agent has status (and, when online, its routes).
+func (gw *gateway) waitStatus(id string, want outpostv1.AgentStatus, within time.Duration) *outpostv1.Agent {
+	gw.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		a := gw.agentView(id)
+		if a.GetStatus() == want && (want != outpostv1.AgentStatus_AGENT_STATUS_ONLINE || a.GetRouteEpoch() > 0) {
+			return a
+		}
+		if time.Now().After(deadline) {
+			gw.t.Fatalf("agent %s is %v after %v, want %v", id, a.GetStatus(), within, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// dial opens a session through an agent.
+func (gw *gateway) dial(agentID, target string) (server.AgentSession, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Second)
+	defer cancel()
+	return gw.g.DialAgent(ctx, agentID, target)
+}
+
+// tcpServer runs handle for every connection on a loopback listener until
+// the test ends.
+func tcpServer(t *testing.T, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+				}()
+				handle(c.(*net.TCPConn))
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// echo copies everything back, then half-closes.
+func echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+// hasher answers with the SHA-256 of everything it read, after the client's EOF.
+func hasher(c *net.TCPConn) {
+	h := sha256.New()
+	io.Copy(h, c)
+	c.Write(h.Sum(nil))
+	c.CloseWrite()
+}
+
+// pattern is a deterministic byte stream of n bytes.
+func pattern(n int64) io.Reader {
+	return io.LimitReader(&patternReader{}, n)
+}
+
+type patternReader struct{ i byte }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	for k := range b {
+		b[k] = p.i
+		p.i = p.i*31 + 7
+	}
+	return len(b), nil
+}
+
+func patternSum(n int64) []byte {
+	h := sha256.New()
+	io.Copy(h, pattern(n))
+	return h.Sum(nil)
+}
+
+// source sends n pattern bytes, then half-closes.
+func source(n int64) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		io.Copy(c, pattern(n))
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+	}
+}
+
+// uploadAndHash sends n bytes through s to a hasher target and checks the
+// digest it answers.
+func uploadAndHash(t *testing.T, s server.AgentSession, n int64) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(s, pattern(n))
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(s)
+	if err != nil {
+		t.Fatalf("read digest: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	if !bytes.Equal(got, patternSum(n)) {
+		t.Fatalf("upload of %d bytes: digest mismatch", n)
+	}
+}
+
+// downloadAndHash reads everything from s and compares it with n pattern bytes.
+func downloadAndHash(t *testing.T, s server.AgentSession, n int64) {
+	t.Helper()
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	got, err := io.Copy(h, s)
+	if err != nil {
+		t.Fatalf("download after %d bytes: %v", got, err)
+	}
+	if got != n || !bytes.Equal(h.Sum(nil), patternSum(n)) {
+		t.Fatalf("download: %d bytes, digest match %v; want %d", got, bytes.Equal(h.Sum(nil), patternSum(n)), n)
+	}
+}
+
+// agentProcess runs "outpost agent run" as a child process.
+func agentProcess(t *testing.T, dir string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(outpostBinary(t), "agent", "run", "--config-dir", dir, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = tWriter{t}, tWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// isAgentError reports whether err is an *server.AgentError wrapping target
+// whose text contains substr.
+func isAgentError(err, target error, substr string) bool {
+	var ae *server.AgentError
+	return errors.As(err, &ae) && errors.Is(err, target) && strings.Contains(err.Error(), substr)
+}
