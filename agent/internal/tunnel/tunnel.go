@@ -94,6 +94,8 @@ type Agent struct {
 
 	reload chan struct{} // Reload's signal to the live connection
 
+	reportOnce sync.Once // logs the UDP socket report once
+
 	mu        sync.Mutex
 	epoch     uint64    // epoch of the routes last advertised
 	current   *settings // settings of the live connection
@@ -220,6 +222,13 @@ func (a *Agent) dial(ctx context.Context, set *settings) (*quic.Conn, *quic.Tran
 		if err != nil {
 			return nil, nil, fmt.Errorf("open UDP socket: %w", err)
 		}
+		a.reportOnce.Do(func() {
+			rep := transport.SocketReport(udp)
+			a.log.Info("UDP socket", "recv_buffer", rep.ReceiveBuffer, "send_buffer", rep.SendBuffer, "gso", rep.GSO)
+			if w := rep.Warning(); w != "" {
+				a.log.Warn(w)
+			}
+		})
 		tr := &quic.Transport{Conn: udp}
 		raddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(p)))
 		conn, err := tr.Dial(ctx, raddr, transport.ClientTLS(set.tls), a.quic)
