@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/outposthq/outpost/dataplane"
 )
 
 // guard is one dial's net.Dialer.ControlContext hook: it applies the
@@ -93,7 +95,7 @@ func (g *guard) allowedList() string {
 // again, authoritatively, by the Control hook. On failure it returns a nil
 // conn and the reason the ConnectResponse Error carries; if ctx ended, the
 // reason does not matter.
-func (h *Handler) dial(ctx context.Context, table *routeTable, t Target) (*net.TCPConn, string) {
+func (h *Handler) dial(ctx context.Context, table *routeTable, t dataplane.Target) (*net.TCPConn, string) {
 	if !t.IsName() {
 		if ref := table.check(netip.AddrPortFrom(t.Addr, t.Port), false); ref != nil {
 			return nil, ref.Error()
@@ -119,7 +121,7 @@ func (h *Handler) dial(ctx context.Context, table *routeTable, t Target) (*net.T
 
 // reason explains the failed dial of t that returned err, from what the
 // guard saw.
-func (g *guard) reason(t Target, err error) string {
+func (g *guard) reason(t dataplane.Target, err error) string {
 	if refused := g.allRefused(); refused != nil {
 		if !t.IsName() {
 			return refused[0].Error()
@@ -150,7 +152,7 @@ func nameRefusal(name string, refused []*refusedError) string {
 // dialFailure is the reason for a dial that failed for another cause than
 // the policy: "cannot resolve <name>: no such host", "dial 127.0.0.1:1:
 // connection refused", "dial 10.0.0.5:22: i/o timeout".
-func dialFailure(t Target, err error) string {
+func dialFailure(t dataplane.Target, err error) string {
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
 		return fmt.Sprintf("cannot resolve %s: %s", t.Name, dnsErr.Err)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/outposthq/outpost/dataplane"
 )
 
 func TestMatchDomain(t *testing.T) {
@@ -158,8 +160,8 @@ func TestGuardControl(t *testing.T) {
 // TestGuardReason checks the reason chosen for a failed dial from what the
 // Control hook saw and the error the dialer returned.
 func TestGuardReason(t *testing.T) {
-	name := Target{Name: "db.other.test", Port: 22}
-	ip := Target{Addr: netip.MustParseAddr("10.0.0.9"), Port: 22}
+	name := dataplane.Target{Name: "db.other.test", Port: 22}
+	ip := dataplane.Target{Addr: netip.MustParseAddr("10.0.0.9"), Port: 22}
 	refusedOp := func(g *guard, addr string) error {
 		err := g.control(t.Context(), "tcp4", addr, nil)
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr)), Err: err}

@@ -225,7 +225,7 @@ func (h *Handler) handshake(ctx context.Context, s *quic.Stream, log hclog.Logge
 		h.refuse(s, log, ReasonDraining)
 		return nil, log
 	}
-	t, err := ParseTarget(req.Target)
+	t, err := dataplane.ParseTarget(req.Target)
 	if err != nil {
 		h.refuse(s, log, err.Error())
 		return nil, log

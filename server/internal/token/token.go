@@ -1,6 +1,8 @@
 // Package token mints and verifies the gateway's JWTs (ES256): enrollment tokens
-// (DESIGN.md §5), which let one agent enroll once. Tokens signed by a configured
-// external provisioner key are accepted on the same terms.
+// (DESIGN.md §5), which let one agent enroll once — tokens signed by a
+// configured external provisioner key are accepted on the same terms — and
+// session tokens (DESIGN.md §9), which let a client open a session to one
+// target.
 package token
 
 import (
@@ -24,7 +26,100 @@ const (
 	DefaultEnrollmentTTL = time.Hour
 	// MaxEnrollmentTTL bounds the lifetime an operator may ask for.
 	MaxEnrollmentTTL = 30 * 24 * time.Hour
+
+	ScopeSession   = "session"
+	ContentSession = "SESSION"
+	// DefaultSessionTTL is a session token's lifetime when none is asked for.
+	DefaultSessionTTL = 60 * time.Second
+	// MaxSessionTTL bounds a session token's lifetime.
+	MaxSessionTTL = 24 * time.Hour
 )
+
+// SessionClaims are the claims of a session token.
+type SessionClaims struct {
+	jwt.RegisteredClaims
+	Scope string `json:"scope"`
+	// Target is the destination, "host:port".
+	Target string `json:"dst"`
+	// AgentID, if set, is the only agent that may carry the session.
+	AgentID string `json:"agent_id,omitempty"`
+	// Reusable tokens may open any number of connections until they expire.
+	Reusable bool `json:"reusable,omitempty"`
+}
+
+// NewSession fills the registered claims of c (jti, iat, nbf, exp from ttl,
+// scope) and returns the signed token with its claims.
+func (i *Issuer) NewSession(c SessionClaims, ttl time.Duration) (string, SessionClaims, error) {
+	if ttl <= 0 {
+		ttl = DefaultSessionTTL
+	}
+	now := i.now().Truncate(time.Second)
+	c.ID = uuid.NewString()
+	c.IssuedAt = jwt.NewNumericDate(now)
+	c.NotBefore = jwt.NewNumericDate(now)
+	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	c.Scope = ScopeSession
+	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)
+	t.Header["cty"] = ContentSession
+	s, err := t.SignedString(i.key)
+	if err != nil {
+		return "", c, fmt.Errorf("token: sign: %w", err)
+	}
+	return s, c, nil
+}
+
+// VerifySession checks a session token: ES256 signature by the gateway's own
+// key (never a provisioner's), exp/nbf with no leeway (the gateway checks its
+// own clock), cty SESSION, scope session, a UUID jti and a target. Errors wrap
+// one of the package's sentinels.
+func (i *Issuer) VerifySession(s string) (SessionClaims, error) {
+	var c SessionClaims
+	tok, err := jwt.ParseWithClaims(s, &c, func(*jwt.Token) (any, error) { return &i.key.PublicKey, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodES256.Alg()}),
+		jwt.WithTimeFunc(i.now),
+		jwt.WithExpirationRequired(),
+	)
+	if err := classify(err, c.ExpiresAt, c.NotBefore); err != nil {
+		return c, err
+	}
+	if err := checkKind(tok, ContentSession, c.Scope, ScopeSession, c.ID); err != nil {
+		return c, err
+	}
+	if c.Target == "" {
+		return c, fmt.Errorf("%w: no dst claim", ErrMalformed)
+	}
+	return c, nil
+}
+
+// classify maps a jwt parse error to the package's errors.
+func classify(err error, exp, nbf *jwt.NumericDate) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return fmt.Errorf("%w (expired at %s)", ErrExpired, exp.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return fmt.Errorf("%w (valid from %s)", ErrNotYetValid, nbf.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return ErrSignature
+	default:
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+}
+
+// checkKind checks a parsed token's content type, scope and jti.
+func checkKind(tok *jwt.Token, wantCty, scope, wantScope, jti string) error {
+	if cty, _ := tok.Header["cty"].(string); cty != wantCty {
+		return fmt.Errorf("%w: content type %q, want %q", ErrWrongKind, cty, wantCty)
+	}
+	if scope != wantScope {
+		return fmt.Errorf("%w: scope %q, want %q", ErrWrongKind, scope, wantScope)
+	}
+	if _, err := uuid.Parse(jti); err != nil {
+		return fmt.Errorf("%w: jti %q is not a UUID", ErrMalformed, jti)
+	}
+	return nil
+}
 
 // Errors returned by Verify, for the caller to map to status codes.
 var (
@@ -113,24 +208,11 @@ func (i *Issuer) VerifyEnrollment(s string) (EnrollmentClaims, error) {
 		jwt.WithTimeFunc(i.now),
 		jwt.WithExpirationRequired(),
 	)
-	switch {
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return c, fmt.Errorf("%w (expired at %s)", ErrExpired, c.ExpiresAt.UTC().Format(time.RFC3339))
-	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return c, fmt.Errorf("%w (valid from %s)", ErrNotYetValid, c.NotBefore.UTC().Format(time.RFC3339))
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return c, ErrSignature
-	case err != nil:
-		return c, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if err := classify(err, c.ExpiresAt, c.NotBefore); err != nil {
+		return c, err
 	}
-	if cty, _ := tok.Header["cty"].(string); cty != ContentEnrollment {
-		return c, fmt.Errorf("%w: content type %q, want %q", ErrWrongKind, cty, ContentEnrollment)
-	}
-	if c.Scope != ScopeEnroll {
-		return c, fmt.Errorf("%w: scope %q, want %q", ErrWrongKind, c.Scope, ScopeEnroll)
-	}
-	if _, err := uuid.Parse(c.ID); err != nil {
-		return c, fmt.Errorf("%w: jti %q is not a UUID", ErrMalformed, c.ID)
+	if err := checkKind(tok, ContentEnrollment, c.Scope, ScopeEnroll, c.ID); err != nil {
+		return c, err
 	}
 	return c, nil
 }

@@ -140,3 +140,44 @@ func TestNewIssuerRefusesOtherCurves(t *testing.T) {
 		t.Fatal("P-384 provisioner key accepted")
 	}
 }
+
+func TestSessionTokens(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	key, prov := newKey(t), newKey(t)
+	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
+	tok, claims, err := iss.NewSession(SessionClaims{Target: "[2001:db8::1]:22", AgentID: "a", Reusable: true}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims.ExpiresAt.Sub(clk.t) != DefaultSessionTTL {
+		t.Fatalf("default ttl: %v", claims.ExpiresAt.Sub(clk.t))
+	}
+	got, err := iss.VerifySession(tok)
+	if err != nil || got.Target != "[2001:db8::1]:22" || got.AgentID != "a" || !got.Reusable || got.ID != claims.ID {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+
+	// No leeway: one second past exp is expired.
+	clk.t = claims.ExpiresAt.Add(time.Second)
+	if _, err := iss.VerifySession(tok); !errors.Is(err, ErrExpired) {
+		t.Fatalf("expired: %v", err)
+	}
+	clk.t = time.Unix(1_800_000_000, 0)
+
+	enrollTok, _, _ := iss.NewEnrollment(EnrollmentClaims{}, 0)
+	if _, err := iss.VerifySession(enrollTok); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("enrollment token as session: %v", err)
+	}
+	if _, err := iss.VerifyEnrollment(tok); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("session token as enrollment: %v", err)
+	}
+	provIss, _ := NewIssuer(prov, nil, clk.now)
+	provTok, _, _ := provIss.NewSession(SessionClaims{Target: "h:1"}, 0)
+	if _, err := iss.VerifySession(provTok); !errors.Is(err, ErrSignature) {
+		t.Fatalf("a provisioner may not mint session tokens: %v", err)
+	}
+	noDst, _, _ := iss.NewSession(SessionClaims{}, 0)
+	if _, err := iss.VerifySession(noDst); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("no dst: %v", err)
+	}
+}
