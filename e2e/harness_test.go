@@ -107,12 +107,17 @@ func (gw *gateway) token(req *outpostv1.CreateEnrollmentTokenRequest) string {
 	return resp.GetToken()
 }
 
+// httpClient trusts the gateway's CA.
+func (gw *gateway) httpClient() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(gw.g.CACertPEM())
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
 // restGet performs an authenticated REST GET and returns status and body.
 func (gw *gateway) restGet(path string) (int, string) {
 	gw.t.Helper()
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(gw.g.CACertPEM())
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c := gw.httpClient()
 	defer c.CloseIdleConnections()
 	req, _ := http.NewRequest("GET", gw.url+path, nil)
 	req.Header.Set("Authorization", "Bearer "+gw.adminKey())

@@ -25,7 +25,6 @@ import (
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/service/agentadmin"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
-	"github.com/outposthq/outpost/server/internal/service/routeresolve"
 )
 
 // scopePolicy maps every management RPC to the scope it needs (DESIGN.md §6).
@@ -87,7 +86,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 	}
 	outpostv1.RegisterEnrollmentServiceServer(a.grpc, enroll)
 	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store, g.agents, g.tunnel.Disconnect))
-	outpostv1.RegisterRouteResolveServiceServer(a.grpc, routeresolve.New())
+	outpostv1.RegisterRouteResolveServiceServer(a.grpc, &routeService{g: g})
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 	for name := range a.grpc.GetServiceInfo() {
@@ -169,6 +168,7 @@ func (a *apiServer) handler() http.Handler {
 	if a.g.cfg.MetricsListen == "" {
 		mux.Handle("GET /metrics", a.metricsHandler())
 	}
+	mux.HandleFunc("GET "+connectPath, a.g.serveConnect)
 	mux.Handle("/", a.limitBody(a.rest))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {

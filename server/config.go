@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/server/internal/token"
 )
 
 // Config is the gateway's configuration. The zero value of every field except
@@ -62,6 +63,11 @@ type Config struct {
 	// MaxSessionsPerAgent caps the concurrent sessions through one agent. If
 	// zero, 4,096.
 	MaxSessionsPerAgent int `json:"max_sessions_per_agent"`
+	// AllowDirect lets the gateway connect to a target itself when no agent
+	// advertises a route to it. If nil, true.
+	AllowDirect *bool `json:"allow_direct"`
+	// MaxSessionTTL caps the lifetime of session tokens. If zero, 24 h.
+	MaxSessionTTL Duration `json:"max_session_ttl"`
 	// QUICIdleTimeout closes an agent connection silent for this long; it is
 	// also how long a vanished agent (power cut, kill -9) keeps its sessions
 	// before they fail. If zero, 120 s.
@@ -137,6 +143,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(defaultShutdownTimeout)
 	}
+	if c.MaxSessionTTL == 0 {
+		c.MaxSessionTTL = Duration(token.MaxSessionTTL)
+	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = defaultMaxRequestBytes
 	}
@@ -155,6 +164,8 @@ func (c Config) withPublicDefaults(apiPort, quicPort string) Config {
 	}
 	return c
 }
+
+func (c Config) allowDirect() bool { return c.AllowDirect == nil || *c.AllowDirect }
 
 // quicConfig is the tunnel transport configuration from the QUIC settings; a
 // keep-alive left at its default is kept under half the idle timeout.

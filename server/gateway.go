@@ -26,6 +26,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/registry"
+	"github.com/outposthq/outpost/server/internal/routing"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/token"
 	"github.com/outposthq/outpost/server/internal/tunnel"
@@ -48,7 +49,15 @@ type Gateway struct {
 	store   store.Store
 	metrics *metrics.Metrics
 	agents  *registry.Registry
-	tunnel  *tunnel.Server
+	router  *routing.Router
+
+	// Client sessions: counted for the drain, cancelled when it times out.
+	sessions     sync.WaitGroup
+	sessionCtx   context.Context
+	stopSessions context.CancelFunc
+	tunnelCtx    context.Context
+	stopTunnel   context.CancelFunc
+	tunnel       *tunnel.Server
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -112,7 +121,10 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err := g.ensureAdminKey(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	g.sessionCtx, g.stopSessions = context.WithCancel(context.Background())
+	g.tunnelCtx, g.stopTunnel = context.WithCancel(context.Background())
 	g.agents = registry.New(nil)
+	g.router = routing.New(g.agents)
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -253,7 +265,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
-	eg.Go(func() error { return g.tunnel.Serve(ctx, g.quicConn) })
+	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
+	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
 	eg.Go(func() error {
 		<-ctx.Done()
 		g.serving.Store(false)
@@ -278,6 +291,20 @@ func (g *Gateway) shutdown() error {
 		errs = append(errs, fmt.Errorf("api shutdown: %w", err))
 		g.httpSrv.Close()
 	}
+	// Client sessions (hijacked WebSockets) get the rest of the timeout.
+	drained := make(chan struct{})
+	go func() {
+		g.sessions.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		g.log.Warn("shutdown timeout: closing the remaining client sessions")
+		g.stopSessions()
+		<-drained
+	}
+	g.stopTunnel()
 	if g.metricsSrv != nil {
 		if err := g.metricsSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
@@ -304,6 +331,10 @@ func (g *Gateway) Close() error {
 		}
 		if g.metricsLn != nil {
 			g.metricsLn.Close()
+		}
+		if g.stopSessions != nil {
+			g.stopSessions()
+			g.stopTunnel()
 		}
 		if g.quicConn != nil {
 			g.quicConn.Close()

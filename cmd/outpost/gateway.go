@@ -24,6 +24,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		secretFile string
 		certValid  time.Duration
 		idle       time.Duration
+		direct     bool
 	)
 	lf.register(fs)
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
@@ -39,6 +40,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
 	fs.IntVar(&flagCfg.EnrollRateLimit, "enroll-rate-limit", 10, "Enroll calls allowed per source IP per minute")
 	fs.DurationVar(&certValid, "agent-cert-validity", 30*24*time.Hour, "lifetime of agent certificates")
+	fs.BoolVar(&direct, "allow-direct", true, "connect to targets no agent advertises from the gateway itself")
 	fs.IntVar(&flagCfg.MaxSessionsPerAgent, "max-sessions-per-agent", 4096, "concurrent sessions allowed through one agent")
 	fs.DurationVar(&idle, "quic-idle-timeout", 120*time.Second, "close an agent connection silent for this long (also how long a vanished agent's sessions hang)")
 	if err := parse(fs, args); err != nil {
@@ -79,6 +81,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.AgentCertValidity = server.Duration(certValid)
 		case "max-sessions-per-agent":
 			cfg.MaxSessionsPerAgent = flagCfg.MaxSessionsPerAgent
+		case "allow-direct":
+			cfg.AllowDirect = &direct
 		case "quic-idle-timeout":
 			cfg.QUICIdleTimeout = server.Duration(idle)
 		}

@@ -26,6 +26,8 @@ Usage:
   outpost agent enroll --token <jwt|->     enroll this machine as an agent
   outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
   outpost agent up --token <jwt|->         enroll if needed, then run
+  outpost session create --target H:P      mint a session token (admin API key)
+  outpost connect --gateway URL --token T  reach the target: --listen ADDR or --stdio
   outpost help                             show this help
 
 Run "outpost <command> -h" for the flags of a command.
@@ -67,6 +69,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runGateway(ctx, args[1:], stdout, stderr)
 	case "agent":
 		return runAgent(ctx, args[1:], stdin, stdout, stderr)
+	case "connect":
+		return runConnect(ctx, args[1:], stdin, stdout, stderr)
+	case "session":
+		if len(args) > 1 && args[1] == "create" {
+			return runSessionCreate(ctx, args[2:], stdout, stderr)
+		}
+		return fmt.Errorf("%w: session needs a subcommand: create", errUsage)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

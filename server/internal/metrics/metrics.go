@@ -30,6 +30,14 @@ type Metrics struct {
 	ControlMessages *prometheus.CounterVec
 	// AgentRTT is the smoothed QUIC round-trip time per agent, in seconds.
 	AgentRTT *prometheus.GaugeVec
+	// SessionsActive is the number of client sessions open now.
+	SessionsActive prometheus.Gauge
+	// SessionsTotal counts finished client sessions by outcome.
+	SessionsTotal *prometheus.CounterVec
+	// Bytes counts session bytes by direction ("up": client → target).
+	Bytes *prometheus.CounterVec
+	// SessionSetup is the time from a client's connect to an open path.
+	SessionSetup prometheus.Histogram
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -67,6 +75,27 @@ func New() *Metrics {
 			Name:      "agent_quic_rtt_seconds",
 			Help:      "Smoothed QUIC round-trip time of each connected agent.",
 		}, []string{"agent_id"}),
+		SessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outpost",
+			Name:      "sessions_active",
+			Help:      "Client sessions open now.",
+		}),
+		SessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "sessions_total",
+			Help:      "Finished client sessions by outcome.",
+		}, []string{"outcome"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "session_bytes_total",
+			Help:      "Bytes carried by client sessions, by direction (up: client to target).",
+		}, []string{"direction"}),
+		SessionSetup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "outpost",
+			Name:      "session_setup_seconds",
+			Help:      "Time from a client's connect to an open path to the target.",
+			Buckets:   prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -77,6 +106,10 @@ func New() *Metrics {
 		m.AgentConnections,
 		m.ControlMessages,
 		m.AgentRTT,
+		m.SessionsActive,
+		m.SessionsTotal,
+		m.Bytes,
+		m.SessionSetup,
 	)
 	return m
 }

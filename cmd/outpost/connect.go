@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/connect"
+)
+
+func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("connect", stderr, "connect --gateway URL --token T (--listen 127.0.0.1:PORT | --stdio) [--ca-file F | --ca-pin HEX]")
+	var (
+		gateway, tok, listen, caFile, caPin string
+		stdio                               bool
+		lf                                  logFlags
+	)
+	fs.StringVar(&gateway, "gateway", "", "gateway URL: https://host:port, or the wss:// connect URL (required)")
+	fs.StringVar(&tok, "token", "", "session token, or - to read it from stdin (required; not with --stdio)")
+	fs.StringVar(&listen, "listen", "", "local TCP address to serve, e.g. 127.0.0.1:2222")
+	fs.BoolVar(&stdio, "stdio", false, "bridge stdin/stdout instead (for ssh -o ProxyCommand)")
+	fs.StringVar(&caFile, "ca-file", "", "gateway CA certificate (PEM) to trust")
+	fs.StringVar(&caPin, "ca-pin", "", "SHA-256 of the gateway CA's public key (hex), as CreateSession returns it")
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case gateway == "" || tok == "":
+		return fmt.Errorf("%w: --gateway and --token are required", errUsage)
+	case stdio == (listen != ""):
+		return fmt.Errorf("%w: give exactly one of --listen and --stdio", errUsage)
+	case stdio && tok == "-":
+		return fmt.Errorf("%w: --token - reads stdin, which --stdio carries", errUsage)
+	}
+	tok, err := readToken(tok, stdin)
+	if err != nil {
+		return err
+	}
+	var ca []byte
+	if caFile != "" {
+		if ca, err = os.ReadFile(caFile); err != nil {
+			return fmt.Errorf("ca file: %w", err)
+		}
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	c, err := connect.New(connect.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log})
+	if err != nil {
+		return err
+	}
+	if stdio {
+		return c.Stdio(ctx, stdin, stdout)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if c.SingleUse() {
+		fmt.Fprintf(stderr, "listening on %s; the token is single-use: serving one connection\n", ln.Addr())
+	} else {
+		fmt.Fprintf(stderr, "listening on %s; Ctrl-C to stop\n", ln.Addr())
+	}
+	return c.Listen(ctx, ln)
+}
+
+func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl 60s]")
+	var (
+		af              adminFlags
+		target, agentID string
+		reusable        bool
+		ttl             time.Duration
+	)
+	af.register(fs)
+	fs.StringVar(&target, "target", "", "host:port to reach (IPv6 as [addr]:port) (required)")
+	fs.StringVar(&agentID, "agent", "", "agent id that must carry the session (default: chosen by routes)")
+	fs.BoolVar(&reusable, "reusable", false, "let the token open any number of sessions until it expires")
+	fs.DurationVar(&ttl, "ttl", 60*time.Second, "how long the token stays valid")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if target == "" {
+		return fmt.Errorf("%w: --target is required", errUsage)
+	}
+	conn, err := af.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{
+		Target: target, AgentId: agentID, Reusable: reusable, Ttl: durationpb.New(ttl),
+	})
+	if err != nil {
+		return callErr("create session", err)
+	}
+	gw := strings.TrimSuffix(resp.GetConnectUrl(), "/v1/connect")
+	gw = "https" + strings.TrimPrefix(gw, "wss")
+	pin := resp.GetGatewayCaSpkiSha256()
+	fmt.Fprintln(stdout, resp.GetToken())
+	fmt.Fprintf(stderr, "session %s to %s, token valid until %s (%s)\n\n", resp.GetSessionId(), target,
+		resp.GetExpiresAt().AsTime().Format(time.RFC3339), map[bool]string{true: "reusable", false: "single-use"}[reusable])
+	fmt.Fprintf(stderr, "connect with:\n  outpost connect --gateway %s --ca-pin %s --token %s --listen 127.0.0.1:10022\n\n", gw, pin, resp.GetToken())
+	fmt.Fprintf(stderr, "or as an ssh ProxyCommand:\n  ssh -o ProxyCommand='outpost connect --gateway %s --ca-pin %s --token %s --stdio' user@%s\n", gw, pin, resp.GetToken(), hostOf(target))
+	return nil
+}
+
+func hostOf(target string) string {
+	h, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return target
+	}
+	return h
+}

@@ -1,0 +1,262 @@
+// Package connect is the client side of the gateway's WebSocket entry, as
+// "outpost connect" uses it: it dials the entry with a session token,
+// verifying the gateway against a pinned CA, and bridges the session to a
+// local TCP listener or to stdin/stdout (for ssh -o ProxyCommand).
+package connect
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/go-hclog"
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/internal/wsstream"
+)
+
+// entryPath is the gateway's WebSocket entry.
+const entryPath = "/v1/connect"
+
+// Options say how to reach the entry.
+type Options struct {
+	// Gateway is the gateway's https:// base URL or the wss:// connect URL.
+	Gateway string
+	// Token is the session token.
+	Token string
+	// CAPEM is the gateway CA certificate; or CAPin, the hex SHA-256 of the
+	// CA's SubjectPublicKeyInfo, checked against the chain the gateway sends.
+	CAPEM []byte
+	CAPin string
+	// DialTimeout bounds the WebSocket handshake (default 30 s, which covers
+	// the gateway's own wait for an agent).
+	DialTimeout time.Duration
+	Logger      hclog.Logger
+}
+
+// Client opens sessions through the entry.
+type Client struct {
+	url    string
+	token  string
+	http   *http.Client
+	log    hclog.Logger
+	single bool
+}
+
+// New checks o and returns a Client.
+func New(o Options) (*Client, error) {
+	if o.Token == "" {
+		return nil, errors.New("connect: a session token is required")
+	}
+	u, err := entryURL(o.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := pinnedTLS(o, u)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 40 * time.Second
+	}
+	return &Client{
+		url:    u.String(),
+		token:  o.Token,
+		http:   &http.Client{Timeout: o.DialTimeout, Transport: &http.Transport{TLSClientConfig: tlsConf}},
+		log:    o.Logger,
+		single: !reusable(o.Token),
+	}, nil
+}
+
+// SingleUse reports whether the token opens only one session.
+func (c *Client) SingleUse() bool { return c.single }
+
+// Open opens one session; the stream's Read/Write carry the target's bytes.
+func (c *Client) Open(ctx context.Context) (*wsstream.Stream, error) {
+	ws, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{
+		HTTPClient: c.http,
+		HTTPHeader: http.Header{"Authorization": []string{"Bearer " + c.token}},
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			return nil, fmt.Errorf("gateway refused the session (HTTP %d): %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		return nil, fmt.Errorf("connect to %s: %w", c.url, err)
+	}
+	ws.SetReadLimit(1 << 20)
+	return wsstream.New(ctx, ws), nil
+}
+
+// Bridge relays local (a TCP connection, or stdio) and one new session until
+// both directions end; it returns the session's failure reason if any.
+func (c *Client) Bridge(ctx context.Context, local relay.Endpoint) error {
+	s, err := c.Open(ctx)
+	if err != nil {
+		local.Abort(relay.ErrorCodeReset)
+		return err
+	}
+	_, err = relay.Relay(ctx, local, s, relay.Options{})
+	if reason, ok := wsstream.Failure(err); ok {
+		return fmt.Errorf("session failed: %s", reason)
+	}
+	return err
+}
+
+// Stdio bridges stdin/stdout to one session.
+func (c *Client) Stdio(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+	return c.Bridge(ctx, &stdioEndpoint{r: stdin, w: stdout})
+}
+
+// Listen accepts local TCP connections on ln and bridges each to a new
+// session, until ctx ends — or after the first one when the token is
+// single-use. It waits for the bridges it started.
+func (c *Client) Listen(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		c.log.Info("local connection", "from", conn.RemoteAddr().String())
+		wg.Go(func() {
+			if err := c.Bridge(ctx, relay.TCPConn(conn.(*net.TCPConn))); err != nil {
+				c.log.Error("session ended with an error", "error", err)
+			} else {
+				c.log.Info("session closed")
+			}
+		})
+		if c.single {
+			ln.Close()
+			return nil
+		}
+	}
+}
+
+// entryURL turns the gateway's base URL into the entry's wss:// URL.
+func entryURL(gw string) (*url.URL, error) {
+	u, err := url.Parse(gw)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("connect: gateway %q: want https://host:port or wss://host:port/v1/connect", gw)
+	}
+	switch u.Scheme {
+	case "https", "wss":
+	default:
+		return nil, fmt.Errorf("connect: gateway %q: scheme must be https or wss", gw)
+	}
+	u.Scheme = "wss"
+	if !strings.HasSuffix(u.Path, entryPath) {
+		u.Path = strings.TrimSuffix(u.Path, "/") + entryPath
+	}
+	return u, nil
+}
+
+// pinnedTLS verifies the gateway with the given CA, or with a CA found in the
+// presented chain whose SPKI hash is the pin.
+func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
+	host := u.Hostname()
+	if len(o.CAPEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(o.CAPEM) {
+			return nil, errors.New("connect: the CA file holds no PEM certificate")
+		}
+		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}, nil
+	}
+	pin := strings.ToLower(strings.TrimSpace(o.CAPin))
+	if _, err := hex.DecodeString(pin); err != nil || len(pin) != 64 {
+		return nil, errors.New("connect: a CA file (--ca-file) or a CA pin (--ca-pin, 64 hex digits) is required")
+	}
+	return &tls.Config{
+		ServerName: host,
+		MinVersion: tls.VersionTLS12,
+		// The chain is verified below against the pinned CA instead of the
+		// system roots.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("gateway sent no certificate")
+			}
+			pool := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+				if hex.EncodeToString(sum[:]) == pin {
+					pool.AddCert(c)
+				}
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: pool})
+			if err != nil {
+				return fmt.Errorf("gateway certificate does not chain to the pinned CA %s: %w", pin, err)
+			}
+			return nil
+		},
+	}, nil
+}
+
+// reusable reads the token's "reusable" claim without verifying it (the
+// gateway does that); a token it cannot read counts as single-use.
+func reusable(tok string) bool {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return false
+	}
+	var c struct {
+		Reusable bool `json:"reusable"`
+	}
+	return json.Unmarshal(raw, &c) == nil && c.Reusable
+}
+
+// stdioEndpoint is stdin/stdout as a relay endpoint: stdout cannot half-close
+// on its own, so CloseWrite closes it if it can.
+type stdioEndpoint struct {
+	r    io.Reader
+	w    io.Writer
+	once sync.Once
+}
+
+func (e *stdioEndpoint) Read(p []byte) (int, error)  { return e.r.Read(p) }
+func (e *stdioEndpoint) Write(p []byte) (int, error) { return e.w.Write(p) }
+func (e *stdioEndpoint) CloseWrite() error {
+	if c, ok := e.w.(io.Closer); ok {
+		e.once.Do(func() { c.Close() })
+	}
+	return nil
+}
+
+// Abort closes stdout and interrupts a pending stdin read where the file
+// allows it (pipes do).
+func (e *stdioEndpoint) Abort(quic.StreamErrorCode) {
+	if d, ok := e.r.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = d.SetReadDeadline(time.Now())
+	}
+	e.CloseWrite()
+}
+
+func (e *stdioEndpoint) Close() error { return e.CloseWrite() }
