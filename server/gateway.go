@@ -265,6 +265,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
+	eg.Go(func() error { g.renewServerCert(ctx, serverCertCheck); return nil })
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
 	eg.Go(func() error {
@@ -277,6 +278,31 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// serverCertCheck is how often the server certificate's expiry and names are
+// checked while the gateway runs (DESIGN.md §4).
+const serverCertCheck = time.Hour
+
+// renewServerCert re-issues the server certificate (same key) when it nears
+// expiry, every interval until ctx ends. New TLS handshakes pick it up at once.
+func (g *Gateway) renewServerCert(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			renewed, err := g.pki.RenewServerIfNeeded()
+			switch {
+			case err != nil:
+				g.log.Error("server certificate renewal failed; retrying in an hour", "error", err)
+			case renewed:
+				g.log.Info("server certificate renewed with the same key", "not_after", g.pki.ServerCert().NotAfter)
+			}
+		}
+	}
 }
 
 // shutdown stops the listeners gracefully within the configured timeout.

@@ -115,6 +115,7 @@ func BenchmarkLookupName(b *testing.B) {
 func BenchmarkLookupIPParallel(b *testing.B) {
 	w := newBenchWorld(b)
 	b.ReportAllocs()
+	b.ResetTimer() // b.Loop does this itself; RunParallel does not
 	b.RunParallel(func(pb *testing.PB) {
 		dst := make([]Candidate, 0, 8)
 		i := 0

@@ -102,9 +102,11 @@ func New(reg *registry.Registry) *Router {
 //   - a route equal to it ("db01.contoso.local");
 //   - then, walking its suffixes label by label from the longest, a route
 //     "S" or "*.S" for the suffix S: "contoso.local" matches itself and
-//     every name under it, "*.contoso.local" only the names under it. The
-//     two forms are equally specific; agents advertising either are merged
-//     into one list, most recently connected first.
+//     every name under it, "*.contoso.local" only the names under it (at
+//     any depth: "a.b.contoso.local" too). The two forms are equally
+//     specific; agents advertising either are merged into one list, most
+//     recently connected first, an agent advertising both reported once
+//     with the plain route.
 //
 // Only online agents are returned: unresponsive and offline ones are skipped,
 // judged by the registry at the time of the call. When every agent of the
@@ -180,7 +182,9 @@ func (r *Router) lookupName(dst []Candidate, name string) []Candidate {
 	}
 }
 
-// appendOnline appends the online members of l to dst, in l's order.
+// appendOnline appends the online members of l to dst, in l's order. It
+// runs under r.mu and relies on Registry.Status taking no registry lock: the
+// registry calls apply, which takes r.mu, while holding its own lock.
 func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
 	for _, m := range l {
 		if r.reg.Status(m.entry) != registry.Online {

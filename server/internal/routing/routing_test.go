@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -652,6 +653,119 @@ func TestLowerASCII(t *testing.T) {
 	} {
 		if got := lowerASCII(in); got != want {
 			t.Errorf("lowerASCII(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// oracle answers a lookup by scanning every live agent's routes, the slow
+// and obvious way, for comparison with the Router.
+func oracle(reg *registry.Registry, host string) []string {
+	type hit struct {
+		rank  int // higher is more specific
+		e     *registry.Entry
+		route string
+	}
+	var hits []hit
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	ip, ipErr := netip.ParseAddr(host)
+	ip = ip.Unmap()
+	for _, s := range reg.List() {
+		e, _ := reg.Lookup(s.AgentID)
+		if reg.Status(e) != registry.Online {
+			continue
+		}
+		seen := make(map[int]bool) // one hit per rank and agent
+		add := func(rank int, route string) {
+			if !seen[rank] {
+				seen[rank] = true
+				hits = append(hits, hit{rank, e, route})
+			}
+		}
+		if ipErr == nil {
+			for _, p := range s.Routes.Subnets {
+				if p, ok := canonicalPrefix(p); ok && ip.Is4() && p.Contains(ip) {
+					add(p.Bits(), p.String())
+				}
+			}
+			continue
+		}
+		// Plain routes first, so an agent with both forms reports the plain.
+		domains := slices.Clone(s.Routes.Domains)
+		slices.SortStableFunc(domains, func(a, b dataplane.DomainRoute) int {
+			return strings.Compare(a.Name[:1], b.Name[:1]) * -1 // '*' sorts last
+		})
+		for _, d := range domains {
+			name := strings.ToLower(d.Name)
+			switch key, wild := strings.CutPrefix(name, "*."); {
+			case !wild && name == host:
+				add(len(host)+1, name)
+			case strings.HasSuffix(host, "."+key):
+				add(len(key), name)
+			}
+		}
+	}
+	best := -1
+	for _, h := range hits {
+		best = max(best, h.rank)
+	}
+	var top []hit
+	for _, h := range hits {
+		if h.rank == best {
+			top = append(top, h)
+		}
+	}
+	slices.SortFunc(top, func(a, b hit) int { return compareMembers(member{entry: a.e}, member{entry: b.e}) })
+	var out []string
+	for _, h := range top {
+		out = append(out, h.e.AgentID+"="+h.route)
+	}
+	return out
+}
+
+func TestAgainstOracle(t *testing.T) {
+	v := newEnv(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	subnets := []string{"0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.128/25", "10.1.2.3/32", "10.2.0.0/16", "10.1.2.9/24"}
+	domains := []string{"local", "contoso.local", "*.contoso.local", "finance.contoso.local", "*.finance.contoso.local", "db.finance.contoso.local", "Fabrikam.Local", "*.a.b.local"}
+	hosts := []string{"10.1.2.3", "10.1.2.200", "10.1.9.9", "10.2.3.4", "10.200.0.1", "11.0.0.1", "::ffff:10.1.2.3", "::1",
+		"local", "x.local", "contoso.local", "x.contoso.local", "finance.contoso.local", "DB.finance.contoso.local",
+		"x.db.finance.contoso.local", "fabrikam.local", "a.b.local", "x.a.b.local", "y.x.a.b.local", "b.local"}
+	live := make(map[string]*registry.Entry)
+	epochs := make(map[*registry.Entry]uint64)
+	pick := func(from []string) []string {
+		var out []string
+		for range rng.IntN(4) {
+			out = append(out, from[rng.IntN(len(from))])
+		}
+		return out
+	}
+	for step := range 2000 {
+		id := fmt.Sprintf("a%d", rng.IntN(6))
+		v.clk.add(time.Duration(rng.IntN(3)) * time.Second)
+		switch op := rng.IntN(10); {
+		case op < 2:
+			live[id] = v.connect(id)
+		case op < 7:
+			if e := live[id]; e != nil {
+				epochs[e] += uint64(rng.IntN(3)) // sometimes a stale epoch
+				v.advertise(e, epochs[e], append(pick(subnets), pick(domains)...)...)
+			}
+		case op < 8:
+			if e := live[id]; e != nil {
+				v.reg.Unregister(e)
+				delete(live, id)
+			}
+		case op < 9:
+			v.clk.add(30 * time.Second) // some agents go quiet
+		default:
+			if e := live[id]; e != nil {
+				v.reg.Touch(e)
+			}
+		}
+		for _, h := range hosts {
+			if got, want := v.lookup(h), oracle(v.reg, h); !slices.Equal(got, want) {
+				t.Fatalf("step %d: Lookup(%q) = %q, oracle says %q", step, h, got, want)
+			}
 		}
 	}
 }
