@@ -6,12 +6,16 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 3s
 FUZZTIME_LONG ?= 2m
 
-.PHONY: all build test vet staticcheck unit fuzz-smoke fuzz bench
+.PHONY: all build demo test vet staticcheck unit fuzz-smoke fuzz bench
 
 all: build
 
 build:
 	$(GO) build -o bin/outpost ./cmd/outpost
+
+# A gateway, an enrolled agent and a sample target on loopback; prints what to try.
+demo:
+	$(GO) run ./cmd/outpost dev
 
 vet:
 	$(GO) vet $(PKGS)

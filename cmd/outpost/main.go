@@ -20,6 +20,7 @@ import (
 const usage = `outpost — reach machines in private networks through an outbound-only agent tunnel.
 
 Usage:
+  outpost dev                              try it: gateway + agent + sample target on loopback
   outpost gateway [flags]                  run the gateway
   outpost gateway apikey create|list|revoke  manage API keys on the gateway's store
   outpost gateway token create [flags]     mint a one-time agent enrollment token
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runGateway(ctx, args[1:], stdout, stderr)
 	case "agent":
 		return runAgent(ctx, args[1:], stdin, stdout, stderr)
+	case "dev":
+		return runDev(ctx, args[1:], stdout, stderr)
 	case "connect":
 		return runConnect(ctx, args[1:], stdin, stdout, stderr)
 	case "session":

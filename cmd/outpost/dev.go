@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/outposthq/outpost/internal/devenv"
+)
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("dev", stderr, "dev [--data-dir DIR] [--listen 127.0.0.1:7171] [--quic-listen 127.0.0.1:4433]")
+	var (
+		o  devenv.Options
+		lf logFlags
+	)
+	fs.StringVar(&o.DataDir, "data-dir", "", "keep the gateway's and agent's state here (default: a temporary directory, removed on exit)")
+	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7171", "gateway API address")
+	fs.StringVar(&o.QUICListen, "quic-listen", "127.0.0.1:4433", "gateway QUIC address")
+	lf.register(fs)
+	// The instructions matter more than the logs here.
+	_ = fs.Set("log-level", "warn")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	o.Logger = log
+	o.Command = selfCommand()
+	return devenv.Run(ctx, o, stdout)
+}
+
+// selfCommand is how to invoke this binary again: "go run ./cmd/outpost" when
+// it was started by go run (its executable lives in the build cache).
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err != nil || strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/outpost"
+	}
+	return exe
+}

@@ -1,0 +1,231 @@
+// Package devenv runs a complete Outpost on loopback for trying it out
+// ("outpost dev"): a gateway, an agent enrolled through the real enrollment
+// path, and a sample web server standing in for a private target.
+package devenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outposthq/outpost/agent"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/apiclient"
+)
+
+// Options configure the environment.
+type Options struct {
+	// DataDir keeps the gateway's and the agent's state; if empty a
+	// temporary directory is used and removed at the end.
+	DataDir string
+	// Listen and QUICListen are the gateway's addresses (loopback).
+	Listen, QUICListen string
+	// Command is how the printed instructions invoke outpost, e.g.
+	// "go run ./cmd/outpost".
+	Command string
+	Logger  hclog.Logger
+	// Ready, if set, is called with the environment once everything is up.
+	Ready func(Env)
+}
+
+// Env describes a running environment.
+type Env struct {
+	DataDir, GatewayURL, CAFile, AdminKeyFile string
+	AgentID, AgentName, Target                string
+}
+
+// Run starts everything, prints what to try to out, and runs until ctx ends.
+func Run(ctx context.Context, o Options, out io.Writer) (err error) {
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:7171"
+	}
+	if o.QUICListen == "" {
+		o.QUICListen = "127.0.0.1:4433"
+	}
+	if o.Command == "" {
+		o.Command = "outpost"
+	}
+	dir := o.DataDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "outpost-dev-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	gwDir, agentDir := filepath.Join(dir, "gateway"), filepath.Join(dir, "agent")
+
+	gw, err := server.New(server.Config{DataDir: gwDir, Listen: o.Listen, QUICListen: o.QUICListen}, o.Logger.Named("gateway"))
+	if err != nil {
+		return fmt.Errorf("dev: gateway: %w (is another outpost dev running? use --listen/--quic-listen)", err)
+	}
+	defer gw.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	eg, ctx := errgroup.WithContext(ctx)
+	eg.Go(func() error { return gw.Run(ctx) })
+
+	target, stopTarget, err := sampleTarget()
+	if err != nil {
+		cancel()
+		return errors.Join(err, eg.Wait())
+	}
+	defer stopTarget()
+
+	env := Env{
+		DataDir:      dir,
+		GatewayURL:   "https://localhost:" + port(gw.Addr()),
+		CAFile:       filepath.Join(gwDir, "ca.pem"),
+		AdminKeyFile: filepath.Join(gwDir, "admin.key"),
+		Target:       target,
+	}
+	id, name, err := enrollOnce(ctx, env, agentDir, o.Logger)
+	if err != nil {
+		cancel()
+		return errors.Join(err, eg.Wait())
+	}
+	env.AgentID, env.AgentName = id, name
+	runner, err := agent.NewRunner(agent.RunOptions{ConfigDir: agentDir, DrainTimeout: 5 * time.Second}, o.Logger.Named("agent"))
+	if err != nil {
+		cancel()
+		return errors.Join(err, eg.Wait())
+	}
+	eg.Go(func() error { return runner.Run(ctx) })
+	if err := waitConnected(ctx, runner); err != nil {
+		cancel()
+		return errors.Join(err, eg.Wait())
+	}
+	printHelp(out, env, o.Command)
+	if o.Ready != nil {
+		o.Ready(env)
+	}
+	return eg.Wait()
+}
+
+// enrollOnce enrolls the dev agent unless agentDir holds an identity already.
+func enrollOnce(ctx context.Context, env Env, agentDir string, log hclog.Logger) (string, string, error) {
+	if id, ok := agent.Enrolled(agentDir); ok {
+		return id, "dev-agent", nil
+	}
+	key, err := apiclient.ReadKeyFile(env.AdminKeyFile)
+	if err != nil {
+		return "", "", err
+	}
+	ca, err := os.ReadFile(env.CAFile)
+	if err != nil {
+		return "", "", err
+	}
+	conn, err := apiclient.Dial(apiclient.Options{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
+	if err != nil {
+		return "", "", err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tok, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(cctx, &outpostv1.CreateEnrollmentTokenRequest{
+		AgentName: "dev-agent",
+		// The sample target is on loopback, which an agent reaches only
+		// when a subnet names it explicitly.
+		Routes: &outpostv1.RouteSet{Subnets: []string{"127.0.0.0/8"}},
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("dev: enrollment token: %w", err)
+	}
+	res, err := agent.Enroll(cctx, agent.EnrollOptions{Token: tok.GetToken(), ConfigDir: agentDir}, log)
+	if err != nil {
+		return "", "", fmt.Errorf("dev: enroll: %w", err)
+	}
+	return res.AgentID, res.AgentName, nil
+}
+
+func waitConnected(ctx context.Context, r *agent.Runner) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for !r.Connected() {
+		if time.Now().After(deadline) {
+			return errors.New("dev: the agent did not connect within 30 s (see the log)")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// sampleTarget serves a small web page on a loopback port, standing in for a
+// machine in a private network.
+func sampleTarget() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("dev: sample target: %w", err)
+	}
+	srv := &http.Server{
+		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprintf(w, "Hello from the sample target at %s.\nYou reached it through the Outpost agent; you asked for %s.\n",
+				ln.Addr(), html.EscapeString(r.URL.Path))
+		}),
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) })
+	return ln.Addr().String(), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		wg.Wait()
+	}, nil
+}
+
+func printHelp(out io.Writer, e Env, cmd string) {
+	auth := fmt.Sprintf(`-H "Authorization: Bearer $(cat %s)"`, e.AdminKeyFile)
+	host := strings.TrimPrefix(e.GatewayURL, "https://")
+	fmt.Fprintf(out, `
+Outpost is running on loopback:
+  gateway  %s   (state in %s)
+  agent    %s (%s), online, advertising 127.0.0.0/8
+  target   %s   (a sample web page, reached only through the agent below)
+
+Try, in another terminal:
+
+  # the agents, over REST and gRPC
+  curl --cacert %s %s %s/v1/agents
+  grpcurl -cacert %s -H "authorization: Bearer $(cat %s)" %s list
+
+  # how the gateway would route to the target
+  curl --cacert %s %s %s/v1/routes:resolve -d '{"target":"%s"}'
+
+  # a session token, then a local port that leads to the target through the agent
+  %s session create --gateway %s --api-key-file %s --ca-file %s --target %s > /tmp/outpost-token
+  %s connect --gateway %s --ca-file %s --token "$(cat /tmp/outpost-token)" --listen 127.0.0.1:10080 &
+  curl http://127.0.0.1:10080/
+
+Ctrl-C stops everything.
+`, e.GatewayURL, e.DataDir, e.AgentName, e.AgentID, e.Target,
+		e.CAFile, auth, e.GatewayURL,
+		e.CAFile, e.AdminKeyFile, host,
+		e.CAFile, auth, e.GatewayURL, e.Target,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile, e.Target,
+		cmd, e.GatewayURL, e.CAFile)
+}
+
+func port(a net.Addr) string {
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}

@@ -1,0 +1,77 @@
+package devenv
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/connect"
+	"github.com/outposthq/outpost/server/apiclient"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The dev environment comes up, prints its instructions, and the sample
+// target answers through a session token and the WebSocket entry — what the
+// printed commands do.
+func TestDevEnvironment(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	ready := make(chan Env, 1)
+	done := make(chan error, 1)
+	dir := t.TempDir()
+	go func() {
+		done <- Run(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+			Ready: func(e Env) { ready <- e }}, &out)
+	}()
+	var env Env
+	select {
+	case env = <-ready:
+	case err := <-done:
+		t.Fatalf("Run ended early: %v", err)
+	}
+	for _, want := range []string{"session create", "connect --gateway", env.Target, "/v1/agents", "grpcurl"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("instructions lack %q:\n%s", want, out.String())
+		}
+	}
+
+	key, _ := apiclient.ReadKeyFile(env.AdminKeyFile)
+	ca, _ := os.ReadFile(env.CAFile)
+	conn, err := apiclient.Dial(apiclient.Options{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sess, err := outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{Target: env.Target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := connect.New(connect.Options{Gateway: env.GatewayURL, Token: sess.GetToken(), CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(s, "GET /hello HTTP/1.0\r\nHost: x\r\n\r\n")
+	page, err := io.ReadAll(s)
+	s.Close()
+	if err != nil || !strings.Contains(string(page), "Hello from the sample target") {
+		t.Fatalf("page through the agent: %q %v", page, err)
+	}
+
+	cancel()
+	if err := <-done; err != nil && ctx.Err() == nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
