@@ -6,6 +6,7 @@
 package token
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"errors"
@@ -50,22 +51,9 @@ type SessionClaims struct {
 // NewSession fills the registered claims of c (jti, iat, nbf, exp from ttl,
 // scope) and returns the signed token with its claims.
 func (i *Issuer) NewSession(c SessionClaims, ttl time.Duration) (string, SessionClaims, error) {
-	if ttl <= 0 {
-		ttl = DefaultSessionTTL
-	}
-	now := i.now().Truncate(time.Second)
-	c.ID = uuid.NewString()
-	c.IssuedAt = jwt.NewNumericDate(now)
-	c.NotBefore = jwt.NewNumericDate(now)
-	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
 	c.Scope = ScopeSession
-	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)
-	t.Header["cty"] = ContentSession
-	s, err := t.SignedString(i.key)
-	if err != nil {
-		return "", c, fmt.Errorf("token: sign: %w", err)
-	}
-	return s, c, nil
+	s, err := i.sign(&c.RegisteredClaims, &c, ContentSession, cmp.Or(ttl, DefaultSessionTTL))
+	return s, c, err
 }
 
 // VerifySession checks a session token: ES256 signature by the gateway's own
@@ -175,22 +163,26 @@ func NewIssuer(key *ecdsa.PrivateKey, provisioners []*ecdsa.PublicKey, now func(
 // NewEnrollment fills the registered claims of c (jti, iat, nbf, exp from ttl,
 // scope) and returns the signed token with its claims.
 func (i *Issuer) NewEnrollment(c EnrollmentClaims, ttl time.Duration) (string, EnrollmentClaims, error) {
-	if ttl <= 0 {
-		ttl = DefaultEnrollmentTTL
-	}
-	now := i.now().Truncate(time.Second)
-	c.ID = uuid.NewString()
-	c.IssuedAt = jwt.NewNumericDate(now)
-	c.NotBefore = jwt.NewNumericDate(now)
-	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
 	c.Scope = ScopeEnroll
-	t := jwt.NewWithClaims(jwt.SigningMethodES256, c)
-	t.Header["cty"] = ContentEnrollment
+	s, err := i.sign(&c.RegisteredClaims, &c, ContentEnrollment, cmp.Or(ttl, DefaultEnrollmentTTL))
+	return s, c, err
+}
+
+// sign fills reg (jti, iat, nbf, exp) and signs claims, which embeds reg,
+// with content type cty.
+func (i *Issuer) sign(reg *jwt.RegisteredClaims, claims jwt.Claims, cty string, ttl time.Duration) (string, error) {
+	now := i.now().Truncate(time.Second)
+	reg.ID = uuid.NewString()
+	reg.IssuedAt = jwt.NewNumericDate(now)
+	reg.NotBefore = jwt.NewNumericDate(now)
+	reg.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	t := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
+	t.Header["cty"] = cty
 	s, err := t.SignedString(i.key)
 	if err != nil {
-		return "", c, fmt.Errorf("token: sign: %w", err)
+		return "", fmt.Errorf("token: sign: %w", err)
 	}
-	return s, c, nil
+	return s, nil
 }
 
 // VerifyEnrollment checks an enrollment token: ES256 signature by the gateway or
