@@ -376,3 +376,62 @@ func TestConnectStdioSubprocess(t *testing.T) {
 		t.Fatalf("stdout %x, want the digest of the %d bytes sent", out.Bytes(), n)
 	}
 }
+
+// An agent that never answers is given up on after the answer timeout, and
+// the next candidate serves; the per-agent session limit refuses the excess.
+func TestEntryTimeoutFailoverAndSessionLimit(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
+		c.AgentAnswerTimeout = server.Duration(500 * time.Millisecond)
+		c.MaxSessionsPerAgent = 2
+	})
+	goodDir, goodID := enrollAgent(t, gw, "good", loopback, nil)
+	startAgent(t, fastAgent(goodDir))
+	gw.waitStatus(goodID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	target := tcpServer(t, echo)
+
+	dir, id := enrollAgent(t, gw, "silent", nil, nil)
+	conn := rawDial(t, gw, loadCert(t, dir))
+	ctrl, _ := conn.OpenStream()
+	dataplane.NewControlWriter(ctrl).Send(&dataplane.RouteAdvertise{Version: dataplane.ProtocolVersion, Epoch: 1,
+		Subnets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
+	// The silent agent accepts streams and never answers.
+	go func() {
+		for {
+			if _, err := conn.AcceptStream(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	echoOnce(t, gw, target)
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("served in %v: the silent agent was not tried first", d)
+	}
+	if _, err := gw.dial(id, target); !isAgentError(err, server.ErrAgentTimeout, "no ConnectResponse") {
+		t.Fatalf("silent agent: %v", err)
+	}
+
+	a, err := gw.dial(goodID, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := gw.dial(goodID, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := gw.dial(goodID, target); !isAgentError(err, server.ErrAgentSessionLimit, "2 sessions") {
+		t.Fatalf("third session with a limit of 2: %v", err)
+	}
+}
+
+func loadCert(t *testing.T, dir string) tls.Certificate {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "certs/agent.pem"), filepath.Join(dir, "certs/agent.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}

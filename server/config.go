@@ -63,6 +63,9 @@ type Config struct {
 	// MaxSessionsPerAgent caps the concurrent sessions through one agent. If
 	// zero, 4,096.
 	MaxSessionsPerAgent int `json:"max_sessions_per_agent"`
+	// AgentAnswerTimeout bounds the wait for an agent's ConnectResponse
+	// before the next candidate is tried. If zero, 30 s.
+	AgentAnswerTimeout Duration `json:"agent_answer_timeout"`
 	// AllowDirect lets the gateway connect to a target itself when no agent
 	// advertises a route to it. If nil, true.
 	AllowDirect *bool `json:"allow_direct"`
@@ -220,6 +223,9 @@ func (c Config) validate() error {
 	}
 	if err := c.quicConfig().Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("quic_idle_timeout/quic_keep_alive: %v", err))
+	}
+	if c.AgentAnswerTimeout < 0 {
+		errs = append(errs, errors.New("agent_answer_timeout must not be negative"))
 	}
 	if c.MaxSessionsPerAgent < 0 {
 		errs = append(errs, errors.New("max_sessions_per_agent must not be negative"))

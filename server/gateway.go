@@ -131,6 +131,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Registry:            g.agents,
 		MaxSessionsPerAgent: int64(cfg.MaxSessionsPerAgent),
 		QUIC:                cfg.quicConfig(),
+		ConnectTimeout:      time.Duration(cfg.AgentAnswerTimeout),
 		Renew:               g.renewAgentCert,
 		Metrics:             g.metrics,
 		Logger:              logger.Named("tunnel"),
