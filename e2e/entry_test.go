@@ -435,3 +435,46 @@ func loadCert(t *testing.T, dir string) tls.Certificate {
 	}
 	return cert
 }
+
+// IPv6 targets keep their brackets end to end: routed by explicit agent,
+// or direct.
+func TestEntryIPv6Targets(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ln.Close()
+	gw := startGateway(t, t.TempDir(), nil)
+	ln6, _ := net.Listen("tcp", "[::1]:0")
+	go func() {
+		for {
+			c, err := ln6.Accept()
+			if err != nil {
+				return
+			}
+			go echo(c.(*net.TCPConn))
+		}
+	}()
+	t.Cleanup(func() { ln6.Close() })
+	target := ln6.Addr().String() // [::1]:port
+	echoOnce(t, gw, target)
+
+	dir, id := enrollAgent(t, gw, "office", loopback, nil)
+	startAgent(t, fastAgent(dir))
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewRouteResolveServiceClient(gw.conn()).ResolveTarget(ctx, &outpostv1.ResolveTargetRequest{Target: target, AgentId: id})
+	if err != nil || resp.GetDecision() != outpostv1.Decision_DECISION_AGENT {
+		t.Fatalf("explicit agent for %s: %v %v", target, resp, err)
+	}
+	// The agent gets the bracketed target and refuses it on its own terms
+	// (IPv6 loopback is never advertised by an IPv4 subnet).
+	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target, AgentId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := readFailure(t, s); !strings.Contains(reason, target) {
+		t.Fatalf("reason %q does not name %s", reason, target)
+	}
+}
