@@ -61,8 +61,10 @@ func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollRe
 // RunOptions configure the tunnel; see tunnel.Options for the defaults.
 type RunOptions = tunnel.Options
 
-// Runner keeps the tunnel up: Run until its context ends, Reload to re-read
-// the config (SIGHUP).
+// Runner keeps the tunnel up: Run until its context ends (then it drains),
+// Reload to re-read the config (SIGHUP; Run also notices a change of
+// agent.json on disk by itself). It renews the agent certificate before it
+// expires; RenewalFailures counts the failed attempts.
 type Runner = tunnel.Agent
 
 // ErrNotEnrolled is returned by Run when the config directory holds no identity.

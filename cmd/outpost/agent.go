@@ -113,8 +113,9 @@ func runAgentEnroll(ctx context.Context, args []string, stdin io.Reader, stdout,
 
 // runFlags are the flags of the running agent, shared by "agent run" and "agent up".
 type runFlags struct {
-	configDir    string
-	drainTimeout time.Duration
+	configDir     string
+	drainTimeout  time.Duration
+	renewFraction float64
 }
 
 func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
@@ -122,6 +123,18 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long live sessions may take to finish")
+	fs.Float64Var(&r.renewFraction, "renew-fraction", 1.0/3, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
+}
+
+// check rejects out-of-range values before anything is done.
+func (r *runFlags) check() error {
+	if !(r.renewFraction > 0 && r.renewFraction < 1) {
+		return fmt.Errorf("%w: --renew-fraction %v: want a part of the certificate lifetime, between 0 and 1 (e.g. 0.33)", errUsage, r.renewFraction)
+	}
+	if r.drainTimeout < 0 {
+		return fmt.Errorf("%w: --drain-timeout %v must not be negative", errUsage, r.drainTimeout)
+	}
+	return nil
 }
 
 func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
@@ -133,6 +146,9 @@ func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
 	rf.register(fs, true)
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := rf.check(); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
@@ -153,6 +169,9 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	rf.register(fs, false)
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := rf.check(); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
@@ -178,7 +197,7 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
-	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout}, log)
+	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction}, log)
 	if err != nil {
 		return err
 	}

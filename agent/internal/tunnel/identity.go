@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/outposthq/outpost/agent/internal/config"
+	"github.com/outposthq/outpost/agent/internal/detect"
 	"github.com/outposthq/outpost/agent/internal/session"
 	"github.com/outposthq/outpost/dataplane"
 )
@@ -28,12 +29,20 @@ type settings struct {
 	host     string // endpoint host without brackets (SNI and verification name)
 	agentID  string
 	tls      *tls.Config
-	routes   session.Routes
-	domains  []dataplane.DomainRoute
+	cert     *x509.Certificate // leaf of tls.Certificates[0]
+	// certPath, keyPath and caPath are the resolved paths of the agent
+	// certificate, its key and the gateway CA.
+	certPath, keyPath, caPath string
+	routes                    session.Routes
+	domains                   []dataplane.DomainRoute
+	// detected is the auto-detected domain ("" if none); detectNote says why
+	// detection was off or found nothing.
+	detected, detectNote string
 }
 
-// loadSettings reads agent.json and the files it names.
-func loadSettings(dir string) (*settings, error) {
+// loadSettings reads agent.json and the files it names, and detects the
+// host's domain with det when no domain is configured and detection is on.
+func loadSettings(dir string, det detect.Options) (*settings, error) {
 	f, ok, err := config.Load(dir)
 	if err != nil {
 		return nil, err
@@ -49,11 +58,18 @@ func loadSettings(dir string) (*settings, error) {
 	if err != nil {
 		return nil, fmt.Errorf("GatewayEndpoint %q: want host:port: %v", t.GatewayEndpoint, err)
 	}
-	pair, err := tls.LoadX509KeyPair(config.Resolve(dir, t.ClientCertPath), config.Resolve(dir, t.ClientKeyPath))
+	certPath, keyPath, caPath := config.Resolve(dir, t.ClientCertPath), config.Resolve(dir, t.ClientKeyPath), config.Resolve(dir, t.GatewayCaCertPath)
+	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("agent certificate: %w", err)
 	}
-	caPEM, err := os.ReadFile(config.Resolve(dir, t.GatewayCaCertPath))
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("agent certificate: %w", err)
+		}
+	}
+	caPEM, err := os.ReadFile(caPath)
 	if err != nil {
 		return nil, fmt.Errorf("gateway CA: %w", err)
 	}
@@ -66,6 +82,10 @@ func loadSettings(dir string) (*settings, error) {
 		endpoint: t.GatewayEndpoint,
 		host:     host,
 		agentID:  t.AgentId,
+		cert:     leaf,
+		certPath: certPath,
+		keyPath:  keyPath,
+		caPath:   caPath,
 		tls: &tls.Config{
 			Certificates: []tls.Certificate{pair},
 			RootCAs:      pool,
@@ -96,6 +116,22 @@ func loadSettings(dir string) (*settings, error) {
 		}
 		s.routes.Domains = append(s.routes.Domains, name)
 		s.domains = append(s.domains, dataplane.DomainRoute{Name: name})
+	}
+	switch {
+	case len(s.domains) > 0:
+		s.detectNote = "domains are configured"
+	case t.AutoDetectDomain != nil && !*t.AutoDetectDomain:
+		s.detectNote = "AutoDetectDomain is false"
+	default:
+		res, err := detect.Domain(det)
+		if err != nil {
+			s.detectNote = err.Error()
+			break
+		}
+		s.detected = res.Domain
+		s.detectNote = "from " + res.Source
+		s.routes.Domains = append(s.routes.Domains, res.Domain)
+		s.domains = append(s.domains, dataplane.DomainRoute{Name: res.Domain, AutoDetected: true})
 	}
 	return s, nil
 }

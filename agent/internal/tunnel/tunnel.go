@@ -2,6 +2,19 @@
 // the gateway over QUIC with mutual TLS, keeps the control stream (route
 // advertisements, heartbeats), serves the session streams the gateway opens,
 // and reconnects with backoff.
+//
+// Over the life of the agent it also:
+//   - renews the agent certificate over the control stream when a third of
+//     its lifetime is left, with a CSR from the same key, and reconnects with
+//     the new certificate (renew.go);
+//   - re-reads agent.json on Reload (SIGHUP) and when the file changes on
+//     disk (watch.go), advertising changed routes with epoch + 1 on the live
+//     connection;
+//   - advertises the host's DNS domain, auto-detected (package detect), when
+//     no domain is configured and AutoDetectDomain is not false;
+//   - drains when Run's context ends: routes withdrawn with epoch + 1, new
+//     sessions refused with "agent draining", live ones given DrainTimeout,
+//     then the connection is closed with "shutdown".
 package tunnel
 
 import (
@@ -12,11 +25,13 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/quic-go/quic-go"
 
+	"github.com/outposthq/outpost/agent/internal/detect"
 	"github.com/outposthq/outpost/agent/internal/session"
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
@@ -25,10 +40,11 @@ import (
 
 // Close reasons (DESIGN.md §3).
 const (
-	reasonShutdown   = "shutdown"
-	reasonDeleted    = "agent-deleted"
-	reasonRefused    = "agent-not-accepted"
-	reasonSuperseded = "connection-superseded"
+	reasonShutdown    = "shutdown"
+	reasonDeleted     = "agent-deleted"
+	reasonRefused     = "agent-not-accepted"
+	reasonSuperseded  = "connection-superseded"
+	reasonCertRenewed = "cert-renewed"
 )
 
 // Defaults of Options (DESIGN.md §7, §12).
@@ -39,29 +55,78 @@ const (
 	DefaultBackoffMax        = 60 * time.Second
 	DefaultHealthyAfter      = 30 * time.Second
 	DefaultDrainTimeout      = 30 * time.Second
+	// DefaultRenewFraction renews the certificate when a third of its
+	// lifetime or less is left.
+	DefaultRenewFraction      = 1.0 / 3
+	DefaultRenewTimeout       = 30 * time.Second
+	DefaultRenewBackoffMin    = 1 * time.Minute
+	DefaultRenewBackoffMax    = 1 * time.Hour
+	DefaultRenewCheckInterval = 1 * time.Minute
+	DefaultWatchInterval      = 2 * time.Second
 	// drainPoll is how often a drain checks for the last session's end.
 	drainPoll = 50 * time.Millisecond
 )
 
-// Options configure an Agent. Zero values mean the defaults.
+// Options configure an Agent. The zero value of every field but ConfigDir
+// means the default given in its comment.
 type Options struct {
-	// ConfigDir holds agent.json and the certificates.
+	// ConfigDir holds agent.json and the certificates. Run returns
+	// ErrNotEnrolled if it holds no identity.
 	ConfigDir string
-	Logger    hclog.Logger
+	// Logger receives the agent's logs. If nil, nothing is logged.
+	Logger hclog.Logger
 	// QUIC is the transport configuration.
 	QUIC transport.Config
-	// AdvertiseInterval and HeartbeatInterval pace the control stream.
+	// AdvertiseInterval and HeartbeatInterval pace the control stream. If
+	// zero, 30 s and 60 s.
 	AdvertiseInterval, HeartbeatInterval time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay (full jitter);
-	// a connection that lasted HealthyAfter resets it.
+	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s
+	// and 30 s. A reconnect after a certificate renewal has no delay.
 	BackoffMin, BackoffMax, HealthyAfter time.Duration
-	// DialTimeout bounds resolving and dialing a session's target (20 s).
+	// DialTimeout bounds resolving and dialing a session's target. If zero,
+	// 20 s.
 	DialTimeout time.Duration
 	// Counters, if set, receive the bytes relayed by every session.
 	Counters *relay.Counters
 	// DrainTimeout is how long live sessions may take to finish when Run's
-	// context ends (default 30 s); new sessions are refused meanwhile.
+	// context ends; new sessions are refused meanwhile. If zero, 30 s.
 	DrainTimeout time.Duration
+
+	// RenewFraction is the part of the agent certificate's lifetime
+	// (NotAfter − NotBefore) left when the agent renews it: the agent asks
+	// for a new certificate once NotAfter − now ≤ RenewFraction × lifetime.
+	// It must be in [0, 1); if zero, 1/3.
+	RenewFraction float64
+	// RenewTimeout bounds the wait for the gateway's CertRenewalResponse. If
+	// zero, 30 s.
+	RenewTimeout time.Duration
+	// RenewBackoffMin and RenewBackoffMax bound the delay before retrying a
+	// failed renewal: it doubles from RenewBackoffMin with each consecutive
+	// failure, up to RenewBackoffMax, jittered down by at most half.
+	// RenewBackoffMin is also the least time between two successful
+	// renewals, so that a gateway issuing certificates shorter than the
+	// threshold, or a clock far ahead, cannot make the agent renew and
+	// reconnect in a loop. If zero, 1 min and 1 h.
+	RenewBackoffMin, RenewBackoffMax time.Duration
+	// RenewCheckInterval is the longest the agent sleeps before comparing
+	// the clock with the renewal time again, so that a jump of the wall
+	// clock (suspend, NTP step) is noticed. If zero, 1 min.
+	RenewCheckInterval time.Duration
+	// Now is the clock used to decide when to renew. If nil, time.Now.
+	Now func() time.Time
+
+	// WatchInterval is how often agent.json (and the resolver
+	// configuration, for domain detection) is checked for changes; a change
+	// triggers Reload. If zero, 2 s; if negative, the files are not watched
+	// and only Reload (SIGHUP) re-reads them on a live connection.
+	WatchInterval time.Duration
+	// ResolvConfPath is the resolver configuration read to auto-detect the
+	// host's domain. If empty, /etc/resolv.conf.
+	ResolvConfPath string
+	// Hostname returns the host name, the fallback source of the detected
+	// domain. If nil, os.Hostname.
+	Hostname func() (string, error)
 }
 
 func (o Options) withDefaults() Options {
@@ -76,6 +141,19 @@ func (o Options) withDefaults() Options {
 	def(&o.BackoffMax, DefaultBackoffMax)
 	def(&o.HealthyAfter, DefaultHealthyAfter)
 	def(&o.DrainTimeout, DefaultDrainTimeout)
+	def(&o.RenewTimeout, DefaultRenewTimeout)
+	def(&o.RenewBackoffMin, DefaultRenewBackoffMin)
+	def(&o.RenewBackoffMax, DefaultRenewBackoffMax)
+	def(&o.RenewCheckInterval, DefaultRenewCheckInterval)
+	if o.WatchInterval == 0 {
+		o.WatchInterval = DefaultWatchInterval
+	}
+	if o.RenewFraction == 0 {
+		o.RenewFraction = DefaultRenewFraction
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
@@ -85,7 +163,19 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Agent keeps the tunnel up. Create it with New and call Run once.
+// validate checks options already filled by withDefaults.
+func (o Options) validate() error {
+	if !(o.RenewFraction > 0 && o.RenewFraction < 1) { // also rejects NaN
+		return fmt.Errorf("tunnel: RenewFraction %v is not in [0, 1)", o.RenewFraction)
+	}
+	if o.RenewBackoffMax < o.RenewBackoffMin {
+		return fmt.Errorf("tunnel: RenewBackoffMax %v is shorter than RenewBackoffMin %v", o.RenewBackoffMax, o.RenewBackoffMin)
+	}
+	return o.QUIC.Validate()
+}
+
+// Agent keeps the tunnel up. Create it with New and call Run once; the other
+// methods are safe for concurrent use, during Run and after.
 type Agent struct {
 	opts    Options
 	log     hclog.Logger
@@ -96,16 +186,25 @@ type Agent struct {
 
 	reportOnce sync.Once // logs the UDP socket report once
 
+	renewFailures atomic.Uint64 // failed renewal attempts since New
+
 	mu        sync.Mutex
 	epoch     uint64    // epoch of the routes last advertised
-	current   *settings // settings of the live connection
+	current   *settings // settings of the live connection; nil while draining
 	connected bool
+	draining  bool // Run's context ended: no renewal reconnects any more
+	// renewStreak counts consecutive failed renewals; renewRetryAt is the
+	// earliest time of the next attempt (after a failure or a success).
+	renewStreak  int
+	renewRetryAt time.Time
 }
 
-// New returns an Agent for opts.
+// New returns an Agent for opts. It returns an error when an option is out
+// of range (RenewFraction, RenewBackoffMin/Max, QUIC); it does not read the
+// config directory (Run does).
 func New(opts Options) (*Agent, error) {
 	opts = opts.withDefaults()
-	if err := opts.QUIC.Validate(); err != nil {
+	if err := opts.validate(); err != nil {
 		return nil, err
 	}
 	return &Agent{
@@ -131,8 +230,16 @@ func (a *Agent) Connected() bool {
 	return a.connected
 }
 
+// RenewalFailures returns the number of failed certificate renewal attempts
+// since New: refusals by the gateway, timeouts, unusable certificates and
+// write errors. Each failure is also logged as a warning. The agent keeps
+// running on its current certificate and retries with backoff. It is the
+// agent's stand-in for a metric until the agent exports metrics.
+func (a *Agent) RenewalFailures() uint64 { return a.renewFailures.Load() }
+
 // Reload asks the agent to re-read its config now: changed routes are
-// advertised on the live connection with epoch + 1 (no reconnect).
+// advertised on the live connection with epoch + 1 (no reconnect). Run
+// also calls it when agent.json changes on disk (see WatchInterval).
 func (a *Agent) Reload() {
 	select {
 	case a.reload <- struct{}{}:
@@ -140,20 +247,41 @@ func (a *Agent) Reload() {
 	}
 }
 
-// Run connects and reconnects until ctx ends, then closes the tunnel with
-// "shutdown" and returns nil. It returns an error at once only when the
-// config directory holds no enrolled identity; every later failure is
-// logged and retried with backoff.
+// Run connects and reconnects until ctx ends, then drains (see
+// DrainTimeout), closes the tunnel with "shutdown" and returns nil. It
+// returns an error at once only when the config directory holds no enrolled
+// identity; every later failure is logged and retried with backoff. Run
+// returns only after every goroutine it started has exited.
 func (a *Agent) Run(ctx context.Context) error {
-	if _, err := loadSettings(a.opts.ConfigDir); errors.Is(err, ErrNotEnrolled) {
+	if _, err := a.loadSettings(); errors.Is(err, ErrNotEnrolled) {
 		return err
 	}
+	a.mu.Lock()
+	a.draining = false
+	a.mu.Unlock()
+	a.handler.SetDraining(false)
+
+	var wg sync.WaitGroup
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer func() {
+		stopWatch()
+		wg.Wait()
+	}()
+	if a.opts.WatchInterval > 0 {
+		wg.Go(func() { a.watch(wctx) })
+	}
+
 	attempt := 0
 	for {
 		started := time.Now()
 		err := a.connectOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errCertRenewed) {
+			a.log.Info("reconnecting with the renewed certificate")
+			attempt = 0
+			continue
 		}
 		if time.Since(started) >= a.opts.HealthyAfter {
 			attempt = 0
@@ -171,6 +299,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// loadSettings reads the config directory with the agent's detection
+// options.
+func (a *Agent) loadSettings() (*settings, error) {
+	return loadSettings(a.opts.ConfigDir, detect.Options{ResolvConf: a.opts.ResolvConfPath, Hostname: a.opts.Hostname})
+}
+
 // backoff is the delay before retry number attempt: full jitter over an
 // exponential cap from BackoffMin to BackoffMax.
 func (a *Agent) backoff(attempt int) time.Duration {
@@ -184,9 +318,13 @@ func (a *Agent) backoff(attempt int) time.Duration {
 // connectOnce reads the config, dials, and serves one connection until it
 // ends or ctx does.
 func (a *Agent) connectOnce(ctx context.Context) error {
-	set, err := loadSettings(a.opts.ConfigDir)
+	set, err := a.loadSettings()
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	if now := a.opts.Now(); now.After(set.cert.NotAfter) {
+		a.log.Error("the agent certificate has expired; the gateway will refuse it: enroll the agent again",
+			"not_after", set.cert.NotAfter, "now", now)
 	}
 	a.handler.SetRoutes(set.routes)
 	conn, tr, err := a.dial(ctx, set)
@@ -271,16 +409,20 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 		return fmt.Errorf("route advertisement: %w", err)
 	}
 	log.Info("tunnel up", "agent_id", set.agentID, "epoch", epoch,
-		"subnets", len(set.routes.Subnets), "domains", len(set.domains))
+		"subnets", len(set.routes.Subnets), "domains", len(set.domains),
+		"cert_not_after", set.cert.NotAfter, "renew_at", renewTime(set.cert, a.opts.RenewFraction))
+	logDetection(log, set)
 
 	// The connection's goroutines outlive ctx during a drain: they stop with
 	// cctx, when the connection ends.
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	answers := newRenewAnswers()
 	var wg sync.WaitGroup
-	wg.Go(func() { a.readControl(cctx, conn, ctrl, log) })
+	wg.Go(func() { a.readControl(cctx, conn, ctrl, answers, log) })
 	wg.Go(func() { a.pace(cctx, conn, w, log) })
 	wg.Go(func() { a.acceptSessions(cctx, conn) })
+	wg.Go(func() { a.renewLoop(cctx, conn, w, set, answers, log) })
 
 	select {
 	case <-ctx.Done():
@@ -296,6 +438,9 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	wg.Wait()
 	err = context.Cause(conn.Context())
 	var appErr *quic.ApplicationError
+	if errors.As(err, &appErr) && !appErr.Remote && appErr.ErrorMessage == reasonCertRenewed {
+		return errCertRenewed
+	}
 	if errors.As(err, &appErr) && appErr.Remote {
 		switch appErr.ErrorMessage {
 		case reasonDeleted:
@@ -310,11 +455,23 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	return err
 }
 
+// logDetection logs the outcome of domain auto-detection for set.
+func logDetection(log hclog.Logger, set *settings) {
+	if set.detected != "" {
+		log.Info("advertising the auto-detected domain", "domain", set.detected, "detected", set.detectNote)
+	} else {
+		log.Debug("no domain auto-detected", "reason", set.detectNote)
+	}
+}
+
 // drain refuses new sessions, withdraws the agent's routes so the gateway
 // routes elsewhere at once, and waits up to DrainTimeout for live sessions.
+// Sessions stay refused afterwards: the caller closes the connection.
 func (a *Agent) drain(conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
 	a.handler.SetDraining(true)
-	defer a.handler.SetDraining(false)
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
 	if a.handler.Active() == 0 {
 		return
 	}
@@ -327,19 +484,21 @@ func (a *Agent) drain(conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Log
 		log.Warn("could not withdraw routes before draining", "error", err)
 	}
 	log.Info("draining: new sessions are refused", "active_sessions", a.handler.Active(), "timeout", a.opts.DrainTimeout)
-	deadline := time.Now().Add(a.opts.DrainTimeout)
-	t := time.NewTicker(drainPoll)
-	defer t.Stop()
-	for a.handler.Active() > 0 && time.Now().Before(deadline) {
+	timeout := time.NewTimer(a.opts.DrainTimeout)
+	defer timeout.Stop()
+	poll := time.NewTicker(drainPoll)
+	defer poll.Stop()
+	for a.handler.Active() > 0 {
 		select {
 		case <-conn.Context().Done():
 			return
-		case <-t.C:
+		case <-timeout.C:
+			log.Warn("drain timeout: closing live sessions", "active_sessions", a.handler.Active())
+			return
+		case <-poll.C:
 		}
 	}
-	if n := a.handler.Active(); n > 0 {
-		log.Warn("drain timeout: closing live sessions", "active_sessions", n)
-	}
+	log.Info("drained: every session has ended")
 }
 
 // acceptSessions serves every stream the gateway opens until ctx ends or the
@@ -394,7 +553,7 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 // applyReload re-reads the config; if the routes changed it returns the
 // RouteAdvertise with epoch + 1 to send, else nil.
 func (a *Agent) applyReload(log hclog.Logger) dataplane.ControlMessage {
-	set, err := loadSettings(a.opts.ConfigDir)
+	set, err := a.loadSettings()
 	if err != nil {
 		log.Warn("config reload failed; keeping the current routes", "error", err)
 		return nil
@@ -403,6 +562,9 @@ func (a *Agent) applyReload(log hclog.Logger) dataplane.ControlMessage {
 	defer a.mu.Unlock()
 	if a.current == nil {
 		return nil // draining: the routes stay withdrawn
+	}
+	if set.endpoint != a.current.endpoint {
+		log.Info("GatewayEndpoint changed; it takes effect at the next reconnect", "new_endpoint", set.endpoint)
 	}
 	if sameRoutes(a.current, set) {
 		log.Info("config reloaded; routes unchanged")
@@ -413,11 +575,13 @@ func (a *Agent) applyReload(log hclog.Logger) dataplane.ControlMessage {
 	a.handler.SetRoutes(set.routes)
 	log.Info("config reloaded; advertising new routes", "epoch", a.epoch,
 		"subnets", len(set.routes.Subnets), "domains", len(set.domains))
+	logDetection(log, set)
 	return advertise(set, a.epoch)
 }
 
-// readControl reads the gateway's control messages until the stream ends.
-func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Stream, log hclog.Logger) {
+// readControl reads the gateway's control messages until the stream ends,
+// handing CertRenewalResponses to answers.
+func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Stream, answers *renewAnswers, log hclog.Logger) {
 	r := dataplane.NewControlReader(ctrl)
 	for ctx.Err() == nil {
 		msg, err := r.ReadControl()
@@ -443,6 +607,9 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 		case *dataplane.HeartbeatAck:
 			rtt := time.Since(time.UnixMilli(int64(m.TimestampMs)))
 			log.Trace("heartbeat acknowledged", "rtt", rtt)
+		case *dataplane.CertRenewalResponse:
+			resp := *m // the reader reuses m
+			answers.put(&resp)
 		default:
 			log.Warn("ignoring unexpected control message", "tag", msg.Tag())
 		}
