@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -374,6 +375,57 @@ func TestConnectStdioSubprocess(t *testing.T) {
 	}
 	if !bytes.Equal(out.Bytes(), patternSum(n)) {
 		t.Fatalf("stdout %x, want the digest of the %d bytes sent", out.Bytes(), n)
+	}
+}
+
+// When the session fails, "outpost connect --stdio" prints the gateway's
+// reason before it closes stdout: ssh, its parent as a ProxyCommand, exits
+// and hangs up on it as soon as stdout closes. The test plays ssh: stdin
+// stays open, and the process is killed the moment stdout ends.
+func TestConnectStdioFailureReason(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	dir, id := enrollAgent(t, gw, "office", loopback, nil)
+	startAgent(t, fastAgent(dir))
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	// The agent advertises loopback only: it refuses this target.
+	resp := gw.session(&outpostv1.CreateSessionRequest{Target: "10.0.0.9:22", AgentId: id})
+
+	cmd := exec.Command(outpostBinary(t), "connect", "--gateway", gw.url, "--ca-pin", resp.GetGatewayCaSpkiSha256(),
+		"--token", resp.GetToken(), "--stdio")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file, not a pipe: what the process wrote is there the moment it
+	// returns from write(2).
+	errFile, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errFile.Close()
+	cmd.Stderr = errFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	if n, _ := io.Copy(io.Discard, stdout); n != 0 {
+		t.Errorf("%d bytes on stdout from a failed session", n)
+	}
+	cmd.Process.Kill() // what ssh's hangup does to a process that ignores nothing
+	cmd.Wait()
+	out, err := os.ReadFile(errFile.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "session failed: agent office refused connection: target 10.0.0.9:22 is not in advertised subnets"
+	if c := strings.Count(string(out), want); c != 1 {
+		t.Fatalf("stderr when stdout closed holds %q %d times, want once:\n%s", want, c, out)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -54,12 +55,25 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	c, err := connect.New(connect.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log})
+	opts := connect.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
+	var reported atomic.Bool
+	if stdio {
+		// Print the reason while ssh still reads our stderr (see OnFailure).
+		opts.OnFailure = func(reason string) {
+			fmt.Fprintf(stderr, "outpost: session failed: %s\n", reason)
+			reported.Store(true)
+		}
+	}
+	c, err := connect.New(opts)
 	if err != nil {
 		return err
 	}
 	if stdio {
-		return c.Stdio(ctx, stdin, stdout)
+		err := c.Stdio(ctx, stdin, stdout)
+		if err != nil && reported.Load() {
+			return fmt.Errorf("%w: %v", errReported, err)
+		}
+		return err
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {

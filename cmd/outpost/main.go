@@ -37,6 +37,10 @@ Run "outpost <command> -h" for the flags of a command.
 // errUsage marks a command-line mistake: the message is printed with a usage hint, exit 2.
 var errUsage = errors.New("usage")
 
+// errReported marks an error the command has already printed: exit 1 without
+// printing it again.
+var errReported = errors.New("reported")
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
@@ -44,6 +48,8 @@ func main() {
 	switch {
 	case err == nil:
 	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errReported):
+		os.Exit(1)
 	case errors.Is(err, errUsage):
 		fmt.Fprintln(os.Stderr, "outpost:", err)
 		os.Exit(2)

@@ -47,6 +47,12 @@ type Options struct {
 	// the gateway's own wait for an agent).
 	DialTimeout time.Duration
 	Logger      hclog.Logger
+	// OnFailure, if set, is called once with the gateway's reason when a
+	// session fails (no agent could connect, the target refused, ...), as
+	// soon as the failure arrives — before the local side is closed. An ssh
+	// ProxyCommand uses it to print the reason while ssh still listens: once
+	// stdout closes, ssh exits and hangs up on its ProxyCommand.
+	OnFailure func(reason string)
 }
 
 // Client opens sessions through the entry.
@@ -56,6 +62,7 @@ type Client struct {
 	http   *http.Client
 	log    hclog.Logger
 	single bool
+	onFail func(reason string)
 }
 
 // New checks o and returns a Client.
@@ -83,6 +90,7 @@ func New(o Options) (*Client, error) {
 		http:   &http.Client{Timeout: o.DialTimeout, Transport: &http.Transport{TLSClientConfig: tlsConf}},
 		log:    o.Logger,
 		single: !reusable(o.Token),
+		onFail: o.OnFailure,
 	}, nil
 }
 
@@ -114,7 +122,11 @@ func (c *Client) Bridge(ctx context.Context, local relay.Endpoint) error {
 		local.Abort(relay.ErrorCodeReset)
 		return err
 	}
-	_, err = relay.Relay(ctx, local, s, relay.Options{})
+	remote := relay.Endpoint(s)
+	if c.onFail != nil {
+		remote = &failureNotice{Endpoint: s, fn: c.onFail}
+	}
+	_, err = relay.Relay(ctx, local, remote, relay.Options{})
 	if reason, ok := wsstream.Failure(err); ok {
 		return fmt.Errorf("session failed: %s", reason)
 	}
@@ -231,6 +243,32 @@ func reusable(tok string) bool {
 		Reusable bool `json:"reusable"`
 	}
 	return json.Unmarshal(raw, &c) == nil && c.Reusable
+}
+
+// failureNotice passes a session's failure reason to fn the moment a read or
+// write returns it, before Relay aborts the other endpoint.
+type failureNotice struct {
+	relay.Endpoint
+	fn   func(reason string)
+	once sync.Once
+}
+
+func (f *failureNotice) Read(p []byte) (int, error) {
+	n, err := f.Endpoint.Read(p)
+	f.notice(err)
+	return n, err
+}
+
+func (f *failureNotice) Write(p []byte) (int, error) {
+	n, err := f.Endpoint.Write(p)
+	f.notice(err)
+	return n, err
+}
+
+func (f *failureNotice) notice(err error) {
+	if reason, ok := wsstream.Failure(err); ok {
+		f.once.Do(func() { f.fn(reason) })
+	}
 }
 
 // stdioEndpoint is stdin/stdout as a relay endpoint: stdout cannot half-close

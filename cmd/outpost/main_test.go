@@ -1,0 +1,35 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// Bad command lines fail before anything is done, with a usage error (exit
+// 2) that names the mistake.
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no command given"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"session"}, "session needs a subcommand"},
+		{[]string{"agent", "run", "--config-dir", dir, "--renew-fraction", "0"}, "--renew-fraction 0"},
+		{[]string{"agent", "run", "--config-dir", dir, "--renew-fraction", "1"}, "--renew-fraction 1"},
+		{[]string{"agent", "run", "--config-dir", dir, "--drain-timeout", "-1s"}, "--drain-timeout -1s"},
+		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--renew-fraction", "2"}, "--renew-fraction 2"},
+		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "t"}, "give exactly one of --listen and --stdio"},
+		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "-", "--stdio"}, "--token - reads stdin"},
+	} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), tc.args, strings.NewReader(""), &out, &errOut)
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("outpost %s: %v, want a usage error containing %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+}
