@@ -2,20 +2,15 @@ package relay
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/testtls"
 	"github.com/quic-go/quic-go"
 )
 
@@ -78,31 +73,9 @@ func dialTCP(tb testing.TB, ln *net.TCPListener) (dialed, accepted *net.TCPConn)
 // certificate for 127.0.0.1 and a client config trusting it.
 func testTLS(tb testing.TB) (server, client *tls.Config) {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "relay test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = transport.ServerTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}})
-	client = transport.ClientTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	cert, roots := testtls.SelfSigned(tb, "relay test")
+	server = transport.ServerTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
+	client = transport.ClientTLS(&tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
 	return server, client
 }
 

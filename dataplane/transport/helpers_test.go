@@ -1,48 +1,21 @@
 package transport
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 // testTLS returns a server config with a fresh self-signed ECDSA P-256
 // certificate for 127.0.0.1 and a client config trusting it.
 func testTLS(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "transport test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = ServerTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}})
-	client = ClientTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	cert, roots := testtls.SelfSigned(t, "transport test")
+	server = ServerTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
+	client = ClientTLS(&tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
 	return server, client
 }
 

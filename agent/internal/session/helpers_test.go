@@ -2,16 +2,10 @@ package session
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"strings"
@@ -25,6 +19,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 func TestMain(m *testing.M) {
@@ -64,30 +59,8 @@ func (w logWriter) Write(p []byte) (int, error) {
 // certificate for 127.0.0.1 and a client config that trusts only it.
 func testTLS(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "session test gateway"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	server = transport.ServerTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}})
+	cert, roots := testtls.SelfSigned(t, "session test gateway")
+	server = transport.ServerTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
 	client = transport.ClientTLS(&tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
 	return server, client
 }
