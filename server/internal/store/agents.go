@@ -23,51 +23,35 @@ func (s *SQLite) RecordEnrollmentToken(ctx context.Context, t EnrollmentToken) e
 		return fmt.Errorf("%w: enrollment token needs a jti and an expiry", ErrInvalid)
 	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `INSERT INTO enrollment_tokens (jti, agent_name, created_at, expires_at)
+		return execOne(ctx, tx, fmt.Errorf("%w: enrollment token %q already recorded", ErrConflict, t.JTI),
+			`INSERT INTO enrollment_tokens (jti, agent_name, created_at, expires_at)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING`,
 			t.JTI, t.AgentName, millis(s.orNow(t.CreatedAt)), millis(t.ExpiresAt))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(r); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: enrollment token %q already recorded", ErrConflict, t.JTI)
-		}
-		return nil
 	})
 	return wrapErr("record enrollment token", err)
 }
 
 // ListEnrollmentTokens implements Store.
 func (s *SQLite) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT t.jti, t.agent_name, t.created_at, t.expires_at, c.consumed_at, c.agent_id
+	return queryAll(ctx, s.db, "list enrollment tokens", scanEnrollmentToken, `SELECT t.jti, t.agent_name, t.created_at, t.expires_at, c.consumed_at, c.agent_id
 FROM enrollment_tokens t LEFT JOIN consumed_enrollment_tokens c ON c.jti = t.jti
 ORDER BY t.created_at, t.jti`)
-	if err != nil {
-		return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
+}
+
+func scanEnrollmentToken(sc scanner) (EnrollmentToken, error) {
+	var (
+		t                EnrollmentToken
+		created, expires int64
+		consumed         sql.NullInt64
+		agentID          sql.NullString
+	)
+	if err := sc.Scan(&t.JTI, &t.AgentName, &created, &expires, &consumed, &agentID); err != nil {
+		return EnrollmentToken{}, err
 	}
-	defer rows.Close()
-	out := []EnrollmentToken{}
-	for rows.Next() {
-		var (
-			t                EnrollmentToken
-			created, expires int64
-			consumed         sql.NullInt64
-			agentID          sql.NullString
-		)
-		if err := rows.Scan(&t.JTI, &t.AgentName, &created, &expires, &consumed, &agentID); err != nil {
-			return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
-		}
-		t.CreatedAt, t.ExpiresAt = fromMillis(created), fromMillis(expires)
-		t.ConsumedAt, t.AgentID = ptrMillis(consumed), agentID.String
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list enrollment tokens: %w", err)
-	}
-	return out, nil
+	t.CreatedAt, t.ExpiresAt = fromMillis(created), fromMillis(expires)
+	t.ConsumedAt, t.AgentID = ptrMillis(consumed), agentID.String
+	return t, nil
 }
 
 // EnrollAgent implements Store. The transaction takes SQLite's write lock
@@ -187,39 +171,15 @@ func (s *SQLite) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agen
 	if opts.IncludeDeleted {
 		query = `SELECT ` + agentColumns + ` FROM agents WHERE id > $1 ORDER BY id LIMIT $2`
 	}
-	rows, err := s.db.QueryContext(ctx, query, opts.AfterID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("store: list agents: %w", err)
-	}
-	defer rows.Close()
-	out := []Agent{}
-	for rows.Next() {
-		a, err := scanAgent(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list agents: %w", err)
-		}
-		out = append(out, a)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list agents: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, s.db, "list agents", scanAgent, query, opts.AfterID, limit)
 }
 
 // DeleteAgent implements Store.
 func (s *SQLite) DeleteAgent(ctx context.Context, id string) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `UPDATE agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL`,
+		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
+			`UPDATE agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL`,
 			id, millis(s.now()))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(r); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: live agent %q", ErrNotFound, id)
-		}
-		return nil
 	})
 	return wrapErr("delete agent", err)
 }
@@ -230,18 +190,10 @@ func (s *SQLite) UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial str
 		return fmt.Errorf("%w: empty SPKI hash", ErrInvalid)
 	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `UPDATE agents SET spki_sha256 = $2, cert_serial = $3, cert_not_after = $4
+		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
+			`UPDATE agents SET spki_sha256 = $2, cert_serial = $3, cert_not_after = $4
 WHERE id = $1 AND deleted_at IS NULL`,
 			id, spkiSHA256, serial, millis(notAfter))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(r); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: live agent %q", ErrNotFound, id)
-		}
-		return nil
 	})
 	return wrapErr("update agent certificate", err)
 }

@@ -25,19 +25,11 @@ func (s *SQLite) CreateAPIKey(ctx context.Context, k APIKey) error {
 		return wrapErr("create api key", err)
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `INSERT INTO api_keys (`+apiKeyColumns+`)
+		return execOne(ctx, tx, fmt.Errorf("%w: an api key with id %q or the same hash exists", ErrConflict, k.ID),
+			`INSERT INTO api_keys (`+apiKeyColumns+`)
 VALUES ($1, $2, $3, $4, $5, NULL)
 ON CONFLICT DO NOTHING`,
 			k.ID, k.Name, hex.EncodeToString(k.Hash), string(scopesJSON), millis(s.orNow(k.CreatedAt)))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(r); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: an api key with id %q or the same hash exists", ErrConflict, k.ID)
-		}
-		return nil
 	})
 	return wrapErr("create api key", err)
 }
@@ -57,39 +49,15 @@ func (s *SQLite) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) 
 
 // ListAPIKeys implements Store.
 func (s *SQLite) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
-	if err != nil {
-		return nil, fmt.Errorf("store: list api keys: %w", err)
-	}
-	defer rows.Close()
-	keys := []APIKey{}
-	for rows.Next() {
-		k, err := scanAPIKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list api keys: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: list api keys: %w", err)
-	}
-	return keys, nil
+	return queryAll(ctx, s.db, "list api keys", scanAPIKey, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
 }
 
 // RevokeAPIKey implements Store.
 func (s *SQLite) RevokeAPIKey(ctx context.Context, id string) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`,
+		return execOne(ctx, tx, fmt.Errorf("%w: api key %q", ErrNotFound, id),
+			`UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`,
 			id, millis(s.now()))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(r); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: api key %q", ErrNotFound, id)
-		}
-		return nil
 	})
 	return wrapErr("revoke api key", err)
 }

@@ -23,20 +23,12 @@ func (s *SQLite) InsertSession(ctx context.Context, r SessionRecord) error {
 		ended = millis(r.EndedAt)
 	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
+		return execOne(ctx, tx, fmt.Errorf("%w: session %q exists", ErrConflict, r.ID),
+			`INSERT INTO sessions (`+sessionColumns+`)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT DO NOTHING`,
 			r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), ended,
 			r.BytesUp, r.BytesDown, r.Outcome, r.Reason)
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(res); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: session %q exists", ErrConflict, r.ID)
-		}
-		return nil
 	})
 	return wrapErr("insert session", err)
 }
@@ -100,19 +92,11 @@ func (s *SQLite) ConsumeSessionToken(ctx context.Context, jti string, expiresAt 
 		return fmt.Errorf("%w: session token needs a jti and an expiry", ErrInvalid)
 	}
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO consumed_session_tokens (jti, expires_at, consumed_at)
+		return execOne(ctx, tx, fmt.Errorf("%w: session token %s", ErrTokenUsed, jti),
+			`INSERT INTO consumed_session_tokens (jti, expires_at, consumed_at)
 VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING`,
 			jti, millis(expiresAt), millis(s.now()))
-		if err != nil {
-			return err
-		}
-		if n, err := rowsAffected(res); err != nil {
-			return err
-		} else if n == 0 {
-			return fmt.Errorf("%w: session token %s", ErrTokenUsed, jti)
-		}
-		return nil
 	})
 	return wrapErr("consume session token", err)
 }

@@ -201,6 +201,44 @@ func (s *SQLite) orNow(t time.Time) time.Time {
 	return truncate(t)
 }
 
+// queryAll runs a query and scans every row with scan; op names the
+// operation in errors. It returns an empty, non-nil slice when no row
+// matches.
+func queryAll[T any](ctx context.Context, db *sql.DB, op string, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s: %w", op, err)
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: %s: %w", op, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: %s: %w", op, err)
+	}
+	return out, nil
+}
+
+// execOne runs a write that must change at least one row, and returns
+// missing when it changed none (a conflict ignored, a row not found).
+func execOne(ctx context.Context, tx *sql.Tx, missing error, query string, args ...any) error {
+	r, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	if n, err := rowsAffected(r); err != nil {
+		return err
+	} else if n == 0 {
+		return missing
+	}
+	return nil
+}
+
 // rowsAffected returns the count of a write, which every driver used here
 // reports.
 func rowsAffected(r sql.Result) (int64, error) {
