@@ -137,6 +137,18 @@ func (r *runFlags) check() error {
 	return nil
 }
 
+// parseRun parses the flags of a command that runs the agent, checks them
+// and returns the logger they ask for.
+func parseRun(fs *flag.FlagSet, args []string, rf *runFlags, lf *logFlags, stderr io.Writer) (hclog.Logger, error) {
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if err := rf.check(); err != nil {
+		return nil, err
+	}
+	return lf.logger(stderr)
+}
+
 func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("agent run", stderr, "agent run [--config-dir DIR] [flags]")
 	var (
@@ -145,13 +157,7 @@ func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
 	)
 	rf.register(fs, true)
 	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := rf.check(); err != nil {
-		return err
-	}
-	log, err := lf.logger(stderr)
+	log, err := parseRun(fs, args, &rf, &lf, stderr)
 	if err != nil {
 		return err
 	}
@@ -168,13 +174,7 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	ef.register(fs)
 	rf.register(fs, false)
 	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := rf.check(); err != nil {
-		return err
-	}
-	log, err := lf.logger(stderr)
+	log, err := parseRun(fs, args, &rf, &lf, stderr)
 	if err != nil {
 		return err
 	}
