@@ -23,6 +23,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/connect"
+	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/internal/wsstream"
 	"github.com/outposthq/outpost/server"
 )
@@ -358,7 +359,7 @@ func TestConnectStdioSubprocess(t *testing.T) {
 		"--token", resp.GetToken(), "--stdio")
 	cmd.Stdin = pattern(n)
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, tWriter{t}
+	cmd.Stdout, cmd.Stderr = &out, testlog.New(t)
 	done := make(chan error, 1)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

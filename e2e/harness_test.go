@@ -19,19 +19,13 @@ import (
 	"google.golang.org/grpc"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func testLogger(t *testing.T, name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: tWriter{t}})
+	return testlog.Logger(t, name)
 }
 
 // gateway is a gateway running in-process for a test.

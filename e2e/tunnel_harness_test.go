@@ -15,6 +15,7 @@ import (
 
 	"github.com/outposthq/outpost/agent"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/server"
 )
 
@@ -243,7 +244,7 @@ func downloadAndHash(t *testing.T, s server.AgentSession, n int64) {
 func agentProcess(t *testing.T, dir string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(outpostBinary(t), "agent", "run", "--config-dir", dir, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = tWriter{t}, tWriter{t}
+	cmd.Stdout, cmd.Stderr = testlog.New(t), testlog.New(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

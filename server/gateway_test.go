@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
@@ -37,15 +38,7 @@ func TestMain(m *testing.M) {
 
 // testLogger routes gateway logs to t.Logf.
 func testLogger(t *testing.T) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug, Output: tWriter{t}})
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return testlog.Logger(t, t.Name())
 }
 
 // running is a gateway serving in the background of a test.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/internal/testtls"
 )
 
@@ -45,14 +46,7 @@ func loopbackOnly(_, address string) error {
 
 // testLogger routes a Handler's logs to t.Logf.
 func testLogger(t *testing.T) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: logWriter{t}})
-}
-
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
+	return testlog.Logger(t, "test")
 }
 
 // testTLS returns a server config with a fresh self-signed ECDSA P-256

@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +27,8 @@ import (
 	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/fakeclock"
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
@@ -39,58 +40,6 @@ const testTimeout = 10 * time.Second
 
 // testAgentID is the identity of every test agent.
 const testAgentID = "6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8"
-
-// fakeClock is an injectable clock that moves only when told to.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// logRecorder sends an agent's logs to t.Logf and keeps them for asserts.
-type logRecorder struct {
-	t     *testing.T
-	mu    sync.Mutex
-	lines []string
-}
-
-func (r *logRecorder) Write(p []byte) (int, error) {
-	line := strings.TrimSuffix(string(p), "\n")
-	r.t.Logf("%s", line)
-	r.mu.Lock()
-	r.lines = append(r.lines, line)
-	r.mu.Unlock()
-	return len(p), nil
-}
-
-// contains reports whether a log line contains s.
-func (r *logRecorder) contains(s string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, l := range r.lines {
-		if strings.Contains(l, s) {
-			return true
-		}
-	}
-	return false
-}
 
 // testPKI is a gateway CA and server certificate made at test time.
 type testPKI struct {
@@ -429,9 +378,9 @@ type env struct {
 	key     *ecdsa.PrivateKey
 	cert    *x509.Certificate
 	certPEM []byte
-	clock   *fakeClock
+	clock   *fakeclock.Clock
 	tunnel  config.Tunnel
-	logs    *logRecorder
+	logs    *testlog.Writer
 	// resolvConf is the resolver configuration the agent reads (none by
 	// default, so the host's own never leaks into a test).
 	resolvConf string
@@ -451,8 +400,8 @@ func newEnv(t *testing.T) *env {
 		p:          newTestPKI(t),
 		dir:        t.TempDir(),
 		key:        newKey(t),
-		clock:      &fakeClock{t: base},
-		logs:       &logRecorder{t: t},
+		clock:      fakeclock.New(base),
+		logs:       testlog.New(t),
 		resolvConf: filepath.Join(t.TempDir(), "resolv.conf"),
 	}
 	e.gw = startFakeGateway(t, e.p)

@@ -131,7 +131,7 @@ func TestRenewalAtThreshold(t *testing.T) {
 	}
 	// The new certificate is not due: no further request.
 	c2.quiet(t, 200*time.Millisecond)
-	if e.logs.contains("tunnel down") {
+	if e.logs.Contains("tunnel down") {
 		t.Fatal("the reconnect after the renewal went through the backoff")
 	}
 	if n := a.RenewalFailures(); n != 0 {
@@ -168,7 +168,7 @@ func TestRenewalFailureKeepsServing(t *testing.T) {
 	if !bytes.Equal(e.read(t, "certs/agent.pem"), e.certPEM) {
 		t.Fatal("the certificate file changed after failures")
 	}
-	if !e.logs.contains("certificate renewal failed; still using the current certificate") {
+	if !e.logs.Contains("certificate renewal failed; still using the current certificate") {
 		t.Fatal("no warning logged")
 	}
 
@@ -266,7 +266,7 @@ func TestRenewalRejectsBadAnswers(t *testing.T) {
 		req := expect[*dataplane.CertRenewalRequest](t, c)
 		send(t, c, tc.answer(csrOf(t, req).PublicKey.(*ecdsa.PublicKey)))
 		waitFor(t, tc.name+" refused", func() bool { return a.RenewalFailures() == uint64(i+1) })
-		waitFor(t, "a log line mentioning "+tc.why, func() bool { return e.logs.contains(tc.why) })
+		waitFor(t, "a log line mentioning "+tc.why, func() bool { return e.logs.Contains(tc.why) })
 	}
 	if !bytes.Equal(e.read(t, "certs/agent.pem"), e.certPEM) || !bytes.Equal(e.read(t, "certs/gateway-ca.pem"), e.p.caPEM) {
 		t.Fatal("a rejected answer was written")
@@ -288,7 +288,7 @@ func TestRenewalKeyFileReplaced(t *testing.T) {
 	e.clock.Set(e.renewAt())
 	waitFor(t, "a counted failure", func() bool { return a.RenewalFailures() == 1 })
 	waitFor(t, "a log line naming the key mismatch", func() bool {
-		return e.logs.contains("is not the key of the connection's certificate")
+		return e.logs.Contains("is not the key of the connection's certificate")
 	})
 	c.quiet(t, 50*time.Millisecond) // nothing was sent
 }

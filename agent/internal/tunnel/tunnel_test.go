@@ -154,7 +154,7 @@ func TestDrainTimeout(t *testing.T) {
 		t.Fatalf("closed after %v, before the drain timeout", d)
 	}
 	a.wait(t)
-	if !e.logs.contains("drain timeout") {
+	if !e.logs.Contains("drain timeout") {
 		t.Fatal("no drain timeout logged")
 	}
 }

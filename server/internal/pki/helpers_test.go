@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -11,72 +10,30 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/internal/fakeclock"
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
-// testClock is a settable clock, safe for concurrent use.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
+// newClock returns a clock at the current time, so certificates also work
+// with TLS stacks that use the system clock, truncated so comparisons are
+// exact after DER encoding.
+func newClock() *fakeclock.Clock {
+	return fakeclock.New(time.Now().UTC().Truncate(time.Second))
 }
 
-func newClock() *testClock {
-	// Real time, so certificates also work with TLS stacks that use the
-	// system clock; truncated so comparisons are exact after DER encoding.
-	return &testClock{t: time.Now().UTC().Truncate(time.Second)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// logBuffer collects log output for assertions and forwards it to t.Logf.
-type logBuffer struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.t.Logf("%s", strings.TrimRight(string(p), "\n"))
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) Reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Reset()
-}
-
-func newLogger(t *testing.T) (hclog.Logger, *logBuffer) {
+func newLogger(t *testing.T) (hclog.Logger, *testlog.Writer) {
 	t.Helper()
-	buf := &logBuffer{t: t}
+	buf := testlog.New(t)
 	return hclog.New(&hclog.LoggerOptions{Name: "pki", Level: hclog.Debug, Output: buf}), buf
 }
 
 // opts returns Options with the clock and a test logger.
-func testOptions(t *testing.T, clk *testClock, hostnames ...string) Options {
+func testOptions(t *testing.T, clk *fakeclock.Clock, hostnames ...string) Options {
 	t.Helper()
 	log, _ := newLogger(t)
 	return Options{Hostnames: hostnames, Now: clk.Now, Logger: log}

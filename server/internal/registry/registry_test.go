@@ -2,24 +2,16 @@ package registry
 
 import (
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/internal/fakeclock"
 )
 
 type fakeConn struct{ reason string }
 
 func (f *fakeConn) CloseWithReason(r string) { f.reason = r }
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 func TestSupersedeKeepsTheNewEntry(t *testing.T) {
 	r := New(nil)
@@ -87,8 +79,8 @@ func TestAdvertiseEpochRules(t *testing.T) {
 }
 
 func TestStatusThresholds(t *testing.T) {
-	c := &clock{t: time.Unix(1_000_000, 0)}
-	r := New(c.now)
+	c := fakeclock.New(time.Unix(1_000_000, 0))
+	r := New(c.Now)
 	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
 	r.Register(e)
 	steps := []struct {
@@ -102,7 +94,7 @@ func TestStatusThresholds(t *testing.T) {
 		{time.Millisecond, Offline},
 	}
 	for i, s := range steps {
-		c.add(s.advance)
+		c.Advance(s.advance)
 		if got := r.Status(e); got != s.want {
 			t.Fatalf("step %d: %v, want %v", i, got, s.want)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
@@ -18,33 +19,19 @@ type fakeConn struct{}
 
 func (fakeConn) CloseWithReason(string) {}
 
-// clock is the registry's injectable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 var base = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 type env struct {
 	t   *testing.T
-	clk *clock
+	clk *fakeclock.Clock
 	reg *registry.Registry
 	r   *Router
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	clk := &clock{t: base}
-	reg := registry.New(clk.now)
+	clk := fakeclock.New(base)
+	reg := registry.New(clk.Now)
 	return &env{t: t, clk: clk, reg: reg, r: New(reg)}
 }
 
@@ -416,18 +403,18 @@ func TestLookup(t *testing.T) {
 			v := newEnv(t)
 			entries := make(map[string]*registry.Entry)
 			for _, a := range tc.agents {
-				v.clk.set(base.Add(a.at * time.Second))
+				v.clk.Set(base.Add(a.at * time.Second))
 				entries[a.id] = v.connect(a.id, a.routes...)
 			}
 			// Age everyone to offline, then revive the others: unresponsive
 			// ones were last seen 50 s ago, online ones now.
-			v.clk.set(base.Add(time.Hour))
+			v.clk.Set(base.Add(time.Hour))
 			for _, a := range tc.agents {
 				if a.status != registry.Offline {
 					v.reg.Touch(entries[a.id])
 				}
 			}
-			v.clk.add(50 * time.Second)
+			v.clk.Advance(50 * time.Second)
 			for _, a := range tc.agents {
 				if a.status == registry.Online {
 					v.reg.Touch(entries[a.id])
@@ -445,7 +432,7 @@ func TestLookup(t *testing.T) {
 
 func TestCandidateFields(t *testing.T) {
 	v := newEnv(t)
-	v.clk.set(base.Add(time.Minute))
+	v.clk.Set(base.Add(time.Minute))
 	e := v.connect("agent-1", "10.10.0.0/24")
 	dst := []Candidate{{AgentID: "keep"}}
 	got := v.r.Lookup(dst, "10.10.0.5")
@@ -467,7 +454,7 @@ func TestCandidateFields(t *testing.T) {
 func TestRouteChanges(t *testing.T) {
 	v := newEnv(t)
 	a := v.connect("a", "10.1.0.0/16", "old.test", "*.both.test")
-	v.clk.add(time.Second)
+	v.clk.Advance(time.Second)
 	b := v.connect("b", "10.0.0.0/8", "test")
 	v.expect("10.1.0.1", "a=10.1.0.0/16")
 	v.expect("x.old.test", "a=old.test")
@@ -517,7 +504,7 @@ func TestSupersede(t *testing.T) {
 
 	// The new connection has advertised nothing yet: the old one's routes
 	// are gone with it.
-	v.clk.add(time.Second)
+	v.clk.Advance(time.Second)
 	cur := &registry.Entry{AgentID: "a", Name: "name-a", Conn: fakeConn{}}
 	if v.reg.Register(cur) != old {
 		t.Fatal("Register did not supersede")
@@ -540,7 +527,7 @@ func TestSupersede(t *testing.T) {
 	v.expect("x.contoso.local", "a=contoso.local")
 
 	// Supersede again with routes re-advertised: still one membership.
-	v.clk.add(time.Second)
+	v.clk.Advance(time.Second)
 	third := v.connect("a", "10.0.0.0/24", "contoso.local")
 	got = v.r.Lookup(nil, "x.contoso.local")
 	if len(got) != 1 || got[0].Entry != third {
@@ -554,7 +541,7 @@ func TestLookupAllocs(t *testing.T) {
 	v.connect("a", "10.0.0.0/8", "contoso.local")
 	v.connect("b", "10.1.0.0/16", "finance.contoso.local")
 	dead := v.connect("dead", "10.1.2.0/24", "db.finance.contoso.local")
-	v.clk.add(time.Minute)
+	v.clk.Advance(time.Minute)
 	for _, id := range []string{"a", "b"} {
 		e, _ := v.reg.Lookup(id)
 		v.reg.Touch(e)
@@ -579,8 +566,8 @@ func TestLookupAllocs(t *testing.T) {
 }
 
 func TestConcurrentLookupDuringUpdates(t *testing.T) {
-	clk := &clock{t: base}
-	reg := registry.New(clk.now)
+	clk := fakeclock.New(base)
+	reg := registry.New(clk.Now)
 	r := New(reg)
 	const agents = 8
 	stop := make(chan struct{})
@@ -616,7 +603,7 @@ func TestConcurrentLookupDuringUpdates(t *testing.T) {
 	}
 	for n := range 300 {
 		id := fmt.Sprintf("agent-%d", n%agents)
-		clk.add(time.Millisecond)
+		clk.Advance(time.Millisecond)
 		e := &registry.Entry{AgentID: id, Conn: fakeConn{}}
 		reg.Register(e)
 		subnets := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix(fmt.Sprintf("10.0.%d.0/24", n%3))}
@@ -741,7 +728,7 @@ func TestAgainstOracle(t *testing.T) {
 	}
 	for step := range 2000 {
 		id := fmt.Sprintf("a%d", rng.IntN(6))
-		v.clk.add(time.Duration(rng.IntN(3)) * time.Second)
+		v.clk.Advance(time.Duration(rng.IntN(3)) * time.Second)
 		switch op := rng.IntN(10); {
 		case op < 2:
 			live[id] = v.connect(id)
@@ -756,7 +743,7 @@ func TestAgainstOracle(t *testing.T) {
 				delete(live, id)
 			}
 		case op < 9:
-			v.clk.add(30 * time.Second) // some agents go quiet
+			v.clk.Advance(30 * time.Second) // some agents go quiet
 		default:
 			if e := live[id]; e != nil {
 				v.reg.Touch(e)

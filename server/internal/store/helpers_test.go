@@ -4,72 +4,31 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/internal/fakeclock"
+	"github.com/outposthq/outpost/internal/testlog"
 )
-
-// testClock is a settable clock, safe for concurrent use.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *testClock {
-	return &testClock{t: time.Date(2031, 3, 4, 5, 6, 7, 890_123_456, time.UTC)}
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// logBuffer collects log lines and forwards them to t.Logf.
-type logBuffer struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.t.Logf("%s", strings.TrimRight(string(p), "\n"))
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type fixture struct {
 	path string
-	clk  *testClock
+	clk  *fakeclock.Clock
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	return &fixture{path: filepath.Join(t.TempDir(), "outpost.db"), clk: newClock()}
+	return &fixture{path: filepath.Join(t.TempDir(), "outpost.db"), clk: fakeclock.New(time.Date(2031, 3, 4, 5, 6, 7, 890_123_456, time.UTC))}
 }
 
 // open opens the fixture's database and closes it at cleanup; logs go to
 // the returned buffer.
-func (f *fixture) open(t *testing.T) (*SQLite, *logBuffer) {
+func (f *fixture) open(t *testing.T) (*SQLite, *testlog.Writer) {
 	t.Helper()
-	logs := &logBuffer{t: t}
+	logs := testlog.New(t)
 	log := hclog.New(&hclog.LoggerOptions{Name: "store", Level: hclog.Debug, Output: logs})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -96,7 +55,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 // enrollReq builds a valid EnrollRequest for a new agent.
-func enrollReq(clk *testClock, jti, name, csr string) EnrollRequest {
+func enrollReq(clk *fakeclock.Clock, jti, name, csr string) EnrollRequest {
 	id := uuid.NewString()
 	return EnrollRequest{
 		JTI:            jti,
