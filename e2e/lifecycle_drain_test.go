@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server"
 )
@@ -121,4 +127,112 @@ func TestLifecycleDrainTimeout(t *testing.T) {
 		t.Fatal("the session was not cut")
 	}
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_OFFLINE, 5*time.Second)
+}
+
+// When its Run context ends (SIGTERM), the gateway stops accepting new
+// client sessions at once, lets a live one finish, and only then closes the
+// agent connections, with "shutdown". A session that outlives the shutdown
+// timeout is cut.
+func TestGatewayDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		finish  bool // the client ends its session during the drain
+	}{
+		{"a live session finishes", 20 * time.Second, true},
+		{"a session outliving the timeout is cut", 1500 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := startGateway(t, t.TempDir(), func(c *server.Config) { c.ShutdownTimeout = server.Duration(tc.timeout) })
+			dir, id := enrollAgent(t, gw, "office", loopback, nil)
+			startAgent(t, fastAgent(dir))
+			gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+			// A hand-rolled agent that advertises nothing watches how and
+			// when the gateway closes the agent connections.
+			obsDir, obsID := enrollAgent(t, gw, "observer", nil, nil)
+			obs := rawDial(t, gw, loadCert(t, obsDir))
+			ctrl, err := obs.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dataplane.NewControlWriter(ctrl).Send(&dataplane.RouteAdvertise{Version: dataplane.ProtocolVersion, Epoch: 1}); err != nil {
+				t.Fatal(err)
+			}
+			gw.waitStatus(obsID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+
+			resp := gw.session(&outpostv1.CreateSessionRequest{Target: tcpServer(t, echo), AgentId: id, Reusable: true})
+			live, err := openSession(t, resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer live.Close()
+			roundTrip := func(msg string) error {
+				if _, err := live.Write([]byte(msg)); err != nil {
+					return err
+				}
+				buf := make([]byte, len(msg))
+				if _, err := io.ReadFull(live, buf); err != nil {
+					return err
+				}
+				if string(buf) != msg {
+					return fmt.Errorf("echo %q, want %q", buf, msg)
+				}
+				return nil
+			}
+			if err := roundTrip("before the drain"); err != nil {
+				t.Fatal(err)
+			}
+
+			began := time.Now()
+			stopped := make(chan struct{})
+			go func() {
+				gw.stop()
+				close(stopped)
+			}()
+			lcUntil(t, 5*time.Second, "the entry refusing new sessions", func() bool {
+				s, err := openSession(t, resp)
+				if err != nil {
+					return true
+				}
+				s.Close()
+				return false
+			})
+			if err := roundTrip("during the drain"); err != nil {
+				t.Fatalf("live session during the drain: %v", err)
+			}
+			select {
+			case <-obs.Context().Done():
+				t.Fatalf("agent connections closed while a session was live: %v", context.Cause(obs.Context()))
+			case <-stopped:
+				t.Fatal("the gateway stopped while a session was live")
+			default:
+			}
+
+			if tc.finish {
+				live.Close()
+			}
+			select {
+			case <-stopped:
+			case <-time.After(tc.timeout + 10*time.Second):
+				t.Fatal("the gateway did not stop")
+			}
+			took := time.Since(began)
+			switch {
+			case tc.finish && took > tc.timeout/2:
+				t.Errorf("the gateway took %v to stop after its last session ended", took)
+			case !tc.finish && took < tc.timeout:
+				t.Errorf("the gateway stopped after %v, before its %v shutdown timeout", took, tc.timeout)
+			}
+			if !tc.finish {
+				if err := roundTrip("after the timeout"); err == nil {
+					t.Error("the session outlived the gateway")
+				}
+			}
+			var appErr *quic.ApplicationError
+			if err := context.Cause(obs.Context()); !errors.As(err, &appErr) || !appErr.Remote || appErr.ErrorMessage != "shutdown" {
+				t.Fatalf("agent connection ended with %v, want the gateway's \"shutdown\"", err)
+			}
+			t.Logf("gateway stopped %v after SIGTERM", took.Round(time.Millisecond))
+		})
+	}
 }
