@@ -181,18 +181,7 @@ func TestEnrollConcurrentSameJTI(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
-	ok := 0
-	for i, err := range errs {
-		switch {
-		case err == nil:
-			ok++
-		case !errors.Is(err, ErrTokenUsed):
-			t.Errorf("goroutine %d: %v, want ErrTokenUsed", i, err)
-		}
-	}
-	if ok != 1 {
-		t.Fatalf("%d enrollments succeeded, want exactly 1", ok)
-	}
+	exactlyOne(t, "enrollments", errs, ErrTokenUsed)
 	if agents, _ := s.ListAgents(ctxT(t), ListAgentsOptions{IncludeDeleted: true}); len(agents) != 1 {
 		t.Errorf("%d agents stored, want 1", len(agents))
 	}
@@ -281,18 +270,7 @@ func TestEnrollAcrossProcesses(t *testing.T) {
 		wg.Go(func() { _, errs[i] = s.EnrollAgent(t.Context(), req) })
 	}
 	wg.Wait()
-	ok := 0
-	for i, err := range errs {
-		switch {
-		case err == nil:
-			ok++
-		case !errors.Is(err, ErrTokenUsed):
-			t.Errorf("goroutine %d: %v, want ErrTokenUsed", i, err)
-		}
-	}
-	if ok != 1 {
-		t.Fatalf("%d enrollments succeeded across two stores, want 1", ok)
-	}
+	exactlyOne(t, "enrollments across two stores", errs, ErrTokenUsed)
 }
 
 func TestListAgentsPagination(t *testing.T) {

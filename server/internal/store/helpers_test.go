@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -80,4 +81,22 @@ func mustEnroll(t *testing.T, s Store, req EnrollRequest) EnrollResult {
 		t.Fatalf("EnrollAgent(%s, %s): %v", req.JTI, req.Agent.Name, err)
 	}
 	return res
+}
+
+// exactlyOne checks the outcome of concurrent attempts of which one only
+// may succeed: one nil error, every other one matching lost.
+func exactlyOne(t *testing.T, what string, errs []error, lost error) {
+	t.Helper()
+	ok := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, lost):
+			t.Errorf("attempt %d: %v, want %v", i, err, lost)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d %s succeeded, want 1", ok, what)
+	}
 }

@@ -109,18 +109,7 @@ func TestConsumeSessionTokenConcurrent(t *testing.T) {
 		wg.Go(func() { errs[i] = s.ConsumeSessionToken(t.Context(), "jti", f.clk.Now().Add(time.Minute)) })
 	}
 	wg.Wait()
-	ok := 0
-	for i, err := range errs {
-		switch {
-		case err == nil:
-			ok++
-		case !errors.Is(err, ErrTokenUsed):
-			t.Errorf("goroutine %d: %v", i, err)
-		}
-	}
-	if ok != 1 {
-		t.Fatalf("%d consumptions succeeded, want 1", ok)
-	}
+	exactlyOne(t, "consumptions", errs, ErrTokenUsed)
 }
 
 func TestPruneExpired(t *testing.T) {
