@@ -197,4 +197,10 @@ func TestLifecycleRenewalIdentity(t *testing.T) {
 	if s := gw.agentView(id).GetStatus(); s != outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
 		t.Fatalf("status %v after the renewals", s)
 	}
+	code, metrics := gw.restGet("/metrics")
+	for _, want := range []string{`outpost_agent_cert_renewals_total{outcome="refused"} 1`, `outpost_agent_cert_renewals_total{outcome="renewed"} 1`} {
+		if code != 200 || !strings.Contains(metrics, want+"\n") {
+			t.Errorf("/metrics (%d) lacks %s", code, want)
+		}
+	}
 }

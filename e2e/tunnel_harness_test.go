@@ -240,11 +240,13 @@ func downloadAndHash(t *testing.T, s server.AgentSession, n int64) {
 	}
 }
 
-// agentProcess runs "outpost agent run" as a child process.
-func agentProcess(t *testing.T, dir string) *exec.Cmd {
+// agentProcess runs "outpost agent run" with extra flags as a child
+// process; its stderr is kept in the returned writer.
+func agentProcess(t *testing.T, dir string, extra ...string) (*exec.Cmd, *testlog.Writer) {
 	t.Helper()
-	cmd := exec.Command(outpostBinary(t), "agent", "run", "--config-dir", dir, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = testlog.New(t), testlog.New(t)
+	cmd := exec.Command(outpostBinary(t), append([]string{"agent", "run", "--config-dir", dir, "--log-level", "debug"}, extra...)...)
+	stderr := testlog.New(t)
+	cmd.Stdout, cmd.Stderr = testlog.New(t), stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +254,7 @@ func agentProcess(t *testing.T, dir string) *exec.Cmd {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	return cmd
+	return cmd, stderr
 }
 
 // isAgentError reports whether err is an *server.AgentError wrapping target

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -198,7 +201,7 @@ func TestTunnelAgentKilled(t *testing.T) {
 		c.QUICIdleTimeout = server.Duration(2 * time.Second)
 	})
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
-	cmd := agentProcess(t, dir)
+	cmd, _ := agentProcess(t, dir)
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 15*time.Second)
 
 	s, err := gw.dial(id, tcpServer(t, source(1<<40))) // endless
@@ -321,5 +324,53 @@ func TestTunnelDeleteAgent(t *testing.T) {
 	}
 	if gw.agentView(otherID).GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
 		t.Fatal("the other agent was disturbed")
+	}
+}
+
+// "outpost agent run --metrics-listen" serves the agent's metrics: the
+// tunnel state, live sessions and the bytes relayed.
+func TestAgentMetricsEndpoint(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	dir, id := enrollAgent(t, gw, "office", loopback, nil)
+	_, stderr := agentProcess(t, dir, "--metrics-listen", "127.0.0.1:0")
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 15*time.Second)
+	m := regexp.MustCompile(`serving metrics: url=(http://127\.0\.0\.1:\d+/metrics)`).FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatal("the agent did not log its metrics URL")
+	}
+	get := func() string {
+		t.Helper()
+		resp, err := http.Get(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+
+	s, err := gw.dial(id, tcpServer(t, echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	msg := []byte("metrics")
+	if _, err := s.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	body := get()
+	for _, want := range []string{
+		"outpost_agent_connected 1\n",
+		"outpost_agent_sessions_active 1\n",
+		"outpost_agent_bytes_to_target_total 7\n",
+		"outpost_agent_bytes_from_target_total 7\n",
+		"outpost_agent_cert_renewal_failures_total 0\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("agent /metrics lacks %q", want)
+		}
 	}
 }

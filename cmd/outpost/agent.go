@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/outposthq/outpost/agent"
+	"github.com/outposthq/outpost/dataplane/relay"
 )
 
 func runAgent(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -116,6 +120,7 @@ type runFlags struct {
 	configDir     string
 	drainTimeout  time.Duration
 	renewFraction float64
+	metricsListen string
 }
 
 func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
@@ -123,6 +128,7 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long live sessions may take to finish")
+	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	fs.Float64Var(&r.renewFraction, "renew-fraction", 1.0/3, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
 }
 
@@ -197,9 +203,17 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
-	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction}, log)
+	var counters relay.Counters
+	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters}, log)
 	if err != nil {
 		return err
+	}
+	if rf.metricsListen != "" {
+		stop, err := serveMetrics(rf.metricsListen, agent.MetricsHandler(r, &counters), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -225,4 +239,28 @@ func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) e
 		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
+}
+
+// serveMetrics serves h at /metrics on addr until the returned stop is
+// called; stop closes the listener and waits for the server.
+func serveMetrics(addr string, h http.Handler, log hclog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	return func() {
+		srv.Close()
+		<-done
+	}, nil
 }

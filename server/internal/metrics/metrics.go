@@ -38,6 +38,10 @@ type Metrics struct {
 	Bytes *prometheus.CounterVec
 	// SessionSetup is the time from a client's connect to an open path.
 	SessionSetup prometheus.Histogram
+	// CertRenewals counts agent certificate renewals by outcome ("renewed",
+	// "refused": the CSR is unusable or has another key, "error": signing
+	// or the store failed).
+	CertRenewals *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -96,12 +100,18 @@ func New() *Metrics {
 			Help:      "Time from a client's connect to an open path to the target.",
 			Buckets:   prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
+		CertRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "agent_cert_renewals_total",
+			Help:      "Agent certificate renewals over the control stream by outcome.",
+		}, []string{"outcome"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.APIRequests,
 		m.Enrollments,
+		m.CertRenewals,
 		m.AgentsConnected,
 		m.AgentConnections,
 		m.ControlMessages,
