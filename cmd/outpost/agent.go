@@ -20,6 +20,7 @@ import (
 
 	"github.com/outposthq/outpost/agent"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 func runAgent(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -121,6 +122,7 @@ type runFlags struct {
 	drainTimeout  time.Duration
 	renewFraction float64
 	metricsListen string
+	maxSessions   int64
 }
 
 func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
@@ -128,14 +130,22 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long live sessions may take to finish")
+	fs.Int64Var(&r.maxSessions, "max-sessions", transport.DefaultMaxIncomingStreams, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	fs.Float64Var(&r.renewFraction, "renew-fraction", 1.0/3, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
 }
+
+// maxSessionsLimit bounds --max-sessions: every session costs the agent a
+// QUIC stream, a TCP connection and two goroutines.
+const maxSessionsLimit = 1 << 20
 
 // check rejects out-of-range values before anything is done.
 func (r *runFlags) check() error {
 	if !(r.renewFraction > 0 && r.renewFraction < 1) {
 		return fmt.Errorf("%w: --renew-fraction %v: want a part of the certificate lifetime, between 0 and 1 (e.g. 0.33)", errUsage, r.renewFraction)
+	}
+	if r.maxSessions < 1 || r.maxSessions > maxSessionsLimit {
+		return fmt.Errorf("%w: --max-sessions %d: want 1 to %d", errUsage, r.maxSessions, maxSessionsLimit)
 	}
 	if r.drainTimeout < 0 {
 		return fmt.Errorf("%w: --drain-timeout %v must not be negative", errUsage, r.drainTimeout)
@@ -204,7 +214,8 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
 	var counters relay.Counters
-	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters}, log)
+	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters,
+		QUIC: transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
 	if err != nil {
 		return err
 	}

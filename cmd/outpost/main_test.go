@@ -22,6 +22,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config-dir", dir, "--renew-fraction", "0"}, "--renew-fraction 0"},
 		{[]string{"agent", "run", "--config-dir", dir, "--renew-fraction", "1"}, "--renew-fraction 1"},
 		{[]string{"agent", "run", "--config-dir", dir, "--drain-timeout", "-1s"}, "--drain-timeout -1s"},
+		{[]string{"agent", "run", "--config-dir", dir, "--max-sessions", "0"}, "--max-sessions 0"},
 		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--renew-fraction", "2"}, "--renew-fraction 2"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "t"}, "give exactly one of --listen and --stdio"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "-", "--stdio"}, "--token - reads stdin"},
