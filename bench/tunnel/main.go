@@ -1,0 +1,178 @@
+// Command tunnel benchmarks Outpost end to end on loopback and prints one
+// Markdown table: single-stream throughput (direct TCP; a raw quic-go
+// stream with Outpost's QUIC configuration, in one process and across two;
+// a session through `outpost connect`, the WebSocket entry, the gateway, QUIC
+// and the agent, alone and 8 in parallel; and a raw session through a
+// benchmark-only TCP entry), the CPU each process spends per GB, session
+// setup latency, the memory of the gateway and the agent with idle
+// sessions, the most sessions one agent carries, and the gateway's route
+// lookup benchmarks.
+//
+// Run it from the repository root (make bench runs the full mode):
+//
+//	go run ./bench/tunnel          # about 3 minutes on 2 cores, bounded at 9
+//	go run ./bench/tunnel -quick   # about a minute
+//
+// The agent and the client (`outpost connect --listen`) are the real outpost
+// binary, built into a temporary directory and run as child processes. The
+// gateway is this program re-executed with -mode=gateway (gateway.go): the
+// real gateway library, plus a benchmark-only TCP entry for the raw-session
+// rows. The two-process QUIC baseline's server is this program with
+// -mode=quic, and the capacity run's second agent is this program with
+// -mode=agent (the agent library with a raised stream limit). Everything
+// listens on 127.0.0.1 only, every load is bounded in size and time, and the
+// children and temporary files are removed on every exit path (children also
+// die with this process: PR_SET_PDEATHSIG). The table goes to stdout and to
+// bench/RESULTS.md; logs go to stderr. See bench/README.md for what each row
+// means.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// settings size one run.
+type settings struct {
+	quick     bool
+	bytes     int64         // per measured transfer (split across the parallel sessions)
+	warmBytes int64         // per warm-up transfer
+	reps      int           // measured transfers per path and direction
+	parallel  int           // sessions of the parallel throughput row
+	sessions  int           // sequential sessions per setup figure
+	warmup    int           // sessions before those that are timed
+	idle      int           // sessions held open for the RSS figure
+	idleWait  time.Duration // how long they idle before RSS is read
+	capacity  int           // sessions the capacity run tries to open on one agent
+	capWait   time.Duration // bound of one capacity run's opening
+	benchtime string        // go test -benchtime of the route lookup benchmarks
+	timeout   time.Duration // bound of the whole run
+}
+
+// Fixed sizes of the capacity run.
+const (
+	// targetCapacity is the issue's target: sessions one agent carries.
+	targetCapacity = 10_000
+	// capacityWorkers open the capacity sessions concurrently.
+	capacityWorkers = 8
+	// capacityHeadroom is added to the capacity for the gateway's session
+	// cap and the library agent's stream limit, so that neither is what
+	// stops the run.
+	capacityHeadroom = 1024
+	// fileLimit is the RLIMIT_NOFILE the benchmark asks for (it and its
+	// children hold a descriptor per capacity session on each side).
+	fileLimit = 65536
+)
+
+func settingsFor(quick bool) settings {
+	s := settings{
+		quick:     quick,
+		bytes:     512 << 20,
+		warmBytes: 32 << 20,
+		reps:      3,
+		parallel:  8,
+		sessions:  1000,
+		warmup:    100,
+		idle:      1000,
+		idleWait:  2 * time.Second,
+		capacity:  targetCapacity,
+		capWait:   90 * time.Second,
+		benchtime: "1s",
+		timeout:   9 * time.Minute,
+	}
+	if quick {
+		s.bytes, s.warmBytes, s.reps = 64<<20, 16<<20, 1
+		s.sessions, s.warmup = 300, 50
+		s.capacity, s.capWait = 2000, 30*time.Second
+		s.benchtime, s.timeout = "200ms", 110*time.Second
+	}
+	return s
+}
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("tunnel", flag.ContinueOnError)
+	var (
+		quick       = fs.Bool("quick", false, "small transfers, one run each, 2,000 capacity sessions: about a minute")
+		timeout     = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 110s with -quick)")
+		outpost     = fs.String("outpost", "", "outpost binary to run the agent and the client with (default: build ./cmd/outpost)")
+		resultsOut  = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md; \"-\": nowhere)")
+		cpuprofile  = fs.String("cpuprofile", "", "keep the gateway child's CPU profiles as PREFIX-connect.pprof and PREFIX-raw.pprof")
+		logLevel    = fs.String("log-level", "info", "log level of this program: trace, debug, info, warn, error")
+		mode        = fs.String("mode", "", "internal: \"gateway\", \"quic\" or \"agent\" runs a child process of the benchmark")
+		dataDir     = fs.String("data-dir", "", "internal: the gateway child's data directory")
+		entryAddr   = fs.String("entry", "127.0.0.1:0", "internal: the gateway child's entry address")
+		maxSessions = fs.Int("max-sessions", 0, "internal: the gateway child's sessions-per-agent cap")
+		configDir   = fs.String("config-dir", "", "internal: the agent child's config directory")
+		maxStreams  = fs.Int("max-streams", 0, "internal: the agent child's QUIC stream limit")
+	)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	switch *mode {
+	case "gateway":
+		return runGatewayChild(*dataDir, *entryAddr, *maxSessions, *logLevel)
+	case "quic":
+		return runQUICChild(*logLevel)
+	case "agent":
+		return runAgentChild(*configDir, *maxStreams, *logLevel)
+	case "":
+	default:
+		fmt.Fprintf(os.Stderr, "unknown -mode %q\n", *mode)
+		return 2
+	}
+
+	level := hclog.LevelFromString(*logLevel)
+	if level == hclog.NoLevel {
+		fmt.Fprintf(os.Stderr, "unknown -log-level %q\n", *logLevel)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "bench", Level: level, Output: os.Stderr})
+	s := settingsFor(*quick)
+	if *timeout > 0 {
+		s.timeout = *timeout
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	start := time.Now()
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		log.Error("benchmark failed", "error", err)
+		return 1
+	}
+	o := options{outpost: *outpost, cpuprofile: *cpuprofile, childLogLevel: "warn", root: root}
+	if level < hclog.Info {
+		o.childLogLevel = level.String()
+	}
+	res, err := runBench(ctx, s, o, log)
+	if err != nil {
+		log.Error("benchmark failed", "error", err)
+		return 1
+	}
+	res.elapsed = time.Since(start)
+	fmt.Print(table(res.rows()))
+	log.Info("benchmark done", "elapsed", res.elapsed.Round(time.Millisecond))
+	out := *resultsOut
+	if out == "" {
+		out = filepath.Join(root, "bench", "RESULTS.md")
+	}
+	if out != "-" {
+		if err := os.WriteFile(out, []byte(res.resultsFile(time.Now(), strings.Join(os.Args[1:], " "))), 0o644); err != nil {
+			log.Error("write results", "error", err)
+			return 1
+		}
+		log.Info("results written", "path", out)
+	}
+	return 0
+}
