@@ -593,7 +593,11 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 				log.Warn("skipping control message", "error", err)
 				continue
 			}
-			if ctx.Err() == nil && conn.Context().Err() == nil {
+			// The connection's end reaches the stream read before the
+			// connection's context: it is not a stream failure.
+			var appErr *quic.ApplicationError
+			var idleErr *quic.IdleTimeoutError
+			if ctx.Err() == nil && conn.Context().Err() == nil && !errors.As(err, &appErr) && !errors.As(err, &idleErr) {
 				log.Warn("control stream failed; closing the tunnel", "error", err)
 				conn.CloseWithError(0, reasonShutdown)
 			}

@@ -36,8 +36,13 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	for {
 		msg, err := r.ReadControl()
 		if err != nil {
+			// The connection's end reaches the stream read before the
+			// connection's context: either way it is not a stream failure.
 			if conn.Context().Err() != nil {
 				return context.Cause(conn.Context())
+			}
+			if connectionClosed(err) {
+				return err
 			}
 			var unknown *dataplane.UnknownTagError
 			var trunc *dataplane.TruncatedError
@@ -108,4 +113,14 @@ func (s *Server) dispatch(ctx context.Context, conn *quic.Conn, e *registry.Entr
 		log.Warn("ignoring a gateway-to-agent message sent by the agent", "tag", msg.Tag())
 	}
 	return nil
+}
+
+// connectionClosed reports whether err is the end of the whole connection
+// (closed by either side, or idle), as a stream operation reports it.
+func connectionClosed(err error) bool {
+	var (
+		appErr  *quic.ApplicationError
+		idleErr *quic.IdleTimeoutError
+	)
+	return errors.As(err, &appErr) || errors.As(err, &idleErr)
 }
