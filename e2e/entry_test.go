@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"google.golang.org/protobuf/types/known/durationpb"
+	_ "modernc.org/sqlite"
 
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
@@ -133,6 +136,27 @@ func TestEntrySessionThroughAgent(t *testing.T) {
 	code, body := gw.restGet("/metrics")
 	if code != 200 || !strings.Contains(body, `outpost_sessions_total{outcome="ok"} 1`) || !strings.Contains(body, "outpost_session_setup_seconds_count 1") {
 		t.Errorf("metrics after one session:\n%s", grepLines(body, "outpost_session"))
+	}
+	gw.stop() // waits for the session's end to be recorded
+	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var (
+		sid, tgt, agentID, decision, outcome, reason string
+		up, down                                     int64
+		ended                                        sql.NullInt64
+	)
+	err = db.QueryRow(`SELECT id, target, agent_id, decision, ended_at, bytes_up, bytes_down, outcome, reason FROM sessions`).
+		Scan(&sid, &tgt, &agentID, &decision, &ended, &up, &down, &outcome, &reason)
+	switch {
+	case err != nil:
+		t.Fatalf("audit row: %v", err)
+	case sid != resp.GetSessionId() || tgt != target || agentID != id || !strings.HasPrefix(decision, "DECISION_AGENT: "):
+		t.Errorf("audit row: session %s target %s agent %s decision %q", sid, tgt, agentID, decision)
+	case !ended.Valid || up != n || down != sha256.Size || outcome != "ok" || reason != "":
+		t.Errorf("audit row: ended %v, %d bytes up, %d down, outcome %q %q; want ended, %d, %d, ok", ended, up, down, outcome, reason, n, sha256.Size)
 	}
 }
 

@@ -98,12 +98,20 @@ func (g *Gateway) runSession(ctx context.Context, stream *wsstream.Stream, claim
 		conn, err = g.connectTarget(ctx, d, sid)
 	}
 	rec.AgentID = conn.agentID
-	if ierr := g.store.InsertSession(context.WithoutCancel(ctx), rec); ierr != nil {
-		log.Warn("session audit insert failed", "error", ierr)
-	}
+	// The audit row is written (a synchronous SQLite commit) while the
+	// first bytes already flow; both paths below wait for it before the
+	// final update.
+	inserted := make(chan struct{})
+	go func() {
+		defer close(inserted)
+		if ierr := g.store.InsertSession(context.WithoutCancel(ctx), rec); ierr != nil {
+			log.Warn("session audit insert failed", "error", ierr)
+		}
+	}()
 	if err != nil {
 		g.metrics.SessionsTotal.WithLabelValues("connect_failed").Inc()
 		log.Info("session failed", "reason", err)
+		<-inserted
 		g.finishSession(ctx, sid, 0, 0, "connect_failed", err.Error(), log)
 		stream.CloseWithReason(wsstream.StatusConnectFailed, err.Error())
 		return
@@ -121,6 +129,7 @@ func (g *Gateway) runSession(ctx context.Context, stream *wsstream.Stream, claim
 	g.metrics.SessionsTotal.WithLabelValues(outcome).Inc()
 	log.Info("session closed", "outcome", outcome, "bytes_up", stats.AToB, "bytes_down", stats.BToA,
 		"duration", time.Since(start).Round(time.Millisecond), "reason", reason)
+	<-inserted
 	g.finishSession(ctx, sid, stats.AToB, stats.BToA, outcome, reason, log)
 }
 

@@ -188,7 +188,9 @@ func entryURL(gw string) (*url.URL, error) {
 }
 
 // pinnedTLS verifies the gateway with the given CA, or with a CA found in the
-// presented chain whose SPKI hash is the pin.
+// presented chain whose SPKI hash is the pin. Both configurations cache TLS
+// sessions, so that the sessions a --listen client opens one after another
+// resume instead of doing a full handshake each.
 func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
 	host := u.Hostname()
 	if len(o.CAPEM) > 0 {
@@ -196,7 +198,8 @@ func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
 		if !pool.AppendCertsFromPEM(o.CAPEM) {
 			return nil, errors.New("connect: the CA file holds no PEM certificate")
 		}
-		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}, nil
+		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12,
+			ClientSessionCache: tls.NewLRUClientSessionCache(0)}, nil
 	}
 	pin := strings.ToLower(strings.TrimSpace(o.CAPin))
 	if _, err := hex.DecodeString(pin); err != nil || len(pin) != 64 {
@@ -205,6 +208,10 @@ func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
 	return &tls.Config{
 		ServerName: host,
 		MinVersion: tls.VersionTLS12,
+		// Later sessions of this client resume the TLS session (one less
+		// certificate verification and key exchange each); the pin is
+		// checked again on every connection, resumed or not.
+		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 		// The chain is verified below against the pinned CA instead of the
 		// system roots.
 		InsecureSkipVerify: true,
