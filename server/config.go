@@ -79,6 +79,10 @@ type Config struct {
 	// shorter than the idle timeout. If zero, 15 s (capped at half the idle
 	// timeout).
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
+
+	// Test hooks, set only by this package's tests (JSON ignores them).
+	now             func() time.Time // the PKI's clock; if nil, time.Now
+	serverCertCheck time.Duration    // how often the server certificate is checked; if zero, hourly
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("30s").

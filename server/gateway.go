@@ -98,6 +98,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
+		Now:           cfg.now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -266,7 +267,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
-	eg.Go(func() error { g.renewServerCert(ctx, serverCertCheck); return nil })
+	check := serverCertCheck
+	if g.cfg.serverCertCheck > 0 {
+		check = g.cfg.serverCertCheck
+	}
+	eg.Go(func() error { g.renewServerCert(ctx, check); return nil })
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
 	eg.Go(func() error {
