@@ -111,6 +111,9 @@ func (c *Client) Open(ctx context.Context) (*wsstream.Stream, error) {
 		return nil, fmt.Errorf("connect to %s: %w", c.url, err)
 	}
 	ws.SetReadLimit(1 << 20)
+	if resp.TLS != nil {
+		c.log.Debug("entry connected", "tls_resumed", resp.TLS.DidResume)
+	}
 	return wsstream.New(ctx, ws), nil
 }
 
