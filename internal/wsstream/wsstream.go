@@ -5,7 +5,10 @@
 //   - an empty binary message ends one direction (a half-close, like TCP
 //     FIN): the other direction keeps flowing;
 //   - a close frame ends both; a close with status 4502 (StatusConnectFailed)
-//     carries the reason a session could not be opened.
+//     carries the reason a session could not be opened. A close frame holds
+//     at most 123 bytes of reason, so a longer one (every agent's reason,
+//     when all failed) is sent whole as a text message just before the
+//     close, which carries it cut short.
 //
 // Clients that know nothing of half-close may simply close the WebSocket.
 package wsstream
@@ -33,6 +36,7 @@ type Stream struct {
 
 	r       io.Reader // current message, nil between messages
 	readEOF bool
+	detail  string // the last text message: the full reason of a failure close
 
 	wmu       sync.Mutex
 	writeDone bool
@@ -54,15 +58,26 @@ func (s *Stream) Read(p []byte) (int, error) {
 		if s.r == nil {
 			typ, r, err := s.ws.Reader(s.ctx)
 			if err != nil {
-				if st := websocket.CloseStatus(err); st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway {
+				switch st := websocket.CloseStatus(err); {
+				case st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway:
 					s.readEOF = true
 					return 0, io.EOF
+				case st == StatusConnectFailed && s.detail != "":
+					return 0, websocket.CloseError{Code: st, Reason: s.detail}
 				}
 				return 0, err
 			}
-			if typ != websocket.MessageBinary {
-				s.ws.Close(websocket.StatusUnsupportedData, "binary messages only")
-				return 0, errors.New("wsstream: text message received; the stream is binary")
+			if typ == websocket.MessageText {
+				// The full reason of the failure close that follows.
+				b, err := io.ReadAll(io.LimitReader(r, maxDetail))
+				if err == nil {
+					_, err = io.Copy(io.Discard, r)
+				}
+				if err != nil {
+					return 0, err
+				}
+				s.detail = string(b)
+				continue
 			}
 			s.r = r
 			n, err := r.Read(p)
@@ -129,22 +144,38 @@ func (s *Stream) Close() error {
 // CloseWithReason closes the WebSocket with status and reason, trimmed to
 // what a close frame holds.
 func (s *Stream) CloseWithReason(status websocket.StatusCode, reason string) {
-	s.once.Do(func() { _ = s.ws.Close(status, Truncate(reason)) })
+	s.once.Do(func() {
+		if len(reason) > maxReason {
+			// Whole (up to maxDetail) in a text message first.
+			s.wmu.Lock()
+			_ = s.ws.Write(s.ctx, websocket.MessageText, []byte(cut(reason, maxDetail)))
+			s.wmu.Unlock()
+		}
+		_ = s.ws.Close(status, Truncate(reason))
+	})
 }
 
-// maxReason is the room for a reason in a close frame (125 - 2 bytes).
-const maxReason = 123
+const (
+	// maxReason is the room for a reason in a close frame (125 - 2 bytes).
+	maxReason = 123
+	// maxDetail bounds the full reason sent, and read, as a text message.
+	maxDetail = 4096
+)
 
 // Truncate fits reason into a close frame, cutting on a UTF-8 boundary.
-func Truncate(reason string) string {
-	if len(reason) <= maxReason {
-		return reason
+func Truncate(reason string) string { return cut(reason, maxReason) }
+
+// cut fits s into n bytes, cutting on a UTF-8 boundary and marking the cut
+// with "...".
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	cut := maxReason - 3
-	for cut > 0 && reason[cut]&0xC0 == 0x80 {
-		cut--
+	i := n - 3
+	for i > 0 && s[i]&0xC0 == 0x80 {
+		i--
 	}
-	return reason[:cut] + "..."
+	return s[:i] + "..."
 }
 
 // Failure extracts the gateway's reason from an error that ended a stream:
