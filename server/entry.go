@@ -43,7 +43,12 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.sessions.Add(1)
-	defer g.sessions.Done()
+	done := g.sessions.Done // handed to the session's goroutine after the upgrade
+	defer func() {
+		if done != nil {
+			done()
+		}
+	}()
 	claims, err := g.tokens.VerifySession(raw)
 	if err != nil {
 		http.Error(w, "session token refused: "+err.Error(), http.StatusUnauthorized)
@@ -66,13 +71,19 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return // Accept answered the client
 	}
 	ws.SetReadLimit(wsReadLimit)
-	// The session ends with the client's request or when a shutdown drain
-	// times out.
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stop := context.AfterFunc(g.sessionCtx, cancel)
-	defer stop()
-	g.runSession(ctx, wsstream.New(ctx, ws), claims, clientAddr(r))
+	// The connection is hijacked: the session goes on in a goroutine of its
+	// own and this handler returns, ending the goroutine that served the
+	// TLS handshake and the request, whose stack grew deep for them (about
+	// 16 KiB an idle session would keep). The session ends with the client
+	// or when a shutdown drain times out (sessionCtx).
+	ctx, cancel := context.WithCancel(g.sessionCtx)
+	client, sessionDone := clientAddr(r), done
+	done = nil
+	go func() {
+		defer sessionDone()
+		defer cancel()
+		g.runSession(ctx, wsstream.New(ctx, ws), claims, client)
+	}()
 }
 
 // runSession routes and connects one client session, relays it and records it.
