@@ -172,8 +172,18 @@ func (h *Handler) Serve(ctx context.Context, s *quic.Stream) {
 	defer h.active.Add(-1)
 	log := h.log.With("stream_id", int64(s.StreamID()))
 
+	// The handshake (reading the request, resolving and dialing the
+	// target) runs on a goroutine of its own that ends with it: the dial
+	// grows a deep stack, which an idle session relayed on the same
+	// goroutine would keep for its whole life.
 	stop := cancelOnDone(ctx, s)
-	conn, log := h.handshake(ctx, s, log)
+	shaken := make(chan struct{})
+	var conn *net.TCPConn
+	go func() {
+		defer close(shaken)
+		conn, log = h.handshake(ctx, s, log)
+	}()
+	<-shaken
 	stop()
 	if conn == nil {
 		return
