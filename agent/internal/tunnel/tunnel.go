@@ -448,7 +448,7 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 		case reasonRefused:
 			log.Error("the gateway refused this agent's identity (deleted, re-enrolled elsewhere, or another CA)")
 		case reasonSuperseded:
-			log.Warn("another connection with this agent's identity replaced this one")
+			log.Warn("another connection with this agent's identity replaced this one; if this repeats, a copy of this config directory runs elsewhere (enroll each agent separately)")
 		}
 		return fmt.Errorf("gateway closed the tunnel: %s", appErr.ErrorMessage)
 	}
