@@ -449,7 +449,7 @@ func (s *netnsSuite) bigTransfers(t *testing.T) {
 func (s *netnsSuite) agentKilled(t *testing.T) {
 	a, b := s.agents["office"], s.agents["office2"]
 	if a.proc == nil || a.proc.exited() {
-		t.Skip("the office agent is not running")
+		t.Fatal("the office agent is not running (it exited before this step)")
 	}
 	a.proc.kill()
 	if !a.proc.waitFor(10 * time.Second) {
@@ -550,7 +550,7 @@ func (s *netnsSuite) gatewayRestart(t *testing.T) {
 func (s *netnsSuite) lossyLink(t *testing.T) {
 	c := s.agents["office3"]
 	if c == nil || c.proc.exited() {
-		t.Skip("office3 (enrolled in the restart step) is not running")
+		t.Fatal("office3 (enrolled in the restart step) is not running")
 	}
 	if s.netem {
 		if err := s.run("office", 10*time.Second, nil, nil, "tc", "qdisc", "add", "dev", "wan", "root", "netem",
@@ -587,7 +587,7 @@ func (s *netnsSuite) lossyLink(t *testing.T) {
 func (s *netnsSuite) deleteAgent(t *testing.T) {
 	b := s.agents["office2"]
 	if b.proc == nil || b.proc.exited() {
-		t.Skip("office2 agent is not running")
+		t.Fatal("office2 agent is not running (it exited before this step)")
 	}
 	if st, _, err := s.agentStatus(b.id); err != nil || st != "AGENT_STATUS_ONLINE" {
 		t.Fatalf("office2 before the delete: %q %v", st, err)
