@@ -595,9 +595,7 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 			}
 			// The connection's end reaches the stream read before the
 			// connection's context: it is not a stream failure.
-			var appErr *quic.ApplicationError
-			var idleErr *quic.IdleTimeoutError
-			if ctx.Err() == nil && conn.Context().Err() == nil && !errors.As(err, &appErr) && !errors.As(err, &idleErr) {
+			if ctx.Err() == nil && conn.Context().Err() == nil && !transport.ConnectionClosed(err) {
 				log.Warn("control stream failed; closing the tunnel", "error", err)
 				conn.CloseWithError(0, reasonShutdown)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
@@ -41,7 +42,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 			if conn.Context().Err() != nil {
 				return context.Cause(conn.Context())
 			}
-			if connectionClosed(err) {
+			if transport.ConnectionClosed(err) {
 				return err
 			}
 			var unknown *dataplane.UnknownTagError
@@ -113,14 +114,4 @@ func (s *Server) dispatch(ctx context.Context, conn *quic.Conn, e *registry.Entr
 		log.Warn("ignoring a gateway-to-agent message sent by the agent", "tag", msg.Tag())
 	}
 	return nil
-}
-
-// connectionClosed reports whether err is the end of the whole connection
-// (closed by either side, or idle), as a stream operation reports it.
-func connectionClosed(err error) bool {
-	var (
-		appErr  *quic.ApplicationError
-		idleErr *quic.IdleTimeoutError
-	)
-	return errors.As(err, &appErr) || errors.As(err, &idleErr)
 }
