@@ -43,12 +43,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.sessions.Add(1)
-	done := g.sessions.Done // handed to the session's goroutine after the upgrade
-	defer func() {
-		if done != nil {
-			done()
-		}
-	}()
+	defer g.sessions.Done()
 	claims, err := g.tokens.VerifySession(raw)
 	if err != nil {
 		http.Error(w, "session token refused: "+err.Error(), http.StatusUnauthorized)
@@ -77,10 +72,10 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// 16 KiB an idle session would keep). The session ends with the client
 	// or when a shutdown drain times out (sessionCtx).
 	ctx, cancel := context.WithCancel(g.sessionCtx)
-	client, sessionDone := clientAddr(r), done
-	done = nil
+	client := clientAddr(r)
+	g.sessions.Add(1) // while this handler's count still holds the drain
 	go func() {
-		defer sessionDone()
+		defer g.sessions.Done()
 		defer cancel()
 		g.runSession(ctx, wsstream.New(ctx, ws), claims, client)
 	}()

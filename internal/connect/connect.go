@@ -211,9 +211,9 @@ func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
 	return &tls.Config{
 		ServerName: host,
 		MinVersion: tls.VersionTLS12,
-		// Later sessions of this client resume the TLS session (one less
-		// certificate verification and key exchange each); the pin is
-		// checked again on every connection, resumed or not.
+		// Later sessions of this client resume the TLS session (no
+		// certificate chain is sent or verified; the key exchange still
+		// runs); the pin is checked again on every connection.
 		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 		// The chain is verified below against the pinned CA instead of the
 		// system roots.
