@@ -23,12 +23,13 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	_ "modernc.org/sqlite"
 
+	"github.com/outposthq/outpost/client"
+	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
-	"github.com/outposthq/outpost/internal/connect"
 	"github.com/outposthq/outpost/internal/testlog"
-	"github.com/outposthq/outpost/internal/wsstream"
 	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // session mints a session token through the API.
@@ -47,7 +48,7 @@ func (gw *gateway) session(req *outpostv1.CreateSessionRequest) *outpostv1.Creat
 // by its SPKI hash as a client given only the CreateSession answer would.
 func openSession(t *testing.T, resp *outpostv1.CreateSessionResponse) (*wsstream.Stream, error) {
 	t.Helper()
-	c, err := connect.New(connect.Options{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256()})
+	c, err := client.New(client.Options{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +491,7 @@ func TestEntryTimeoutFailoverAndSessionLimit(t *testing.T) {
 	if d := time.Since(start); d < 500*time.Millisecond {
 		t.Fatalf("served in %v: the silent agent was not tried first", d)
 	}
-	if _, err := gw.dial(id, target); !isAgentError(err, server.ErrAgentTimeout, "no ConnectResponse") {
+	if _, err := gw.dial(id, target); !isAgentError(err, servertest.ErrAgentTimeout, "no ConnectResponse") {
 		t.Fatalf("silent agent: %v", err)
 	}
 
@@ -504,7 +505,7 @@ func TestEntryTimeoutFailoverAndSessionLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if _, err := gw.dial(goodID, target); !isAgentError(err, server.ErrAgentSessionLimit, "2 sessions") {
+	if _, err := gw.dial(goodID, target); !isAgentError(err, servertest.ErrAgentSessionLimit, "2 sessions") {
 		t.Fatalf("third session with a limit of 2: %v", err)
 	}
 }

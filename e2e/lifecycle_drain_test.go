@@ -13,6 +13,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // A draining agent withdraws its routes at once (the gateway stops routing
@@ -57,7 +58,7 @@ func TestLifecycleDrain(t *testing.T) {
 	if a := gw.agentView(idA); a.GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_ONLINE || a.GetActiveSessions() != 1 {
 		t.Fatalf("draining agent: %v with %d sessions, want online with 1", a.GetStatus(), a.GetActiveSessions())
 	}
-	if _, err := gw.dial(idA, target); !isAgentError(err, server.ErrAgentRefused, "agent draining") {
+	if _, err := gw.dial(idA, target); !isAgentError(err, servertest.ErrAgentRefused, "agent draining") {
 		t.Fatalf("new session to the draining agent: %v", err)
 	}
 	if b := gw.agentView(idB); len(b.GetSubnets()) != 1 || b.GetSubnets()[0] != "127.0.0.0/8" {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
-	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // lcDomains renders an API agent's domains as "name" or "name (auto)".
@@ -33,7 +33,7 @@ func TestLifecycleLiveRouteChange(t *testing.T) {
 	startAgent(t, opts)
 	a1 := gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	target := tcpServer(t, echo)
-	if _, err := gw.dial(id, target); !isAgentError(err, server.ErrAgentRefused, "loopback") {
+	if _, err := gw.dial(id, target); !isAgentError(err, servertest.ErrAgentRefused, "loopback") {
 		t.Fatalf("loopback before it is advertised: %v", err)
 	}
 
@@ -63,7 +63,7 @@ func TestLifecycleLiveRouteChange(t *testing.T) {
 	lcUntil(t, 5*time.Second, "epoch + 2 in the API", func() bool {
 		return gw.agentView(id).GetRouteEpoch() == a1.GetRouteEpoch()+2
 	})
-	if _, err := gw.dial(id, target); !isAgentError(err, server.ErrAgentRefused, "loopback") {
+	if _, err := gw.dial(id, target); !isAgentError(err, servertest.ErrAgentRefused, "loopback") {
 		t.Fatalf("loopback after it was withdrawn: %v", err)
 	}
 	if a3 := gw.agentView(id); !a3.GetConnectedAt().AsTime().Equal(a1.GetConnectedAt().AsTime()) {

@@ -16,7 +16,7 @@ import (
 	"github.com/outposthq/outpost/agent"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
-	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // fastAgent is the agent tuning tests use: quick reconnects.
@@ -107,10 +107,10 @@ func (gw *gateway) waitStatus(id string, want outpostv1.AgentStatus, within time
 }
 
 // dial opens a session through an agent.
-func (gw *gateway) dial(agentID, target string) (server.AgentSession, error) {
+func (gw *gateway) dial(agentID, target string) (servertest.AgentSession, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Second)
 	defer cancel()
-	return gw.g.DialAgent(ctx, agentID, target)
+	return servertest.DialAgent(ctx, gw.g, agentID, target)
 }
 
 // tcpServer runs handle for every connection on a loopback listener until
@@ -202,7 +202,7 @@ func source(n int64) func(c *net.TCPConn) {
 
 // uploadAndHash sends n bytes through s to a hasher target and checks the
 // digest it answers.
-func uploadAndHash(t *testing.T, s server.AgentSession, n int64) {
+func uploadAndHash(t *testing.T, s servertest.AgentSession, n int64) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -225,7 +225,7 @@ func uploadAndHash(t *testing.T, s server.AgentSession, n int64) {
 }
 
 // downloadAndHash reads everything from s and compares it with n pattern bytes.
-func downloadAndHash(t *testing.T, s server.AgentSession, n int64) {
+func downloadAndHash(t *testing.T, s servertest.AgentSession, n int64) {
 	t.Helper()
 	if err := s.CloseWrite(); err != nil {
 		t.Fatal(err)
@@ -257,9 +257,9 @@ func agentProcess(t *testing.T, dir string, extra ...string) (*exec.Cmd, *testlo
 	return cmd, stderr
 }
 
-// isAgentError reports whether err is an *server.AgentError wrapping target
+// isAgentError reports whether err is an *servertest.AgentError wrapping target
 // whose text contains substr.
 func isAgentError(err, target error, substr string) bool {
-	var ae *server.AgentError
+	var ae *servertest.AgentError
 	return errors.As(err, &ae) && errors.Is(err, target) && strings.Contains(err.Error(), substr)
 }

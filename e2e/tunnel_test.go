@@ -15,6 +15,7 @@ import (
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // loopback lets an agent reach targets on 127.0.0.1: loopback must be
@@ -130,7 +131,7 @@ func TestTunnelThousandConcurrentSessions(t *testing.T) {
 	target := tcpServer(t, echo)
 
 	const n = 1000
-	sessions := make([]server.AgentSession, n)
+	sessions := make([]servertest.AgentSession, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {
@@ -183,13 +184,13 @@ func TestTunnelRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := gw.dial(id, tc.target)
-			if !isAgentError(err, server.ErrAgentRefused, tc.reason) {
+			if !isAgentError(err, servertest.ErrAgentRefused, tc.reason) {
 				t.Fatalf("got %v, want a refusal mentioning %q", err, tc.reason)
 			}
 			t.Logf("refused as expected: %v", err)
 		})
 	}
-	if _, err := gw.dial("00000000-0000-4000-8000-000000000000", target); !isAgentError(err, server.ErrAgentNotConnected, "not connected") {
+	if _, err := gw.dial("00000000-0000-4000-8000-000000000000", target); !isAgentError(err, servertest.ErrAgentNotConnected, "not connected") {
 		t.Fatalf("unknown agent: %v", err)
 	}
 }
@@ -306,7 +307,7 @@ func TestTunnelDeleteAgent(t *testing.T) {
 	}
 	// Deleted agents are gone from the API; the tunnel must be closed within 1 s.
 	for {
-		if _, err := gw.dial(id, "127.0.0.1:1"); isAgentError(err, server.ErrAgentNotConnected, "") {
+		if _, err := gw.dial(id, "127.0.0.1:1"); isAgentError(err, servertest.ErrAgentNotConnected, "") {
 			break
 		}
 		if time.Since(start) > time.Second {
@@ -316,7 +317,7 @@ func TestTunnelDeleteAgent(t *testing.T) {
 	}
 	// It keeps retrying with backoff and is refused every time.
 	time.Sleep(time.Second)
-	if _, err := gw.dial(id, "127.0.0.1:1"); !isAgentError(err, server.ErrAgentNotConnected, "") {
+	if _, err := gw.dial(id, "127.0.0.1:1"); !isAgentError(err, servertest.ErrAgentNotConnected, "") {
 		t.Fatalf("deleted agent reconnected: %v", err)
 	}
 	if _, err := admin.GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: id}); err == nil {

@@ -11,9 +11,9 @@ import (
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
 
+	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
-	"github.com/outposthq/outpost/internal/wsstream"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/token"
 )

@@ -28,6 +28,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/routing"
 	"github.com/outposthq/outpost/server/internal/store"
+	"github.com/outposthq/outpost/server/internal/testhook"
 	"github.com/outposthq/outpost/server/internal/token"
 	"github.com/outposthq/outpost/server/internal/tunnel"
 )
@@ -385,3 +386,7 @@ func (g *Gateway) Close() error {
 }
 
 var _ io.Closer = (*Gateway)(nil)
+
+func init() {
+	testhook.GatewayTunnel = func(g any) *tunnel.Server { return g.(*Gateway).tunnel }
+}

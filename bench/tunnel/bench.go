@@ -15,7 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/outposthq/outpost/internal/connect"
+	"github.com/outposthq/outpost/client"
 )
 
 // options are the run's inputs other than its size.
@@ -44,9 +44,9 @@ type bench struct {
 	agent    *child    // the real agent binary
 	libAgent *ctlChild // the agent library child; runs once agent has stopped
 
-	client  *connectProc    // outpost connect --listen, the real client
-	ws      *connect.Client // the same client library, in this process
-	tlsConf *tls.Config     // what the client library verifies the gateway with
+	client  *connectProc   // outpost connect --listen, the real client
+	ws      *client.Client // the same client library, in this process
+	tlsConf *tls.Config    // what the client library verifies the gateway with
 
 	quicLocalSrv *quicServer // raw QUIC server in this process
 	quicLocal    *quicClient // connected to quicLocalSrv
@@ -214,7 +214,7 @@ func (b *bench) startClient(ctx context.Context) error {
 		return err
 	}
 	b.log.Info("outpost connect up", "pid", b.client.pid(), "listen", b.client.addr)
-	b.ws, err = connect.New(connect.Options{Gateway: gwURL, Token: resp.Token, CAPEM: []byte(b.gwHello.CAPEM),
+	b.ws, err = client.New(client.Options{Gateway: gwURL, Token: resp.Token, CAPEM: []byte(b.gwHello.CAPEM),
 		DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
 	if err != nil {
 		return err

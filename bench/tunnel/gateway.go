@@ -26,6 +26,7 @@ import (
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/apiclient"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // The gateway child is this program re-executed with -mode=gateway: the
@@ -352,7 +353,7 @@ func (c *commander) latency(ctx context.Context, r request) (latencyStats, error
 	return measureLatency(ctx, r.Warmup, r.N, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, sessionTimeout)
 		defer cancel()
-		s, err := c.g.DialAgent(ctx, r.AgentID, r.Target)
+		s, err := servertest.DialAgent(ctx, c.g, r.AgentID, r.Target)
 		if err != nil {
 			return err
 		}
@@ -434,7 +435,7 @@ func (c *commander) capacity(ctx context.Context, r request) (capacityStats, err
 func (c *commander) openHeld(ctx context.Context, agentID, target string) (relay.Endpoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, capacitySessionTimeout)
 	defer cancel()
-	s, err := c.g.DialAgent(ctx, agentID, target)
+	s, err := servertest.DialAgent(ctx, c.g, agentID, target)
 	if err != nil {
 		return nil, err
 	}
@@ -531,7 +532,7 @@ func (e *entry) handle(ctx context.Context, c *net.TCPConn) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	s, err := e.g.DialAgent(dctx, agentID, target)
+	s, err := servertest.DialAgent(dctx, e.g, agentID, target)
 	cancel()
 	if err != nil {
 		stop()

@@ -10,8 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/relay"
-	"github.com/outposthq/outpost/internal/wsstream"
 )
 
 // latency measures session setup directly, over raw QUIC, through the

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
-	"github.com/outposthq/outpost/internal/connect"
+	"github.com/outposthq/outpost/client"
 )
 
 func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -55,7 +55,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	opts := connect.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
+	opts := client.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
 	var reported atomic.Bool
 	if stdio {
 		// Print the reason while ssh still reads our stderr (see OnFailure).
@@ -64,7 +64,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 			reported.Store(true)
 		}
 	}
-	c, err := connect.New(opts)
+	c, err := client.New(opts)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/outposthq/outpost/internal/devenv"
+	"github.com/outposthq/outpost/cmd/outpost/internal/devenv"
 )
 
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -35,7 +35,7 @@ func (e *TCPEndpoint) CloseWrite() error { return e.conn.CloseWrite() }
 // Abort resets the connection: the peer gets an RST (ECONNRESET) and data not
 // yet sent is dropped. The code is not representable in TCP and is ignored.
 // Idempotent; a no-op after Close.
-func (e *TCPEndpoint) Abort(quic.StreamErrorCode) {
+func (e *TCPEndpoint) Abort(ErrorCode) {
 	e.once.Do(func() {
 		_ = e.conn.SetLinger(0) // if this fails, Close still ends the connection (FIN)
 		_ = e.conn.Close()
@@ -87,11 +87,11 @@ func (e *StreamEndpoint) CloseWrite() error {
 // Abort cancels both directions of the stream with code: the peer's reads
 // fail with a *quic.StreamError carrying code and its writes are stopped.
 // Data not yet delivered may be lost. Idempotent; a no-op after Close.
-func (e *StreamEndpoint) Abort(code quic.StreamErrorCode) {
+func (e *StreamEndpoint) Abort(code ErrorCode) {
 	e.once.Do(func() {
 		e.aborted.Store(true)
-		e.stream.CancelRead(code)
-		e.stream.CancelWrite(code)
+		e.stream.CancelRead(quic.StreamErrorCode(code))
+		e.stream.CancelWrite(quic.StreamErrorCode(code))
 	})
 }
 

@@ -22,23 +22,28 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/quic-go/quic-go"
 )
 
-// Application error codes Relay aborts a QUIC stream with (the peer sees
-// them in quic.StreamError.ErrorCode). They are on the wire: keep them
-// stable.
+// ErrorCode is an application error code Relay aborts an endpoint with; a
+// QUIC endpoint puts it on the wire (the peer sees it in
+// quic.StreamError.ErrorCode). It is a plain uint64 so that endpoints
+// outside dataplane (the client's WebSocket stream) implement Endpoint
+// without importing quic-go.
+type ErrorCode = uint64
+
+// The error codes. They are untyped so that they convert to
+// quic.StreamErrorCode where a stream is cancelled directly, and they are on
+// the wire: keep them stable.
 const (
 	// ErrorCodeNoError closes the receive side of a stream whose relay ended
 	// normally (STOP_SENDING after the data was read, usually not sent).
-	ErrorCodeNoError quic.StreamErrorCode = 0x0
+	ErrorCodeNoError = 0x0
 	// ErrorCodeReset: the other side of the relay failed (connection reset,
 	// I/O error, refused write), so this one is reset too.
-	ErrorCodeReset quic.StreamErrorCode = 0x1
+	ErrorCodeReset = 0x1
 	// ErrorCodeCanceled: the relay was cancelled locally (its context ended:
 	// shutdown, agent deleted, session killed).
-	ErrorCodeCanceled quic.StreamErrorCode = 0x2
+	ErrorCodeCanceled = 0x2
 )
 
 const (
@@ -79,7 +84,7 @@ type Endpoint interface {
 	// code). It must be safe concurrently with Read, Write and CloseWrite,
 	// make pending calls return, release the endpoint's resources, and be a
 	// no-op when repeated or after Close.
-	Abort(code quic.StreamErrorCode)
+	Abort(code ErrorCode)
 	// Close releases the endpoint after both directions ended cleanly.
 	// Relay calls it at most once, never concurrently with other methods.
 	Close() error
@@ -240,7 +245,7 @@ type relay struct {
 
 // fail records err as the relay's failure if it is the first, and aborts
 // both endpoints with code. Later calls do nothing.
-func (r *relay) fail(err error, code quic.StreamErrorCode) {
+func (r *relay) fail(err error, code ErrorCode) {
 	r.mu.Lock()
 	first := r.err == nil
 	if first {

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/server/internal/registry"
@@ -67,7 +65,7 @@ func (s *Session) Close() error {
 }
 
 // Abort resets the stream and frees the session slot.
-func (s *Session) Abort(code quic.StreamErrorCode) {
+func (s *Session) Abort(code relay.ErrorCode) {
 	s.StreamEndpoint.Abort(code)
 	s.done()
 }

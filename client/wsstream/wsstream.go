@@ -20,7 +20,6 @@ import (
 	"sync"
 
 	"github.com/coder/websocket"
-	"github.com/quic-go/quic-go"
 )
 
 // StatusConnectFailed closes a WebSocket whose session could not be opened;
@@ -131,7 +130,7 @@ func (s *Stream) CloseWrite() error {
 }
 
 // Abort drops the connection at once.
-func (s *Stream) Abort(quic.StreamErrorCode) {
+func (s *Stream) Abort(uint64) {
 	s.once.Do(func() { _ = s.ws.CloseNow() })
 }
 

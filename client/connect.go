@@ -1,8 +1,8 @@
-// Package connect is the client side of the gateway's WebSocket entry, as
+// Package client is the client side of the gateway's WebSocket entry, as
 // "outpost connect" uses it: it dials the entry with a session token,
 // verifying the gateway against a pinned CA, and bridges the session to a
 // local TCP listener or to stdin/stdout (for ssh -o ProxyCommand).
-package connect
+package client
 
 import (
 	"context"
@@ -24,10 +24,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hashicorp/go-hclog"
-	"github.com/quic-go/quic-go"
 
+	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/relay"
-	"github.com/outposthq/outpost/internal/wsstream"
 )
 
 // entryPath is the gateway's WebSocket entry.
@@ -300,7 +299,7 @@ func (e *stdioEndpoint) CloseWrite() error {
 
 // Abort closes stdout and interrupts a pending stdin read where the file
 // allows it (pipes do).
-func (e *stdioEndpoint) Abort(quic.StreamErrorCode) {
+func (e *stdioEndpoint) Abort(relay.ErrorCode) {
 	if d, ok := e.r.(interface{ SetReadDeadline(time.Time) error }); ok {
 		_ = d.SetReadDeadline(time.Now())
 	}

@@ -1,4 +1,4 @@
-package connect
+package client
 
 import (
 	"crypto/sha256"

@@ -1,4 +1,8 @@
-package server
+// Package servertest is for tests and benchmarks only: it opens sessions
+// through a running gateway's agents without a session token, routing or an
+// audit record, which no production caller may do. Production code must use
+// the client entry (package client) instead.
+package servertest
 
 import (
 	"context"
@@ -7,6 +11,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/server"
+	"github.com/outposthq/outpost/server/internal/testhook"
 	"github.com/outposthq/outpost/server/internal/tunnel"
 )
 
@@ -31,7 +37,9 @@ var (
 )
 
 // DialAgent opens a session to target ("host:port", IPv6 bracketed) through
-// the connected agent agentID, waiting at most 30 s for the agent's answer.
-func (g *Gateway) DialAgent(ctx context.Context, agentID, target string) (AgentSession, error) {
-	return g.tunnel.OpenSession(ctx, agentID, dataplane.SessionID(uuid.New()), target)
+// the connected agent agentID of g, waiting at most the gateway's agent
+// answer timeout (30 s by default) for the agent's answer. Errors are
+// *AgentError values wrapping the sentinels above.
+func DialAgent(ctx context.Context, g *server.Gateway, agentID, target string) (AgentSession, error) {
+	return testhook.GatewayTunnel(g).OpenSession(ctx, agentID, dataplane.SessionID(uuid.New()), target)
 }

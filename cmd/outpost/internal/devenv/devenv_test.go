@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
-	"github.com/outposthq/outpost/internal/connect"
+	"github.com/outposthq/outpost/client"
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
@@ -55,7 +55,7 @@ func TestDevEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := connect.New(connect.Options{Gateway: env.GatewayURL, Token: sess.GetToken(), CAPEM: ca})
+	c, err := client.New(client.Options{Gateway: env.GatewayURL, Token: sess.GetToken(), CAPEM: ca})
 	if err != nil {
 		t.Fatal(err)
 	}
