@@ -11,8 +11,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/client"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
