@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,9 +24,12 @@ import (
 
 	"github.com/outposthq/outpost/gen/openapiv2"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/service/agentadmin"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
+	"github.com/outposthq/outpost/server/internal/service/routeresolve"
 )
 
 // scopePolicy maps every management RPC to the scope it needs (DESIGN.md §6).
@@ -63,7 +68,7 @@ type apiServer struct {
 }
 
 func newAPIServer(g *Gateway) (*apiServer, error) {
-	authz, err := auth.NewAuthorizer(g.lookupKey, scopePolicy, publicServices...)
+	authz, err := auth.NewAuthorizer(apikey.Lookup(g.store), scopePolicy, publicServices...)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +91,19 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 	}
 	outpostv1.RegisterEnrollmentServiceServer(a.grpc, enroll)
 	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store, g.agents, g.tunnel.Disconnect))
-	outpostv1.RegisterRouteResolveServiceServer(a.grpc, &routeService{g: g})
+	routes, err := routeresolve.New(routeresolve.Config{
+		Broker:        g.broker,
+		Tokens:        g.tokens,
+		Store:         g.store,
+		ConnectURL:    g.connectURL(),
+		CASPKISHA256:  g.pki.CASPKISHA256(),
+		MaxSessionTTL: time.Duration(g.cfg.MaxSessionTTL),
+		Logger:        g.log.Named("routes"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	outpostv1.RegisterRouteResolveServiceServer(a.grpc, routes)
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 	for name := range a.grpc.GetServiceInfo() {
@@ -168,7 +185,7 @@ func (a *apiServer) handler() http.Handler {
 	if a.g.cfg.MetricsListen == "" {
 		mux.Handle("GET /metrics", a.metricsHandler())
 	}
-	mux.HandleFunc("GET "+connectPath, a.g.serveConnect)
+	mux.Handle("GET "+entry.Path, a.g.entry)
 	mux.Handle("/", a.limitBody(a.rest))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
@@ -210,4 +227,15 @@ func (a *apiServer) limitBody(next http.Handler) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// connectURL is the WebSocket URL of the client entry.
+func (g *Gateway) connectURL() string {
+	u, err := url.Parse(g.cfg.PublicURL)
+	if err != nil {
+		return ""
+	}
+	u.Scheme = "wss"
+	u.Path = strings.TrimSuffix(u.Path, "/") + entry.Path
+	return u.String()
 }

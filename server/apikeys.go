@@ -5,52 +5,15 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/store"
 )
-
-// lookupKey adapts the store to auth.Lookup.
-func (g *Gateway) lookupKey(ctx context.Context, hash []byte) (auth.Key, error) {
-	k, err := g.store.APIKeyByHash(ctx, hash)
-	if errors.Is(err, store.ErrNotFound) {
-		return auth.Key{}, auth.ErrUnknownKey
-	}
-	if err != nil {
-		return auth.Key{}, err
-	}
-	return auth.Key{ID: k.ID, Scopes: k.Scopes, Revoked: k.RevokedAt != nil}, nil
-}
-
-// createAPIKey stores a new key and returns its secret, which exists nowhere else.
-func createAPIKey(ctx context.Context, s store.Store, rnd io.Reader, name string, scopes []string) (string, error) {
-	if err := auth.ValidateScopes(scopes); err != nil {
-		return "", err
-	}
-	if name == "" {
-		return "", errors.New("api key name is required")
-	}
-	secret, hash, err := auth.NewKey(rnd)
-	if err != nil {
-		return "", err
-	}
-	id, err := uuid.NewRandomFromReader(rnd)
-	if err != nil {
-		return "", fmt.Errorf("api key id: %w", err)
-	}
-	key := store.APIKey{ID: id.String(), Name: name, Hash: hash, Scopes: scopes, CreatedAt: time.Now().UTC()}
-	if err := s.CreateAPIKey(ctx, key); err != nil {
-		return "", fmt.Errorf("store api key: %w", err)
-	}
-	return secret, nil
-}
 
 // KeyAdmin manages API keys directly on a gateway's store, for the offline
 // `outpost gateway apikey` commands. It is safe to use while the gateway runs
@@ -87,7 +50,7 @@ func OpenKeyAdmin(ctx context.Context, dataDir string, logger hclog.Logger) (*Ke
 
 // Create makes a key with the given name and scopes and returns its secret.
 func (a *KeyAdmin) Create(ctx context.Context, name string, scopes []string) (string, error) {
-	return createAPIKey(ctx, a.store, rand.Reader, name, scopes)
+	return apikey.Create(ctx, a.store, rand.Reader, name, scopes, time.Now())
 }
 
 // List returns every key, revoked ones included.

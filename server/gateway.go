@@ -22,10 +22,14 @@ import (
 
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
+	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/broker"
+	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/registry"
+	"github.com/outposthq/outpost/server/internal/renewal"
 	"github.com/outposthq/outpost/server/internal/routing"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/testhook"
@@ -52,13 +56,13 @@ type Gateway struct {
 	agents  *registry.Registry
 	router  *routing.Router
 
-	// Client sessions: counted for the drain, cancelled when it times out.
-	sessions     sync.WaitGroup
-	sessionCtx   context.Context
-	stopSessions context.CancelFunc
-	tunnelCtx    context.Context
-	stopTunnel   context.CancelFunc
-	tunnel       *tunnel.Server
+	broker *broker.Broker
+	entry  *entry.Handler
+	// The tunnel outlives Run's context: shutdown stops it once client
+	// sessions drained.
+	tunnelCtx  context.Context
+	stopTunnel context.CancelFunc
+	tunnel     *tunnel.Server
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -123,10 +127,13 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err := g.ensureAdminKey(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.sessionCtx, g.stopSessions = context.WithCancel(context.Background())
 	g.tunnelCtx, g.stopTunnel = context.WithCancel(context.Background())
 	g.agents = registry.New(nil)
 	g.router = routing.New(g.agents)
+	renewer, err := renewal.NewAgents(g.pki, g.store, g.metrics.CertRenewals)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -134,10 +141,26 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxSessionsPerAgent: int64(cfg.MaxSessionsPerAgent),
 		QUIC:                cfg.quicConfig(),
 		ConnectTimeout:      time.Duration(cfg.AgentAnswerTimeout),
-		Renew:               g.renewAgentCert,
+		Renew:               renewer.Renew,
 		Metrics:             g.metrics,
 		Logger:              logger.Named("tunnel"),
 	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.broker, err = broker.New(broker.Config{
+		Registry:    g.agents,
+		Router:      g.router,
+		Tunnel:      g.tunnel,
+		Audit:       g.store,
+		Metrics:     g.metrics,
+		AllowDirect: cfg.allowDirect(),
+		Logger:      logger.Named("session"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker, Logger: logger.Named("entry")})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -171,7 +194,7 @@ func (g *Gateway) ensureAdminKey() error {
 	if len(keys) > 0 {
 		return nil
 	}
-	secret, err := createAPIKey(ctx, g.store, rand.Reader, "admin", []string{auth.ScopeAll})
+	secret, err := apikey.Create(ctx, g.store, rand.Reader, "admin", []string{auth.ScopeAll}, time.Now())
 	if err != nil {
 		return err
 	}
@@ -251,6 +274,7 @@ func (g *Gateway) ServerCertificate() *x509.Certificate { return g.pki.ServerCer
 func (g *Gateway) Run(ctx context.Context) error {
 	eg, ctx := errgroup.WithContext(ctx)
 	g.serving.Store(true)
+	g.entry.Start()
 	g.log.Info("gateway serving", "api", g.Addr().String(), "public_url", g.cfg.PublicURL,
 		"ca_spki_sha256", g.pki.CASPKISHA256())
 	eg.Go(func() error {
@@ -268,11 +292,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
-	check := serverCertCheck
-	if g.cfg.serverCertCheck > 0 {
-		check = g.cfg.serverCertCheck
-	}
-	eg.Go(func() error { g.renewServerCert(ctx, check); return nil })
+	eg.Go(func() error { renewal.RunServer(ctx, g.pki, g.cfg.serverCertCheck, g.log); return nil })
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
 	eg.Go(func() error {
@@ -285,31 +305,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
-}
-
-// serverCertCheck is how often the server certificate's expiry and names are
-// checked while the gateway runs (DESIGN.md §4).
-const serverCertCheck = time.Hour
-
-// renewServerCert re-issues the server certificate (same key) when it nears
-// expiry, every interval until ctx ends. New TLS handshakes pick it up at once.
-func (g *Gateway) renewServerCert(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			renewed, err := g.pki.RenewServerIfNeeded()
-			switch {
-			case err != nil:
-				g.log.Error("server certificate renewal failed; retrying in an hour", "error", err)
-			case renewed:
-				g.log.Info("server certificate renewed with the same key", "not_after", g.pki.ServerCert().NotAfter)
-			}
-		}
-	}
 }
 
 // shutdown stops the listeners gracefully within the configured timeout.
@@ -325,17 +320,8 @@ func (g *Gateway) shutdown() error {
 		g.httpSrv.Close()
 	}
 	// Client sessions (hijacked WebSockets) get the rest of the timeout.
-	drained := make(chan struct{})
-	go func() {
-		g.sessions.Wait()
-		close(drained)
-	}()
-	select {
-	case <-drained:
-	case <-ctx.Done():
-		g.log.Warn("shutdown timeout: closing the remaining client sessions")
-		g.stopSessions()
-		<-drained
+	if err := g.entry.Shutdown(ctx); err != nil {
+		g.log.Warn("shutdown timeout: closed the remaining client sessions")
 	}
 	g.stopTunnel()
 	if g.metricsSrv != nil {
@@ -365,8 +351,10 @@ func (g *Gateway) Close() error {
 		if g.metricsLn != nil {
 			g.metricsLn.Close()
 		}
-		if g.stopSessions != nil {
-			g.stopSessions()
+		if g.entry != nil {
+			g.entry.Close()
+		}
+		if g.stopTunnel != nil {
 			g.stopTunnel()
 		}
 		if g.quicConn != nil {

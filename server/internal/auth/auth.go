@@ -126,12 +126,25 @@ func KeyFromContext(ctx context.Context) (Key, bool) {
 func BearerFromContext(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
-		scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
-		if ok && strings.EqualFold(scheme, "bearer") {
-			return strings.TrimSpace(tok)
+		if tok, ok := ParseBearer(v); ok {
+			return tok
 		}
 	}
 	return ""
+}
+
+// ParseBearer returns the token of an HTTP Authorization header value
+// "Bearer <token>"; the scheme is matched case-insensitively (RFC 9110
+// §11.1) and surrounding spaces are ignored. ok is false for another scheme
+// or an empty token. It is the one parser of bearer credentials: the gRPC
+// API and the client entry both use it.
+func ParseBearer(header string) (token string, ok bool) {
+	scheme, tok, found := strings.Cut(strings.TrimSpace(header), " ")
+	tok = strings.TrimSpace(tok)
+	if !found || !strings.EqualFold(scheme, "bearer") || tok == "" {
+		return "", false
+	}
+	return tok, true
 }
 
 // Authorize checks the call to fullMethod and returns a context carrying the key.

@@ -197,10 +197,12 @@ func (a *Authority) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, erro
 // SPKISHA256 returns the lowercase hex SHA-256 of cert's DER
 // SubjectPublicKeyInfo.
 func SPKISHA256(cert *x509.Certificate) string {
-	return spkiHash(cert.RawSubjectPublicKeyInfo)
+	return SPKIHash(cert.RawSubjectPublicKeyInfo)
 }
 
-func spkiHash(der []byte) string {
+// SPKIHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
+// the form of every key pin Outpost stores or compares.
+func SPKIHash(der []byte) string {
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:])
 }
@@ -211,7 +213,7 @@ func keySPKI(pub *ecdsa.PublicKey) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return spkiHash(der), nil
+	return SPKIHash(der), nil
 }
 
 // newSerial returns a random positive serial number of serialBits bits.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/store"
 )
 
@@ -21,6 +22,10 @@ func From(err error) error {
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	var ie *broker.InputError
+	if errors.As(err, &ie) {
+		return InvalidArgument(ie.Field, ie.Reason)
 	}
 	return status.Error(Code(err), err.Error())
 }
