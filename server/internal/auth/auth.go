@@ -15,10 +15,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // Scopes carried by API keys (DESIGN.md §6). ScopeAll grants every scope.
@@ -165,18 +164,18 @@ func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.
 	}
 	bearer := BearerFromContext(ctx)
 	if bearer == "" {
-		return nil, status.Error(codes.Unauthenticated, "missing api key: send 'authorization: Bearer <key>'")
+		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing api key: send 'authorization: Bearer <key>'")
 	}
 	key, err := a.lookup(ctx, HashKey(bearer))
 	switch {
 	case errors.Is(err, ErrUnknownKey):
-		return nil, status.Error(codes.Unauthenticated, "unknown api key")
+		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "unknown api key")
 	case err != nil:
-		return nil, status.Errorf(codes.Internal, "api key lookup failed: %v", err)
+		return nil, grpcerr.Errorf(err, "api key lookup failed: %v", err)
 	case key.Revoked:
-		return nil, status.Error(codes.Unauthenticated, "api key revoked")
+		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "api key revoked")
 	case !key.Allows(scope):
-		return nil, status.Errorf(codes.PermissionDenied, "api key %s lacks scope %q needed for %s", key.ID, scope, fullMethod)
+		return nil, grpcerr.Errorf(grpcerr.ErrPermission, "api key %s lacks scope %q needed for %s", key.ID, scope, fullMethod)
 	}
 	return context.WithValue(ctx, keyCtxKey{}, key), nil
 }

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
@@ -67,7 +65,7 @@ func (s *Service) DeleteAgent(ctx context.Context, req *outpostv1.DeleteAgentReq
 		return nil, err
 	}
 	if err := s.store.DeleteAgent(ctx, id); err != nil {
-		return nil, grpcerr.From(fmt.Errorf("agent %s: %w", id, err))
+		return nil, grpcerr.Agent(id, err)
 	}
 	s.disconnect(id, "agent-deleted")
 	s.live.Forget(id)
@@ -128,10 +126,10 @@ func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) 
 	}
 	a, err := s.store.GetAgent(ctx, id)
 	if err != nil {
-		return nil, grpcerr.From(fmt.Errorf("agent %s: %w", id, err))
+		return nil, grpcerr.Agent(id, err)
 	}
 	if a.DeletedAt != nil {
-		return nil, status.Errorf(codes.NotFound, "agent %s was deleted", id)
+		return nil, grpcerr.Errorf(store.ErrNotFound, "agent %s was deleted", id)
 	}
 	return &outpostv1.GetAgentResponse{Agent: s.view(a)}, nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -157,7 +156,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 	defer func() { s.count(err) }()
 	ip := clientip.FromContext(ctx)
 	if !s.limit.Allow(ip.String(), s.opts.Now()) {
-		return nil, status.Errorf(codes.ResourceExhausted, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
+		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
 	}
 	jti, expires, tokenName, err := s.checkBearer(ctx, req)
 	if err != nil {
@@ -210,9 +209,9 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 	})
 	switch {
 	case errors.Is(err, store.ErrTokenUsed):
-		return nil, status.Error(codes.PermissionDenied, "enrollment token already used")
+		return nil, grpcerr.Errorf(err, "enrollment token already used")
 	case errors.Is(err, store.ErrNameTaken):
-		return nil, status.Errorf(codes.AlreadyExists, "agent name %q is already taken", name)
+		return nil, grpcerr.Errorf(err, "agent name %q is already taken", name)
 	case err != nil:
 		return nil, grpcerr.From(fmt.Errorf("store agent: %w", err))
 	}
@@ -232,7 +231,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest) (jti string, expires time.Time, name string, err error) {
 	bearer := auth.BearerFromContext(ctx)
 	if bearer == "" {
-		return "", time.Time{}, "", status.Error(codes.Unauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
+		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
 	}
 	if secret := s.opts.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
 		return "", time.Time{}, "", nil
@@ -240,9 +239,9 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 	c, err := s.tokens.VerifyEnrollment(bearer)
 	switch {
 	case errors.Is(err, token.ErrWrongKind):
-		return "", time.Time{}, "", status.Errorf(codes.PermissionDenied, "not an enrollment token: %v", err)
+		return "", time.Time{}, "", grpcerr.Errorf(err, "not an enrollment token: %v", err)
 	case err != nil:
-		return "", time.Time{}, "", status.Errorf(codes.Unauthenticated, "enrollment token refused: %v", err)
+		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "enrollment token refused: %v", err)
 	}
 	return c.ID, c.ExpiresAt.Time, c.AgentName, nil
 }

@@ -1,21 +1,41 @@
 // Package grpcerr maps the gateway's domain errors to gRPC status codes. It is the
-// one place that does so; service handlers return grpcerr.From(err).
+// one place that does so: service handlers and interceptors return From(err),
+// or Errorf(cause, …) when the client should read a message of their own
+// rather than the error chain, and the code always comes from Code.
 package grpcerr
 
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/store"
+	"github.com/outposthq/outpost/server/internal/token"
 )
 
-// From converts err to a gRPC status error. An error that already carries a status
-// is returned as is; known sentinels get their code; anything else is Internal.
-// The message keeps the wrapped context so callers see what failed.
+// Conditions the services share that no other package owns. Wrap them (or
+// pass them to Errorf) to choose the code.
+var (
+	// ErrUnauthenticated: the credential is missing, unknown, revoked or not
+	// valid (codes.Unauthenticated).
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermission: the credential is valid but may not do this
+	// (codes.PermissionDenied).
+	ErrPermission = errors.New("permission denied")
+	// ErrRateLimited: too many calls from one source (codes.ResourceExhausted).
+	ErrRateLimited = errors.New("rate limited")
+	// ErrInvalid: a malformed request (codes.InvalidArgument).
+	ErrInvalid = errors.New("invalid argument")
+)
+
+// From converts err to a gRPC status error whose message is err's text. An
+// error that already carries a status is returned as is; a
+// *broker.InputError becomes InvalidArgument naming its field; anything
+// else gets Code(err).
 func From(err error) error {
 	if err == nil {
 		return nil
@@ -30,15 +50,33 @@ func From(err error) error {
 	return status.Error(Code(err), err.Error())
 }
 
-// Code returns the gRPC code for a domain error.
+// Errorf returns a status with the code of cause (Code) and the formatted
+// message alone: for a cause whose own text is not meant for clients
+// ("store: not found").
+func Errorf(cause error, format string, args ...any) error {
+	return status.Error(Code(cause), fmt.Sprintf(format, args...))
+}
+
+// Code returns the gRPC code for a domain error; an unknown error is
+// Internal.
 func Code(err error) codes.Code {
+	var ie *broker.InputError
 	switch {
+	case err == nil:
+		return codes.OK
+	case errors.As(err, &ie), errors.Is(err, ErrInvalid), errors.Is(err, store.ErrInvalid):
+		return codes.InvalidArgument
 	case errors.Is(err, store.ErrNotFound):
 		return codes.NotFound
 	case errors.Is(err, store.ErrNameTaken):
 		return codes.AlreadyExists
-	case errors.Is(err, store.ErrTokenUsed):
+	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, token.ErrWrongKind), errors.Is(err, ErrPermission):
 		return codes.PermissionDenied
+	case errors.Is(err, ErrUnauthenticated), errors.Is(err, token.ErrMalformed), errors.Is(err, token.ErrSignature),
+		errors.Is(err, token.ErrExpired), errors.Is(err, token.ErrNotYetValid):
+		return codes.Unauthenticated
+	case errors.Is(err, ErrRateLimited):
+		return codes.ResourceExhausted
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
@@ -50,4 +88,14 @@ func Code(err error) codes.Code {
 // InvalidArgument returns an InvalidArgument status naming the field.
 func InvalidArgument(field, reason string) error {
 	return status.Errorf(codes.InvalidArgument, "%s: %s", field, reason)
+}
+
+// Agent converts an error from reading or changing agent id: NotFound says
+// "no agent with id …" (a deleted agent reads as "agent … was deleted" when
+// the caller knows it), anything else keeps its chain.
+func Agent(id string, err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return Errorf(err, "no agent with id %s", id)
+	}
+	return From(fmt.Errorf("agent %s: %w", id, err))
 }

@@ -91,10 +91,10 @@ func (s *Service) CreateSession(ctx context.Context, req *outpostv1.CreateSessio
 		id := uuid.MustParse(req.GetAgentId()).String()
 		a, err := s.cfg.Store.GetAgent(ctx, id)
 		if err != nil {
-			return nil, grpcerr.From(fmt.Errorf("agent %s: %w", id, err))
+			return nil, grpcerr.Agent(id, err)
 		}
 		if a.DeletedAt != nil {
-			return nil, grpcerr.From(fmt.Errorf("agent %s was deleted: %w", id, store.ErrNotFound))
+			return nil, grpcerr.Errorf(store.ErrNotFound, "agent %s was deleted", id)
 		}
 		agentID = id
 	}
