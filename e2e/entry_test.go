@@ -27,6 +27,7 @@ import (
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/servertest"
@@ -264,7 +265,9 @@ func TestEntryExplicitAgentAndDirect(t *testing.T) {
 }
 
 func TestEntryTokens(t *testing.T) {
-	gw := startGateway(t, t.TempDir(), nil)
+	// The gateway's clock, advanced to expire a token instead of sleeping.
+	clk := fakeclock.New(time.Now())
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) { c.Now = clk.Now })
 	target := tcpServer(t, echo)
 	unauthorized := func(err error) bool { return err != nil && strings.Contains(err.Error(), "HTTP 401") }
 
@@ -288,7 +291,7 @@ func TestEntryTokens(t *testing.T) {
 	}
 
 	short := gw.session(&outpostv1.CreateSessionRequest{Target: target, Ttl: durationpb.New(time.Second)})
-	time.Sleep(2100 * time.Millisecond)
+	clk.Advance(2 * time.Second) // session tokens get no leeway
 	if _, err := openSession(t, short); !unauthorized(err) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired token: %v", err)
 	}

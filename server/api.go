@@ -84,6 +84,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		EnrollmentSecret: g.cfg.EnrollmentSecret,
 		RateBurst:        g.cfg.EnrollRateLimit,
 		Enrollments:      g.metrics.Enrollments,
+		Now:              g.cfg.Now,
 		Logger:           g.log.Named("enrollment"),
 	})
 	if err != nil {

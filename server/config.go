@@ -80,9 +80,14 @@ type Config struct {
 	// timeout).
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
 
-	// Test hooks, set only by this package's tests (JSON ignores them).
-	now             func() time.Time // the PKI's clock; if nil, time.Now
-	serverCertCheck time.Duration    // how often the server certificate is checked; if zero, hourly
+	// Now is the gateway's clock: certificates, tokens, enrollment rate
+	// limits and agent liveness all read it. If nil, time.Now. It exists
+	// for tests, which advance a fake clock instead of sleeping; JSON
+	// ignores it.
+	Now func() time.Time `json:"-"`
+
+	// Test hook, set only by this package's tests (JSON ignores it).
+	serverCertCheck time.Duration // how often the server certificate is checked; if zero, hourly
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("30s").
@@ -155,6 +160,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = defaultMaxRequestBytes
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c.withPublicDefaults(portOf(c.Listen), portOf(c.QUICListen))
 }

@@ -103,7 +103,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
-		Now:           cfg.now,
+		Now:           cfg.Now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -116,7 +116,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if prov != nil {
 		provKeys = append(provKeys, prov)
 	}
-	g.tokens, err = token.NewIssuer(g.pki.TokenKey(), provKeys, nil)
+	g.tokens, err = token.NewIssuer(g.pki.TokenKey(), provKeys, cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -128,7 +128,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.tunnelCtx, g.stopTunnel = context.WithCancel(context.Background())
-	g.agents = registry.New(nil)
+	g.agents = registry.New(cfg.Now)
 	g.router = routing.New(g.agents)
 	renewer, err := renewal.NewAgents(g.pki, g.store, g.metrics.CertRenewals)
 	if err != nil {
@@ -155,6 +155,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Audit:       g.store,
 		Metrics:     g.metrics,
 		AllowDirect: cfg.allowDirect(),
+		Now:         cfg.Now,
 		Logger:      logger.Named("session"),
 	})
 	if err != nil {
@@ -194,7 +195,7 @@ func (g *Gateway) ensureAdminKey() error {
 	if len(keys) > 0 {
 		return nil
 	}
-	secret, err := apikey.Create(ctx, g.store, rand.Reader, "admin", []string{auth.ScopeAll}, time.Now())
+	secret, err := apikey.Create(ctx, g.store, rand.Reader, "admin", []string{auth.ScopeAll}, g.cfg.Now())
 	if err != nil {
 		return err
 	}

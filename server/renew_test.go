@@ -16,7 +16,7 @@ import (
 func TestServerCertRenewedWhileRunning(t *testing.T) {
 	clk := fakeclock.New(time.Now().Truncate(time.Second))
 	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
-		now: clk.Now, serverCertCheck: 10 * time.Millisecond}, testLogger(t))
+		Now: clk.Now, serverCertCheck: 10 * time.Millisecond}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

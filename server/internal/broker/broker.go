@@ -76,6 +76,9 @@ type Config struct {
 	AllowDirect bool
 	// DirectDialTimeout bounds a direct dial. If zero, 20 s.
 	DirectDialTimeout time.Duration
+	// Now is the clock of audit timestamps. If nil, time.Now. Durations
+	// (setup, session length) are measured on the monotonic clock.
+	Now func() time.Time
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -97,6 +100,9 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Broker{cfg: cfg, log: cfg.Logger}, nil
 }
@@ -230,7 +236,7 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}
 	log := b.log.With("session_id", sid.String(), "target", req.Target, "client", req.Client)
 	start := time.Now()
-	rec := store.SessionRecord{ID: sid.String(), Target: req.Target, StartedAt: start}
+	rec := store.SessionRecord{ID: sid.String(), Target: req.Target, StartedAt: b.cfg.Now()}
 	d, err := b.Decide(req.Target, req.AgentID)
 	if err == nil {
 		rec.Decision = d.Kind.String() + ": " + d.Reason
