@@ -29,6 +29,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/service/agentadmin"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
+	"github.com/outposthq/outpost/server/internal/service/recovery"
 	"github.com/outposthq/outpost/server/internal/service/routeresolve"
 )
 
@@ -73,10 +74,13 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		return nil, err
 	}
 	a := &apiServer{g: g, health: health.NewServer(), bufLn: bufconn.Listen(inProcessBuffer)}
+	rec := recovery.New(g.log.Named("api"), g.metrics.APIPanics)
 	a.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(int(g.cfg.MaxRequestBytes)),
-		grpc.ChainUnaryInterceptor(g.metrics.UnaryInterceptor, authz.UnaryInterceptor),
-		grpc.ChainStreamInterceptor(authz.StreamInterceptor),
+		// Recovery runs innermost but for metrics, so a panicking handler
+		// is counted as Internal and never takes the gateway down.
+		grpc.ChainUnaryInterceptor(g.metrics.UnaryInterceptor, rec.Unary, authz.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(rec.Stream, authz.StreamInterceptor),
 	)
 	enroll, err := enrollment.New(g.pki, g.tokens, g.store, enrollment.Options{
 		PublicURL:        g.cfg.PublicURL,

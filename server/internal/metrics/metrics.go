@@ -42,6 +42,9 @@ type Metrics struct {
 	// "refused": the CSR is unusable or has another key, "error": signing
 	// or the store failed).
 	CertRenewals *prometheus.CounterVec
+	// APIPanics counts management API calls whose handler panicked, by
+	// method; the call answered Internal and the gateway kept serving.
+	APIPanics *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -105,6 +108,11 @@ func New() *Metrics {
 			Name:      "agent_cert_renewals_total",
 			Help:      "Agent certificate renewals over the control stream by outcome.",
 		}, []string{"outcome"}),
+		APIPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "api_panics_total",
+			Help:      "Management API calls whose handler panicked (answered Internal), by method.",
+		}, []string{"method"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -120,6 +128,7 @@ func New() *Metrics {
 		m.SessionsTotal,
 		m.Bytes,
 		m.SessionSetup,
+		m.APIPanics,
 	)
 	return m
 }

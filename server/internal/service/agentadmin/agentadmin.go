@@ -99,10 +99,12 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 		if err != nil {
 			return nil, grpcerr.From(fmt.Errorf("list agents: %w", err))
 		}
-		for i, a := range batch {
+		for _, a := range batch {
 			if len(resp.Agents) == size {
-				// One more row exists beyond this page.
-				resp.NextPageToken = encodePageToken(batch[i-1].ID)
+				// One more row exists beyond this page: the next page
+				// starts after the last row examined (kept or filtered
+				// out), which may lie in an earlier batch.
+				resp.NextPageToken = encodePageToken(after)
 				return resp, nil
 			}
 			after = a.ID

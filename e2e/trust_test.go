@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+)
+
+// GET /v1/agents?status=AGENT_STATUS_ONLINE&page_size=1 with the lowest agent
+// id offline and the next one online once crashed the whole gateway (a page
+// filled on the first row of a new store batch). It answers the online agent
+// and a token that leads to the end, and the gateway keeps serving.
+func TestListAgentsOnlineFirstPageDoesNotCrash(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	// Three agents; only the second lowest id runs, so the first store batch
+	// (page_size+1 rows) ends on the online agent and the page fills on the
+	// first row of the next batch.
+	type enrolled struct{ dir, id string }
+	var all []enrolled
+	for _, name := range []string{"a", "b", "c"} {
+		dir, id := enrollAgent(t, gw, name, loopback, nil)
+		all = append(all, enrolled{dir, id})
+	}
+	slices.SortFunc(all, func(x, y enrolled) int { return strings.Compare(x.id, y.id) })
+	dir, online := all[1].dir, all[1].id
+	startAgent(t, fastAgent(dir))
+	gw.waitStatus(online, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+
+	var got []string
+	path := "/v1/agents?status=AGENT_STATUS_ONLINE&page_size=1"
+	for page := 0; ; page++ {
+		if page > 3 {
+			t.Fatalf("paging does not end: %v", got)
+		}
+		code, body := gw.restGet(path)
+		if code != http.StatusOK {
+			t.Fatalf("GET %s: HTTP %d %s", path, code, body)
+		}
+		var resp struct {
+			Agents []struct {
+				AgentID string `json:"agent_id"`
+			} `json:"agents"`
+			Next string `json:"next_page_token"`
+		}
+		if err := json.Unmarshal([]byte(body), &resp); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		for _, a := range resp.Agents {
+			got = append(got, a.AgentID)
+		}
+		if resp.Next == "" {
+			break
+		}
+		path = "/v1/agents?status=AGENT_STATUS_ONLINE&page_size=1&page_token=" + resp.Next
+	}
+	if len(got) != 1 || got[0] != online {
+		t.Fatalf("online agents %v, want [%s]", got, online)
+	}
+	if code, body := gw.restGet("/healthz"); code != http.StatusOK || !strings.Contains(body, "ok") {
+		t.Fatalf("gateway not serving after the listing: %d %s", code, body)
+	}
+}
