@@ -41,6 +41,8 @@ var scopePolicy = map[string]string{
 	outpostv1.AgentAdminService_ListAgents_FullMethodName:            auth.ScopeAgentsRead,
 	outpostv1.AgentAdminService_GetAgent_FullMethodName:              auth.ScopeAgentsRead,
 	outpostv1.AgentAdminService_DeleteAgent_FullMethodName:           auth.ScopeAgentsWrite,
+	outpostv1.AgentAdminService_GetApprovedRoutes_FullMethodName:     auth.ScopeAgentsRead,
+	outpostv1.AgentAdminService_SetApprovedRoutes_FullMethodName:     auth.ScopeAgentsWrite,
 	outpostv1.RouteResolveService_ResolveTarget_FullMethodName:       auth.ScopeRoutesRead,
 	outpostv1.RouteResolveService_CreateSession_FullMethodName:       auth.ScopeSessionsCreate,
 }

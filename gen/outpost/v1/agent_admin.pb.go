@@ -182,9 +182,22 @@ type Agent struct {
 	// Updated when the agent renews its certificate.
 	CertNotAfter *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
 	// When the agent enrolled.
-	EnrolledAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=enrolled_at,json=enrolledAt,proto3" json:"enrolled_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EnrolledAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=enrolled_at,json=enrolledAt,proto3" json:"enrolled_at,omitempty"`
+	// The routes the agent is approved to serve. Sessions reach an agent only
+	// through advertised routes inside them.
+	ApprovedRoutes *RouteSet `protobuf:"bytes,13,opt,name=approved_routes,json=approvedRoutes,proto3" json:"approved_routes,omitempty"`
+	// Subnets of the latest advertisement that lie outside the approved
+	// routes: refused, not used for routing. Empty when offline.
+	RejectedSubnets []string `protobuf:"bytes,14,rep,name=rejected_subnets,json=rejectedSubnets,proto3" json:"rejected_subnets,omitempty"`
+	// Domains of the latest advertisement outside the approved routes:
+	// refused, not used for routing. Empty when offline.
+	RejectedDomains []*DomainRoute `protobuf:"bytes,15,rep,name=rejected_domains,json=rejectedDomains,proto3" json:"rejected_domains,omitempty"`
+	// Auto-detected domains this agent shares with another online agent.
+	// Sessions to names under them need an explicit agent_id, since two
+	// networks (two VPCs, two clusters) often use the same search domain.
+	AmbiguousDomains []string `protobuf:"bytes,16,rep,name=ambiguous_domains,json=ambiguousDomains,proto3" json:"ambiguous_domains,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -297,6 +310,34 @@ func (x *Agent) GetCertNotAfter() *timestamppb.Timestamp {
 func (x *Agent) GetEnrolledAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.EnrolledAt
+	}
+	return nil
+}
+
+func (x *Agent) GetApprovedRoutes() *RouteSet {
+	if x != nil {
+		return x.ApprovedRoutes
+	}
+	return nil
+}
+
+func (x *Agent) GetRejectedSubnets() []string {
+	if x != nil {
+		return x.RejectedSubnets
+	}
+	return nil
+}
+
+func (x *Agent) GetRejectedDomains() []*DomainRoute {
+	if x != nil {
+		return x.RejectedDomains
+	}
+	return nil
+}
+
+func (x *Agent) GetAmbiguousDomains() []string {
+	if x != nil {
+		return x.AmbiguousDomains
 	}
 	return nil
 }
@@ -602,15 +643,229 @@ func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
 	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{7}
 }
 
+// GetApprovedRoutesRequest names the agent.
+type GetApprovedRoutesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the agent, a UUID. Required.
+	AgentId       string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovedRoutesRequest) Reset() {
+	*x = GetApprovedRoutesRequest{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovedRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovedRoutesRequest) ProtoMessage() {}
+
+func (x *GetApprovedRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovedRoutesRequest.ProtoReflect.Descriptor instead.
+func (*GetApprovedRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetApprovedRoutesRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+// SetApprovedRoutesRequest names the agent and its new approved routes.
+type SetApprovedRoutesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the agent, a UUID. Required.
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// The new approved routes; an empty set approves nothing (every
+	// advertisement of the agent is refused).
+	Routes        *RouteSet `protobuf:"bytes,2,opt,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetApprovedRoutesRequest) Reset() {
+	*x = SetApprovedRoutesRequest{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetApprovedRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetApprovedRoutesRequest) ProtoMessage() {}
+
+func (x *SetApprovedRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetApprovedRoutesRequest.ProtoReflect.Descriptor instead.
+func (*SetApprovedRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SetApprovedRoutesRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *SetApprovedRoutesRequest) GetRoutes() *RouteSet {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// GetApprovedRoutesResponse is the agent's approved route set.
+type GetApprovedRoutesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the agent.
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// The approved routes, canonical: subnets masked, domains lowercased,
+	// sorted, without duplicates.
+	Routes        *RouteSet `protobuf:"bytes,2,opt,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovedRoutesResponse) Reset() {
+	*x = GetApprovedRoutesResponse{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovedRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovedRoutesResponse) ProtoMessage() {}
+
+func (x *GetApprovedRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovedRoutesResponse.ProtoReflect.Descriptor instead.
+func (*GetApprovedRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetApprovedRoutesResponse) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *GetApprovedRoutesResponse) GetRoutes() *RouteSet {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// SetApprovedRoutesResponse is the agent's approved route set as stored.
+type SetApprovedRoutesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the agent.
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// The approved routes as stored, canonical: subnets masked, domains
+	// lowercased, sorted, without duplicates.
+	Routes        *RouteSet `protobuf:"bytes,2,opt,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetApprovedRoutesResponse) Reset() {
+	*x = SetApprovedRoutesResponse{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetApprovedRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetApprovedRoutesResponse) ProtoMessage() {}
+
+func (x *SetApprovedRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetApprovedRoutesResponse.ProtoReflect.Descriptor instead.
+func (*SetApprovedRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetApprovedRoutesResponse) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *SetApprovedRoutesResponse) GetRoutes() *RouteSet {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 var File_outpost_v1_agent_admin_proto protoreflect.FileDescriptor
 
 const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1coutpost/v1/agent_admin.proto\x12\n" +
-	"outpost.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n" +
+	"outpost.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1boutpost/v1/enrollment.proto\"J\n" +
 	"\vDomainRoute\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12#\n" +
-	"\rauto_detected\x18\x02 \x01(\bR\fautoDetected\"\x96\x04\n" +
+	"\rauto_detected\x18\x02 \x01(\bR\fautoDetected\"\xf1\x05\n" +
 	"\x05Agent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -627,7 +882,11 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	" \x01(\rR\x0eactiveSessions\x12@\n" +
 	"\x0ecert_not_after\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x12;\n" +
 	"\venrolled_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"enrolledAt\"\x80\x01\n" +
+	"enrolledAt\x12=\n" +
+	"\x0fapproved_routes\x18\r \x01(\v2\x14.outpost.v1.RouteSetR\x0eapprovedRoutes\x12)\n" +
+	"\x10rejected_subnets\x18\x0e \x03(\tR\x0frejectedSubnets\x12B\n" +
+	"\x10rejected_domains\x18\x0f \x03(\v2\x17.outpost.v1.DomainRouteR\x0frejectedDomains\x12+\n" +
+	"\x11ambiguous_domains\x18\x10 \x03(\tR\x10ambiguousDomains\"\x80\x01\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -642,18 +901,31 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\v2\x11.outpost.v1.AgentR\x05agent\"/\n" +
 	"\x12DeleteAgentRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\"\x15\n" +
-	"\x13DeleteAgentResponse*}\n" +
+	"\x13DeleteAgentResponse\"5\n" +
+	"\x18GetApprovedRoutesRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\"c\n" +
+	"\x18SetApprovedRoutesRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12,\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"d\n" +
+	"\x19GetApprovedRoutesResponse\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12,\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"d\n" +
+	"\x19SetApprovedRoutesResponse\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12,\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes*}\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ONLINE\x10\x01\x12\x1d\n" +
 	"\x19AGENT_STATUS_UNRESPONSIVE\x10\x02\x12\x18\n" +
-	"\x14AGENT_STATUS_OFFLINE\x10\x032\xc9\x02\n" +
+	"\x14AGENT_STATUS_OFFLINE\x10\x032\xf5\x04\n" +
 	"\x11AgentAdminService\x12_\n" +
 	"\n" +
 	"ListAgents\x12\x1d.outpost.v1.ListAgentsRequest\x1a\x1e.outpost.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/agents\x12d\n" +
 	"\bGetAgent\x12\x1b.outpost.v1.GetAgentRequest\x1a\x1c.outpost.v1.GetAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/agents/{agent_id}\x12m\n" +
-	"\vDeleteAgent\x12\x1e.outpost.v1.DeleteAgentRequest\x1a\x1f.outpost.v1.DeleteAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/agents/{agent_id}B7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
+	"\vDeleteAgent\x12\x1e.outpost.v1.DeleteAgentRequest\x1a\x1f.outpost.v1.DeleteAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/agents/{agent_id}\x12\x8f\x01\n" +
+	"\x11GetApprovedRoutes\x12$.outpost.v1.GetApprovedRoutesRequest\x1a%.outpost.v1.GetApprovedRoutesResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/agents/{agent_id}/approved-routes\x12\x97\x01\n" +
+	"\x11SetApprovedRoutes\x12$.outpost.v1.SetApprovedRoutesRequest\x1a%.outpost.v1.SetApprovedRoutesResponse\"5\x82\xd3\xe4\x93\x02/:\x06routes\x1a%/v1/agents/{agent_id}/approved-routesB7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
 
 var (
 	file_outpost_v1_agent_admin_proto_rawDescOnce sync.Once
@@ -668,40 +940,54 @@ func file_outpost_v1_agent_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_outpost_v1_agent_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_outpost_v1_agent_admin_proto_goTypes = []any{
-	(AgentStatus)(0),              // 0: outpost.v1.AgentStatus
-	(*DomainRoute)(nil),           // 1: outpost.v1.DomainRoute
-	(*Agent)(nil),                 // 2: outpost.v1.Agent
-	(*ListAgentsRequest)(nil),     // 3: outpost.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 4: outpost.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),       // 5: outpost.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),      // 6: outpost.v1.GetAgentResponse
-	(*DeleteAgentRequest)(nil),    // 7: outpost.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),   // 8: outpost.v1.DeleteAgentResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(AgentStatus)(0),                  // 0: outpost.v1.AgentStatus
+	(*DomainRoute)(nil),               // 1: outpost.v1.DomainRoute
+	(*Agent)(nil),                     // 2: outpost.v1.Agent
+	(*ListAgentsRequest)(nil),         // 3: outpost.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 4: outpost.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),           // 5: outpost.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),          // 6: outpost.v1.GetAgentResponse
+	(*DeleteAgentRequest)(nil),        // 7: outpost.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),       // 8: outpost.v1.DeleteAgentResponse
+	(*GetApprovedRoutesRequest)(nil),  // 9: outpost.v1.GetApprovedRoutesRequest
+	(*SetApprovedRoutesRequest)(nil),  // 10: outpost.v1.SetApprovedRoutesRequest
+	(*GetApprovedRoutesResponse)(nil), // 11: outpost.v1.GetApprovedRoutesResponse
+	(*SetApprovedRoutesResponse)(nil), // 12: outpost.v1.SetApprovedRoutesResponse
+	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
+	(*RouteSet)(nil),                  // 14: outpost.v1.RouteSet
 }
 var file_outpost_v1_agent_admin_proto_depIdxs = []int32{
 	0,  // 0: outpost.v1.Agent.status:type_name -> outpost.v1.AgentStatus
-	9,  // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
-	9,  // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	13, // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
+	13, // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	1,  // 3: outpost.v1.Agent.domains:type_name -> outpost.v1.DomainRoute
-	9,  // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
-	9,  // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
-	0,  // 6: outpost.v1.ListAgentsRequest.status:type_name -> outpost.v1.AgentStatus
-	2,  // 7: outpost.v1.ListAgentsResponse.agents:type_name -> outpost.v1.Agent
-	2,  // 8: outpost.v1.GetAgentResponse.agent:type_name -> outpost.v1.Agent
-	3,  // 9: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
-	5,  // 10: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
-	7,  // 11: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
-	4,  // 12: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
-	6,  // 13: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
-	8,  // 14: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
+	13, // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	14, // 6: outpost.v1.Agent.approved_routes:type_name -> outpost.v1.RouteSet
+	1,  // 7: outpost.v1.Agent.rejected_domains:type_name -> outpost.v1.DomainRoute
+	0,  // 8: outpost.v1.ListAgentsRequest.status:type_name -> outpost.v1.AgentStatus
+	2,  // 9: outpost.v1.ListAgentsResponse.agents:type_name -> outpost.v1.Agent
+	2,  // 10: outpost.v1.GetAgentResponse.agent:type_name -> outpost.v1.Agent
+	14, // 11: outpost.v1.SetApprovedRoutesRequest.routes:type_name -> outpost.v1.RouteSet
+	14, // 12: outpost.v1.GetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	14, // 13: outpost.v1.SetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	3,  // 14: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
+	5,  // 15: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
+	7,  // 16: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
+	9,  // 17: outpost.v1.AgentAdminService.GetApprovedRoutes:input_type -> outpost.v1.GetApprovedRoutesRequest
+	10, // 18: outpost.v1.AgentAdminService.SetApprovedRoutes:input_type -> outpost.v1.SetApprovedRoutesRequest
+	4,  // 19: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
+	6,  // 20: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
+	8,  // 21: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
+	11, // 22: outpost.v1.AgentAdminService.GetApprovedRoutes:output_type -> outpost.v1.GetApprovedRoutesResponse
+	12, // 23: outpost.v1.AgentAdminService.SetApprovedRoutes:output_type -> outpost.v1.SetApprovedRoutesResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_outpost_v1_agent_admin_proto_init() }
@@ -709,13 +995,14 @@ func file_outpost_v1_agent_admin_proto_init() {
 	if File_outpost_v1_agent_admin_proto != nil {
 		return
 	}
+	file_outpost_v1_enrollment_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outpost_v1_agent_admin_proto_rawDesc), len(file_outpost_v1_agent_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentAdminService_ListAgents_FullMethodName  = "/outpost.v1.AgentAdminService/ListAgents"
-	AgentAdminService_GetAgent_FullMethodName    = "/outpost.v1.AgentAdminService/GetAgent"
-	AgentAdminService_DeleteAgent_FullMethodName = "/outpost.v1.AgentAdminService/DeleteAgent"
+	AgentAdminService_ListAgents_FullMethodName        = "/outpost.v1.AgentAdminService/ListAgents"
+	AgentAdminService_GetAgent_FullMethodName          = "/outpost.v1.AgentAdminService/GetAgent"
+	AgentAdminService_DeleteAgent_FullMethodName       = "/outpost.v1.AgentAdminService/DeleteAgent"
+	AgentAdminService_GetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/GetApprovedRoutes"
+	AgentAdminService_SetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/SetApprovedRoutes"
 )
 
 // AgentAdminServiceClient is the client API for AgentAdminService service.
@@ -51,6 +53,21 @@ type AgentAdminServiceClient interface {
 	// is not a UUID; NOT_FOUND if no such agent exists or it was already
 	// deleted.
 	DeleteAgent(ctx context.Context, in *DeleteAgentRequest, opts ...grpc.CallOption) (*DeleteAgentResponse, error)
+	// GetApprovedRoutes returns the routes an agent is approved to serve.
+	//
+	// Requires the scope "agents.read". Errors: INVALID_ARGUMENT if agent_id
+	// is not a UUID; NOT_FOUND if no such agent exists or it was deleted.
+	GetApprovedRoutes(ctx context.Context, in *GetApprovedRoutesRequest, opts ...grpc.CallOption) (*GetApprovedRoutesResponse, error)
+	// SetApprovedRoutes replaces the routes an agent is approved to serve.
+	// The change applies at once to the agent's live advertisement (routes
+	// no longer approved stop receiving sessions; newly approved ones that
+	// the agent advertises start) and is stored, so it survives restarts.
+	//
+	// Requires the scope "agents.write". Errors: INVALID_ARGUMENT if agent_id
+	// is not a UUID or a route is malformed (the same rules as RouteSet), or
+	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
+	// exists or it was deleted.
+	SetApprovedRoutes(ctx context.Context, in *SetApprovedRoutesRequest, opts ...grpc.CallOption) (*SetApprovedRoutesResponse, error)
 }
 
 type agentAdminServiceClient struct {
@@ -91,6 +108,26 @@ func (c *agentAdminServiceClient) DeleteAgent(ctx context.Context, in *DeleteAge
 	return out, nil
 }
 
+func (c *agentAdminServiceClient) GetApprovedRoutes(ctx context.Context, in *GetApprovedRoutesRequest, opts ...grpc.CallOption) (*GetApprovedRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetApprovedRoutesResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_GetApprovedRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentAdminServiceClient) SetApprovedRoutes(ctx context.Context, in *SetApprovedRoutesRequest, opts ...grpc.CallOption) (*SetApprovedRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetApprovedRoutesResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_SetApprovedRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAdminServiceServer is the server API for AgentAdminService service.
 // All implementations must embed UnimplementedAgentAdminServiceServer
 // for forward compatibility.
@@ -118,6 +155,21 @@ type AgentAdminServiceServer interface {
 	// is not a UUID; NOT_FOUND if no such agent exists or it was already
 	// deleted.
 	DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error)
+	// GetApprovedRoutes returns the routes an agent is approved to serve.
+	//
+	// Requires the scope "agents.read". Errors: INVALID_ARGUMENT if agent_id
+	// is not a UUID; NOT_FOUND if no such agent exists or it was deleted.
+	GetApprovedRoutes(context.Context, *GetApprovedRoutesRequest) (*GetApprovedRoutesResponse, error)
+	// SetApprovedRoutes replaces the routes an agent is approved to serve.
+	// The change applies at once to the agent's live advertisement (routes
+	// no longer approved stop receiving sessions; newly approved ones that
+	// the agent advertises start) and is stored, so it survives restarts.
+	//
+	// Requires the scope "agents.write". Errors: INVALID_ARGUMENT if agent_id
+	// is not a UUID or a route is malformed (the same rules as RouteSet), or
+	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
+	// exists or it was deleted.
+	SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error)
 	mustEmbedUnimplementedAgentAdminServiceServer()
 }
 
@@ -136,6 +188,12 @@ func (UnimplementedAgentAdminServiceServer) GetAgent(context.Context, *GetAgentR
 }
 func (UnimplementedAgentAdminServiceServer) DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteAgent not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) GetApprovedRoutes(context.Context, *GetApprovedRoutesRequest) (*GetApprovedRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetApprovedRoutes not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetApprovedRoutes not implemented")
 }
 func (UnimplementedAgentAdminServiceServer) mustEmbedUnimplementedAgentAdminServiceServer() {}
 func (UnimplementedAgentAdminServiceServer) testEmbeddedByValue()                           {}
@@ -212,6 +270,42 @@ func _AgentAdminService_DeleteAgent_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAdminService_GetApprovedRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetApprovedRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).GetApprovedRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_GetApprovedRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).GetApprovedRoutes(ctx, req.(*GetApprovedRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentAdminService_SetApprovedRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetApprovedRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).SetApprovedRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_SetApprovedRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).SetApprovedRoutes(ctx, req.(*SetApprovedRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAdminService_ServiceDesc is the grpc.ServiceDesc for AgentAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -230,6 +324,14 @@ var AgentAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAgent",
 			Handler:    _AgentAdminService_DeleteAgent_Handler,
+		},
+		{
+			MethodName: "GetApprovedRoutes",
+			Handler:    _AgentAdminService_GetApprovedRoutes_Handler,
+		},
+		{
+			MethodName: "SetApprovedRoutes",
+			Handler:    _AgentAdminService_SetApprovedRoutes_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -241,8 +241,18 @@ type EnrollRequest struct {
 	// Optional. If set, it must be a valid DNS name (at most 253 bytes) and is
 	// added to the agent certificate as a DNS SAN.
 	AgentHostname string `protobuf:"bytes,3,opt,name=agent_hostname,json=agentHostname,proto3" json:"agent_hostname,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The routes the agent is configured to serve (its AdvertiseSubnets and
+	// AdvertiseDomains). They become the agent's approved routes when the
+	// enrollment token names none; when the token names routes, the approved
+	// set is the token's narrowed to these (a requested subnet inside a token
+	// subnet, a requested domain equal to or under a token domain), or the
+	// token's own when this is empty. A request never widens what a token
+	// approved. Single-label domains ("com") and 0.0.0.0/0 are approved only
+	// when a token names them, never from a request alone. INVALID_ARGUMENT
+	// for a malformed entry.
+	RequestedRoutes *RouteSet `protobuf:"bytes,4,opt,name=requested_routes,json=requestedRoutes,proto3" json:"requested_routes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *EnrollRequest) Reset() {
@@ -296,6 +306,13 @@ func (x *EnrollRequest) GetAgentHostname() string {
 	return ""
 }
 
+func (x *EnrollRequest) GetRequestedRoutes() *RouteSet {
+	if x != nil {
+		return x.RequestedRoutes
+	}
+	return nil
+}
+
 // EnrollResponse is the new agent's identity and how to reach the gateway.
 type EnrollResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -318,9 +335,14 @@ type EnrollResponse struct {
 	ServerSpkiSha256 string `protobuf:"bytes,5,opt,name=server_spki_sha256,json=serverSpkiSha256,proto3" json:"server_spki_sha256,omitempty"`
 	// When the client certificate expires (its NotAfter). The agent renews it
 	// over the tunnel when a third of its lifetime is left.
-	CertNotAfter  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CertNotAfter *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	// The routes the gateway approved for this agent. The gateway routes
+	// sessions to an agent only through advertised routes that lie inside
+	// them (DESIGN.md §8); an operator can replace them with
+	// AgentAdminService.SetApprovedRoutes.
+	ApprovedRoutes *RouteSet `protobuf:"bytes,7,opt,name=approved_routes,json=approvedRoutes,proto3" json:"approved_routes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EnrollResponse) Reset() {
@@ -395,6 +417,13 @@ func (x *EnrollResponse) GetCertNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *EnrollResponse) GetApprovedRoutes() *RouteSet {
+	if x != nil {
+		return x.ApprovedRoutes
+	}
+	return nil
+}
+
 var File_outpost_v1_enrollment_proto protoreflect.FileDescriptor
 
 const file_outpost_v1_enrollment_proto_rawDesc = "" +
@@ -413,19 +442,21 @@ const file_outpost_v1_enrollment_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"n\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xaf\x01\n" +
 	"\rEnrollRequest\x12\x17\n" +
 	"\acsr_pem\x18\x01 \x01(\tR\x06csrPem\x12\x1d\n" +
 	"\n" +
 	"agent_name\x18\x02 \x01(\tR\tagentName\x12%\n" +
-	"\x0eagent_hostname\x18\x03 \x01(\tR\ragentHostname\"\x88\x02\n" +
+	"\x0eagent_hostname\x18\x03 \x01(\tR\ragentHostname\x12?\n" +
+	"\x10requested_routes\x18\x04 \x01(\v2\x14.outpost.v1.RouteSetR\x0frequestedRoutes\"\xc7\x02\n" +
 	"\x0eEnrollResponse\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12&\n" +
 	"\x0fclient_cert_pem\x18\x02 \x01(\tR\rclientCertPem\x12\x1e\n" +
 	"\vca_cert_pem\x18\x03 \x01(\tR\tcaCertPem\x12#\n" +
 	"\rquic_endpoint\x18\x04 \x01(\tR\fquicEndpoint\x12,\n" +
 	"\x12server_spki_sha256\x18\x05 \x01(\tR\x10serverSpkiSha256\x12@\n" +
-	"\x0ecert_not_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter2\xfc\x01\n" +
+	"\x0ecert_not_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fcertNotAfter\x12=\n" +
+	"\x0fapproved_routes\x18\a \x01(\v2\x14.outpost.v1.RouteSetR\x0eapprovedRoutes2\xfc\x01\n" +
 	"\x11EnrollmentService\x12\x8e\x01\n" +
 	"\x15CreateEnrollmentToken\x12(.outpost.v1.CreateEnrollmentTokenRequest\x1a).outpost.v1.CreateEnrollmentTokenResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/enrollment-tokens\x12V\n" +
 	"\x06Enroll\x12\x19.outpost.v1.EnrollRequest\x1a\x1a.outpost.v1.EnrollResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
@@ -457,16 +488,18 @@ var file_outpost_v1_enrollment_proto_depIdxs = []int32{
 	5, // 0: outpost.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	0, // 1: outpost.v1.CreateEnrollmentTokenRequest.routes:type_name -> outpost.v1.RouteSet
 	6, // 2: outpost.v1.CreateEnrollmentTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6, // 3: outpost.v1.EnrollResponse.cert_not_after:type_name -> google.protobuf.Timestamp
-	1, // 4: outpost.v1.EnrollmentService.CreateEnrollmentToken:input_type -> outpost.v1.CreateEnrollmentTokenRequest
-	3, // 5: outpost.v1.EnrollmentService.Enroll:input_type -> outpost.v1.EnrollRequest
-	2, // 6: outpost.v1.EnrollmentService.CreateEnrollmentToken:output_type -> outpost.v1.CreateEnrollmentTokenResponse
-	4, // 7: outpost.v1.EnrollmentService.Enroll:output_type -> outpost.v1.EnrollResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0, // 3: outpost.v1.EnrollRequest.requested_routes:type_name -> outpost.v1.RouteSet
+	6, // 4: outpost.v1.EnrollResponse.cert_not_after:type_name -> google.protobuf.Timestamp
+	0, // 5: outpost.v1.EnrollResponse.approved_routes:type_name -> outpost.v1.RouteSet
+	1, // 6: outpost.v1.EnrollmentService.CreateEnrollmentToken:input_type -> outpost.v1.CreateEnrollmentTokenRequest
+	3, // 7: outpost.v1.EnrollmentService.Enroll:input_type -> outpost.v1.EnrollRequest
+	2, // 8: outpost.v1.EnrollmentService.CreateEnrollmentToken:output_type -> outpost.v1.CreateEnrollmentTokenResponse
+	4, // 9: outpost.v1.EnrollmentService.Enroll:output_type -> outpost.v1.EnrollResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_outpost_v1_enrollment_proto_init() }

@@ -296,9 +296,21 @@ type CreateSessionRequest struct {
 	// If true, the token may open any number of connections until it expires.
 	// If false (the default), it is single-use: its first connection consumes
 	// it.
-	Reusable      bool `protobuf:"varint,4,opt,name=reusable,proto3" json:"reusable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reusable bool `protobuf:"varint,4,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	// How many connections a reusable token may open in its lifetime. Zero
+	// means the gateway's maximum (max_token_connections, default 1,000);
+	// more than that is INVALID_ARGUMENT. A single-use token always opens
+	// exactly one, and a non-zero value other than 1 is INVALID_ARGUMENT for
+	// it.
+	MaxConnections uint32 `protobuf:"varint,5,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// The longest a session opened with this token may last; when it passes,
+	// the gateway closes the session with the reason "maximum session
+	// duration reached" and the audit says so. Zero means the gateway's
+	// maximum (max_session_duration, default 8 h); more than that is
+	// INVALID_ARGUMENT.
+	MaxSessionDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=max_session_duration,json=maxSessionDuration,proto3" json:"max_session_duration,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateSessionRequest) Reset() {
@@ -359,6 +371,20 @@ func (x *CreateSessionRequest) GetReusable() bool {
 	return false
 }
 
+func (x *CreateSessionRequest) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *CreateSessionRequest) GetMaxSessionDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxSessionDuration
+	}
+	return nil
+}
+
 // CreateSessionResponse is a freshly minted session token.
 type CreateSessionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -378,8 +404,12 @@ type CreateSessionResponse struct {
 	// certificate, as 64 lowercase hex digits. Clients such as
 	// "outpost connect" pin it when verifying the gateway's TLS certificate.
 	GatewayCaSpkiSha256 string `protobuf:"bytes,5,opt,name=gateway_ca_spki_sha256,json=gatewayCaSpkiSha256,proto3" json:"gateway_ca_spki_sha256,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The connection cap of the token (1 for a single-use token).
+	MaxConnections uint32 `protobuf:"varint,6,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// The maximum duration of each session opened with the token.
+	MaxSessionDuration *durationpb.Duration `protobuf:"bytes,7,opt,name=max_session_duration,json=maxSessionDuration,proto3" json:"max_session_duration,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateSessionResponse) Reset() {
@@ -447,6 +477,20 @@ func (x *CreateSessionResponse) GetGatewayCaSpkiSha256() string {
 	return ""
 }
 
+func (x *CreateSessionResponse) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *CreateSessionResponse) GetMaxSessionDuration() *durationpb.Duration {
+	if x != nil {
+		return x.MaxSessionDuration
+	}
+	return nil
+}
+
 var File_outpost_v1_route_resolve_proto protoreflect.FileDescriptor
 
 const file_outpost_v1_route_resolve_proto_rawDesc = "" +
@@ -465,12 +509,14 @@ const file_outpost_v1_route_resolve_proto_rawDesc = "" +
 	"\n" +
 	"candidates\x18\x02 \x03(\v2\x15.outpost.v1.CandidateR\n" +
 	"candidates\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x92\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x88\x02\n" +
 	"\x14CreateSessionRequest\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12+\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x1a\n" +
-	"\breusable\x18\x04 \x01(\bR\breusable\"\xdd\x01\n" +
+	"\breusable\x18\x04 \x01(\bR\breusable\x12'\n" +
+	"\x0fmax_connections\x18\x05 \x01(\rR\x0emaxConnections\x12K\n" +
+	"\x14max_session_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x12maxSessionDuration\"\xd3\x02\n" +
 	"\x15CreateSessionResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -479,7 +525,9 @@ const file_outpost_v1_route_resolve_proto_rawDesc = "" +
 	"connectUrl\x129\n" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x123\n" +
-	"\x16gateway_ca_spki_sha256\x18\x05 \x01(\tR\x13gatewayCaSpkiSha256*d\n" +
+	"\x16gateway_ca_spki_sha256\x18\x05 \x01(\tR\x13gatewayCaSpkiSha256\x12'\n" +
+	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12K\n" +
+	"\x14max_session_duration\x18\a \x01(\v2\x19.google.protobuf.DurationR\x12maxSessionDuration*d\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_AGENT\x10\x01\x12\x13\n" +
@@ -517,16 +565,18 @@ var file_outpost_v1_route_resolve_proto_depIdxs = []int32{
 	0, // 0: outpost.v1.ResolveTargetResponse.decision:type_name -> outpost.v1.Decision
 	1, // 1: outpost.v1.ResolveTargetResponse.candidates:type_name -> outpost.v1.Candidate
 	6, // 2: outpost.v1.CreateSessionRequest.ttl:type_name -> google.protobuf.Duration
-	7, // 3: outpost.v1.CreateSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
-	2, // 4: outpost.v1.RouteResolveService.ResolveTarget:input_type -> outpost.v1.ResolveTargetRequest
-	4, // 5: outpost.v1.RouteResolveService.CreateSession:input_type -> outpost.v1.CreateSessionRequest
-	3, // 6: outpost.v1.RouteResolveService.ResolveTarget:output_type -> outpost.v1.ResolveTargetResponse
-	5, // 7: outpost.v1.RouteResolveService.CreateSession:output_type -> outpost.v1.CreateSessionResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 3: outpost.v1.CreateSessionRequest.max_session_duration:type_name -> google.protobuf.Duration
+	7, // 4: outpost.v1.CreateSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6, // 5: outpost.v1.CreateSessionResponse.max_session_duration:type_name -> google.protobuf.Duration
+	2, // 6: outpost.v1.RouteResolveService.ResolveTarget:input_type -> outpost.v1.ResolveTargetRequest
+	4, // 7: outpost.v1.RouteResolveService.CreateSession:input_type -> outpost.v1.CreateSessionRequest
+	3, // 8: outpost.v1.RouteResolveService.ResolveTarget:output_type -> outpost.v1.ResolveTargetResponse
+	5, // 9: outpost.v1.RouteResolveService.CreateSession:output_type -> outpost.v1.CreateSessionResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_outpost_v1_route_resolve_proto_init() }
