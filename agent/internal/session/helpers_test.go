@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,8 +36,9 @@ const testTimeout = 10 * time.Second
 // anywhere but 127.0.0.1 and ::1.
 var errSuppressed = errors.New("test: connect suppressed")
 
-// loopbackOnly is the connect hook every test Handler gets.
-func loopbackOnly(_, address string) error {
+// loopbackOnly is the connect hook (reach.Dialer.Control) every test
+// Handler gets.
+func loopbackOnly(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || !ap.Addr().Unmap().IsLoopback() {
 		return errSuppressed
@@ -78,7 +80,7 @@ func newTunnel(t *testing.T, cfg Config) *tunnel {
 		cfg.Logger = testLogger(t)
 	}
 	h := New(cfg)
-	h.testHookConnect = loopbackOnly
+	h.dialer.Control = loopbackOnly
 
 	serverTLS, clientTLS := testTLS(t)
 	conf := transport.Config{}.QUIC()

@@ -6,21 +6,15 @@
 //
 // # Target validation
 //
-// The advertised routes are the agent's security boundary. An IP target must
-// lie in an advertised subnet. A host name covered by an advertised domain
-// ("contoso.local" covers itself and every subdomain, "*.contoso.local" only
-// subdomains; case-insensitive) may resolve to any address; any other host
-// name may reach only those of its addresses that lie in advertised subnets.
-// Loopback, link-local, unspecified and multicast addresses and the cloud
-// metadata address (169.254.169.254) are refused unless an advertised subnet
-// contains the address and lies inside that special range itself, such as
-// 127.0.0.0/8 or 127.0.0.1/32 (0.0.0.0/0 does not count). Subnets are IPv4,
-// so an IPv6 address is reachable only through a domain name, and never an
-// IPv6 address in a special range.
-//
-// The authoritative check runs in net.Dialer.ControlContext on the address
-// actually being dialed, after resolution and before connect(2), so DNS
-// rebinding cannot escape it. An IP target is also checked before dialing.
+// The advertised routes are the agent's security boundary, applied by
+// package reach (see there for the rules): an IP target must lie in an
+// advertised subnet; a host name covered by an advertised domain may resolve
+// to any address; any other host name may reach only those of its addresses
+// that lie in advertised subnets. Loopback, link-local, unspecified and
+// multicast addresses and the cloud metadata addresses are refused unless an
+// advertised subnet names them explicitly (127.0.0.0/8 or 127.0.0.1/32 open
+// 127.0.0.1; 0.0.0.0/0 does not). The check runs on the address actually
+// being dialed, so DNS rebinding cannot escape it.
 //
 // # Refusal reasons
 //
@@ -57,12 +51,13 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/reach"
 )
 
 // Defaults of Config (DESIGN.md §12).
 const (
 	// DefaultDialTimeout bounds resolving and connecting to a target.
-	DefaultDialTimeout = 20 * time.Second
+	DefaultDialTimeout = reach.DefaultDialTimeout
 	// DefaultReadTimeout bounds the wait for a stream's ConnectRequest.
 	DefaultReadTimeout = 10 * time.Second
 )
@@ -79,7 +74,7 @@ const ReasonDraining = "agent draining"
 // target refused), default timeouts, no logging, the system resolver.
 type Config struct {
 	// Routes are the initial routes; SetRoutes replaces them.
-	Routes Routes
+	Routes reach.Routes
 	// DialTimeout bounds resolving and connecting to a target, Happy
 	// Eyeballs attempts included. If zero or negative, 20 s.
 	DialTimeout time.Duration
@@ -119,35 +114,37 @@ func (c Config) withDefaults() Config {
 type Handler struct {
 	cfg      Config // with defaults; cfg.Routes is not used after New
 	log      hclog.Logger
-	routes   atomic.Pointer[routeTable]
+	routes   atomic.Pointer[reach.Table]
 	draining atomic.Bool
 	active   atomic.Int64
-
-	// testHookConnect, when set (by tests, before any Serve), runs in the
-	// Control hook for an address the routes allow; an error stops the
-	// attempt before connect(2), so tests can see an allowed address
-	// without sending a packet to it.
-	testHookConnect func(network, address string) error
+	// dialer dials targets. Tests set its Control before any Serve, to
+	// see an allowed address without sending a packet to it.
+	dialer reach.Dialer
 }
 
 // New returns a Handler serving with cfg. Entries of cfg.Routes that
 // Routes.Validate rejects are ignored (logged as a warning).
 func New(cfg Config) *Handler {
 	cfg = cfg.withDefaults()
-	h := &Handler{cfg: cfg, log: cfg.Logger.Named("session")}
+	h := &Handler{
+		cfg:    cfg,
+		log:    cfg.Logger.Named("session"),
+		dialer: reach.Dialer{Timeout: cfg.DialTimeout, Resolver: cfg.Resolver},
+	}
 	h.SetRoutes(cfg.Routes)
 	return h
 }
 
 // SetRoutes replaces the routes. Sessions whose ConnectRequest arrives
 // afterwards use the new routes; sessions already dialing or relaying are not
-// affected. Entries Routes.Validate rejects are ignored, which only narrows
-// what sessions may reach; a warning is logged. Safe concurrently with Serve.
-func (h *Handler) SetRoutes(r Routes) {
+// affected. Entries reach.Routes.Validate rejects are ignored, which only
+// narrows what sessions may reach; a warning is logged. Safe concurrently
+// with Serve.
+func (h *Handler) SetRoutes(r reach.Routes) {
 	if err := r.Validate(); err != nil {
 		h.log.Warn("ignoring invalid route entries", "error", err)
 	}
-	h.routes.Store(compileRoutes(r))
+	h.routes.Store(reach.Compile(r))
 }
 
 // SetDraining turns draining on or off. While draining, new sessions are
@@ -240,13 +237,13 @@ func (h *Handler) handshake(ctx context.Context, s *quic.Stream, log hclog.Logge
 		h.refuse(s, log, err.Error())
 		return nil, log
 	}
-	conn, reason := h.dial(ctx, h.routes.Load(), t)
-	if conn == nil {
+	conn, err := h.dialer.Dial(ctx, h.routes.Load(), t)
+	if err != nil {
 		if ctx.Err() != nil {
 			log.Debug("session aborted while dialing", "cause", context.Cause(ctx))
 			return nil, log
 		}
-		h.refuse(s, log, reason)
+		h.refuse(s, log, err.Error())
 		return nil, log
 	}
 	if err := writeResponse(s, dataplane.ConnectResponse{Version: dataplane.ProtocolVersion, Result: dataplane.ResultSuccess}); err != nil {
