@@ -71,13 +71,21 @@ type tunnel struct {
 	served chan struct{}      // receives a value each time a Serve returns
 }
 
+// testOwnAddrs stand for the addresses of this host in a test Handler, in
+// place of the real ones, so that what the tests see does not depend on the
+// machine's interfaces. 127.0.0.1 stays loopback: 127.0.0.0/8 opens it.
+var testOwnAddrs = []netip.Addr{netip.MustParseAddr("10.44.0.5"), netip.MustParseAddr("2001:db8::44"), netip.MustParseAddr("127.0.0.1")}
+
 // newTunnel builds a Handler from cfg (logging to t, connect hook
-// loopbackOnly) and serves it on a fresh tunnel, torn down at cleanup after
-// every Serve has returned.
+// loopbackOnly, testOwnAddrs unless cfg has OwnAddrs) and serves it on a
+// fresh tunnel, torn down at cleanup after every Serve has returned.
 func newTunnel(t *testing.T, cfg Config) *tunnel {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
+	}
+	if cfg.OwnAddrs == nil {
+		cfg.OwnAddrs = func() ([]netip.Addr, error) { return testOwnAddrs, nil }
 	}
 	h := New(cfg)
 	h.dialer.Control = loopbackOnly

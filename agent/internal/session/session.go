@@ -11,10 +11,11 @@
 // advertised subnet; a host name covered by an advertised domain may resolve
 // to any address; any other host name may reach only those of its addresses
 // that lie in advertised subnets. Loopback, link-local, unspecified and
-// multicast addresses and the cloud metadata addresses are refused unless an
-// advertised subnet names them explicitly (127.0.0.0/8 or 127.0.0.1/32 open
-// 127.0.0.1; 0.0.0.0/0 does not). The check runs on the address actually
-// being dialed, so DNS rebinding cannot escape it.
+// multicast addresses, the cloud metadata addresses and the addresses of
+// this host are refused unless an advertised subnet names them explicitly
+// (127.0.0.0/8 or 127.0.0.1/32 open 127.0.0.1; 0.0.0.0/0 does not; an
+// address of this host needs its /32). The check runs on the address
+// actually being dialed, so DNS rebinding cannot escape it.
 //
 // # Refusal reasons
 //
@@ -26,7 +27,8 @@
 //	invalid target "x": missing port        (see ParseTarget and TargetError)
 //	target 10.0.0.9:22 is not in advertised subnets
 //	target 127.0.0.1:22 is loopback and not explicitly advertised
-//	    (also "link-local", "unspecified", "multicast", "the cloud metadata address")
+//	    (also "link-local", "unspecified", "multicast",
+//	    "the cloud metadata address", "an address of this host")
 //	db.other.test resolves only to addresses outside advertised subnets
 //	db.contoso.local resolves only to refused addresses: 127.0.0.1 is loopback and not explicitly advertised
 //	cannot resolve db.contoso.local: no such host
@@ -42,6 +44,7 @@ package session
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -71,7 +74,8 @@ const responseTimeout = 10 * time.Second
 const ReasonDraining = "agent draining"
 
 // Config configures a Handler. The zero value is usable: no routes (every
-// target refused), default timeouts, no logging, the system resolver.
+// target refused), default timeouts, no logging, the system resolver, the
+// addresses of this host refused unless advertised as /32.
 type Config struct {
 	// Routes are the initial routes; SetRoutes replaces them.
 	Routes reach.Routes
@@ -92,6 +96,13 @@ type Config struct {
 	// address it returns, at connect time, so a resolver cannot widen what
 	// sessions reach. If nil, net.DefaultResolver.
 	Resolver *net.Resolver
+	// OwnAddrs lists the addresses of this host, which sessions may reach
+	// only when an advertised subnet names them as a /32 (see
+	// reach.Table.WithOwnAddrs). It is called by New and by every SetRoutes,
+	// so a changed address is picked up with the next routes; on error the
+	// failure is logged and no address of this host is refused. If nil,
+	// reach.InterfaceAddrs.
+	OwnAddrs func() ([]netip.Addr, error)
 }
 
 // withDefaults returns a copy of c with zero values replaced by defaults.
@@ -104,6 +115,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
+	}
+	if c.OwnAddrs == nil {
+		c.OwnAddrs = reach.InterfaceAddrs
 	}
 	return c
 }
@@ -138,13 +152,17 @@ func New(cfg Config) *Handler {
 // SetRoutes replaces the routes. Sessions whose ConnectRequest arrives
 // afterwards use the new routes; sessions already dialing or relaying are not
 // affected. Entries reach.Routes.Validate rejects are ignored, which only
-// narrows what sessions may reach; a warning is logged. Safe concurrently
-// with Serve.
+// narrows what sessions may reach; a warning is logged. The addresses of this
+// host are listed again (Config.OwnAddrs). Safe concurrently with Serve.
 func (h *Handler) SetRoutes(r reach.Routes) {
 	if err := r.Validate(); err != nil {
 		h.log.Warn("ignoring invalid route entries", "error", err)
 	}
-	h.routes.Store(reach.Compile(r))
+	own, err := h.cfg.OwnAddrs()
+	if err != nil {
+		h.log.Warn("cannot list the addresses of this host; sessions are not kept from reaching them", "error", err)
+	}
+	h.routes.Store(reach.Compile(r).WithOwnAddrs(own))
 }
 
 // SetDraining turns draining on or off. While draining, new sessions are

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -495,7 +497,7 @@ func TestServeContextWhileDialing(t *testing.T) {
 
 func TestNewDefaults(t *testing.T) {
 	h := New(Config{DialTimeout: -1})
-	if h.cfg.DialTimeout != DefaultDialTimeout || h.cfg.ReadTimeout != DefaultReadTimeout || h.log == nil {
+	if h.cfg.DialTimeout != DefaultDialTimeout || h.cfg.ReadTimeout != DefaultReadTimeout || h.log == nil || h.cfg.OwnAddrs == nil {
 		t.Fatalf("defaults not applied: %+v", h.cfg)
 	}
 	if h.dialer.Timeout != DefaultDialTimeout {
@@ -511,4 +513,75 @@ func TestNewDefaults(t *testing.T) {
 		table.Check(netip.MustParseAddrPort("[2001:db8::1]:22"), false) == nil || table.MatchDomain("a..b") {
 		t.Fatalf("compiled %+v", table)
 	}
+}
+
+// TestSessionOwnAddress: an address of this host (Config.OwnAddrs) is
+// refused unless advertised as a /32, and SetRoutes lists them again. The
+// connect hook stops an allowed non-loopback address before connect(2).
+func TestSessionOwnAddress(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		own   = []netip.Addr{netip.MustParseAddr("10.44.0.5")}
+		calls int
+	)
+	resolver := newResolver(t, map[string][]netip.Addr{
+		"self.contoso.test": {netip.MustParseAddr("10.44.0.5")},
+		"v6.contoso.test":   {netip.MustParseAddr("2001:db8::44")},
+	})
+	tn := newTunnel(t, Config{Resolver: resolver, OwnAddrs: func() ([]netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return own, nil
+	}})
+	tests := []struct {
+		name   string
+		routes reach.Routes
+		target string
+		reason string
+	}{
+		{"own address in a subnet", reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}, "10.44.0.5:22",
+			"target 10.44.0.5:22 is an address of this host and not explicitly advertised"},
+		{"own address through a domain", reach.Routes{Domains: []string{"contoso.test"}}, "self.contoso.test:22",
+			"self.contoso.test resolves only to refused addresses: 10.44.0.5 is an address of this host and not explicitly advertised"},
+		{"own address explicit", reach.Routes{Subnets: prefixes(t, "10.44.0.5/32")}, "10.44.0.5:22",
+			"dial 10.44.0.5:22: " + errSuppressed.Error()},
+		{"neighbour", reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}, "10.44.0.6:22",
+			"dial 10.44.0.6:22: " + errSuppressed.Error()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tn.h.SetRoutes(tc.routes)
+			s, resp := tn.connect(t, tc.target)
+			wantRefused(t, s, resp, tc.reason)
+			tn.waitServed(t)
+		})
+	}
+
+	// The addresses are listed again with the next routes.
+	mu.Lock()
+	own = []netip.Addr{netip.MustParseAddr("2001:db8::44"), netip.MustParseAddr("127.0.0.1")}
+	before := calls
+	mu.Unlock()
+	tn.h.SetRoutes(reach.Routes{Subnets: prefixes(t, "10.0.0.0/8"), Domains: []string{"contoso.test"}})
+	s, resp := tn.connect(t, "10.44.0.5:22")
+	wantRefused(t, s, resp, "dial 10.44.0.5:22: "+errSuppressed.Error())
+	s, resp = tn.connect(t, "v6.contoso.test:22")
+	wantRefused(t, s, resp, "v6.contoso.test resolves only to refused addresses: 2001:db8::44 is an address of this host and not explicitly advertised")
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != before+1 {
+		t.Fatalf("OwnAddrs called %d times by SetRoutes, want 1", calls-before)
+	}
+}
+
+// TestSessionOwnAddrsError: when the addresses of this host cannot be
+// listed, sessions go on without that protection.
+func TestSessionOwnAddrsError(t *testing.T) {
+	tn := newTunnel(t, Config{
+		Routes:   reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")},
+		OwnAddrs: func() ([]netip.Addr, error) { return nil, errors.New("test: no interfaces") },
+	})
+	s, resp := tn.connect(t, "10.44.0.5:22")
+	wantRefused(t, s, resp, "dial 10.44.0.5:22: "+errSuppressed.Error())
 }
