@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,8 +36,9 @@ const testTimeout = 10 * time.Second
 // anywhere but 127.0.0.1 and ::1.
 var errSuppressed = errors.New("test: connect suppressed")
 
-// loopbackOnly is the connect hook every test Handler gets.
-func loopbackOnly(_, address string) error {
+// loopbackOnly is the connect hook (reach.Dialer.Control) every test
+// Handler gets.
+func loopbackOnly(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || !ap.Addr().Unmap().IsLoopback() {
 		return errSuppressed
@@ -69,16 +71,24 @@ type tunnel struct {
 	served chan struct{}      // receives a value each time a Serve returns
 }
 
+// testOwnAddrs stand for the addresses of this host in a test Handler, in
+// place of the real ones, so that what the tests see does not depend on the
+// machine's interfaces. 127.0.0.1 stays loopback: 127.0.0.0/8 opens it.
+var testOwnAddrs = []netip.Addr{netip.MustParseAddr("10.44.0.5"), netip.MustParseAddr("2001:db8::44"), netip.MustParseAddr("127.0.0.1")}
+
 // newTunnel builds a Handler from cfg (logging to t, connect hook
-// loopbackOnly) and serves it on a fresh tunnel, torn down at cleanup after
-// every Serve has returned.
+// loopbackOnly, testOwnAddrs unless cfg has OwnAddrs) and serves it on a
+// fresh tunnel, torn down at cleanup after every Serve has returned.
 func newTunnel(t *testing.T, cfg Config) *tunnel {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}
+	if cfg.OwnAddrs == nil {
+		cfg.OwnAddrs = func() ([]netip.Addr, error) { return testOwnAddrs, nil }
+	}
 	h := New(cfg)
-	h.testHookConnect = loopbackOnly
+	h.dialer.Control = loopbackOnly
 
 	serverTLS, clientTLS := testTLS(t)
 	conf := transport.Config{}.QUIC()

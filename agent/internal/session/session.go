@@ -6,21 +6,16 @@
 //
 // # Target validation
 //
-// The advertised routes are the agent's security boundary. An IP target must
-// lie in an advertised subnet. A host name covered by an advertised domain
-// ("contoso.local" covers itself and every subdomain, "*.contoso.local" only
-// subdomains; case-insensitive) may resolve to any address; any other host
-// name may reach only those of its addresses that lie in advertised subnets.
-// Loopback, link-local, unspecified and multicast addresses and the cloud
-// metadata address (169.254.169.254) are refused unless an advertised subnet
-// contains the address and lies inside that special range itself, such as
-// 127.0.0.0/8 or 127.0.0.1/32 (0.0.0.0/0 does not count). Subnets are IPv4,
-// so an IPv6 address is reachable only through a domain name, and never an
-// IPv6 address in a special range.
-//
-// The authoritative check runs in net.Dialer.ControlContext on the address
-// actually being dialed, after resolution and before connect(2), so DNS
-// rebinding cannot escape it. An IP target is also checked before dialing.
+// The advertised routes are the agent's security boundary, applied by
+// package reach (see there for the rules): an IP target must lie in an
+// advertised subnet; a host name covered by an advertised domain may resolve
+// to any address; any other host name may reach only those of its addresses
+// that lie in advertised subnets. Loopback, link-local, unspecified and
+// multicast addresses, the cloud metadata addresses and the addresses of
+// this host are refused unless an advertised subnet names them explicitly
+// (127.0.0.0/8 or 127.0.0.1/32 open 127.0.0.1; 0.0.0.0/0 does not; an
+// address of this host needs its /32). The check runs on the address
+// actually being dialed, so DNS rebinding cannot escape it.
 //
 // # Refusal reasons
 //
@@ -32,7 +27,8 @@
 //	invalid target "x": missing port        (see ParseTarget and TargetError)
 //	target 10.0.0.9:22 is not in advertised subnets
 //	target 127.0.0.1:22 is loopback and not explicitly advertised
-//	    (also "link-local", "unspecified", "multicast", "the cloud metadata address")
+//	    (also "link-local", "unspecified", "multicast",
+//	    "the cloud metadata address", "an address of this host")
 //	db.other.test resolves only to addresses outside advertised subnets
 //	db.contoso.local resolves only to refused addresses: 127.0.0.1 is loopback and not explicitly advertised
 //	cannot resolve db.contoso.local: no such host
@@ -48,6 +44,7 @@ package session
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -57,12 +54,13 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/reach"
 )
 
 // Defaults of Config (DESIGN.md §12).
 const (
 	// DefaultDialTimeout bounds resolving and connecting to a target.
-	DefaultDialTimeout = 20 * time.Second
+	DefaultDialTimeout = reach.DefaultDialTimeout
 	// DefaultReadTimeout bounds the wait for a stream's ConnectRequest.
 	DefaultReadTimeout = 10 * time.Second
 )
@@ -76,10 +74,11 @@ const responseTimeout = 10 * time.Second
 const ReasonDraining = "agent draining"
 
 // Config configures a Handler. The zero value is usable: no routes (every
-// target refused), default timeouts, no logging, the system resolver.
+// target refused), default timeouts, no logging, the system resolver, the
+// addresses of this host refused unless advertised as /32.
 type Config struct {
 	// Routes are the initial routes; SetRoutes replaces them.
-	Routes Routes
+	Routes reach.Routes
 	// DialTimeout bounds resolving and connecting to a target, Happy
 	// Eyeballs attempts included. If zero or negative, 20 s.
 	DialTimeout time.Duration
@@ -97,6 +96,13 @@ type Config struct {
 	// address it returns, at connect time, so a resolver cannot widen what
 	// sessions reach. If nil, net.DefaultResolver.
 	Resolver *net.Resolver
+	// OwnAddrs lists the addresses of this host, which sessions may reach
+	// only when an advertised subnet names them as a /32 (see
+	// reach.Table.WithOwnAddrs). It is called by New and by every SetRoutes,
+	// so a changed address is picked up with the next routes; on error the
+	// failure is logged and no address of this host is refused. If nil,
+	// reach.InterfaceAddrs.
+	OwnAddrs func() ([]netip.Addr, error)
 }
 
 // withDefaults returns a copy of c with zero values replaced by defaults.
@@ -110,6 +116,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
+	if c.OwnAddrs == nil {
+		c.OwnAddrs = reach.InterfaceAddrs
+	}
 	return c
 }
 
@@ -119,35 +128,41 @@ func (c Config) withDefaults() Config {
 type Handler struct {
 	cfg      Config // with defaults; cfg.Routes is not used after New
 	log      hclog.Logger
-	routes   atomic.Pointer[routeTable]
+	routes   atomic.Pointer[reach.Table]
 	draining atomic.Bool
 	active   atomic.Int64
-
-	// testHookConnect, when set (by tests, before any Serve), runs in the
-	// Control hook for an address the routes allow; an error stops the
-	// attempt before connect(2), so tests can see an allowed address
-	// without sending a packet to it.
-	testHookConnect func(network, address string) error
+	// dialer dials targets. Tests set its Control before any Serve, to
+	// see an allowed address without sending a packet to it.
+	dialer reach.Dialer
 }
 
 // New returns a Handler serving with cfg. Entries of cfg.Routes that
 // Routes.Validate rejects are ignored (logged as a warning).
 func New(cfg Config) *Handler {
 	cfg = cfg.withDefaults()
-	h := &Handler{cfg: cfg, log: cfg.Logger.Named("session")}
+	h := &Handler{
+		cfg:    cfg,
+		log:    cfg.Logger.Named("session"),
+		dialer: reach.Dialer{Timeout: cfg.DialTimeout, Resolver: cfg.Resolver},
+	}
 	h.SetRoutes(cfg.Routes)
 	return h
 }
 
 // SetRoutes replaces the routes. Sessions whose ConnectRequest arrives
 // afterwards use the new routes; sessions already dialing or relaying are not
-// affected. Entries Routes.Validate rejects are ignored, which only narrows
-// what sessions may reach; a warning is logged. Safe concurrently with Serve.
-func (h *Handler) SetRoutes(r Routes) {
+// affected. Entries reach.Routes.Validate rejects are ignored, which only
+// narrows what sessions may reach; a warning is logged. The addresses of this
+// host are listed again (Config.OwnAddrs). Safe concurrently with Serve.
+func (h *Handler) SetRoutes(r reach.Routes) {
 	if err := r.Validate(); err != nil {
 		h.log.Warn("ignoring invalid route entries", "error", err)
 	}
-	h.routes.Store(compileRoutes(r))
+	own, err := h.cfg.OwnAddrs()
+	if err != nil {
+		h.log.Warn("cannot list the addresses of this host; sessions are not kept from reaching them", "error", err)
+	}
+	h.routes.Store(reach.Compile(r).WithOwnAddrs(own))
 }
 
 // SetDraining turns draining on or off. While draining, new sessions are
@@ -240,13 +255,13 @@ func (h *Handler) handshake(ctx context.Context, s *quic.Stream, log hclog.Logge
 		h.refuse(s, log, err.Error())
 		return nil, log
 	}
-	conn, reason := h.dial(ctx, h.routes.Load(), t)
-	if conn == nil {
+	conn, err := h.dialer.Dial(ctx, h.routes.Load(), t)
+	if err != nil {
 		if ctx.Err() != nil {
 			log.Debug("session aborted while dialing", "cause", context.Cause(ctx))
 			return nil, log
 		}
-		h.refuse(s, log, reason)
+		h.refuse(s, log, err.Error())
 		return nil, log
 	}
 	if err := writeResponse(s, dataplane.ConnectResponse{Version: dataplane.ProtocolVersion, Result: dataplane.ResultSuccess}); err != nil {

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/reach"
 )
 
 // roundTrip sends payload on an established session stream whose target
@@ -50,7 +53,7 @@ func roundTrip(t *testing.T, tn *tunnel, target string, payload []byte) {
 func TestSessionRoundTrip(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
 	counters := new(relay.Counters)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}, Counters: counters})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, Counters: counters})
 
 	payload := make([]byte, 1<<20+123)
 	_, _ = rand.Read(payload)
@@ -82,7 +85,7 @@ func TestSessionHalfClose(t *testing.T) {
 		}
 		_ = c.CloseWrite()
 	})
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.1/32")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.1/32")}})
 
 	s, resp := tn.connect(t, addr.String())
 	wantSuccess(t, resp)
@@ -131,7 +134,7 @@ func TestSessionRefused(t *testing.T) {
 	tn := newTunnel(t, Config{})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tn.h.SetRoutes(Routes{Subnets: prefixes(t, tc.subnets...)})
+			tn.h.SetRoutes(reach.Routes{Subnets: prefixes(t, tc.subnets...)})
 			s, resp := tn.connect(t, tc.target)
 			wantRefused(t, s, resp, tc.reason)
 			tn.waitServed(t)
@@ -143,7 +146,7 @@ func TestSessionLoopbackExplicit(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
 	for _, subnet := range []string{"127.0.0.0/8", "127.0.0.1/32"} {
 		t.Run(subnet, func(t *testing.T) {
-			tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, subnet)}})
+			tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, subnet)}})
 			roundTrip(t, tn, echoAddr.String(), []byte("ping"))
 		})
 	}
@@ -170,59 +173,59 @@ func TestSessionNames(t *testing.T) {
 	})
 	tests := []struct {
 		name    string
-		routes  Routes
+		routes  reach.Routes
 		target  string
 		reason  string // "" for a successful echo round trip
 		pattern string // a regexp for the reason instead, when the address order is not fixed
 	}{
 		{name: "domain name to loopback, not explicit",
-			routes: Routes{Domains: []string{"contoso.test"}}, target: "db.contoso.test:" + port,
+			routes: reach.Routes{Domains: []string{"contoso.test"}}, target: "db.contoso.test:" + port,
 			reason: "db.contoso.test resolves only to refused addresses: 127.0.0.1 is loopback and not explicitly advertised"},
 		{name: "domain name to loopback, explicit",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "db.contoso.test:" + port},
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "db.contoso.test:" + port},
 		{name: "domain name matches case-insensitively",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.1/32")}, target: "DB.Contoso.TEST:" + port},
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.1/32")}, target: "DB.Contoso.TEST:" + port},
 		{name: "domain itself",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "contoso.test:" + port},
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "contoso.test:" + port},
 		{name: "localhost advertised as a domain",
-			routes: Routes{Domains: []string{"localhost"}}, target: "localhost:" + port,
+			routes: reach.Routes{Domains: []string{"localhost"}}, target: "localhost:" + port,
 			pattern: `^localhost resolves only to refused addresses: (127\.0\.0\.1|::1) is loopback and not explicitly advertised$`},
 		{name: "localhost explicit",
-			routes: Routes{Domains: []string{"localhost"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "localhost:" + port},
+			routes: reach.Routes{Domains: []string{"localhost"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "localhost:" + port},
 		{name: "domain name to any address",
-			routes: Routes{Domains: []string{"contoso.test"}}, target: "app.contoso.test:22",
+			routes: reach.Routes{Domains: []string{"contoso.test"}}, target: "app.contoso.test:22",
 			reason: "dial 203.0.113.5:22: " + errSuppressed.Error()},
 		{name: "wildcard domain to any address",
-			routes: Routes{Domains: []string{"*.contoso.test"}}, target: "app.contoso.test:22",
+			routes: reach.Routes{Domains: []string{"*.contoso.test"}}, target: "app.contoso.test:22",
 			reason: "dial 203.0.113.5:22: " + errSuppressed.Error()},
 		{name: "wildcard does not cover the domain itself",
-			routes: Routes{Domains: []string{"*.contoso.test"}, Subnets: prefixes(t, "10.0.0.0/8")}, target: "contoso.test:22",
+			routes: reach.Routes{Domains: []string{"*.contoso.test"}, Subnets: prefixes(t, "10.0.0.0/8")}, target: "contoso.test:22",
 			reason: "contoso.test resolves only to refused addresses: 127.0.0.1 is loopback and not explicitly advertised"},
 		{name: "domain name to IPv6",
-			routes: Routes{Domains: []string{"contoso.test"}}, target: "v6.contoso.test:22",
+			routes: reach.Routes{Domains: []string{"contoso.test"}}, target: "v6.contoso.test:22",
 			reason: "dial [2001:db8::5]:22: " + errSuppressed.Error()},
 		{name: "domain name to IPv6 loopback",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "v6loop.contoso.test:22",
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "127.0.0.0/8")}, target: "v6loop.contoso.test:22",
 			reason: "v6loop.contoso.test resolves only to refused addresses: ::1 is loopback and not explicitly advertised"},
 		{name: "domain name to metadata",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "169.254.0.0/16")}, target: "meta.contoso.test:80",
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "169.254.0.0/16")}, target: "meta.contoso.test:80",
 			reason: "meta.contoso.test resolves only to refused addresses: 169.254.169.254 is the cloud metadata address and not explicitly advertised"},
 		{name: "other name outside subnets",
-			routes: Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "10.1.0.0/16")}, target: "db.other.test:22",
+			routes: reach.Routes{Domains: []string{"contoso.test"}, Subnets: prefixes(t, "10.1.0.0/16")}, target: "db.other.test:22",
 			reason: "db.other.test resolves only to addresses outside advertised subnets"},
 		{name: "other name inside subnets",
-			routes: Routes{Subnets: prefixes(t, "10.1.0.0/16")}, target: "in.other.test:22",
+			routes: reach.Routes{Subnets: prefixes(t, "10.1.0.0/16")}, target: "in.other.test:22",
 			reason: "dial 10.1.2.3:22: " + errSuppressed.Error()},
 		{name: "other name to loopback and outside",
-			routes: Routes{Subnets: prefixes(t, "10.1.0.0/16")}, target: "mixed.other.test:22",
+			routes: reach.Routes{Subnets: prefixes(t, "10.1.0.0/16")}, target: "mixed.other.test:22",
 			reason: "mixed.other.test resolves only to refused addresses: 127.0.0.1 is loopback and not explicitly advertised"},
 		{name: "other name, loopback explicit",
-			routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + port},
+			routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + port},
 		{name: "other name, allowed address closed",
-			routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + closedPort(t),
+			routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + closedPort(t),
 			pattern: `^dial (127\.0\.0\.1:\d+: connection refused|mixed\.other\.test:\d+: could not reach 127\.0\.0\.1; its other addresses are refused by the routes)$`},
 		{name: "unknown name",
-			routes: Routes{Domains: []string{"contoso.test"}}, target: "missing.contoso.test:22",
+			routes: reach.Routes{Domains: []string{"contoso.test"}}, target: "missing.contoso.test:22",
 			reason: "cannot resolve missing.contoso.test: no such host"},
 	}
 	tn := newTunnel(t, Config{Resolver: resolver})
@@ -267,7 +270,7 @@ func TestSessionIPv6Loopback(t *testing.T) {
 		"v6.contoso.test":   {netip.MustParseAddr("::1")},
 		"dual.contoso.test": {netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1")},
 	})
-	tn := newTunnel(t, Config{Resolver: resolver, Routes: Routes{Subnets: prefixes(t, "0.0.0.0/0", "127.0.0.0/8"), Domains: []string{"contoso.test"}}})
+	tn := newTunnel(t, Config{Resolver: resolver, Routes: reach.Routes{Subnets: prefixes(t, "0.0.0.0/0", "127.0.0.0/8"), Domains: []string{"contoso.test"}}})
 
 	s, resp := tn.connect(t, decoy.String())
 	wantRefused(t, s, resp, "target "+decoy.String()+" is loopback and not explicitly advertised")
@@ -280,7 +283,7 @@ func TestSessionIPv6Loopback(t *testing.T) {
 }
 
 func TestSessionUnsupportedVersion(t *testing.T) {
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
 	for _, v := range []uint16{0, 2, 65535} {
 		s := tn.open(t)
 		writeRequest(t, s, dataplane.ConnectRequest{Version: v, Target: "10.0.0.1:22"})
@@ -291,7 +294,7 @@ func TestSessionUnsupportedVersion(t *testing.T) {
 
 func TestSessionDraining(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 
 	tn.h.SetDraining(true)
 	s, resp := tn.connect(t, echoAddr.String())
@@ -305,7 +308,7 @@ func TestSessionDraining(t *testing.T) {
 // TestSessionDrainingKeepsLive: draining refuses new sessions only.
 func TestSessionDrainingKeepsLive(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	live, resp := tn.connect(t, echoAddr.String())
 	wantSuccess(t, resp)
 	tn.h.SetDraining(true)
@@ -333,7 +336,7 @@ func closedPort(t *testing.T) string {
 
 func TestSessionDialRefused(t *testing.T) {
 	closed := "127.0.0.1:" + closedPort(t)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	s, resp := tn.connect(t, closed)
 	wantRefused(t, s, resp, "dial "+closed+": connection refused")
 }
@@ -349,7 +352,7 @@ func TestSessionBadRequest(t *testing.T) {
 		{"too large", []byte{0, 1, 0, 1, 0x01}},
 		{"not UTF-8", append([]byte{0, 0, 0, 24, 0x01, 0, 1}, append(make([]byte, 16), 0, 0, 0, 1, 0xff)...)},
 	}
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tn.open(t)
@@ -366,7 +369,7 @@ func TestSessionBadRequest(t *testing.T) {
 }
 
 func TestSessionReadTimeout(t *testing.T) {
-	tn := newTunnel(t, Config{ReadTimeout: 100 * time.Millisecond, Routes: Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
+	tn := newTunnel(t, Config{ReadTimeout: 100 * time.Millisecond, Routes: reach.Routes{Subnets: prefixes(t, "0.0.0.0/0")}})
 	s := tn.open(t)
 	if _, err := s.Write([]byte{0, 0}); err != nil { // the agent sees the stream but never a whole request
 		t.Fatal(err)
@@ -384,18 +387,18 @@ func TestSessionReadTimeout(t *testing.T) {
 
 func TestSetRoutes(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "10.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}})
 
 	s, resp := tn.connect(t, echoAddr.String())
 	wantRefused(t, s, resp, "target "+echoAddr.String()+" is loopback and not explicitly advertised")
 	tn.waitServed(t)
 
-	tn.h.SetRoutes(Routes{Subnets: prefixes(t, "127.0.0.0/8")})
+	tn.h.SetRoutes(reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")})
 	live, resp := tn.connect(t, echoAddr.String())
 	wantSuccess(t, resp)
 
 	// Withdrawing the route refuses the next session; the live one goes on.
-	tn.h.SetRoutes(Routes{})
+	tn.h.SetRoutes(reach.Routes{})
 	s, resp = tn.connect(t, echoAddr.String())
 	wantRefused(t, s, resp, "target "+echoAddr.String()+" is loopback and not explicitly advertised")
 	if _, err := live.Write([]byte("x")); err != nil {
@@ -409,7 +412,7 @@ func TestSetRoutes(t *testing.T) {
 
 func TestActive(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	if n := tn.h.Active(); n != 0 {
 		t.Fatalf("Active() = %d before any session", n)
 	}
@@ -447,7 +450,7 @@ func TestActive(t *testing.T) {
 // it waits for its request and while it relays.
 func TestServeContext(t *testing.T) {
 	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
-	tn := newTunnel(t, Config{Routes: Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
+	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 
 	waiting := tn.open(t)
 	if _, err := waiting.Write([]byte{0}); err != nil {
@@ -479,7 +482,7 @@ func TestServeContextWhileDialing(t *testing.T) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}}
-	tn := newTunnel(t, Config{Resolver: resolver, Routes: Routes{Domains: []string{"contoso.test"}}})
+	tn := newTunnel(t, Config{Resolver: resolver, Routes: reach.Routes{Domains: []string{"contoso.test"}}})
 	s := tn.open(t)
 	writeRequest(t, s, dataplane.ConnectRequest{Version: dataplane.ProtocolVersion, Target: "slow.contoso.test:22"})
 	select {
@@ -494,16 +497,91 @@ func TestServeContextWhileDialing(t *testing.T) {
 
 func TestNewDefaults(t *testing.T) {
 	h := New(Config{DialTimeout: -1})
-	if h.cfg.DialTimeout != DefaultDialTimeout || h.cfg.ReadTimeout != DefaultReadTimeout || h.log == nil {
+	if h.cfg.DialTimeout != DefaultDialTimeout || h.cfg.ReadTimeout != DefaultReadTimeout || h.log == nil || h.cfg.OwnAddrs == nil {
 		t.Fatalf("defaults not applied: %+v", h.cfg)
+	}
+	if h.dialer.Timeout != DefaultDialTimeout {
+		t.Fatalf("dial timeout %v", h.dialer.Timeout)
 	}
 	if h.Active() != 0 {
 		t.Fatal("Active() != 0")
 	}
 	// Invalid entries are dropped, valid ones kept.
-	h.SetRoutes(Routes{Subnets: prefixes(t, "2001:db8::/32", "10.0.0.0/8"), Domains: []string{"a..b", "ok.test"}})
+	h.SetRoutes(reach.Routes{Subnets: prefixes(t, "2001:db8::/32", "10.0.0.0/8"), Domains: []string{"a..b", "ok.test"}})
 	table := h.routes.Load()
-	if len(table.subnets) != 1 || len(table.names) != 1 {
+	if table.Check(netip.MustParseAddrPort("10.1.2.3:22"), false) != nil || !table.MatchDomain("ok.test") ||
+		table.Check(netip.MustParseAddrPort("[2001:db8::1]:22"), false) == nil || table.MatchDomain("a..b") {
 		t.Fatalf("compiled %+v", table)
 	}
+}
+
+// TestSessionOwnAddress: an address of this host (Config.OwnAddrs) is
+// refused unless advertised as a /32, and SetRoutes lists them again. The
+// connect hook stops an allowed non-loopback address before connect(2).
+func TestSessionOwnAddress(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		own   = []netip.Addr{netip.MustParseAddr("10.44.0.5")}
+		calls int
+	)
+	resolver := newResolver(t, map[string][]netip.Addr{
+		"self.contoso.test": {netip.MustParseAddr("10.44.0.5")},
+		"v6.contoso.test":   {netip.MustParseAddr("2001:db8::44")},
+	})
+	tn := newTunnel(t, Config{Resolver: resolver, OwnAddrs: func() ([]netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return own, nil
+	}})
+	tests := []struct {
+		name   string
+		routes reach.Routes
+		target string
+		reason string
+	}{
+		{"own address in a subnet", reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}, "10.44.0.5:22",
+			"target 10.44.0.5:22 is an address of this host and not explicitly advertised"},
+		{"own address through a domain", reach.Routes{Domains: []string{"contoso.test"}}, "self.contoso.test:22",
+			"self.contoso.test resolves only to refused addresses: 10.44.0.5 is an address of this host and not explicitly advertised"},
+		{"own address explicit", reach.Routes{Subnets: prefixes(t, "10.44.0.5/32")}, "10.44.0.5:22",
+			"dial 10.44.0.5:22: " + errSuppressed.Error()},
+		{"neighbour", reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}, "10.44.0.6:22",
+			"dial 10.44.0.6:22: " + errSuppressed.Error()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tn.h.SetRoutes(tc.routes)
+			s, resp := tn.connect(t, tc.target)
+			wantRefused(t, s, resp, tc.reason)
+			tn.waitServed(t)
+		})
+	}
+
+	// The addresses are listed again with the next routes.
+	mu.Lock()
+	own = []netip.Addr{netip.MustParseAddr("2001:db8::44"), netip.MustParseAddr("127.0.0.1")}
+	before := calls
+	mu.Unlock()
+	tn.h.SetRoutes(reach.Routes{Subnets: prefixes(t, "10.0.0.0/8"), Domains: []string{"contoso.test"}})
+	s, resp := tn.connect(t, "10.44.0.5:22")
+	wantRefused(t, s, resp, "dial 10.44.0.5:22: "+errSuppressed.Error())
+	s, resp = tn.connect(t, "v6.contoso.test:22")
+	wantRefused(t, s, resp, "v6.contoso.test resolves only to refused addresses: 2001:db8::44 is an address of this host and not explicitly advertised")
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != before+1 {
+		t.Fatalf("OwnAddrs called %d times by SetRoutes, want 1", calls-before)
+	}
+}
+
+// TestSessionOwnAddrsError: when the addresses of this host cannot be
+// listed, sessions go on without that protection.
+func TestSessionOwnAddrsError(t *testing.T) {
+	tn := newTunnel(t, Config{
+		Routes:   reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")},
+		OwnAddrs: func() ([]netip.Addr, error) { return nil, errors.New("test: no interfaces") },
+	})
+	s, resp := tn.connect(t, "10.44.0.5:22")
+	wantRefused(t, s, resp, "dial 10.44.0.5:22: "+errSuppressed.Error())
 }

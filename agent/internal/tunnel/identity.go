@@ -8,15 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
 
 	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/agent/internal/detect"
-	"github.com/outposthq/outpost/agent/internal/session"
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/reach"
 )
 
 // ErrNotEnrolled is returned by Run when the config directory holds no
@@ -33,7 +32,7 @@ type settings struct {
 	// certPath, keyPath and caPath are the resolved paths of the agent
 	// certificate, its key and the gateway CA.
 	certPath, keyPath, caPath string
-	routes                    session.Routes
+	routes                    reach.Routes
 	domains                   []dataplane.DomainRoute
 	// detected is the auto-detected domain ("" if none); detectNote says why
 	// detection was off or found nothing.
@@ -103,17 +102,18 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 		},
 	}
 	for _, c := range t.AdvertiseSubnets {
-		p, err := netip.ParsePrefix(strings.TrimSpace(c))
-		if err != nil || !p.Addr().Is4() {
+		p, err := reach.ParseSubnet(strings.TrimSpace(c))
+		if err != nil {
 			return nil, fmt.Errorf("AdvertiseSubnets: %q is not an IPv4 CIDR", c)
 		}
 		s.routes.Subnets = append(s.routes.Subnets, p)
 	}
 	for _, d := range t.AdvertiseDomains {
-		name, err := dataplane.ValidateDomainRoute(strings.TrimSpace(d))
+		route, err := reach.ParseDomain(strings.TrimSpace(d))
 		if err != nil {
 			return nil, fmt.Errorf("AdvertiseDomains: %q: %v", d, err)
 		}
+		name := route.String()
 		s.routes.Domains = append(s.routes.Domains, name)
 		s.domains = append(s.domains, dataplane.DomainRoute{Name: name})
 	}

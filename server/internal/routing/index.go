@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/reach"
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
@@ -222,8 +222,9 @@ func (r *Router) addDomainLocked(e *registry.Entry, d domainRoute) {
 func compareDomainKeys(a, b domainRoute) int { return strings.Compare(a.key, b.key) }
 
 // canonicalRoutes returns the memberships of e's routes: IPv4 subnets masked
-// (an IPv4-mapped IPv6 prefix counts as IPv4), domain routes validated and
-// lower-cased as dataplane.ValidateDomainRoute does, duplicates merged.
+// (an IPv4-mapped IPv6 prefix counts as IPv4), domain routes in reach's
+// canonical form (reach.ParseDomain: validated, lower-cased, keyed by the
+// domain without its "*." label), duplicates merged.
 // Routes that are neither are dropped: agents advertise IPv4 subnets only,
 // and the codec rejects invalid domains before they reach the registry.
 func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
@@ -237,14 +238,14 @@ func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
 	a.prefixes = slices.Compact(a.prefixes)
 
 	for _, d := range routes.Domains {
-		name, err := dataplane.ValidateDomainRoute(d.Name)
+		route, err := reach.ParseDomain(d.Name)
 		if err != nil {
 			continue
 		}
-		if key, ok := strings.CutPrefix(name, "*."); ok {
-			a.domains = append(a.domains, domainRoute{key: key, wildcard: name})
+		if route.Wildcard {
+			a.domains = append(a.domains, domainRoute{key: route.Name, wildcard: route.String()})
 		} else {
-			a.domains = append(a.domains, domainRoute{key: name, plain: name})
+			a.domains = append(a.domains, domainRoute{key: route.Name, plain: route.Name})
 		}
 	}
 	slices.SortFunc(a.domains, compareDomainKeys)
