@@ -239,7 +239,11 @@ func TestEntryAllCandidatesFail(t *testing.T) {
 }
 
 func TestEntryExplicitAgentAndDirect(t *testing.T) {
-	gw := startGateway(t, t.TempDir(), nil)
+	// Direct connections only inside an explicit allow-list that names
+	// loopback (a special range) as a /32.
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
+		c.AllowDirect, c.DirectSubnets = true, []string{"127.0.0.1/32"}
+	})
 	_, id := enrollAgent(t, gw, "sleeping", loopback, nil) // enrolled, never started
 	target := tcpServer(t, echo)
 
@@ -253,14 +257,45 @@ func TestEntryExplicitAgentAndDirect(t *testing.T) {
 	// No agent advertises the target: the gateway dials it itself.
 	echoOnce(t, gw, target)
 
-	// With direct connections disabled the same target is rejected.
-	gw2 := startGateway(t, t.TempDir(), func(c *server.Config) { no := false; c.AllowDirect = &no })
+	// By default direct connections are off: the same target is rejected.
+	gw2 := startGateway(t, t.TempDir(), nil)
 	s, err = openSession(t, gw2.session(&outpostv1.CreateSessionRequest{Target: target}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if reason := readFailure(t, s); !strings.Contains(reason, "direct connections are disabled") {
 		t.Fatalf("direct disabled: %q", reason)
+	}
+}
+
+// Direct connections on, with an allow-list that does not name loopback: the
+// gateway's own loopback (and every special range) is refused, the client
+// reads only a generic reason, and nothing is dialed.
+func TestEntryDirectRefusesLoopbackOutsideAllowList(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
+		c.AllowDirect, c.DirectSubnets = true, []string{"0.0.0.0/0"}
+	})
+	var accepted atomic.Int32
+	target := tcpServer(t, func(c *net.TCPConn) { accepted.Add(1) })
+	_, port, _ := net.SplitHostPort(target)
+	for _, tgt := range []string{target, "localhost:" + port} {
+		s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: tgt}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reason := readFailure(t, s)
+		if !strings.Contains(reason, "refused by policy") || strings.Contains(reason, "loopback") {
+			t.Fatalf("%s: client reason %q, want the generic refusal only", tgt, reason)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewRouteResolveServiceClient(gw.conn()).ResolveTarget(ctx, &outpostv1.ResolveTargetRequest{Target: target})
+	if err != nil || resp.GetDecision() != outpostv1.Decision_DECISION_REJECTED || !strings.Contains(resp.GetReason(), "loopback") {
+		t.Fatalf("ResolveTarget %s: %v %v", target, resp, err)
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("the gateway dialed its own loopback %d time(s)", n)
 	}
 }
 
@@ -326,7 +361,7 @@ func TestResolveTargetGRPCAndREST(t *testing.T) {
 	}{
 		{"10.10.3.4:22", "", outpostv1.Decision_DECISION_AGENT, "10.10.0.0/16"},
 		{"db.contoso.test:5432", "", outpostv1.Decision_DECISION_AGENT, "contoso.test"},
-		{"[2001:db8::1]:22", "", outpostv1.Decision_DECISION_DIRECT, ""},
+		{"[2001:db8::1]:22", "", outpostv1.Decision_DECISION_REJECTED, ""}, // direct connections are off
 		{"192.0.2.1:22", id, outpostv1.Decision_DECISION_AGENT, ""},
 		{"192.0.2.1:22", "00000000-0000-4000-8000-000000000001", outpostv1.Decision_DECISION_REJECTED, ""},
 	}
@@ -522,8 +557,9 @@ func loadCert(t *testing.T, dir string) tls.Certificate {
 	return cert
 }
 
-// IPv6 targets keep their brackets end to end: routed by explicit agent,
-// or direct.
+// IPv6 targets keep their brackets end to end, routed by an explicit agent;
+// direct connections (off by default, IPv4 allow-lists only) never reach
+// them.
 func TestEntryIPv6Targets(t *testing.T) {
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
@@ -543,7 +579,13 @@ func TestEntryIPv6Targets(t *testing.T) {
 	}()
 	t.Cleanup(func() { ln6.Close() })
 	target := ln6.Addr().String() // [::1]:port
-	echoOnce(t, gw, target)
+	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := readFailure(t, s); !strings.Contains(reason, "direct connections are disabled") {
+		t.Fatalf("IPv6 direct: %q", reason)
+	}
 
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
 	startAgent(t, fastAgent(dir))
@@ -556,7 +598,7 @@ func TestEntryIPv6Targets(t *testing.T) {
 	}
 	// The agent gets the bracketed target and refuses it on its own terms
 	// (IPv6 loopback is never advertised by an IPv4 subnet).
-	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target, AgentId: id}))
+	s, err = openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target, AgentId: id}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/reach"
 	"github.com/outposthq/outpost/server/internal/token"
 )
 
@@ -67,8 +68,23 @@ type Config struct {
 	// before the next candidate is tried. If zero, 30 s.
 	AgentAnswerTimeout Duration `json:"agent_answer_timeout"`
 	// AllowDirect lets the gateway connect to a target itself when no agent
-	// advertises a route to it. If nil, true.
-	AllowDirect *bool `json:"allow_direct"`
+	// covers it — only inside DirectSubnets and DirectDomains, and never to
+	// loopback, link-local, cloud metadata or this host's own addresses
+	// unless a direct subnet names them explicitly (e.g. 127.0.0.1/32). If
+	// false (the default), such targets are rejected. Turning it on
+	// requires at least one direct subnet or domain.
+	AllowDirect bool `json:"allow_direct"`
+	// DirectSubnets are the IPv4 subnets ("10.1.0.0/16") the gateway may
+	// dial directly when AllowDirect is on.
+	DirectSubnets []string `json:"direct_subnets"`
+	// DirectDomains are the domain routes ("intranet.example",
+	// "*.svc.example") the gateway may dial directly when AllowDirect is on;
+	// the addresses they resolve to are checked against the special ranges
+	// at connect time.
+	DirectDomains []string `json:"direct_domains"`
+	// MaxDirectSessions caps the direct sessions open at once. If zero,
+	// 1,000.
+	MaxDirectSessions int `json:"max_direct_sessions"`
 	// MaxSessionTTL caps the lifetime of session tokens. If zero, 24 h.
 	MaxSessionTTL Duration `json:"max_session_ttl"`
 	// QUICIdleTimeout closes an agent connection silent for this long; it is
@@ -180,7 +196,45 @@ func (c Config) withPublicDefaults(apiPort, quicPort string) Config {
 	return c
 }
 
-func (c Config) allowDirect() bool { return c.AllowDirect == nil || *c.AllowDirect }
+// directTable compiles the direct allow-list, or returns nil when direct
+// connections are off. The gateway's own interface addresses are special:
+// dialed only when a direct subnet names them as a /32.
+func (c Config) directTable() (*reach.Table, error) {
+	if !c.AllowDirect {
+		return nil, nil
+	}
+	routes, err := c.directRoutes()
+	if err != nil {
+		return nil, err
+	}
+	own, err := reach.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("direct allow-list: list this host's addresses: %w", err)
+	}
+	return reach.Compile(routes).WithOwnAddrs(own), nil
+}
+
+// directRoutes parses DirectSubnets and DirectDomains.
+func (c Config) directRoutes() (reach.Routes, error) {
+	var r reach.Routes
+	var errs []error
+	for _, s := range c.DirectSubnets {
+		p, err := reach.ParseSubnet(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("direct_subnets %q: %v", s, err))
+			continue
+		}
+		r.Subnets = append(r.Subnets, p)
+	}
+	for _, s := range c.DirectDomains {
+		if _, err := reach.ParseDomain(s); err != nil {
+			errs = append(errs, fmt.Errorf("direct_domains %q: %v", s, err))
+			continue
+		}
+		r.Domains = append(r.Domains, s)
+	}
+	return r, errors.Join(errs...)
+}
 
 // quicConfig is the tunnel transport configuration from the QUIC settings; a
 // keep-alive left at its default is kept under half the idle timeout.
@@ -235,6 +289,15 @@ func (c Config) validate() error {
 	}
 	if err := c.quicConfig().Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("quic_idle_timeout/quic_keep_alive: %v", err))
+	}
+	if _, err := c.directRoutes(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.AllowDirect && len(c.DirectSubnets) == 0 && len(c.DirectDomains) == 0 {
+		errs = append(errs, errors.New("allow_direct needs the allow-list: set direct_subnets and/or direct_domains"))
+	}
+	if c.MaxDirectSessions < 0 {
+		errs = append(errs, errors.New("max_direct_sessions must not be negative"))
 	}
 	if c.AgentAnswerTimeout < 0 {
 		errs = append(errs, errors.New("agent_answer_timeout must not be negative"))

@@ -148,15 +148,20 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	direct, err := cfg.directTable()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.broker, err = broker.New(broker.Config{
-		Registry:    g.agents,
-		Router:      g.router,
-		Tunnel:      g.tunnel,
-		Audit:       g.store,
-		Metrics:     g.metrics,
-		AllowDirect: cfg.allowDirect(),
-		Now:         cfg.Now,
-		Logger:      logger.Named("session"),
+		Registry:          g.agents,
+		Router:            g.router,
+		Tunnel:            g.tunnel,
+		Audit:             g.store,
+		Metrics:           g.metrics,
+		Direct:            direct,
+		MaxDirectSessions: cfg.MaxDirectSessions,
+		Now:               cfg.Now,
+		Logger:            logger.Named("session"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)

@@ -25,6 +25,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		certValid  time.Duration
 		idle       time.Duration
 		direct     bool
+		directNets stringList
+		directDoms stringList
 	)
 	lf.register(fs)
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
@@ -40,7 +42,9 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
 	fs.IntVar(&flagCfg.EnrollRateLimit, "enroll-rate-limit", 10, "Enroll calls allowed per source IP per minute")
 	fs.DurationVar(&certValid, "agent-cert-validity", 30*24*time.Hour, "lifetime of agent certificates")
-	fs.BoolVar(&direct, "allow-direct", true, "connect to targets no agent advertises from the gateway itself")
+	fs.BoolVar(&direct, "allow-direct", false, "let the gateway dial targets no agent covers itself, only inside --direct-subnets/--direct-domains")
+	fs.Var(&directNets, "direct-subnets", "IPv4 subnets the gateway may dial directly with --allow-direct; repeatable or comma-separated")
+	fs.Var(&directDoms, "direct-domains", "domains (name or *.name) the gateway may dial directly with --allow-direct; repeatable or comma-separated")
 	fs.IntVar(&flagCfg.MaxSessionsPerAgent, "max-sessions-per-agent", 4096, "concurrent sessions allowed through one agent")
 	fs.DurationVar(&idle, "quic-idle-timeout", 120*time.Second, "close an agent connection silent for this long (also how long a vanished agent's sessions hang)")
 	if err := parse(fs, args); err != nil {
@@ -82,7 +86,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		case "max-sessions-per-agent":
 			cfg.MaxSessionsPerAgent = flagCfg.MaxSessionsPerAgent
 		case "allow-direct":
-			cfg.AllowDirect = &direct
+			cfg.AllowDirect = direct
+		case "direct-subnets":
+			cfg.DirectSubnets = directNets
+		case "direct-domains":
+			cfg.DirectDomains = directDoms
 		case "quic-idle-timeout":
 			cfg.QUICIdleTimeout = server.Duration(idle)
 		}

@@ -10,8 +10,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +21,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/reach"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/routing"
@@ -43,6 +45,10 @@ type Decision struct {
 	Candidates []routing.Candidate
 	// Reason explains the decision in words for the API and the audit.
 	Reason string
+	// ClientReason, when set, is what a client whose session is rejected
+	// reads instead of Reason, which then holds detail about the gateway's
+	// own network that clients must not learn.
+	ClientReason string
 }
 
 // InputError is a malformed target or agent id; Field names the request
@@ -71,11 +77,23 @@ type Config struct {
 	Audit    Auditor
 	// Metrics, if set, counts sessions, bytes and setup latency.
 	Metrics *metrics.Metrics
-	// AllowDirect lets the gateway dial a target itself when no online agent
-	// advertises a route to it.
-	AllowDirect bool
+	// Direct is the direct allow-list: when no agent covers a target, the
+	// gateway dials it itself only if Direct allows it — an IP target in one
+	// of its subnets, a host name under one of its domains — and only at
+	// addresses Direct.Check allows at connect time (never loopback,
+	// link-local, a metadata address or an address of this host unless a
+	// subnet names it explicitly). If nil, direct connections are off and
+	// such targets are rejected.
+	Direct *reach.Table
 	// DirectDialTimeout bounds a direct dial. If zero, 20 s.
 	DirectDialTimeout time.Duration
+	// MaxDirectSessions caps the direct sessions open at once; one more is
+	// refused. If zero, DefaultMaxDirectSessions.
+	MaxDirectSessions int
+	// Known, if set, names the agents whose last advertised routes cover a
+	// target even while they are not online: such a target is never dialed
+	// directly, the session is rejected naming the agent (DESIGN.md §8).
+	Known KnownRoutes
 	// Now is the clock of audit timestamps. If nil, time.Now. Durations
 	// (setup, session length) are measured on the monotonic clock.
 	Now func() time.Time
@@ -83,11 +101,49 @@ type Config struct {
 	Logger hclog.Logger
 }
 
+// DefaultMaxDirectSessions is Config.MaxDirectSessions' default.
+const DefaultMaxDirectSessions = 1000
+
+// KnownRoute is an enrolled agent's route that covers a target.
+type KnownRoute struct {
+	// AgentID and Name identify the agent.
+	AgentID, Name string
+	// Route is the covering route, as advertised ("10.0.0.0/24",
+	// "*.contoso.local").
+	Route string
+	// State says why the agent cannot carry the session now: "offline",
+	// "unresponsive", "draining".
+	State string
+}
+
+// KnownRoutes answers which enrolled agent's last advertised (and
+// approved) routes cover a host, whatever the agent's state. Implementations
+// are safe for concurrent use.
+type KnownRoutes interface {
+	// Covering returns the most specific known route covering host (an IP
+	// literal without brackets, or a lower-case host name) of an agent that
+	// is not online, and true; false if none covers it.
+	Covering(host string) (KnownRoute, bool)
+}
+
+// Reasons a client reads for a refused direct path; the log has the detail.
+const (
+	// ReasonDirectRefused: the target is outside the direct allow-list or
+	// in a range the gateway never dials.
+	ReasonDirectRefused = "direct connection refused by policy"
+	// ReasonUnreachable: the direct dial failed.
+	ReasonUnreachable = "target unreachable"
+	// ReasonDirectBusy: too many direct sessions are open.
+	ReasonDirectBusy = "too many direct sessions open on this gateway; try again later"
+)
+
 // Broker routes, opens, relays and audits client sessions. Build it with
 // New; it is safe for concurrent use.
 type Broker struct {
-	cfg Config
-	log hclog.Logger
+	cfg    Config
+	log    hclog.Logger
+	dialer reach.Dialer
+	direct atomic.Int64 // direct sessions open now
 }
 
 // New checks cfg and returns a Broker.
@@ -98,13 +154,16 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.DirectDialTimeout == 0 {
 		cfg.DirectDialTimeout = DefaultDirectDialTimeout
 	}
+	if cfg.MaxDirectSessions == 0 {
+		cfg.MaxDirectSessions = DefaultMaxDirectSessions
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Broker{cfg: cfg, log: cfg.Logger}, nil
+	return &Broker{cfg: cfg, log: cfg.Logger, dialer: reach.Dialer{Timeout: cfg.DirectDialTimeout}}, nil
 }
 
 // Decide routes target, through agentID only when it is set. A malformed
@@ -148,14 +207,48 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		}
 		return d, nil
 	}
-	if b.cfg.AllowDirect {
-		d.Kind = outpostv1.Decision_DECISION_DIRECT
-		d.Reason = fmt.Sprintf("no online agent advertises a route to %s; the gateway connects directly", host)
-	} else {
-		d.Kind = outpostv1.Decision_DECISION_REJECTED
+	if b.cfg.Known != nil {
+		if k, ok := b.cfg.Known.Covering(host); ok {
+			d.Kind = outpostv1.Decision_DECISION_REJECTED
+			d.Reason = fmt.Sprintf("agent %s advertises %s but is %s", k.Name, k.Route, k.State)
+			return d, nil
+		}
+	}
+	d.Kind = outpostv1.Decision_DECISION_REJECTED
+	switch why := b.directRefusal(t); {
+	case b.cfg.Direct == nil:
 		d.Reason = fmt.Sprintf("no online agent advertises a route to %s and direct connections are disabled", host)
+	case why != "":
+		d.Reason = fmt.Sprintf("no online agent advertises a route to %s and %s", host, why)
+		d.ClientReason = fmt.Sprintf("no online agent advertises a route to %s; %s", host, ReasonDirectRefused)
+	default:
+		d.Kind = outpostv1.Decision_DECISION_DIRECT
+		d.Reason = fmt.Sprintf("no online agent advertises a route to %s; the direct allow-list admits it, the gateway connects directly", host)
 	}
 	return d, nil
+}
+
+// directRefusal returns why the direct allow-list refuses t, or "" when it
+// admits t: an IP target must lie in an allowed subnet and pass the special
+// range check; a host name must lie under an allowed domain (its addresses
+// are checked again when dialed).
+func (b *Broker) directRefusal(t dataplane.Target) string {
+	if b.cfg.Direct == nil {
+		return "direct connections are disabled"
+	}
+	if t.IsName() {
+		if !b.cfg.Direct.MatchDomain(t.Name) {
+			return "it is not under a domain of the direct allow-list"
+		}
+		return ""
+	}
+	if ref := b.cfg.Direct.Check(netip.AddrPortFrom(t.Addr, t.Port), false); ref != nil {
+		if ref.Range != "" {
+			return fmt.Sprintf("%s is %s, which the gateway never dials unless the direct allow-list names it", t.Addr.Unmap(), ref.Range)
+		}
+		return "it is not in a subnet of the direct allow-list"
+	}
+	return ""
 }
 
 // path is an open way to a target.
@@ -163,6 +256,7 @@ type path struct {
 	endpoint relay.Endpoint
 	agentID  string // "" for direct
 	agent    string // agent name, for logs
+	direct   bool   // holds a slot of the direct-session cap
 }
 
 func (p path) via() string {
@@ -180,14 +274,12 @@ func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID) 
 	target := d.Target.String()
 	switch d.Kind {
 	case outpostv1.Decision_DECISION_REJECTED:
+		if d.ClientReason != "" {
+			return path{}, &clientError{d.ClientReason, errors.New(d.Reason)}
+		}
 		return path{}, errors.New(d.Reason)
 	case outpostv1.Decision_DECISION_DIRECT:
-		dialer := net.Dialer{Timeout: b.cfg.DirectDialTimeout}
-		c, err := dialer.DialContext(ctx, "tcp", target)
-		if err != nil {
-			return path{}, fmt.Errorf("direct connection to %s failed: %w", target, err)
-		}
-		return path{endpoint: relay.TCPConn(c.(*net.TCPConn))}, nil
+		return b.openDirect(ctx, d.Target)
 	}
 	var reasons []string
 	for _, c := range d.Candidates {
@@ -207,6 +299,48 @@ func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID) 
 		b.log.Debug("session candidate failed", "session_id", sid.String(), "agent", c.Name, "error", err)
 	}
 	return path{}, errors.New(strings.Join(reasons, "; "))
+}
+
+// clientError is a failure whose detail is for the log only: the client
+// reads Public.
+type clientError struct {
+	Public string
+	Err    error
+}
+
+func (e *clientError) Error() string { return e.Err.Error() }
+func (e *clientError) Unwrap() error { return e.Err }
+
+// publicReason is what the client reads for err.
+func publicReason(err error) string {
+	var ce *clientError
+	if errors.As(err, &ce) {
+		return ce.Public
+	}
+	return err.Error()
+}
+
+// openDirect dials t from the gateway through the direct allow-list, within
+// the direct-session cap. The client reads only a generic reason; the error
+// (for the log and the audit) has the detail.
+func (b *Broker) openDirect(ctx context.Context, t dataplane.Target) (path, error) {
+	if why := b.directRefusal(t); why != "" {
+		return path{}, &clientError{ReasonDirectRefused, fmt.Errorf("direct connection to %s refused: %s", t, why)}
+	}
+	if n := b.direct.Add(1); n > int64(b.cfg.MaxDirectSessions) {
+		b.direct.Add(-1)
+		return path{}, &clientError{ReasonDirectBusy, fmt.Errorf("direct connection to %s refused: %d direct sessions open, the maximum", t, n-1)}
+	}
+	c, err := b.dialer.Dial(ctx, b.cfg.Direct, t)
+	if err != nil {
+		b.direct.Add(-1)
+		var de *reach.DialError
+		if errors.As(err, &de) && de.Refused {
+			return path{}, &clientError{ReasonDirectRefused, fmt.Errorf("direct connection to %s refused: %s", t, de.Reason)}
+		}
+		return path{}, &clientError{ReasonUnreachable, fmt.Errorf("direct connection to %s failed: %w", t, err)}
+	}
+	return path{endpoint: relay.TCPConn(c), direct: true}, nil
 }
 
 // Request is one client session to serve.
@@ -268,8 +402,11 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		log.Info("session failed", "reason", err)
 		<-inserted
 		b.finish(ctx, sid, 0, 0, "connect_failed", err.Error(), log)
-		client.Fail(err.Error())
+		client.Fail(publicReason(err))
 		return
+	}
+	if p.direct {
+		defer b.direct.Add(-1)
 	}
 	if m != nil {
 		m.SessionSetup.Observe(time.Since(start).Seconds())
