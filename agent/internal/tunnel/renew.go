@@ -24,6 +24,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
 )
 
@@ -155,7 +156,7 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 		if !draining {
 			// Under mu, so that a drain starting now finds the connection
 			// closed rather than closing it under the drain's feet.
-			conn.CloseWithError(0, reasonCertRenewed)
+			transport.Close(conn, dataplane.CloseCertRenewed)
 		}
 		a.mu.Unlock()
 		log.Info("agent certificate renewed", "not_after", cert.NotAfter, "serial", cert.SerialNumber.Text(16))

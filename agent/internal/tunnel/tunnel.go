@@ -38,15 +38,6 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
-// Close reasons (DESIGN.md §3).
-const (
-	reasonShutdown    = "shutdown"
-	reasonDeleted     = "agent-deleted"
-	reasonRefused     = "agent-not-accepted"
-	reasonSuperseded  = "connection-superseded"
-	reasonCertRenewed = "cert-renewed"
-)
-
 // Defaults of Options (DESIGN.md §7, §12).
 const (
 	DefaultAdvertiseInterval = 30 * time.Second
@@ -388,7 +379,7 @@ func (a *Agent) dial(ctx context.Context, set *settings) (*quic.Conn, *quic.Tran
 func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log hclog.Logger) error {
 	ctrl, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		conn.CloseWithError(0, reasonShutdown)
+		transport.Close(conn, dataplane.CloseShutdown)
 		return fmt.Errorf("open control stream: %w", err)
 	}
 	w := dataplane.NewControlWriter(ctrl)
@@ -405,7 +396,7 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 		a.mu.Unlock()
 	}()
 	if err := w.Send(advertise(set, epoch)); err != nil {
-		conn.CloseWithError(0, reasonShutdown)
+		transport.Close(conn, dataplane.CloseShutdown)
 		return fmt.Errorf("route advertisement: %w", err)
 	}
 	log.Info("tunnel up", "agent_id", set.agentID, "epoch", epoch,
@@ -427,30 +418,30 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	select {
 	case <-ctx.Done():
 		a.drain(conn, w, log)
-		conn.CloseWithError(0, reasonShutdown)
+		transport.Close(conn, dataplane.CloseShutdown)
 		cancel()
 		wg.Wait()
-		log.Info("tunnel closed", "reason", reasonShutdown)
+		log.Info("tunnel closed", "reason", dataplane.CloseShutdown)
 		return ctx.Err()
 	case <-conn.Context().Done():
 	}
 	cancel()
 	wg.Wait()
 	err = context.Cause(conn.Context())
-	var appErr *quic.ApplicationError
-	if errors.As(err, &appErr) && !appErr.Remote && appErr.ErrorMessage == reasonCertRenewed {
+	reason, remote, closed := transport.CloseReasonOf(err)
+	switch {
+	case closed && !remote && reason == dataplane.CloseCertRenewed:
 		return errCertRenewed
-	}
-	if errors.As(err, &appErr) && appErr.Remote {
-		switch appErr.ErrorMessage {
-		case reasonDeleted:
+	case closed && remote:
+		switch reason {
+		case dataplane.CloseAgentDeleted:
 			log.Error("the gateway deleted this agent; enroll it again to reconnect")
-		case reasonRefused:
+		case dataplane.CloseAgentNotAccepted:
 			log.Error("the gateway refused this agent's identity (deleted, re-enrolled elsewhere, or another CA)")
-		case reasonSuperseded:
+		case dataplane.CloseConnectionSuperseded:
 			log.Warn("another connection with this agent's identity replaced this one; if this repeats, a copy of this config directory runs elsewhere (enroll each agent separately)")
 		}
-		return fmt.Errorf("gateway closed the tunnel: %s", appErr.ErrorMessage)
+		return fmt.Errorf("gateway closed the tunnel: %s", reason)
 	}
 	return err
 }
@@ -544,7 +535,7 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 		}
 		if err := w.Send(msg); err != nil {
 			log.Warn("control stream write failed; closing the tunnel", "error", err)
-			conn.CloseWithError(0, reasonShutdown)
+			transport.Close(conn, dataplane.CloseShutdown)
 			return
 		}
 	}
@@ -597,7 +588,7 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 			// connection's context: it is not a stream failure.
 			if ctx.Err() == nil && conn.Context().Err() == nil && !transport.ConnectionClosed(err) {
 				log.Warn("control stream failed; closing the tunnel", "error", err)
-				conn.CloseWithError(0, reasonShutdown)
+				transport.Close(conn, dataplane.CloseShutdown)
 			}
 			return
 		}

@@ -15,10 +15,6 @@ import (
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
-// reasonProtocolError closes a connection whose control stream broke the
-// protocol beyond what can be skipped (an oversized frame, a closed stream).
-const reasonProtocolError = "protocol-error"
-
 // controlLoop waits for the agent's control stream and serves it until the
 // connection ends, returning the connection's close error.
 func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.Entry, cert *x509.Certificate, log hclog.Logger) error {
@@ -27,7 +23,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	cancel()
 	if err != nil {
 		if conn.Context().Err() == nil {
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return fmt.Errorf("no control stream within %v", controlStreamTimeout)
 		}
 		return context.Cause(conn.Context())
@@ -61,7 +57,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 				err = errors.New("agent closed its control stream")
 			}
 			log.Warn("control stream failed; closing the connection", "error", err)
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
 		}
 		s.reg.Touch(e)
@@ -75,7 +71,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 				return context.Cause(conn.Context())
 			}
 			log.Warn("control stream write failed; closing the connection", "error", err)
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
 		}
 	}
