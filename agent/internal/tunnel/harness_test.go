@@ -127,6 +127,7 @@ func (p *testPKI) issue(t *testing.T, pub *ecdsa.PublicKey, id string, notBefore
 type gwConn struct {
 	q    *quic.Conn
 	cert *x509.Certificate // the agent's client certificate
+	ctrl *quic.Stream      // the control stream, for raw frames
 	w    *dataplane.ControlWriter
 	msgs chan dataplane.ControlMessage // every control message, copied
 }
@@ -179,6 +180,7 @@ func (gw *fakeGateway) handle(ctx context.Context, q *quic.Conn) {
 	c := &gwConn{
 		q:    q,
 		cert: q.ConnectionState().TLS.PeerCertificates[0],
+		ctrl: ctrl,
 		w:    dataplane.NewControlWriter(ctrl),
 		msgs: make(chan dataplane.ControlMessage, 64),
 	}

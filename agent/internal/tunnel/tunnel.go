@@ -576,11 +576,15 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 	r := dataplane.NewControlReader(ctrl)
 	for ctx.Err() == nil {
 		msg, err := r.ReadControl()
+		if err == nil {
+			err = dataplane.CheckVersion(msg.ProtocolVersion())
+		}
 		if err != nil {
-			var unknown *dataplane.UnknownTagError
-			var trunc *dataplane.TruncatedError
-			var invalid *dataplane.InvalidFieldError
-			if errors.As(err, &unknown) || errors.As(err, &trunc) || errors.As(err, &invalid) {
+			switch class := dataplane.ClassifyControlError(err); {
+			case class == dataplane.ControlBadVersion: // from CheckVersion: msg was read
+				log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
+				continue
+			case class.Skip():
 				log.Warn("skipping control message", "error", err)
 				continue
 			}
@@ -591,10 +595,6 @@ func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Str
 				transport.Close(conn, dataplane.CloseShutdown)
 			}
 			return
-		}
-		if err := dataplane.CheckVersion(msg.ProtocolVersion()); err != nil {
-			log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
-			continue
 		}
 		switch m := msg.(type) {
 		case *dataplane.HeartbeatAck:

@@ -32,7 +32,25 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	r := dataplane.NewControlReader(stream)
 	for {
 		msg, err := r.ReadControl()
+		if err == nil {
+			s.reg.Touch(e)
+			err = dataplane.CheckVersion(msg.ProtocolVersion())
+		}
 		if err != nil {
+			switch dataplane.ClassifyControlError(err) {
+			case dataplane.ControlUnknownTag:
+				s.cfg.Metrics.ControlMessages.WithLabelValues("unknown").Inc()
+				log.Warn("skipping control message with an unknown tag", "error", err)
+				continue
+			case dataplane.ControlMalformed:
+				s.cfg.Metrics.ControlMessages.WithLabelValues("invalid").Inc()
+				log.Warn("skipping malformed control message", "error", err)
+				continue
+			case dataplane.ControlBadVersion: // from CheckVersion: msg was read
+				s.cfg.Metrics.ControlMessages.WithLabelValues("bad_version").Inc()
+				log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
+				continue
+			}
 			// The connection's end reaches the stream read before the
 			// connection's context: either way it is not a stream failure.
 			if conn.Context().Err() != nil {
@@ -41,30 +59,12 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 			if transport.ConnectionClosed(err) {
 				return err
 			}
-			var unknown *dataplane.UnknownTagError
-			var trunc *dataplane.TruncatedError
-			var invalid *dataplane.InvalidFieldError
-			switch {
-			case errors.As(err, &unknown):
-				s.cfg.Metrics.ControlMessages.WithLabelValues("unknown").Inc()
-				log.Warn("skipping control message with an unknown tag", "error", err)
-				continue
-			case errors.As(err, &trunc), errors.As(err, &invalid):
-				s.cfg.Metrics.ControlMessages.WithLabelValues("invalid").Inc()
-				log.Warn("skipping malformed control message", "error", err)
-				continue
-			case errors.Is(err, io.EOF):
+			if errors.Is(err, io.EOF) {
 				err = errors.New("agent closed its control stream")
 			}
 			log.Warn("control stream failed; closing the connection", "error", err)
 			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
-		}
-		s.reg.Touch(e)
-		if err := dataplane.CheckVersion(msg.ProtocolVersion()); err != nil {
-			s.cfg.Metrics.ControlMessages.WithLabelValues("bad_version").Inc()
-			log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
-			continue
 		}
 		if err := s.dispatch(ctx, conn, e, cert, w, msg, log); err != nil {
 			if conn.Context().Err() != nil {
