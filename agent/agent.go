@@ -58,8 +58,8 @@ func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollRe
 	return enroll.Enroll(ctx, o)
 }
 
-// RunOptions configure the tunnel; see tunnel.Options for the defaults.
-type RunOptions = tunnel.Options
+// RunOptions configure the tunnel; see tunnel.Config for the defaults.
+type RunOptions = tunnel.Config
 
 // Runner keeps the tunnel up: Run until its context ends (then it drains),
 // Reload to re-read the config (SIGHUP; Run also notices a change of

@@ -10,7 +10,7 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
-// Defaults of Options (DESIGN.md §7, §12).
+// Defaults of Config (DESIGN.md §7, §12).
 const (
 	DefaultAdvertiseInterval = 30 * time.Second
 	DefaultHeartbeatInterval = 60 * time.Second
@@ -28,9 +28,9 @@ const (
 	DefaultWatchInterval      = 2 * time.Second
 )
 
-// Options configure an Agent. The zero value of every field but ConfigDir
+// Config configures an Agent. The zero value of every field but ConfigDir
 // means the default given in its comment.
-type Options struct {
+type Config struct {
 	// ConfigDir holds agent.json and the certificates. Run returns
 	// ErrNotEnrolled if it holds no identity.
 	ConfigDir string
@@ -90,47 +90,47 @@ type Options struct {
 	Hostname func() (string, error)
 }
 
-func (o Options) withDefaults() Options {
+func (c Config) withDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
 		}
 	}
-	def(&o.AdvertiseInterval, DefaultAdvertiseInterval)
-	def(&o.HeartbeatInterval, DefaultHeartbeatInterval)
-	def(&o.BackoffMin, DefaultBackoffMin)
-	def(&o.BackoffMax, DefaultBackoffMax)
-	def(&o.HealthyAfter, DefaultHealthyAfter)
-	def(&o.DrainTimeout, DefaultDrainTimeout)
-	def(&o.RenewTimeout, DefaultRenewTimeout)
-	def(&o.RenewBackoffMin, DefaultRenewBackoffMin)
-	def(&o.RenewBackoffMax, DefaultRenewBackoffMax)
-	def(&o.RenewCheckInterval, DefaultRenewCheckInterval)
-	if o.WatchInterval == 0 {
-		o.WatchInterval = DefaultWatchInterval
+	def(&c.AdvertiseInterval, DefaultAdvertiseInterval)
+	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.BackoffMin, DefaultBackoffMin)
+	def(&c.BackoffMax, DefaultBackoffMax)
+	def(&c.HealthyAfter, DefaultHealthyAfter)
+	def(&c.DrainTimeout, DefaultDrainTimeout)
+	def(&c.RenewTimeout, DefaultRenewTimeout)
+	def(&c.RenewBackoffMin, DefaultRenewBackoffMin)
+	def(&c.RenewBackoffMax, DefaultRenewBackoffMax)
+	def(&c.RenewCheckInterval, DefaultRenewCheckInterval)
+	if c.WatchInterval == 0 {
+		c.WatchInterval = DefaultWatchInterval
 	}
-	if o.RenewFraction == 0 {
-		o.RenewFraction = DefaultRenewFraction
+	if c.RenewFraction == 0 {
+		c.RenewFraction = DefaultRenewFraction
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if c.Now == nil {
+		c.Now = time.Now
 	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
 	}
-	if o.Counters == nil {
-		o.Counters = new(relay.Counters)
+	if c.Counters == nil {
+		c.Counters = new(relay.Counters)
 	}
-	return o
+	return c
 }
 
-// validate checks options already filled by withDefaults.
-func (o Options) validate() error {
-	if !(o.RenewFraction > 0 && o.RenewFraction < 1) { // also rejects NaN
-		return fmt.Errorf("tunnel: RenewFraction %v is not in [0, 1)", o.RenewFraction)
+// validate checks a Config already filled by withDefaults.
+func (c Config) validate() error {
+	if !(c.RenewFraction > 0 && c.RenewFraction < 1) { // also rejects NaN
+		return fmt.Errorf("tunnel: RenewFraction %v is not in [0, 1)", c.RenewFraction)
 	}
-	if o.RenewBackoffMax < o.RenewBackoffMin {
-		return fmt.Errorf("tunnel: RenewBackoffMax %v is shorter than RenewBackoffMin %v", o.RenewBackoffMax, o.RenewBackoffMin)
+	if c.RenewBackoffMax < c.RenewBackoffMin {
+		return fmt.Errorf("tunnel: RenewBackoffMax %v is shorter than RenewBackoffMin %v", c.RenewBackoffMax, c.RenewBackoffMin)
 	}
-	return o.QUIC.Validate()
+	return c.QUIC.Validate()
 }

@@ -42,7 +42,7 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	}
 	log.Info("tunnel up", "agent_id", set.agentID, "epoch", epoch,
 		"subnets", len(set.routes.Subnets), "domains", len(set.domains),
-		"cert_not_after", set.cert.NotAfter, "renew_at", renewTime(set.cert, a.opts.RenewFraction))
+		"cert_not_after", set.cert.NotAfter, "renew_at", renewTime(set.cert, a.cfg.RenewFraction))
 	logDetection(log, set)
 
 	// The connection's goroutines outlive ctx during a drain: they stop with

@@ -18,9 +18,9 @@ import (
 
 // pace sends the periodic RouteAdvertise and Heartbeat, and applies Reload.
 func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
-	adv := time.NewTicker(a.opts.AdvertiseInterval)
+	adv := time.NewTicker(a.cfg.AdvertiseInterval)
 	defer adv.Stop()
-	hb := time.NewTicker(a.opts.HeartbeatInterval)
+	hb := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer hb.Stop()
 	for {
 		var msg dataplane.ControlMessage

@@ -27,7 +27,7 @@ func (c *gwConn) writeRaw(t *testing.T, frames ...string) {
 // ends the connection with "shutdown".
 func TestControlSkipsBadFrames(t *testing.T) {
 	e := newEnv(t)
-	start(t, e.options())
+	start(t, e.config())
 	c := e.gw.nextConn(t)
 	c.writeRaw(t,
 		"00 00 00 03 09 00 01",                            // unknown tag 0x09

@@ -31,8 +31,8 @@ func (a *Agent) drain(conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Log
 	if err := w.Send(withdraw); err != nil {
 		log.Warn("could not withdraw routes before draining", "error", err)
 	}
-	log.Info("draining: new sessions are refused", "active_sessions", a.handler.Active(), "timeout", a.opts.DrainTimeout)
-	timeout := time.NewTimer(a.opts.DrainTimeout)
+	log.Info("draining: new sessions are refused", "active_sessions", a.handler.Active(), "timeout", a.cfg.DrainTimeout)
+	timeout := time.NewTimer(a.cfg.DrainTimeout)
 	defer timeout.Stop()
 	poll := time.NewTicker(drainPoll)
 	defer poll.Stop()

@@ -34,7 +34,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopWatch()
 		wg.Wait()
 	}()
-	if a.opts.WatchInterval > 0 {
+	if a.cfg.WatchInterval > 0 {
 		wg.Go(func() { a.watch(wctx) })
 	}
 
@@ -50,7 +50,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			attempt = 0
 			continue
 		}
-		if time.Since(started) >= a.opts.HealthyAfter {
+		if time.Since(started) >= a.cfg.HealthyAfter {
 			attempt = 0
 		}
 		delay := a.backoff(attempt)
@@ -69,15 +69,15 @@ func (a *Agent) Run(ctx context.Context) error {
 // loadSettings reads the config directory with the agent's detection
 // options.
 func (a *Agent) loadSettings() (*settings, error) {
-	return loadSettings(a.opts.ConfigDir, detect.Options{ResolvConf: a.opts.ResolvConfPath, Hostname: a.opts.Hostname})
+	return loadSettings(a.cfg.ConfigDir, detect.Options{ResolvConf: a.cfg.ResolvConfPath, Hostname: a.cfg.Hostname})
 }
 
 // backoff is the delay before retry number attempt: full jitter over an
 // exponential cap from BackoffMin to BackoffMax.
 func (a *Agent) backoff(attempt int) time.Duration {
-	limit := a.opts.BackoffMax
+	limit := a.cfg.BackoffMax
 	if attempt < 30 {
-		limit = min(a.opts.BackoffMax, a.opts.BackoffMin<<attempt)
+		limit = min(a.cfg.BackoffMax, a.cfg.BackoffMin<<attempt)
 	}
 	return rand.N(limit) + 1
 }
@@ -89,7 +89,7 @@ func (a *Agent) connectOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if now := a.opts.Now(); now.After(set.cert.NotAfter) {
+	if now := a.cfg.Now(); now.After(set.cert.NotAfter) {
 		a.log.Error("the agent certificate has expired; the gateway will refuse it: enroll the agent again",
 			"not_after", set.cert.NotAfter, "now", now)
 	}

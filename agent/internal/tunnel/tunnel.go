@@ -16,7 +16,7 @@
 //     sessions refused with "agent draining", live ones given DrainTimeout,
 //     then the connection is closed with "shutdown".
 //
-// Files: config.go (Options, defaults, validation), supervisor.go (Run: the
+// Files: config.go (Config, defaults, validation), supervisor.go (Run: the
 // reconnect loop and its backoff), dial.go, conn.go (one connection's life),
 // control.go (the control loop), drain.go, renew.go, watch.go, identity.go
 // (agent.json and the certificates).
@@ -36,7 +36,7 @@ import (
 // Agent keeps the tunnel up. Create it with New and call Run once; the other
 // methods are safe for concurrent use, during Run and after.
 type Agent struct {
-	opts    Options
+	cfg     Config
 	log     hclog.Logger
 	handler *session.Handler
 	quic    *quic.Config
@@ -58,23 +58,23 @@ type Agent struct {
 	renewRetryAt time.Time
 }
 
-// New returns an Agent for opts. It returns an error when an option is out
+// New returns an Agent for cfg. It returns an error when a field is out
 // of range (RenewFraction, RenewBackoffMin/Max, QUIC); it does not read the
 // config directory (Run does).
-func New(opts Options) (*Agent, error) {
-	opts = opts.withDefaults()
-	if err := opts.validate(); err != nil {
+func New(cfg Config) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	return &Agent{
-		opts: opts,
-		log:  opts.Logger,
+		cfg: cfg,
+		log: cfg.Logger,
 		handler: session.New(session.Config{
-			DialTimeout: opts.DialTimeout,
-			Logger:      opts.Logger.Named("session"),
-			Counters:    opts.Counters,
+			DialTimeout: cfg.DialTimeout,
+			Logger:      cfg.Logger.Named("session"),
+			Counters:    cfg.Counters,
 		}),
-		quic:   opts.QUIC.QUIC(),
+		quic:   cfg.QUIC.QUIC(),
 		reload: make(chan struct{}, 1),
 	}, nil
 }
