@@ -58,8 +58,9 @@ func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollRe
 	return enroll.Enroll(ctx, o)
 }
 
-// RunOptions configure the tunnel; see tunnel.Options for the defaults.
-type RunOptions = tunnel.Options
+// RunnerConfig configures the Runner NewRunner builds; see tunnel.Config for
+// the fields and their defaults.
+type RunnerConfig = tunnel.Config
 
 // Runner keeps the tunnel up: Run until its context ends (then it drains),
 // Reload to re-read the config (SIGHUP; Run also notices a change of
@@ -70,12 +71,12 @@ type Runner = tunnel.Agent
 // ErrNotEnrolled is returned by Run when the config directory holds no identity.
 var ErrNotEnrolled = tunnel.ErrNotEnrolled
 
-// NewRunner returns the tunnel runner for o.ConfigDir.
-func NewRunner(o RunOptions, logger hclog.Logger) (*Runner, error) {
+// NewRunner returns the tunnel runner for cfg.ConfigDir.
+func NewRunner(cfg RunnerConfig, logger hclog.Logger) (*Runner, error) {
 	if logger != nil {
-		o.Logger = logger.Named("tunnel")
+		cfg.Logger = logger.Named("tunnel")
 	}
-	return tunnel.New(o)
+	return tunnel.New(cfg)
 }
 
 // Enrolled reports whether dir holds an enrolled identity, and its agent id.

@@ -11,7 +11,7 @@ import (
 )
 
 // MetricsHandler serves the agent's Prometheus metrics, read from r and
-// counters (the relay.Counters given to r in RunOptions.Counters), on a
+// counters (the relay.Counters given to r in RunnerConfig.Counters), on a
 // registry of its own: whether the tunnel is up, the live sessions, the
 // bytes relayed each way, the failed certificate renewals, and the Go and
 // process collectors.

@@ -11,7 +11,7 @@ import (
 
 func TestMetricsHandler(t *testing.T) {
 	var counters relay.Counters
-	r, err := NewRunner(RunOptions{ConfigDir: t.TempDir(), Counters: &counters}, nil)
+	r, err := NewRunner(RunnerConfig{ConfigDir: t.TempDir(), Counters: &counters}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

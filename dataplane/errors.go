@@ -125,3 +125,65 @@ func (e *InvalidFieldError) Error() string {
 
 // Is reports whether target is ErrInvalidField.
 func (e *InvalidFieldError) Is(target error) bool { return target == ErrInvalidField }
+
+// ControlErrorClass says what a control loop does with an error met on the
+// control stream (DESIGN.md §2): an error of ControlReader.ReadControl, or
+// of CheckVersion on the message it returned. The zero value is
+// ControlFatal.
+type ControlErrorClass uint8
+
+// Control error classes.
+const (
+	// ControlFatal: the stream cannot go on. It ended (io.EOF), failed (an
+	// I/O error, io.ErrUnexpectedEOF inside a frame) or is out of step
+	// (*MessageTooLargeError); an error of none of this package's kinds is
+	// fatal too. The reader is dead: the loop ends the connection.
+	ControlFatal ControlErrorClass = iota
+	// ControlUnknownTag: a whole frame with a tag this version does not
+	// know (*UnknownTagError). The loop logs it and reads on.
+	ControlUnknownTag
+	// ControlMalformed: a whole frame whose payload is cut short or holds a
+	// forbidden value (*TruncatedError, *InvalidFieldError). The loop logs
+	// it and reads on.
+	ControlMalformed
+	// ControlBadVersion: a well-formed message of another protocol version
+	// (*UnsupportedVersionError, from CheckVersion). The loop logs it and
+	// ignores the message.
+	ControlBadVersion
+)
+
+var controlErrorClassNames = [...]string{
+	ControlFatal:      "fatal",
+	ControlUnknownTag: "unknown_tag",
+	ControlMalformed:  "malformed",
+	ControlBadVersion: "bad_version",
+}
+
+// String returns "fatal", "unknown_tag", "malformed", "bad_version" or
+// "ControlErrorClass(N)".
+func (c ControlErrorClass) String() string {
+	if int(c) < len(controlErrorClassNames) {
+		return controlErrorClassNames[c]
+	}
+	return "ControlErrorClass(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Skip reports whether a control loop logs an error of class c and goes on
+// with the next message: true for every class but ControlFatal.
+func (c ControlErrorClass) Skip() bool { return c != ControlFatal }
+
+// ClassifyControlError returns the class of err, an error met reading the
+// control stream or checking a control message's version; it matches
+// wrapped errors too. Callers classify only non-nil errors (nil gives
+// ControlFatal).
+func ClassifyControlError(err error) ControlErrorClass {
+	switch {
+	case errors.Is(err, ErrUnknownTag):
+		return ControlUnknownTag
+	case errors.Is(err, ErrTruncated), errors.Is(err, ErrInvalidField):
+		return ControlMalformed
+	case errors.Is(err, ErrUnsupportedVersion):
+		return ControlBadVersion
+	}
+	return ControlFatal
+}

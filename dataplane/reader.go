@@ -121,7 +121,8 @@ func (r *ControlReader) Reset(src io.Reader) { r.fr.reset(src) }
 // After the first three kinds r is dead and returns the same error forever.
 // After a payload error the whole frame has been consumed and r can read
 // the next one: DESIGN.md §2 has the control loop log an unknown tag and go
-// on. The version is not checked (see CheckVersion).
+// on. The version is not checked (see CheckVersion). ClassifyControlError
+// sorts these errors, and CheckVersion's, into skipped and fatal.
 func (r *ControlReader) ReadControl() (ControlMessage, error) {
 	p, err := r.fr.next()
 	if err != nil {

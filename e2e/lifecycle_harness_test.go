@@ -18,7 +18,7 @@ import (
 // detection reads resolvConf (a path in a temp dir, missing unless the test
 // writes it) and a host name without a domain; agent.json is watched every
 // 20 ms.
-func lifecycleAgent(t *testing.T, dir string) (opts agent.RunOptions, resolvConf string) {
+func lifecycleAgent(t *testing.T, dir string) (opts agent.RunnerConfig, resolvConf string) {
 	t.Helper()
 	opts = fastAgent(dir)
 	resolvConf = filepath.Join(t.TempDir(), "resolv.conf")

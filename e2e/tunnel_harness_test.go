@@ -20,8 +20,8 @@ import (
 )
 
 // fastAgent is the agent tuning tests use: quick reconnects.
-func fastAgent(dir string) agent.RunOptions {
-	return agent.RunOptions{
+func fastAgent(dir string) agent.RunnerConfig {
+	return agent.RunnerConfig{
 		ConfigDir:    dir,
 		BackoffMin:   50 * time.Millisecond,
 		BackoffMax:   300 * time.Millisecond,
@@ -50,7 +50,7 @@ type runningAgent struct {
 	stop func()
 }
 
-func startAgent(t *testing.T, opts agent.RunOptions) *runningAgent {
+func startAgent(t *testing.T, opts agent.RunnerConfig) *runningAgent {
 	t.Helper()
 	r, err := agent.NewRunner(opts, testLogger(t, "agent"))
 	if err != nil {

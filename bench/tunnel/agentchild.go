@@ -54,7 +54,7 @@ func serveAgent(ctx context.Context, configDir string, maxStreams int, log hclog
 	if maxStreams <= 0 {
 		return errors.New("-max-streams must be positive")
 	}
-	r, err := agent.NewRunner(agent.RunOptions{
+	r, err := agent.NewRunner(agent.RunnerConfig{
 		ConfigDir:     configDir,
 		QUIC:          transport.Config{MaxIncomingStreams: int64(maxStreams)},
 		DrainTimeout:  2 * time.Second,

@@ -214,7 +214,7 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
 	var counters relay.Counters
-	r, err := agent.NewRunner(agent.RunOptions{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters,
+	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters,
 		QUIC: transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
 	if err != nil {
 		return err

@@ -127,6 +127,7 @@ func (p *testPKI) issue(t *testing.T, pub *ecdsa.PublicKey, id string, notBefore
 type gwConn struct {
 	q    *quic.Conn
 	cert *x509.Certificate // the agent's client certificate
+	ctrl *quic.Stream      // the control stream, for raw frames
 	w    *dataplane.ControlWriter
 	msgs chan dataplane.ControlMessage // every control message, copied
 }
@@ -179,6 +180,7 @@ func (gw *fakeGateway) handle(ctx context.Context, q *quic.Conn) {
 	c := &gwConn{
 		q:    q,
 		cert: q.ConnectionState().TLS.PeerCertificates[0],
+		ctrl: ctrl,
 		w:    dataplane.NewControlWriter(ctrl),
 		msgs: make(chan dataplane.ControlMessage, 64),
 	}
@@ -457,10 +459,10 @@ func (e *env) saveConfig(t *testing.T) {
 // renewAt is when the test certificate is due with the default fraction.
 func (e *env) renewAt() time.Time { return e.cert.NotAfter.Add(-testLifetime / 3) }
 
-// options are the agent options of the tests: the fake clock, no periodic
+// config is the agent Config of the tests: the fake clock, no periodic
 // control traffic, fast checks, no file watching.
-func (e *env) options() Options {
-	return Options{
+func (e *env) config() Config {
+	return Config{
 		ConfigDir:          e.dir,
 		Logger:             hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Debug, Output: e.logs}),
 		AdvertiseInterval:  time.Hour,
@@ -484,10 +486,10 @@ type runningAgent struct {
 	done   chan error
 }
 
-// start runs an agent with opts until the test ends (or stop).
-func start(t *testing.T, opts Options) *runningAgent {
+// start runs an agent with cfg until the test ends (or stop).
+func start(t *testing.T, cfg Config) *runningAgent {
 	t.Helper()
-	a, err := New(opts)
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

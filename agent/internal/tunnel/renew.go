@@ -24,6 +24,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
 )
 
@@ -109,7 +110,7 @@ func (r *renewAnswers) wait(ctx context.Context, seq uint64, timeout time.Durati
 // due, until ctx ends, the agent drains, or a renewal succeeds (then it has
 // closed conn with "cert-renewed").
 func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, set *settings, answers *renewAnswers, log hclog.Logger) {
-	due := renewTime(set.cert, a.opts.RenewFraction)
+	due := renewTime(set.cert, a.cfg.RenewFraction)
 	var sent uint64 // requests sent on this connection
 	for {
 		a.mu.Lock()
@@ -121,8 +122,8 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 		if draining {
 			return
 		}
-		if wait := next.Sub(a.opts.Now()); wait > 0 {
-			t := time.NewTimer(min(wait, a.opts.RenewCheckInterval))
+		if wait := next.Sub(a.cfg.Now()); wait > 0 {
+			t := time.NewTimer(min(wait, a.cfg.RenewCheckInterval))
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -137,7 +138,7 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 		if err != nil && ctx.Err() != nil {
 			return // the connection ended: not the renewal's failure
 		}
-		now := a.opts.Now()
+		now := a.cfg.Now()
 		a.mu.Lock()
 		if err != nil {
 			a.renewStreak++
@@ -150,18 +151,18 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 			continue
 		}
 		a.renewStreak = 0
-		a.renewRetryAt = now.Add(a.opts.RenewBackoffMin)
+		a.renewRetryAt = now.Add(a.cfg.RenewBackoffMin)
 		draining = a.draining
 		if !draining {
 			// Under mu, so that a drain starting now finds the connection
 			// closed rather than closing it under the drain's feet.
-			conn.CloseWithError(0, reasonCertRenewed)
+			transport.Close(conn, dataplane.CloseCertRenewed)
 		}
 		a.mu.Unlock()
 		log.Info("agent certificate renewed", "not_after", cert.NotAfter, "serial", cert.SerialNumber.Text(16))
-		if !now.Before(renewTime(cert, a.opts.RenewFraction)) {
+		if !now.Before(renewTime(cert, a.cfg.RenewFraction)) {
 			log.Warn("the renewed certificate is already due for renewal: the gateway's agent certificate validity is too short for the renewal threshold, or this host's clock is ahead",
-				"not_before", cert.NotBefore, "not_after", cert.NotAfter, "now", now, "next_attempt_after", a.opts.RenewBackoffMin)
+				"not_before", cert.NotBefore, "not_after", cert.NotAfter, "now", now, "next_attempt_after", a.cfg.RenewBackoffMin)
 		}
 		if draining {
 			log.Info("draining: the renewed certificate will be used by the next run")
@@ -174,9 +175,9 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 // RenewBackoffMin doubled streak−1 times, capped at RenewBackoffMax, minus
 // a random part of up to half.
 func (a *Agent) renewBackoff(streak int) time.Duration {
-	d := a.opts.RenewBackoffMax
+	d := a.cfg.RenewBackoffMax
 	if streak-1 < 30 {
-		d = min(d, a.opts.RenewBackoffMin<<(streak-1))
+		d = min(d, a.cfg.RenewBackoffMin<<(streak-1))
 	}
 	return d - mrand.N(d/2+1)
 }
@@ -202,7 +203,7 @@ func (a *Agent) renew(ctx context.Context, conn *quic.Conn, w *dataplane.Control
 		return nil, fmt.Errorf("send CertRenewalRequest: %w", err)
 	}
 	*sent++
-	resp, err := answers.wait(ctx, *sent, a.opts.RenewTimeout)
+	resp, err := answers.wait(ctx, *sent, a.cfg.RenewTimeout)
 	if err != nil {
 		return nil, err
 	}

@@ -23,22 +23,22 @@ func TestRenewTime(t *testing.T) {
 	}
 }
 
-func TestOptionsValidate(t *testing.T) {
+func TestConfigValidate(t *testing.T) {
 	for _, f := range []float64{-0.1, 1, 1.5, math.NaN()} {
-		if _, err := New(Options{ConfigDir: t.TempDir(), RenewFraction: f}); err == nil {
+		if _, err := New(Config{ConfigDir: t.TempDir(), RenewFraction: f}); err == nil {
 			t.Errorf("RenewFraction %v accepted", f)
 		}
 	}
-	if _, err := New(Options{ConfigDir: t.TempDir(), RenewBackoffMin: time.Hour, RenewBackoffMax: time.Minute}); err == nil {
+	if _, err := New(Config{ConfigDir: t.TempDir(), RenewBackoffMin: time.Hour, RenewBackoffMax: time.Minute}); err == nil {
 		t.Error("RenewBackoffMax < RenewBackoffMin accepted")
 	}
-	if _, err := New(Options{ConfigDir: t.TempDir(), RenewFraction: 0.5}); err != nil {
+	if _, err := New(Config{ConfigDir: t.TempDir(), RenewFraction: 0.5}); err != nil {
 		t.Error(err)
 	}
 }
 
 func TestRenewBackoff(t *testing.T) {
-	a, err := New(Options{ConfigDir: t.TempDir(), RenewBackoffMin: time.Minute, RenewBackoffMax: 10 * time.Minute})
+	a, err := New(Config{ConfigDir: t.TempDir(), RenewBackoffMin: time.Minute, RenewBackoffMax: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func send(t *testing.T, c *gwConn, m dataplane.ControlMessage) {
 func TestRenewalAtThreshold(t *testing.T) {
 	e := newEnv(t)
 	e.clock.Set(e.renewAt().Add(-time.Second))
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
@@ -145,9 +145,9 @@ func TestRenewalFailureKeepsServing(t *testing.T) {
 	e := newEnv(t)
 	target := echoTarget(t)
 	e.clock.Set(e.renewAt())
-	opts := e.options()
-	opts.RenewBackoffMin, opts.RenewBackoffMax = time.Minute, time.Hour
-	a := start(t, opts)
+	cfg := e.config()
+	cfg.RenewBackoffMin, cfg.RenewBackoffMax = time.Minute, time.Hour
+	a := start(t, cfg)
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
@@ -190,9 +190,9 @@ func TestRenewalFailureKeepsServing(t *testing.T) {
 func TestRenewalTimeoutAndLateAnswer(t *testing.T) {
 	e := newEnv(t)
 	e.clock.Set(e.renewAt())
-	opts := e.options()
-	opts.RenewTimeout = 500 * time.Millisecond
-	a := start(t, opts)
+	cfg := e.config()
+	cfg.RenewTimeout = 500 * time.Millisecond
+	a := start(t, cfg)
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
@@ -229,7 +229,7 @@ func TestRenewalTimeoutAndLateAnswer(t *testing.T) {
 func TestRenewalRejectsBadAnswers(t *testing.T) {
 	e := newEnv(t)
 	e.clock.Set(e.renewAt())
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
@@ -279,7 +279,7 @@ func TestRenewalRejectsBadAnswers(t *testing.T) {
 func TestRenewalKeyFileReplaced(t *testing.T) {
 	e := newEnv(t)
 	e.clock.Set(e.renewAt().Add(-time.Hour))
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
@@ -299,8 +299,8 @@ func TestNoRenewalWhileDraining(t *testing.T) {
 	e := newEnv(t)
 	target := echoTarget(t)
 	e.clock.Set(e.renewAt().Add(-time.Hour))
-	opts := e.options()
-	a := start(t, opts)
+	cfg := e.config()
+	a := start(t, cfg)
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 	s, resp := c.connect(t, target)

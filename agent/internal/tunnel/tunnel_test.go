@@ -25,9 +25,9 @@ func prefixes(ss ...string) []netip.Prefix {
 // connection; a rewrite that keeps the routes advertises nothing.
 func TestReloadOnConfigChange(t *testing.T) {
 	e := newEnv(t)
-	opts := e.options()
-	opts.WatchInterval = 10 * time.Millisecond
-	start(t, opts)
+	cfg := e.config()
+	cfg.WatchInterval = 10 * time.Millisecond
+	start(t, cfg)
 	c := e.gw.nextConn(t)
 	first := expect[*dataplane.RouteAdvertise](t, c)
 
@@ -59,7 +59,7 @@ func TestReloadOnConfigChange(t *testing.T) {
 // Reload (SIGHUP) re-reads the config when the file is not watched.
 func TestReloadSignal(t *testing.T) {
 	e := newEnv(t)
-	a := start(t, e.options()) // WatchInterval −1
+	a := start(t, e.config()) // WatchInterval −1
 	c := e.gw.nextConn(t)
 	first := expect[*dataplane.RouteAdvertise](t, c)
 	e.tunnel.AdvertiseSubnets = []string{"192.168.7.0/24"}
@@ -74,7 +74,7 @@ func TestReloadSignal(t *testing.T) {
 // The reconnect after a route change keeps counting epochs up.
 func TestEpochAcrossReconnect(t *testing.T) {
 	e := newEnv(t)
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	first := expect[*dataplane.RouteAdvertise](t, c)
 	c.q.CloseWithError(0, "connection-superseded")
@@ -96,7 +96,7 @@ func TestEpochAcrossReconnect(t *testing.T) {
 func TestDrain(t *testing.T) {
 	e := newEnv(t)
 	target := echoTarget(t)
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	first := expect[*dataplane.RouteAdvertise](t, c)
 	live, resp := c.connect(t, target)
@@ -135,9 +135,9 @@ func TestDrain(t *testing.T) {
 func TestDrainTimeout(t *testing.T) {
 	e := newEnv(t)
 	target := echoTarget(t)
-	opts := e.options()
-	opts.DrainTimeout = 200 * time.Millisecond
-	a := start(t, opts)
+	cfg := e.config()
+	cfg.DrainTimeout = 200 * time.Millisecond
+	a := start(t, cfg)
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 	live, resp := c.connect(t, target)
@@ -162,7 +162,7 @@ func TestDrainTimeout(t *testing.T) {
 // Without a live session the agent closes at once, withdrawing nothing.
 func TestDrainIdle(t *testing.T) {
 	e := newEnv(t)
-	a := start(t, e.options())
+	a := start(t, e.config())
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 	a.cancel()
@@ -220,9 +220,9 @@ func TestDetectedDomainLive(t *testing.T) {
 	if err := os.WriteFile(e.resolvConf, []byte("domain lab.detect.test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	opts := e.options()
-	opts.WatchInterval = 10 * time.Millisecond
-	start(t, opts)
+	cfg := e.config()
+	cfg.WatchInterval = 10 * time.Millisecond
+	start(t, cfg)
 	c := e.gw.nextConn(t)
 	first := expect[*dataplane.RouteAdvertise](t, c)
 	if !slices.Equal(first.Domains, []dataplane.DomainRoute{{Name: "lab.detect.test", AutoDetected: true}}) {

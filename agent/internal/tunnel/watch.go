@@ -31,16 +31,16 @@ const maxWatched = 1 << 20
 // a mere touch. The cost is reading two small files every 2 s, and a change
 // is noticed within one interval.
 func (a *Agent) watch(ctx context.Context) {
-	resolv := a.opts.ResolvConfPath
+	resolv := a.cfg.ResolvConfPath
 	if resolv == "" {
 		resolv = detect.DefaultResolvConf
 	}
-	paths := []string{filepath.Join(a.opts.ConfigDir, config.FileName), resolv}
+	paths := []string{filepath.Join(a.cfg.ConfigDir, config.FileName), resolv}
 	sums := make([]string, len(paths))
 	for i, p := range paths {
 		sums[i] = fingerprint(p)
 	}
-	t := time.NewTicker(a.opts.WatchInterval)
+	t := time.NewTicker(a.cfg.WatchInterval)
 	defer t.Stop()
 	for {
 		select {

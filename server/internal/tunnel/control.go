@@ -15,10 +15,6 @@ import (
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
-// reasonProtocolError closes a connection whose control stream broke the
-// protocol beyond what can be skipped (an oversized frame, a closed stream).
-const reasonProtocolError = "protocol-error"
-
 // controlLoop waits for the agent's control stream and serves it until the
 // connection ends, returning the connection's close error.
 func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.Entry, cert *x509.Certificate, log hclog.Logger) error {
@@ -27,7 +23,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	cancel()
 	if err != nil {
 		if conn.Context().Err() == nil {
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return fmt.Errorf("no control stream within %v", controlStreamTimeout)
 		}
 		return context.Cause(conn.Context())
@@ -36,7 +32,25 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	r := dataplane.NewControlReader(stream)
 	for {
 		msg, err := r.ReadControl()
+		if err == nil {
+			s.reg.Touch(e)
+			err = dataplane.CheckVersion(msg.ProtocolVersion())
+		}
 		if err != nil {
+			switch dataplane.ClassifyControlError(err) {
+			case dataplane.ControlUnknownTag:
+				s.cfg.Metrics.ControlMessages.WithLabelValues("unknown").Inc()
+				log.Warn("skipping control message with an unknown tag", "error", err)
+				continue
+			case dataplane.ControlMalformed:
+				s.cfg.Metrics.ControlMessages.WithLabelValues("invalid").Inc()
+				log.Warn("skipping malformed control message", "error", err)
+				continue
+			case dataplane.ControlBadVersion: // from CheckVersion: msg was read
+				s.cfg.Metrics.ControlMessages.WithLabelValues("bad_version").Inc()
+				log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
+				continue
+			}
 			// The connection's end reaches the stream read before the
 			// connection's context: either way it is not a stream failure.
 			if conn.Context().Err() != nil {
@@ -45,37 +59,19 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 			if transport.ConnectionClosed(err) {
 				return err
 			}
-			var unknown *dataplane.UnknownTagError
-			var trunc *dataplane.TruncatedError
-			var invalid *dataplane.InvalidFieldError
-			switch {
-			case errors.As(err, &unknown):
-				s.cfg.Metrics.ControlMessages.WithLabelValues("unknown").Inc()
-				log.Warn("skipping control message with an unknown tag", "error", err)
-				continue
-			case errors.As(err, &trunc), errors.As(err, &invalid):
-				s.cfg.Metrics.ControlMessages.WithLabelValues("invalid").Inc()
-				log.Warn("skipping malformed control message", "error", err)
-				continue
-			case errors.Is(err, io.EOF):
+			if errors.Is(err, io.EOF) {
 				err = errors.New("agent closed its control stream")
 			}
 			log.Warn("control stream failed; closing the connection", "error", err)
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
-		}
-		s.reg.Touch(e)
-		if err := dataplane.CheckVersion(msg.ProtocolVersion()); err != nil {
-			s.cfg.Metrics.ControlMessages.WithLabelValues("bad_version").Inc()
-			log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
-			continue
 		}
 		if err := s.dispatch(ctx, conn, e, cert, w, msg, log); err != nil {
 			if conn.Context().Err() != nil {
 				return context.Cause(conn.Context())
 			}
 			log.Warn("control stream write failed; closing the connection", "error", err)
-			_ = conn.CloseWithError(0, reasonProtocolError)
+			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
 		}
 	}

@@ -17,20 +17,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/quic-go/quic-go"
 
+	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/store"
-)
-
-// Close reasons sent with application error code 0 (DESIGN.md §3).
-const (
-	ReasonShutdown    = "shutdown"
-	ReasonDeleted     = "agent-deleted"
-	ReasonNotAccepted = "agent-not-accepted"
-	ReasonSuperseded  = "connection-superseded"
-	ReasonCertRenewed = "cert-renewed"
 )
 
 // Defaults of Config.
@@ -162,7 +154,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	<-ctx.Done()
 	ln.Close()
 	<-acceptDone
-	s.closeAll(ReasonShutdown)
+	s.closeAll(dataplane.CloseShutdown)
 	s.wg.Wait()
 	if err := tr.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("closing QUIC transport", "error", err)
@@ -188,16 +180,16 @@ func (s *Server) start(ctx context.Context, conn *quic.Conn) {
 	}()
 }
 
-func (s *Server) closeAll(reason string) {
+func (s *Server) closeAll(reason dataplane.CloseReason) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for ac := range s.conns {
-		ac.CloseWithReason(reason)
+		ac.close(reason)
 	}
 }
 
-// Disconnect closes the agent's live connection with reason, if it has one,
-// and reports whether it had.
+// Disconnect closes the agent's live connection with reason (a
+// dataplane.CloseReason), if it has one, and reports whether it had.
 func (s *Server) Disconnect(agentID, reason string) bool {
 	e, ok := s.reg.Lookup(agentID)
 	if !ok {
@@ -212,8 +204,13 @@ type agentConn struct {
 	q *quic.Conn
 }
 
+// CloseWithReason closes the connection with reason, a dataplane.CloseReason.
 func (c *agentConn) CloseWithReason(reason string) {
-	_ = c.q.CloseWithError(0, reason)
+	c.close(dataplane.CloseReason(reason))
+}
+
+func (c *agentConn) close(reason dataplane.CloseReason) {
+	_ = transport.Close(c.q, reason)
 }
 
 // handle admits conn, registers it and runs its control loop until it ends.
@@ -225,7 +222,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	if err != nil {
 		log.Warn("agent connection refused", "reason", err)
 		s.cfg.Metrics.AgentConnections.WithLabelValues("not_accepted").Inc()
-		ac.CloseWithReason(ReasonNotAccepted)
+		ac.close(dataplane.CloseAgentNotAccepted)
 		return
 	}
 	log = log.With("agent_id", agent.ID, "agent", agent.Name)
@@ -239,7 +236,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	if old := s.reg.Register(e); old != nil {
 		log.Info("agent reconnected; closing its previous connection", "previous_remote", old.RemoteAddr)
 		s.cfg.Metrics.AgentConnections.WithLabelValues("superseded").Inc()
-		old.Conn.CloseWithReason(ReasonSuperseded)
+		old.Conn.CloseWithReason(string(dataplane.CloseConnectionSuperseded))
 	}
 	s.cfg.Metrics.AgentConnections.WithLabelValues("accepted").Inc()
 	s.cfg.Metrics.AgentsConnected.Inc()
@@ -253,7 +250,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	// nothing to disconnect: look again now that the entry is visible.
 	if err := s.checkLive(ctx, agent.ID); err != nil {
 		log.Warn("agent connection refused", "reason", err)
-		ac.CloseWithReason(ReasonNotAccepted)
+		ac.close(dataplane.CloseAgentNotAccepted)
 		return
 	}
 	log.Info("agent connected", "generation", e.Generation())

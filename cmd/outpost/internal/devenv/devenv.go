@@ -100,7 +100,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (err error) {
 		return errors.Join(err, eg.Wait())
 	}
 	env.AgentID, env.AgentName = id, name
-	runner, err := agent.NewRunner(agent.RunOptions{ConfigDir: agentDir, DrainTimeout: 5 * time.Second}, o.Logger.Named("agent"))
+	runner, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: agentDir, DrainTimeout: 5 * time.Second}, o.Logger.Named("agent"))
 	if err != nil {
 		cancel()
 		return errors.Join(err, eg.Wait())

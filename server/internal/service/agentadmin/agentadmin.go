@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
@@ -67,7 +68,7 @@ func (s *Service) DeleteAgent(ctx context.Context, req *outpostv1.DeleteAgentReq
 	if err := s.store.DeleteAgent(ctx, id); err != nil {
 		return nil, grpcerr.Agent(id, err)
 	}
-	s.disconnect(id, "agent-deleted")
+	s.disconnect(id, string(dataplane.CloseAgentDeleted))
 	s.live.Forget(id)
 	return &outpostv1.DeleteAgentResponse{}, nil
 }

@@ -1,0 +1,102 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
+)
+
+// One connection's life: the control stream's first advertisement, the
+// goroutines that serve it, and what its end means for Run.
+
+// serve runs one established connection: control stream, sessions, until the
+// connection or ctx ends.
+func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log hclog.Logger) error {
+	ctrl, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		transport.Close(conn, dataplane.CloseShutdown)
+		return fmt.Errorf("open control stream: %w", err)
+	}
+	w := dataplane.NewControlWriter(ctrl)
+	a.mu.Lock()
+	if a.epoch == 0 || a.current == nil || !sameRoutes(a.current, set) {
+		a.epoch++
+	}
+	epoch := a.epoch
+	a.current, a.connected = set, true
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.connected = false
+		a.mu.Unlock()
+	}()
+	if err := w.Send(advertise(set, epoch)); err != nil {
+		transport.Close(conn, dataplane.CloseShutdown)
+		return fmt.Errorf("route advertisement: %w", err)
+	}
+	log.Info("tunnel up", "agent_id", set.agentID, "epoch", epoch,
+		"subnets", len(set.routes.Subnets), "domains", len(set.domains),
+		"cert_not_after", set.cert.NotAfter, "renew_at", renewTime(set.cert, a.cfg.RenewFraction))
+	logDetection(log, set)
+
+	// The connection's goroutines outlive ctx during a drain: they stop with
+	// cctx, when the connection ends.
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	answers := newRenewAnswers()
+	var wg sync.WaitGroup
+	wg.Go(func() { a.readControl(cctx, conn, ctrl, answers, log) })
+	wg.Go(func() { a.pace(cctx, conn, w, log) })
+	wg.Go(func() { a.acceptSessions(cctx, conn) })
+	wg.Go(func() { a.renewLoop(cctx, conn, w, set, answers, log) })
+
+	select {
+	case <-ctx.Done():
+		a.drain(conn, w, log)
+		transport.Close(conn, dataplane.CloseShutdown)
+		cancel()
+		wg.Wait()
+		log.Info("tunnel closed", "reason", dataplane.CloseShutdown)
+		return ctx.Err()
+	case <-conn.Context().Done():
+	}
+	cancel()
+	wg.Wait()
+	err = context.Cause(conn.Context())
+	reason, remote, closed := transport.CloseReasonOf(err)
+	switch {
+	case closed && !remote && reason == dataplane.CloseCertRenewed:
+		return errCertRenewed
+	case closed && remote:
+		switch reason {
+		case dataplane.CloseAgentDeleted:
+			log.Error("the gateway deleted this agent; enroll it again to reconnect")
+		case dataplane.CloseAgentNotAccepted:
+			log.Error("the gateway refused this agent's identity (deleted, re-enrolled elsewhere, or another CA)")
+		case dataplane.CloseConnectionSuperseded:
+			log.Warn("another connection with this agent's identity replaced this one; if this repeats, a copy of this config directory runs elsewhere (enroll each agent separately)")
+		}
+		return fmt.Errorf("gateway closed the tunnel: %s", reason)
+	}
+	return err
+}
+
+// acceptSessions serves every stream the gateway opens until ctx ends or the
+// connection does, and waits for those sessions.
+func (a *Agent) acceptSessions(ctx context.Context, conn *quic.Conn) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { a.handler.Serve(ctx, s) })
+	}
+}

@@ -1,0 +1,143 @@
+package tunnel
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
+)
+
+// The control loop of a connection (DESIGN.md §7), after serve's first
+// RouteAdvertise: pace sends RouteAdvertise every AdvertiseInterval,
+// Heartbeat every HeartbeatInterval and Reload's new routes with epoch + 1;
+// readControl reads the gateway's messages.
+
+// pace sends the periodic RouteAdvertise and Heartbeat, and applies Reload.
+func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
+	adv := time.NewTicker(a.cfg.AdvertiseInterval)
+	defer adv.Stop()
+	hb := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	for {
+		var msg dataplane.ControlMessage
+		select {
+		case <-ctx.Done():
+			return
+		case <-adv.C:
+			a.mu.Lock()
+			msg = advertise(a.current, a.epoch)
+			a.mu.Unlock()
+		case <-hb.C:
+			msg = &dataplane.Heartbeat{
+				Version:           dataplane.ProtocolVersion,
+				TimestampMs:       uint64(time.Now().UnixMilli()),
+				ActiveStreamCount: uint32(a.handler.Active()),
+			}
+		case <-a.reload:
+			msg = a.applyReload(log)
+			if msg == nil {
+				continue
+			}
+		}
+		if err := w.Send(msg); err != nil {
+			log.Warn("control stream write failed; closing the tunnel", "error", err)
+			transport.Close(conn, dataplane.CloseShutdown)
+			return
+		}
+	}
+}
+
+// applyReload re-reads the config; if the routes changed it returns the
+// RouteAdvertise with epoch + 1 to send, else nil.
+func (a *Agent) applyReload(log hclog.Logger) dataplane.ControlMessage {
+	set, err := a.loadSettings()
+	if err != nil {
+		log.Warn("config reload failed; keeping the current routes", "error", err)
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.current == nil {
+		return nil // draining: the routes stay withdrawn
+	}
+	if set.endpoint != a.current.endpoint {
+		log.Info("GatewayEndpoint changed; it takes effect at the next reconnect", "new_endpoint", set.endpoint)
+	}
+	if sameRoutes(a.current, set) {
+		log.Info("config reloaded; routes unchanged")
+		return nil
+	}
+	a.epoch++
+	a.current = set
+	a.handler.SetRoutes(set.routes)
+	log.Info("config reloaded; advertising new routes", "epoch", a.epoch,
+		"subnets", len(set.routes.Subnets), "domains", len(set.domains))
+	logDetection(log, set)
+	return advertise(set, a.epoch)
+}
+
+// readControl reads the gateway's control messages until the stream ends,
+// handing CertRenewalResponses to answers.
+func (a *Agent) readControl(ctx context.Context, conn *quic.Conn, ctrl *quic.Stream, answers *renewAnswers, log hclog.Logger) {
+	r := dataplane.NewControlReader(ctrl)
+	for ctx.Err() == nil {
+		msg, err := r.ReadControl()
+		if err == nil {
+			err = dataplane.CheckVersion(msg.ProtocolVersion())
+		}
+		if err != nil {
+			switch class := dataplane.ClassifyControlError(err); {
+			case class == dataplane.ControlBadVersion: // from CheckVersion: msg was read
+				log.Warn("ignoring control message", "tag", msg.Tag(), "error", err)
+				continue
+			case class.Skip():
+				log.Warn("skipping control message", "error", err)
+				continue
+			}
+			// The connection's end reaches the stream read before the
+			// connection's context: it is not a stream failure.
+			if ctx.Err() == nil && conn.Context().Err() == nil && !transport.ConnectionClosed(err) {
+				log.Warn("control stream failed; closing the tunnel", "error", err)
+				transport.Close(conn, dataplane.CloseShutdown)
+			}
+			return
+		}
+		switch m := msg.(type) {
+		case *dataplane.HeartbeatAck:
+			rtt := time.Since(time.UnixMilli(int64(m.TimestampMs)))
+			log.Trace("heartbeat acknowledged", "rtt", rtt)
+		case *dataplane.CertRenewalResponse:
+			resp := *m // the reader reuses m
+			answers.put(&resp)
+		default:
+			log.Warn("ignoring unexpected control message", "tag", msg.Tag())
+		}
+	}
+}
+
+// advertise builds the RouteAdvertise of set; a nil set (a draining agent)
+// advertises no routes.
+func advertise(set *settings, epoch uint64) *dataplane.RouteAdvertise {
+	if set == nil {
+		return &dataplane.RouteAdvertise{Version: dataplane.ProtocolVersion, Epoch: epoch}
+	}
+	return &dataplane.RouteAdvertise{
+		Version: dataplane.ProtocolVersion,
+		Epoch:   epoch,
+		Subnets: set.routes.Subnets,
+		Domains: set.domains,
+	}
+}
+
+// logDetection logs the outcome of domain auto-detection for set.
+func logDetection(log hclog.Logger, set *settings) {
+	if set.detected != "" {
+		log.Info("advertising the auto-detected domain", "domain", set.detected, "detected", set.detectNote)
+	} else {
+		log.Debug("no domain auto-detected", "reason", set.detectNote)
+	}
+}
