@@ -515,3 +515,32 @@ func TestLoadConfigFile(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
+
+// A QUIC listener that stops accepting (its socket failed) ends Run with an
+// error naming it, instead of leaving a gateway that looks ready while no
+// agent can connect.
+func TestDeadQUICListenerEndsRun(t *testing.T) {
+	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	done := make(chan error, 1)
+	go func() { done <- g.Run(context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !g.serving.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("gateway never started serving")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	g.quicConn.Close() // the UDP socket fails under the listener
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "QUIC listener stopped accepting") {
+			t.Fatalf("Run returned %v, want the QUIC listener's failure", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run kept going with a dead QUIC listener")
+	}
+}

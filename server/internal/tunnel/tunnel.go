@@ -141,23 +141,36 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		}
 	}
 	acceptDone := make(chan struct{})
+	var acceptErr error // set before acceptDone closes
 	go func() {
 		defer close(acceptDone)
 		for {
 			conn, err := ln.Accept(ctx)
 			if err != nil {
+				if ctx.Err() == nil {
+					acceptErr = err
+				}
 				return
 			}
 			s.start(ctx, conn)
 		}
 	}()
-	<-ctx.Done()
+	// A listener that stops accepting while the gateway runs (its socket
+	// failed) ends Serve with an error, so the gateway stops instead of
+	// serving on with a dead agent port.
+	select {
+	case <-ctx.Done():
+	case <-acceptDone:
+	}
 	ln.Close()
 	<-acceptDone
 	s.closeAll(dataplane.CloseShutdown)
 	s.wg.Wait()
 	if err := tr.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("closing QUIC transport", "error", err)
+	}
+	if acceptErr != nil {
+		return fmt.Errorf("tunnel: the QUIC listener stopped accepting agents: %w", acceptErr)
 	}
 	return nil
 }
