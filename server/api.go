@@ -63,6 +63,7 @@ const inProcessBuffer = 1 << 20
 // connection, so interceptors (auth, metrics) run exactly once per call either way.
 type apiServer struct {
 	g      *Gateway
+	authz  *auth.Authorizer
 	grpc   *grpc.Server
 	health *health.Server
 	bufLn  *bufconn.Listener
@@ -77,6 +78,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 	}
 	a := &apiServer{g: g, health: health.NewServer(), bufLn: bufconn.Listen(inProcessBuffer)}
 	rec := recovery.New(g.log.Named("api"), g.metrics.APIPanics)
+	a.authz = authz
 	a.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(int(g.cfg.MaxRequestBytes)),
 		// Recovery runs innermost but for metrics, so a panicking handler
@@ -190,7 +192,10 @@ func (a *apiServer) handler() http.Handler {
 		w.Write(openapiv2.JSON)
 	})
 	if a.g.cfg.MetricsListen == "" {
-		mux.Handle("GET /metrics", a.metricsHandler())
+		// On the public port, /metrics (agent ids, volumes) needs a key
+		// with metrics.read; --metrics-listen serves it without one on a
+		// separate, usually loopback, listener instead.
+		mux.Handle("GET /metrics", a.authz.RequireHTTP(auth.ScopeMetricsRead, a.metricsHandler()))
 	}
 	mux.Handle("GET "+entry.Path, a.g.entry)
 	mux.Handle("/", a.limitBody(a.rest))

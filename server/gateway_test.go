@@ -313,8 +313,12 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 	defer c.CloseIdleConnections()
 	// One API call so the request counter has a sample.
 	r.rest(t, "GET", "/v1/agents", adminKey(t, dir), nil)
-	get := func(path string) (int, string) {
-		resp, err := c.Get("https://" + r.addr + path)
+	get := func(path string, bearer ...string) (int, string) {
+		req, _ := http.NewRequest("GET", "https://"+r.addr+path, nil)
+		if len(bearer) > 0 {
+			req.Header.Set("Authorization", "bearer "+bearer[0])
+		}
+		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
@@ -328,7 +332,27 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("/readyz: %d %q", code, body)
 	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `outpost_api_requests_total{code="OK",method="/outpost.v1.AgentAdminService/ListAgents"} 1`) {
+	// /metrics on the API port needs a key with metrics.read (or *).
+	ka, err := OpenKeyAdmin(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scraper, err := ka.Create(context.Background(), "prometheus", []string{"metrics.read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ka.Create(context.Background(), "ci", []string{"sessions.create"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka.Close()
+	if code, body := get("/metrics"); code != http.StatusUnauthorized || strings.Contains(body, "outpost_") {
+		t.Errorf("anonymous /metrics: %d %.200q", code, body)
+	}
+	if code, body := get("/metrics", other); code != http.StatusForbidden || !strings.Contains(body, "metrics.read") {
+		t.Errorf("/metrics with a key without metrics.read: %d %.200q", code, body)
+	}
+	if code, body := get("/metrics", scraper); code != 200 || !strings.Contains(body, `outpost_api_requests_total{code="OK",method="/outpost.v1.AgentAdminService/ListAgents"} 1`) {
 		t.Errorf("/metrics: %d, no request counter:\n%.2000s", code, body)
 	}
 	code, body := get("/openapi.json")

@@ -12,12 +12,15 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // Scopes carried by API keys (DESIGN.md §6). ScopeAll grants every scope.
@@ -28,10 +31,12 @@ const (
 	ScopeAgentsWrite    = "agents.write"
 	ScopeRoutesRead     = "routes.read"
 	ScopeSessionsCreate = "sessions.create"
+	// ScopeMetricsRead lets a key scrape /metrics on the API port.
+	ScopeMetricsRead = "metrics.read"
 )
 
 // KnownScopes lists every scope a key may carry, ScopeAll included.
-var KnownScopes = []string{ScopeAll, ScopeEnrollCreate, ScopeAgentsRead, ScopeAgentsWrite, ScopeRoutesRead, ScopeSessionsCreate}
+var KnownScopes = []string{ScopeAll, ScopeEnrollCreate, ScopeAgentsRead, ScopeAgentsWrite, ScopeRoutesRead, ScopeSessionsCreate, ScopeMetricsRead}
 
 // Public marks a method that needs no API key (health, reflection, and Enroll,
 // whose bearer is an enrollment token checked by the service itself).
@@ -162,22 +167,54 @@ func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.
 	if scope == Public {
 		return ctx, nil
 	}
-	bearer := BearerFromContext(ctx)
+	key, err := a.check(ctx, BearerFromContext(ctx), scope, fullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return context.WithValue(ctx, keyCtxKey{}, key), nil
+}
+
+// check authenticates bearer and requires scope for what (a method or a
+// path, for the message). Errors are gRPC statuses (see Authorize).
+func (a *Authorizer) check(ctx context.Context, bearer, scope, what string) (Key, error) {
 	if bearer == "" {
-		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing api key: send 'authorization: Bearer <key>'")
+		return Key{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing api key: send 'authorization: Bearer <key>'")
 	}
 	key, err := a.lookup(ctx, HashKey(bearer))
 	switch {
 	case errors.Is(err, ErrUnknownKey):
-		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "unknown api key")
+		return Key{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "unknown api key")
 	case err != nil:
-		return nil, grpcerr.Errorf(err, "api key lookup failed: %v", err)
+		return Key{}, grpcerr.Errorf(err, "api key lookup failed: %v", err)
 	case key.Revoked:
-		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "api key revoked")
+		return Key{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "api key revoked")
 	case !key.Allows(scope):
-		return nil, grpcerr.Errorf(grpcerr.ErrPermission, "api key %s lacks scope %q needed for %s", key.ID, scope, fullMethod)
+		return Key{}, grpcerr.Errorf(grpcerr.ErrPermission, "api key %s lacks scope %q needed for %s", key.ID, scope, what)
 	}
-	return context.WithValue(ctx, keyCtxKey{}, key), nil
+	return key, nil
+}
+
+// RequireHTTP wraps an HTTP handler that is not part of the gRPC API (such as
+// /metrics) with the same key check: a bearer API key carrying scope. It
+// answers 401 for a missing, unknown or revoked key, 403 for a key without the
+// scope, 503 when the lookup fails, each with a plain-text reason.
+func (a *Authorizer) RequireHTTP(scope string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bearer, _ := ParseBearer(r.Header.Get("Authorization"))
+		if _, err := a.check(r.Context(), bearer, scope, r.URL.Path); err != nil {
+			code := http.StatusServiceUnavailable
+			switch status.Code(err) {
+			case codes.Unauthenticated:
+				code = http.StatusUnauthorized
+				w.Header().Set("WWW-Authenticate", `Bearer realm="outpost"`)
+			case codes.PermissionDenied:
+				code = http.StatusForbidden
+			}
+			http.Error(w, status.Convert(err).Message(), code)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // UnaryInterceptor authorizes unary calls.
