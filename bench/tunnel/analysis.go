@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // topFunctions is how many functions of the headline path's gateway profile
@@ -18,13 +20,13 @@ func (r *results) whereTheTimeGoes() string {
 	var b strings.Builder
 	b.WriteString("\n## Where the time goes\n\n")
 	b.WriteString(r.summary())
-	cores := float64(r.machine.cpus)
+	cores := float64(r.machine.CPUs)
 	fmt.Fprintf(&b, "\n### CPU budget of each path\n\n"+
 		"Every byte costs CPU in each process it crosses (user + system time from `/proc`, over all measured runs; "+
 		"\"client + target\" is this benchmark's own ends). With %d cores, a path cannot carry more than "+
 		"%d ÷ (CPU-s per GB of all its processes) GB/s, however well its processes overlap. \"Measured\" here is all the "+
 		"measured runs' bytes ÷ their time (not the median), so that measured ÷ ceiling is the share of the cores the path's "+
-		"processes kept busy: close to 1, the path is CPU-bound.\n\n", r.machine.cpus, r.machine.cpus)
+		"processes kept busy: close to 1, the path is CPU-bound.\n\n", r.machine.CPUs, r.machine.CPUs)
 	b.WriteString("| Path | Direction | Measured (all runs) | CPU-s per GB, by process | All processes | Ceiling: cores ÷ all | Measured ÷ ceiling |\n")
 	b.WriteString("|---|---|---|---|---|---|---|\n")
 	for p := range numPaths {
@@ -64,7 +66,7 @@ func (r *results) profileSection() string {
 	fmt.Fprintf(&b, "\n### The gateway's CPU profile\n\n"+
 		"The gateway child is CPU-profiled (`runtime/pprof`) during the measured transfers of the raw session and of the "+
 		"`outpost connect` session, both directions. Its CPU-seconds per GB carried, by kind of work (pprof flat time ÷ bytes "+
-		"carried while profiled; sampled %.1f s and %.1f s):\n\n", raw.total.Seconds(), conn.total.Seconds())
+		"carried while profiled; sampled %.1f s and %.1f s):\n\n", raw.Total.Seconds(), conn.Total.Seconds())
 	b.WriteString("| Kind of work | raw session (bench TCP entry) | `outpost connect` (WebSocket entry) | difference |\n|---|---|---|---|\n")
 	for _, name := range categoryOrder(conn, raw) {
 		x, y := raw.perGB(name), conn.perGB(name)
@@ -73,11 +75,11 @@ func (r *results) profileSection() string {
 	fmt.Fprintf(&b, "| **total** | **%.2f** | **%.2f** | **%+.2f** |\n", raw.totalPerGB(), conn.totalPerGB(), conn.totalPerGB()-raw.totalPerGB())
 	fmt.Fprintf(&b, "\nThe gateway's top %d functions by own (flat) time on the `outpost connect` path:\n\n", topFunctions)
 	b.WriteString("| Function | flat CPU-s per GB | share of the gateway's CPU | cum CPU-s per GB |\n|---|---|---|---|\n")
-	for i, f := range conn.topFlat {
+	for i, f := range conn.TopFlat {
 		if i == topFunctions {
 			break
 		}
-		fmt.Fprintf(&b, "| `%s` | %.2f | %.1f%% | %.2f |\n", f.name, conn.secPerGB(f.flat), 100*f.flat.Seconds()/conn.total.Seconds(), conn.secPerGB(f.cum))
+		fmt.Fprintf(&b, "| `%s` | %.2f | %.1f%% | %.2f |\n", f.Name, conn.secPerGB(f.Flat), 100*f.Flat.Seconds()/conn.Total.Seconds(), conn.secPerGB(f.Cum))
 	}
 	return b.String()
 }
@@ -86,7 +88,7 @@ func (r *results) profileSection() string {
 // about them, in sentences built from the measurements.
 func (r *results) summary() string {
 	var b strings.Builder
-	cores := float64(r.machine.cpus)
+	cores := float64(r.machine.CPUs)
 	for d := range numDirs {
 		bq, c, raw := median(r.mbps[d][pathQUIC]), median(r.mbps[d][pathConnect]), median(r.mbps[d][pathRaw])
 		_, tb := r.cpuParts(d, pathQUIC)
@@ -99,7 +101,7 @@ func (r *results) summary() string {
 		fmt.Fprintf(&b, "- **%s**: `outpost connect` carries %.0f MB/s, %.2f × b (%.0f MB/s; target ≥ %.2f × b = %.0f MB/s). ",
 			dirNames[d], c, c/bq, bq, targetThroughputRatio, targetThroughputRatio*bq)
 		fmt.Fprintf(&b, "Its processes (gateway, agent, `outpost connect`, and this benchmark's client and target) spend %.1f CPU-s per GB "+
-			"against %.1f for b's client and server, so on %d cores it cannot exceed %.0f MB/s", tc, tb, r.machine.cpus, ceilC)
+			"against %.1f for b's client and server, so on %d cores it cannot exceed %.0f MB/s", tc, tb, r.machine.CPUs, ceilC)
 		if ceilC < targetThroughputRatio*bq {
 			fmt.Fprintf(&b, " — below the target before any waiting: the miss is CPU cost, not latency. Both paths keep the cores "+
 				"busy (see the budget table), so c/b follows the inverse ratio of their CPU costs: %.1f ÷ %.1f = %.2f, against %.2f measured. ",
@@ -123,10 +125,10 @@ func (r *results) summary() string {
 		if len(diffs) > 0 {
 			fmt.Fprintf(&b, "- In the gateway's profile, the WebSocket entry's extra CPU-s per GB are mostly: %s.\n", strings.Join(diffs, "; "))
 		}
-		if len(conn.cats) > 0 {
-			top := conn.cats[0]
+		if len(conn.Categories) > 0 {
+			top := conn.Categories[0]
 			fmt.Fprintf(&b, "- The gateway's largest cost on the `outpost connect` path is %s: %.0f%% of its CPU (%.2f CPU-s per GB).\n",
-				top.name, 100*top.d.Seconds()/conn.total.Seconds(), conn.secPerGB(top.d))
+				top.Name, 100*top.Time.Seconds()/conn.Total.Seconds(), conn.secPerGB(top.Time))
 		}
 	}
 	e, g := r.latency[latEntry], r.latency[latGateway]
@@ -159,10 +161,10 @@ func categoryOrder(a, b *profileSummary) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, ps := range []*profileSummary{a, b} {
-		for _, c := range ps.cats {
-			if !seen[c.name] {
-				seen[c.name] = true
-				out = append(out, c.name)
+		for _, c := range ps.Categories {
+			if !seen[c.Name] {
+				seen[c.Name] = true
+				out = append(out, c.Name)
 			}
 		}
 	}
@@ -178,15 +180,15 @@ func (ps *profileSummary) secPerGB(d time.Duration) float64 {
 }
 
 func (ps *profileSummary) perGB(category string) float64 {
-	for _, c := range ps.cats {
-		if c.name == category {
-			return ps.secPerGB(c.d)
+	for _, c := range ps.Categories {
+		if c.Name == category {
+			return ps.secPerGB(c.Time)
 		}
 	}
 	return 0
 }
 
-func (ps *profileSummary) totalPerGB() float64 { return ps.secPerGB(ps.total) }
+func (ps *profileSummary) totalPerGB() float64 { return ps.secPerGB(ps.Total) }
 
 func ratioText(x, y float64) string {
 	if y == 0 {
@@ -216,10 +218,10 @@ func (r *results) setupSection() string {
 		return b.String()
 	}
 	perSession := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(ps.sessions) }
-	fmt.Fprintf(&b, "\nThe gateway's CPU while those sessions (and their warm-up) ran: %.3f ms per session, by kind of work:\n\n", perSession(ps.total))
+	fmt.Fprintf(&b, "\nThe gateway's CPU while those sessions (and their warm-up) ran: %.3f ms per session, by kind of work:\n\n", perSession(ps.Total))
 	b.WriteString("| Kind of work | CPU-ms per session | share |\n|---|---|---|\n")
-	for _, c := range ps.cats {
-		fmt.Fprintf(&b, "| %s | %.3f | %.0f%% |\n", c.name, perSession(c.d), 100*c.d.Seconds()/ps.total.Seconds())
+	for _, c := range ps.Categories {
+		fmt.Fprintf(&b, "| %s | %.3f | %.0f%% |\n", c.Name, perSession(c.Time), 100*c.Time.Seconds()/ps.Total.Seconds())
 	}
 	return b.String()
 }
@@ -242,7 +244,7 @@ func (r *results) memorySection() string {
 		mb(int64(g1.StackInuse)-int64(g0.StackInuse)), kb(int64(g1.StackInuse)-int64(g0.StackInuse)),
 		mb(r.rssIdle[1]-r.rssBefore[1]), kb(r.rssIdle[1]-r.rssBefore[1]))
 	if r.gwHeap != nil {
-		fmt.Fprintf(&b, "\nThe gateway's live heap with those sessions (heap profile after a GC: %s), by allocating function:\n\n", mb(r.gwHeap.total))
+		fmt.Fprintf(&b, "\nThe gateway's live heap with those sessions (heap profile after a GC: %s), by allocating function:\n\n", mb(r.gwHeap.Total))
 		b.WriteString(heapTable(r.gwHeap, n))
 	}
 	for _, c := range r.capRuns {
@@ -257,7 +259,7 @@ func (r *results) memorySection() string {
 			mb(int64(c.agentRuntime.HeapInuse)), per(c.agentRuntime.HeapInuse), mb(int64(c.agentRuntime.StackInuse)), per(c.agentRuntime.StackInuse),
 			mb(c.rss[1]), mb(int64(c.gwRuntime.HeapInuse)), per(c.gwRuntime.HeapInuse), mb(c.rss[0]))
 		if c.agentHeap != nil {
-			fmt.Fprintf(&b, "\nThe library agent's live heap there (heap profile after a GC: %s), by allocating function:\n\n", mb(c.agentHeap.total))
+			fmt.Fprintf(&b, "\nThe library agent's live heap there (heap profile after a GC: %s), by allocating function:\n\n", mb(c.agentHeap.Total))
 			b.WriteString(heapTable(c.agentHeap, int64(c.stats.Opened)))
 		}
 	}
@@ -269,14 +271,14 @@ const heapSites = 10
 
 // heapTable lists the largest allocating functions of hs, and their
 // bytes per session for n sessions (the heap's baseline included).
-func heapTable(hs *heapSummary, n int64) string {
+func heapTable(hs *proc.HeapSummary, n int64) string {
 	var b strings.Builder
 	b.WriteString("| Allocated by | live heap | per session (live heap ÷ sessions, baseline included) | share |\n|---|---|---|---|\n")
-	for i, s := range hs.sites {
+	for i, s := range hs.Sites {
 		if i == heapSites {
 			break
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %.1f KB | %.0f%% |\n", s.name, mb(s.bytes), float64(s.bytes)/1e3/float64(n), 100*float64(s.bytes)/float64(hs.total))
+		fmt.Fprintf(&b, "| `%s` | %s | %.1f KB | %.0f%% |\n", s.Name, mb(s.Bytes), float64(s.Bytes)/1e3/float64(n), 100*float64(s.Bytes)/float64(hs.Total))
 	}
 	return b.String()
 }

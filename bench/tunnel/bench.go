@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/bench/internal/proc"
 	"github.com/outposthq/outpost/client"
 )
 
@@ -37,21 +38,21 @@ type bench struct {
 	exe string // this program's binary
 
 	tg       *targets
-	gw       *ctlChild // the gateway child
+	gw       *proc.CtlChild // the gateway child
 	gwHello  hello
 	agentDir string
 	agentID  string
-	agent    *child    // the real agent binary
-	libAgent *ctlChild // the agent library child; runs once agent has stopped
+	agent    *proc.Child    // the real agent binary
+	libAgent *proc.CtlChild // the agent library child; runs once agent has stopped
 
 	client  *connectProc   // outpost connect --listen, the real client
 	ws      *client.Client // the same client library, in this process
 	tlsConf *tls.Config    // what the client library verifies the gateway with
 
-	quicLocalSrv *quicServer // raw QUIC server in this process
-	quicLocal    *quicClient // connected to quicLocalSrv
-	quicChild    *ctlChild   // raw QUIC server in a child process
-	quicRemote   *quicClient // connected to quicChild's server
+	quicLocalSrv *quicServer    // raw QUIC server in this process
+	quicLocal    *quicClient    // connected to quicLocalSrv
+	quicChild    *proc.CtlChild // raw QUIC server in a child process
+	quicRemote   *quicClient    // connected to quicChild's server
 
 	// profiles are the gateway CPU profile files of each profiled path.
 	profiles [numPaths][]string
@@ -67,17 +68,17 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, s.timeout, fmt.Errorf("benchmark took longer than %v (-timeout)", s.timeout))
 	defer cancel()
-	limit, lerr := raiseFileLimit(fileLimit)
-	if lerr != nil && !errors.Is(lerr, errBelowWant) {
+	limit, lerr := proc.RaiseFileLimit(fileLimit)
+	if lerr != nil && !errors.Is(lerr, proc.ErrBelowWant) {
 		log.Warn("could not raise the open-file limit", "error", lerr)
 	}
-	hz, fromAuxv := clockTicks()
+	hz, fromAuxv := proc.ClockTicks()
 	b := &bench{s: s, o: o, log: log, res: &results{
 		settings:    s,
-		machine:     describeMachine(limit, fileLimit, lerr),
+		machine:     proc.DescribeMachine(limit, fileLimit, lerr),
 		clockHz:     hz,
 		clockSource: "AT_CLKTCK from /proc/self/auxv",
-		loadAtStart: readTrimmed("/proc/loadavg"),
+		loadAtStart: proc.ReadTrimmed("/proc/loadavg"),
 	}}
 	if !fromAuxv {
 		b.res.clockSource = "assumed: auxv unreadable"
@@ -97,9 +98,11 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 		return nil, err
 	}
 	defer os.RemoveAll(b.tmp)
-	if b.res.fsync, err = fsyncProbe(b.tmp, 50); err != nil {
+	fsync, err := proc.FsyncProbe(b.tmp, 50)
+	if err != nil {
 		return nil, fmt.Errorf("fsync probe: %w", err)
 	}
+	b.res.fsync = summarize(fsync)
 
 	b.tg, err = startTargets(time.Now().Add(s.timeout), log.Named("target"))
 	if err != nil {
@@ -118,16 +121,16 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 		return nil, fmt.Errorf("find this program's binary: %w", err)
 	}
 
-	b.gw, err = startCtlChild(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
+	b.gw, err = proc.StartCtl(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
 		"-entry", "127.0.0.1:0", "-max-sessions", strconv.Itoa(s.capacity + capacityHeadroom), "-log-level", o.childLogLevel}, &b.gwHello)
 	if err != nil {
 		return nil, err
 	}
-	defer b.gw.stop()
+	defer b.gw.Stop()
 	if b.gwHello.Entry == "" || b.gwHello.Token == "" || b.gwHello.CAPEM == "" {
 		return nil, fmt.Errorf("gateway child hello is incomplete: %+v", b.gwHello)
 	}
-	log.Info("gateway child up", "pid", b.gw.pid(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
+	log.Info("gateway child up", "pid", b.gw.PID(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
 
 	b.agentDir = filepath.Join(b.tmp, "agent")
 	if b.agentID, err = enrollAgent(ctx, b.bin, b.agentDir, b.gwHello.Token); err != nil {
@@ -135,25 +138,25 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 	}
 	// The stream limit is raised (DESIGN's default is 4,096) so that the
 	// capacity run can reach its target with the real binary.
-	b.agent, err = startChild("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
+	b.agent, err = proc.Start("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
 		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.capacity+capacityHeadroom)))
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		b.agent.stop(10 * time.Second)
+		b.agent.Stop(10 * time.Second)
 		if b.libAgent != nil {
-			b.libAgent.stop()
+			b.libAgent.Stop()
 		}
 	}()
-	log.Info("agent started", "pid", b.agent.pid(), "agent_id", b.agentID)
+	log.Info("agent started", "pid", b.agent.PID(), "agent_id", b.agentID)
 	if err := b.waitReady(ctx); err != nil {
 		return nil, err
 	}
 
 	defer func() {
 		if b.client != nil {
-			b.client.stop()
+			b.client.Stop()
 		}
 	}()
 	if err := b.startClient(ctx); err != nil {
@@ -170,16 +173,16 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 	}
 	defer b.quicLocal.Close()
 	var qh quicHello
-	b.quicChild, err = startCtlChild(ctx, "raw QUIC", b.exe, []string{"-mode=quic", "-log-level", o.childLogLevel}, &qh)
+	b.quicChild, err = proc.StartCtl(ctx, "raw QUIC", b.exe, []string{"-mode=quic", "-log-level", o.childLogLevel}, &qh)
 	if err != nil {
 		return nil, err
 	}
-	defer b.quicChild.stop()
+	defer b.quicChild.Stop()
 	if b.quicRemote, err = dialQUIC(ctx, qh.Addr, []byte(qh.CertPEM)); err != nil {
 		return nil, err
 	}
 	defer b.quicRemote.Close()
-	log.Info("raw QUIC servers up", "local", b.quicLocalSrv.addr(), "child", qh.Addr, "child_pid", b.quicChild.pid())
+	log.Info("raw QUIC servers up", "local", b.quicLocalSrv.addr(), "child", qh.Addr, "child_pid", b.quicChild.PID())
 
 	if b.res.rssBefore, err = b.rss(); err != nil {
 		return nil, err
@@ -199,7 +202,7 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 // the agent, starts `outpost connect --listen` with it, checks one session
 // through it, and builds the in-process client of the same entry.
 func (b *bench) startClient(ctx context.Context) error {
-	resp, err := b.gw.call(ctx, request{Op: opSessionToken, AgentID: b.agentID, Target: b.tg.muxAddr(),
+	resp, err := call(ctx, b.gw, request{Op: opSessionToken, AgentID: b.agentID, Target: b.tg.muxAddr(),
 		TTL: b.s.timeout + 10*time.Minute}, time.Minute)
 	if err != nil {
 		return err
@@ -213,7 +216,7 @@ func (b *bench) startClient(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.log.Info("outpost connect up", "pid", b.client.pid(), "listen", b.client.addr)
+	b.log.Info("outpost connect up", "pid", b.client.PID(), "listen", b.client.addr)
 	b.ws, err = client.New(client.Options{Gateway: gwURL, Token: resp.Token, CAPEM: []byte(b.gwHello.CAPEM),
 		DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
 	if err != nil {
@@ -265,28 +268,28 @@ func echoSession(ctx context.Context, addr string, prefix []byte) error {
 // agentPID is the process of the agent now running.
 func (b *bench) agentPID() int {
 	if b.libAgent != nil {
-		return b.libAgent.pid()
+		return b.libAgent.PID()
 	}
-	return b.agent.pid()
+	return b.agent.PID()
 }
 
 // checkChildren fails when a child process that should run has exited.
 func (b *bench) checkChildren() error {
-	kids := []*child{b.gw.child}
+	kids := []*proc.Child{b.gw.Child}
 	if b.libAgent != nil {
-		kids = append(kids, b.libAgent.child)
+		kids = append(kids, b.libAgent.Child)
 	} else {
 		kids = append(kids, b.agent)
 	}
 	if b.client != nil {
-		kids = append(kids, b.client.child)
+		kids = append(kids, b.client.Child)
 	}
 	if b.quicChild != nil {
-		kids = append(kids, b.quicChild.child)
+		kids = append(kids, b.quicChild.Child)
 	}
 	for _, c := range kids {
-		if done, err := c.exited(); done {
-			return fmt.Errorf("the %s process exited: %v", c.name, err)
+		if done, err := c.Exited(); done {
+			return fmt.Errorf("the %s process exited: %v", c.Name(), err)
 		}
 	}
 	return nil
@@ -318,8 +321,8 @@ func (b *bench) waitReady(ctx context.Context) error {
 // rss reads VmRSS of the gateway child and the agent.
 func (b *bench) rss() ([2]int64, error) {
 	var out [2]int64
-	for i, pid := range []int{b.gw.pid(), b.agentPID()} {
-		n, err := rssBytes(pid)
+	for i, pid := range []int{b.gw.PID(), b.agentPID()} {
+		n, err := proc.RSSBytes(pid)
 		if err != nil {
 			return out, err
 		}
@@ -329,18 +332,18 @@ func (b *bench) rss() ([2]int64, error) {
 }
 
 // gwRuntime asks the gateway child for its Go runtime memory figures.
-func (b *bench) gwRuntime(ctx context.Context) (runtimeStats, error) {
+func (b *bench) gwRuntime(ctx context.Context) (proc.RuntimeStats, error) {
 	return childRuntime(ctx, b.gw)
 }
 
 // childRuntime asks a child of this program for its Go runtime figures.
-func childRuntime(ctx context.Context, c *ctlChild) (runtimeStats, error) {
-	resp, err := c.call(ctx, request{Op: opRuntime}, 10*time.Second)
+func childRuntime(ctx context.Context, c *proc.CtlChild) (proc.RuntimeStats, error) {
+	resp, err := call(ctx, c, request{Op: opRuntime}, 10*time.Second)
 	if err != nil {
-		return runtimeStats{}, err
+		return proc.RuntimeStats{}, err
 	}
 	if resp.Runtime == nil {
-		return runtimeStats{}, errors.New(c.name + " child runtime: empty answer")
+		return proc.RuntimeStats{}, errors.New(c.Name() + " child runtime: empty answer")
 	}
 	return *resp.Runtime, nil
 }

@@ -121,11 +121,15 @@ func run(args []string) int {
 	}
 	switch *mode {
 	case "gateway":
-		return runGatewayChild(*dataDir, *entryAddr, *maxSessions, *logLevel)
+		return runChild("gateway", *logLevel, func(ctx context.Context, log hclog.Logger) error {
+			return serveGateway(ctx, *dataDir, *entryAddr, *maxSessions, log)
+		})
 	case "quic":
-		return runQUICChild(*logLevel)
+		return runChild("quic", *logLevel, serveQUIC)
 	case "agent":
-		return runAgentChild(*configDir, *maxStreams, *logLevel)
+		return runChild("agent", *logLevel, func(ctx context.Context, log hclog.Logger) error {
+			return serveAgent(ctx, *configDir, *maxStreams, log)
+		})
 	case "":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown -mode %q\n", *mode)
@@ -173,6 +177,20 @@ func run(args []string) int {
 			return 1
 		}
 		log.Info("results written", "path", out)
+	}
+	return 0
+}
+
+// runChild is the whole life of a child mode of this program: serve runs
+// with a logger named bench-NAME at logLevel on stderr and a context that
+// ends on SIGTERM or SIGINT. It returns the exit code.
+func runChild(name, logLevel string, serve func(context.Context, hclog.Logger) error) int {
+	log := hclog.New(&hclog.LoggerOptions{Name: "bench-" + name, Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, log); err != nil {
+		log.Error(name+" child failed", "error", err)
+		return 1
 	}
 	return 0
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // Targets the figures are judged against.
@@ -106,15 +108,23 @@ type capacityResult struct {
 	rss             [2]int64 // gateway, agent, with the sessions held
 	gwGoroutines    int
 	agentGoroutines int // -1: not known (the agent binary)
-	gwRuntime       runtimeStats
-	agentRuntime    *runtimeStats // nil: not known (the agent binary)
-	agentHeap       *heapSummary  // the library agent's live heap; nil if not known
+	gwRuntime       proc.RuntimeStats
+	agentRuntime    *proc.RuntimeStats // nil: not known (the agent binary)
+	agentHeap       *proc.HeapSummary  // the library agent's live heap; nil if not known
+}
+
+// profileSummary is the gateway's CPU profile of a stretch of load, with
+// what that stretch carried.
+type profileSummary struct {
+	proc.CPUProfile
+	bytes    int64 // bytes carried while it was sampled
+	sessions int   // or sessions opened while it was sampled
 }
 
 // results are every figure of one run.
 type results struct {
 	settings
-	machine     machine
+	machine     proc.Machine
 	clockHz     int64
 	clockSource string
 	loadAtStart string // /proc/loadavg when the run began: other load skews every figure
@@ -132,9 +142,9 @@ type results struct {
 	rssIdle   [2]int64 // gateway, agent: with s.idle sessions open
 	// gwRuntime is the gateway child's Go runtime view: [0] connected with
 	// no session, [1] with the idle sessions.
-	gwRuntime [2]runtimeStats
+	gwRuntime [2]proc.RuntimeStats
 	// gwHeap is the gateway child's live heap with the idle sessions.
-	gwHeap   *heapSummary
+	gwHeap   *proc.HeapSummary
 	capRuns  []capacityResult
 	lookups  []lookupBench
 	profiles [numPaths]*profileSummary // the gateway's, for profiled paths
@@ -380,13 +390,13 @@ func (r *results) resultsFile(now time.Time, args string) string {
 		cmd, now.UTC().Format("2006-01-02 15:04 MST"))
 	m := r.machine
 	b.WriteString("| Machine / run | |\n|---|---|\n")
-	fmt.Fprintf(&b, "| CPUs (nproc) | %d × %s |\n", m.cpus, m.cpuModel)
-	fmt.Fprintf(&b, "| Kernel (uname -r) | %s |\n", m.kernel)
-	fmt.Fprintf(&b, "| net.core.rmem_max / wmem_max | %s / %s bytes |\n", m.rmemMax, m.wmemMax)
-	fmt.Fprintf(&b, "| UDP offload | %s |\n", m.udpOffload)
-	fmt.Fprintf(&b, "| Go | %s |\n", m.goVersion)
+	fmt.Fprintf(&b, "| CPUs (nproc) | %d × %s |\n", m.CPUs, m.CPUModel)
+	fmt.Fprintf(&b, "| Kernel (uname -r) | %s |\n", m.Kernel)
+	fmt.Fprintf(&b, "| net.core.rmem_max / wmem_max | %s / %s bytes |\n", m.RmemMax, m.WmemMax)
+	fmt.Fprintf(&b, "| UDP offload | %s |\n", m.UDPOffload)
+	fmt.Fprintf(&b, "| Go | %s |\n", m.GoVersion)
 	fmt.Fprintf(&b, "| 4 KiB write + fsync in the gateway's data directory (50 samples) | p50 %s, p99 %s |\n", ms(r.fsync.P50), ms(r.fsync.P99))
-	fmt.Fprintf(&b, "| Open-file limit (RLIMIT_NOFILE, inherited by the children) | %s |\n", m.fileLimit)
+	fmt.Fprintf(&b, "| Open-file limit (RLIMIT_NOFILE, inherited by the children) | %s |\n", m.FileLimit)
 	fmt.Fprintf(&b, "| Clock ticks | %d Hz (%s) |\n", r.clockHz, r.clockSource)
 	fmt.Fprintf(&b, "| Load average at start (/proc/loadavg) | %s |\n", r.loadAtStart)
 	fmt.Fprintf(&b, "| Mode | %s: %s per transfer (%d parallel sessions share it in the parallel row), %d run(s) per path and direction after a %s warm-up; %s + %s sequential sessions per setup figure; %s idle sessions; up to %s capacity sessions; route lookups with -benchtime %s |\n",

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // The route lookup benchmarks of the gateway's router: 10,000 agents × 10
@@ -37,7 +39,7 @@ func runLookupBench(ctx context.Context, root, benchtime string) ([]lookupBench,
 		"-benchtime", benchtime, "-count", "1", routingPkg)
 	cmd.Dir = root
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = proc.Attr()
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("go test -bench %s %s: %w\n%s", routingPattern, routingPkg, err, out)

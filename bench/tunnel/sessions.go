@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outposthq/outpost/bench/internal/proc"
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/relay"
 )
@@ -48,7 +49,7 @@ func (b *bench) latency(ctx context.Context) error {
 	if b.o.cpuprofile != "" {
 		prof = b.o.cpuprofile + "-setup.pprof"
 	}
-	if _, err := b.gw.call(ctx, request{Op: opProfileStart, Path: prof}, 10*time.Second); err != nil {
+	if _, err := call(ctx, b.gw, request{Op: opProfileStart, Path: prof}, 10*time.Second); err != nil {
 		return err
 	}
 	b.wsPhases = &wsPhases{}
@@ -57,17 +58,16 @@ func (b *bench) latency(ctx context.Context) error {
 	}
 	b.res.wsPhases = b.wsPhases.last(b.s.sessions)
 	b.wsPhases = nil
-	if _, err := b.gw.call(ctx, request{Op: opProfileStop}, 10*time.Second); err != nil {
+	if _, err := call(ctx, b.gw, request{Op: opProfileStop}, 10*time.Second); err != nil {
 		return err
 	}
-	if ps, err := summarizeProfile(ctx, prof); err != nil {
+	if cp, err := proc.SummarizeProfile(ctx, prof); err != nil {
 		b.log.Warn("gateway CPU profile of session setup", "error", err)
 	} else {
-		ps.sessions = b.s.warmup + b.s.sessions
-		b.res.setupProfile = &ps
+		b.res.setupProfile = &profileSummary{CPUProfile: cp, sessions: b.s.warmup + b.s.sessions}
 	}
 	n := b.s.warmup + b.s.sessions
-	resp, err := b.gw.call(ctx, request{Op: opLatency, AgentID: b.agentID, Target: echo, Warmup: b.s.warmup, N: b.s.sessions},
+	resp, err := call(ctx, b.gw, request{Op: opLatency, AgentID: b.agentID, Target: echo, Warmup: b.s.warmup, N: b.s.sessions},
 		15*time.Second+time.Duration(n)*10*time.Millisecond)
 	if err != nil {
 		return err
@@ -216,9 +216,9 @@ func (b *bench) capacity(ctx context.Context) error {
 	// The same agent as a bench child, to read its Go runtime and heap at
 	// the peak (the binary exposes no such figures).
 	b.log.Info("stopping the agent binary; starting the agent library for the memory breakdown")
-	b.agent.stop(10 * time.Second)
+	b.agent.Stop(10 * time.Second)
 	var ah agentHello
-	b.libAgent, err = startCtlChild(ctx, "library agent", b.exe, []string{"-mode=agent", "-config-dir", b.agentDir,
+	b.libAgent, err = proc.StartCtl(ctx, "library agent", b.exe, []string{"-mode=agent", "-config-dir", b.agentDir,
 		"-max-streams", strconv.Itoa(limit), "-log-level", b.o.childLogLevel}, &ah)
 	if err != nil {
 		return err
@@ -243,13 +243,13 @@ func (b *bench) capacity(ctx context.Context) error {
 func (b *bench) capacityRun(ctx context.Context, what string, streamLimit int64) (capacityResult, error) {
 	b.log.Info("capacity run", "agent", what, "sessions", b.s.capacity, "workers", capacityWorkers, "bound", b.s.capWait)
 	r := capacityResult{what: what, streamLimit: streamLimit, agentGoroutines: -1}
-	resp, err := b.gw.call(ctx, request{Op: opCapacity, AgentID: b.agentID, Target: b.tg.echoAddr(),
+	resp, err := call(ctx, b.gw, request{Op: opCapacity, AgentID: b.agentID, Target: b.tg.echoAddr(),
 		N: b.s.capacity, Workers: capacityWorkers, Timeout: b.s.capWait}, b.s.capWait+30*time.Second)
 	if err != nil {
 		return r, err
 	}
 	defer func() {
-		if _, err := b.gw.call(ctx, request{Op: opRelease}, time.Minute); err != nil {
+		if _, err := call(ctx, b.gw, request{Op: opRelease}, time.Minute); err != nil {
 			b.log.Warn("releasing the capacity sessions", "error", err)
 		}
 	}()
@@ -284,18 +284,18 @@ func (b *bench) capacityRun(ctx context.Context, what string, streamLimit int64)
 // heapProfile has child c write a heap profile (kept under -cpuprofile's
 // prefix if set) and summarizes it. A failure costs the memory breakdown,
 // not the run: it is logged and nil returned.
-func (b *bench) heapProfile(ctx context.Context, c *ctlChild, name string) *heapSummary {
+func (b *bench) heapProfile(ctx context.Context, c *proc.CtlChild, name string) *proc.HeapSummary {
 	file := filepath.Join(b.tmp, name+".pprof")
 	if b.o.cpuprofile != "" {
 		file = b.o.cpuprofile + "-" + name + ".pprof"
 	}
-	if _, err := c.call(ctx, request{Op: opHeapProfile, Path: file}, 30*time.Second); err != nil {
-		b.log.Warn("heap profile", "process", c.name, "error", err)
+	if _, err := call(ctx, c, request{Op: opHeapProfile, Path: file}, 30*time.Second); err != nil {
+		b.log.Warn("heap profile", "process", c.Name(), "error", err)
 		return nil
 	}
-	hs, err := summarizeHeap(ctx, file)
+	hs, err := proc.SummarizeHeap(ctx, file)
 	if err != nil {
-		b.log.Warn("heap profile", "process", c.name, "error", err)
+		b.log.Warn("heap profile", "process", c.Name(), "error", err)
 		return nil
 	}
 	return &hs

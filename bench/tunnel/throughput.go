@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // transferTimeout bounds one transfer of n bytes: 30 s plus 10 MB/s.
@@ -106,11 +108,11 @@ func (b *bench) cpuPIDs(p pathID) []int {
 	self := os.Getpid()
 	switch p {
 	case pathQUIC:
-		return []int{self, b.quicChild.pid()}
+		return []int{self, b.quicChild.PID()}
 	case pathRaw:
-		return []int{b.gw.pid(), b.agentPID(), self}
+		return []int{b.gw.PID(), b.agentPID(), self}
 	case pathConnect, pathConnectParallel:
-		return []int{b.gw.pid(), b.agentPID(), b.client.pid(), self}
+		return []int{b.gw.PID(), b.agentPID(), b.client.PID(), self}
 	}
 	return []int{self}
 }
@@ -156,7 +158,7 @@ func (b *bench) measure(ctx context.Context, p pathID, d dirID, rep int, profDir
 	pids := b.cpuPIDs(p)
 	if profiled(p) {
 		f := filepath.Join(profDir, fmt.Sprintf("%s-%d-%d.pprof", pathSlugs[p], d, rep))
-		if _, err := b.gw.call(ctx, request{Op: opProfileStart, Path: f}, 10*time.Second); err != nil {
+		if _, err := call(ctx, b.gw, request{Op: opProfileStart, Path: f}, 10*time.Second); err != nil {
 			return err
 		}
 		b.profiles[p] = append(b.profiles[p], f)
@@ -174,7 +176,7 @@ func (b *bench) measure(ctx context.Context, p pathID, d dirID, rep int, profDir
 		return err
 	}
 	if profiled(p) {
-		if _, err := b.gw.call(ctx, request{Op: opProfileStop}, 10*time.Second); err != nil {
+		if _, err := call(ctx, b.gw, request{Op: opProfileStop}, 10*time.Second); err != nil {
 			return err
 		}
 	}
@@ -204,17 +206,16 @@ func (b *bench) summarizeProfiles(ctx context.Context) {
 		if b.o.cpuprofile != "" {
 			out = b.o.cpuprofile + "-" + pathSlugs[p] + ".pprof"
 		}
-		if err := mergeProfiles(ctx, files, out); err != nil {
+		if err := proc.MergeProfiles(ctx, files, out); err != nil {
 			b.log.Warn("gateway CPU profile", "path", pathNames[p], "error", err)
 			continue
 		}
-		ps, err := summarizeProfile(ctx, out)
+		cp, err := proc.SummarizeProfile(ctx, out)
 		if err != nil {
 			b.log.Warn("gateway CPU profile", "path", pathNames[p], "error", err)
 			continue
 		}
-		ps.bytes = int64(len(files)) * b.s.bytes
-		b.res.profiles[p] = &ps
+		b.res.profiles[p] = &profileSummary{CPUProfile: cp, bytes: int64(len(files)) * b.s.bytes}
 		if b.o.cpuprofile != "" {
 			b.log.Info("gateway CPU profile kept; read it with go tool pprof -top "+out, "path", pathNames[p])
 		}
@@ -225,7 +226,7 @@ func (b *bench) summarizeProfiles(ctx context.Context) {
 func ticksOf(pids []int) ([]int64, error) {
 	out := make([]int64, len(pids))
 	for i, pid := range pids {
-		t, err := cpuTicks(pid)
+		t, err := proc.CPUTicks(pid)
 		if err != nil {
 			return nil, err
 		}

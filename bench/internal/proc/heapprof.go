@@ -1,4 +1,4 @@
-package main
+package proc
 
 import (
 	"cmp"
@@ -6,76 +6,54 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Heap profiles show where a child's memory goes while sessions are held:
-// the child writes one (opHeapProfile), the parent reads it with
-// `go tool pprof -top -sample_index=inuse_space`.
-
-// opHeapProfile makes a child write a heap profile to Path, after a GC so
-// that it shows live memory only.
-const opHeapProfile = "heap-profile"
-
-// writeHeapProfile collects garbage and writes the heap profile to path.
-func writeHeapProfile(path string) error {
-	runtime.GC()
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+// HeapSummary is the live heap of a heap profile by allocation site.
+type HeapSummary struct {
+	Total int64      // bytes in use
+	Sites []HeapSite // largest first
 }
 
-// heapSummary is the live heap of a heap profile by allocation site.
-type heapSummary struct {
-	total int64      // bytes in use
-	sites []heapSite // largest first
+// HeapSite is the memory in use allocated by one function (flat).
+type HeapSite struct {
+	Name  string
+	Bytes int64
 }
 
-// heapSite is the memory in use allocated by one function (flat).
-type heapSite struct {
-	name  string
-	bytes int64
-}
-
-// summarizeHeap reads a heap profile with go tool pprof -top.
-func summarizeHeap(ctx context.Context, file string) (heapSummary, error) {
+// SummarizeHeap reads a heap profile (see WriteHeapProfile) with
+// `go tool pprof -top -sample_index=inuse_space` (bounded: 2 minutes). The
+// error is the tool's.
+func SummarizeHeap(ctx context.Context, file string) (HeapSummary, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=1000000", "-nodefraction=0", file)
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = Attr()
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return heapSummary{}, fmt.Errorf("go tool pprof -top %s: %w", file, err)
+		return HeapSummary{}, fmt.Errorf("go tool pprof -top %s: %w", file, err)
 	}
 	return parseHeapTop(string(out)), nil
 }
 
 // parseHeapTop reads the table of go tool pprof -top on a heap profile.
-func parseHeapTop(out string) heapSummary {
-	var hs heapSummary
+func parseHeapTop(out string) HeapSummary {
+	var hs HeapSummary
 	for _, r := range pprofTable(out) {
 		n, err := parsePprofBytes(r.flat)
 		if err != nil {
 			continue
 		}
-		hs.total += n
+		hs.Total += n
 		if n > 0 {
-			hs.sites = append(hs.sites, heapSite{r.name, n})
+			hs.Sites = append(hs.Sites, HeapSite{r.name, n})
 		}
 	}
-	slices.SortStableFunc(hs.sites, func(a, b heapSite) int { return cmp.Compare(b.bytes, a.bytes) })
+	slices.SortStableFunc(hs.Sites, func(a, b HeapSite) int { return cmp.Compare(b.Bytes, a.Bytes) })
 	return hs
 }
 

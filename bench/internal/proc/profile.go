@@ -1,4 +1,4 @@
-package main
+package proc
 
 import (
 	"cmp"
@@ -12,28 +12,28 @@ import (
 	"time"
 )
 
-// The gateway child's CPU profiles: one per measured transfer of a profiled
-// path, merged per path with `go tool pprof -proto`, then read with
-// `go tool pprof -top` and summed into categories of work.
+// CPU profiles (taken with CPUProfiler) are merged with
+// `go tool pprof -proto`, then read with `go tool pprof -top` and summed
+// into categories of work.
 
-// profileSummary is what one path's merged profile says.
-type profileSummary struct {
-	file     string        // the merged profile
-	total    time.Duration // CPU time sampled
-	bytes    int64         // bytes carried while it was sampled
-	sessions int           // or sessions opened while it was sampled
-	cats     []catTime     // by category, largest first
-	topFlat  []funcTime    // the functions with the most flat time
+// CPUProfile is what a CPU profile says, summed by kind of work.
+type CPUProfile struct {
+	File       string         // the profile read
+	Total      time.Duration  // CPU time sampled
+	Categories []CategoryTime // flat time by kind of work, largest first
+	TopFlat    []FuncTime     // every function, the most flat time first
 }
 
-type catTime struct {
-	name string
-	d    time.Duration
+// CategoryTime is the flat time of the functions of one kind of work.
+type CategoryTime struct {
+	Name string // what the work is, e.g. "quic-go (packets, frames, flow control, acks)"
+	Time time.Duration
 }
 
-type funcTime struct {
-	name      string
-	flat, cum time.Duration
+// FuncTime is one function's flat (own) and cumulative time.
+type FuncTime struct {
+	Name      string
+	Flat, Cum time.Duration
 }
 
 // categories sort a function into a kind of work by its name's prefix;
@@ -81,39 +81,41 @@ func categoryOf(fn string) string {
 	return otherCategory
 }
 
-// mergeProfiles writes the merge of files to out with go tool pprof.
-func mergeProfiles(ctx context.Context, files []string, out string) error {
+// MergeProfiles writes the merge of files to out with go tool pprof
+// (bounded: 2 minutes). The error is the tool's, with its output.
+func MergeProfiles(ctx context.Context, files []string, out string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	args := append([]string{"tool", "pprof", "-proto", "-output", out}, files...)
 	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = Attr()
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go tool pprof -proto: %w: %s", err, b)
 	}
 	return nil
 }
 
-// summarizeProfile reads a profile with go tool pprof -top.
-func summarizeProfile(ctx context.Context, file string) (profileSummary, error) {
+// SummarizeProfile reads a CPU profile with go tool pprof -top (bounded: 2
+// minutes). The error is the tool's.
+func SummarizeProfile(ctx context.Context, file string) (CPUProfile, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=1000000", "-nodefraction=0", file)
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = Attr()
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return profileSummary{}, fmt.Errorf("go tool pprof -top %s: %w", file, err)
+		return CPUProfile{}, fmt.Errorf("go tool pprof -top %s: %w", file, err)
 	}
 	ps := parsePprofTop(string(out))
-	ps.file = file
+	ps.File = file
 	return ps, nil
 }
 
 // parsePprofTop reads the table of go tool pprof -top: after the header
 // line "flat  flat%   sum%   cum   cum%", one function per line.
-func parsePprofTop(out string) profileSummary {
-	var ps profileSummary
+func parsePprofTop(out string) CPUProfile {
+	var ps CPUProfile
 	byCat := map[string]time.Duration{}
 	for _, r := range pprofTable(out) {
 		flat, err1 := parsePprofDuration(r.flat)
@@ -121,17 +123,17 @@ func parsePprofTop(out string) profileSummary {
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		ps.total += flat
+		ps.Total += flat
 		byCat[categoryOf(r.name)] += flat
-		ps.topFlat = append(ps.topFlat, funcTime{name: r.name, flat: flat, cum: cum})
+		ps.TopFlat = append(ps.TopFlat, FuncTime{Name: r.name, Flat: flat, Cum: cum})
 	}
 	for name, d := range byCat {
-		ps.cats = append(ps.cats, catTime{name, d})
+		ps.Categories = append(ps.Categories, CategoryTime{name, d})
 	}
-	slices.SortFunc(ps.cats, func(a, b catTime) int {
-		return cmp.Or(cmp.Compare(b.d, a.d), strings.Compare(a.name, b.name))
+	slices.SortFunc(ps.Categories, func(a, b CategoryTime) int {
+		return cmp.Or(cmp.Compare(b.Time, a.Time), strings.Compare(a.Name, b.Name))
 	})
-	slices.SortStableFunc(ps.topFlat, func(a, b funcTime) int { return cmp.Compare(b.flat, a.flat) })
+	slices.SortStableFunc(ps.TopFlat, func(a, b FuncTime) int { return cmp.Compare(b.Flat, a.Flat) })
 	return ps
 }
 
