@@ -3,14 +3,79 @@ package proc
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
+
+// Profiles: a process profiles itself (CPUProfiler, WriteHeapProfile) into
+// files, which the benchmark reads with `go tool pprof`.
+
+// WriteHeapProfile collects garbage, so that the profile shows live memory
+// only, and writes this process's heap profile to path. The error is the
+// file's or the profile's.
+func WriteHeapProfile(path string) error {
+	runtime.GC()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// CPUProfiler CPU-profiles this process into one file at a time. The zero
+// value is ready (its logger then discards); it is not safe for concurrent
+// use.
+type CPUProfiler struct {
+	Log  hclog.Logger
+	file *os.File // the profile being written, if any
+}
+
+// Start starts a CPU profile written to path. It fails if one is running
+// already, or with the file's or runtime/pprof's error.
+func (p *CPUProfiler) Start(path string) error {
+	if p.file != nil {
+		return errors.New("a CPU profile is already running")
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	p.file = f
+	if p.Log != nil {
+		p.Log.Info("CPU profile started", "path", path)
+	}
+	return nil
+}
+
+// Stop ends the running CPU profile, if any, and closes its file (the
+// error is Close's).
+func (p *CPUProfiler) Stop() error {
+	if p.file == nil {
+		return nil
+	}
+	pprof.StopCPUProfile()
+	err := p.file.Close()
+	p.file = nil
+	return err
+}
 
 // CPU profiles (taken with CPUProfiler) are merged with
 // `go tool pprof -proto`, then read with `go tool pprof -top` and summed
@@ -98,16 +163,11 @@ func MergeProfiles(ctx context.Context, files []string, out string) error {
 // SummarizeProfile reads a CPU profile with go tool pprof -top (bounded: 2
 // minutes). The error is the tool's.
 func SummarizeProfile(ctx context.Context, file string) (CPUProfile, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=1000000", "-nodefraction=0", file)
-	cmd.SysProcAttr = Attr()
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	out, err := pprofTop(ctx, file)
 	if err != nil {
-		return CPUProfile{}, fmt.Errorf("go tool pprof -top %s: %w", file, err)
+		return CPUProfile{}, err
 	}
-	ps := parsePprofTop(string(out))
+	ps := parsePprofTop(out)
 	ps.File = file
 	return ps, nil
 }
@@ -151,4 +211,104 @@ func parsePprofDuration(s string) (time.Duration, error) {
 		return time.Duration(h * float64(time.Hour)), err
 	}
 	return time.ParseDuration(s)
+}
+
+// HeapSummary is the live heap of a heap profile by allocation site.
+type HeapSummary struct {
+	Total int64      // bytes in use
+	Sites []HeapSite // largest first
+}
+
+// HeapSite is the memory in use allocated by one function (flat).
+type HeapSite struct {
+	Name  string
+	Bytes int64
+}
+
+// SummarizeHeap reads a heap profile (see WriteHeapProfile) with
+// `go tool pprof -top -sample_index=inuse_space` (bounded: 2 minutes). The
+// error is the tool's.
+func SummarizeHeap(ctx context.Context, file string) (HeapSummary, error) {
+	out, err := pprofTop(ctx, file, "-sample_index=inuse_space")
+	if err != nil {
+		return HeapSummary{}, err
+	}
+	return parseHeapTop(out), nil
+}
+
+// pprofTop runs go tool pprof -top with flags on file, listing every
+// function (bounded: 2 minutes), and returns the output. Its stderr goes to
+// ours; the error is the tool's.
+func pprofTop(ctx context.Context, file string, flags ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	args := append([]string{"tool", "pprof", "-top"}, flags...)
+	cmd := exec.CommandContext(ctx, "go", append(args, "-nodecount=1000000", "-nodefraction=0", file)...)
+	cmd.SysProcAttr = Attr()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof -top %s: %w", file, err)
+	}
+	return string(out), nil
+}
+
+// parseHeapTop reads the table of go tool pprof -top on a heap profile.
+func parseHeapTop(out string) HeapSummary {
+	var hs HeapSummary
+	for _, r := range pprofTable(out) {
+		n, err := parsePprofBytes(r.flat)
+		if err != nil {
+			continue
+		}
+		hs.Total += n
+		if n > 0 {
+			hs.Sites = append(hs.Sites, HeapSite{r.name, n})
+		}
+	}
+	slices.SortStableFunc(hs.Sites, func(a, b HeapSite) int { return cmp.Compare(b.Bytes, a.Bytes) })
+	return hs
+}
+
+// pprofRow is one line of a go tool pprof -top table, values as printed.
+type pprofRow struct{ name, flat, cum string }
+
+// pprofTable returns the rows of the table of go tool pprof -top: after
+// the header "flat  flat%   sum%   cum   cum%", one function per line.
+func pprofTable(out string) []pprofRow {
+	var rows []pprofRow
+	inTable := false
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if !inTable {
+			inTable = len(f) == 5 && f[0] == "flat" && f[1] == "flat%"
+			continue
+		}
+		if len(f) < 6 {
+			continue
+		}
+		rows = append(rows, pprofRow{name: strings.Join(f[5:], " "), flat: f[0], cum: f[3]})
+	}
+	return rows
+}
+
+// parsePprofBytes reads pprof's sizes: "0", "512B", "16.50kB", "1.50MB",
+// "2GB" (pprof's units are powers of 1024).
+func parsePprofBytes(s string) (int64, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	for _, u := range []struct {
+		suffix string
+		scale  float64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			x, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, err
+			}
+			return int64(x * u.scale), nil
+		}
+	}
+	return 0, fmt.Errorf("pprof size %q: unknown unit", s)
 }
