@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/outposthq/outpost/bench/internal/load"
 	"github.com/outposthq/outpost/bench/internal/proc"
 	"github.com/outposthq/outpost/dataplane/relay"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
@@ -43,24 +44,11 @@ type hello struct {
 	CAPEM string `json:"ca_pem"`
 }
 
-// capacityStats is what one opCapacity run found.
-type capacityStats struct {
-	// Attempted and Opened count the sessions started and those that
-	// carried their byte and are held.
-	Attempted int `json:"attempted"`
-	Opened    int `json:"opened"`
-	// Took is how long opening them took.
-	Took time.Duration `json:"took_ns"`
-	// Stop is why the run stopped before N, if it did.
-	Stop string `json:"stop,omitempty"`
-}
-
 // Bounds of the entry and of the in-gateway sessions.
 const (
 	maxEntryHeader   = 512
 	headerTimeout    = 10 * time.Second
 	dialTimeout      = 30 * time.Second
-	sessionTimeout   = 5 * time.Second
 	tokenCallTimeout = 30 * time.Second
 	// agentAnswerTimeout is the gateway's wait for stream credit and a
 	// ConnectResponse (the product's default is 30 s): on loopback an agent
@@ -238,15 +226,15 @@ func (c *commander) do(ctx context.Context, r request) any {
 }
 
 // latency opens sessions straight from the gateway library: no entry hop.
-func (c *commander) latency(ctx context.Context, r request) (latencyStats, error) {
+func (c *commander) latency(ctx context.Context, r request) (load.Stats, error) {
 	if r.N <= 0 || r.Warmup < 0 || r.N+r.Warmup > 100_000 {
-		return latencyStats{}, fmt.Errorf("latency: bad counts n=%d warmup=%d", r.N, r.Warmup)
+		return load.Stats{}, fmt.Errorf("latency: bad counts n=%d warmup=%d", r.N, r.Warmup)
 	}
 	// Generous: a session normally takes well under a millisecond.
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second+time.Duration(r.N+r.Warmup)*10*time.Millisecond)
 	defer cancel()
-	return measureLatency(ctx, r.Warmup, r.N, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, sessionTimeout)
+	return load.MeasureLatency(ctx, r.Warmup, r.N, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, load.SessionTimeout)
 		defer cancel()
 		s, err := servertest.DialAgent(ctx, c.g, r.AgentID, r.Target)
 		if err != nil {
@@ -259,7 +247,7 @@ func (c *commander) latency(ctx context.Context, r request) (latencyStats, error
 		}
 		stop := context.AfterFunc(ctx, func() { ep.Abort(relay.ErrorCodeCanceled) })
 		defer stop()
-		if err := echoOnce(ep, nil); err != nil {
+		if err := load.EchoOnce(ep, nil); err != nil {
 			ep.Abort(relay.ErrorCodeCanceled)
 			return err
 		}
@@ -268,59 +256,20 @@ func (c *commander) latency(ctx context.Context, r request) (latencyStats, error
 }
 
 // capacity opens up to r.N sessions through r.AgentID, r.Workers at a
-// time, each echoing one byte off r.Target, and keeps them open. It stops
-// at the first session that fails (the others in flight are cancelled) or
-// when r.Timeout has passed.
-func (c *commander) capacity(ctx context.Context, r request) (capacityStats, error) {
+// time, each echoing one byte off r.Target, and keeps them open (see
+// load.Hold): it stops at the first session that fails or when r.Timeout
+// has passed.
+func (c *commander) capacity(ctx context.Context, r request) (load.HoldStats, error) {
 	switch {
 	case len(c.held) > 0:
-		return capacityStats{}, fmt.Errorf("capacity: %d sessions are still held", len(c.held))
+		return load.HoldStats{}, fmt.Errorf("capacity: %d sessions are still held", len(c.held))
 	case r.N <= 0 || r.N > maxCapacity || r.Workers <= 0 || r.Workers > 256 || r.Timeout <= 0:
-		return capacityStats{}, fmt.Errorf("capacity: bad request n=%d workers=%d timeout=%v", r.N, r.Workers, r.Timeout)
+		return load.HoldStats{}, fmt.Errorf("capacity: bad request n=%d workers=%d timeout=%v", r.N, r.Workers, r.Timeout)
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
-	defer cancel()
-	var (
-		mu sync.Mutex
-		// Guarded by mu:
-		started int
-		stop    error
-		held    = make([]relay.Endpoint, 0, r.N)
-	)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range r.Workers {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				if stop != nil || started >= r.N || ctx.Err() != nil {
-					mu.Unlock()
-					return
-				}
-				started++
-				i := started
-				mu.Unlock()
-				ep, err := c.openHeld(ctx, r.AgentID, r.Target)
-				mu.Lock()
-				if err == nil {
-					held = append(held, ep)
-				} else if stop == nil {
-					stop = fmt.Errorf("session %d: %w", i, err)
-					cancel()
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	held, st := load.Hold(ctx, r.N, r.Workers, r.Timeout, func(ctx context.Context) (relay.Endpoint, error) {
+		return c.openHeld(ctx, r.AgentID, r.Target)
+	})
 	c.held = held
-	st := capacityStats{Attempted: started, Opened: len(held), Took: time.Since(start)}
-	switch {
-	case stop != nil:
-		st.Stop = stop.Error()
-	case len(held) < r.N:
-		st.Stop = fmt.Sprintf("time limit (%v) reached", r.Timeout)
-	}
 	c.log.Info("capacity run", "opened", st.Opened, "attempted", st.Attempted, "took", st.Took, "stop", st.Stop)
 	return st, nil
 }
@@ -340,7 +289,7 @@ func (c *commander) openHeld(ctx context.Context, agentID, target string) (relay
 		return nil, fmt.Errorf("session type %T is not a relay.Endpoint", s)
 	}
 	stop := context.AfterFunc(ctx, func() { ep.Abort(relay.ErrorCodeCanceled) })
-	err = echoOnce(ep, nil)
+	err = load.EchoOnce(ep, nil)
 	if !stop() || err != nil {
 		ep.Abort(relay.ErrorCodeCanceled)
 		if err == nil {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/bench/internal/load"
 	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
@@ -20,13 +21,13 @@ type quicHello struct {
 // the baseline pays the same cross-process costs as the tunnel. It serves
 // until its stdin ends or it gets SIGTERM/SIGINT, and answers no request.
 func serveQUIC(ctx context.Context, log hclog.Logger) error {
-	srv, certPEM, err := startQUICServer(log)
+	srv, certPEM, err := load.StartQUICServer(log)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
 	return proc.Server[request]{
-		Hello:  func(context.Context) (any, error) { return quicHello{Addr: srv.addr(), CertPEM: string(certPEM)}, nil },
+		Hello:  func(context.Context) (any, error) { return quicHello{Addr: srv.Addr(), CertPEM: string(certPEM)}, nil },
 		Answer: func(_ context.Context, req request) any { return unknownOp(req) },
 	}.Serve(ctx)
 }
