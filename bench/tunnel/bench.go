@@ -16,6 +16,7 @@ import (
 
 	"github.com/outposthq/outpost/bench/internal/load"
 	"github.com/outposthq/outpost/bench/internal/proc"
+	"github.com/outposthq/outpost/bench/internal/report"
 	"github.com/outposthq/outpost/client"
 )
 
@@ -33,7 +34,7 @@ type bench struct {
 	s   load.Settings
 	o   options
 	log hclog.Logger
-	res *Results
+	res *report.Results
 	tmp string // the run's temporary directory
 	bin string // the outpost binary
 	exe string // this program's binary
@@ -50,7 +51,7 @@ type bench struct {
 
 // runBench sets everything up, measures, and tears everything down (also
 // on failure) before returning.
-func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger) (*Results, error) {
+func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger) (*report.Results, error) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		return nil, fmt.Errorf("this benchmark reads /proc (Linux only): %w", err)
 	}
@@ -61,7 +62,7 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 		log.Warn("could not raise the open-file limit", "error", lerr)
 	}
 	hz, fromAuxv := proc.ClockTicks()
-	b := &bench{s: s, o: o, log: log, res: &Results{
+	b := &bench{s: s, o: o, log: log, res: &report.Results{
 		Settings:    s,
 		Machine:     proc.DescribeMachine(limit, fileLimit, lerr),
 		ClockHz:     hz,

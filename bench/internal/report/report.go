@@ -1,4 +1,9 @@
-package main
+// Package report turns one run's Results into what the benchmark prints:
+// the Markdown table of every figure against its target (Table), and
+// bench/RESULTS.md (File) — the machine and the run, the same table, the
+// gateway's Go runtime figures, and the "Where the time goes" analysis
+// computed from the same measurements. It measures nothing itself.
+package report
 
 import (
 	"fmt"
