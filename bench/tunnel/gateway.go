@@ -25,9 +25,10 @@ import (
 // The gateway child is this program re-executed with -mode=gateway: the
 // real gateway library plus a benchmark-only TCP entry, in a process of its
 // own so that its CPU time and memory can be read from /proc. It talks to
-// the parent in JSON lines: one hello on stdout, then one response on stdout
-// per request read from stdin. It exits when stdin ends (the parent is done
-// or gone) or on SIGTERM/SIGINT. Logs go to stderr.
+// the parent in JSON lines (proc.Server; the requests are in ctl.go): one
+// hello on stdout, then one response on stdout per request read from stdin.
+// It exits when stdin ends (the parent is done or gone) or on
+// SIGTERM/SIGINT. Logs go to stderr.
 
 // hello is the gateway child's first line.
 type hello struct {

@@ -122,8 +122,8 @@ type GatewaySessions struct {
 
 // Rig is the system the loads run against, which the caller sets up, keeps
 // current (the agent may change between loads) and tears down. Its methods
-// are the loads; they are not safe for concurrent use. Every field but Log
-// and Check is required by some load.
+// are the loads; they are not safe for concurrent use. Log, KeepPrefix,
+// Check and Agent are optional; each other field is required by some load.
 type Rig struct {
 	Settings Settings
 	// Log receives the loads' progress. If nil, nothing is logged.
