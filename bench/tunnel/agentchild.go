@@ -2,18 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/outposthq/outpost/agent"
+	"github.com/outposthq/outpost/bench/internal/proc"
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
@@ -33,19 +29,7 @@ type agentHello struct {
 	AgentID string `json:"agent_id"`
 }
 
-// runAgentChild is the whole life of the agent child; it returns the exit
-// code.
-func runAgentChild(configDir string, maxStreams int, logLevel string) int {
-	log := hclog.New(&hclog.LoggerOptions{Name: "bench-agent", Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := serveAgent(ctx, configDir, maxStreams, log); err != nil {
-		log.Error("agent child failed", "error", err)
-		return 1
-	}
-	return 0
-}
-
+// serveAgent is the agent child's life (see runChild).
 func serveAgent(ctx context.Context, configDir string, maxStreams int, log hclog.Logger) error {
 	id, ok := agent.Enrolled(configDir)
 	if !ok {
@@ -63,49 +47,14 @@ func serveAgent(ctx context.Context, configDir string, maxStreams int, log hclog
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-	runErr := make(chan error, 1)
-	wg.Go(func() { runErr <- r.Run(ctx) })
-
-	out := json.NewEncoder(os.Stdout)
-	if err := out.Encode(agentHello{AgentID: id}); err != nil {
-		return fmt.Errorf("write hello: %w", err)
-	}
-	lines, stopReading := stdinLines()
-	defer stopReading()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-runErr:
-			return fmt.Errorf("agent stopped early: %v", err)
-		case line, ok := <-lines:
-			if !ok {
-				return nil
+	return proc.Server[request]{
+		Run:   r.Run,
+		Hello: func(context.Context) (any, error) { return agentHello{AgentID: id}, nil },
+		Answer: func(_ context.Context, req request) any {
+			if resp, ok := answerCommon(req); ok {
+				return resp
 			}
-			var req request
-			resp := response{}
-			switch err := json.Unmarshal(line, &req); {
-			case err != nil:
-				resp.Error = "bad request: " + err.Error()
-			case req.Op == opRuntime:
-				st := readRuntimeStats()
-				resp.Runtime = &st
-			case req.Op == opHeapProfile:
-				if err := writeHeapProfile(req.Path); err != nil {
-					resp.Error = err.Error()
-				}
-			default:
-				resp.Error = fmt.Sprintf("unknown op %q", req.Op)
-			}
-			if err := out.Encode(resp); err != nil {
-				return fmt.Errorf("write response: %w", err)
-			}
-		}
-	}
+			return unknownOp(req)
+		},
+	}.Serve(ctx)
 }

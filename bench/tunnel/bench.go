@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/bench/internal/load"
+	"github.com/outposthq/outpost/bench/internal/proc"
+	"github.com/outposthq/outpost/bench/internal/report"
 	"github.com/outposthq/outpost/client"
 )
 
@@ -26,86 +28,73 @@ type options struct {
 	root          string // module root
 }
 
-// bench is one run's moving parts.
+// bench is one run's moving parts: the processes it started, and the rig
+// the loads run against.
 type bench struct {
-	s   settings
+	s   load.Settings
 	o   options
 	log hclog.Logger
-	res *results
+	res *report.Results
 	tmp string // the run's temporary directory
 	bin string // the outpost binary
 	exe string // this program's binary
 
-	tg       *targets
-	gw       *ctlChild // the gateway child
-	gwHello  hello
-	agentDir string
-	agentID  string
-	agent    *child    // the real agent binary
-	libAgent *ctlChild // the agent library child; runs once agent has stopped
-
-	client  *connectProc   // outpost connect --listen, the real client
-	ws      *client.Client // the same client library, in this process
-	tlsConf *tls.Config    // what the client library verifies the gateway with
-
-	quicLocalSrv *quicServer // raw QUIC server in this process
-	quicLocal    *quicClient // connected to quicLocalSrv
-	quicChild    *ctlChild   // raw QUIC server in a child process
-	quicRemote   *quicClient // connected to quicChild's server
-
-	// profiles are the gateway CPU profile files of each profiled path.
-	profiles [numPaths][]string
-	// wsPhases collects the steps of WebSocket sessions while set.
-	wsPhases *wsPhases
+	rig       load.Rig
+	gw        gatewayChild // the gateway child
+	gwHello   hello
+	agentDir  string
+	agent     *proc.Child    // the real agent binary
+	libAgent  *proc.CtlChild // the agent library child; runs once agent has stopped
+	client    *connectProc   // outpost connect --listen, the real client
+	quicChild *proc.CtlChild // raw QUIC server in a child process
 }
 
 // runBench sets everything up, measures, and tears everything down (also
 // on failure) before returning.
-func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*results, error) {
+func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger) (*report.Results, error) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		return nil, fmt.Errorf("this benchmark reads /proc (Linux only): %w", err)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, s.timeout, fmt.Errorf("benchmark took longer than %v (-timeout)", s.timeout))
+	ctx, cancel := context.WithTimeoutCause(ctx, s.Timeout, fmt.Errorf("benchmark took longer than %v (-timeout)", s.Timeout))
 	defer cancel()
-	limit, lerr := raiseFileLimit(fileLimit)
-	if lerr != nil && !errors.Is(lerr, errBelowWant) {
+	limit, lerr := proc.RaiseFileLimit(fileLimit)
+	if lerr != nil && !errors.Is(lerr, proc.ErrBelowWant) {
 		log.Warn("could not raise the open-file limit", "error", lerr)
 	}
-	hz, fromAuxv := clockTicks()
-	b := &bench{s: s, o: o, log: log, res: &results{
-		settings:    s,
-		machine:     describeMachine(limit, fileLimit, lerr),
-		clockHz:     hz,
-		clockSource: "AT_CLKTCK from /proc/self/auxv",
-		loadAtStart: readTrimmed("/proc/loadavg"),
+	hz, fromAuxv := proc.ClockTicks()
+	b := &bench{s: s, o: o, log: log, res: &report.Results{
+		Settings:    s,
+		Machine:     proc.DescribeMachine(limit, fileLimit, lerr),
+		ClockHz:     hz,
+		ClockSource: "AT_CLKTCK from /proc/self/auxv",
+		LoadAtStart: proc.ReadTrimmed("/proc/loadavg"),
 	}}
 	if !fromAuxv {
-		b.res.clockSource = "assumed: auxv unreadable"
+		b.res.ClockSource = "assumed: auxv unreadable"
 	}
 
 	// First, while nothing else runs: the route lookup benchmarks.
-	log.Info("route lookup benchmarks", "package", routingPkg, "benchtime", s.benchtime)
 	var err error
-	if b.res.lookups, err = runLookupBench(ctx, o.root, s.benchtime); err != nil {
+	if b.res.Lookups, err = load.RouteLookups(ctx, o.root, s.Benchtime, log); err != nil {
 		return nil, err
-	}
-	for _, l := range b.res.lookups {
-		log.Info("route lookup", "benchmark", l.name, "ns/op", l.nsPerOp, "allocs/op", l.allocsPerOp)
 	}
 
 	if b.tmp, err = os.MkdirTemp("", "outpost-bench-"); err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(b.tmp)
-	if b.res.fsync, err = fsyncProbe(b.tmp, 50); err != nil {
+	fsync, err := proc.FsyncProbe(b.tmp, 50)
+	if err != nil {
 		return nil, fmt.Errorf("fsync probe: %w", err)
 	}
+	b.res.Fsync = load.Summarize(fsync)
+	b.rig = load.Rig{Settings: s, Log: log, Dir: b.tmp, KeepPrefix: o.cpuprofile, Check: b.checkChildren}
 
-	b.tg, err = startTargets(time.Now().Add(s.timeout), log.Named("target"))
+	b.rig.Targets, err = load.StartTargets(time.Now().Add(s.Timeout), log.Named("target"))
 	if err != nil {
 		return nil, fmt.Errorf("targets: %w", err)
 	}
-	defer b.tg.Close()
+	defer b.rig.Targets.Close()
 
 	b.bin = o.outpost
 	if b.bin == "" {
@@ -118,76 +107,80 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 		return nil, fmt.Errorf("find this program's binary: %w", err)
 	}
 
-	b.gw, err = startCtlChild(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
-		"-entry", "127.0.0.1:0", "-max-sessions", strconv.Itoa(s.capacity + capacityHeadroom), "-log-level", o.childLogLevel}, &b.gwHello)
+	gw, err := proc.StartCtl(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
+		"-entry", "127.0.0.1:0", "-max-sessions", strconv.Itoa(s.Capacity + capacityHeadroom), "-log-level", o.childLogLevel}, &b.gwHello)
 	if err != nil {
 		return nil, err
 	}
-	defer b.gw.stop()
+	defer gw.Stop()
+	b.gw = gatewayChild{ctlProcess{gw}}
 	if b.gwHello.Entry == "" || b.gwHello.Token == "" || b.gwHello.CAPEM == "" {
 		return nil, fmt.Errorf("gateway child hello is incomplete: %+v", b.gwHello)
 	}
-	log.Info("gateway child up", "pid", b.gw.pid(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
+	log.Info("gateway child up", "pid", b.gw.PID(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
+	b.rig.Gateway, b.rig.Entry, b.rig.API = b.gw, b.gwHello.Entry, b.gwHello.API
 
 	b.agentDir = filepath.Join(b.tmp, "agent")
-	if b.agentID, err = enrollAgent(ctx, b.bin, b.agentDir, b.gwHello.Token); err != nil {
+	if b.rig.AgentID, err = enrollAgent(ctx, b.bin, b.agentDir, b.gwHello.Token); err != nil {
 		return nil, err
 	}
 	// The stream limit is raised (DESIGN's default is 4,096) so that the
 	// capacity run can reach its target with the real binary.
-	b.agent, err = startChild("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
-		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.capacity+capacityHeadroom)))
+	b.agent, err = proc.Start("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
+		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.Capacity+capacityHeadroom)))
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		b.agent.stop(10 * time.Second)
+		b.agent.Stop(10 * time.Second)
 		if b.libAgent != nil {
-			b.libAgent.stop()
+			b.libAgent.Stop()
 		}
 	}()
-	log.Info("agent started", "pid", b.agent.pid(), "agent_id", b.agentID)
-	if err := b.waitReady(ctx); err != nil {
+	b.rig.AgentPID = b.agent.PID()
+	log.Info("agent started", "pid", b.agent.PID(), "agent_id", b.rig.AgentID)
+	if err := b.rig.WaitReady(ctx); err != nil {
 		return nil, err
 	}
 
 	defer func() {
 		if b.client != nil {
-			b.client.stop()
+			b.client.Stop()
 		}
 	}()
 	if err := b.startClient(ctx); err != nil {
 		return nil, err
 	}
 
-	var certPEM []byte
-	if b.quicLocalSrv, certPEM, err = startQUICServer(log.Named("rawquic")); err != nil {
-		return nil, err
-	}
-	defer b.quicLocalSrv.Close()
-	if b.quicLocal, err = dialQUIC(ctx, b.quicLocalSrv.addr(), certPEM); err != nil {
-		return nil, err
-	}
-	defer b.quicLocal.Close()
-	var qh quicHello
-	b.quicChild, err = startCtlChild(ctx, "raw QUIC", b.exe, []string{"-mode=quic", "-log-level", o.childLogLevel}, &qh)
+	quicLocalSrv, certPEM, err := load.StartQUICServer(log.Named("rawquic"))
 	if err != nil {
 		return nil, err
 	}
-	defer b.quicChild.stop()
-	if b.quicRemote, err = dialQUIC(ctx, qh.Addr, []byte(qh.CertPEM)); err != nil {
+	defer quicLocalSrv.Close()
+	if b.rig.QUICLocal, err = load.DialQUIC(ctx, quicLocalSrv.Addr(), certPEM); err != nil {
 		return nil, err
 	}
-	defer b.quicRemote.Close()
-	log.Info("raw QUIC servers up", "local", b.quicLocalSrv.addr(), "child", qh.Addr, "child_pid", b.quicChild.pid())
+	defer b.rig.QUICLocal.Close()
+	var qh quicHello
+	b.quicChild, err = proc.StartCtl(ctx, "raw QUIC", b.exe, []string{"-mode=quic", "-log-level", o.childLogLevel}, &qh)
+	if err != nil {
+		return nil, err
+	}
+	defer b.quicChild.Stop()
+	b.rig.QUICPID = b.quicChild.PID()
+	if b.rig.QUICRemote, err = load.DialQUIC(ctx, qh.Addr, []byte(qh.CertPEM)); err != nil {
+		return nil, err
+	}
+	defer b.rig.QUICRemote.Close()
+	log.Info("raw QUIC servers up", "local", quicLocalSrv.Addr(), "child", qh.Addr, "child_pid", b.quicChild.PID())
 
-	if b.res.rssBefore, err = b.rss(); err != nil {
+	if b.res.RSSBefore, err = b.rig.RSS(); err != nil {
 		return nil, err
 	}
-	if b.res.gwRuntime[0], err = b.gwRuntime(ctx); err != nil {
+	if b.res.GwRuntime[0], err = b.rig.Gateway.Runtime(ctx); err != nil {
 		return nil, err
 	}
-	for _, phase := range []func(context.Context) error{b.latency, b.idleSessions, b.throughput, b.capacity} {
+	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.throughput, b.capacity} {
 		if err := phase(ctx); err != nil {
 			return nil, err
 		}
@@ -199,8 +192,7 @@ func runBench(ctx context.Context, s settings, o options, log hclog.Logger) (*re
 // the agent, starts `outpost connect --listen` with it, checks one session
 // through it, and builds the in-process client of the same entry.
 func (b *bench) startClient(ctx context.Context) error {
-	resp, err := b.gw.call(ctx, request{Op: opSessionToken, AgentID: b.agentID, Target: b.tg.muxAddr(),
-		TTL: b.s.timeout + 10*time.Minute}, time.Minute)
+	token, err := b.gw.sessionToken(ctx, b.rig.AgentID, b.rig.Targets.MuxAddr(), b.s.Timeout+10*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -209,12 +201,13 @@ func (b *bench) startClient(ctx context.Context) error {
 		return err
 	}
 	gwURL := "https://" + b.gwHello.API
-	b.client, err = startConnect(ctx, b.bin, gwURL, resp.Token, caFile, b.o.childLogLevel)
+	b.client, err = startConnect(ctx, b.bin, gwURL, token, caFile, b.o.childLogLevel)
 	if err != nil {
 		return err
 	}
-	b.log.Info("outpost connect up", "pid", b.client.pid(), "listen", b.client.addr)
-	b.ws, err = client.New(client.Options{Gateway: gwURL, Token: resp.Token, CAPEM: []byte(b.gwHello.CAPEM),
+	b.rig.ConnectAddr, b.rig.ConnectPID = b.client.addr, b.client.PID()
+	b.log.Info("outpost connect up", "pid", b.client.PID(), "listen", b.client.addr)
+	b.rig.WS, err = client.New(client.Options{Gateway: gwURL, Token: token, CAPEM: []byte(b.gwHello.CAPEM),
 		DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
 	if err != nil {
 		return err
@@ -223,124 +216,98 @@ func (b *bench) startClient(ctx context.Context) error {
 	if !pool.AppendCertsFromPEM([]byte(b.gwHello.CAPEM)) {
 		return errors.New("the gateway's CA certificate is not PEM")
 	}
-	b.tlsConf = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
-	// The agent is up (waitReady); a session through the client must work
+	b.rig.TLS = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	// The agent is up (WaitReady); a session through the client must work
 	// at once.
-	if err := echoSession(ctx, b.client.addr, []byte{modeEcho}); err != nil {
+	if err := b.rig.ProbeConnect(ctx); err != nil {
 		return fmt.Errorf("first session through outpost connect: %w", err)
 	}
 	return nil
 }
 
-// header is what a client sends the bench entry before its bytes.
-func (b *bench) header(target string) []byte {
-	return []byte(b.agentID + " " + target + "\n")
-}
-
-func dialTCP(ctx context.Context, addr string) (*net.TCPConn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
-}
-
-// echoSession is one timed session: connect, send prefix and one byte,
-// read the byte back, close.
-func echoSession(ctx context.Context, addr string, prefix []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, sessionTimeout)
-	defer cancel()
-	c, err := dialTCP(ctx, addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
-	return echoOnce(c, prefix)
-}
-
-// agentPID is the process of the agent now running.
-func (b *bench) agentPID() int {
-	if b.libAgent != nil {
-		return b.libAgent.pid()
-	}
-	return b.agent.pid()
-}
-
 // checkChildren fails when a child process that should run has exited.
 func (b *bench) checkChildren() error {
-	kids := []*child{b.gw.child}
+	kids := []*proc.Child{b.gw.Child}
 	if b.libAgent != nil {
-		kids = append(kids, b.libAgent.child)
+		kids = append(kids, b.libAgent.Child)
 	} else {
 		kids = append(kids, b.agent)
 	}
 	if b.client != nil {
-		kids = append(kids, b.client.child)
+		kids = append(kids, b.client.Child)
 	}
 	if b.quicChild != nil {
-		kids = append(kids, b.quicChild.child)
+		kids = append(kids, b.quicChild.Child)
 	}
 	for _, c := range kids {
-		if done, err := c.exited(); done {
-			return fmt.Errorf("the %s process exited: %v", c.name, err)
+		if done, err := c.Exited(); done {
+			return fmt.Errorf("the %s process exited: %v", c.Name(), err)
 		}
 	}
 	return nil
 }
 
-// waitReady retries a session through the bench entry until the agent is
-// connected and answers (bounded: 60 s).
-func (b *bench) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	start := time.Now()
-	for {
-		err := echoSession(ctx, b.gwHello.Entry, b.header(b.tg.echoAddr()))
-		if err == nil {
-			b.log.Info("tunnel ready", "after", time.Since(start).Round(time.Millisecond))
-			return nil
-		}
-		if cerr := b.checkChildren(); cerr != nil {
-			return cerr
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no session through the agent within 60 s; last error: %w", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+// setup is the session setup phase.
+func (b *bench) setup(ctx context.Context) (err error) {
+	b.res.Setup, err = b.rig.Setup(ctx)
+	return err
 }
 
-// rss reads VmRSS of the gateway child and the agent.
-func (b *bench) rss() ([2]int64, error) {
-	var out [2]int64
-	for i, pid := range []int{b.gw.pid(), b.agentPID()} {
-		n, err := rssBytes(pid)
-		if err != nil {
-			return out, err
-		}
-		out[i] = n
-	}
-	return out, nil
-}
-
-// gwRuntime asks the gateway child for its Go runtime memory figures.
-func (b *bench) gwRuntime(ctx context.Context) (runtimeStats, error) {
-	return childRuntime(ctx, b.gw)
-}
-
-// childRuntime asks a child of this program for its Go runtime figures.
-func childRuntime(ctx context.Context, c *ctlChild) (runtimeStats, error) {
-	resp, err := c.call(ctx, request{Op: opRuntime}, 10*time.Second)
+// idle is the idle sessions phase.
+func (b *bench) idle(ctx context.Context) error {
+	idle, err := b.rig.Idle(ctx)
 	if err != nil {
-		return runtimeStats{}, err
+		return err
 	}
-	if resp.Runtime == nil {
-		return runtimeStats{}, errors.New(c.name + " child runtime: empty answer")
+	b.res.RSSIdle, b.res.GwRuntime[1], b.res.GwHeap = idle.RSS, idle.GatewayRuntime, idle.GatewayHeap
+	b.log.Info("RSS", "gateway_before", b.res.RSSBefore[0], "agent_before", b.res.RSSBefore[1],
+		"gateway_idle", b.res.RSSIdle[0], "agent_idle", b.res.RSSIdle[1])
+	for i, when := range []string{"no session", "idle sessions"} {
+		rt := b.res.GwRuntime[i]
+		b.log.Info("gateway child Go runtime", "when", when, "goroutines", rt.Goroutines, "heap_inuse", rt.HeapInuse,
+			"heap_alloc", rt.HeapAlloc, "stack_inuse", rt.StackInuse, "sys", rt.Sys, "num_gc", rt.NumGC)
 	}
-	return *resp.Runtime, nil
+	return nil
+}
+
+// throughput is the throughput phase.
+func (b *bench) throughput(ctx context.Context) (err error) {
+	b.res.Throughput, err = b.rig.Throughput(ctx)
+	return err
+}
+
+// capacity finds how many concurrent sessions one agent carries: first the
+// real agent binary, then — the binary having stopped — the agent library
+// in a child process with its QUIC stream limit raised above the capacity.
+func (b *bench) capacity(ctx context.Context) error {
+	limit := b.s.Capacity + capacityHeadroom
+	r, err := b.rig.Capacity(ctx, fmt.Sprintf("real agent binary, --max-sessions %d", limit), int64(limit))
+	if err != nil {
+		return err
+	}
+	b.res.CapRuns = append(b.res.CapRuns, r)
+
+	// The same agent as a bench child, to read its Go runtime and heap at
+	// the peak (the binary exposes no such figures).
+	b.log.Info("stopping the agent binary; starting the agent library for the memory breakdown")
+	b.agent.Stop(10 * time.Second)
+	var ah agentHello
+	b.libAgent, err = proc.StartCtl(ctx, "library agent", b.exe, []string{"-mode=agent", "-config-dir", b.agentDir,
+		"-max-streams", strconv.Itoa(limit), "-log-level", b.o.childLogLevel}, &ah)
+	if err != nil {
+		return err
+	}
+	if ah.AgentID != b.rig.AgentID {
+		return fmt.Errorf("library agent child runs agent %q, want %q", ah.AgentID, b.rig.AgentID)
+	}
+	b.rig.AgentPID, b.rig.Agent = b.libAgent.PID(), ctlProcess{b.libAgent}
+	if err := b.rig.WaitReady(ctx); err != nil {
+		return err
+	}
+	r, err = b.rig.Capacity(ctx, "agent library in a bench child, same limit (memory breakdown)", int64(limit))
+	if err != nil {
+		return err
+	}
+	b.res.CapRuns = append(b.res.CapRuns, r)
+	return b.checkChildren()
 }

@@ -9,13 +9,15 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // connectProc is `outpost connect --listen 127.0.0.1:0` running as a child:
 // the real client of the gateway's WebSocket entry. Each TCP connection to
 // its address becomes a new session (its token is reusable).
 type connectProc struct {
-	*child
+	*proc.Child
 	addr     string        // the local TCP address it serves
 	copyDone chan struct{} // closed when its stderr has been copied to ours
 }
@@ -50,13 +52,13 @@ func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel 
 		return nil, err
 	}
 	cmd.Stderr = w
-	c, err := startChild("connect", cmd)
+	c, err := proc.Start("connect", cmd)
 	w.Close()
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
-	p := &connectProc{child: c, copyDone: make(chan struct{})}
+	p := &connectProc{Child: c, copyDone: make(chan struct{})}
 	addrs := make(chan string, 1)
 	go func() { // ends at EOF, which the child's exit brings; stop waits for it
 		defer close(p.copyDone)
@@ -85,7 +87,7 @@ func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel 
 	}()
 	defer func() {
 		if err != nil {
-			p.stop()
+			p.Stop()
 		}
 	}()
 	t := time.NewTimer(30 * time.Second)
@@ -93,8 +95,9 @@ func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel 
 	select {
 	case p.addr = <-addrs:
 		return p, nil
-	case <-c.done:
-		return nil, fmt.Errorf("outpost connect exited before listening: %v", c.err)
+	case <-c.Done():
+		_, err := c.Exited()
+		return nil, fmt.Errorf("outpost connect exited before listening: %v", err)
 	case <-t.C:
 		return nil, fmt.Errorf("outpost connect printed no %q line within 30 s", listenPrefix)
 	case <-ctx.Done():
@@ -102,8 +105,8 @@ func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel 
 	}
 }
 
-// stop ends the client and waits for it and for the copy of its stderr.
-func (p *connectProc) stop() {
-	p.child.stop(5 * time.Second)
+// Stop ends the client and waits for it and for the copy of its stderr.
+func (p *connectProc) Stop() {
+	p.Child.Stop(5 * time.Second)
 	<-p.copyDone
 }

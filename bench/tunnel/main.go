@@ -16,8 +16,8 @@
 // The agent and the client (`outpost connect --listen`) are the real outpost
 // binary, built into a temporary directory and run as child processes. The
 // gateway is this program re-executed with -mode=gateway (gateway.go): the
-// real gateway library, plus a benchmark-only TCP entry for the raw-session
-// rows. The two-process QUIC baseline's server is this program with
+// real gateway library, plus a benchmark-only TCP entry (entry.go) for the
+// raw-session rows. The two-process QUIC baseline's server is this program with
 // -mode=quic, and the capacity run's second agent is this program with
 // -mode=agent (the agent library with a raised stream limit). Everything
 // listens on 127.0.0.1 only, every load is bounded in size and time, and the
@@ -25,6 +25,13 @@
 // die with this process: PR_SET_PDEATHSIG). The table goes to stdout and to
 // bench/RESULTS.md; logs go to stderr. See bench/README.md for what each row
 // means.
+//
+// This package is the composition: flags, the children's entry points
+// (-mode), and the run's orchestration (bench.go): it starts the processes,
+// hands them to the loads as a load.Rig, and gives what they measured to
+// report. The parts live in bench/internal: proc (child processes and their
+// measurement), load (the targets, the raw QUIC baseline and the loads) and
+// report (the table and RESULTS.md).
 package main
 
 import (
@@ -39,64 +46,20 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/outposthq/outpost/bench/internal/load"
 )
 
-// settings size one run.
-type settings struct {
-	quick     bool
-	bytes     int64         // per measured transfer (split across the parallel sessions)
-	warmBytes int64         // per warm-up transfer
-	reps      int           // measured transfers per path and direction
-	parallel  int           // sessions of the parallel throughput row
-	sessions  int           // sequential sessions per setup figure
-	warmup    int           // sessions before those that are timed
-	idle      int           // sessions held open for the RSS figure
-	idleWait  time.Duration // how long they idle before RSS is read
-	capacity  int           // sessions the capacity run tries to open on one agent
-	capWait   time.Duration // bound of one capacity run's opening
-	benchtime string        // go test -benchtime of the route lookup benchmarks
-	timeout   time.Duration // bound of the whole run
-}
-
-// Fixed sizes of the capacity run.
+// Sizes of the run that are the benchmark's own (the loads' are in
+// load.Settings).
 const (
-	// targetCapacity is the issue's target: sessions one agent carries.
-	targetCapacity = 10_000
-	// capacityWorkers open the capacity sessions concurrently.
-	capacityWorkers = 8
 	// capacityHeadroom is added to the capacity for the gateway's session
-	// cap and the library agent's stream limit, so that neither is what
-	// stops the run.
+	// cap and the agents' stream limit, so that neither is what stops the
+	// run.
 	capacityHeadroom = 1024
 	// fileLimit is the RLIMIT_NOFILE the benchmark asks for (it and its
 	// children hold a descriptor per capacity session on each side).
 	fileLimit = 65536
 )
-
-func settingsFor(quick bool) settings {
-	s := settings{
-		quick:     quick,
-		bytes:     512 << 20,
-		warmBytes: 32 << 20,
-		reps:      3,
-		parallel:  8,
-		sessions:  1000,
-		warmup:    100,
-		idle:      1000,
-		idleWait:  2 * time.Second,
-		capacity:  targetCapacity,
-		capWait:   90 * time.Second,
-		benchtime: "1s",
-		timeout:   9 * time.Minute,
-	}
-	if quick {
-		s.bytes, s.warmBytes, s.reps = 64<<20, 16<<20, 1
-		s.sessions, s.warmup = 300, 50
-		s.capacity, s.capWait = 2000, 30*time.Second
-		s.benchtime, s.timeout = "200ms", 110*time.Second
-	}
-	return s
-}
 
 func main() { os.Exit(run(os.Args[1:])) }
 
@@ -121,11 +84,15 @@ func run(args []string) int {
 	}
 	switch *mode {
 	case "gateway":
-		return runGatewayChild(*dataDir, *entryAddr, *maxSessions, *logLevel)
+		return runChild("gateway", *logLevel, func(ctx context.Context, log hclog.Logger) error {
+			return serveGateway(ctx, *dataDir, *entryAddr, *maxSessions, log)
+		})
 	case "quic":
-		return runQUICChild(*logLevel)
+		return runChild("quic", *logLevel, serveQUIC)
 	case "agent":
-		return runAgentChild(*configDir, *maxStreams, *logLevel)
+		return runChild("agent", *logLevel, func(ctx context.Context, log hclog.Logger) error {
+			return serveAgent(ctx, *configDir, *maxStreams, log)
+		})
 	case "":
 	default:
 		fmt.Fprintf(os.Stderr, "unknown -mode %q\n", *mode)
@@ -138,9 +105,9 @@ func run(args []string) int {
 		return 2
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "bench", Level: level, Output: os.Stderr})
-	s := settingsFor(*quick)
+	s := load.SettingsFor(*quick)
 	if *timeout > 0 {
-		s.timeout = *timeout
+		s.Timeout = *timeout
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -160,19 +127,33 @@ func run(args []string) int {
 		log.Error("benchmark failed", "error", err)
 		return 1
 	}
-	res.elapsed = time.Since(start)
-	fmt.Print(table(res.rows()))
-	log.Info("benchmark done", "elapsed", res.elapsed.Round(time.Millisecond))
+	res.Elapsed = time.Since(start)
+	fmt.Print(res.Table())
+	log.Info("benchmark done", "elapsed", res.Elapsed.Round(time.Millisecond))
 	out := *resultsOut
 	if out == "" {
 		out = filepath.Join(root, "bench", "RESULTS.md")
 	}
 	if out != "-" {
-		if err := os.WriteFile(out, []byte(res.resultsFile(time.Now(), strings.Join(os.Args[1:], " "))), 0o644); err != nil {
+		if err := os.WriteFile(out, []byte(res.File(time.Now(), strings.Join(os.Args[1:], " "))), 0o644); err != nil {
 			log.Error("write results", "error", err)
 			return 1
 		}
 		log.Info("results written", "path", out)
+	}
+	return 0
+}
+
+// runChild is the whole life of a child mode of this program: serve runs
+// with a logger named bench-NAME at logLevel on stderr and a context that
+// ends on SIGTERM or SIGINT. It returns the exit code.
+func runChild(name, logLevel string, serve func(context.Context, hclog.Logger) error) int {
+	log := hclog.New(&hclog.LoggerOptions{Name: "bench-" + name, Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, log); err != nil {
+		log.Error(name+" child failed", "error", err)
+		return 1
 	}
 	return 0
 }

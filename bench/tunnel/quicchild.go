@@ -2,12 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/bench/internal/load"
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // quicHello is the raw QUIC child's only line: where its server listens
@@ -17,35 +16,18 @@ type quicHello struct {
 	CertPEM string `json:"cert_pem"`
 }
 
-// runQUICChild is the whole life of the raw QUIC child (-mode=quic): the
-// baseline's server in a process of its own, as the agent is, so that the
-// baseline pays the same cross-process costs as the tunnel. It serves until
-// its stdin ends or it gets SIGTERM/SIGINT, and returns the exit code.
-func runQUICChild(logLevel string) int {
-	log := hclog.New(&hclog.LoggerOptions{Name: "bench-quic", Level: hclog.LevelFromString(logLevel), Output: os.Stderr})
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	srv, certPEM, err := startQUICServer(log)
+// serveQUIC is the life of the raw QUIC child (-mode=quic; see runChild):
+// the baseline's server in a process of its own, as the agent is, so that
+// the baseline pays the same cross-process costs as the tunnel. It serves
+// until its stdin ends or it gets SIGTERM/SIGINT, and answers no request.
+func serveQUIC(ctx context.Context, log hclog.Logger) error {
+	srv, certPEM, err := load.StartQUICServer(log)
 	if err != nil {
-		log.Error("raw QUIC child failed", "error", err)
-		return 1
+		return err
 	}
 	defer srv.Close()
-	if err := json.NewEncoder(os.Stdout).Encode(quicHello{Addr: srv.addr(), CertPEM: string(certPEM)}); err != nil {
-		log.Error("write hello", "error", err)
-		return 1
-	}
-	// It takes no requests: it serves until the parent closes stdin.
-	lines, stopReading := stdinLines()
-	defer stopReading()
-	for {
-		select {
-		case <-ctx.Done():
-			return 0
-		case _, ok := <-lines:
-			if !ok {
-				return 0
-			}
-		}
-	}
+	return proc.Server[request]{
+		Hello:  func(context.Context) (any, error) { return quicHello{Addr: srv.Addr(), CertPEM: string(certPEM)}, nil },
+		Answer: func(_ context.Context, req request) any { return unknownOp(req) },
+	}.Serve(ctx)
 }

@@ -1,4 +1,4 @@
-package main
+package proc
 
 import (
 	"bufio"
@@ -21,10 +21,10 @@ const atClkTck = 17
 // on; used only when the auxiliary vector cannot be read.
 const defaultClockTicks = 100
 
-// clockTicks returns the unit of utime and stime in /proc/PID/stat, in ticks
+// ClockTicks returns the unit of utime and stime in /proc/PID/stat, in ticks
 // per second, read from this process's auxiliary vector. fromAuxv is false
 // when it could not be read and the value is the usual 100 Hz.
-func clockTicks() (hz int64, fromAuxv bool) {
+func ClockTicks() (hz int64, fromAuxv bool) {
 	b, err := os.ReadFile("/proc/self/auxv")
 	if err != nil {
 		return defaultClockTicks, false
@@ -57,9 +57,9 @@ func auxvValue(auxv []byte, key uint64, word int) (uint64, bool) {
 	return 0, false
 }
 
-// cpuTicks returns the user plus system CPU time pid has used, in clock
-// ticks (see clockTicks).
-func cpuTicks(pid int) (int64, error) {
+// CPUTicks returns the user plus system CPU time pid has used, in clock
+// ticks (see ClockTicks).
+func CPUTicks(pid int) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, fmt.Errorf("cpu time of %d: %w", pid, err)
@@ -96,8 +96,8 @@ func parseStatTicks(stat string) (int64, error) {
 	return u + s, nil
 }
 
-// rssBytes returns the resident set size of pid (VmRSS) in bytes.
-func rssBytes(pid int) (int64, error) {
+// RSSBytes returns the resident set size of pid (VmRSS) in bytes.
+func RSSBytes(pid int) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, fmt.Errorf("rss of %d: %w", pid, err)
@@ -130,9 +130,9 @@ func parseVmRSS(status []byte) (int64, error) {
 	return 0, errors.New("status: no VmRSS line (kernel thread or zombie?)")
 }
 
-// readTrimmed returns a small text file's content without surrounding
+// ReadTrimmed returns a small text file's content without surrounding
 // white space, or "unknown" when it cannot be read.
-func readTrimmed(path string) string {
+func ReadTrimmed(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "unknown"

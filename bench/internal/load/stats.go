@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"context"
@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// latencyStats summarizes the durations of sequential sessions. It travels
-// as JSON from the gateway child to the parent (durations in nanoseconds).
-type latencyStats struct {
+// Stats summarizes the durations of sequential sessions. It travels as
+// JSON from the gateway child to the parent (durations in nanoseconds).
+type Stats struct {
 	N    int           `json:"n"`
 	P50  time.Duration `json:"p50_ns"`
 	P99  time.Duration `json:"p99_ns"`
@@ -32,10 +32,11 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[rank-1]
 }
 
-// summarize computes the statistics of samples, which it does not modify.
-func summarize(samples []time.Duration) latencyStats {
+// Summarize computes the statistics of samples, which it does not modify.
+// No samples give the zero Stats.
+func Summarize(samples []time.Duration) Stats {
 	if len(samples) == 0 {
-		return latencyStats{}
+		return Stats{}
 	}
 	s := slices.Clone(samples)
 	slices.Sort(s)
@@ -43,7 +44,7 @@ func summarize(samples []time.Duration) latencyStats {
 	for _, d := range s {
 		sum += d
 	}
-	return latencyStats{
+	return Stats{
 		N:    len(s),
 		P50:  percentile(s, 50),
 		P99:  percentile(s, 99),
@@ -52,37 +53,22 @@ func summarize(samples []time.Duration) latencyStats {
 	}
 }
 
-// measureLatency runs warmup+n sessions one after the other with once and
-// summarizes the durations of the last n. It stops at the first failure or
-// when ctx ends.
-func measureLatency(ctx context.Context, warmup, n int, once func(context.Context) error) (latencyStats, error) {
+// MeasureLatency runs warmup+n sessions one after the other with once and
+// summarizes the durations of the last n. It stops at the first failure (an
+// error naming the session) or when ctx ends (ctx's error).
+func MeasureLatency(ctx context.Context, warmup, n int, once func(context.Context) error) (Stats, error) {
 	samples := make([]time.Duration, 0, n)
 	for i := range warmup + n {
 		if err := ctx.Err(); err != nil {
-			return latencyStats{}, err
+			return Stats{}, err
 		}
 		start := time.Now()
 		if err := once(ctx); err != nil {
-			return latencyStats{}, fmt.Errorf("session %d of %d: %w", i+1, warmup+n, err)
+			return Stats{}, fmt.Errorf("session %d of %d: %w", i+1, warmup+n, err)
 		}
 		if i >= warmup {
 			samples = append(samples, time.Since(start))
 		}
 	}
-	return summarize(samples), nil
-}
-
-// median returns the middle value of xs (the mean of the two middle ones
-// for an even count), or 0 for none. xs is not modified.
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	m := len(s) / 2
-	if len(s)%2 == 1 {
-		return s[m]
-	}
-	return (s[m-1] + s[m]) / 2
+	return Summarize(samples), nil
 }

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"encoding/binary"
@@ -195,8 +195,9 @@ func download(d duplex, prefix []byte, n int64) error {
 	return nil
 }
 
-// echoOnce sends prefix and one byte, and reads the byte back.
-func echoOnce(d io.ReadWriter, prefix []byte) error {
+// EchoOnce sends prefix and one byte on d, and reads the byte back. The
+// error says which step failed.
+func EchoOnce(d io.ReadWriter, prefix []byte) error {
 	msg := append(append(make([]byte, 0, len(prefix)+1), prefix...), 'x')
 	if _, err := d.Write(msg); err != nil {
 		return fmt.Errorf("echo: write: %w", err)

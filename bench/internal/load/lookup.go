@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/outposthq/outpost/bench/internal/proc"
 )
 
 // The route lookup benchmarks of the gateway's router: 10,000 agents × 10
@@ -15,29 +18,33 @@ import (
 const (
 	routingPkg     = "./server/internal/routing/"
 	routingPattern = "Lookup"
-	// targetLookup is the target per lookup, with no allocation.
-	targetLookup = 1000.0 // ns
 )
 
-// lookupBench is one benchmark's line of go test -bench output.
-type lookupBench struct {
-	name        string // without "Benchmark" and the -GOMAXPROCS suffix
-	iterations  int64
-	nsPerOp     float64
-	bytesPerOp  int64 // -1: not reported (no -benchmem)
-	allocsPerOp int64 // -1: not reported
+// LookupBench is one benchmark's line of go test -bench output.
+type LookupBench struct {
+	Name        string // without "Benchmark" and the -GOMAXPROCS suffix
+	Iterations  int64
+	NsPerOp     float64
+	BytesPerOp  int64 // -1: not reported (no -benchmem)
+	AllocsPerOp int64 // -1: not reported
 }
 
-// runLookupBench runs the routing package's Lookup benchmarks with go test
-// (bounded: 3 minutes) and parses their results.
-func runLookupBench(ctx context.Context, root, benchtime string) ([]lookupBench, error) {
+// RouteLookups runs the routing package's Lookup benchmarks of the module
+// at root with go test -benchtime benchtime (bounded: 3 minutes), logs and
+// returns their results. log may be nil. It fails if go test fails or
+// prints no benchmark line.
+func RouteLookups(ctx context.Context, root, benchtime string, log hclog.Logger) ([]LookupBench, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	log.Info("route lookup benchmarks", "package", routingPkg, "benchtime", benchtime)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", routingPattern, "-benchmem",
 		"-benchtime", benchtime, "-count", "1", routingPkg)
 	cmd.Dir = root
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = proc.Attr()
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("go test -bench %s %s: %w\n%s", routingPattern, routingPkg, err, out)
@@ -46,42 +53,45 @@ func runLookupBench(ctx context.Context, root, benchtime string) ([]lookupBench,
 	if len(res) == 0 {
 		return nil, fmt.Errorf("go test -bench %s %s printed no benchmark line:\n%s", routingPattern, routingPkg, out)
 	}
+	for _, l := range res {
+		log.Info("route lookup", "benchmark", l.Name, "ns/op", l.NsPerOp, "allocs/op", l.AllocsPerOp)
+	}
 	return res, nil
 }
 
 // parseBenchOutput reads the benchmark lines of go test -bench -benchmem
 // output: "BenchmarkName-N  iterations  V ns/op  V B/op  V allocs/op".
 // Other lines are skipped, and so are malformed benchmark lines.
-func parseBenchOutput(out string) []lookupBench {
-	var res []lookupBench
+func parseBenchOutput(out string) []LookupBench {
+	var res []LookupBench
 	for line := range strings.Lines(out) {
 		f := strings.Fields(line)
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
 			continue
 		}
-		b := lookupBench{name: strings.TrimPrefix(f[0], "Benchmark"), bytesPerOp: -1, allocsPerOp: -1}
-		if i := strings.LastIndexByte(b.name, '-'); i > 0 {
-			if _, err := strconv.Atoi(b.name[i+1:]); err == nil {
-				b.name = b.name[:i]
+		b := LookupBench{Name: strings.TrimPrefix(f[0], "Benchmark"), BytesPerOp: -1, AllocsPerOp: -1}
+		if i := strings.LastIndexByte(b.Name, '-'); i > 0 {
+			if _, err := strconv.Atoi(b.Name[i+1:]); err == nil {
+				b.Name = b.Name[:i]
 			}
 		}
 		var err error
-		if b.iterations, err = strconv.ParseInt(f[1], 10, 64); err != nil {
+		if b.Iterations, err = strconv.ParseInt(f[1], 10, 64); err != nil {
 			continue
 		}
 		ok := false
 		for i := 2; i+1 < len(f); i += 2 {
 			switch f[i+1] {
 			case "ns/op":
-				b.nsPerOp, err = strconv.ParseFloat(f[i], 64)
+				b.NsPerOp, err = strconv.ParseFloat(f[i], 64)
 				ok = err == nil
 			case "B/op":
 				if v, err := strconv.ParseInt(f[i], 10, 64); err == nil {
-					b.bytesPerOp = v
+					b.BytesPerOp = v
 				}
 			case "allocs/op":
 				if v, err := strconv.ParseInt(f[i], 10, 64); err == nil {
-					b.allocsPerOp = v
+					b.AllocsPerOp = v
 				}
 			}
 		}

@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"context"
@@ -34,9 +34,9 @@ const (
 
 var loopbackUDP = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
 
-// quicServer serves sink, source and echo streams on a loopback UDP port.
+// QUICServer serves sink, source and echo streams on a loopback UDP port.
 // Close stops it and waits for its goroutines.
-type quicServer struct {
+type QUICServer struct {
 	udp    *net.UDPConn
 	tr     *quic.Transport
 	ln     *quic.Listener
@@ -45,14 +45,19 @@ type quicServer struct {
 	log    hclog.Logger
 }
 
-// startQUICServer listens with a new self-signed certificate and returns
-// the server and the certificate (PEM) clients must trust.
-func startQUICServer(log hclog.Logger) (_ *quicServer, certPEM []byte, err error) {
+// StartQUICServer listens on 127.0.0.1 with a new self-signed certificate
+// and returns the server and the certificate (PEM) clients must trust. log
+// gets the streams that fail (at debug level); nil discards. The error is
+// the certificate's or the listener's.
+func StartQUICServer(log hclog.Logger) (_ *QUICServer, certPEM []byte, err error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	cert, err := selfSigned()
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &quicServer{log: log}
+	s := &QUICServer{log: log}
 	if s.udp, err = net.ListenUDP("udp", loopbackUDP); err != nil {
 		return nil, nil, err
 	}
@@ -69,9 +74,10 @@ func startQUICServer(log hclog.Logger) (_ *quicServer, certPEM []byte, err error
 	return s, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), nil
 }
 
-func (s *quicServer) addr() string { return s.udp.LocalAddr().String() }
+// Addr is the server's UDP address.
+func (s *QUICServer) Addr() string { return s.udp.LocalAddr().String() }
 
-func (s *quicServer) accept(ctx context.Context) {
+func (s *QUICServer) accept(ctx context.Context) {
 	for {
 		conn, err := s.ln.Accept(ctx)
 		if err != nil {
@@ -90,7 +96,7 @@ func (s *quicServer) accept(ctx context.Context) {
 	}
 }
 
-func (s *quicServer) handle(d streamDuplex) {
+func (s *QUICServer) handle(d streamDuplex) {
 	defer d.Close()
 	if err := serveMux(d); err != nil {
 		s.log.Debug("raw quic stream", "error", err)
@@ -99,7 +105,7 @@ func (s *quicServer) handle(d streamDuplex) {
 
 // Close closes the listener and every connection and waits for the
 // server's goroutines.
-func (s *quicServer) Close() {
+func (s *QUICServer) Close() {
 	s.cancel()
 	s.ln.Close()
 	s.wg.Wait()
@@ -107,16 +113,18 @@ func (s *quicServer) Close() {
 	s.udp.Close()
 }
 
-// quicClient is one QUIC connection to a quicServer.
-type quicClient struct {
+// QUICClient is one QUIC connection to a QUICServer. Its methods are safe
+// for concurrent use; Close ends them.
+type QUICClient struct {
 	udp  *net.UDPConn
 	tr   *quic.Transport
 	conn *quic.Conn
 }
 
-// dialQUIC connects to addr trusting the certificate in certPEM; the
-// handshake is bounded by ctx and the configuration's handshake timeout.
-func dialQUIC(ctx context.Context, addr string, certPEM []byte) (*quicClient, error) {
+// DialQUIC connects to the QUICServer at addr trusting the certificate in
+// certPEM; the handshake is bounded by ctx and the configuration's
+// handshake timeout. The error is the dial's.
+func DialQUIC(ctx context.Context, addr string, certPEM []byte) (*QUICClient, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(certPEM) {
 		return nil, errors.New("raw quic: no certificate to trust")
@@ -125,7 +133,7 @@ func dialQUIC(ctx context.Context, addr string, certPEM []byte) (*quicClient, er
 	if err != nil {
 		return nil, err
 	}
-	c := &quicClient{}
+	c := &QUICClient{}
 	if c.udp, err = net.ListenUDP("udp", loopbackUDP); err != nil {
 		return nil, err
 	}
@@ -139,7 +147,7 @@ func dialQUIC(ctx context.Context, addr string, certPEM []byte) (*quicClient, er
 }
 
 // stream opens a stream, bounded by ctx.
-func (c *quicClient) stream(ctx context.Context) (streamDuplex, error) {
+func (c *QUICClient) stream(ctx context.Context) (streamDuplex, error) {
 	s, err := c.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return streamDuplex{}, fmt.Errorf("raw quic: open stream: %w", err)
@@ -149,8 +157,8 @@ func (c *quicClient) stream(ctx context.Context) (streamDuplex, error) {
 
 // echoSession is one timed session on its own stream: send the echo mode
 // and one byte, read the byte back, close.
-func (c *quicClient) echoSession(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, sessionTimeout)
+func (c *QUICClient) echoSession(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, SessionTimeout)
 	defer cancel()
 	d, err := c.stream(ctx)
 	if err != nil {
@@ -160,11 +168,11 @@ func (c *quicClient) echoSession(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = d.SetDeadline(dl)
 	}
-	return echoOnce(d, []byte{modeEcho})
+	return EchoOnce(d, []byte{modeEcho})
 }
 
 // Close closes the connection and the socket.
-func (c *quicClient) Close() {
+func (c *QUICClient) Close() {
 	if c.conn != nil {
 		c.conn.CloseWithError(0, "benchmark done")
 	}

@@ -1,4 +1,4 @@
-package main
+package proc
 
 import (
 	"errors"
@@ -6,9 +6,9 @@ import (
 	"syscall"
 )
 
-// childAttr makes the kernel kill a child if the benchmark dies without
+// Attr makes the kernel kill a child if the benchmark dies without
 // stopping it (Linux PR_SET_PDEATHSIG), so no process outlives a crash.
-func childAttr() *syscall.SysProcAttr {
+func Attr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
@@ -25,7 +25,7 @@ const (
 // udpOffload reports whether a loopback UDP socket accepts the GSO and GRO
 // socket options, the test quic-go makes before using them.
 func udpOffload() (gso, gro bool, err error) {
-	c, err := net.ListenUDP("udp", loopbackUDP)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return false, false, err
 	}
@@ -43,12 +43,13 @@ func udpOffload() (gso, gro bool, err error) {
 	return gso, gro, cerr
 }
 
-// raiseFileLimit raises RLIMIT_NOFILE to want (soft and hard) if allowed,
+// RaiseFileLimit raises RLIMIT_NOFILE to want (soft and hard) if allowed,
 // else the soft limit to the hard one (then it returns the limit and
-// errBelowWant), and returns the soft limit now in force. Children started afterwards inherit it: the Go runtime restores
-// the limit it found at start-up for its children only while the program
-// has not set one itself.
-func raiseFileLimit(want uint64) (uint64, error) {
+// ErrBelowWant), and returns the soft limit now in force. Children started
+// afterwards inherit it: the Go runtime restores the limit it found at
+// start-up for its children only while the program has not set one itself.
+// Other errors are getrlimit's and setrlimit's.
+func RaiseFileLimit(want uint64) (uint64, error) {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return 0, err
@@ -63,12 +64,12 @@ func raiseFileLimit(want uint64) (uint64, error) {
 		return 0, err
 	}
 	if l.Cur < want {
-		return l.Cur, errBelowWant
+		return l.Cur, ErrBelowWant
 	}
 	return l.Cur, nil
 }
 
-// errBelowWant: the hard open-file limit is below what the benchmark asks
-// for and may not be raised (no CAP_SYS_RESOURCE); the soft limit is at the
-// hard one.
-var errBelowWant = errors.New("the hard limit may not be raised")
+// ErrBelowWant is RaiseFileLimit's answer when the hard open-file limit is
+// below what was asked for and may not be raised (no CAP_SYS_RESOURCE): the
+// soft limit is then at the hard one.
+var ErrBelowWant = errors.New("the hard limit may not be raised")

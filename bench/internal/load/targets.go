@@ -1,4 +1,4 @@
-package main
+package load
 
 import (
 	"errors"
@@ -9,13 +9,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// targets are the TCP services the benchmark reaches, directly and through
+// Targets are the TCP services the benchmark reaches, directly and through
 // the tunnel: a sink, a source and an echo, each on its own loopback port,
 // and a mux port whose first byte picks one of the three (modeSink,
 // modeSource, modeEcho, as on the raw QUIC server), so that one session
 // token, whose target is fixed, reaches all three. Close stops them and
 // waits for every connection handler.
-type targets struct {
+type Targets struct {
 	sink, source, echo, mux *net.TCPListener
 	deadline                time.Time // of every accepted connection
 	log                     hclog.Logger
@@ -28,10 +28,15 @@ type targets struct {
 	closed bool
 }
 
-// startTargets listens on four loopback ports. Every connection is cut at
-// deadline, so no handler outlives the benchmark.
-func startTargets(deadline time.Time, log hclog.Logger) (*targets, error) {
-	t := &targets{deadline: deadline, log: log, conns: make(map[*net.TCPConn]struct{})}
+// StartTargets listens on four loopback ports. Every connection is cut at
+// deadline, so no handler outlives the benchmark. log gets what goes wrong
+// (failed exchanges at debug level); nil discards. The error is a
+// listener's.
+func StartTargets(deadline time.Time, log hclog.Logger) (*Targets, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	t := &Targets{deadline: deadline, log: log, conns: make(map[*net.TCPConn]struct{})}
 	var lns []*net.TCPListener
 	for range 4 {
 		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -51,13 +56,15 @@ func startTargets(deadline time.Time, log hclog.Logger) (*targets, error) {
 	return t, nil
 }
 
-// Addresses of the three services.
-func (t *targets) sinkAddr() string   { return t.sink.Addr().String() }
-func (t *targets) sourceAddr() string { return t.source.Addr().String() }
-func (t *targets) echoAddr() string   { return t.echo.Addr().String() }
-func (t *targets) muxAddr() string    { return t.mux.Addr().String() }
+// MuxAddr is the address of the mux, whose first byte picks the service.
+func (t *Targets) MuxAddr() string { return t.mux.Addr().String() }
 
-func (t *targets) serve(ln *net.TCPListener, name string, handle func(duplex) error) {
+// Addresses of the three services.
+func (t *Targets) sinkAddr() string   { return t.sink.Addr().String() }
+func (t *Targets) sourceAddr() string { return t.source.Addr().String() }
+func (t *Targets) echoAddr() string   { return t.echo.Addr().String() }
+
+func (t *Targets) serve(ln *net.TCPListener, name string, handle func(duplex) error) {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -82,7 +89,7 @@ func (t *targets) serve(ln *net.TCPListener, name string, handle func(duplex) er
 	}
 }
 
-func (t *targets) track(c *net.TCPConn) bool {
+func (t *Targets) track(c *net.TCPConn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -92,7 +99,7 @@ func (t *targets) track(c *net.TCPConn) bool {
 	return true
 }
 
-func (t *targets) untrack(c *net.TCPConn) {
+func (t *Targets) untrack(c *net.TCPConn) {
 	t.mu.Lock()
 	delete(t.conns, c)
 	t.mu.Unlock()
@@ -101,7 +108,7 @@ func (t *targets) untrack(c *net.TCPConn) {
 
 // Close stops accepting, cuts every open connection and waits for the
 // handlers. It is idempotent.
-func (t *targets) Close() {
+func (t *Targets) Close() {
 	t.mu.Lock()
 	t.closed = true
 	for c := range t.conns {

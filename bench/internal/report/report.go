@@ -1,0 +1,339 @@
+// Package report turns one run's Results into what the benchmark prints:
+// the Markdown table of every figure against its target (Table), and
+// bench/RESULTS.md (File) — the machine and the run, the same table, the
+// gateway's Go runtime figures, and the "Where the time goes" analysis
+// computed from the same measurements. It measures nothing itself.
+package report
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/outposthq/outpost/bench/internal/load"
+	"github.com/outposthq/outpost/bench/internal/proc"
+)
+
+// Targets the figures are judged against.
+const (
+	targetThroughputRatio = 0.90
+	targetSetupP50        = 350 * time.Microsecond
+	targetSetupP99        = time.Millisecond
+	targetRSS             = 30_000_000 // bytes (30 MB)
+	targetLookup          = 1000.0     // ns per route lookup, with no allocation
+	targetCapacity        = load.TargetCapacity
+)
+
+// perGB returns the CPU seconds per 10^9 bytes of ticks at hz.
+func perGB(ticks, bytes, hz int64) float64 {
+	if bytes == 0 || hz == 0 {
+		return 0
+	}
+	return float64(ticks) / float64(hz) / (float64(bytes) / 1e9)
+}
+
+// Results are every figure of one run, as the loads measured them; the
+// caller fills them in. The zero value is an empty report.
+type Results struct {
+	load.Settings
+	Machine     proc.Machine
+	ClockHz     int64  // the unit of the CPU ticks (proc.ClockTicks)
+	ClockSource string // where ClockHz comes from
+	LoadAtStart string // /proc/loadavg when the run began: other load skews every figure
+	// Fsync is how long a 4 KiB write + fsync takes in the temporary
+	// directory, where the gateway's store lives.
+	Fsync load.Stats
+
+	Throughput load.ThroughputResult
+	Setup      load.SetupResult
+	RSSBefore  [2]int64 // gateway, agent: connected, no session
+	RSSIdle    [2]int64 // gateway, agent: with Settings.Idle sessions open
+	// GwRuntime is the gateway child's Go runtime view: [0] connected with
+	// no session, [1] with the idle sessions.
+	GwRuntime [2]proc.RuntimeStats
+	// GwHeap is the gateway child's live heap with the idle sessions; nil
+	// if it could not be read.
+	GwHeap  *proc.HeapSummary
+	CapRuns []load.CapacityResult
+	Lookups []load.LookupBench
+	Elapsed time.Duration // the whole run
+}
+
+// binarySize writes n bytes as whole GiB or MiB.
+func binarySize(n int64) string {
+	if n >= 1<<30 && n%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", n>>30)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+// row is one line of the table.
+type row struct{ what, figure, target, verdict string }
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond)) }
+
+func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
+
+// thousands writes n with thousands separators.
+func thousands(n int64) string {
+	s := fmt.Sprint(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// pathName is a path's name, with the parallel count filled in.
+func (r *Results) pathName(p load.Path) string {
+	if p == load.PathConnectParallel {
+		return fmt.Sprintf("Outpost %d parallel sessions via `outpost connect`, aggregate", r.Parallel)
+	}
+	return p.String()
+}
+
+// rows turns the results into the table.
+func (r *Results) rows() []row {
+	var rows []row
+	rows = append(rows, r.throughputRows()...)
+	rows = append(rows, r.cpuRows()...)
+	rows = append(rows, r.latencyRows()...)
+	rows = append(rows, r.rssRows()...)
+	rows = append(rows, r.capacityRows()...)
+	rows = append(rows, r.lookupRows()...)
+	return rows
+}
+
+func (r *Results) throughputRows() []row {
+	var rows []row
+	for d := range load.NumDirs {
+		b := median(r.Throughput.MBps[d][load.PathQUIC])
+		for p := range load.NumPaths {
+			xs := r.Throughput.MBps[d][p]
+			fig := fmt.Sprintf("%.0f MB/s", median(xs))
+			if len(xs) > 1 {
+				fig += fmt.Sprintf(" (median of %d: %.0f–%.0f)", len(xs), slices.Min(xs), slices.Max(xs))
+			}
+			size := binarySize(r.Bytes)
+			if p == load.PathConnectParallel {
+				size = fmt.Sprintf("%d × %s", r.Parallel, binarySize(r.Bytes/int64(r.Parallel)))
+			}
+			what := fmt.Sprintf("Throughput %s, %s, %s", d.String(), size, r.pathName(p))
+			ratio := median(xs) / b
+			target, v := "— (reference)", "—"
+			switch p {
+			case load.PathQUICLocal:
+				target = "— (info)"
+			case load.PathRaw:
+				target = "— (comparison)"
+				v = fmt.Sprintf("%.2f × b", ratio)
+			case load.PathConnect:
+				target = fmt.Sprintf("≥ %.2f × b", targetThroughputRatio)
+				v = fmt.Sprintf("c/b = %.2f — %s", ratio, verdict(ratio >= targetThroughputRatio))
+			case load.PathConnectParallel:
+				target = "— (none set)"
+				v = fmt.Sprintf("%.2f × b", ratio)
+			}
+			rows = append(rows, row{what, fig, target, v})
+		}
+	}
+	return rows
+}
+
+// cpuParts are a path's CPU-s per GB in one direction: per process, and
+// the total.
+func (r *Results) cpuParts(d load.Dir, p load.Path) (each []float64, total float64) {
+	c := r.Throughput.CPU[d][p]
+	for i := range p.Processes() {
+		v := perGB(c.Ticks[i], c.Bytes, r.ClockHz)
+		each = append(each, v)
+		total += v
+	}
+	return each, total
+}
+
+func (r *Results) cpuRows() []row {
+	var rows []row
+	for p := range load.NumPaths {
+		var parts []string
+		for d := range load.NumDirs {
+			each, total := r.cpuParts(d, p)
+			var part string
+			switch {
+			case p.Outpost():
+				part = fmt.Sprintf("%s: gateway + agent %.2f (gateway %.2f + agent %.2f)", d.String(), each[0]+each[1], each[0], each[1])
+				if len(each) == 4 {
+					part += fmt.Sprintf("; connect %.2f", each[2])
+				}
+				part += fmt.Sprintf("; all processes %.2f", total)
+			case len(each) > 1:
+				part = fmt.Sprintf("%s %.2f (%s %.2f + %s %.2f)", d.String(), total, p.Processes()[0], each[0], p.Processes()[1], each[1])
+			default:
+				part = fmt.Sprintf("%s %.2f", d.String(), total)
+			}
+			parts = append(parts, part)
+		}
+		target := "— (reference)"
+		if p.Outpost() {
+			target = "— (none set)"
+		}
+		rows = append(rows, row{"CPU-seconds per GB carried, " + r.pathName(p), strings.Join(parts, "; "), target, "—"})
+	}
+	return rows
+}
+
+func (r *Results) latencyRows() []row {
+	var rows []row
+	for i, st := range r.Setup.Latency {
+		i := load.Setup(i)
+		for _, q := range []struct {
+			name   string
+			value  time.Duration
+			target time.Duration
+		}{{"p50", st.P50, targetSetupP50}, {"p99", st.P99, targetSetupP99}} {
+			what := fmt.Sprintf("Session setup %s, %s (%s sequential)", q.name, i, thousands(int64(st.N)))
+			switch i {
+			case load.SetupDirect, load.SetupQUIC:
+				rows = append(rows, row{what, ms(q.value), "— (reference)", "—"})
+				continue
+			case load.SetupRaw:
+				rows = append(rows, row{what, ms(q.value), "— (comparison)", fmt.Sprintf("%.2f × %s", float64(q.value)/float64(q.target), ms(q.target))})
+				continue
+			}
+			ratio := float64(q.value) / float64(q.target)
+			rows = append(rows, row{what, ms(q.value), "≤ " + ms(q.target),
+				fmt.Sprintf("%.2f × target — %s", ratio, verdict(q.value <= q.target))})
+		}
+	}
+	return rows
+}
+
+func (r *Results) rssRows() []row {
+	var rows []row
+	for i, name := range []string{"gateway", "agent"} {
+		rows = append(rows, row{
+			what:    fmt.Sprintf("RSS of the %s process, %s idle sessions via the WebSocket entry", name, thousands(int64(r.Idle))),
+			figure:  fmt.Sprintf("%s (%s with none)", mb(r.RSSIdle[i]), mb(r.RSSBefore[i])),
+			target:  "≤ " + mb(targetRSS),
+			verdict: fmt.Sprintf("%.2f × target — %s", float64(r.RSSIdle[i])/targetRSS, verdict(r.RSSIdle[i] <= targetRSS)),
+		})
+	}
+	return rows
+}
+
+func (r *Results) capacityRows() []row {
+	var rows []row
+	for _, c := range r.CapRuns {
+		st := c.Stats
+		fig := fmt.Sprintf("%s of %s opened in %.1f s", thousands(int64(st.Opened)), thousands(int64(r.Capacity)), st.Took.Seconds())
+		if st.Stop != "" {
+			fig += "; stopped: " + st.Stop
+		}
+		fig += fmt.Sprintf("; held: gateway RSS %s, %s goroutines; agent RSS %s", mb(c.RSS[0]), thousands(int64(c.GwGoroutines)), mb(c.RSS[1]))
+		if c.AgentGoroutines >= 0 {
+			fig += fmt.Sprintf(", %s goroutines", thousands(int64(c.AgentGoroutines)))
+		}
+		what := fmt.Sprintf("Concurrent sessions on one agent: %s (QUIC stream limit %s)", c.What, thousands(c.StreamLimit))
+		v := fmt.Sprintf("%.2f × target — %s", float64(st.Opened)/targetCapacity, verdict(st.Opened >= targetCapacity))
+		if r.Capacity < targetCapacity {
+			v = fmt.Sprintf("— (-quick: capped at %s)", thousands(int64(r.Capacity)))
+		}
+		rows = append(rows, row{what, fig, "≥ " + thousands(targetCapacity), v})
+	}
+	return rows
+}
+
+func (r *Results) lookupRows() []row {
+	var rows []row
+	for _, l := range r.Lookups {
+		what := fmt.Sprintf("Route lookup, Benchmark%s (10,000 agents × 10 subnets + 1,000 domains)", l.Name)
+		fig := fmt.Sprintf("%.1f ns/op, %d allocs/op (%d B/op)", l.NsPerOp, l.AllocsPerOp, l.BytesPerOp)
+		ok := l.NsPerOp <= targetLookup && l.AllocsPerOp == 0
+		rows = append(rows, row{what, fig, "≤ 1 µs/op, 0 allocs/op",
+			fmt.Sprintf("%.2f × target — %s", l.NsPerOp/targetLookup, verdict(ok))})
+	}
+	return rows
+}
+
+// Table is the results' Markdown table, as the benchmark prints it.
+func (r *Results) Table() string { return table(r.rows()) }
+
+// table renders rows as a Markdown table.
+func table(rows []row) string {
+	var b strings.Builder
+	b.WriteString("| Measurement | Figure | Target | Ratio — result |\n")
+	b.WriteString("|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.what, r.figure, r.target, r.verdict)
+	}
+	return b.String()
+}
+
+// File is the content of bench/RESULTS.md: the machine, the run (written
+// at now by the benchmark with the arguments args), the table, and where
+// the time goes.
+func (r *Results) File(now time.Time, args string) string {
+	var b strings.Builder
+	mode := "full"
+	if r.Quick {
+		mode = "quick (-quick)"
+	}
+	cmd := "go run ./bench/tunnel"
+	if args != "" {
+		cmd += " " + args
+	}
+	b.WriteString("# Outpost benchmark — results\n\n")
+	fmt.Fprintf(&b, "Written by `%s` (what `make bench` runs) on %s. See `bench/README.md` for what each row means.\n\n",
+		cmd, now.UTC().Format("2006-01-02 15:04 MST"))
+	m := r.Machine
+	b.WriteString("| Machine / run | |\n|---|---|\n")
+	fmt.Fprintf(&b, "| CPUs (nproc) | %d × %s |\n", m.CPUs, m.CPUModel)
+	fmt.Fprintf(&b, "| Kernel (uname -r) | %s |\n", m.Kernel)
+	fmt.Fprintf(&b, "| net.core.rmem_max / wmem_max | %s / %s bytes |\n", m.RmemMax, m.WmemMax)
+	fmt.Fprintf(&b, "| UDP offload | %s |\n", m.UDPOffload)
+	fmt.Fprintf(&b, "| Go | %s |\n", m.GoVersion)
+	fmt.Fprintf(&b, "| 4 KiB write + fsync in the gateway's data directory (50 samples) | p50 %s, p99 %s |\n", ms(r.Fsync.P50), ms(r.Fsync.P99))
+	fmt.Fprintf(&b, "| Open-file limit (RLIMIT_NOFILE, inherited by the children) | %s |\n", m.FileLimit)
+	fmt.Fprintf(&b, "| Clock ticks | %d Hz (%s) |\n", r.ClockHz, r.ClockSource)
+	fmt.Fprintf(&b, "| Load average at start (/proc/loadavg) | %s |\n", r.LoadAtStart)
+	fmt.Fprintf(&b, "| Mode | %s: %s per transfer (%d parallel sessions share it in the parallel row), %d run(s) per path and direction after a %s warm-up; %s + %s sequential sessions per setup figure; %s idle sessions; up to %s capacity sessions; route lookups with -benchtime %s |\n",
+		mode, binarySize(r.Bytes), r.Parallel, r.Reps, binarySize(r.WarmBytes), thousands(int64(r.Warmup)), thousands(int64(r.Sessions)),
+		thousands(int64(r.Idle)), thousands(int64(r.Capacity)), r.Benchtime)
+	fmt.Fprintf(&b, "| Run time | %s |\n", r.Elapsed.Round(time.Second))
+	b.WriteString("\n")
+	b.WriteString(table(r.rows()))
+	b.WriteString("\nGo runtime of the gateway child (from runtime.ReadMemStats), without and with the idle sessions:\n\n")
+	b.WriteString("| | goroutines | heap in use | stacks in use | total from OS (Sys) |\n|---|---|---|---|---|\n")
+	for i, what := range []string{"no session", thousands(int64(r.Idle)) + " idle sessions via the WebSocket entry"} {
+		rt := r.GwRuntime[i]
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s |\n", what, rt.Goroutines,
+			mb(int64(rt.HeapInuse)), mb(int64(rt.StackInuse)), mb(int64(rt.Sys)))
+	}
+	b.WriteString(r.whereTheTimeGoes())
+	return b.String()
+}
+
+// median returns the middle value of xs (the mean of the two middle ones
+// for an even count), or 0 for none. xs is not modified.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}

@@ -1,0 +1,90 @@
+package report
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outposthq/outpost/bench/internal/load"
+	"github.com/outposthq/outpost/bench/internal/proc"
+)
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		xs   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{3, 1}, 2},
+		{[]float64{9, 1, 5}, 5},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		if got := median(tt.xs); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.xs, got, tt.want)
+		}
+	}
+}
+
+func TestPerGB(t *testing.T) {
+	// 250 ticks at 100 Hz for 0.5 GB is 5 CPU-seconds per GB.
+	if got := perGB(250, 500_000_000, 100); got != 5 {
+		t.Errorf("perGB = %v, want 5", got)
+	}
+	if got := perGB(250, 0, 100); got != 0 {
+		t.Errorf("perGB with no bytes = %v, want 0", got)
+	}
+}
+
+func TestThousands(t *testing.T) {
+	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 10000: "10,000", 1234567: "1,234,567", -4096: "-4,096"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestCapacityRowsQuick(t *testing.T) {
+	r := &Results{Settings: load.SettingsFor(true)}
+	r.CapRuns = []load.CapacityResult{{What: "x", StreamLimit: 4096, Stats: load.HoldStats{Attempted: 2000, Opened: 2000}, AgentGoroutines: -1}}
+	rows := r.capacityRows()
+	if len(rows) != 1 || !strings.Contains(rows[0].verdict, "capped") || strings.Contains(rows[0].figure, "goroutines; agent RSS 0.0 MB,") {
+		t.Errorf("quick capacity row = %+v", rows)
+	}
+	r = &Results{Settings: load.SettingsFor(false)}
+	r.CapRuns = []load.CapacityResult{{What: "x", StreamLimit: 4096, Stats: load.HoldStats{Attempted: 4097, Opened: 4096, Stop: "no credit"}, AgentGoroutines: -1}}
+	rows = r.capacityRows()
+	if len(rows) != 1 || !strings.Contains(rows[0].verdict, "0.41 × target — FAIL") || !strings.Contains(rows[0].figure, "4,096 of 10,000") {
+		t.Errorf("full capacity row = %+v", rows)
+	}
+}
+
+// TestProfilePerGB checks the CPU-s per GB of a profile's categories and
+// total.
+func TestProfilePerGB(t *testing.T) {
+	ps := &load.Profile{CPUProfile: proc.CPUProfile{
+		Total: 2500 * time.Millisecond,
+		Categories: []proc.CategoryTime{
+			{Name: "system calls", Time: 1200 * time.Millisecond},
+			{Name: "cryptography", Time: 500 * time.Millisecond},
+			{Name: "other", Time: 200 * time.Millisecond},
+		},
+	}, Bytes: 1e9}
+	if got := categoryPerGB(ps, "cryptography"); got != 0.5 {
+		t.Errorf("cryptography per GB = %v, want 0.5", got)
+	}
+	if got := categoryPerGB(ps, "other"); got != 0.2 {
+		t.Errorf("other per GB = %v, want 0.2", got)
+	}
+	if got := categoryPerGB(ps, "not there"); got != 0 {
+		t.Errorf("unknown category per GB = %v, want 0", got)
+	}
+	if got := totalPerGB(ps); got != 2.5 {
+		t.Errorf("total per GB = %v, want 2.5", got)
+	}
+	ps.Bytes = 0
+	if got := totalPerGB(ps); got != 0 {
+		t.Errorf("total per GB with no bytes = %v, want 0", got)
+	}
+}
