@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -28,14 +29,46 @@ func TestPerKey(t *testing.T) {
 	}
 }
 
-func TestPerKeyBoundsKeys(t *testing.T) {
-	p := New(1, time.Minute)
-	p.maxKeys = 100
+// A flood of new keys evicts the keys seen longest ago, never the recently
+// limited one: its bucket is not reset.
+func TestPerKeyFloodDoesNotResetRecentKeys(t *testing.T) {
+	p := newWithMax(1, time.Minute, 100)
 	now := time.Now()
+	p.Allow("victim-of-its-own-limit", now)
 	for i := range 1000 {
+		if i%50 == 0 { // the limited key keeps trying, so it stays recent
+			if p.Allow("victim-of-its-own-limit", now) {
+				t.Fatalf("after %d other keys the exhausted bucket was reset", i)
+			}
+		}
 		p.Allow(fmt.Sprint(i), now)
 	}
-	if n := len(p.buckets); n > 100 || len(p.lastSeen) != n {
-		t.Fatalf("%d buckets, %d lastSeen; want <= 100 and equal", n, len(p.lastSeen))
+	if n := p.buckets.Len(); n > 100 {
+		t.Fatalf("%d buckets; want <= 100", n)
+	}
+}
+
+func TestKeyOf(t *testing.T) {
+	cases := map[string]string{
+		"192.0.2.7":            "192.0.2.7",
+		"::ffff:192.0.2.7":     "192.0.2.7",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:db8:1:2::ffff":   "2001:db8:1:2::/64",
+		"fe80::1%eth0":         "fe80::/64",
+		"2001:db8:1:3::1":      "2001:db8:1:3::/64",
+	}
+	for in, want := range cases {
+		if got := KeyOf(netip.MustParseAddr(in)); got != want {
+			t.Errorf("KeyOf(%s) = %s, want %s", in, got, want)
+		}
+	}
+	// Two addresses of one /64 share a bucket; another /64 does not.
+	p := New(1, time.Minute)
+	now := time.Now()
+	if !p.AllowAddr(netip.MustParseAddr("2001:db8::1"), now) || p.AllowAddr(netip.MustParseAddr("2001:db8::2"), now) {
+		t.Fatal("one /64 got two buckets")
+	}
+	if !p.AllowAddr(netip.MustParseAddr("2001:db8:0:1::1"), now) {
+		t.Fatal("another /64 was limited")
 	}
 }

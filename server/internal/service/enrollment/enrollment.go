@@ -155,7 +155,7 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (resp *outpostv1.EnrollResponse, err error) {
 	defer func() { s.count(err) }()
 	ip := clientip.FromContext(ctx)
-	if !s.limit.Allow(ip.String(), s.opts.Now()) {
+	if !s.limit.AllowAddr(ip, s.opts.Now()) {
 		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
 	}
 	jti, expires, tokenName, err := s.checkBearer(ctx, req)
