@@ -93,6 +93,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		RateBurst:        g.cfg.EnrollRateLimit,
 		Enrollments:      g.metrics.Enrollments,
 		Now:              g.cfg.Now,
+		ClientIP:         g.cfg.clientIP(),
 		Logger:           g.log.Named("enrollment"),
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/reach"
+	"github.com/outposthq/outpost/server/internal/clientip"
 	"github.com/outposthq/outpost/server/internal/token"
 )
 
@@ -95,6 +96,13 @@ type Config struct {
 	// shorter than the idle timeout. If zero, 15 s (capped at half the idle
 	// timeout).
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
+
+	// TrustedProxies are the networks of reverse proxies or load balancers
+	// in front of the API port ("10.0.0.0/8", or single addresses) whose
+	// X-Forwarded-For header is believed for the client address (rate
+	// limits, audit, logs). If empty (the default), the TCP peer is the
+	// client and X-Forwarded-For is ignored.
+	TrustedProxies []string `json:"trusted_proxies"`
 
 	// Now is the gateway's clock: certificates, tokens, enrollment rate
 	// limits and agent liveness all read it. If nil, time.Now. It exists
@@ -290,6 +298,9 @@ func (c Config) validate() error {
 	if err := c.quicConfig().Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("quic_idle_timeout/quic_keep_alive: %v", err))
 	}
+	if _, err := clientip.ParseTrusted(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted_proxies: %v", err))
+	}
 	if _, err := c.directRoutes(); err != nil {
 		errs = append(errs, err)
 	}
@@ -365,4 +376,11 @@ func (c Config) provisionerKey() (*ecdsa.PublicKey, error) {
 		return nil, errors.New("provisioner_public_key: must be an ECDSA P-256 public key")
 	}
 	return k, nil
+}
+
+// clientIP is the resolver of client addresses from TrustedProxies (valid
+// after validate).
+func (c Config) clientIP() clientip.Resolver {
+	trusted, _ := clientip.ParseTrusted(c.TrustedProxies)
+	return clientip.Resolver{Trusted: trusted}
 }

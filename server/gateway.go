@@ -166,7 +166,8 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker, Logger: logger.Named("entry")})
+	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker,
+		ClientIP: cfg.clientIP(), Logger: logger.Named("entry")})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

@@ -3,6 +3,7 @@ package clientip
 import (
 	"context"
 	"net"
+	"net/http"
 	"testing"
 
 	"google.golang.org/grpc/metadata"
@@ -43,5 +44,55 @@ func TestFromContext(t *testing.T) {
 				t.Fatalf("got %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestTrustedProxies(t *testing.T) {
+	trusted, err := ParseTrusted([]string{"10.0.0.0/8", "2001:db8:ffff::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Resolver{Trusted: trusted}
+	cases := []struct {
+		name string
+		peer string
+		xff  []string
+		want string
+	}{
+		{"untrusted peer ignores xff", "203.0.113.7:1", []string{"198.51.100.1"}, "203.0.113.7"},
+		{"trusted peer, one hop", "10.1.2.3:1", []string{"198.51.100.1"}, "198.51.100.1"},
+		{"client-forged entries before the proxy's are not believed", "10.1.2.3:1", []string{"1.2.3.4, 198.51.100.1"}, "198.51.100.1"},
+		{"two trusted hops", "10.1.2.3:1", []string{"198.51.100.1, 10.9.9.9"}, "198.51.100.1"},
+		{"trusted v6 proxy", "[2001:db8:ffff::1]:1", []string{"2001:db8::7"}, "2001:db8::7"},
+		{"garbage entry stops at the proxy", "10.1.2.3:1", []string{"not-an-ip"}, "10.1.2.3"},
+		{"trusted peer, no header", "10.1.2.3:1", nil, "10.1.2.3"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &http.Request{RemoteAddr: tc.peer, Header: http.Header{}}
+			for _, v := range tc.xff {
+				req.Header.Add("X-Forwarded-For", v)
+			}
+			if got := r.FromRequest(req).String(); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+			// Without trusted proxies the peer is always the client.
+			if got, want := (Resolver{}).FromRequest(req), addrOf(tc.peer); got != want {
+				t.Fatalf("zero Resolver: got %s, want %s", got, want)
+			}
+		})
+	}
+	if _, err := ParseTrusted([]string{"10.0.0.0/33"}); err == nil {
+		t.Fatal("bad prefix accepted")
+	}
+	// In-process REST: the last entry is the HTTP peer (a trusted proxy),
+	// so the entry before it is the client.
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: fakeAddr{"bufconn", "bufconn"}})
+	ctx = metadata.NewIncomingContext(ctx, metadata.Pairs("x-forwarded-for", "198.51.100.9, 10.0.0.5"))
+	if got := r.FromContext(ctx).String(); got != "198.51.100.9" {
+		t.Fatalf("in-process behind a trusted proxy: %s", got)
+	}
+	if got := (Resolver{}).FromContext(ctx).String(); got != "10.0.0.5" {
+		t.Fatalf("in-process without trusted proxies: %s", got)
 	}
 }

@@ -8,7 +8,6 @@ package entry
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
+	"github.com/outposthq/outpost/server/internal/clientip"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/token"
 )
@@ -47,6 +47,9 @@ type Config struct {
 	Tokens Verifier
 	Store  TokenStore
 	Broker *broker.Broker
+	// ClientIP finds the client's address for the audit and logs; the zero
+	// value trusts no proxy.
+	ClientIP clientip.Resolver
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -154,7 +157,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 16 KiB an idle session would keep). The session ends with the client
 	// or when a shutdown drain times out.
 	ctx, cancel := context.WithCancel(h.ctx)
-	req := broker.Request{Target: claims.Target, AgentID: claims.AgentID, Client: clientAddr(r)}
+	req := broker.Request{Target: claims.Target, AgentID: claims.AgentID, Client: h.cfg.ClientIP.FromRequest(r).String()}
 	// A reusable token opens many sessions: each gets its own id.
 	if !claims.Reusable {
 		if id, err := uuid.Parse(claims.ID); err == nil {
@@ -174,11 +177,3 @@ type clientStream struct{ *wsstream.Stream }
 
 // Fail closes the WebSocket with StatusConnectFailed and reason.
 func (c clientStream) Fail(reason string) { c.CloseWithReason(wsstream.StatusConnectFailed, reason) }
-
-func clientAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}

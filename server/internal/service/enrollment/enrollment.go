@@ -57,6 +57,9 @@ type Options struct {
 	RateWindow time.Duration
 	// Enrollments counts Enroll calls by outcome; may be nil.
 	Enrollments *prometheus.CounterVec
+	// ClientIP finds the source address rate limits count against; the zero
+	// value trusts no proxy.
+	ClientIP clientip.Resolver
 	// Now is the clock. If nil, time.Now.
 	Now    func() time.Time
 	Logger hclog.Logger
@@ -154,7 +157,7 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 // Enroll signs an agent's CSR once per token.
 func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (resp *outpostv1.EnrollResponse, err error) {
 	defer func() { s.count(err) }()
-	ip := clientip.FromContext(ctx)
+	ip := s.opts.ClientIP.FromContext(ctx)
 	if !s.limit.AllowAddr(ip, s.opts.Now()) {
 		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
 	}
