@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net/url"
+	"strings"
 	"testing"
 
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/testtls"
 )
 
@@ -56,6 +59,33 @@ func TestTLSSessionResumption(t *testing.T) {
 				t.Errorf("%s, connection %d: resumed %v, want %v", name, i, got, want)
 			}
 			c.Close()
+		}
+	}
+}
+
+// Without a CA the client refuses to start, and says whether the pin is
+// missing or malformed.
+func TestPinRequired(t *testing.T) {
+	const valid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		pin, want string
+	}{
+		{"", "is required"},
+		{"  ", "is required"},
+		{valid[:63], "malformed"},
+		{valid + "00", "malformed"},
+		{"x" + valid[1:], "malformed"},
+		{strings.ToUpper(valid), ""},
+		{" " + valid + "\n", ""},
+	} {
+		_, err := pinnedTLS(Options{CAPin: tc.pin}, &url.URL{Host: "127.0.0.1:1"})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("pin %q: %v", tc.pin, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("pin %q: %v, want an error containing %q", tc.pin, err, tc.want)
+		case tc.want == "malformed" && !errors.Is(err, transport.ErrMalformedPin):
+			t.Errorf("pin %q: %v, want transport.ErrMalformedPin", tc.pin, err)
 		}
 	}
 }

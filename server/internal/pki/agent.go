@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Errors about agent certificates, wrapped with the details.
@@ -95,7 +96,7 @@ func (a *Authority) SignAgent(csr *x509.CertificateRequest, agentID uuid.UUID, n
 		PEM:        certPEM(der),
 		Serial:     serialHex(serial),
 		NotAfter:   cert.NotAfter,
-		SPKISHA256: SPKISHA256(cert),
+		SPKISHA256: transport.SPKISHA256(cert),
 	}, nil
 }
 

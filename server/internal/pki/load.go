@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // LoadOrCreate loads the Authority kept in dir, creating what is missing.
@@ -168,7 +170,7 @@ func (a *Authority) setCA(cert *x509.Certificate, key *ecdsa.PrivateKey) {
 	a.caPEM = certPEM(cert.Raw)
 	a.caPool = x509.NewCertPool()
 	a.caPool.AddCert(cert)
-	a.caSPKI = SPKISHA256(cert)
+	a.caSPKI = transport.SPKISHA256(cert)
 }
 
 // warnCAExpiry logs when the CA itself is close to expiry: server and agent

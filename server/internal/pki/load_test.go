@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 const day = 24 * time.Hour
@@ -117,8 +119,8 @@ func TestLoadOrCreateFirstStart(t *testing.T) {
 	if err := srv.CheckSignatureFrom(ca); err != nil {
 		t.Errorf("server cert not signed by the CA: %v", err)
 	}
-	if got := a.ServerSPKISHA256(); got != SPKISHA256(srv) {
-		t.Errorf("ServerSPKISHA256 %s != SPKI of the server cert %s", got, SPKISHA256(srv))
+	if got := a.ServerSPKISHA256(); got != transport.SPKISHA256(srv) {
+		t.Errorf("ServerSPKISHA256 %s != SPKI of the server cert %s", got, transport.SPKISHA256(srv))
 	}
 	tc, err := a.GetCertificate(nil)
 	if err != nil {
@@ -204,7 +206,7 @@ func TestHostnamesChangedReissuesWithSameKey(t *testing.T) {
 	if bytes.Equal(srv.Raw, a.ServerCert().Raw) {
 		t.Fatal("server certificate not re-issued after the host names changed")
 	}
-	if b.ServerSPKISHA256() != a.ServerSPKISHA256() || SPKISHA256(srv) != a.ServerSPKISHA256() {
+	if b.ServerSPKISHA256() != a.ServerSPKISHA256() || transport.SPKISHA256(srv) != a.ServerSPKISHA256() {
 		t.Error("re-issue changed the server key: pins would break")
 	}
 	if srv.Subject.CommonName != "gw2.example.com" {
@@ -263,7 +265,7 @@ func TestServerRenewalNearExpiry(t *testing.T) {
 	if !second.NotAfter.Equal(clk.Now().Add(DefaultServerValidity)) {
 		t.Errorf("renewed NotAfter %v, want now+365d", second.NotAfter)
 	}
-	if SPKISHA256(second) != SPKISHA256(first) || a.ServerSPKISHA256() != SPKISHA256(first) {
+	if transport.SPKISHA256(second) != transport.SPKISHA256(first) || a.ServerSPKISHA256() != transport.SPKISHA256(first) {
 		t.Error("renewal changed the server key")
 	}
 	if tc, _ := a.GetCertificate(nil); !bytes.Equal(tc.Certificate[0], second.Raw) {

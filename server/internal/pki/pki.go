@@ -21,10 +21,8 @@ package pki
 import (
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +32,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Names of the files an Authority keeps in its directory.
@@ -194,26 +193,13 @@ func (a *Authority) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, erro
 	return a.server.Load(), nil
 }
 
-// SPKISHA256 returns the lowercase hex SHA-256 of cert's DER
-// SubjectPublicKeyInfo.
-func SPKISHA256(cert *x509.Certificate) string {
-	return SPKIHash(cert.RawSubjectPublicKeyInfo)
-}
-
-// SPKIHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
-// the form of every key pin Outpost stores or compares.
-func SPKIHash(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
-}
-
-// keySPKI returns the SPKI pin of an ECDSA public key.
+// keySPKI returns the SPKI pin of an ECDSA public key (transport.SPKIHashHex).
 func keySPKI(pub *ecdsa.PublicKey) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return "", err
 	}
-	return SPKIHash(der), nil
+	return transport.SPKIHashHex(der), nil
 }
 
 // newSerial returns a random positive serial number of serialBits bits.
