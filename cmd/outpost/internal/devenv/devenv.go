@@ -26,12 +26,19 @@ import (
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
+// Defaults of Options: the gateway's default ports, on loopback.
+const (
+	DefaultListen     = "127.0.0.1" + server.DefaultListen
+	DefaultQUICListen = "127.0.0.1" + server.DefaultQUICListen
+)
+
 // Options configure the environment.
 type Options struct {
 	// DataDir keeps the gateway's and the agent's state; if empty a
 	// temporary directory is used and removed at the end.
 	DataDir string
-	// Listen and QUICListen are the gateway's addresses (loopback).
+	// Listen and QUICListen are the gateway's addresses (loopback). If
+	// empty, DefaultListen and DefaultQUICListen.
 	Listen, QUICListen string
 	// Command is how the printed instructions invoke outpost, e.g.
 	// "go run ./cmd/outpost".
@@ -53,10 +60,10 @@ func Run(ctx context.Context, o Options, out io.Writer) (err error) {
 		o.Logger = hclog.NewNullLogger()
 	}
 	if o.Listen == "" {
-		o.Listen = "127.0.0.1:7171"
+		o.Listen = DefaultListen
 	}
 	if o.QUICListen == "" {
-		o.QUICListen = "127.0.0.1:4433"
+		o.QUICListen = DefaultQUICListen
 	}
 	if o.Command == "" {
 		o.Command = "outpost"

@@ -37,6 +37,15 @@ const (
 	staticJTIPfx = "static-secret:"
 )
 
+// Defaults of Options (DESIGN.md §12).
+const (
+	// DefaultRateBurst is the number of Enroll calls allowed per source IP
+	// per DefaultRateWindow.
+	DefaultRateBurst = 10
+	// DefaultRateWindow is the window DefaultRateBurst counts over.
+	DefaultRateWindow = time.Minute
+)
+
 // Store is what enrollment needs from the gateway store.
 type Store interface {
 	RecordEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error
@@ -52,7 +61,7 @@ type Options struct {
 	// a token (compared in constant time).
 	EnrollmentSecret string
 	// RateBurst Enroll calls are allowed per source IP per RateWindow.
-	// If zero, 10 per minute.
+	// If zero, DefaultRateBurst (10) and DefaultRateWindow (1 min).
 	RateBurst  int
 	RateWindow time.Duration
 	// Enrollments counts Enroll calls by outcome; may be nil.
@@ -85,10 +94,10 @@ func New(ca *pki.Authority, tokens *token.Issuer, s Store, opts Options) (*Servi
 		return nil, errors.New("enrollment: public URL and QUIC endpoint are required")
 	}
 	if opts.RateBurst == 0 {
-		opts.RateBurst = 10
+		opts.RateBurst = DefaultRateBurst
 	}
 	if opts.RateWindow == 0 {
-		opts.RateWindow = time.Minute
+		opts.RateWindow = DefaultRateWindow
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
