@@ -1,6 +1,9 @@
 // Package agent is the Outpost agent: it enrolls once with a one-time token and
 // then keeps an outbound QUIC tunnel to the gateway. Its parts live under
 // agent/internal; this package is the face the outpost binary calls.
+//
+// Naming: a Config configures a long-lived value built by New; an Options
+// struct tunes one call (EnrollOptions tunes one Enroll).
 package agent
 
 import (

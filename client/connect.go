@@ -31,8 +31,8 @@ import (
 // entryPath is the gateway's WebSocket entry.
 const entryPath = "/v1/connect"
 
-// Options say how to reach the entry.
-type Options struct {
+// Config says how a Client (built by New) reaches the entry.
+type Config struct {
 	// Gateway is the gateway's https:// base URL or the wss:// connect URL.
 	Gateway string
 	// Token is the session token.
@@ -66,7 +66,7 @@ type Client struct {
 }
 
 // New checks o and returns a Client.
-func New(o Options) (*Client, error) {
+func New(o Config) (*Client, error) {
 	if o.Token == "" {
 		return nil, errors.New("connect: a session token is required")
 	}
@@ -195,7 +195,7 @@ func entryURL(gw string) (*url.URL, error) {
 // Both configurations cache TLS sessions, so that the sessions a --listen
 // client opens one after another resume instead of doing a full handshake
 // each.
-func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
+func pinnedTLS(o Config, u *url.URL) (*tls.Config, error) {
 	host := u.Hostname()
 	if len(o.CAPEM) > 0 {
 		pool := x509.NewCertPool()

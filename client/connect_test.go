@@ -42,7 +42,7 @@ func TestTLSSessionResumption(t *testing.T) {
 
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
 	pin := sha256.Sum256(cert.Leaf.RawSubjectPublicKeyInfo)
-	for name, o := range map[string]Options{"ca file": {CAPEM: caPEM}, "ca pin": {CAPin: hex.EncodeToString(pin[:])}} {
+	for name, o := range map[string]Config{"ca file": {CAPEM: caPEM}, "ca pin": {CAPin: hex.EncodeToString(pin[:])}} {
 		conf, err := pinnedTLS(o, &url.URL{Host: ln.Addr().String()})
 		if err != nil {
 			t.Fatal(err)
@@ -78,7 +78,7 @@ func TestPinRequired(t *testing.T) {
 		{strings.ToUpper(valid), ""},
 		{" " + valid + "\n", ""},
 	} {
-		_, err := pinnedTLS(Options{CAPin: tc.pin}, &url.URL{Host: "127.0.0.1:1"})
+		_, err := pinnedTLS(Config{CAPin: tc.pin}, &url.URL{Host: "127.0.0.1:1"})
 		switch {
 		case tc.want == "" && err != nil:
 			t.Errorf("pin %q: %v", tc.pin, err)

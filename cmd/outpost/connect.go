@@ -56,7 +56,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	opts := client.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
+	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
 	var reported atomic.Bool
 	if stdio {
 		// Print the reason while ssh still reads our stderr (see OnFailure).

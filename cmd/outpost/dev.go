@@ -13,7 +13,7 @@ import (
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dev", stderr, "dev [--data-dir DIR] [--listen ADDR] [--quic-listen ADDR]")
 	var (
-		o  devenv.Options
+		o  devenv.Config
 		lf logFlags
 	)
 	fs.StringVar(&o.DataDir, "data-dir", "", "keep the gateway's and agent's state here (default: a temporary directory, removed on exit)")

@@ -42,7 +42,7 @@ func (a *adminFlags) dial() (*apiclientConn, error) {
 			return nil, fmt.Errorf("ca file: %w", err)
 		}
 	}
-	conn, err := apiclient.Dial(apiclient.Options{Gateway: a.gateway, APIKey: key, CAPEM: ca})
+	conn, err := apiclient.Dial(apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca})
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ const (
 	certFileMode = 0o644
 )
 
-// Defaults for Options.
+// Defaults for Config.
 const (
 	DefaultServerValidity    = 365 * 24 * time.Hour
 	DefaultServerRenewBefore = 30 * 24 * time.Hour
@@ -68,9 +68,9 @@ const backdate = time.Minute
 // serialBits is the size of the random serial number of every certificate.
 const serialBits = 128
 
-// Options configures LoadOrCreate. The zero value is usable: no extra host
+// Config configures LoadOrCreate. The zero value is usable: no extra host
 // names, default validities, the system clock and crypto/rand.
-type Options struct {
+type Config struct {
 	// Hostnames are the DNS names and IP literals (IPv6 with or without
 	// brackets) the server certificate is valid for. localhost, 127.0.0.1 and
 	// ::1 are always added. The first entry is the certificate's common name
@@ -97,7 +97,7 @@ type Options struct {
 	Logger hclog.Logger
 }
 
-func (o Options) withDefaults() Options {
+func (o Config) withDefaults() Config {
 	if o.ServerValidity == 0 {
 		o.ServerValidity = DefaultServerValidity
 	}
@@ -119,7 +119,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-func (o Options) validate() error {
+func (o Config) validate() error {
 	switch {
 	case o.ServerValidity < 0:
 		return fmt.Errorf("pki: server validity %v is negative", o.ServerValidity)
@@ -139,7 +139,7 @@ func (o Options) validate() error {
 // certificates and keys it returns are shared and must not be modified.
 type Authority struct {
 	dir   string
-	opts  Options
+	cfg   Config
 	log   hclog.Logger
 	names hostNames // the configured server certificate names
 

@@ -26,14 +26,14 @@ import (
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
-// Defaults of Options: the gateway's default ports, on loopback.
+// Defaults of Config: the gateway's default ports, on loopback.
 const (
 	DefaultListen     = "127.0.0.1" + server.DefaultListen
 	DefaultQUICListen = "127.0.0.1" + server.DefaultQUICListen
 )
 
-// Options configure the environment.
-type Options struct {
+// Config configures the environment Run starts.
+type Config struct {
 	// DataDir keeps the gateway's and the agent's state; if empty a
 	// temporary directory is used and removed at the end.
 	DataDir string
@@ -55,7 +55,7 @@ type Env struct {
 }
 
 // Run starts everything, prints what to try to out, and runs until ctx ends.
-func Run(ctx context.Context, o Options, out io.Writer) (err error) {
+func Run(ctx context.Context, o Config, out io.Writer) (err error) {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
@@ -137,7 +137,7 @@ func enrollOnce(ctx context.Context, env Env, agentDir string, log hclog.Logger)
 	if err != nil {
 		return "", "", err
 	}
-	conn, err := apiclient.Dial(apiclient.Options{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
+	conn, err := apiclient.Dial(apiclient.Config{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
 	if err != nil {
 		return "", "", err
 	}

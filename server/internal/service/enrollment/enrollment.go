@@ -37,7 +37,7 @@ const (
 	staticJTIPfx = "static-secret:"
 )
 
-// Defaults of Options (DESIGN.md §12).
+// Defaults of Config (DESIGN.md §12).
 const (
 	// DefaultRateBurst is the number of Enroll calls allowed per source IP
 	// per DefaultRateWindow.
@@ -52,8 +52,8 @@ type Store interface {
 	EnrollAgent(ctx context.Context, req store.EnrollRequest) (store.EnrollResult, error)
 }
 
-// Options configure a Service. Zero values mean the defaults given.
-type Options struct {
+// Config configures a Service. Zero values mean the defaults given.
+type Config struct {
 	// PublicURL and QUICEndpoint go into tokens and Enroll answers. Required.
 	PublicURL    string
 	QUICEndpoint string
@@ -74,7 +74,7 @@ type Options struct {
 // Service implements EnrollmentService. It is safe for concurrent use.
 type Service struct {
 	outpostv1.UnimplementedEnrollmentServiceServer
-	opts   Options
+	cfg    Config
 	pki    *pki.Authority
 	tokens *token.Issuer
 	store  Store
@@ -86,29 +86,29 @@ var _ outpostv1.EnrollmentServiceServer = (*Service)(nil)
 
 // New returns a Service signing with ca, minting and checking tokens with
 // tokens, and persisting to s.
-func New(ca *pki.Authority, tokens *token.Issuer, s Store, opts Options) (*Service, error) {
+func New(ca *pki.Authority, tokens *token.Issuer, s Store, cfg Config) (*Service, error) {
 	if ca == nil || tokens == nil || s == nil {
 		return nil, errors.New("enrollment: nil authority, issuer or store")
 	}
-	if opts.PublicURL == "" || opts.QUICEndpoint == "" {
+	if cfg.PublicURL == "" || cfg.QUICEndpoint == "" {
 		return nil, errors.New("enrollment: public URL and QUIC endpoint are required")
 	}
-	if opts.RateBurst == 0 {
-		opts.RateBurst = DefaultRateBurst
+	if cfg.RateBurst == 0 {
+		cfg.RateBurst = DefaultRateBurst
 	}
-	if opts.RateWindow == 0 {
-		opts.RateWindow = DefaultRateWindow
+	if cfg.RateWindow == 0 {
+		cfg.RateWindow = DefaultRateWindow
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
-	if opts.Logger == nil {
-		opts.Logger = hclog.NewNullLogger()
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
 	}
 	return &Service{
-		opts: opts, pki: ca, tokens: tokens, store: s,
-		limit: ratelimit.New(opts.RateBurst, opts.RateWindow),
-		log:   opts.Logger,
+		cfg: cfg, pki: ca, tokens: tokens, store: s,
+		limit: ratelimit.New(cfg.RateBurst, cfg.RateWindow),
+		log:   cfg.Logger,
 	}, nil
 }
 
@@ -134,8 +134,8 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 		return nil, err
 	}
 	tok, claims, err := s.tokens.NewEnrollment(token.EnrollmentClaims{
-		GatewayURL:   s.opts.PublicURL,
-		QUICEndpoint: s.opts.QUICEndpoint,
+		GatewayURL:   s.cfg.PublicURL,
+		QUICEndpoint: s.cfg.QUICEndpoint,
 		CASPKISHA256: s.pki.CASPKISHA256(),
 		AgentName:    req.GetAgentName(),
 		Routes:       routes,
@@ -164,8 +164,8 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (resp *outpostv1.EnrollResponse, err error) {
 	defer func() { s.count(err) }()
 	ip := clientip.FromContext(ctx)
-	if !s.limit.Allow(ip.String(), s.opts.Now()) {
-		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
+	if !s.limit.Allow(ip.String(), s.cfg.Now()) {
+		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.cfg.RateBurst, s.cfg.RateWindow)
 	}
 	jti, expires, tokenName, err := s.checkBearer(ctx, req)
 	if err != nil {
@@ -197,7 +197,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		// A static secret enrolls any number of agents: one "token" per CSR keeps
 		// a retry of the same request idempotent.
 		jti = staticJTIPfx + csrHash
-		expires = s.opts.Now().Add(token.DefaultEnrollmentTTL)
+		expires = s.cfg.Now().Add(token.DefaultEnrollmentTTL)
 	}
 
 	id := uuid.New()
@@ -213,7 +213,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		Agent: store.Agent{
 			ID: id.String(), Name: name, Hostname: hostname,
 			SPKISHA256: issued.SPKISHA256, CertSerial: issued.Serial,
-			CertNotAfter: issued.NotAfter, EnrolledAt: s.opts.Now().UTC(),
+			CertNotAfter: issued.NotAfter, EnrolledAt: s.cfg.Now().UTC(),
 		},
 	})
 	switch {
@@ -229,7 +229,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		AgentId:          res.Agent.ID,
 		ClientCertPem:    string(res.CertPEM),
 		CaCertPem:        string(s.pki.CACertPEM()),
-		QuicEndpoint:     s.opts.QUICEndpoint,
+		QuicEndpoint:     s.cfg.QUICEndpoint,
 		ServerSpkiSha256: s.pki.ServerSPKISHA256(),
 		CertNotAfter:     timestamppb.New(res.Agent.CertNotAfter),
 	}, nil
@@ -242,7 +242,7 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 	if bearer == "" {
 		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
 	}
-	if secret := s.opts.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
+	if secret := s.cfg.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
 		return "", time.Time{}, "", nil
 	}
 	c, err := s.tokens.VerifyEnrollment(bearer)
@@ -256,14 +256,14 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 }
 
 func (s *Service) count(err error) {
-	if s.opts.Enrollments == nil {
+	if s.cfg.Enrollments == nil {
 		return
 	}
 	outcome := "success"
 	if err != nil {
 		outcome = strings.ToLower(status.Code(err).String())
 	}
-	s.opts.Enrollments.WithLabelValues(outcome).Inc()
+	s.cfg.Enrollments.WithLabelValues(outcome).Inc()
 }
 
 // ValidateName checks an agent name: 1 to 255 printable ASCII characters.
