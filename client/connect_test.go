@@ -17,38 +17,17 @@ import (
 
 // A client's later connections resume the TLS session of an earlier one.
 func TestTLSSessionResumption(t *testing.T) {
-	cert, _ := testtls.SelfSigned(t, "gateway")
-	// The self-signed certificate also plays the CA in the chain, for the
-	// pin.
-	cert.Certificate = append(cert.Certificate, cert.Certificate[0])
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte{1}) // after the handshake: the session ticket goes first
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
-
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	pin := sha256.Sum256(cert.Leaf.RawSubjectPublicKeyInfo)
+	ca, cert := testtls.Chain(t, "gateway")
+	addr := testtls.Serve(t, cert)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})
+	pin := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
 	for name, o := range map[string]Config{"ca file": {CAPEM: caPEM}, "ca pin": {CAPin: hex.EncodeToString(pin[:])}} {
-		conf, err := pinnedTLS(o, &url.URL{Host: ln.Addr().String()})
+		conf, err := pinnedTLS(o, &url.URL{Host: addr})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, want := range []bool{false, true, true} {
-			c, err := tls.Dial("tcp", ln.Addr().String(), conf)
+			c, err := tls.Dial("tcp", addr, conf)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}

@@ -147,26 +147,10 @@ func checkPinErr(t *testing.T, err error, want string) {
 func TestCAPinnedTLSHandshake(t *testing.T) {
 	checkGoroutines(t)
 	ca, server := testtls.Chain(t, "gateway")
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{server}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte{1}) // completes the server's side of the handshake
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
+	addr := testtls.Serve(t, server)
 
 	dial := func(pin Pin) error {
-		c, err := tls.Dial("tcp", ln.Addr().String(), CAPinnedTLS("127.0.0.1", pin))
+		c, err := tls.Dial("tcp", addr, CAPinnedTLS("127.0.0.1", pin))
 		if err != nil {
 			return err
 		}
@@ -177,7 +161,7 @@ func TestCAPinnedTLSHandshake(t *testing.T) {
 	if err := dial(pinOf(t, ca)); err != nil {
 		t.Errorf("CA pin: %v", err)
 	}
-	err = dial(pinOf(t, server.Leaf))
+	err := dial(pinOf(t, server.Leaf))
 	var pe *PinError
 	if !errors.As(err, &pe) || !strings.Contains(pe.Reason, "only the peer's own certificate") {
 		t.Errorf("leaf key as CA pin: %v, want a *PinError", err)

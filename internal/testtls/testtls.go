@@ -82,3 +82,33 @@ func issue(tb testing.TB, tmpl *x509.Certificate, parent *tls.Certificate) tls.C
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
 }
+
+// Serve accepts TLS connections on 127.0.0.1 with cert until the test ends;
+// on each it completes the handshake, writes one byte (after the session
+// ticket, so a client reading it can resume later) and closes. It returns
+// the listener's address; cleanup closes the listener and waits for the
+// accept loop.
+func Serve(tb testing.TB, cert tls.Certificate) string {
+	tb.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte{1})
+			c.Close()
+		}
+	}()
+	tb.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return ln.Addr().String()
+}

@@ -3,6 +3,7 @@
 package enrollment
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -71,6 +72,19 @@ type Config struct {
 	Logger hclog.Logger
 }
 
+// withDefaults returns a copy of c with every zero field filled in.
+func (c Config) withDefaults() Config {
+	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
+	c.RateWindow = cmp.Or(c.RateWindow, DefaultRateWindow)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c
+}
+
 // Service implements EnrollmentService. It is safe for concurrent use.
 type Service struct {
 	outpostv1.UnimplementedEnrollmentServiceServer
@@ -93,18 +107,7 @@ func New(ca *pki.Authority, tokens *token.Issuer, s Store, cfg Config) (*Service
 	if cfg.PublicURL == "" || cfg.QUICEndpoint == "" {
 		return nil, errors.New("enrollment: public URL and QUIC endpoint are required")
 	}
-	if cfg.RateBurst == 0 {
-		cfg.RateBurst = DefaultRateBurst
-	}
-	if cfg.RateWindow == 0 {
-		cfg.RateWindow = DefaultRateWindow
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = hclog.NewNullLogger()
-	}
+	cfg = cfg.withDefaults()
 	return &Service{
 		cfg: cfg, pki: ca, tokens: tokens, store: s,
 		limit: ratelimit.New(cfg.RateBurst, cfg.RateWindow),
