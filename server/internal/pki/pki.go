@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
@@ -97,39 +98,39 @@ type Config struct {
 	Logger hclog.Logger
 }
 
-func (o Config) withDefaults() Config {
-	if o.ServerValidity == 0 {
-		o.ServerValidity = DefaultServerValidity
+func (c Config) withDefaults() Config {
+	if c.ServerValidity == 0 {
+		c.ServerValidity = DefaultServerValidity
 	}
-	if o.ServerRenewBefore == 0 {
-		o.ServerRenewBefore = DefaultServerRenewBefore
+	if c.ServerRenewBefore == 0 {
+		c.ServerRenewBefore = DefaultServerRenewBefore
 	}
-	if o.AgentValidity == 0 {
-		o.AgentValidity = DefaultAgentValidity
+	if c.AgentValidity == 0 {
+		c.AgentValidity = DefaultAgentValidity
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if c.Now == nil {
+		c.Now = time.Now
 	}
-	if o.Rand == nil {
-		o.Rand = rand.Reader
+	if c.Rand == nil {
+		c.Rand = rand.Reader
 	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
 	}
-	return o
+	return c
 }
 
-func (o Config) validate() error {
+func (c Config) validate() error {
 	switch {
-	case o.ServerValidity < 0:
-		return fmt.Errorf("pki: server validity %v is negative", o.ServerValidity)
-	case o.ServerRenewBefore < 0:
-		return fmt.Errorf("pki: server renew-before %v is negative", o.ServerRenewBefore)
-	case o.AgentValidity < 0:
-		return fmt.Errorf("pki: agent validity %v is negative", o.AgentValidity)
-	case o.ServerRenewBefore >= o.ServerValidity:
+	case c.ServerValidity < 0:
+		return fmt.Errorf("pki: server validity %v is negative", c.ServerValidity)
+	case c.ServerRenewBefore < 0:
+		return fmt.Errorf("pki: server renew-before %v is negative", c.ServerRenewBefore)
+	case c.AgentValidity < 0:
+		return fmt.Errorf("pki: agent validity %v is negative", c.AgentValidity)
+	case c.ServerRenewBefore >= c.ServerValidity:
 		return fmt.Errorf("pki: server renew-before %v must be shorter than the server validity %v",
-			o.ServerRenewBefore, o.ServerValidity)
+			c.ServerRenewBefore, c.ServerValidity)
 	}
 	return nil
 }
