@@ -19,6 +19,7 @@
 package pki
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/tls"
@@ -99,15 +100,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.ServerValidity == 0 {
-		c.ServerValidity = DefaultServerValidity
-	}
-	if c.ServerRenewBefore == 0 {
-		c.ServerRenewBefore = DefaultServerRenewBefore
-	}
-	if c.AgentValidity == 0 {
-		c.AgentValidity = DefaultAgentValidity
-	}
+	c.ServerValidity = cmp.Or(c.ServerValidity, DefaultServerValidity)
+	c.ServerRenewBefore = cmp.Or(c.ServerRenewBefore, DefaultServerRenewBefore)
+	c.AgentValidity = cmp.Or(c.AgentValidity, DefaultAgentValidity)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
