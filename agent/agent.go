@@ -1,6 +1,9 @@
 // Package agent is the Outpost agent: it enrolls once with a one-time token and
 // then keeps an outbound QUIC tunnel to the gateway. Its parts live under
 // agent/internal; this package is the face the outpost binary calls.
+//
+// Naming: a Config configures a long-lived value built by New; an Options
+// struct tunes one call (EnrollOptions tunes one Enroll).
 package agent
 
 import (
@@ -12,6 +15,7 @@ import (
 	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/agent/internal/enroll"
 	"github.com/outposthq/outpost/agent/internal/tunnel"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // DefaultConfigDir is where agent.json and certs/ live unless OUTPOST_AGENT_DIR
@@ -57,6 +61,20 @@ func Enroll(ctx context.Context, o EnrollOptions, logger hclog.Logger) (EnrollRe
 	}
 	return enroll.Enroll(ctx, o)
 }
+
+// Defaults of RunnerConfig: what a zero field means. They are exported for the
+// outpost binary, whose flags show them.
+const (
+	// DefaultDrainTimeout is how long live sessions may take to finish when
+	// the runner stops (RunnerConfig.DrainTimeout).
+	DefaultDrainTimeout = tunnel.DefaultDrainTimeout
+	// DefaultRenewFraction is the part of the certificate's lifetime left
+	// when the agent renews it (RunnerConfig.RenewFraction).
+	DefaultRenewFraction = tunnel.DefaultRenewFraction
+	// DefaultMaxSessions is the number of concurrent sessions the gateway may
+	// open through the agent (RunnerConfig.QUIC.MaxIncomingStreams).
+	DefaultMaxSessions = transport.DefaultMaxIncomingStreams
+)
 
 // RunnerConfig configures the Runner NewRunner builds; see tunnel.Config for
 // the fields and their defaults.

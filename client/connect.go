@@ -6,11 +6,9 @@ package client
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,19 +25,22 @@ import (
 
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // entryPath is the gateway's WebSocket entry.
 const entryPath = "/v1/connect"
 
-// Options say how to reach the entry.
-type Options struct {
+// Config says how a Client (built by New) reaches the entry.
+type Config struct {
 	// Gateway is the gateway's https:// base URL or the wss:// connect URL.
 	Gateway string
 	// Token is the session token.
 	Token string
 	// CAPEM is the gateway CA certificate; or CAPin, the hex SHA-256 of the
-	// CA's SubjectPublicKeyInfo, checked against the chain the gateway sends.
+	// CA's SubjectPublicKeyInfo (64 hex digits, either case): the gateway
+	// must send that CA after its own certificate, which must verify against
+	// it (transport.VerifyCAPin).
 	CAPEM []byte
 	CAPin string
 	// DialTimeout bounds the WebSocket handshake (default 30 s, which covers
@@ -65,7 +66,7 @@ type Client struct {
 }
 
 // New checks o and returns a Client.
-func New(o Options) (*Client, error) {
+func New(o Config) (*Client, error) {
 	if o.Token == "" {
 		return nil, errors.New("connect: a session token is required")
 	}
@@ -189,11 +190,12 @@ func entryURL(gw string) (*url.URL, error) {
 	return u, nil
 }
 
-// pinnedTLS verifies the gateway with the given CA, or with a CA found in the
-// presented chain whose SPKI hash is the pin. Both configurations cache TLS
-// sessions, so that the sessions a --listen client opens one after another
-// resume instead of doing a full handshake each.
-func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
+// pinnedTLS verifies the gateway with the given CA, or with a CA the gateway
+// presents after its certificate whose key is the pin (transport.VerifyCAPin).
+// Both configurations cache TLS sessions, so that the sessions a --listen
+// client opens one after another resume instead of doing a full handshake
+// each.
+func pinnedTLS(o Config, u *url.URL) (*tls.Config, error) {
 	host := u.Hostname()
 	if len(o.CAPEM) > 0 {
 		pool := x509.NewCertPool()
@@ -203,38 +205,19 @@ func pinnedTLS(o Options, u *url.URL) (*tls.Config, error) {
 		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12,
 			ClientSessionCache: tls.NewLRUClientSessionCache(0)}, nil
 	}
-	pin := strings.ToLower(strings.TrimSpace(o.CAPin))
-	if _, err := hex.DecodeString(pin); err != nil || len(pin) != 64 {
+	if strings.TrimSpace(o.CAPin) == "" {
 		return nil, errors.New("connect: a CA file (--ca-file) or a CA pin (--ca-pin, 64 hex digits) is required")
 	}
-	return &tls.Config{
-		ServerName: host,
-		MinVersion: tls.VersionTLS12,
-		// Later sessions of this client resume the TLS session (no
-		// certificate chain is sent or verified; the key exchange still
-		// runs); the pin is checked again on every connection.
-		ClientSessionCache: tls.NewLRUClientSessionCache(0),
-		// The chain is verified below against the pinned CA instead of the
-		// system roots.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("gateway sent no certificate")
-			}
-			pool := x509.NewCertPool()
-			for _, c := range cs.PeerCertificates[1:] {
-				sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-				if hex.EncodeToString(sum[:]) == pin {
-					pool.AddCert(c)
-				}
-			}
-			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: pool})
-			if err != nil {
-				return fmt.Errorf("gateway certificate does not chain to the pinned CA %s: %w", pin, err)
-			}
-			return nil
-		},
-	}, nil
+	pin, err := transport.ParsePin(strings.TrimSpace(o.CAPin))
+	if err != nil {
+		return nil, fmt.Errorf("connect: CA pin (--ca-pin): %w", err)
+	}
+	conf := transport.CAPinnedTLS(host, pin)
+	// Later sessions of this client resume the TLS session (no certificate
+	// chain is sent; the key exchange still runs); the pin is checked
+	// again on every connection, against the chain of the session resumed.
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	return conf, nil
 }
 
 // reusable reads the token's "reusable" claim without verifying it (the

@@ -5,47 +5,29 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net/url"
+	"strings"
 	"testing"
 
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/testtls"
 )
 
 // A client's later connections resume the TLS session of an earlier one.
 func TestTLSSessionResumption(t *testing.T) {
-	cert, _ := testtls.SelfSigned(t, "gateway")
-	// The self-signed certificate also plays the CA in the chain, for the
-	// pin.
-	cert.Certificate = append(cert.Certificate, cert.Certificate[0])
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte{1}) // after the handshake: the session ticket goes first
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); <-done }()
-
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	pin := sha256.Sum256(cert.Leaf.RawSubjectPublicKeyInfo)
-	for name, o := range map[string]Options{"ca file": {CAPEM: caPEM}, "ca pin": {CAPin: hex.EncodeToString(pin[:])}} {
-		conf, err := pinnedTLS(o, &url.URL{Host: ln.Addr().String()})
+	ca, cert := testtls.Chain(t, "gateway")
+	addr := testtls.Serve(t, cert)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})
+	pin := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
+	for name, o := range map[string]Config{"ca file": {CAPEM: caPEM}, "ca pin": {CAPin: hex.EncodeToString(pin[:])}} {
+		conf, err := pinnedTLS(o, &url.URL{Host: addr})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, want := range []bool{false, true, true} {
-			c, err := tls.Dial("tcp", ln.Addr().String(), conf)
+			c, err := tls.Dial("tcp", addr, conf)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
@@ -56,6 +38,33 @@ func TestTLSSessionResumption(t *testing.T) {
 				t.Errorf("%s, connection %d: resumed %v, want %v", name, i, got, want)
 			}
 			c.Close()
+		}
+	}
+}
+
+// Without a CA the client refuses to start, and says whether the pin is
+// missing or malformed.
+func TestPinRequired(t *testing.T) {
+	const valid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		pin, want string
+	}{
+		{"", "is required"},
+		{"  ", "is required"},
+		{valid[:63], "malformed"},
+		{valid + "00", "malformed"},
+		{"x" + valid[1:], "malformed"},
+		{strings.ToUpper(valid), ""},
+		{" " + valid + "\n", ""},
+	} {
+		_, err := pinnedTLS(Config{CAPin: tc.pin}, &url.URL{Host: "127.0.0.1:1"})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("pin %q: %v", tc.pin, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("pin %q: %v, want an error containing %q", tc.pin, err, tc.want)
+		case tc.want == "malformed" && !errors.Is(err, transport.ErrMalformedPin):
+			t.Errorf("pin %q: %v, want transport.ErrMalformedPin", tc.pin, err)
 		}
 	}
 }

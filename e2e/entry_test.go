@@ -49,7 +49,7 @@ func (gw *gateway) session(req *outpostv1.CreateSessionRequest) *outpostv1.Creat
 // by its SPKI hash as a client given only the CreateSession answer would.
 func openSession(t *testing.T, resp *outpostv1.CreateSessionResponse) (*wsstream.Stream, error) {
 	t.Helper()
-	c, err := client.New(client.Options{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256()})
+	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,7 +81,7 @@ func (gw *gateway) adminKey() string {
 
 func (gw *gateway) conn() *grpc.ClientConn {
 	gw.t.Helper()
-	c, err := apiclient.Dial(apiclient.Options{Gateway: gw.url, APIKey: gw.adminKey(), CAPEM: gw.g.CACertPEM()})
+	c, err := apiclient.Dial(apiclient.Config{Gateway: gw.url, APIKey: gw.adminKey(), CAPEM: gw.g.CACertPEM()})
 	if err != nil {
 		gw.t.Fatal(err)
 	}

@@ -86,7 +86,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		grpc.ChainUnaryInterceptor(g.metrics.UnaryInterceptor, rec.Unary, authz.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(rec.Stream, authz.StreamInterceptor),
 	)
-	enroll, err := enrollment.New(g.pki, g.tokens, g.store, enrollment.Options{
+	enroll, err := enrollment.New(g.pki, g.tokens, g.store, enrollment.Config{
 		PublicURL:        g.cfg.PublicURL,
 		QUICEndpoint:     g.cfg.PublicQUICEndpoint,
 		EnrollmentSecret: g.cfg.EnrollmentSecret,

@@ -41,7 +41,7 @@ func OpenKeyAdmin(ctx context.Context, dataDir string, logger hclog.Logger) (*Ke
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no gateway store at %s (start the gateway once with this --data-dir): %w", path, err)
 	}
-	s, err := store.OpenSQLite(ctx, path, store.Options{Logger: logger.Named("store")})
+	s, err := store.OpenSQLite(ctx, path, store.Config{Logger: logger.Named("store")})
 	if err != nil {
 		return nil, err
 	}

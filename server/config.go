@@ -19,8 +19,12 @@ import (
 
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/reach"
+	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/clientip"
+	"github.com/outposthq/outpost/server/internal/pki"
+	"github.com/outposthq/outpost/server/internal/service/enrollment"
 	"github.com/outposthq/outpost/server/internal/token"
+	"github.com/outposthq/outpost/server/internal/tunnel"
 )
 
 // Config is the gateway's configuration. The zero value of every field except
@@ -31,15 +35,17 @@ type Config struct {
 	// Required.
 	DataDir string `json:"data_dir"`
 	// Listen is the TCP address serving gRPC, REST, health, metrics and OpenAPI
-	// over TLS. If empty, ":7171".
+	// over TLS. If empty, DefaultListen (":7171").
 	Listen string `json:"listen"`
-	// QUICListen is the UDP address agents dial. If empty, ":4433".
+	// QUICListen is the UDP address agents dial. If empty, DefaultQUICListen
+	// (":4433").
 	QUICListen string `json:"quic_listen"`
 	// MetricsListen, if set, moves /metrics to a separate plain-HTTP listener.
 	MetricsListen string `json:"metrics_listen"`
 	// Hostnames are the DNS names and IP addresses the server certificate covers
 	// (localhost, 127.0.0.1 and ::1 are always added). The first one also builds
-	// the default public URL and QUIC endpoint. If empty, "localhost".
+	// the default public URL and QUIC endpoint. If empty, DefaultHostname
+	// ("localhost").
 	Hostnames []string `json:"hostnames"`
 	// PublicURL is the HTTPS base URL agents use to enroll. If empty,
 	// https://<first hostname>:<listen port>.
@@ -47,9 +53,11 @@ type Config struct {
 	// PublicQUICEndpoint is the host:port agents dial. If empty,
 	// <first hostname>:<quic listen port>.
 	PublicQUICEndpoint string `json:"public_quic_endpoint"`
-	// ShutdownTimeout bounds a graceful stop. If zero, 10 s.
+	// ShutdownTimeout bounds a graceful stop. If zero,
+	// DefaultShutdownTimeout (10 s).
 	ShutdownTimeout Duration `json:"shutdown_timeout"`
-	// MaxRequestBytes bounds a REST request body and a gRPC message. If zero, 1 MiB.
+	// MaxRequestBytes bounds a REST request body and a gRPC message. If zero,
+	// DefaultMaxRequestBytes (1 MiB).
 	MaxRequestBytes int64 `json:"max_request_bytes"`
 	// EnrollmentSecret, if set, is a static bearer that Enroll accepts in place
 	// of an enrollment token. Keep it long and random; empty disables it.
@@ -58,15 +66,17 @@ type Config struct {
 	// of a PEM file) whose ES256 enrollment JWTs Enroll accepts. Empty: none.
 	ProvisionerPublicKey string `json:"provisioner_public_key"`
 	// EnrollRateLimit is the number of Enroll calls allowed per source IP per
-	// minute. If zero, 10.
+	// minute. If zero, DefaultEnrollRateLimit (10).
 	EnrollRateLimit int `json:"enroll_rate_limit"`
-	// AgentCertValidity is the lifetime of agent certificates. If zero, 30 days.
+	// AgentCertValidity is the lifetime of agent certificates. If zero,
+	// DefaultAgentCertValidity (30 days).
 	AgentCertValidity Duration `json:"agent_cert_validity"`
 	// MaxSessionsPerAgent caps the concurrent sessions through one agent. If
-	// zero, 4,096.
+	// zero, DefaultMaxSessionsPerAgent (4,096).
 	MaxSessionsPerAgent int `json:"max_sessions_per_agent"`
 	// AgentAnswerTimeout bounds the wait for an agent's ConnectResponse
-	// before the next candidate is tried. If zero, 30 s.
+	// before the next candidate is tried. If zero, DefaultAgentAnswerTimeout
+	// (30 s).
 	AgentAnswerTimeout Duration `json:"agent_answer_timeout"`
 	// AllowDirect lets the gateway connect to a target itself when no agent
 	// covers it — only inside DirectSubnets and DirectDomains, and never to
@@ -84,17 +94,18 @@ type Config struct {
 	// at connect time.
 	DirectDomains []string `json:"direct_domains"`
 	// MaxDirectSessions caps the direct sessions open at once. If zero,
-	// 1,000.
+	// DefaultMaxDirectSessions (1,000).
 	MaxDirectSessions int `json:"max_direct_sessions"`
-	// MaxSessionTTL caps the lifetime of session tokens. If zero, 24 h.
+	// MaxSessionTTL caps the lifetime of session tokens. If zero,
+	// DefaultMaxSessionTTL (24 h).
 	MaxSessionTTL Duration `json:"max_session_ttl"`
 	// QUICIdleTimeout closes an agent connection silent for this long; it is
 	// also how long a vanished agent (power cut, kill -9) keeps its sessions
-	// before they fail. If zero, 120 s.
+	// before they fail. If zero, DefaultQUICIdleTimeout (120 s).
 	QUICIdleTimeout Duration `json:"quic_idle_timeout"`
 	// QUICKeepAlive is the keep-alive period on agent connections; it must be
-	// shorter than the idle timeout. If zero, 15 s (capped at half the idle
-	// timeout).
+	// shorter than the idle timeout. If zero, DefaultQUICKeepAlive (15 s),
+	// capped at half the idle timeout.
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
 
 	// TrustedProxies are the networks of reverse proxies or load balancers
@@ -142,11 +153,55 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// Defaults of Config: what a zero field means. They are exported for the
+// outpost binary, whose flags show them.
 const (
-	defaultListen          = ":7171"
-	defaultQUICListen      = ":4433"
-	defaultShutdownTimeout = 10 * time.Second
-	defaultMaxRequestBytes = 1 << 20
+	// DefaultListen is the API port's address (Config.Listen).
+	DefaultListen = ":7171"
+	// DefaultQUICListen is the agents' QUIC address (Config.QUICListen).
+	DefaultQUICListen = ":4433"
+	// DefaultHostname is the name the server certificate covers
+	// (Config.Hostnames).
+	DefaultHostname = "localhost"
+	// DefaultAPIURL is the API's URL on a gateway on this machine with the
+	// default Listen and Hostnames: where the admin commands look first.
+	DefaultAPIURL = "https://" + DefaultHostname + DefaultListen
+	// DefaultShutdownTimeout bounds a graceful stop (Config.ShutdownTimeout).
+	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultMaxRequestBytes bounds a request (Config.MaxRequestBytes).
+	DefaultMaxRequestBytes = 1 << 20
+	// DefaultEnrollRateLimit is the number of Enroll calls allowed per
+	// source IP per minute (Config.EnrollRateLimit).
+	DefaultEnrollRateLimit = enrollment.DefaultRateBurst
+	// DefaultAgentCertValidity is the lifetime of agent certificates
+	// (Config.AgentCertValidity).
+	DefaultAgentCertValidity = pki.DefaultAgentValidity
+	// DefaultMaxSessionsPerAgent caps the concurrent sessions through one
+	// agent (Config.MaxSessionsPerAgent).
+	DefaultMaxSessionsPerAgent = tunnel.DefaultMaxSessionsPerAgent
+	// DefaultAgentAnswerTimeout bounds the wait for an agent's
+	// ConnectResponse (Config.AgentAnswerTimeout).
+	DefaultAgentAnswerTimeout = tunnel.DefaultConnectTimeout
+	// DefaultMaxDirectSessions caps the direct sessions open at once
+	// (Config.MaxDirectSessions).
+	DefaultMaxDirectSessions = broker.DefaultMaxDirectSessions
+	// DefaultMaxSessionTTL caps session token lifetimes (Config.MaxSessionTTL).
+	DefaultMaxSessionTTL = token.MaxSessionTTL
+	// DefaultQUICIdleTimeout closes a silent agent connection
+	// (Config.QUICIdleTimeout).
+	DefaultQUICIdleTimeout = transport.DefaultIdleTimeout
+	// DefaultQUICKeepAlive is the keep-alive period on agent connections
+	// (Config.QUICKeepAlive), capped at half the idle timeout.
+	DefaultQUICKeepAlive = transport.DefaultKeepAlivePeriod
+)
+
+// Defaults of the tokens the gateway mints when the request names no
+// lifetime; exported for the admin commands, whose flags show them.
+const (
+	// DefaultEnrollmentTokenTTL is an enrollment token's lifetime.
+	DefaultEnrollmentTokenTTL = token.DefaultEnrollmentTTL
+	// DefaultSessionTokenTTL is a session token's lifetime.
+	DefaultSessionTokenTTL = token.DefaultSessionTTL
 )
 
 // LoadConfigFile reads a JSON config file. Unknown keys are an error so that a
@@ -168,22 +223,22 @@ func LoadConfigFile(path string) (Config, error) {
 // withDefaults returns a copy of c with every zero field filled in.
 func (c Config) withDefaults() Config {
 	if c.Listen == "" {
-		c.Listen = defaultListen
+		c.Listen = DefaultListen
 	}
 	if c.QUICListen == "" {
-		c.QUICListen = defaultQUICListen
+		c.QUICListen = DefaultQUICListen
 	}
 	if len(c.Hostnames) == 0 {
-		c.Hostnames = []string{"localhost"}
+		c.Hostnames = []string{DefaultHostname}
 	}
 	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = Duration(defaultShutdownTimeout)
+		c.ShutdownTimeout = Duration(DefaultShutdownTimeout)
 	}
 	if c.MaxSessionTTL == 0 {
-		c.MaxSessionTTL = Duration(token.MaxSessionTTL)
+		c.MaxSessionTTL = Duration(DefaultMaxSessionTTL)
 	}
 	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = defaultMaxRequestBytes
+		c.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -249,7 +304,7 @@ func (c Config) directRoutes() (reach.Routes, error) {
 func (c Config) quicConfig() transport.Config {
 	q := transport.Config{IdleTimeout: time.Duration(c.QUICIdleTimeout), KeepAlivePeriod: time.Duration(c.QUICKeepAlive)}
 	if q.KeepAlivePeriod == 0 && q.IdleTimeout > 0 {
-		q.KeepAlivePeriod = min(transport.DefaultKeepAlivePeriod, q.IdleTimeout/2)
+		q.KeepAlivePeriod = min(DefaultQUICKeepAlive, q.IdleTimeout/2)
 	}
 	return q
 }

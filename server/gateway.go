@@ -99,7 +99,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		}
 	}()
 
-	g.pki, err = pki.LoadOrCreate(cfg.DataDir, pki.Options{
+	g.pki, err = pki.LoadOrCreate(cfg.DataDir, pki.Config{
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
@@ -186,7 +186,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 func openStore(dataDir string, logger hclog.Logger) (*store.SQLite, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return store.OpenSQLite(ctx, filepath.Join(dataDir, storeFile), store.Options{Logger: logger.Named("store")})
+	return store.OpenSQLite(ctx, filepath.Join(dataDir, storeFile), store.Config{Logger: logger.Named("store")})
 }
 
 // ensureAdminKey creates the first admin API key on a store that has none, and

@@ -207,7 +207,7 @@ func (b *bench) startClient(ctx context.Context) error {
 	}
 	b.rig.ConnectAddr, b.rig.ConnectPID = b.client.addr, b.client.PID()
 	b.log.Info("outpost connect up", "pid", b.client.PID(), "listen", b.client.addr)
-	b.rig.WS, err = client.New(client.Options{Gateway: gwURL, Token: token, CAPEM: []byte(b.gwHello.CAPEM),
+	b.rig.WS, err = client.New(client.Config{Gateway: gwURL, Token: token, CAPEM: []byte(b.gwHello.CAPEM),
 		DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
 	if err != nil {
 		return err

@@ -128,7 +128,7 @@ func dialAPI(g *server.Gateway, dataDir string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return apiclient.Dial(apiclient.Options{Gateway: "https://" + g.Addr().String(), APIKey: key, CAPEM: g.CACertPEM()})
+	return apiclient.Dial(apiclient.Config{Gateway: "https://" + g.Addr().String(), APIKey: key, CAPEM: g.CACertPEM()})
 }
 
 // createEnrollmentToken asks for an enrollment token that pre-approves

@@ -129,10 +129,10 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 	if withConfigDir {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
-	fs.DurationVar(&r.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long live sessions may take to finish")
-	fs.Int64Var(&r.maxSessions, "max-sessions", transport.DefaultMaxIncomingStreams, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
+	fs.DurationVar(&r.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM, how long live sessions may take to finish")
+	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
-	fs.Float64Var(&r.renewFraction, "renew-fraction", 1.0/3, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
+	fs.Float64Var(&r.renewFraction, "renew-fraction", agent.DefaultRenewFraction, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
 }
 
 // maxSessionsLimit bounds --max-sessions: every session costs the agent a

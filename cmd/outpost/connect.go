@@ -14,6 +14,7 @@ import (
 
 	"github.com/outposthq/outpost/client"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
 )
 
 func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -55,7 +56,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	opts := client.Options{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
+	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
 	var reported atomic.Bool
 	if stdio {
 		// Print the reason while ssh still reads our stderr (see OnFailure).
@@ -88,7 +89,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 }
 
 func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl 60s]")
+	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl D]")
 	var (
 		af              adminFlags
 		target, agentID string
@@ -99,7 +100,7 @@ func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.StringVar(&target, "target", "", "host:port to reach (IPv6 as [addr]:port) (required)")
 	fs.StringVar(&agentID, "agent", "", "agent id that must carry the session (default: chosen by routes)")
 	fs.BoolVar(&reusable, "reusable", false, "let the token open any number of sessions until it expires")
-	fs.DurationVar(&ttl, "ttl", 60*time.Second, "how long the token stays valid")
+	fs.DurationVar(&ttl, "ttl", server.DefaultSessionTokenTTL, "how long the token stays valid")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

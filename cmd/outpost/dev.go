@@ -11,14 +11,14 @@ import (
 )
 
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dev", stderr, "dev [--data-dir DIR] [--listen 127.0.0.1:7171] [--quic-listen 127.0.0.1:4433]")
+	fs := newFlagSet("dev", stderr, "dev [--data-dir DIR] [--listen ADDR] [--quic-listen ADDR]")
 	var (
-		o  devenv.Options
+		o  devenv.Config
 		lf logFlags
 	)
 	fs.StringVar(&o.DataDir, "data-dir", "", "keep the gateway's and agent's state here (default: a temporary directory, removed on exit)")
-	fs.StringVar(&o.Listen, "listen", "127.0.0.1:7171", "gateway API address")
-	fs.StringVar(&o.QUICListen, "quic-listen", "127.0.0.1:4433", "gateway QUIC address")
+	fs.StringVar(&o.Listen, "listen", devenv.DefaultListen, "gateway API address")
+	fs.StringVar(&o.QUICListen, "quic-listen", devenv.DefaultQUICListen, "gateway QUIC address")
 	lf.register(fs)
 	// The instructions matter more than the logs here.
 	_ = fs.Set("log-level", "warn")

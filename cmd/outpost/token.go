@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
@@ -22,7 +23,7 @@ type adminFlags struct {
 }
 
 func (a *adminFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&a.gateway, "gateway", "https://localhost:7171", "gateway API URL")
+	fs.StringVar(&a.gateway, "gateway", server.DefaultAPIURL, "gateway API URL")
 	fs.StringVar(&a.keyFile, "api-key-file", "", "file holding an API key (required; e.g. <data-dir>/admin.key)")
 	fs.StringVar(&a.caFile, "ca-file", "", "gateway CA certificate to trust (e.g. <data-dir>/ca.pem; default: system roots)")
 }
@@ -41,7 +42,7 @@ func (a *adminFlags) dial() (*apiclientConn, error) {
 			return nil, fmt.Errorf("ca file: %w", err)
 		}
 	}
-	conn, err := apiclient.Dial(apiclient.Options{Gateway: a.gateway, APIKey: key, CAPEM: ca})
+	conn, err := apiclient.Dial(apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca})
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +58,7 @@ func callErr(what string, err error) error {
 }
 
 func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--ca-file F] [--gateway URL] [--name N] [--ttl 1h] [--subnets CSV] [--domains CSV]")
+	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--ca-file F] [--gateway URL] [--name N] [--ttl D] [--subnets CSV] [--domains CSV]")
 	var (
 		af               adminFlags
 		name             string
@@ -66,7 +67,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	)
 	af.register(fs)
 	fs.StringVar(&name, "name", "", "agent name the token is for (optional)")
-	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	fs.DurationVar(&ttl, "ttl", server.DefaultEnrollmentTokenTTL, "how long the token stays valid")
 	fs.Var(&subnets, "subnets", "IPv4 subnets pre-approved for the agent, comma-separated")
 	fs.Var(&domains, "domains", "domains pre-approved for the agent, comma-separated")
 	if err := parse(fs, args); err != nil {

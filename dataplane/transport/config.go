@@ -1,8 +1,10 @@
 // Package transport holds what the gateway and the agent share about the QUIC
 // connection that carries the tunnel: the ALPN, the TLS 1.3 settings, the
 // quic-go configuration with its defaults (DESIGN.md §3), a process-wide
-// memory budget for connection flow-control windows, and the UDP socket set-up
-// and report logged at start (buffer sizes, GSO, the sysctl to run).
+// memory budget for connection flow-control windows, the UDP socket set-up
+// and report logged at start (buffer sizes, GSO, the sysctl to run), and the
+// one implementation of SPKI pins (pin.go) that every TLS client and the
+// gateway's PKI use to compute and check key and CA pins.
 //
 // The package decides nothing about policy (who may connect, what a stream
 // carries) and logs nothing: functions return values the caller logs.

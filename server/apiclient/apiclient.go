@@ -18,8 +18,9 @@ import (
 	"google.golang.org/grpc/credentials"
 )
 
-// Options say where the gateway is and how to authenticate.
-type Options struct {
+// Config says where the gateway is and how to authenticate; Dial builds a
+// connection from it.
+type Config struct {
 	// Gateway is the API address: https://host:port or host:port. Required.
 	Gateway string
 	// APIKey is sent as "authorization: Bearer <key>". Required.
@@ -29,7 +30,7 @@ type Options struct {
 }
 
 // Dial returns a client connection; it connects lazily on the first call.
-func Dial(o Options) (*grpc.ClientConn, error) {
+func Dial(o Config) (*grpc.ClientConn, error) {
 	addr, host, err := target(o.Gateway)
 	if err != nil {
 		return nil, err

@@ -10,12 +10,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -33,6 +30,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/outposthq/outpost/agent/internal/config"
+	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/atomicfile"
 )
@@ -96,17 +94,15 @@ func DecodeToken(tok string) (Claims, error) {
 	switch {
 	case err != nil || u.Scheme != "https" || u.Host == "":
 		return c, fmt.Errorf("%w: gw_url %q is not an https URL", ErrTokenMalformed, c.GatewayURL)
-	case len(c.CASPKISHA256) != 64 || !isHex(c.CASPKISHA256):
-		return c, fmt.Errorf("%w: ca_spki_sha256 is not a hex SHA-256", ErrTokenMalformed)
+	case c.CASPKISHA256 == "":
+		return c, fmt.Errorf("%w: no ca_spki_sha256 claim", ErrTokenMalformed)
 	case c.ExpiresAt == 0:
 		return c, fmt.Errorf("%w: no exp claim", ErrTokenMalformed)
 	}
+	if _, err := transport.ParsePin(c.CASPKISHA256); err != nil {
+		return c, fmt.Errorf("%w: ca_spki_sha256: %v", ErrTokenMalformed, err)
+	}
 	return c, nil
-}
-
-func isHex(s string) bool {
-	_, err := hex.DecodeString(s)
-	return err == nil
 }
 
 // Options for Enroll. Token and ConfigDir are required.
@@ -267,46 +263,13 @@ func checkWritable(dir string) error {
 	return nil
 }
 
-// pinnedTLS trusts exactly the CA whose SPKI hash the token carries: the gateway
-// must present it in its chain, and the leaf must verify against it for host.
-func pinnedTLS(host, pin string) *tls.Config {
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         host,
-		InsecureSkipVerify: true, // replaced by VerifyConnection below
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return &pinError{"no certificate presented"}
-			}
-			var ca *x509.Certificate
-			for _, c := range cs.PeerCertificates {
-				sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-				if hex.EncodeToString(sum[:]) == strings.ToLower(pin) {
-					ca = c
-				}
-			}
-			if ca == nil {
-				return &pinError{"no certificate in its chain has the pinned CA key (SPKI SHA-256 " + pin + ")"}
-			}
-			roots := x509.NewCertPool()
-			roots.AddCert(ca)
-			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: host, Roots: roots})
-			if err != nil {
-				return &pinError{err.Error()}
-			}
-			return nil
-		},
-	}
-}
-
-// pinError is a failed CA pin check during the TLS handshake.
-type pinError struct{ reason string }
-
-func (e *pinError) Error() string { return "CA pin check failed: " + e.reason }
-
 // callEnroll posts the request to the gateway's REST Enroll endpoint.
 func callEnroll(ctx context.Context, c Claims, bearer string, req *outpostv1.EnrollRequest) (*outpostv1.EnrollResponse, error) {
 	u, _ := url.Parse(c.GatewayURL)
+	pin, err := transport.ParsePin(c.CASPKISHA256)
+	if err != nil {
+		return nil, fmt.Errorf("%w: ca_spki_sha256: %v", ErrTokenMalformed, err)
+	}
 	body, err := protojson.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -319,7 +282,9 @@ func callEnroll(ctx context.Context, c Claims, bearer string, req *outpostv1.Enr
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(bearer))
 	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:     pinnedTLS(u.Hostname(), c.CASPKISHA256),
+		// Trusts exactly the CA whose key the token pins: the gateway must
+		// present it after its certificate, which must verify against it.
+		TLSClientConfig:     transport.CAPinnedTLS(u.Hostname(), pin),
 		TLSHandshakeTimeout: 10 * time.Second,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		ForceAttemptHTTP2:   true,
@@ -327,9 +292,9 @@ func callEnroll(ctx context.Context, c Claims, bearer string, req *outpostv1.Enr
 	defer client.CloseIdleConnections()
 	hresp, err := client.Do(hreq)
 	if err != nil {
-		var pe *pinError
+		var pe *transport.PinError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("gateway at %s: %w: %s", c.GatewayURL, ErrPinMismatch, pe.reason)
+			return nil, fmt.Errorf("gateway at %s: %w: %w", c.GatewayURL, ErrPinMismatch, pe)
 		}
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.GatewayURL, err)
 	}

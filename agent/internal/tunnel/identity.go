@@ -1,10 +1,8 @@
 package tunnel
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +13,7 @@ import (
 	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/agent/internal/detect"
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/reach"
 )
 
@@ -76,7 +75,6 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("gateway CA %s: no PEM certificate", t.GatewayCaCertPath)
 	}
-	pin := strings.ToLower(t.ServerSpkiSha256)
 	s := &settings{
 		endpoint: t.GatewayEndpoint,
 		host:     host,
@@ -89,17 +87,15 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 			Certificates: []tls.Certificate{pair},
 			RootCAs:      pool,
 			ServerName:   host,
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if pin == "" || len(cs.PeerCertificates) == 0 {
-					return nil
-				}
-				sum := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
-				if got := hex.EncodeToString(sum[:]); got != pin {
-					return fmt.Errorf("gateway server key %s does not match the pinned %s", got, pin)
-				}
-				return nil
-			},
 		},
+	}
+	if t.ServerSpkiSha256 != "" {
+		pin, err := transport.ParsePin(t.ServerSpkiSha256)
+		if err != nil {
+			return nil, fmt.Errorf("ServerSpkiSha256: %w", err)
+		}
+		// On top of the chain and name checks against the gateway CA.
+		s.tls.VerifyConnection = transport.VerifyLeafPin(pin)
 	}
 	for _, c := range t.AdvertiseSubnets {
 		p, err := reach.ParseSubnet(strings.TrimSpace(c))

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Errors about agent certificates, wrapped with the details.
@@ -59,16 +61,16 @@ func (a *Authority) SignAgent(csr *x509.CertificateRequest, agentID uuid.UUID, n
 	if name == "" {
 		return nil, errors.New("pki: sign agent: empty agent name")
 	}
-	serial, err := newSerial(a.opts.Rand)
+	serial, err := newSerial(a.cfg.Rand)
 	if err != nil {
 		return nil, err
 	}
-	now := a.opts.Now()
+	now := a.cfg.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             now.Add(-backdate),
-		NotAfter:              capAt(now.Add(a.opts.AgentValidity), a.caCert.NotAfter),
+		NotAfter:              capAt(now.Add(a.cfg.AgentValidity), a.caCert.NotAfter),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
@@ -82,7 +84,7 @@ func (a *Authority) SignAgent(csr *x509.CertificateRequest, agentID uuid.UUID, n
 				"agent_id", agentID, "hostname", hostname)
 		}
 	}
-	der, err := x509.CreateCertificate(a.opts.Rand, tmpl, a.caCert, csr.PublicKey, a.caKey)
+	der, err := x509.CreateCertificate(a.cfg.Rand, tmpl, a.caCert, csr.PublicKey, a.caKey)
 	if err != nil {
 		return nil, fmt.Errorf("pki: sign agent: %w", err)
 	}
@@ -95,7 +97,7 @@ func (a *Authority) SignAgent(csr *x509.CertificateRequest, agentID uuid.UUID, n
 		PEM:        certPEM(der),
 		Serial:     serialHex(serial),
 		NotAfter:   cert.NotAfter,
-		SPKISHA256: SPKISHA256(cert),
+		SPKISHA256: transport.SPKISHA256(cert),
 	}, nil
 }
 
@@ -154,7 +156,7 @@ func (a *Authority) VerifyAgentChain(rawCerts [][]byte) (*x509.Certificate, erro
 	}
 	_, err = leaf.Verify(x509.VerifyOptions{
 		Roots:       a.caPool,
-		CurrentTime: a.opts.Now(),
+		CurrentTime: a.cfg.Now(),
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {

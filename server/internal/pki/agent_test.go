@@ -124,7 +124,7 @@ func TestParseCSRInvalid(t *testing.T) {
 
 func TestSignAgent(t *testing.T) {
 	clk := newClock()
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk, "gw.example.com"))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk, "gw.example.com"))
 	key := p256Key(t)
 	otherID := uuid.New()
 	// Everything in this CSR but the key must be ignored.
@@ -214,7 +214,7 @@ func TestSignAgent(t *testing.T) {
 }
 
 func TestSignAgentRefuses(t *testing.T) {
-	a := mustLoad(t, t.TempDir(), testOptions(t, newClock()))
+	a := mustLoad(t, t.TempDir(), testConfig(t, newClock()))
 	good := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
 	if _, err := a.SignAgent(good, uuid.Nil, "a", ""); err == nil {
 		t.Error("nil UUID accepted")
@@ -245,9 +245,9 @@ func TestSignAgentRefuses(t *testing.T) {
 
 func TestSignAgentValidity(t *testing.T) {
 	clk := newClock()
-	opts := testOptions(t, clk)
-	opts.AgentValidity = 2 * time.Hour
-	a := mustLoad(t, t.TempDir(), opts)
+	cfg := testConfig(t, clk)
+	cfg.AgentValidity = 2 * time.Hour
+	a := mustLoad(t, t.TempDir(), cfg)
 	csr := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
 	issued, err := a.SignAgent(csr, uuid.New(), "a", "")
 	if err != nil {
@@ -314,8 +314,8 @@ func TestAgentIDFromCert(t *testing.T) {
 
 func TestVerifyAgentChain(t *testing.T) {
 	clk := newClock()
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk))
-	other := mustLoad(t, t.TempDir(), testOptions(t, clk))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk))
+	other := mustLoad(t, t.TempDir(), testConfig(t, clk))
 	csr := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
 	id := uuid.New()
 

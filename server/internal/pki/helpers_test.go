@@ -32,16 +32,16 @@ func newLogger(t *testing.T) (hclog.Logger, *testlog.Writer) {
 	return hclog.New(&hclog.LoggerOptions{Name: "pki", Level: hclog.Debug, Output: buf}), buf
 }
 
-// opts returns Options with the clock and a test logger.
-func testOptions(t *testing.T, clk *fakeclock.Clock, hostnames ...string) Options {
+// testConfig returns a Config with the clock and a test logger.
+func testConfig(t *testing.T, clk *fakeclock.Clock, hostnames ...string) Config {
 	t.Helper()
 	log, _ := newLogger(t)
-	return Options{Hostnames: hostnames, Now: clk.Now, Logger: log}
+	return Config{Hostnames: hostnames, Now: clk.Now, Logger: log}
 }
 
-func mustLoad(t *testing.T, dir string, opts Options) *Authority {
+func mustLoad(t *testing.T, dir string, cfg Config) *Authority {
 	t.Helper()
-	a, err := LoadOrCreate(dir, opts)
+	a, err := LoadOrCreate(dir, cfg)
 	if err != nil {
 		t.Fatalf("LoadOrCreate: %v", err)
 	}

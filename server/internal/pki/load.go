@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // LoadOrCreate loads the Authority kept in dir, creating what is missing.
@@ -24,28 +26,28 @@ import (
 //
 // The server certificate is re-issued with the same key when it expires
 // within ServerRenewBefore, is not yet valid, or its names differ from
-// opts.Hostnames.
+// cfg.Hostnames.
 //
 // Errors: a *FileError naming the file when one is unreadable, corrupt, of
 // the wrong type, not matching its partner (ca.pem vs ca.key, server.pem vs
 // server.key or not issued by the CA), missing while its partner exists, or
 // when the CA has expired; a plain error for invalid options or host names.
-func LoadOrCreate(dir string, opts Options) (*Authority, error) {
+func LoadOrCreate(dir string, cfg Config) (*Authority, error) {
 	if dir == "" {
 		return nil, errors.New("pki: no directory given")
 	}
-	opts = opts.withDefaults()
-	if err := opts.validate(); err != nil {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	names, err := parseHostNames(opts.Hostnames)
+	names, err := parseHostNames(cfg.Hostnames)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	a := &Authority{dir: dir, opts: opts, log: opts.Logger, names: names}
+	a := &Authority{dir: dir, cfg: cfg, log: cfg.Logger, names: names}
 
 	present := make(map[string]bool)
 	for _, f := range []string{CACertFile, CAKeyFile, ServerCertFile, ServerKeyFile, TokenKeyFile} {
@@ -111,7 +113,7 @@ func (a *Authority) loadCA() error {
 	if err := cert.CheckSignatureFrom(cert); err != nil {
 		return fileErrorf(certPath, "bad self-signature: %w", err)
 	}
-	if now := a.opts.Now(); !now.Before(cert.NotAfter) {
+	if now := a.cfg.Now(); !now.Before(cert.NotAfter) {
 		return fileErrorf(certPath, "the CA expired at %s; every agent must be re-enrolled under a new CA "+
 			"(remove all the PKI files to create one)", cert.NotAfter.UTC().Format(time.RFC3339))
 	}
@@ -122,15 +124,15 @@ func (a *Authority) loadCA() error {
 }
 
 func (a *Authority) createCA() error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), a.opts.Rand)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
 	if err != nil {
 		return fmt.Errorf("pki: generate CA key: %w", err)
 	}
-	serial, err := newSerial(a.opts.Rand)
+	serial, err := newSerial(a.cfg.Rand)
 	if err != nil {
 		return err
 	}
-	now := a.opts.Now()
+	now := a.cfg.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "Outpost Gateway CA", Organization: []string{"Outpost"}},
@@ -142,7 +144,7 @@ func (a *Authority) createCA() error {
 		MaxPathLen:            0,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(a.opts.Rand, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(a.cfg.Rand, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		return fmt.Errorf("pki: create CA certificate: %w", err)
 	}
@@ -168,13 +170,13 @@ func (a *Authority) setCA(cert *x509.Certificate, key *ecdsa.PrivateKey) {
 	a.caPEM = certPEM(cert.Raw)
 	a.caPool = x509.NewCertPool()
 	a.caPool.AddCert(cert)
-	a.caSPKI = SPKISHA256(cert)
+	a.caSPKI = transport.SPKISHA256(cert)
 }
 
 // warnCAExpiry logs when the CA itself is close to expiry: server and agent
 // certificates are capped at its NotAfter, so re-issues stop helping.
 func (a *Authority) warnCAExpiry() {
-	if left := a.caCert.NotAfter.Sub(a.opts.Now()); left <= a.opts.ServerRenewBefore {
+	if left := a.caCert.NotAfter.Sub(a.cfg.Now()); left <= a.cfg.ServerRenewBefore {
 		a.log.Warn("the CA expires soon; certificates cannot outlive it, plan a new CA and re-enrollment",
 			"not_after", a.caCert.NotAfter, "left", left.Round(time.Hour))
 	}
@@ -191,7 +193,7 @@ func (a *Authority) loadOrCreateTokenKey(present, fresh bool) error {
 		a.log.Info("loaded token key", "file", path)
 		return nil
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), a.opts.Rand)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
 	if err != nil {
 		return fmt.Errorf("pki: generate token key: %w", err)
 	}
@@ -222,7 +224,7 @@ func (a *Authority) loadOrCreateServer(present map[string]bool, fresh bool) erro
 		return fileErrorf(keyPath, "missing while %s exists; restore it from a backup, or remove %s to create "+
 			"a new server key (agents pinning the old key must then be re-enrolled)", ServerCertFile, ServerCertFile)
 	default:
-		k, err := ecdsa.GenerateKey(elliptic.P256(), a.opts.Rand)
+		k, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
 		if err != nil {
 			return fmt.Errorf("pki: generate server key: %w", err)
 		}
@@ -244,7 +246,7 @@ func (a *Authority) loadOrCreateServer(present map[string]bool, fresh bool) erro
 
 	a.renewMu.Lock()
 	defer a.renewMu.Unlock()
-	now := a.opts.Now()
+	now := a.cfg.Now()
 	if !present[ServerCertFile] {
 		return a.reissueServerLocked(now, "created")
 	}
@@ -289,7 +291,7 @@ func (a *Authority) loadKeyChecked(path string) (*ecdsa.PrivateKey, error) {
 func (a *Authority) RenewServerIfNeeded() (renewed bool, err error) {
 	a.renewMu.Lock()
 	defer a.renewMu.Unlock()
-	now := a.opts.Now()
+	now := a.cfg.Now()
 	reason := a.reissueReason(a.ServerCert(), now)
 	if reason == "" {
 		return false, nil
@@ -305,7 +307,7 @@ func (a *Authority) reissueReason(cert *x509.Certificate, now time.Time) string 
 	switch {
 	case now.Before(cert.NotBefore):
 		return "not yet valid"
-	case cert.NotAfter.Sub(now) <= a.opts.ServerRenewBefore && cert.NotAfter.Before(a.caCert.NotAfter):
+	case cert.NotAfter.Sub(now) <= a.cfg.ServerRenewBefore && cert.NotAfter.Before(a.caCert.NotAfter):
 		// A certificate already capped at the CA's expiry cannot be
 		// extended; warnCAExpiry covers that case.
 		return "expires soon"
@@ -318,7 +320,7 @@ func (a *Authority) reissueReason(cert *x509.Certificate, now time.Time) string 
 // reissueServerLocked issues a server certificate for the current key and
 // names, writes it and swaps it in. renewMu must be held.
 func (a *Authority) reissueServerLocked(now time.Time, reason string) error {
-	serial, err := newSerial(a.opts.Rand)
+	serial, err := newSerial(a.cfg.Rand)
 	if err != nil {
 		return err
 	}
@@ -326,14 +328,14 @@ func (a *Authority) reissueServerLocked(now time.Time, reason string) error {
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: a.names.cn},
 		NotBefore:             now.Add(-backdate),
-		NotAfter:              capAt(now.Add(a.opts.ServerValidity), a.caCert.NotAfter),
+		NotAfter:              capAt(now.Add(a.cfg.ServerValidity), a.caCert.NotAfter),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		DNSNames:              a.names.dns,
 		IPAddresses:           a.names.netIPs(),
 	}
-	der, err := x509.CreateCertificate(a.opts.Rand, tmpl, a.caCert, &a.serverKey.PublicKey, a.caKey)
+	der, err := x509.CreateCertificate(a.cfg.Rand, tmpl, a.caCert, &a.serverKey.PublicKey, a.caKey)
 	if err != nil {
 		return fmt.Errorf("pki: issue server certificate: %w", err)
 	}

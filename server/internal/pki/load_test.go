@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 const day = 24 * time.Hour
@@ -29,7 +31,7 @@ func TestLoadOrCreateFirstStart(t *testing.T) {
 	clk := newClock()
 	dir := filepath.Join(t.TempDir(), "data") // created by LoadOrCreate
 	log, logs := newLogger(t)
-	a := mustLoad(t, dir, Options{Hostnames: []string{"GW.Example.com.", "10.0.0.5", "[2001:db8::1]"}, Now: clk.Now, Logger: log})
+	a := mustLoad(t, dir, Config{Hostnames: []string{"GW.Example.com.", "10.0.0.5", "[2001:db8::1]"}, Now: clk.Now, Logger: log})
 
 	if runtime.GOOS != "windows" {
 		want := map[string]os.FileMode{
@@ -117,8 +119,8 @@ func TestLoadOrCreateFirstStart(t *testing.T) {
 	if err := srv.CheckSignatureFrom(ca); err != nil {
 		t.Errorf("server cert not signed by the CA: %v", err)
 	}
-	if got := a.ServerSPKISHA256(); got != SPKISHA256(srv) {
-		t.Errorf("ServerSPKISHA256 %s != SPKI of the server cert %s", got, SPKISHA256(srv))
+	if got := a.ServerSPKISHA256(); got != transport.SPKISHA256(srv) {
+		t.Errorf("ServerSPKISHA256 %s != SPKI of the server cert %s", got, transport.SPKISHA256(srv))
 	}
 	tc, err := a.GetCertificate(nil)
 	if err != nil {
@@ -143,12 +145,12 @@ func TestLoadOrCreateReloadKeepsEverything(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
 	hosts := []string{"gw.example.com", "10.0.0.5"}
-	a := mustLoad(t, dir, testOptions(t, clk, hosts...))
+	a := mustLoad(t, dir, testConfig(t, clk, hosts...))
 	before := snapshot(t, dir)
 
 	clk.Advance(10 * day)
 	log, logs := newLogger(t)
-	b := mustLoad(t, dir, Options{Hostnames: hosts, Now: clk.Now, Logger: log})
+	b := mustLoad(t, dir, Config{Hostnames: hosts, Now: clk.Now, Logger: log})
 
 	if !bytes.Equal(a.CACert().Raw, b.CACert().Raw) || a.CASPKISHA256() != b.CASPKISHA256() {
 		t.Error("CA changed on reload")
@@ -175,7 +177,7 @@ func TestLoadOrCreateReloadKeepsEverything(t *testing.T) {
 	}
 	// The same names in another order and case are the same set; only the
 	// common name (first entry) matters for order.
-	c := mustLoad(t, dir, testOptions(t, clk, "GW.EXAMPLE.COM", "10.0.0.5", "localhost", "::1"))
+	c := mustLoad(t, dir, testConfig(t, clk, "GW.EXAMPLE.COM", "10.0.0.5", "localhost", "::1"))
 	if !bytes.Equal(a.ServerCert().Raw, c.ServerCert().Raw) {
 		t.Error("equivalent host names caused a re-issue")
 	}
@@ -196,15 +198,15 @@ func mapsEqual(a, b map[string]string) bool {
 func TestHostnamesChangedReissuesWithSameKey(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk, "gw.example.com", "10.0.0.5"))
+	a := mustLoad(t, dir, testConfig(t, clk, "gw.example.com", "10.0.0.5"))
 	caBefore := readFile(t, filepath.Join(dir, CACertFile))
 
-	b := mustLoad(t, dir, testOptions(t, clk, "gw2.example.com", "2001:db8::7"))
+	b := mustLoad(t, dir, testConfig(t, clk, "gw2.example.com", "2001:db8::7"))
 	srv := b.ServerCert()
 	if bytes.Equal(srv.Raw, a.ServerCert().Raw) {
 		t.Fatal("server certificate not re-issued after the host names changed")
 	}
-	if b.ServerSPKISHA256() != a.ServerSPKISHA256() || SPKISHA256(srv) != a.ServerSPKISHA256() {
+	if b.ServerSPKISHA256() != a.ServerSPKISHA256() || transport.SPKISHA256(srv) != a.ServerSPKISHA256() {
 		t.Error("re-issue changed the server key: pins would break")
 	}
 	if srv.Subject.CommonName != "gw2.example.com" {
@@ -227,12 +229,12 @@ func TestHostnamesChangedReissuesWithSameKey(t *testing.T) {
 		t.Error("CA changed")
 	}
 	// Written to disk: a third start with the new names re-issues nothing.
-	c := mustLoad(t, dir, testOptions(t, clk, "gw2.example.com", "2001:db8::7"))
+	c := mustLoad(t, dir, testConfig(t, clk, "gw2.example.com", "2001:db8::7"))
 	if !bytes.Equal(c.ServerCert().Raw, srv.Raw) {
 		t.Error("the re-issued certificate was not persisted")
 	}
 	// Changing only the first name (the CN) re-issues too.
-	d := mustLoad(t, dir, testOptions(t, clk, "2001:db8::7", "gw2.example.com"))
+	d := mustLoad(t, dir, testConfig(t, clk, "2001:db8::7", "gw2.example.com"))
 	if d.ServerCert().Subject.CommonName != "2001:db8::7" {
 		t.Errorf("CN %q after reordering", d.ServerCert().Subject.CommonName)
 	}
@@ -241,7 +243,7 @@ func TestHostnamesChangedReissuesWithSameKey(t *testing.T) {
 func TestServerRenewalNearExpiry(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk, "gw.example.com"))
+	a := mustLoad(t, dir, testConfig(t, clk, "gw.example.com"))
 	first := a.ServerCert()
 
 	renewed, err := a.RenewServerIfNeeded()
@@ -263,7 +265,7 @@ func TestServerRenewalNearExpiry(t *testing.T) {
 	if !second.NotAfter.Equal(clk.Now().Add(DefaultServerValidity)) {
 		t.Errorf("renewed NotAfter %v, want now+365d", second.NotAfter)
 	}
-	if SPKISHA256(second) != SPKISHA256(first) || a.ServerSPKISHA256() != SPKISHA256(first) {
+	if transport.SPKISHA256(second) != transport.SPKISHA256(first) || a.ServerSPKISHA256() != transport.SPKISHA256(first) {
 		t.Error("renewal changed the server key")
 	}
 	if tc, _ := a.GetCertificate(nil); !bytes.Equal(tc.Certificate[0], second.Raw) {
@@ -280,9 +282,9 @@ func TestServerRenewalNearExpiry(t *testing.T) {
 func TestServerRenewalOnLoad(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk, "gw.example.com"))
+	a := mustLoad(t, dir, testConfig(t, clk, "gw.example.com"))
 	clk.Advance(340 * day) // 25 days left
-	b := mustLoad(t, dir, testOptions(t, clk, "gw.example.com"))
+	b := mustLoad(t, dir, testConfig(t, clk, "gw.example.com"))
 	if b.ServerCert().NotAfter.Sub(clk.Now()) < 300*day {
 		t.Errorf("not renewed on load: expires %v", b.ServerCert().NotAfter)
 	}
@@ -293,7 +295,7 @@ func TestServerRenewalOnLoad(t *testing.T) {
 
 func TestServerRenewalClockMovedBack(t *testing.T) {
 	clk := newClock()
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk))
 	clk.Advance(-time.Hour)
 	renewed, err := a.RenewServerIfNeeded()
 	if err != nil || !renewed {
@@ -307,7 +309,7 @@ func TestServerRenewalClockMovedBack(t *testing.T) {
 func TestServerValidityCappedAtCA(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk))
+	a := mustLoad(t, dir, testConfig(t, clk))
 	caEnd := a.CACert().NotAfter
 	// 10 days before the CA expires the server certificate is capped at the
 	// CA's end and cannot be extended; it must not be re-issued on every call.
@@ -324,7 +326,7 @@ func TestServerValidityCappedAtCA(t *testing.T) {
 	}
 	// Once the CA has expired, loading fails with a clear error.
 	clk.Advance(11 * day)
-	_, err = LoadOrCreate(dir, testOptions(t, clk))
+	_, err = LoadOrCreate(dir, testConfig(t, clk))
 	var fe *FileError
 	if !errors.As(err, &fe) || filepath.Base(fe.Path) != CACertFile || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired CA: %v", err)
@@ -335,7 +337,7 @@ func TestServerValidityCappedAtCA(t *testing.T) {
 // renewals; -race checks the swap.
 func TestConcurrentRenewAndServe(t *testing.T) {
 	clk := newClock()
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk, "gw.example.com"))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk, "gw.example.com"))
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	errs := make(chan error, 4)
@@ -374,7 +376,7 @@ func TestConcurrentRenewAndServe(t *testing.T) {
 // trusts only the CA pool and checks the host name.
 func TestTLSHandshake(t *testing.T) {
 	clk := newClock()
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk, "gw.example.com", "10.0.0.5"))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk, "gw.example.com", "10.0.0.5"))
 	for _, name := range []string{"gw.example.com", "localhost", "10.0.0.5"} {
 		t.Run(name, func(t *testing.T) {
 			c, s := net.Pipe()
@@ -407,8 +409,8 @@ func TestTLSHandshake(t *testing.T) {
 }
 
 func TestCAPoolIsACopy(t *testing.T) {
-	a := mustLoad(t, t.TempDir(), testOptions(t, newClock()))
-	other := mustLoad(t, t.TempDir(), testOptions(t, newClock()))
+	a := mustLoad(t, t.TempDir(), testConfig(t, newClock()))
+	other := mustLoad(t, t.TempDir(), testConfig(t, newClock()))
 	p := a.CAPool()
 	p.AddCert(other.CACert())
 	if a.CAPool().Equal(p) {
@@ -424,12 +426,12 @@ func TestCAPoolIsACopy(t *testing.T) {
 func TestMissingTokenKeyRecreated(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk))
+	a := mustLoad(t, dir, testConfig(t, clk))
 	if err := os.Remove(filepath.Join(dir, TokenKeyFile)); err != nil {
 		t.Fatal(err)
 	}
 	log, logs := newLogger(t)
-	b := mustLoad(t, dir, Options{Now: clk.Now, Logger: log})
+	b := mustLoad(t, dir, Config{Now: clk.Now, Logger: log})
 	if a.TokenKey().Equal(b.TokenKey()) {
 		t.Error("token key not re-created")
 	}
@@ -444,13 +446,13 @@ func TestMissingTokenKeyRecreated(t *testing.T) {
 func TestMissingServerFilesRecreatedWithNewKey(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	a := mustLoad(t, dir, testOptions(t, clk))
+	a := mustLoad(t, dir, testConfig(t, clk))
 	for _, f := range []string{ServerKeyFile, ServerCertFile} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b := mustLoad(t, dir, testOptions(t, clk))
+	b := mustLoad(t, dir, testConfig(t, clk))
 	if a.ServerSPKISHA256() == b.ServerSPKISHA256() {
 		t.Error("a new server key was expected")
 	}
@@ -463,7 +465,7 @@ func TestLoadOrCreateBadFiles(t *testing.T) {
 	clk := newClock()
 	// other is a second, unrelated gateway to take mismatched files from.
 	other := t.TempDir()
-	mustLoad(t, other, testOptions(t, clk))
+	mustLoad(t, other, testConfig(t, clk))
 
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -542,11 +544,11 @@ func TestLoadOrCreateBadFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			mustLoad(t, dir, testOptions(t, clk))
+			mustLoad(t, dir, testConfig(t, clk))
 			tt.breakIt(t, dir)
 			before := snapshot(t, dir)
 
-			_, err := LoadOrCreate(dir, testOptions(t, clk))
+			_, err := LoadOrCreate(dir, testConfig(t, clk))
 			if err == nil {
 				t.Fatal("LoadOrCreate succeeded")
 			}
@@ -573,13 +575,13 @@ func TestLoadOrCreateBadFiles(t *testing.T) {
 func TestNoNewCAOverExistingGateway(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
-	mustLoad(t, dir, testOptions(t, clk))
+	mustLoad(t, dir, testConfig(t, clk))
 	for _, f := range []string{CACertFile, CAKeyFile} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := LoadOrCreate(dir, testOptions(t, clk))
+	_, err := LoadOrCreate(dir, testConfig(t, clk))
 	if err == nil || !strings.Contains(err.Error(), "refusing to create a new CA") {
 		t.Fatalf("err = %v", err)
 	}
@@ -590,30 +592,30 @@ func TestNoNewCAOverExistingGateway(t *testing.T) {
 	}
 }
 
-func TestLoadOrCreateInvalidOptions(t *testing.T) {
+func TestLoadOrCreateInvalidConfig(t *testing.T) {
 	clk := newClock()
 	tests := []struct {
 		name string
-		opts Options
+		cfg  Config
 	}{
-		{"negative server validity", Options{ServerValidity: -time.Hour}},
-		{"negative agent validity", Options{AgentValidity: -time.Hour}},
-		{"negative renew-before", Options{ServerRenewBefore: -time.Hour}},
-		{"renew-before not shorter than validity", Options{ServerValidity: 10 * day, ServerRenewBefore: 10 * day}},
-		{"renew-before default vs short validity", Options{ServerValidity: 10 * day}},
-		{"invalid host name", Options{Hostnames: []string{"bad name"}}},
-		{"empty host name", Options{Hostnames: []string{""}}},
-		{"empty label", Options{Hostnames: []string{"a..b"}}},
-		{"label with leading hyphen", Options{Hostnames: []string{"-a.example"}}},
-		{"label too long", Options{Hostnames: []string{strings.Repeat("a", 64) + ".example"}}},
-		{"IPv6 with zone", Options{Hostnames: []string{"fe80::1%eth0"}}},
-		{"host:port", Options{Hostnames: []string{"gw.example.com:7171"}}},
+		{"negative server validity", Config{ServerValidity: -time.Hour}},
+		{"negative agent validity", Config{AgentValidity: -time.Hour}},
+		{"negative renew-before", Config{ServerRenewBefore: -time.Hour}},
+		{"renew-before not shorter than validity", Config{ServerValidity: 10 * day, ServerRenewBefore: 10 * day}},
+		{"renew-before default vs short validity", Config{ServerValidity: 10 * day}},
+		{"invalid host name", Config{Hostnames: []string{"bad name"}}},
+		{"empty host name", Config{Hostnames: []string{""}}},
+		{"empty label", Config{Hostnames: []string{"a..b"}}},
+		{"label with leading hyphen", Config{Hostnames: []string{"-a.example"}}},
+		{"label too long", Config{Hostnames: []string{strings.Repeat("a", 64) + ".example"}}},
+		{"IPv6 with zone", Config{Hostnames: []string{"fe80::1%eth0"}}},
+		{"host:port", Config{Hostnames: []string{"gw.example.com:7171"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tt.opts.Now = clk.Now
-			if _, err := LoadOrCreate(dir, tt.opts); err == nil {
+			tt.cfg.Now = clk.Now
+			if _, err := LoadOrCreate(dir, tt.cfg); err == nil {
 				t.Fatal("LoadOrCreate accepted invalid options")
 			}
 			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
@@ -621,11 +623,11 @@ func TestLoadOrCreateInvalidOptions(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadOrCreate("", Options{}); err == nil {
+	if _, err := LoadOrCreate("", Config{}); err == nil {
 		t.Error("empty directory accepted")
 	}
 	// Accepted forms.
-	a := mustLoad(t, t.TempDir(), testOptions(t, clk, "*.tunnel.example.com", "[::1]", "::ffff:10.1.2.3", "host_1"))
+	a := mustLoad(t, t.TempDir(), testConfig(t, clk, "*.tunnel.example.com", "[::1]", "::ffff:10.1.2.3", "host_1"))
 	if got := a.ServerCert().DNSNames; !slices.Contains(got, "*.tunnel.example.com") || !slices.Contains(got, "host_1") {
 		t.Errorf("DNS SANs %q", got)
 	}

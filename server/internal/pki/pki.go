@@ -19,12 +19,11 @@
 package pki
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +33,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Names of the files an Authority keeps in its directory.
@@ -52,7 +53,7 @@ const (
 	certFileMode = 0o644
 )
 
-// Defaults for Options.
+// Defaults for Config.
 const (
 	DefaultServerValidity    = 365 * 24 * time.Hour
 	DefaultServerRenewBefore = 30 * 24 * time.Hour
@@ -69,9 +70,9 @@ const backdate = time.Minute
 // serialBits is the size of the random serial number of every certificate.
 const serialBits = 128
 
-// Options configures LoadOrCreate. The zero value is usable: no extra host
+// Config configures LoadOrCreate. The zero value is usable: no extra host
 // names, default validities, the system clock and crypto/rand.
-type Options struct {
+type Config struct {
 	// Hostnames are the DNS names and IP literals (IPv6 with or without
 	// brackets) the server certificate is valid for. localhost, 127.0.0.1 and
 	// ::1 are always added. The first entry is the certificate's common name
@@ -98,39 +99,33 @@ type Options struct {
 	Logger hclog.Logger
 }
 
-func (o Options) withDefaults() Options {
-	if o.ServerValidity == 0 {
-		o.ServerValidity = DefaultServerValidity
+func (c Config) withDefaults() Config {
+	c.ServerValidity = cmp.Or(c.ServerValidity, DefaultServerValidity)
+	c.ServerRenewBefore = cmp.Or(c.ServerRenewBefore, DefaultServerRenewBefore)
+	c.AgentValidity = cmp.Or(c.AgentValidity, DefaultAgentValidity)
+	if c.Now == nil {
+		c.Now = time.Now
 	}
-	if o.ServerRenewBefore == 0 {
-		o.ServerRenewBefore = DefaultServerRenewBefore
+	if c.Rand == nil {
+		c.Rand = rand.Reader
 	}
-	if o.AgentValidity == 0 {
-		o.AgentValidity = DefaultAgentValidity
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Rand == nil {
-		o.Rand = rand.Reader
-	}
-	if o.Logger == nil {
-		o.Logger = hclog.NewNullLogger()
-	}
-	return o
+	return c
 }
 
-func (o Options) validate() error {
+func (c Config) validate() error {
 	switch {
-	case o.ServerValidity < 0:
-		return fmt.Errorf("pki: server validity %v is negative", o.ServerValidity)
-	case o.ServerRenewBefore < 0:
-		return fmt.Errorf("pki: server renew-before %v is negative", o.ServerRenewBefore)
-	case o.AgentValidity < 0:
-		return fmt.Errorf("pki: agent validity %v is negative", o.AgentValidity)
-	case o.ServerRenewBefore >= o.ServerValidity:
+	case c.ServerValidity < 0:
+		return fmt.Errorf("pki: server validity %v is negative", c.ServerValidity)
+	case c.ServerRenewBefore < 0:
+		return fmt.Errorf("pki: server renew-before %v is negative", c.ServerRenewBefore)
+	case c.AgentValidity < 0:
+		return fmt.Errorf("pki: agent validity %v is negative", c.AgentValidity)
+	case c.ServerRenewBefore >= c.ServerValidity:
 		return fmt.Errorf("pki: server renew-before %v must be shorter than the server validity %v",
-			o.ServerRenewBefore, o.ServerValidity)
+			c.ServerRenewBefore, c.ServerValidity)
 	}
 	return nil
 }
@@ -140,7 +135,7 @@ func (o Options) validate() error {
 // certificates and keys it returns are shared and must not be modified.
 type Authority struct {
 	dir   string
-	opts  Options
+	cfg   Config
 	log   hclog.Logger
 	names hostNames // the configured server certificate names
 
@@ -194,26 +189,13 @@ func (a *Authority) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, erro
 	return a.server.Load(), nil
 }
 
-// SPKISHA256 returns the lowercase hex SHA-256 of cert's DER
-// SubjectPublicKeyInfo.
-func SPKISHA256(cert *x509.Certificate) string {
-	return SPKIHash(cert.RawSubjectPublicKeyInfo)
-}
-
-// SPKIHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
-// the form of every key pin Outpost stores or compares.
-func SPKIHash(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
-}
-
-// keySPKI returns the SPKI pin of an ECDSA public key.
+// keySPKI returns the SPKI pin of an ECDSA public key (transport.SPKIHashHex).
 func keySPKI(pub *ecdsa.PublicKey) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return "", err
 	}
-	return SPKIHash(der), nil
+	return transport.SPKIHashHex(der), nil
 }
 
 // newSerial returns a random positive serial number of serialBits bits.

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/server/internal/pki"
 )
 
@@ -60,7 +61,7 @@ func (a *Agents) Renew(ctx context.Context, agentID string, cert *x509.Certifica
 		outcome = "refused"
 		return "", "", fmt.Errorf("renewal CSR: %w", err)
 	}
-	if pki.SPKIHash(csr.RawSubjectPublicKeyInfo) != pki.SPKISHA256(cert) {
+	if transport.SPKIHashHex(csr.RawSubjectPublicKeyInfo) != transport.SPKISHA256(cert) {
 		outcome = "refused"
 		return "", "", fmt.Errorf("renewal CSR: key differs from the agent's current key; renewal keeps the key")
 	}

@@ -33,7 +33,7 @@ func (f *fixture) open(t *testing.T) (*SQLite, *testlog.Writer) {
 	log := hclog.New(&hclog.LoggerOptions{Name: "store", Level: hclog.Debug, Output: logs})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := OpenSQLite(ctx, f.path, Options{Now: f.clk.Now, Logger: log})
+	s, err := OpenSQLite(ctx, f.path, Config{Now: f.clk.Now, Logger: log})
 	if err != nil {
 		t.Fatalf("OpenSQLite: %v", err)
 	}

@@ -25,8 +25,8 @@ const (
 	maxOpenConns = 8
 )
 
-// Options configures OpenSQLite. The zero value is usable.
-type Options struct {
+// Config configures OpenSQLite. The zero value is usable.
+type Config struct {
 	// Now is the clock for default timestamps. If nil, time.Now.
 	Now func() time.Time
 	// Logger receives open and migration events. If nil, logs are
@@ -64,12 +64,12 @@ var _ Store = (*SQLite)(nil)
 // path and applies pending migrations. ctx bounds opening and migrating.
 // Errors: ErrSchemaTooNew when the file was migrated by a newer gateway;
 // otherwise wrapped driver or file errors.
-func OpenSQLite(ctx context.Context, path string, opts Options) (*SQLite, error) {
-	if opts.Now == nil {
-		opts.Now = time.Now
+func OpenSQLite(ctx context.Context, path string, cfg Config) (*SQLite, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
-	if opts.Logger == nil {
-		opts.Logger = hclog.NewNullLogger()
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
 	}
 	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("%w: database path %q must be a plain file path without '?' or '#'", ErrInvalid, path)
@@ -95,7 +95,7 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (*SQLite, error)
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(maxOpenConns)
-	s := &SQLite{db: db, now: opts.Now, log: opts.Logger, writeSem: make(chan struct{}, 1)}
+	s := &SQLite{db: db, now: cfg.Now, log: cfg.Logger, writeSem: make(chan struct{}, 1)}
 	if err := s.init(ctx, path); err != nil {
 		db.Close()
 		return nil, err

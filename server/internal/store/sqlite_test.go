@@ -97,7 +97,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	_, err := OpenSQLite(ctxT(t), f.path, Options{})
+	_, err := OpenSQLite(ctxT(t), f.path, Config{})
 	if !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("got %v, want ErrSchemaTooNew", err)
 	}
@@ -105,7 +105,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 
 func TestOpenBadPath(t *testing.T) {
 	for _, p := range []string{"", "a?b", "file:x.db", t.TempDir() + "/missing-dir/x.db"} {
-		if s, err := OpenSQLite(ctxT(t), p, Options{}); err == nil {
+		if s, err := OpenSQLite(ctxT(t), p, Config{}); err == nil {
 			s.Close()
 			t.Errorf("OpenSQLite(%q) succeeded", p)
 		}

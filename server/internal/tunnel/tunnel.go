@@ -296,8 +296,8 @@ func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate,
 	if agent.DeletedAt != nil {
 		return nil, store.Agent{}, fmt.Errorf("agent %s was deleted", id)
 	}
-	if got := pki.SPKISHA256(cert); got != agent.SPKISHA256 {
-		return nil, store.Agent{}, fmt.Errorf("agent %s presented key %s, enrolled with %s", id, got, agent.SPKISHA256)
+	if pin, err := transport.ParsePin(agent.SPKISHA256); err != nil || !pin.Matches(cert) {
+		return nil, store.Agent{}, fmt.Errorf("agent %s presented key %s, enrolled with %s", id, transport.SPKISHA256(cert), agent.SPKISHA256)
 	}
 	return cert, agent, nil
 }

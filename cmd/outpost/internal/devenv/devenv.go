@@ -26,12 +26,19 @@ import (
 	"github.com/outposthq/outpost/server/apiclient"
 )
 
-// Options configure the environment.
-type Options struct {
+// Defaults of Config: the gateway's default ports, on loopback.
+const (
+	DefaultListen     = "127.0.0.1" + server.DefaultListen
+	DefaultQUICListen = "127.0.0.1" + server.DefaultQUICListen
+)
+
+// Config configures the environment Run starts.
+type Config struct {
 	// DataDir keeps the gateway's and the agent's state; if empty a
 	// temporary directory is used and removed at the end.
 	DataDir string
-	// Listen and QUICListen are the gateway's addresses (loopback).
+	// Listen and QUICListen are the gateway's addresses (loopback). If
+	// empty, DefaultListen and DefaultQUICListen.
 	Listen, QUICListen string
 	// Command is how the printed instructions invoke outpost, e.g.
 	// "go run ./cmd/outpost".
@@ -48,15 +55,15 @@ type Env struct {
 }
 
 // Run starts everything, prints what to try to out, and runs until ctx ends.
-func Run(ctx context.Context, o Options, out io.Writer) (err error) {
+func Run(ctx context.Context, o Config, out io.Writer) (err error) {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
 	if o.Listen == "" {
-		o.Listen = "127.0.0.1:7171"
+		o.Listen = DefaultListen
 	}
 	if o.QUICListen == "" {
-		o.QUICListen = "127.0.0.1:4433"
+		o.QUICListen = DefaultQUICListen
 	}
 	if o.Command == "" {
 		o.Command = "outpost"
@@ -130,7 +137,7 @@ func enrollOnce(ctx context.Context, env Env, agentDir string, log hclog.Logger)
 	if err != nil {
 		return "", "", err
 	}
-	conn, err := apiclient.Dial(apiclient.Options{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
+	conn, err := apiclient.Dial(apiclient.Config{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
 	if err != nil {
 		return "", "", err
 	}

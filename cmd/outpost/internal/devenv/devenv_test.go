@@ -29,7 +29,7 @@ func TestDevEnvironment(t *testing.T) {
 	done := make(chan error, 1)
 	dir := t.TempDir()
 	go func() {
-		done <- Run(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+		done <- Run(ctx, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 			Ready: func(e Env) { ready <- e }}, &out)
 	}()
 	var env Env
@@ -46,7 +46,7 @@ func TestDevEnvironment(t *testing.T) {
 
 	key, _ := apiclient.ReadKeyFile(env.AdminKeyFile)
 	ca, _ := os.ReadFile(env.CAFile)
-	conn, err := apiclient.Dial(apiclient.Options{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
+	conn, err := apiclient.Dial(apiclient.Config{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestDevEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(client.Options{Gateway: env.GatewayURL, Token: sess.GetToken(), CAPEM: ca})
+	c, err := client.New(client.Config{Gateway: env.GatewayURL, Token: sess.GetToken(), CAPEM: ca})
 	if err != nil {
 		t.Fatal(err)
 	}

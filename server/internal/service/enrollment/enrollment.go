@@ -3,6 +3,7 @@
 package enrollment
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -37,14 +38,23 @@ const (
 	staticJTIPfx = "static-secret:"
 )
 
+// Defaults of Config (DESIGN.md §12).
+const (
+	// DefaultRateBurst is the number of Enroll calls allowed per source IP
+	// per DefaultRateWindow.
+	DefaultRateBurst = 10
+	// DefaultRateWindow is the window DefaultRateBurst counts over.
+	DefaultRateWindow = time.Minute
+)
+
 // Store is what enrollment needs from the gateway store.
 type Store interface {
 	RecordEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error
 	EnrollAgent(ctx context.Context, req store.EnrollRequest) (store.EnrollResult, error)
 }
 
-// Options configure a Service. Zero values mean the defaults given.
-type Options struct {
+// Config configures a Service. Zero values mean the defaults given.
+type Config struct {
 	// PublicURL and QUICEndpoint go into tokens and Enroll answers. Required.
 	PublicURL    string
 	QUICEndpoint string
@@ -52,7 +62,7 @@ type Options struct {
 	// a token (compared in constant time).
 	EnrollmentSecret string
 	// RateBurst Enroll calls are allowed per source IP per RateWindow.
-	// If zero, 10 per minute.
+	// If zero, DefaultRateBurst (10) and DefaultRateWindow (1 min).
 	RateBurst  int
 	RateWindow time.Duration
 	// Enrollments counts Enroll calls by outcome; may be nil.
@@ -65,10 +75,23 @@ type Options struct {
 	Logger hclog.Logger
 }
 
+// withDefaults returns a copy of c with every zero field filled in.
+func (c Config) withDefaults() Config {
+	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
+	c.RateWindow = cmp.Or(c.RateWindow, DefaultRateWindow)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c
+}
+
 // Service implements EnrollmentService. It is safe for concurrent use.
 type Service struct {
 	outpostv1.UnimplementedEnrollmentServiceServer
-	opts   Options
+	cfg    Config
 	pki    *pki.Authority
 	tokens *token.Issuer
 	store  Store
@@ -80,29 +103,18 @@ var _ outpostv1.EnrollmentServiceServer = (*Service)(nil)
 
 // New returns a Service signing with ca, minting and checking tokens with
 // tokens, and persisting to s.
-func New(ca *pki.Authority, tokens *token.Issuer, s Store, opts Options) (*Service, error) {
+func New(ca *pki.Authority, tokens *token.Issuer, s Store, cfg Config) (*Service, error) {
 	if ca == nil || tokens == nil || s == nil {
 		return nil, errors.New("enrollment: nil authority, issuer or store")
 	}
-	if opts.PublicURL == "" || opts.QUICEndpoint == "" {
+	if cfg.PublicURL == "" || cfg.QUICEndpoint == "" {
 		return nil, errors.New("enrollment: public URL and QUIC endpoint are required")
 	}
-	if opts.RateBurst == 0 {
-		opts.RateBurst = 10
-	}
-	if opts.RateWindow == 0 {
-		opts.RateWindow = time.Minute
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = hclog.NewNullLogger()
-	}
+	cfg = cfg.withDefaults()
 	return &Service{
-		opts: opts, pki: ca, tokens: tokens, store: s,
-		limit: ratelimit.New(opts.RateBurst, opts.RateWindow),
-		log:   opts.Logger,
+		cfg: cfg, pki: ca, tokens: tokens, store: s,
+		limit: ratelimit.New(cfg.RateBurst, cfg.RateWindow),
+		log:   cfg.Logger,
 	}, nil
 }
 
@@ -128,8 +140,8 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 		return nil, err
 	}
 	tok, claims, err := s.tokens.NewEnrollment(token.EnrollmentClaims{
-		GatewayURL:   s.opts.PublicURL,
-		QUICEndpoint: s.opts.QUICEndpoint,
+		GatewayURL:   s.cfg.PublicURL,
+		QUICEndpoint: s.cfg.QUICEndpoint,
 		CASPKISHA256: s.pki.CASPKISHA256(),
 		AgentName:    req.GetAgentName(),
 		Routes:       routes,
@@ -157,9 +169,9 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 // Enroll signs an agent's CSR once per token.
 func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (resp *outpostv1.EnrollResponse, err error) {
 	defer func() { s.count(err) }()
-	ip := s.opts.ClientIP.FromContext(ctx)
-	if !s.limit.AllowAddr(ip, s.opts.Now()) {
-		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.opts.RateBurst, s.opts.RateWindow)
+	ip := s.cfg.ClientIP.FromContext(ctx)
+	if !s.limit.AllowAddr(ip, s.cfg.Now()) {
+		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.cfg.RateBurst, s.cfg.RateWindow)
 	}
 	jti, expires, tokenName, err := s.checkBearer(ctx, req)
 	if err != nil {
@@ -191,7 +203,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		// A static secret enrolls any number of agents: one "token" per CSR keeps
 		// a retry of the same request idempotent.
 		jti = staticJTIPfx + csrHash
-		expires = s.opts.Now().Add(token.DefaultEnrollmentTTL)
+		expires = s.cfg.Now().Add(token.DefaultEnrollmentTTL)
 	}
 
 	id := uuid.New()
@@ -207,7 +219,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		Agent: store.Agent{
 			ID: id.String(), Name: name, Hostname: hostname,
 			SPKISHA256: issued.SPKISHA256, CertSerial: issued.Serial,
-			CertNotAfter: issued.NotAfter, EnrolledAt: s.opts.Now().UTC(),
+			CertNotAfter: issued.NotAfter, EnrolledAt: s.cfg.Now().UTC(),
 		},
 	})
 	switch {
@@ -223,7 +235,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		AgentId:          res.Agent.ID,
 		ClientCertPem:    string(res.CertPEM),
 		CaCertPem:        string(s.pki.CACertPEM()),
-		QuicEndpoint:     s.opts.QUICEndpoint,
+		QuicEndpoint:     s.cfg.QUICEndpoint,
 		ServerSpkiSha256: s.pki.ServerSPKISHA256(),
 		CertNotAfter:     timestamppb.New(res.Agent.CertNotAfter),
 	}, nil
@@ -236,7 +248,7 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 	if bearer == "" {
 		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
 	}
-	if secret := s.opts.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
+	if secret := s.cfg.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
 		return "", time.Time{}, "", nil
 	}
 	c, err := s.tokens.VerifyEnrollment(bearer)
@@ -250,14 +262,14 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 }
 
 func (s *Service) count(err error) {
-	if s.opts.Enrollments == nil {
+	if s.cfg.Enrollments == nil {
 		return
 	}
 	outcome := "success"
 	if err != nil {
 		outcome = strings.ToLower(status.Code(err).String())
 	}
-	s.opts.Enrollments.WithLabelValues(outcome).Inc()
+	s.cfg.Enrollments.WithLabelValues(outcome).Inc()
 }
 
 // ValidateName checks an agent name: 1 to 255 printable ASCII characters.
