@@ -29,4 +29,8 @@ const (
 	// stream in time, an oversized frame, a closed or failed stream). It is
 	// not in DESIGN.md §3's list, which names the reasons an agent acts on.
 	CloseProtocolError CloseReason = "protocol-error"
+	// CloseGatewayFull: the gateway holds its maximum number of agent
+	// connections (max_agents) and refuses a new agent for now; the agent
+	// retries with backoff. Not in DESIGN.md §3's list either.
+	CloseGatewayFull CloseReason = "gateway-full"
 )

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server"
 )
 
 // GET /v1/agents?status=AGENT_STATUS_ONLINE&page_size=1 with the lowest agent
@@ -64,4 +65,32 @@ func TestListAgentsOnlineFirstPageDoesNotCrash(t *testing.T) {
 	if code, body := gw.restGet("/healthz"); code != http.StatusOK || !strings.Contains(body, "ok") {
 		t.Fatalf("gateway not serving after the listing: %d %s", code, body)
 	}
+}
+
+// max_agents: one agent more than the cap is refused with "gateway-full"
+// (counted), keeps retrying, and gets in once a slot frees; a reconnect of a
+// connected agent is never refused.
+func TestMaxAgentsCap(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) { c.MaxAgents = 1 })
+	dirA, idA := enrollAgent(t, gw, "first", loopback, nil)
+	dirB, idB := enrollAgent(t, gw, "second", loopback, nil)
+	a := startAgent(t, fastAgent(dirA))
+	gw.waitStatus(idA, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	startAgent(t, fastAgent(dirB))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, metrics := gw.restGet("/metrics")
+		if strings.Contains(metrics, `outpost_agent_connections_total{outcome="gateway_full"}`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second agent was never refused as gateway_full")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v := gw.agentView(idB); v.GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_OFFLINE {
+		t.Fatalf("second agent is %v with max_agents 1", v.GetStatus())
+	}
+	a.stop()
+	gw.waitStatus(idB, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 }

@@ -93,6 +93,10 @@ type Config struct {
 	// the addresses they resolve to are checked against the special ranges
 	// at connect time.
 	DirectDomains []string `json:"direct_domains"`
+	// MaxAgents caps the agents connected at once; one more is refused with
+	// the close reason "gateway-full" and retries with backoff. If zero,
+	// 10,000.
+	MaxAgents int `json:"max_agents"`
 	// MaxDirectSessions caps the direct sessions open at once. If zero,
 	// DefaultMaxDirectSessions (1,000).
 	MaxDirectSessions int `json:"max_direct_sessions"`
@@ -361,6 +365,9 @@ func (c Config) validate() error {
 	}
 	if c.AllowDirect && len(c.DirectSubnets) == 0 && len(c.DirectDomains) == 0 {
 		errs = append(errs, errors.New("allow_direct needs the allow-list: set direct_subnets and/or direct_domains"))
+	}
+	if c.MaxAgents < 0 {
+		errs = append(errs, errors.New("max_agents must not be negative"))
 	}
 	if c.MaxDirectSessions < 0 {
 		errs = append(errs, errors.New("max_direct_sessions must not be negative"))

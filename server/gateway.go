@@ -139,6 +139,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Store:               g.store,
 		Registry:            g.agents,
 		MaxSessionsPerAgent: int64(cfg.MaxSessionsPerAgent),
+		MaxAgents:           cfg.MaxAgents,
 		QUIC:                cfg.quicConfig(),
 		ConnectTimeout:      time.Duration(cfg.AgentAnswerTimeout),
 		Renew:               renewer.Renew,

@@ -5,6 +5,7 @@
 package registry
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -165,13 +166,28 @@ func (r *Registry) notifyLocked(id string) {
 	}
 }
 
+// ErrFull is returned by RegisterCapped when the registry holds its maximum
+// number of agents and e's agent is not one of them.
+var ErrFull = errors.New("registry: maximum number of connected agents reached")
+
 // Register makes e the agent's live connection, assigning its generation and
 // marking it seen now. It returns the entry it replaced, if any: the caller
 // closes that connection ("connection-superseded").
 func (r *Registry) Register(e *Entry) (replaced *Entry) {
+	replaced, _ = r.RegisterCapped(e, 0)
+	return replaced
+}
+
+// RegisterCapped is Register that refuses, with ErrFull, a new agent when max
+// agents (if positive) are connected already; a reconnecting agent replaces
+// its own entry and is never refused.
+func (r *Registry) RegisterCapped(e *Entry, max int) (replaced *Entry, err error) {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, ok := r.agents[e.AgentID]; !ok && max > 0 && len(r.agents) >= max {
+		return nil, ErrFull
+	}
 	r.nextGen++
 	e.generation = r.nextGen
 	e.ConnectedAt = now
@@ -180,7 +196,7 @@ func (r *Registry) Register(e *Entry) (replaced *Entry) {
 	r.agents[e.AgentID] = e
 	delete(r.departed, e.AgentID)
 	r.notifyLocked(e.AgentID)
-	return replaced
+	return replaced, nil
 }
 
 // Unregister removes e if it is still the agent's live connection; a

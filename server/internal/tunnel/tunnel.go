@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
@@ -28,7 +29,12 @@ import (
 // Defaults of Config.
 const (
 	DefaultMaxSessionsPerAgent = 4096
-	DefaultConnectTimeout      = 30 * time.Second
+	DefaultMaxAgents           = 10000
+	// refusalLogInterval spaces the WARN lines of refused handshakes: a
+	// scanner or a misconfigured fleet must not flood the log (every
+	// refusal is counted in a metric).
+	refusalLogInterval    = 10 * time.Second
+	DefaultConnectTimeout = 30 * time.Second
 	// controlStreamTimeout bounds how long an admitted agent may take to open
 	// its control stream.
 	controlStreamTimeout = 10 * time.Second
@@ -63,6 +69,10 @@ type Config struct {
 	QUIC transport.Config
 	// MaxSessionsPerAgent caps concurrent sessions per agent (default 4,096).
 	MaxSessionsPerAgent int64
+	// MaxAgents caps the agents connected at once; one more is closed with
+	// "gateway-full" (a reconnecting agent is never refused). If zero,
+	// DefaultMaxAgents.
+	MaxAgents int
 	// ConnectTimeout bounds opening a session: stream, ConnectRequest and the
 	// agent's ConnectResponse (default 30 s).
 	ConnectTimeout time.Duration
@@ -83,6 +93,8 @@ type Server struct {
 	mu    sync.Mutex
 	conns map[*agentConn]struct{} // every connection being handled
 	wg    sync.WaitGroup          // one per handled connection
+
+	refusalLog rate.Sometimes // admits one refused-handshake WARN per refusalLogInterval
 }
 
 // New checks cfg and returns a Server.
@@ -98,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxAgents <= 0 {
+		cfg.MaxAgents = DefaultMaxAgents
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -117,8 +132,9 @@ func New(cfg Config) (*Server, error) {
 			// agent learns why from the close reason instead of a TLS alert.
 			ClientAuth: tls.RequireAnyClientCert,
 		}),
-		quic:  qc,
-		conns: make(map[*agentConn]struct{}),
+		quic:       qc,
+		conns:      make(map[*agentConn]struct{}),
+		refusalLog: rate.Sometimes{Interval: refusalLogInterval},
 	}, nil
 }
 
@@ -233,8 +249,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	log := s.log.With("remote", remote)
 	cert, agent, err := s.admit(ctx, conn)
 	if err != nil {
-		log.Warn("agent connection refused", "reason", err)
-		s.cfg.Metrics.AgentConnections.WithLabelValues("not_accepted").Inc()
+		s.refused(log, "not_accepted", err)
 		ac.close(dataplane.CloseAgentNotAccepted)
 		return
 	}
@@ -246,7 +261,13 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 		CertNotAfter: cert.NotAfter,
 		Conn:         ac,
 	}
-	if old := s.reg.Register(e); old != nil {
+	old, err := s.reg.RegisterCapped(e, s.cfg.MaxAgents)
+	if err != nil {
+		s.refused(log.With("agent_id", agent.ID), "gateway_full", fmt.Errorf("%w (%d)", err, s.cfg.MaxAgents))
+		ac.close(dataplane.CloseGatewayFull)
+		return
+	}
+	if old != nil {
 		log.Info("agent reconnected; closing its previous connection", "previous_remote", old.RemoteAddr)
 		s.cfg.Metrics.AgentConnections.WithLabelValues("superseded").Inc()
 		old.Conn.CloseWithReason(string(dataplane.CloseConnectionSuperseded))
@@ -269,6 +290,21 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	log.Info("agent connected", "generation", e.Generation())
 	err = s.controlLoop(ctx, conn, e, cert, log)
 	log.Info("agent disconnected", "reason", describeClose(err), "generation", e.Generation())
+}
+
+// refused counts a refused agent connection under outcome and logs why, at
+// most one WARN per refusalLogInterval (the rest at DEBUG).
+func (s *Server) refused(log hclog.Logger, outcome string, why error) {
+	s.cfg.Metrics.AgentConnections.WithLabelValues(outcome).Inc()
+	logged := false
+	s.refusalLog.Do(func() {
+		logged = true
+		log.Warn("agent connection refused (further refusals within 10 s are logged at debug; outpost_agent_connections_total counts them all)",
+			"reason", why, "outcome", outcome)
+	})
+	if !logged {
+		log.Debug("agent connection refused", "reason", why, "outcome", outcome)
+	}
 }
 
 // admit applies DESIGN.md §4: chain, URI SAN UUID, agent present and not
