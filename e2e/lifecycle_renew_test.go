@@ -33,6 +33,9 @@ func TestLifecycleCertRenewal(t *testing.T) {
 	const validity = 90 * time.Second
 	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
 		c.AgentCertValidity = server.Duration(validity)
+		// Only the agent's clock moves to the renewal time: let the
+		// gateway accept a renewal at any point of the lifetime.
+		c.RenewalWindow = 1
 	})
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
 	certPath := filepath.Join(dir, "certs/agent.pem")
@@ -100,7 +103,9 @@ func TestLifecycleCertRenewal(t *testing.T) {
 // key is refused; a CSR with the right key but a foreign subject gets a
 // certificate for the identity proven by mTLS, not the CSR's.
 func TestLifecycleRenewalIdentity(t *testing.T) {
-	gw := startGateway(t, t.TempDir(), nil)
+	// The certificates are fresh: accept renewals at any point of their
+	// lifetime (the window itself is tested in package renewal).
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) { c.RenewalWindow = 1 })
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
 	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "certs/agent.pem"), filepath.Join(dir, "certs/agent.key"))
 	if err != nil {

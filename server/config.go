@@ -93,6 +93,11 @@ type Config struct {
 	// the addresses they resolve to are checked against the special ranges
 	// at connect time.
 	DirectDomains []string `json:"direct_domains"`
+	// RenewalWindow is the part of an agent certificate's lifetime that
+	// may be left at most when the gateway accepts its renewal: 0.5 (the
+	// default) accepts renewals in the second half of the lifetime, 1 at any
+	// time. One agent renews at most once a minute either way.
+	RenewalWindow float64 `json:"renewal_window"`
 	// MaxAgents caps the agents connected at once; one more is refused with
 	// the close reason "gateway-full" and retries with backoff. If zero,
 	// 10,000.
@@ -365,6 +370,9 @@ func (c Config) validate() error {
 	}
 	if c.AllowDirect && len(c.DirectSubnets) == 0 && len(c.DirectDomains) == 0 {
 		errs = append(errs, errors.New("allow_direct needs the allow-list: set direct_subnets and/or direct_domains"))
+	}
+	if c.RenewalWindow < 0 || c.RenewalWindow > 1 {
+		errs = append(errs, fmt.Errorf("renewal_window %v: want a part of the certificate lifetime, 0 < w ≤ 1 (0 = 0.5)", c.RenewalWindow))
 	}
 	if c.MaxAgents < 0 {
 		errs = append(errs, errors.New("max_agents must not be negative"))

@@ -130,7 +130,8 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	g.tunnelCtx, g.stopTunnel = context.WithCancel(context.Background())
 	g.agents = registry.New(cfg.Now)
 	g.router = routing.New(g.agents)
-	renewer, err := renewal.NewAgents(g.pki, g.store, g.metrics.CertRenewals)
+	renewer, err := renewal.NewAgents(g.pki, g.store, renewal.AgentsConfig{
+		Window: cfg.RenewalWindow, Outcomes: g.metrics.CertRenewals, Now: cfg.Now})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

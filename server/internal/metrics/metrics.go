@@ -39,8 +39,9 @@ type Metrics struct {
 	// SessionSetup is the time from a client's connect to an open path.
 	SessionSetup prometheus.Histogram
 	// CertRenewals counts agent certificate renewals by outcome ("renewed",
-	// "refused": the CSR is unusable or has another key, "error": signing
-	// or the store failed).
+	// "refused": the CSR is unusable, has another key or the certificate is
+	// not yet in its renewal window, "throttled": the agent renewed less
+	// than a minute ago, "error": signing or the store failed).
 	CertRenewals *prometheus.CounterVec
 	// APIPanics counts management API calls whose handler panicked, by
 	// method; the call answered Internal and the gateway kept serving.
