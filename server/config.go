@@ -93,6 +93,9 @@ type Config struct {
 	// the addresses they resolve to are checked against the special ranges
 	// at connect time.
 	DirectDomains []string `json:"direct_domains"`
+	// AuditRetention is how long session audit records are kept; older ones
+	// are pruned hourly, with expired token rows. If zero, 90 days.
+	AuditRetention Duration `json:"audit_retention"`
 	// RenewalWindow is the part of an agent certificate's lifetime that
 	// may be left at most when the gateway accepts its renewal: 0.5 (the
 	// default) accepts renewals in the second half of the lifetime, 1 at any
@@ -370,6 +373,9 @@ func (c Config) validate() error {
 	}
 	if c.AllowDirect && len(c.DirectSubnets) == 0 && len(c.DirectDomains) == 0 {
 		errs = append(errs, errors.New("allow_direct needs the allow-list: set direct_subnets and/or direct_domains"))
+	}
+	if c.AuditRetention < 0 {
+		errs = append(errs, errors.New("audit_retention must not be negative"))
 	}
 	if c.RenewalWindow < 0 || c.RenewalWindow > 1 {
 		errs = append(errs, fmt.Errorf("renewal_window %v: want a part of the certificate lifetime, 0 < w ≤ 1 (0 = 0.5)", c.RenewalWindow))

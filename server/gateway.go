@@ -30,6 +30,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/renewal"
+	"github.com/outposthq/outpost/server/internal/retention"
 	"github.com/outposthq/outpost/server/internal/routing"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/testhook"
@@ -302,6 +303,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	eg.Go(func() error { return g.api.run(ctx) })
 	eg.Go(func() error { renewal.RunServer(ctx, g.pki, g.cfg.serverCertCheck, g.log); return nil })
+	eg.Go(func() error {
+		retention.Run(ctx, g.store, retention.Config{
+			Audit:      time.Duration(g.cfg.AuditRetention),
+			TokenGrace: token.Leeway,
+			Now:        g.cfg.Now,
+		}, g.log.Named("retention"))
+		return nil
+	})
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
 	eg.Go(func() error {

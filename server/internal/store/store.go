@@ -120,6 +120,9 @@ type Store interface {
 	// token expiring before it is refused by token verification (now minus
 	// the verification leeway): a pruned jti can be consumed again.
 	PruneExpired(ctx context.Context, before time.Time) (int64, error)
+	// PruneSessions deletes the audit records of sessions that started
+	// before before (the audit retention) and returns how many it deleted.
+	PruneSessions(ctx context.Context, before time.Time) (int64, error)
 }
 
 // APIKey is a management API key. The secret itself is never stored.
