@@ -34,11 +34,15 @@ const (
 	// tried when one answers with an error or does not answer within 30 s;
 	// the session fails if all do.
 	Decision_DECISION_AGENT Decision = 1
-	// Directly from the gateway, because no agent's routes match the target.
+	// Directly from the gateway: no agent's routes cover the target, direct
+	// connections are enabled and the direct allow-list admits it.
 	Decision_DECISION_DIRECT Decision = 2
 	// Not at all; the reason says why (for example: the explicitly requested
-	// agent is offline, or no agent matches and direct connections are
-	// disabled).
+	// agent is offline, the agent that advertises the target is offline, or
+	// no agent matches and the direct allow-list does not admit the target).
+	// A client whose session is rejected by the direct policy reads only
+	// "direct connection refused by policy"; this reason, for operators, has
+	// the detail.
 	Decision_DECISION_REJECTED Decision = 3
 )
 

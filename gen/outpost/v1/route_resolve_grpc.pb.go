@@ -34,9 +34,15 @@ const (
 // that agent and nothing else; an IP target goes to the online agents whose
 // subnets contain it, longest prefix first (ties: most recently connected
 // first); a host name goes to the online agents whose domains match it, an
-// exact name before a suffix and a longer suffix before a shorter one; with
-// no match the gateway connects directly, unless direct connections are
-// disabled in its configuration.
+// exact name before a suffix and a longer suffix before a shorter one. Only
+// the routes the gateway approved for each agent count. A target that the
+// last advertised routes of an enrolled agent cover while that agent is
+// offline, unresponsive or draining is rejected, naming the agent: it is
+// never dialed directly. With no match at all the gateway connects directly
+// only when direct connections are enabled (they are off by default) and the
+// target lies inside the direct allow-list (direct_subnets, direct_domains);
+// even then it never dials loopback, link-local, cloud metadata addresses
+// or its own addresses unless the allow-list names them explicitly.
 type RouteResolveServiceClient interface {
 	// ResolveTarget returns the routing decision for a target and why, without
 	// connecting to anything. The answer reflects the agents' state at the
@@ -97,9 +103,15 @@ func (c *routeResolveServiceClient) CreateSession(ctx context.Context, in *Creat
 // that agent and nothing else; an IP target goes to the online agents whose
 // subnets contain it, longest prefix first (ties: most recently connected
 // first); a host name goes to the online agents whose domains match it, an
-// exact name before a suffix and a longer suffix before a shorter one; with
-// no match the gateway connects directly, unless direct connections are
-// disabled in its configuration.
+// exact name before a suffix and a longer suffix before a shorter one. Only
+// the routes the gateway approved for each agent count. A target that the
+// last advertised routes of an enrolled agent cover while that agent is
+// offline, unresponsive or draining is rejected, naming the agent: it is
+// never dialed directly. With no match at all the gateway connects directly
+// only when direct connections are enabled (they are off by default) and the
+// target lies inside the direct allow-list (direct_subnets, direct_domains);
+// even then it never dials loopback, link-local, cloud metadata addresses
+// or its own addresses unless the allow-list names them explicitly.
 type RouteResolveServiceServer interface {
 	// ResolveTarget returns the routing decision for a target and why, without
 	// connecting to anything. The answer reflects the agents' state at the
