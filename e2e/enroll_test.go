@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/outposthq/outpost/agent"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testtls"
 	"github.com/outposthq/outpost/server"
 )
 
@@ -32,23 +32,6 @@ func enroll(t *testing.T, tok, dir string, mutate func(*agent.EnrollOptions)) (a
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return agent.Enroll(ctx, o, testLogger(t, "agent"))
-}
-
-func readPEMCert(t *testing.T, path string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 func TestEnrollSuccess(t *testing.T) {
@@ -75,8 +58,8 @@ func TestEnrollSuccess(t *testing.T) {
 			t.Errorf("%s mode %v, want %v", f, fi.Mode().Perm(), mode)
 		}
 	}
-	cert := readPEMCert(t, filepath.Join(dir, "certs/agent.pem"))
-	ca := readPEMCert(t, filepath.Join(dir, "certs/gateway-ca.pem"))
+	cert := testtls.ReadCert(t, filepath.Join(dir, "certs/agent.pem"))
+	ca := testtls.ReadCert(t, filepath.Join(dir, "certs/gateway-ca.pem"))
 	if cert.Subject.CommonName != "office-1" {
 		t.Errorf("CN %q", cert.Subject.CommonName)
 	}
@@ -96,13 +79,8 @@ func TestEnrollSuccess(t *testing.T) {
 		t.Errorf("cert does not chain to the CA written: %v", err)
 	}
 	// The key on disk is the certificate's key.
-	kb, _ := os.ReadFile(filepath.Join(dir, "certs/agent.key"))
-	blk, _ := pem.Decode(kb)
-	key, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.(crypto.Signer).Public()) {
+	key := testtls.ReadKey(t, filepath.Join(dir, "certs/agent.key"))
+	if !cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
 		t.Error("certificate is not for the key on disk")
 	}
 

@@ -29,6 +29,7 @@ import (
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testtarget"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/servertest"
 )
@@ -567,18 +568,7 @@ func TestEntryIPv6Targets(t *testing.T) {
 	}
 	ln.Close()
 	gw := startGateway(t, t.TempDir(), nil)
-	ln6, _ := net.Listen("tcp", "[::1]:0")
-	go func() {
-		for {
-			c, err := ln6.Accept()
-			if err != nil {
-				return
-			}
-			go echo(c.(*net.TCPConn))
-		}
-	}()
-	t.Cleanup(func() { ln6.Close() })
-	target := ln6.Addr().String() // [::1]:port
+	target := testtarget.Listen(t, "[::1]:0", echo).String() // [::1]:port
 	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target}))
 	if err != nil {
 		t.Fatal(err)

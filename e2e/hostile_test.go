@@ -3,17 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net/url"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -23,6 +16,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 // rawDial connects to the gateway's tunnel with cert, as a hand-rolled agent.
@@ -57,58 +51,21 @@ func closeReason(t *testing.T, conn *quic.Conn) string {
 	return appErr.ErrorMessage
 }
 
-// agentCert signs a client certificate for agentID with a new key.
+// agentCert signs a client certificate for agentID with a new key, by
+// ca and caKey or, when ca is nil, by a CA of its own.
 func agentCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, agentID string) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("urn:uuid:" + agentID)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "intruder"},
-		URIs:         []*url.URL{u},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	issuer := &testtls.CA{Cert: ca, Key: caKey}
+	if ca == nil {
+		issuer = testtls.NewCA(t, testtls.Spec{CN: "Other CA"})
 	}
-	if ca == nil { // self-signed CA of its own
-		caKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		caTmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Other CA"},
-			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ca, _ = x509.ParseCertificate(der)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return issuer.Agent(t, testtls.Spec{CN: "intruder", AgentID: agentID})
 }
 
 // gatewayCA loads the gateway's CA certificate and key from its data dir.
 func gatewayCA(t *testing.T, gw *gateway) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	block, _ := pem.Decode(gw.g.CACertPEM())
-	ca, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(gw.cfg.DataDir, "ca.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := pem.Decode(raw)
-	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca, k.(*ecdsa.PrivateKey)
+	return testtls.ParseCert(t, gw.g.CACertPEM()), testtls.ReadKey(t, filepath.Join(gw.cfg.DataDir, "ca.key")).(*ecdsa.PrivateKey)
 }
 
 func TestTunnelAdmissionRefusals(t *testing.T) {

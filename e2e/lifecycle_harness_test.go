@@ -3,7 +3,6 @@ package e2e
 import (
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/agent"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 // lifecycleAgent is fastAgent with the host kept out of the test: domain
@@ -35,22 +35,7 @@ func (c *lcClock) Now() time.Time           { return time.Now().Add(time.Duratio
 func (c *lcClock) Set(offset time.Duration) { c.offset.Store(int64(offset)) }
 
 // lcReadCert parses the PEM certificate at path.
-func lcReadCert(t *testing.T, path string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		t.Fatalf("%s: no PEM block", path)
-	}
-	c, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+func lcReadCert(t *testing.T, path string) *x509.Certificate { return testtls.ReadCert(t, path) }
 
 // lcEditTunnel rewrites the Tunnel section of dir/agent.json with edit, the way
 // an operator's tool would (write a temp file, rename it over), keeping every

@@ -3,9 +3,6 @@ package e2e
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testtls"
 	"github.com/outposthq/outpost/server"
 )
 
@@ -125,11 +123,7 @@ func TestLifecycleRenewalIdentity(t *testing.T) {
 
 	ask := func(t *testing.T, key crypto.Signer, tmpl *x509.CertificateRequest) dataplane.CertRenewalResponse {
 		t.Helper()
-		der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+		csr := testtls.CSR(t, key, tmpl)
 		if err := w.Send(&dataplane.CertRenewalRequest{Version: dataplane.ProtocolVersion, CSRPEM: string(csr)}); err != nil {
 			t.Fatal(err)
 		}
@@ -146,8 +140,7 @@ func TestLifecycleRenewalIdentity(t *testing.T) {
 	}
 
 	t.Run("another key is refused", func(t *testing.T) {
-		other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		resp := ask(t, other, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "office"}})
+		resp := ask(t, testtls.Key(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "office"}})
 		if resp.Result != dataplane.ResultError || !strings.Contains(resp.Reason, "key") {
 			t.Fatalf("got %v %q, want an Error about the key", resp.Result, resp.Reason)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/outposthq/outpost/agent"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testtarget"
 	"github.com/outposthq/outpost/server/servertest"
 )
 
@@ -114,91 +115,20 @@ func (gw *gateway) dial(agentID, target string) (servertest.AgentSession, error)
 }
 
 // tcpServer runs handle for every connection on a loopback listener until
-// the test ends.
+// the test ends, and returns its address.
 func tcpServer(t *testing.T, handle func(c *net.TCPConn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					c.Close()
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-				}()
-				handle(c.(*net.TCPConn))
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return testtarget.Listen(t, "127.0.0.1:0", handle).String()
 }
 
-// echo copies everything back, then half-closes.
-func echo(c *net.TCPConn) {
-	io.Copy(c, c)
-	c.CloseWrite()
-}
-
-// hasher answers with the SHA-256 of everything it read, after the client's EOF.
-func hasher(c *net.TCPConn) {
-	h := sha256.New()
-	io.Copy(h, c)
-	c.Write(h.Sum(nil))
-	c.CloseWrite()
-}
-
-// pattern is a deterministic byte stream of n bytes.
-func pattern(n int64) io.Reader {
-	return io.LimitReader(&patternReader{}, n)
-}
-
-type patternReader struct{ i byte }
-
-func (p *patternReader) Read(b []byte) (int, error) {
-	for k := range b {
-		b[k] = p.i
-		p.i = p.i*31 + 7
-	}
-	return len(b), nil
-}
-
-func patternSum(n int64) []byte {
-	h := sha256.New()
-	io.Copy(h, pattern(n))
-	return h.Sum(nil)
-}
-
-// source sends n pattern bytes, then half-closes.
-func source(n int64) func(c *net.TCPConn) {
-	return func(c *net.TCPConn) {
-		io.Copy(c, pattern(n))
-		c.CloseWrite()
-		io.Copy(io.Discard, c)
-	}
-}
+// The targets tcpServer runs, and the byte stream they send or check.
+var (
+	echo       = testtarget.Echo       // copies everything back, then half-closes
+	hasher     = testtarget.Hash       // answers the SHA-256 of what it read, after the client's EOF
+	source     = testtarget.Source     // sends n pattern bytes, then half-closes
+	pattern    = testtarget.Pattern    // a deterministic byte stream of n bytes
+	patternSum = testtarget.PatternSum // the SHA-256 of pattern(n)
+)
 
 // uploadAndHash sends n bytes through s to a hasher target and checks the
 // digest it answers.

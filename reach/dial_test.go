@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/internal/testtarget"
 )
 
 // TestGuardControl checks the Control hook on its own: it is what stops a
@@ -118,31 +119,6 @@ func hostsOnly() *net.Resolver {
 	}}
 }
 
-// listenLoopback returns the address of a TCP listener on 127.0.0.1 that
-// never accepts: the kernel completes connections into its backlog, which
-// is all a dial needs. It is closed at cleanup.
-func listenLoopback(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// closedLoopbackPort returns a port of 127.0.0.1 nothing listens on (it was
-// just released).
-func closedLoopbackPort(t *testing.T) uint16 {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).AddrPort().Port()
-}
-
 // target parses s as a ConnectRequest target.
 func target(t *testing.T, s string) dataplane.Target {
 	t.Helper()
@@ -155,9 +131,9 @@ func target(t *testing.T, s string) dataplane.Target {
 
 // TestDial dials through the guard, to 127.0.0.1 and ::1 only.
 func TestDial(t *testing.T) {
-	ln := listenLoopback(t)
+	ln := testtarget.Listen(t, "127.0.0.1:0", testtarget.Sink(nil))
 	port := strconv.Itoa(int(ln.Port()))
-	closed := netip.AddrPortFrom(ln.Addr(), closedLoopbackPort(t))
+	closed := testtarget.ClosedAddr(t)
 	loopback := Routes{Subnets: prefixes(t, "127.0.0.0/8")}
 	tests := []struct {
 		name    string
@@ -254,7 +230,7 @@ func TestDial(t *testing.T) {
 
 // TestDialCanceled: an abandoned dial's error wraps context.Canceled.
 func TestDialCanceled(t *testing.T) {
-	ln := listenLoopback(t)
+	ln := testtarget.Listen(t, "127.0.0.1:0", testtarget.Sink(nil))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	_, err := (&Dialer{}).Dial(ctx, Compile(Routes{Subnets: prefixes(t, "127.0.0.0/8")}), target(t, ln.String()))

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,39 +24,19 @@ import (
 	"google.golang.org/grpc/status"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
+// csrPEM is a PEM CSR signed by key for the subject CN=cn.
 func csrPEM(t *testing.T, key crypto.Signer, cn string) string {
 	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-}
-
-func p256(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return string(testtls.CSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}))
 }
 
 // tokenKey loads the gateway's token signing key from its data dir.
 func tokenKey(t *testing.T, dir string) *ecdsa.PrivateKey {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "token.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k.(*ecdsa.PrivateKey)
+	return testtls.ReadKey(t, filepath.Join(dir, "token.key")).(*ecdsa.PrivateKey)
 }
 
 // craft signs an enrollment-shaped JWT with key; edit changes the claims.
@@ -92,7 +71,7 @@ func enrollCall(ctx context.Context, c outpostv1.EnrollmentServiceClient, bearer
 
 func TestEnrollServerChecks(t *testing.T) {
 	dir := t.TempDir()
-	prov := p256(t)
+	prov := testtls.Key(t)
 	provDER, _ := x509.MarshalPKIXPublicKey(&prov.PublicKey)
 	provPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: provDER}))
 	g, err := New(Config{
@@ -106,13 +85,13 @@ func TestEnrollServerChecks(t *testing.T) {
 	client := outpostv1.NewEnrollmentServiceClient(r.grpcConn(t))
 	ctx := context.Background()
 	key := tokenKey(t, dir)
-	other := p256(t)
+	other := testtls.Key(t)
 	good := func() string { return craft(t, key, "ENROLLMENT", nil) }
 
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
-	validCSR := csrPEM(t, p256(t), "whatever")
+	validCSR := csrPEM(t, testtls.Key(t), "whatever")
 	tampered := []byte(validCSR)
 	blk, _ := pem.Decode(tampered)
 	blk.Bytes[len(blk.Bytes)-3] ^= 0xff
@@ -155,19 +134,18 @@ func TestEnrollServerChecks(t *testing.T) {
 
 	t.Run("token name used and csr subject ignored", func(t *testing.T) {
 		tok := craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["agent_name"] = "from-token" })
-		resp, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "evil-cn")})
+		resp, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "evil-cn")})
 		if err != nil {
 			t.Fatal(err)
 		}
-		blk, _ := pem.Decode([]byte(resp.GetClientCertPem()))
-		cert, _ := x509.ParseCertificate(blk.Bytes)
+		cert := testtls.ParseCert(t, []byte(resp.GetClientCertPem()))
 		if cert.Subject.CommonName != "from-token" {
 			t.Fatalf("CN %q", cert.Subject.CommonName)
 		}
 	})
 	t.Run("idempotent retry", func(t *testing.T) {
 		tok := good()
-		req := &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "retry"}
+		req := &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "retry"}
 		first, err := enrollCall(ctx, client, tok, req)
 		if err != nil {
 			t.Fatal(err)
@@ -179,42 +157,42 @@ func TestEnrollServerChecks(t *testing.T) {
 		if first.GetAgentId() != second.GetAgentId() || first.GetClientCertPem() != second.GetClientCertPem() {
 			t.Fatal("retry returned a different answer")
 		}
-		_, err = enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "retry2"})
+		_, err = enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "retry2"})
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "already used") {
 			t.Fatalf("replay with another CSR: %v", err)
 		}
 	})
 	t.Run("static secret", func(t *testing.T) {
-		if _, err := enrollCall(ctx, client, "static-secret-0123456789", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "static-1"}); err != nil {
+		if _, err := enrollCall(ctx, client, "static-secret-0123456789", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "static-1"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := enrollCall(ctx, client, "static-secret-0123456789", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "static-2"}); err != nil {
+		if _, err := enrollCall(ctx, client, "static-secret-0123456789", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "static-2"}); err != nil {
 			t.Fatalf("the static secret enrolls more than one agent: %v", err)
 		}
-		if _, err := enrollCall(ctx, client, "static-secret-012345678", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "static-3"}); status.Code(err) != codes.Unauthenticated {
+		if _, err := enrollCall(ctx, client, "static-secret-012345678", &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "static-3"}); status.Code(err) != codes.Unauthenticated {
 			t.Fatalf("a near-miss secret: %v", err)
 		}
 	})
 	t.Run("provisioner jwt", func(t *testing.T) {
 		tok := craft(t, prov, "ENROLLMENT", func(c jwt.MapClaims) { c["agent_name"] = "provisioned" })
-		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x")}); err != nil {
+		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x")}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x")}); status.Code(err) != codes.PermissionDenied {
+		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x")}); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("provisioner token replay: %v", err)
 		}
 	})
 	t.Run("duplicate name", func(t *testing.T) {
-		if _, err := enrollCall(ctx, client, good(), &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "Twin"}); err != nil {
+		if _, err := enrollCall(ctx, client, good(), &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "Twin"}); err != nil {
 			t.Fatal(err)
 		}
 		tok := good()
-		_, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "twin"})
+		_, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "twin"})
 		if status.Code(err) != codes.AlreadyExists {
 			t.Fatalf("%v", err)
 		}
 		// The name clash did not spend the token.
-		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "twin-2"}); err != nil {
+		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "twin-2"}); err != nil {
 			t.Fatalf("token spent by a refused enrollment: %v", err)
 		}
 	})
@@ -227,7 +205,7 @@ func TestEnrollServerChecks(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, p256(t), "x"), AgentName: "conc-" + string(rune('a'+i))})
+				_, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "conc-" + string(rune('a'+i))})
 				mu.Lock()
 				defer mu.Unlock()
 				if err == nil {

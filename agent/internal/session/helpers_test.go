@@ -233,54 +233,6 @@ func wantReset(t *testing.T, s *quic.Stream, code quic.StreamErrorCode) {
 	}
 }
 
-// listenTarget starts a TCP server on addr ("127.0.0.1:0" or "[::1]:0")
-// that runs serve for every connection; at cleanup it closes the listener
-// and every connection and waits for the handlers.
-func listenTarget(t *testing.T, addr string, serve func(c *net.TCPConn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				serve(c.(*net.TCPConn))
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// echo copies what it reads back until EOF, then half-closes.
-func echo(c *net.TCPConn) {
-	if _, err := io.Copy(c, c); err == nil {
-		_ = c.CloseWrite()
-	}
-}
-
 // skipWithoutIPv6 skips the test when ::1 cannot be listened on.
 func skipWithoutIPv6(t *testing.T) {
 	t.Helper()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
+	"github.com/outposthq/outpost/internal/testtarget"
 	"github.com/outposthq/outpost/reach"
 )
 
@@ -51,7 +52,7 @@ func roundTrip(t *testing.T, tn *tunnel, target string, payload []byte) {
 }
 
 func TestSessionRoundTrip(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	counters := new(relay.Counters)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, Counters: counters})
 
@@ -75,7 +76,7 @@ func TestSessionRoundTrip(t *testing.T) {
 // reads EOF, then keeps sending, and all of it reaches the gateway.
 func TestSessionHalfClose(t *testing.T) {
 	tail := bytes.Repeat([]byte("after eof "), 50_000)
-	addr := listenTarget(t, "127.0.0.1:0", func(c *net.TCPConn) {
+	addr := testtarget.Listen(t, "127.0.0.1:0", func(c *net.TCPConn) {
 		got, err := io.ReadAll(c)
 		if err != nil {
 			return
@@ -143,7 +144,7 @@ func TestSessionRefused(t *testing.T) {
 }
 
 func TestSessionLoopbackExplicit(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	for _, subnet := range []string{"127.0.0.0/8", "127.0.0.1/32"} {
 		t.Run(subnet, func(t *testing.T) {
 			tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, subnet)}})
@@ -157,7 +158,7 @@ func TestSessionLoopbackExplicit(t *testing.T) {
 // non-loopback address before connect(2), so its reason shows the policy
 // let it through.
 func TestSessionNames(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	port := strconv.Itoa(int(echoAddr.Port()))
 	resolver := newResolver(t, map[string][]netip.Addr{
 		"localhost":           {netip.MustParseAddr("127.0.0.1")},
@@ -222,7 +223,7 @@ func TestSessionNames(t *testing.T) {
 		{name: "other name, loopback explicit",
 			routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + port},
 		{name: "other name, allowed address closed",
-			routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + closedPort(t),
+			routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}, target: "mixed.other.test:" + strconv.Itoa(int(testtarget.ClosedAddr(t).Port())),
 			pattern: `^dial (127\.0\.0\.1:\d+: connection refused|mixed\.other\.test:\d+: could not reach 127\.0\.0\.1; its other addresses are refused by the routes)$`},
 		{name: "unknown name",
 			routes: reach.Routes{Domains: []string{"contoso.test"}}, target: "missing.contoso.test:22",
@@ -256,7 +257,7 @@ func TestSessionNames(t *testing.T) {
 // 127.0.0.1 is reached there (Happy Eyeballs moves on at once).
 func TestSessionIPv6Loopback(t *testing.T) {
 	skipWithoutIPv6(t)
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	port := strconv.Itoa(int(echoAddr.Port()))
 	var decoyHit atomic.Bool
 	ln, err := net.Listen("tcp6", "[::1]:"+port)
@@ -264,7 +265,7 @@ func TestSessionIPv6Loopback(t *testing.T) {
 		t.Skipf("cannot listen on [::1]:%s too: %v", port, err)
 	}
 	ln.Close() // the port is free on ::1; take it with a tracked listener
-	decoy := listenTarget(t, "[::1]:"+port, func(*net.TCPConn) { decoyHit.Store(true) })
+	decoy := testtarget.Listen(t, "[::1]:"+port, func(*net.TCPConn) { decoyHit.Store(true) })
 
 	resolver := newResolver(t, map[string][]netip.Addr{
 		"v6.contoso.test":   {netip.MustParseAddr("::1")},
@@ -293,7 +294,7 @@ func TestSessionUnsupportedVersion(t *testing.T) {
 }
 
 func TestSessionDraining(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 
 	tn.h.SetDraining(true)
@@ -307,7 +308,7 @@ func TestSessionDraining(t *testing.T) {
 
 // TestSessionDrainingKeepsLive: draining refuses new sessions only.
 func TestSessionDrainingKeepsLive(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	live, resp := tn.connect(t, echoAddr.String())
 	wantSuccess(t, resp)
@@ -322,20 +323,8 @@ func TestSessionDrainingKeepsLive(t *testing.T) {
 	}
 }
 
-// closedPort returns a port of 127.0.0.1 nothing listens on (it was just
-// released).
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
 func TestSessionDialRefused(t *testing.T) {
-	closed := "127.0.0.1:" + closedPort(t)
+	closed := testtarget.ClosedAddr(t).String()
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	s, resp := tn.connect(t, closed)
 	wantRefused(t, s, resp, "dial "+closed+": connection refused")
@@ -386,7 +375,7 @@ func TestSessionReadTimeout(t *testing.T) {
 }
 
 func TestSetRoutes(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "10.0.0.0/8")}})
 
 	s, resp := tn.connect(t, echoAddr.String())
@@ -411,7 +400,7 @@ func TestSetRoutes(t *testing.T) {
 }
 
 func TestActive(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 	if n := tn.h.Active(); n != 0 {
 		t.Fatalf("Active() = %d before any session", n)
@@ -449,7 +438,7 @@ func TestActive(t *testing.T) {
 // TestServeContext: the end of Serve's context aborts a session, both while
 // it waits for its request and while it relays.
 func TestServeContext(t *testing.T) {
-	echoAddr := listenTarget(t, "127.0.0.1:0", echo)
+	echoAddr := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo)
 	tn := newTunnel(t, Config{Routes: reach.Routes{Subnets: prefixes(t, "127.0.0.0/8")}})
 
 	waiting := tn.open(t)

@@ -3,17 +3,10 @@ package tunnel
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,6 +22,8 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testtarget"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 func TestMain(m *testing.M) {
@@ -41,86 +36,32 @@ const testTimeout = 10 * time.Second
 // testAgentID is the identity of every test agent.
 const testAgentID = "6f1c2a3b-4d5e-4f60-8172-8394a5b6c7d8"
 
-// testPKI is a gateway CA and server certificate made at test time.
+// testPKI is a gateway CA and server certificate made at test time. The CA
+// is valid from a day ago to 1000 h ahead, so it outlives every time the
+// tests' clock is set to.
 type testPKI struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	*testtls.CA
 	caPEM  []byte
-	server tls.Certificate // for 127.0.0.1
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	server tls.Certificate // for 127.0.0.1 and ::1
 }
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	p := &testPKI{caKey: newKey(t)}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test gateway CA"},
-		NotBefore: now.Add(-24 * time.Hour), NotAfter: now.Add(1000 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	ca := testtls.NewCA(t, testtls.Spec{CN: "test gateway CA", NotBefore: now.Add(-24 * time.Hour), NotAfter: now.Add(1000 * time.Hour)})
+	return &testPKI{
+		CA:     ca,
+		caPEM:  ca.PEM(),
+		server: ca.Server(t, testtls.Spec{CN: "gateway", NotAfter: now.Add(900 * time.Hour)}),
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &p.caKey.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.ca, _ = x509.ParseCertificate(der)
-	p.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	p.server = p.serverCert(t)
-	return p
 }
-
-// serverCert issues a server certificate for 127.0.0.1.
-func (p *testPKI) serverCert(t *testing.T) tls.Certificate {
-	t.Helper()
-	key := newKey(t)
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "gateway"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(900 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-var serial = struct {
-	sync.Mutex
-	n int64
-}{n: 100}
 
 // issue signs an agent certificate for pub and agent id, valid from
 // notBefore to notAfter, and returns it parsed and in PEM.
 func (p *testPKI) issue(t *testing.T, pub *ecdsa.PublicKey, id string, notBefore, notAfter time.Time) (*x509.Certificate, []byte) {
 	t.Helper()
-	serial.Lock()
-	serial.n++
-	sn := serial.n
-	serial.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(sn), Subject: pkix.Name{CommonName: "office"},
-		NotBefore: notBefore, NotAfter: notAfter,
-		URIs:        []*url.URL{{Scheme: "urn", Opaque: "uuid:" + id}},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, pub, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return c, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	c := p.Agent(t, testtls.Spec{CN: "office", AgentID: id, Key: pub, NotBefore: notBefore, NotAfter: notAfter})
+	return c.Leaf, testtls.CertPEM(c.Leaf)
 }
 
 // gwConn is one agent connection as the fake gateway sees it.
@@ -337,39 +278,7 @@ func roundTrip(t *testing.T, s *quic.Stream, msg string) {
 // echoTarget runs a TCP echo server on loopback until the test ends.
 func echoTarget(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo).String()
 }
 
 // env is an enrolled agent config directory, a fake gateway and a clock.
@@ -401,21 +310,17 @@ func newEnv(t *testing.T) *env {
 	e := &env{
 		p:          newTestPKI(t),
 		dir:        t.TempDir(),
-		key:        newKey(t),
+		key:        testtls.Key(t),
 		clock:      fakeclock.New(base),
 		logs:       testlog.New(t),
 		resolvConf: filepath.Join(t.TempDir(), "resolv.conf"),
 	}
 	e.gw = startFakeGateway(t, e.p)
 	e.cert, e.certPEM = e.p.issue(t, &e.key.PublicKey, testAgentID, base.Add(-time.Hour), base.Add(-time.Hour+testLifetime))
-	keyDER, err := x509.MarshalPKCS8PrivateKey(e.key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := os.MkdirAll(filepath.Join(e.dir, "certs"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	e.write(t, "certs/agent.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	e.write(t, "certs/agent.key", testtls.KeyPEM(t, e.key))
 	e.write(t, "certs/agent.pem", e.certPEM)
 	e.write(t, "certs/gateway-ca.pem", e.p.caPEM)
 	e.tunnel = config.Tunnel{

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 func TestRenewTime(t *testing.T) {
@@ -203,7 +204,7 @@ func TestRenewalTimeoutAndLateAnswer(t *testing.T) {
 	req := expect[*dataplane.CertRenewalRequest](t, c)
 	// The late answer to the first request: a certificate for another key,
 	// which the agent would refuse if it took it for the second answer.
-	late, _ := e.success(t, &newKey(t).PublicKey, e.clock.Now())
+	late, _ := e.success(t, &testtls.Key(t).PublicKey, e.clock.Now())
 	send(t, c, late)
 	// Give the agent time to read the late answer on its own (taking it
 	// would show as a second failure), then answer the second request.
@@ -240,7 +241,7 @@ func TestRenewalRejectsBadAnswers(t *testing.T) {
 		why    string
 	}{
 		{"another key", func(*ecdsa.PublicKey) *dataplane.CertRenewalResponse {
-			r, _ := e.success(t, &newKey(t).PublicKey, e.clock.Now())
+			r, _ := e.success(t, &testtls.Key(t).PublicKey, e.clock.Now())
 			return r
 		}, "for another key"},
 		{"another agent", func(pub *ecdsa.PublicKey) *dataplane.CertRenewalResponse {
@@ -283,8 +284,7 @@ func TestRenewalKeyFileReplaced(t *testing.T) {
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
 
-	der, _ := x509.MarshalPKCS8PrivateKey(newKey(t))
-	e.write(t, "certs/agent.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	e.write(t, "certs/agent.key", testtls.KeyPEM(t, testtls.Key(t)))
 	e.clock.Set(e.renewAt())
 	waitFor(t, "a counted failure", func() bool { return a.RenewalFailures() == 1 })
 	waitFor(t, "a log line naming the key mismatch", func() bool {

@@ -22,10 +22,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 func TestParseCSRSizeLimit(t *testing.T) {
-	base := csrPEM(t, p256Key(t), nil)
+	base := testtls.CSR(t, testtls.Key(t), nil)
 	pad := func(n int) []byte {
 		b := bytes.Clone(base)
 		return append(b, bytes.Repeat([]byte("\n"), n-len(b))...)
@@ -59,14 +61,14 @@ func TestParseCSRKeyTypes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if csr, err := ParseCSR(csrPEM(t, p256Key(t), nil)); err != nil || csr == nil {
+	if csr, err := ParseCSR(testtls.CSR(t, testtls.Key(t), nil)); err != nil || csr == nil {
 		t.Fatalf("P-256 CSR refused: %v", err)
 	}
 	for name, p := range map[string][]byte{
-		"RSA 2048":    csrPEM(t, rsaKey, nil),
-		"ECDSA P-384": csrPEM(t, p384, nil),
-		"ECDSA P-521": csrPEM(t, p521, nil),
-		"Ed25519":     csrPEM(t, edKey, nil),
+		"RSA 2048":    testtls.CSR(t, rsaKey, nil),
+		"ECDSA P-384": testtls.CSR(t, p384, nil),
+		"ECDSA P-521": testtls.CSR(t, p521, nil),
+		"Ed25519":     testtls.CSR(t, edKey, nil),
 	} {
 		_, err := ParseCSR(p)
 		if !errors.Is(err, ErrCSRKeyType) {
@@ -78,7 +80,7 @@ func TestParseCSRKeyTypes(t *testing.T) {
 }
 
 func TestParseCSRInvalid(t *testing.T) {
-	good := csrPEM(t, p256Key(t), nil)
+	good := testtls.CSR(t, testtls.Key(t), nil)
 	block, _ := pem.Decode(good)
 
 	tampered := bytes.Clone(block.Bytes)
@@ -125,10 +127,10 @@ func TestParseCSRInvalid(t *testing.T) {
 func TestSignAgent(t *testing.T) {
 	clk := newClock()
 	a := mustLoad(t, t.TempDir(), testConfig(t, clk, "gw.example.com"))
-	key := p256Key(t)
+	key := testtls.Key(t)
 	otherID := uuid.New()
 	// Everything in this CSR but the key must be ignored.
-	csr := mustParseCSR(t, csrPEM(t, key, &x509.CertificateRequest{
+	csr := mustParseCSR(t, testtls.CSR(t, key, &x509.CertificateRequest{
 		Subject:        pkix.Name{CommonName: "evil", Organization: []string{"Evil Corp"}},
 		DNSNames:       []string{"gw.example.com", "evil.example"},
 		IPAddresses:    []net.IP{net.ParseIP("10.0.0.1")},
@@ -215,7 +217,7 @@ func TestSignAgent(t *testing.T) {
 
 func TestSignAgentRefuses(t *testing.T) {
 	a := mustLoad(t, t.TempDir(), testConfig(t, newClock()))
-	good := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
+	good := mustParseCSR(t, testtls.CSR(t, testtls.Key(t), nil))
 	if _, err := a.SignAgent(good, uuid.Nil, "a", ""); err == nil {
 		t.Error("nil UUID accepted")
 	}
@@ -232,7 +234,7 @@ func TestSignAgentRefuses(t *testing.T) {
 	if _, err := a.SignAgent(raw, uuid.New(), "a", ""); !errors.Is(err, ErrCSRKeyType) {
 		t.Errorf("P-384 CSR: %v, want ErrCSRKeyType", err)
 	}
-	der, _ = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p256Key(t))
+	der, _ = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testtls.Key(t))
 	der[len(der)-1] ^= 1
 	raw, err := x509.ParseCertificateRequest(der)
 	if err != nil {
@@ -248,7 +250,7 @@ func TestSignAgentValidity(t *testing.T) {
 	cfg := testConfig(t, clk)
 	cfg.AgentValidity = 2 * time.Hour
 	a := mustLoad(t, t.TempDir(), cfg)
-	csr := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
+	csr := mustParseCSR(t, testtls.CSR(t, testtls.Key(t), nil))
 	issued, err := a.SignAgent(csr, uuid.New(), "a", "")
 	if err != nil {
 		t.Fatal(err)
@@ -316,7 +318,7 @@ func TestVerifyAgentChain(t *testing.T) {
 	clk := newClock()
 	a := mustLoad(t, t.TempDir(), testConfig(t, clk))
 	other := mustLoad(t, t.TempDir(), testConfig(t, clk))
-	csr := mustParseCSR(t, csrPEM(t, p256Key(t), nil))
+	csr := mustParseCSR(t, testtls.CSR(t, testtls.Key(t), nil))
 	id := uuid.New()
 
 	ours, err := a.SignAgent(csr, id, "a", "")

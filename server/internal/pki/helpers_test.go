@@ -1,13 +1,7 @@
 package pki
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"testing"
@@ -80,28 +74,6 @@ func snapshot(t *testing.T, dir string) map[string]string {
 		}
 	}
 	return m
-}
-
-func p256Key(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// csrPEM builds a PEM CSR signed by key from tmpl (nil: a plain one).
-func csrPEM(t *testing.T, key crypto.Signer, tmpl *x509.CertificateRequest) []byte {
-	t.Helper()
-	if tmpl == nil {
-		tmpl = &x509.CertificateRequest{Subject: pkix.Name{CommonName: "agent"}}
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
 func mustParseCSR(t *testing.T, p []byte) *x509.CertificateRequest {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/testtls"
 )
 
 const day = 24 * time.Hour
@@ -471,17 +472,12 @@ func TestLoadOrCreateBadFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rsaDER, err := x509.MarshalPKCS8PrivateKey(rsaKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsaPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: rsaDER})
+	rsaPEM := testtls.KeyPEM(t, rsaKey)
 	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p384DER, _ := x509.MarshalPKCS8PrivateKey(p384)
-	p384PEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p384DER})
+	p384PEM := testtls.KeyPEM(t, p384)
 
 	tests := []struct {
 		name     string

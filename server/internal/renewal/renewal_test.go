@@ -2,11 +2,7 @@ package renewal
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/outposthq/outpost/internal/fakeclock"
+	"github.com/outposthq/outpost/internal/testtls"
 	"github.com/outposthq/outpost/server/internal/pki"
 )
 
@@ -32,15 +29,7 @@ func TestRenewalWindowAndThrottle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csrPEM := string(testtls.CSR(t, testtls.Key(t), &x509.CertificateRequest{}))
 	csr, _ := pki.ParseCSR([]byte(csrPEM))
 	id := uuid.New()
 	issued, err := ca.SignAgent(csr, id, "office", "")

@@ -10,16 +10,9 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-)
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+	"github.com/outposthq/outpost/internal/testtls"
+)
 
 type clock struct{ t time.Time }
 
@@ -27,7 +20,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func TestEnrollmentRoundTrip(t *testing.T) {
 	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-	iss, err := NewIssuer(newKey(t), nil, clk.now)
+	iss, err := NewIssuer(testtls.Key(t), nil, clk.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +50,7 @@ func TestEnrollmentRoundTrip(t *testing.T) {
 
 func TestEnrollmentRefusals(t *testing.T) {
 	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-	key, other, prov := newKey(t), newKey(t), newKey(t)
+	key, other, prov := testtls.Key(t), testtls.Key(t), testtls.Key(t)
 	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
 	good, _, _ := iss.NewEnrollment(EnrollmentClaims{}, time.Hour)
 
@@ -136,14 +129,14 @@ func TestNewIssuerRefusesOtherCurves(t *testing.T) {
 	if _, err := NewIssuer(k, nil, nil); err == nil {
 		t.Fatal("P-384 signing key accepted")
 	}
-	if _, err := NewIssuer(newKey(t), []*ecdsa.PublicKey{&k.PublicKey}, nil); err == nil {
+	if _, err := NewIssuer(testtls.Key(t), []*ecdsa.PublicKey{&k.PublicKey}, nil); err == nil {
 		t.Fatal("P-384 provisioner key accepted")
 	}
 }
 
 func TestSessionTokens(t *testing.T) {
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
-	key, prov := newKey(t), newKey(t)
+	key, prov := testtls.Key(t), testtls.Key(t)
 	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
 	tok, claims, err := iss.NewSession(SessionClaims{Target: "[2001:db8::1]:22", AgentID: "a", Reusable: true}, 0)
 	if err != nil {
