@@ -37,9 +37,10 @@ type Verifier interface {
 	VerifySession(raw string) (token.SessionClaims, error)
 }
 
-// TokenStore consumes single-use session tokens; store.Store is one.
+// TokenStore counts the connections session tokens open; store.Store is
+// one.
 type TokenStore interface {
-	ConsumeSessionToken(ctx context.Context, jti string, expires time.Time) error
+	UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error)
 }
 
 // Config configures a Handler. Every field but Logger is required.
@@ -132,7 +133,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !claims.Reusable {
-		if err := h.cfg.Store.ConsumeSessionToken(r.Context(), claims.ID, claims.ExpiresAt.Time); err != nil {
+		if _, err := h.cfg.Store.UseSessionToken(r.Context(), claims.ID, claims.ExpiresAt.Time, 1); err != nil {
 			if errors.Is(err, store.ErrTokenUsed) {
 				http.Error(w, "session token refused: already used (it is single-use)", http.StatusUnauthorized)
 				return
