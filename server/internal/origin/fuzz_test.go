@@ -1,17 +1,13 @@
 package origin
 
 import (
-	"bytes"
-	"flag"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
-)
 
-var updateCorpus = flag.Bool("update-corpus", false, "rewrite the fuzz seed corpus under testdata/fuzz")
+	"github.com/outposthq/outpost/internal/fuzzcorpus"
+)
 
 // fuzzSeed is one input of FuzzParse: allowed_origins as newline-separated
 // entries, and allow_any_origin.
@@ -41,38 +37,14 @@ var fuzzSeeds = map[string]fuzzSeed{
 	"ipv4-mapped-ipv6": {"https://[::ffff:1.2.3.4]", false},
 }
 
-// corpusFile renders one seed in the "go test fuzz v1" format.
-func corpusFile(s fuzzSeed) []byte {
-	return []byte("go test fuzz v1\nstring(" + strconv.Quote(s.list) + ")\nbool(" + strconv.FormatBool(s.allowAny) + ")\n")
-}
-
 // TestFuzzCorpus checks that the committed seed corpus holds every seed;
 // run with -update-corpus to rewrite it.
 func TestFuzzCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzParse")
-	if *updateCorpus {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	files := map[string][]any{}
+	for name, s := range fuzzSeeds {
+		files[name] = []any{s.list, s.allowAny}
 	}
-	for name, seed := range fuzzSeeds {
-		path := filepath.Join(dir, name)
-		want := corpusFile(seed)
-		if *updateCorpus {
-			if err := os.WriteFile(path, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		got, err := os.ReadFile(path)
-		if err != nil {
-			t.Errorf("seed missing (run go test -run TestFuzzCorpus -update-corpus): %v", err)
-			continue
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s is stale (run go test -run TestFuzzCorpus -update-corpus)", path)
-		}
-	}
+	fuzzcorpus.Check(t, filepath.Join("testdata", "fuzz"), fuzzcorpus.Seeds{"FuzzParse": files})
 }
 
 // FuzzParse parses an allowed_origins list and checks what a Policy

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestCanonical(t *testing.T) {
+func TestOriginCanonical(t *testing.T) {
 	good := map[string]string{
 		"https://app.example.com":            "https://app.example.com",
 		"HTTPS://App.Example.COM":            "https://app.example.com",
@@ -58,7 +58,7 @@ func TestCanonical(t *testing.T) {
 	}
 }
 
-func TestParse(t *testing.T) {
+func TestOriginParse(t *testing.T) {
 	p, err := Parse([]string{"https://b.example", "HTTPS://A.example:443", "https://b.example"}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func TestParse(t *testing.T) {
 	}
 }
 
-func TestCheck(t *testing.T) {
+func TestOriginCheck(t *testing.T) {
 	const self = "https://gw.example.com:7171"
 	listed, err := Parse([]string{"https://app.example.com", "http://localhost:3000"}, false)
 	if err != nil {
