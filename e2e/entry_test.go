@@ -242,9 +242,7 @@ func TestEntryAllCandidatesFail(t *testing.T) {
 func TestEntryExplicitAgentAndDirect(t *testing.T) {
 	// Direct connections only inside an explicit allow-list that names
 	// loopback (a special range) as a /32.
-	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
-		c.AllowDirect, c.DirectSubnets = true, []string{"127.0.0.1/32"}
-	})
+	gw := startGateway(t, t.TempDir(), directToLoopback)
 	_, id := enrollAgent(t, gw, "sleeping", loopback, nil) // enrolled, never started
 	target := tcpServer(t, echo)
 

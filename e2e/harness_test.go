@@ -163,3 +163,10 @@ func portOf(a net.Addr) string {
 	_, port, _ := net.SplitHostPort(a.String())
 	return port
 }
+
+// directToLoopback lets the gateway dial 127.0.0.1 itself, named explicitly
+// in its direct allow-list (direct connections are off by default, and
+// loopback is never dialed unless a direct subnet names it).
+func directToLoopback(c *server.Config) {
+	c.AllowDirect, c.DirectSubnets = true, []string{"127.0.0.1/32"}
+}

@@ -109,6 +109,9 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		CASPKISHA256:  g.pki.CASPKISHA256(),
 		MaxSessionTTL: time.Duration(g.cfg.MaxSessionTTL),
 		Logger:        g.log.Named("routes"),
+
+		MaxConnections:     uint32(g.cfg.MaxTokenConnections),
+		MaxSessionDuration: time.Duration(g.cfg.MaxSessionDuration),
 	})
 	if err != nil {
 		return nil, err

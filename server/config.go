@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"github.com/outposthq/outpost/reach"
 	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/clientip"
+	"github.com/outposthq/outpost/server/internal/origin"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
 	"github.com/outposthq/outpost/server/internal/token"
@@ -109,8 +111,26 @@ type Config struct {
 	// DefaultMaxDirectSessions (1,000).
 	MaxDirectSessions int `json:"max_direct_sessions"`
 	// MaxSessionTTL caps the lifetime of session tokens. If zero,
-	// DefaultMaxSessionTTL (24 h).
+	// DefaultMaxSessionTTL (24 h); at most 7 days.
 	MaxSessionTTL Duration `json:"max_session_ttl"`
+	// MaxTokenConnections caps the connections one reusable session token
+	// opens; a token may ask for fewer. If zero, 1,000.
+	MaxTokenConnections int `json:"max_token_connections"`
+	// MaxSessionDuration caps how long one client session lasts; the
+	// gateway then closes it with the reason "maximum session duration
+	// reached". A session token may ask for less. If zero, 8 h; at least
+	// 1 ms, at most 7 days.
+	MaxSessionDuration Duration `json:"max_session_duration"`
+	// AllowedOrigins are the web origins ("https://app.example.com":
+	// scheme, host and a non-default port, nothing else) whose pages may
+	// open the WebSocket entry, besides the gateway's own. Clients that
+	// send no Origin header (not browsers) are always allowed. "*" allows
+	// every origin, and only together with AllowAnyOrigin. If empty, the
+	// gateway's own origin only.
+	AllowedOrigins []string `json:"allowed_origins"`
+	// AllowAnyOrigin confirms a "*" in AllowedOrigins: any web page that
+	// holds a session token may then use it from a visitor's browser.
+	AllowAnyOrigin bool `json:"allow_any_origin"`
 	// QUICIdleTimeout closes an agent connection silent for this long; it is
 	// also how long a vanished agent (power cut, kill -9) keeps its sessions
 	// before they fail. If zero, DefaultQUICIdleTimeout (120 s).
@@ -248,6 +268,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxSessionTTL == 0 {
 		c.MaxSessionTTL = Duration(DefaultMaxSessionTTL)
+	}
+	if c.MaxTokenConnections == 0 {
+		c.MaxTokenConnections = token.DefaultMaxConnections
+	}
+	if c.MaxSessionDuration == 0 {
+		c.MaxSessionDuration = Duration(token.DefaultMaxSessionDuration)
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
@@ -398,10 +424,39 @@ func (c Config) validate() error {
 	if c.MaxRequestBytes < 0 {
 		errs = append(errs, errors.New("max_request_bytes must not be negative"))
 	}
+	if err := inRange(time.Duration(c.MaxSessionTTL), time.Second, token.SessionTTLLimit); err != nil {
+		errs = append(errs, fmt.Errorf("max_session_ttl %v: %v", time.Duration(c.MaxSessionTTL), err))
+	}
+	if err := inRange(time.Duration(c.MaxSessionDuration), time.Millisecond, token.SessionDurationLimit); err != nil {
+		errs = append(errs, fmt.Errorf("max_session_duration %v: %v", time.Duration(c.MaxSessionDuration), err))
+	}
+	if c.MaxTokenConnections < 1 || int64(c.MaxTokenConnections) > math.MaxUint32 {
+		errs = append(errs, fmt.Errorf("max_token_connections %d: must be 1 to %d", c.MaxTokenConnections, uint32(math.MaxUint32)))
+	}
+	if _, err := c.originPolicy(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	return nil
+}
+
+// inRange checks that a positive duration setting lies in [least, most].
+func inRange(d, least, most time.Duration) error {
+	if d < least || d > most {
+		return fmt.Errorf("must be from %v to %v", least, most)
+	}
+	return nil
+}
+
+// originPolicy parses AllowedOrigins and AllowAnyOrigin.
+func (c Config) originPolicy() (*origin.Policy, error) {
+	p, err := origin.Parse(c.AllowedOrigins, c.AllowAnyOrigin)
+	if err != nil {
+		return nil, fmt.Errorf("allowed_origins: %w", err)
+	}
+	return p, nil
 }
 
 // validHostname accepts an IP literal or a DNS name of letters, digits, '-' and '.'.

@@ -169,8 +169,13 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker,
-		ClientIP: cfg.clientIP(), Logger: logger.Named("entry")})
+	origins, err := cfg.originPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker, Logger: logger.Named("entry"),
+		ClientIP: cfg.clientIP(),
+		Origins:  origins, MaxConnections: uint32(cfg.MaxTokenConnections), MaxSessionDuration: time.Duration(cfg.MaxSessionDuration)})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

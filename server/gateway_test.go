@@ -504,6 +504,15 @@ func TestConfigValidation(t *testing.T) {
 		{"bad port", Config{DataDir: "x", QUICListen: ":99999"}, "quic_listen"},
 		{"bad hostname", Config{DataDir: "x", Hostnames: []string{"bad host"}}, "hostname"},
 		{"http url", Config{DataDir: "x", PublicURL: "http://gw"}, "public_url"},
+		{"negative token ttl", Config{DataDir: "x", MaxSessionTTL: Duration(-time.Second)}, "max_session_ttl"},
+		{"sub-second token ttl", Config{DataDir: "x", MaxSessionTTL: Duration(time.Millisecond)}, "max_session_ttl"},
+		{"token ttl over 7 days", Config{DataDir: "x", MaxSessionTTL: Duration(7*24*time.Hour + time.Second)}, "max_session_ttl"},
+		{"negative session duration", Config{DataDir: "x", MaxSessionDuration: Duration(-time.Hour)}, "max_session_duration"},
+		{"session duration over 7 days", Config{DataDir: "x", MaxSessionDuration: Duration(8 * 24 * time.Hour)}, "max_session_duration"},
+		{"negative token connections", Config{DataDir: "x", MaxTokenConnections: -1}, "max_token_connections"},
+		{"any origin unconfirmed", Config{DataDir: "x", AllowedOrigins: []string{"*"}}, "allow_any_origin"},
+		{"origin with a path", Config{DataDir: "x", AllowedOrigins: []string{"https://app.example.com/"}}, "allowed_origins"},
+		{"any origin without *", Config{DataDir: "x", AllowAnyOrigin: true}, "allowed_origins"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -529,6 +538,25 @@ func TestLoadConfigFile(t *testing.T) {
 	d := c.withDefaults()
 	if d.PublicURL != "https://gw.example.test:7171" || d.PublicQUICEndpoint != "gw.example.test:4433" {
 		t.Fatalf("defaults: %q %q", d.PublicURL, d.PublicQUICEndpoint)
+	}
+	// The session limits and origins, by their JSON keys.
+	limits := filepath.Join(dir, "limits.json")
+	os.WriteFile(limits, []byte(`{"data_dir": "x", "max_session_ttl": "168h", "max_token_connections": 5,
+"max_session_duration": "30m", "allowed_origins": ["*", "https://app.example.com"], "allow_any_origin": true}`), 0o644)
+	c, err = LoadConfigFile(limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxSessionTTL != Duration(7*24*time.Hour) || c.MaxTokenConnections != 5 || c.MaxSessionDuration != Duration(30*time.Minute) ||
+		len(c.AllowedOrigins) != 2 || !c.AllowAnyOrigin {
+		t.Fatalf("parsed %+v", c)
+	}
+	if err := c.withDefaults().validate(); err != nil {
+		t.Fatalf("limits at their maximum: %v", err)
+	}
+	if d := (Config{DataDir: "x"}).withDefaults(); d.MaxTokenConnections != 1000 || d.MaxSessionDuration != Duration(8*time.Hour) ||
+		d.MaxSessionTTL != Duration(24*time.Hour) || d.validate() != nil {
+		t.Fatalf("defaults %d %v %v: %v", d.MaxTokenConnections, d.MaxSessionDuration, d.MaxSessionTTL, d.validate())
 	}
 	typo := filepath.Join(dir, "typo.json")
 	os.WriteFile(typo, []byte(`{"data_dri": "x"}`), 0o644)

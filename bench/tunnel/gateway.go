@@ -61,6 +61,9 @@ const (
 	capacitySessionTimeout = agentAnswerTimeout + 5*time.Second
 	// maxCapacity bounds opCapacity's N.
 	maxCapacity = 100_000
+	// benchTokenConnections is the gateway's cap on a reusable token's
+	// connections: the bench's token opens thousands.
+	benchTokenConnections = 10_000_000
 )
 
 // serveGateway is the gateway child's life (see runChild). maxSessions is
@@ -77,6 +80,8 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 		EnrollRateLimit:     1000,
 		MaxSessionsPerAgent: maxSessions,
 		AgentAnswerTimeout:  server.Duration(agentAnswerTimeout),
+		// One reusable token carries every session of a run.
+		MaxTokenConnections: benchTokenConnections,
 	}, log.Named("gateway"))
 	if err != nil {
 		return err

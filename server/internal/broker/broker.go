@@ -349,8 +349,16 @@ type Request struct {
 	ID dataplane.SessionID
 	// Target and AgentID are what the session token names.
 	Target, AgentID string
-	// Client is the client's address, for logs.
+	// Client is the client's address ("203.0.113.7:51234"), for logs and
+	// the audit.
 	Client string
+	// KeyID is the ID of the API key that minted the session token, for
+	// logs and the audit.
+	KeyID string
+	// MaxDuration, if positive, is the longest the session may last,
+	// counted from the call to Serve: then the client is told
+	// ErrMaxDuration and the session ends. Zero: no limit.
+	MaxDuration time.Duration
 }
 
 // ClientStream is the client's side of a session: a relay endpoint that can
@@ -368,9 +376,15 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	if sid == (dataplane.SessionID{}) {
 		sid = dataplane.SessionID(uuid.New())
 	}
-	log := b.log.With("session_id", sid.String(), "target", req.Target, "client", req.Client)
+	log := b.log.With("session_id", sid.String(), "target", req.Target, "client", req.Client, "key_id", req.KeyID)
 	start := time.Now()
-	rec := store.SessionRecord{ID: sid.String(), Target: req.Target, StartedAt: b.cfg.Now()}
+	rec := store.SessionRecord{ID: sid.String(), Target: req.Target, StartedAt: b.cfg.Now(), KeyID: req.KeyID, ClientAddr: req.Client}
+	if req.MaxDuration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, req.MaxDuration, ErrMaxDuration)
+		defer cancel()
+		client = durationLimited{ClientStream: client, ctx: ctx}
+	}
 	d, err := b.Decide(req.Target, req.AgentID)
 	if err == nil {
 		rec.Decision = d.Kind.String() + ": " + d.Reason
@@ -396,12 +410,16 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		}
 	}()
 	if err != nil {
+		outcome := "connect_failed"
+		if errors.Is(context.Cause(ctx), ErrMaxDuration) {
+			outcome, err = OutcomeMaxDuration, ErrMaxDuration
+		}
 		if m != nil {
-			m.SessionsTotal.WithLabelValues("connect_failed").Inc()
+			m.SessionsTotal.WithLabelValues(outcome).Inc()
 		}
 		log.Info("session failed", "reason", err)
 		<-inserted
-		b.finish(ctx, sid, 0, 0, "connect_failed", err.Error(), log)
+		b.finish(ctx, sid, 0, 0, outcome, err.Error(), log)
 		client.Fail(publicReason(err))
 		return
 	}
@@ -415,7 +433,10 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 
 	stats, rerr := relay.Relay(ctx, client, p.endpoint, relay.Options{})
 	outcome, reason := "ok", ""
-	if rerr != nil {
+	switch {
+	case rerr != nil && errors.Is(context.Cause(ctx), ErrMaxDuration):
+		outcome, reason = OutcomeMaxDuration, ErrMaxDuration.Error()
+	case rerr != nil:
 		outcome, reason = "error", rerr.Error()
 	}
 	if m != nil {

@@ -1,14 +1,27 @@
 // Package entry is the gateway's client entry (DESIGN.md §9): GET /v1/connect
 // with a session token, upgraded to a WebSocket whose binary messages carry
-// the session's bytes (client/wsstream). It checks the token, consumes a
-// single-use one, upgrades, and hands the stream to the session broker. It
-// tracks every session it started so that a shutdown can drain them.
+// the session's bytes (client/wsstream). It hands the stream to the session
+// broker, and tracks every session it started so that a shutdown can drain
+// them.
+//
+// Before it upgrades, it checks, in order: that the request is a WebSocket
+// handshake it can accept (HTTP/1.1 GET with the upgrade headers), that the
+// page behind it, if any, is from an allowed origin, the token (signature,
+// expiry, kind), that the API key that minted the token is still live, and
+// then counts the connection against the token's cap (one for a single-use
+// token). Nothing that can refuse the upgrade comes after the count, so a
+// refused request never uses up a token. Every refusal is logged at INFO
+// with its reason, never with the token.
 package entry
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +35,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/clientip"
+	"github.com/outposthq/outpost/server/internal/origin"
 	"github.com/outposthq/outpost/server/internal/store"
 	"github.com/outposthq/outpost/server/internal/token"
 )
@@ -37,12 +51,14 @@ type Verifier interface {
 	VerifySession(raw string) (token.SessionClaims, error)
 }
 
-// TokenStore consumes single-use session tokens; store.Store is one.
+// TokenStore knows the API keys and counts the connections session tokens
+// open; store.Store is one.
 type TokenStore interface {
-	ConsumeSessionToken(ctx context.Context, jti string, expires time.Time) error
+	GetAPIKey(ctx context.Context, id string) (store.APIKey, error)
+	UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error)
 }
 
-// Config configures a Handler. Every field but Logger is required.
+// Config configures a Handler. Tokens, Store and Broker are required.
 type Config struct {
 	Tokens Verifier
 	Store  TokenStore
@@ -50,9 +66,22 @@ type Config struct {
 	// ClientIP finds the client's address for the audit and logs; the zero
 	// value trusts no proxy.
 	ClientIP clientip.Resolver
+	// Origins says which web pages may open the entry besides the
+	// gateway's own. If nil, the gateway's own only.
+	Origins *origin.Policy
+	// MaxConnections caps the connections of a reusable token, whatever
+	// the token allows. If zero, token.DefaultMaxConnections.
+	MaxConnections uint32
+	// MaxSessionDuration caps every session, whatever its token allows. If
+	// zero, token.DefaultMaxSessionDuration.
+	MaxSessionDuration time.Duration
 	// Logger may be nil.
 	Logger hclog.Logger
 }
+
+// RevokedKeyMessage is the body of the 401 answered for a token whose API
+// key was revoked (or is unknown to this gateway).
+const RevokedKeyMessage = "the API key that created this token was revoked"
 
 // Handler serves the entry. Build it with New; it is an http.Handler safe for
 // concurrent use. It refuses new sessions (503) until Start and after
@@ -76,6 +105,12 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = token.DefaultMaxConnections
+	}
+	if cfg.MaxSessionDuration == 0 {
+		cfg.MaxSessionDuration = token.DefaultMaxSessionDuration
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
@@ -111,16 +146,20 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 // Close cancels every live session at once. It does not wait for them.
 func (h *Handler) Close() { h.Stop(); h.cancel(errors.New("entry: closed")) }
 
-// ServeHTTP handles GET /v1/connect. Token problems answer 401 before the
-// upgrade; routing and connection failures close the WebSocket with
+// ServeHTTP handles GET /v1/connect. Refusals answer before the upgrade:
+// 400, 405 or 426 for a request that is no WebSocket handshake, 403 for an
+// origin not allowed, 401 for a token refused (bad, expired, its key
+// revoked, used up), 503 when the store fails or the gateway stops. Routing
+// and connection failures close the WebSocket with
 // wsstream.StatusConnectFailed and the reason.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	log := h.log.With("client", r.RemoteAddr)
 	raw := r.URL.Query().Get("token")
 	if v := r.Header.Get("Authorization"); v != "" {
 		raw, _ = auth.ParseBearer(v)
 	}
 	if raw == "" {
-		http.Error(w, "missing session token (Authorization: Bearer or ?token=)", http.StatusUnauthorized)
+		refuse(w, log, http.StatusUnauthorized, "missing session token (Authorization: Bearer or ?token=)")
 		return
 	}
 	if !h.serving.Load() {
@@ -129,25 +168,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.sessions.Add(1)
 	defer h.sessions.Done()
-	claims, err := h.cfg.Tokens.VerifySession(raw)
-	if err != nil {
-		http.Error(w, "session token refused: "+err.Error(), http.StatusUnauthorized)
+	if status, reason := upgradeProblem(w.Header(), r); status != 0 {
+		refuse(w, log, status, reason+"; the session token was not used")
 		return
 	}
-	if !claims.Reusable {
-		if err := h.cfg.Store.ConsumeSessionToken(r.Context(), claims.ID, claims.ExpiresAt.Time); err != nil {
-			if errors.Is(err, store.ErrTokenUsed) {
-				http.Error(w, "session token refused: already used (it is single-use)", http.StatusUnauthorized)
-				return
-			}
-			h.log.Error("consume session token", "error", err)
-			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
-			return
-		}
+	if err := h.cfg.Origins.Check(r.Header.Get("Origin"), "https://"+r.Host); err != nil {
+		refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
+		return
 	}
-	ws, err := websocket.Accept(w, r, nil)
+	claims, err := h.cfg.Tokens.VerifySession(raw)
 	if err != nil {
-		h.log.Debug("websocket upgrade failed", "error", err)
+		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
+		return
+	}
+	log = log.With("session_id", claims.ID, "key_id", claims.KeyID())
+	if status, reason := h.checkKey(r.Context(), claims.KeyID()); status != 0 {
+		refuse(w, log, status, reason)
+		return
+	}
+	if status, reason := h.use(r.Context(), claims); status != 0 {
+		refuse(w, log, status, reason)
+		return
+	}
+	// The origin was checked above, against the configured policy.
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		log.Warn("websocket upgrade failed after the token's use was counted", "error", err)
 		return // Accept answered the client
 	}
 	ws.SetReadLimit(wsReadLimit)
@@ -157,7 +203,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 16 KiB an idle session would keep). The session ends with the client
 	// or when a shutdown drain times out.
 	ctx, cancel := context.WithCancel(h.ctx)
-	req := broker.Request{Target: claims.Target, AgentID: claims.AgentID, Client: h.cfg.ClientIP.FromRequest(r).String()}
+	req := broker.Request{
+		Target: claims.Target, AgentID: claims.AgentID,
+		Client: h.clientAddr(r), KeyID: claims.KeyID(), MaxDuration: h.maxDuration(claims),
+	}
 	// A reusable token opens many sessions: each gets its own id.
 	if !claims.Reusable {
 		if id, err := uuid.Parse(claims.ID); err == nil {
@@ -172,8 +221,118 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
+// refuse answers a request the entry will not serve, and logs why.
+func refuse(w http.ResponseWriter, log hclog.Logger, status int, reason string) {
+	log.Info("session refused", "status", status, "reason", reason)
+	http.Error(w, reason, status)
+}
+
+// checkKey refuses (401) a token whose API key is revoked or unknown, and
+// answers 503 when the store cannot tell.
+func (h *Handler) checkKey(ctx context.Context, keyID string) (int, string) {
+	k, err := h.cfg.Store.GetAPIKey(ctx, keyID)
+	switch {
+	case errors.Is(err, store.ErrNotFound) || err == nil && k.RevokedAt != nil:
+		return http.StatusUnauthorized, RevokedKeyMessage
+	case err != nil:
+		h.log.Error("look up the API key of a session token", "key_id", keyID, "error", err)
+		return http.StatusServiceUnavailable, "store unavailable"
+	}
+	return 0, ""
+}
+
+// use counts one connection of the token against its cap: 1 for a
+// single-use token; for a reusable one, the token's cap within the
+// gateway's (which applies when the token names none).
+func (h *Handler) use(ctx context.Context, c token.SessionClaims) (int, string) {
+	max := int64(1)
+	if c.Reusable {
+		max = int64(h.cfg.MaxConnections)
+		if c.MaxConnections > 0 {
+			max = min(max, int64(c.MaxConnections))
+		}
+	}
+	_, err := h.cfg.Store.UseSessionToken(ctx, c.ID, c.ExpiresAt.Time, max)
+	switch {
+	case errors.Is(err, store.ErrTokenUsed) && !c.Reusable:
+		return http.StatusUnauthorized, "session token refused: already used (it is single-use)"
+	case errors.Is(err, store.ErrTokenUsed):
+		return http.StatusUnauthorized, fmt.Sprintf("session token refused: its connection limit (%d) is reached", max)
+	case err != nil:
+		h.log.Error("count a session token's use", "session_id", c.ID, "error", err)
+		return http.StatusServiceUnavailable, "store unavailable"
+	}
+	return 0, ""
+}
+
+// maxDuration is how long a session of the token may last: the token's cap
+// within the gateway's (which applies when the token names none).
+func (h *Handler) maxDuration(c token.SessionClaims) time.Duration {
+	if d := c.MaxDuration(); d > 0 {
+		return min(d, h.cfg.MaxSessionDuration)
+	}
+	return h.cfg.MaxSessionDuration
+}
+
+// upgradeProblem returns why r is not a WebSocket handshake the entry can
+// accept, with the status to answer (and the headers that go with it, set
+// on hdr), or 0. It checks what websocket.Accept checks, so that after it
+// the upgrade cannot fail on the request.
+func upgradeProblem(hdr http.Header, r *http.Request) (int, string) {
+	switch {
+	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
+		// HTTP/2 has no Upgrade (RFC 9113 §8.6): say so, rather than
+		// answer 426 with headers HTTP/2 forbids.
+		return http.StatusBadRequest, fmt.Sprintf("the WebSocket entry needs HTTP/1.1, this request came over %s (curl: --http1.1)", r.Proto)
+	case r.Method != http.MethodGet:
+		hdr.Set("Allow", http.MethodGet)
+		return http.StatusMethodNotAllowed, fmt.Sprintf("the WebSocket entry needs a GET, not %s", r.Method)
+	case !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", "websocket"):
+		hdr.Set("Connection", "Upgrade")
+		hdr.Set("Upgrade", "websocket")
+		return http.StatusUpgradeRequired, "the WebSocket entry needs a WebSocket handshake (Connection: Upgrade, Upgrade: websocket)"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		hdr.Set("Sec-WebSocket-Version", "13")
+		return http.StatusBadRequest, fmt.Sprintf("unsupported WebSocket version %q (only 13 is supported)", r.Header.Get("Sec-WebSocket-Version"))
+	}
+	keys := r.Header.Values("Sec-WebSocket-Key")
+	if len(keys) != 1 {
+		return http.StatusBadRequest, "a WebSocket handshake has exactly one Sec-WebSocket-Key"
+	}
+	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
+		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64"
+	}
+	return 0, ""
+}
+
+// hasToken reports whether a comma-separated list header holds token,
+// compared case-insensitively.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // clientStream adapts a WebSocket stream to broker.ClientStream.
 type clientStream struct{ *wsstream.Stream }
 
 // Fail closes the WebSocket with StatusConnectFailed and reason.
 func (c clientStream) Fail(reason string) { c.CloseWithReason(wsstream.StatusConnectFailed, reason) }
+
+// clientAddr is the client's address for the audit and logs: the TCP peer
+// ("host:port"), or the address a trusted proxy forwarded for.
+func (h *Handler) clientAddr(r *http.Request) string {
+	a := h.cfg.ClientIP.FromRequest(r)
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && ap.Addr().Unmap() == a {
+		return r.RemoteAddr
+	}
+	if !a.IsValid() {
+		return r.RemoteAddr
+	}
+	return a.String()
+}

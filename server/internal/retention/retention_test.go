@@ -25,10 +25,10 @@ func TestOncePrunesByAge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.ConsumeSessionToken(ctx, "expired-long-ago", now.Add(-2*time.Minute)); err != nil {
+	if _, err := s.UseSessionToken(ctx, "expired-long-ago", now.Add(-2*time.Minute), 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ConsumeSessionToken(ctx, "in-grace", now.Add(-30*time.Second)); err != nil {
+	if _, err := s.UseSessionToken(ctx, "in-grace", now.Add(-30*time.Second), 1); err != nil {
 		t.Fatal(err)
 	}
 	tokens, sessions, err := Once(ctx, s, Config{TokenGrace: time.Minute, Now: func() time.Time { return now }})
@@ -45,7 +45,7 @@ func TestOncePrunesByAge(t *testing.T) {
 		t.Fatal("a session past the retention was kept")
 	}
 	// The jti still inside its grace stays consumed.
-	if err := s.ConsumeSessionToken(ctx, "in-grace", now.Add(-30*time.Second)); err == nil {
+	if _, err := s.UseSessionToken(ctx, "in-grace", now.Add(-30*time.Second), 1); err == nil {
 		t.Fatal("a jti inside its grace was pruned and could be consumed again")
 	}
 }

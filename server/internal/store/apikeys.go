@@ -36,13 +36,24 @@ ON CONFLICT DO NOTHING`,
 
 // APIKeyByHash implements Store.
 func (s *SQLite) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE key_hash = $1`, hex.EncodeToString(hash))
+	return s.apiKeyWhere(ctx, "api key by hash", "key_hash", hex.EncodeToString(hash), "api key")
+}
+
+// GetAPIKey implements Store.
+func (s *SQLite) GetAPIKey(ctx context.Context, id string) (APIKey, error) {
+	return s.apiKeyWhere(ctx, "get api key", "id", id, fmt.Sprintf("api key %q", id))
+}
+
+// apiKeyWhere returns the key whose column (a unique one) equals value;
+// op names the operation in errors, what the key in ErrNotFound.
+func (s *SQLite) apiKeyWhere(ctx context.Context, op, column, value, what string) (APIKey, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE `+column+` = $1`, value)
 	k, err := scanAPIKey(row)
 	if errors.Is(err, sql.ErrNoRows) {
-		return APIKey{}, fmt.Errorf("%w: api key", ErrNotFound)
+		return APIKey{}, fmt.Errorf("%w: %s", ErrNotFound, what)
 	}
 	if err != nil {
-		return APIKey{}, fmt.Errorf("store: api key by hash: %w", err)
+		return APIKey{}, fmt.Errorf("store: %s: %w", op, err)
 	}
 	return k, nil
 }

@@ -100,6 +100,17 @@ func TestAPIKeys(t *testing.T) {
 	if k, _ := s.APIKeyByHash(ctx, h2[:]); k.RevokedAt != nil {
 		t.Error("revoking key-1 revoked key-2")
 	}
+	// By id, as the client entry checks a session token's minting key.
+	if k, err := s.GetAPIKey(ctx, "key-1"); err != nil || k.ID != "key-1" || !bytes.Equal(k.Hash, h1[:]) ||
+		k.RevokedAt == nil || !k.RevokedAt.Equal(*got.RevokedAt) {
+		t.Errorf("GetAPIKey(key-1) = %+v, %v", k, err)
+	}
+	if k, err := s.GetAPIKey(ctx, "key-2"); err != nil || k.Name != "ci" || k.RevokedAt != nil {
+		t.Errorf("GetAPIKey(key-2) = %+v, %v", k, err)
+	}
+	if _, err := s.GetAPIKey(ctx, "no-such-key"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetAPIKey(unknown): %v, want ErrNotFound", err)
+	}
 	if err := s.RevokeAPIKey(ctx, "no-such-key"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("revoke unknown: %v, want ErrNotFound", err)
 	}

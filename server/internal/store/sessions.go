@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-const sessionColumns = `id, target, agent_id, decision, started_at, ended_at, bytes_up, bytes_down, outcome, reason`
+const sessionColumns = `id, target, agent_id, decision, started_at, ended_at, bytes_up, bytes_down, outcome, reason, key_id, client_addr`
 
 // InsertSession implements Store.
 func (s *SQLite) InsertSession(ctx context.Context, r SessionRecord) error {
@@ -25,10 +25,10 @@ func (s *SQLite) InsertSession(ctx context.Context, r SessionRecord) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: session %q exists", ErrConflict, r.ID),
 			`INSERT INTO sessions (`+sessionColumns+`)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT DO NOTHING`,
 			r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), ended,
-			r.BytesUp, r.BytesDown, r.Outcome, r.Reason)
+			r.BytesUp, r.BytesDown, r.Outcome, r.Reason, r.KeyID, r.ClientAddr)
 	})
 	return wrapErr("insert session", err)
 }
@@ -72,7 +72,7 @@ func (s *SQLite) GetSession(ctx context.Context, id string) (SessionRecord, erro
 		ended   sql.NullInt64
 	)
 	err := s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id).Scan(
-		&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason)
+		&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason, &r.KeyID, &r.ClientAddr)
 	if errors.Is(err, sql.ErrNoRows) {
 		return SessionRecord{}, fmt.Errorf("%w: session %q", ErrNotFound, id)
 	}
@@ -86,19 +86,33 @@ func (s *SQLite) GetSession(ctx context.Context, id string) (SessionRecord, erro
 	return r, nil
 }
 
-// ConsumeSessionToken implements Store.
-func (s *SQLite) ConsumeSessionToken(ctx context.Context, jti string, expiresAt time.Time) error {
-	if jti == "" || expiresAt.IsZero() {
-		return fmt.Errorf("%w: session token needs a jti and an expiry", ErrInvalid)
+// UseSessionToken implements Store. One upsert counts the use: it inserts
+// the token's first use, or increments the count only while it is below
+// max, and returns the new count; when the condition fails it returns no
+// row. SQLite runs it under its write lock and PostgreSQL under the row's
+// lock, so concurrent uses never count past max.
+func (s *SQLite) UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error) {
+	if jti == "" || expiresAt.IsZero() || max < 1 {
+		return 0, fmt.Errorf("%w: session token use needs a jti, an expiry and a limit of at least 1", ErrInvalid)
 	}
+	var uses int64
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		return execOne(ctx, tx, fmt.Errorf("%w: session token %s", ErrTokenUsed, jti),
-			`INSERT INTO consumed_session_tokens (jti, expires_at, consumed_at)
-VALUES ($1, $2, $3)
-ON CONFLICT DO NOTHING`,
-			jti, millis(expiresAt), millis(s.now()))
+		err := tx.QueryRowContext(ctx, `INSERT INTO session_token_uses (jti, uses, expires_at, first_used_at, last_used_at)
+VALUES ($1, 1, $2, $3, $3)
+ON CONFLICT (jti) DO UPDATE
+SET uses = session_token_uses.uses + 1, last_used_at = excluded.last_used_at
+WHERE session_token_uses.uses < $4
+RETURNING uses`,
+			jti, millis(expiresAt), millis(s.now()), max).Scan(&uses)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: session token %s has opened its %d connection(s)", ErrTokenUsed, jti, max)
+		}
+		return err
 	})
-	return wrapErr("consume session token", err)
+	if err != nil {
+		return 0, wrapErr("use session token", err)
+	}
+	return uses, nil
 }
 
 // PruneExpired implements Store.
@@ -107,7 +121,7 @@ func (s *SQLite) PruneExpired(ctx context.Context, before time.Time) (int64, err
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		total = 0
 		for _, q := range []string{
-			`DELETE FROM consumed_session_tokens WHERE expires_at < $1`,
+			`DELETE FROM session_token_uses WHERE expires_at < $1`,
 			`DELETE FROM consumed_enrollment_tokens WHERE expires_at < $1`,
 			`DELETE FROM enrollment_tokens WHERE expires_at < $1`,
 		} {

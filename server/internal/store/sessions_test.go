@@ -1,6 +1,7 @@
 package store
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -12,7 +13,8 @@ func TestSessions(t *testing.T) {
 	s, f := openStore(t)
 	ctx := ctxT(t)
 	started := f.clk.Now()
-	rec := SessionRecord{ID: "sess-1", Target: "10.0.0.5:22", AgentID: "agent-1", Decision: "subnet 10.0.0.0/24 via agent-1"}
+	rec := SessionRecord{ID: "sess-1", Target: "10.0.0.5:22", AgentID: "agent-1", Decision: "subnet 10.0.0.0/24 via agent-1",
+		KeyID: "key-1", ClientAddr: "[2001:db8::7]:51234"}
 	if err := s.InsertSession(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -21,6 +23,7 @@ func TestSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Target != rec.Target || got.AgentID != rec.AgentID || got.Decision != rec.Decision ||
+		got.KeyID != rec.KeyID || got.ClientAddr != rec.ClientAddr ||
 		!got.StartedAt.Equal(started.Truncate(time.Millisecond)) || !got.EndedAt.IsZero() || got.Outcome != "" {
 		t.Errorf("open session %+v", got)
 	}
@@ -37,7 +40,7 @@ func TestSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !got.EndedAt.Equal(end.Truncate(time.Millisecond)) || got.BytesUp != 1234 || got.BytesDown != 56789 ||
-		got.Outcome != "ok" || got.Reason != "client closed" {
+		got.Outcome != "ok" || got.Reason != "client closed" || got.KeyID != "key-1" || got.ClientAddr != rec.ClientAddr {
 		t.Errorf("finished session %+v", got)
 	}
 	if err := s.FinishSession(ctx, "sess-1", end, 1, 1, "error", "again"); !errors.Is(err, ErrConflict) {
@@ -63,7 +66,7 @@ func TestSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = s.GetSession(ctx, "sess-2")
-	if got.AgentID != "" || !got.StartedAt.Equal(direct.StartedAt.Truncate(time.Millisecond)) ||
+	if got.AgentID != "" || got.KeyID != "" || got.ClientAddr != "" || !got.StartedAt.Equal(direct.StartedAt.Truncate(time.Millisecond)) ||
 		!got.EndedAt.Equal(f.clk.Now().Truncate(time.Millisecond)) {
 		t.Errorf("direct session %+v", got)
 	}
@@ -79,37 +82,99 @@ func TestSessions(t *testing.T) {
 	}
 }
 
-func TestConsumeSessionToken(t *testing.T) {
+func TestUseSessionToken(t *testing.T) {
 	s, f := openStore(t)
 	ctx := ctxT(t)
 	exp := f.clk.Now().Add(time.Minute)
-	if err := s.ConsumeSessionToken(ctx, "jti-1", exp); err != nil {
-		t.Fatal(err)
+	// Single-use: a limit of one.
+	if n, err := s.UseSessionToken(ctx, "jti-1", exp, 1); n != 1 || err != nil {
+		t.Fatalf("first use: %d, %v", n, err)
 	}
-	if err := s.ConsumeSessionToken(ctx, "jti-1", exp); !errors.Is(err, ErrTokenUsed) {
+	if _, err := s.UseSessionToken(ctx, "jti-1", exp, 1); !errors.Is(err, ErrTokenUsed) {
 		t.Fatalf("second use: %v, want ErrTokenUsed", err)
 	}
-	if err := s.ConsumeSessionToken(ctx, "jti-2", exp); err != nil {
+	if _, err := s.UseSessionToken(ctx, "jti-2", exp, 1); err != nil {
 		t.Errorf("another jti: %v", err)
 	}
-	if err := s.ConsumeSessionToken(ctx, "", exp); !errors.Is(err, ErrInvalid) {
-		t.Errorf("empty jti: %v, want ErrInvalid", err)
+	// Reusable: counted up to its limit, and a refused use changes nothing.
+	for want := int64(1); want <= 3; want++ {
+		if n, err := s.UseSessionToken(ctx, "reuse", exp, 3); n != want || err != nil {
+			t.Fatalf("use %d: %d, %v", want, n, err)
+		}
 	}
-	if err := s.ConsumeSessionToken(ctx, "jti-3", time.Time{}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("no expiry: %v, want ErrInvalid", err)
+	for range 2 {
+		if n, err := s.UseSessionToken(ctx, "reuse", exp, 3); !errors.Is(err, ErrTokenUsed) || n != 0 {
+			t.Fatalf("use past the limit: %d, %v; want ErrTokenUsed", n, err)
+		}
+	}
+	var uses int64
+	if err := s.db.QueryRowContext(ctx, `SELECT uses FROM session_token_uses WHERE jti = 'reuse'`).Scan(&uses); err != nil || uses != 3 {
+		t.Errorf("stored count %d (%v), want 3", uses, err)
+	}
+	// A larger limit (a gateway configured for more) lets it go on.
+	if n, err := s.UseSessionToken(ctx, "reuse", exp, 4); n != 4 || err != nil {
+		t.Errorf("use under a raised limit: %d, %v", n, err)
+	}
+
+	for _, bad := range []struct {
+		jti string
+		exp time.Time
+		max int64
+	}{{"", exp, 1}, {"jti-3", time.Time{}, 1}, {"jti-3", exp, 0}, {"jti-3", exp, -1}} {
+		if _, err := s.UseSessionToken(ctx, bad.jti, bad.exp, bad.max); !errors.Is(err, ErrInvalid) {
+			t.Errorf("UseSessionToken(%q, %v, %d): %v, want ErrInvalid", bad.jti, bad.exp, bad.max, err)
+		}
 	}
 }
 
-func TestConsumeSessionTokenConcurrent(t *testing.T) {
+func TestUseSessionTokenConcurrent(t *testing.T) {
 	s, f := openStore(t)
 	const n = 10
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = s.ConsumeSessionToken(t.Context(), "jti", f.clk.Now().Add(time.Minute)) })
+		wg.Go(func() { _, errs[i] = s.UseSessionToken(t.Context(), "jti", f.clk.Now().Add(time.Minute), 1) })
 	}
 	wg.Wait()
 	exactlyOne(t, "consumptions", errs, ErrTokenUsed)
+}
+
+// N concurrent uses of a token limited to max, spread over two handles on
+// the same file as two gateway processes would be (each with its own
+// connection pool and write queue): exactly max succeed, and the counts
+// they got are 1..max, each once.
+func TestUseSessionTokenLimitAcrossHandles(t *testing.T) {
+	f := newFixture(t)
+	a, _ := f.open(t)
+	b, _ := f.open(t)
+	const n, max = 40, 7
+	exp := f.clk.Now().Add(time.Minute)
+	counts := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() { counts[i], errs[i] = s.UseSessionToken(t.Context(), "shared", exp, max) })
+	}
+	wg.Wait()
+	seen := map[int64]bool{}
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			if counts[i] < 1 || counts[i] > max || seen[counts[i]] {
+				t.Errorf("use %d got count %d (seen before: %v)", i, counts[i], seen[counts[i]])
+			}
+			seen[counts[i]] = true
+		case !errors.Is(err, ErrTokenUsed):
+			t.Errorf("use %d: %v", i, err)
+		}
+	}
+	if len(seen) != max {
+		t.Fatalf("%d uses succeeded, want exactly %d", len(seen), max)
+	}
 }
 
 func TestPruneExpired(t *testing.T) {
@@ -121,7 +186,7 @@ func TestPruneExpired(t *testing.T) {
 	// token. Still valid: one of each.
 	past, future := now.Add(-time.Second), now.Add(time.Hour)
 	for i, exp := range []time.Time{past, future} {
-		if err := s.ConsumeSessionToken(ctx, fmt.Sprintf("sess-%d", i), exp); err != nil {
+		if _, err := s.UseSessionToken(ctx, fmt.Sprintf("sess-%d", i), exp, 1); err != nil {
 			t.Fatal(err)
 		}
 		jti := fmt.Sprintf("enr-%d", i)
@@ -133,7 +198,7 @@ func TestPruneExpired(t *testing.T) {
 		mustEnroll(t, s, req)
 	}
 	// A token expiring exactly at the cut-off is kept.
-	if err := s.ConsumeSessionToken(ctx, "sess-edge", now); err != nil {
+	if _, err := s.UseSessionToken(ctx, "sess-edge", now, 1); err != nil {
 		t.Fatal(err)
 	}
 
@@ -148,11 +213,11 @@ func TestPruneExpired(t *testing.T) {
 		t.Errorf("second prune: %d, %v", n, err)
 	}
 
-	if err := s.ConsumeSessionToken(ctx, "sess-0", future); err != nil {
+	if _, err := s.UseSessionToken(ctx, "sess-0", future, 1); err != nil {
 		t.Errorf("pruned session jti not reusable: %v", err)
 	}
 	for _, jti := range []string{"sess-1", "sess-edge"} {
-		if err := s.ConsumeSessionToken(ctx, jti, future); !errors.Is(err, ErrTokenUsed) {
+		if _, err := s.UseSessionToken(ctx, jti, future, 1); !errors.Is(err, ErrTokenUsed) {
 			t.Errorf("unexpired %s pruned: %v", jti, err)
 		}
 	}
@@ -166,5 +231,44 @@ func TestPruneExpired(t *testing.T) {
 	// Agents are never pruned.
 	if agents, _ := s.ListAgents(ctx, ListAgentsOptions{}); len(agents) != 2 {
 		t.Errorf("%d agents after prune, want 2", len(agents))
+	}
+}
+
+// A database written by a gateway before migration 0002: its consumed
+// single-use tokens stay consumed, and its audit rows read back with no key
+// id or client address.
+func TestSessionTokensMigration(t *testing.T) {
+	f := newFixture(t)
+	ctx := ctxT(t)
+	ms, err := loadMigrations(migrationFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", f.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := f.clk.Now().Add(time.Hour).UnixMilli()
+	for _, q := range []string{
+		`CREATE TABLE schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)`,
+		ms[0].sql,
+		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)`,
+		fmt.Sprintf(`INSERT INTO consumed_session_tokens (jti, expires_at, consumed_at) VALUES ('old-jti', %d, 0)`, exp),
+		`INSERT INTO sessions (id, target, agent_id, decision, started_at, ended_at, bytes_up, bytes_down, outcome, reason)
+VALUES ('old-session', 'db:5432', '', 'direct', 0, 1, 2, 3, 'ok', '')`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	s, _ := f.open(t)
+	if _, err := s.UseSessionToken(ctx, "old-jti", time.UnixMilli(exp), 1); !errors.Is(err, ErrTokenUsed) {
+		t.Errorf("token consumed before the migration: %v, want ErrTokenUsed", err)
+	}
+	r, err := s.GetSession(ctx, "old-session")
+	if err != nil || r.Target != "db:5432" || r.BytesDown != 3 || r.KeyID != "" || r.ClientAddr != "" {
+		t.Errorf("old audit row: %+v, %v", r, err)
 	}
 }

@@ -149,7 +149,7 @@ func TestCloseIsIdempotent(t *testing.T) {
 	if err := s.Ping(ctxT(t)); err == nil {
 		t.Error("Ping after Close succeeded")
 	}
-	if err := s.ConsumeSessionToken(ctxT(t), "j", time.Now()); err == nil {
+	if _, err := s.UseSessionToken(ctxT(t), "j", time.Now(), 1); err == nil {
 		t.Error("write after Close succeeded")
 	}
 }
@@ -160,13 +160,13 @@ func TestWriteHonoursContext(t *testing.T) {
 	s.writeSem <- struct{}{}
 	ctx, cancel := context.WithTimeout(ctxT(t), 50*time.Millisecond)
 	defer cancel()
-	err := s.ConsumeSessionToken(ctx, "j", time.Now())
+	_, err := s.UseSessionToken(ctx, "j", time.Now(), 1)
 	<-s.writeSem
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want DeadlineExceeded", err)
 	}
 	// Nothing was written: the token is still unused.
-	if err := s.ConsumeSessionToken(ctxT(t), "j", time.Now()); err != nil {
+	if _, err := s.UseSessionToken(ctxT(t), "j", time.Now(), 1); err != nil {
 		t.Fatalf("token consumed by the abandoned write: %v", err)
 	}
 }
@@ -185,10 +185,13 @@ func TestRestartLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	enrolled := mustEnroll(t, s, enrollReq(f.clk, "t1", "a", "csr1"))
-	if err := s.ConsumeSessionToken(ctx, "s1", f.clk.Now().Add(time.Minute)); err != nil {
+	if _, err := s.UseSessionToken(ctx, "s1", f.clk.Now().Add(time.Minute), 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.InsertSession(ctx, SessionRecord{ID: "s1", Target: "db:5432", AgentID: enrolled.Agent.ID}); err != nil {
+	if _, err := s.UseSessionToken(ctx, "r1", f.clk.Now().Add(time.Minute), 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InsertSession(ctx, SessionRecord{ID: "s1", Target: "db:5432", AgentID: enrolled.Agent.ID, KeyID: "k1", ClientAddr: "192.0.2.9:40000"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -205,10 +208,13 @@ func TestRestartLosesNothing(t *testing.T) {
 	if _, err := s2.EnrollAgent(ctx, enrollReq(f.clk, "t1", "b", "csr2")); !errors.Is(err, ErrTokenUsed) {
 		t.Errorf("consumed jti usable after restart: %v", err)
 	}
-	if err := s2.ConsumeSessionToken(ctx, "s1", f.clk.Now()); !errors.Is(err, ErrTokenUsed) {
+	if _, err := s2.UseSessionToken(ctx, "s1", f.clk.Now(), 1); !errors.Is(err, ErrTokenUsed) {
 		t.Errorf("consumed session token usable after restart: %v", err)
 	}
-	if r, err := s2.GetSession(ctx, "s1"); err != nil || r.Target != "db:5432" {
+	if n, err := s2.UseSessionToken(ctx, "r1", f.clk.Now(), 3); n != 2 || err != nil {
+		t.Errorf("reusable token's count after restart: use %d, %v; want 2", n, err)
+	}
+	if r, err := s2.GetSession(ctx, "s1"); err != nil || r.Target != "db:5432" || r.KeyID != "k1" || r.ClientAddr != "192.0.2.9:40000" {
 		t.Errorf("session after restart: %+v, %v", r, err)
 	}
 	if toks, err := s2.ListEnrollmentTokens(ctx); err != nil || len(toks) != 1 || toks[0].ConsumedAt == nil {

@@ -32,7 +32,8 @@ var (
 	// ErrNameTaken: a live agent already has this name, compared
 	// case-insensitively.
 	ErrNameTaken = errors.New("store: agent name taken")
-	// ErrTokenUsed: a single-use token's jti was already consumed.
+	// ErrTokenUsed: a single-use token's jti was already consumed, or a
+	// session token has opened as many connections as it may.
 	ErrTokenUsed = errors.New("store: token already used")
 	// ErrInvalid: a required field is missing or malformed; a programming
 	// error in the caller.
@@ -62,6 +63,9 @@ type Store interface {
 	// RevokeAPIKey marks a key revoked. Revoking a revoked key succeeds and
 	// keeps the first revocation time. ErrNotFound if no such key.
 	RevokeAPIKey(ctx context.Context, id string) error
+	// GetAPIKey returns the key with this id, revoked or not. ErrNotFound if
+	// none.
+	GetAPIKey(ctx context.Context, id string) (APIKey, error)
 	// CountAPIKeys returns the number of keys, revoked ones included: zero
 	// means the gateway has never created one.
 	CountAPIKeys(ctx context.Context) (int, error)
@@ -111,14 +115,20 @@ type Store interface {
 	FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error
 	// GetSession returns a session record. ErrNotFound if none.
 	GetSession(ctx context.Context, id string) (SessionRecord, error)
-	// ConsumeSessionToken consumes a single-use session token's jti, kept
-	// until PruneExpired passes expiresAt. ErrTokenUsed on the second use.
-	ConsumeSessionToken(ctx context.Context, jti string, expiresAt time.Time) error
-	// PruneExpired deletes consumed jtis (enrollment and session) and
+	// UseSessionToken counts one connection opened with the session token
+	// jti, which may open at most max (1 for a single-use token), and
+	// returns the count with this one. ErrTokenUsed, and nothing changes,
+	// when the token has already opened max connections. The count is kept
+	// until PruneExpired passes expiresAt. Concurrent calls, from any
+	// process sharing the database, never count past max: the increment is
+	// one conditional statement. ErrInvalid for an empty jti, a zero
+	// expiresAt or a max below 1.
+	UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error)
+	// PruneExpired deletes consumed enrollment jtis, session token counts and
 	// recorded enrollment tokens whose token expired before before, and
 	// returns how many rows it deleted. Pass a time early enough that every
 	// token expiring before it is refused by token verification (now minus
-	// the verification leeway): a pruned jti can be consumed again.
+	// the verification leeway): a pruned jti can be consumed (counted) again.
 	PruneExpired(ctx context.Context, before time.Time) (int64, error)
 	// PruneSessions deletes the audit records of sessions that started
 	// before before (the audit retention) and returns how many it deleted.
@@ -202,4 +212,10 @@ type SessionRecord struct {
 	BytesDown int64     // target → client
 	Outcome   string    // e.g. "ok", "refused", "error"; "" while open
 	Reason    string    // detail for the outcome
+	// KeyID is the id of the API key that minted the session token; ""
+	// for rows written before it was recorded.
+	KeyID string
+	// ClientAddr is the client's address as the gateway saw it
+	// ("203.0.113.7:51234"); "" when unknown.
+	ClientAddr string
 }

@@ -32,11 +32,30 @@ const (
 	ContentSession = "SESSION"
 	// DefaultSessionTTL is a session token's lifetime when none is asked for.
 	DefaultSessionTTL = 60 * time.Second
-	// MaxSessionTTL bounds a session token's lifetime.
+	// MaxSessionTTL is the default cap on a session token's lifetime (the
+	// gateway's max_session_ttl).
 	MaxSessionTTL = 24 * time.Hour
+	// SessionTTLLimit is the largest max_session_ttl a gateway accepts.
+	SessionTTLLimit = 7 * 24 * time.Hour
+	// DefaultMaxConnections is the default cap on the connections one
+	// reusable session token opens, and the most it may ask for (the
+	// gateway's max_token_connections).
+	DefaultMaxConnections = 1000
+	// DefaultMaxSessionDuration is the default cap on how long one session
+	// lasts, and the most a token may ask for (the gateway's
+	// max_session_duration).
+	DefaultMaxSessionDuration = 8 * time.Hour
+	// SessionDurationLimit is the largest max_session_duration a gateway
+	// accepts.
+	SessionDurationLimit = 7 * 24 * time.Hour
 )
 
 // SessionClaims are the claims of a session token.
+//
+// The registered claim "sub" (RegisteredClaims.Subject) is the ID of the
+// API key that minted the token: the principal the token acts for. The
+// client entry refuses the token once that key is revoked, and the audit
+// records it. Every session token carries one.
 type SessionClaims struct {
 	jwt.RegisteredClaims
 	Scope string `json:"scope"`
@@ -44,13 +63,34 @@ type SessionClaims struct {
 	Target string `json:"dst"`
 	// AgentID, if set, is the only agent that may carry the session.
 	AgentID string `json:"agent_id,omitempty"`
-	// Reusable tokens may open any number of connections until they expire.
+	// Reusable tokens may open several connections until they expire, up to
+	// MaxConnections; the others open one.
 	Reusable bool `json:"reusable,omitempty"`
+	// MaxConnections caps the connections a reusable token opens ("max_conn").
+	// Zero: the gateway's maximum when the client connects. Single-use
+	// tokens ignore it.
+	MaxConnections uint32 `json:"max_conn,omitempty"`
+	// MaxDurationMS caps how long each session opened with the token lasts,
+	// in milliseconds ("max_dur_ms"). Zero: the gateway's maximum when the
+	// client connects. See MaxDuration.
+	MaxDurationMS int64 `json:"max_dur_ms,omitempty"`
+}
+
+// KeyID returns the ID of the API key that minted the token ("sub").
+func (c SessionClaims) KeyID() string { return c.Subject }
+
+// MaxDuration returns MaxDurationMS as a duration (zero: not set).
+func (c SessionClaims) MaxDuration() time.Duration {
+	return time.Duration(c.MaxDurationMS) * time.Millisecond
 }
 
 // NewSession fills the registered claims of c (jti, iat, nbf, exp from ttl,
-// scope) and returns the signed token with its claims.
+// scope) and returns the signed token with its claims. c.Subject (the
+// minting API key's ID) and c.Target are required.
 func (i *Issuer) NewSession(c SessionClaims, ttl time.Duration) (string, SessionClaims, error) {
+	if c.Subject == "" {
+		return "", c, errors.New("token: a session token needs the ID of the API key minting it (sub)")
+	}
 	c.Scope = ScopeSession
 	s, err := i.sign(&c.RegisteredClaims, &c, ContentSession, cmp.Or(ttl, DefaultSessionTTL))
 	return s, c, err
@@ -58,8 +98,9 @@ func (i *Issuer) NewSession(c SessionClaims, ttl time.Duration) (string, Session
 
 // VerifySession checks a session token: ES256 signature by the gateway's own
 // key (never a provisioner's), exp/nbf with no leeway (the gateway checks its
-// own clock), cty SESSION, scope session, a UUID jti and a target. Errors wrap
-// one of the package's sentinels.
+// own clock), cty SESSION, scope session, a UUID jti, a target, the minting
+// API key's ID (sub) and no negative duration cap. Whether that key is still
+// live is the caller's check. Errors wrap one of the package's sentinels.
 func (i *Issuer) VerifySession(s string) (SessionClaims, error) {
 	var c SessionClaims
 	tok, err := jwt.ParseWithClaims(s, &c, func(*jwt.Token) (any, error) { return &i.key.PublicKey, nil },
@@ -75,6 +116,12 @@ func (i *Issuer) VerifySession(s string) (SessionClaims, error) {
 	}
 	if c.Target == "" {
 		return c, fmt.Errorf("%w: no dst claim", ErrMalformed)
+	}
+	if c.Subject == "" {
+		return c, fmt.Errorf("%w: no sub claim: the token names no API key", ErrMalformed)
+	}
+	if c.MaxDurationMS < 0 {
+		return c, fmt.Errorf("%w: negative max_dur_ms claim", ErrMalformed)
 	}
 	return c, nil
 }

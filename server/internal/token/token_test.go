@@ -138,7 +138,11 @@ func TestSessionTokens(t *testing.T) {
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
 	key, prov := testtls.Key(t), testtls.Key(t)
 	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
-	tok, claims, err := iss.NewSession(SessionClaims{Target: "[2001:db8::1]:22", AgentID: "a", Reusable: true}, 0)
+	tok, claims, err := iss.NewSession(SessionClaims{
+		RegisteredClaims: jwt.RegisteredClaims{Subject: "key-1"},
+		Target:           "[2001:db8::1]:22", AgentID: "a", Reusable: true,
+		MaxConnections: 5, MaxDurationMS: 1500,
+	}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,8 +150,15 @@ func TestSessionTokens(t *testing.T) {
 		t.Fatalf("default ttl: %v", claims.ExpiresAt.Sub(clk.t))
 	}
 	got, err := iss.VerifySession(tok)
-	if err != nil || got.Target != "[2001:db8::1]:22" || got.AgentID != "a" || !got.Reusable || got.ID != claims.ID {
+	if err != nil || got.Target != "[2001:db8::1]:22" || got.AgentID != "a" || !got.Reusable || got.ID != claims.ID ||
+		got.KeyID() != "key-1" || got.MaxConnections != 5 || got.MaxDuration() != 1500*time.Millisecond {
 		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	// The claims on the wire: the key is the subject.
+	mc := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(tok, mc); err != nil || mc["sub"] != "key-1" ||
+		mc["max_conn"] != float64(5) || mc["max_dur_ms"] != float64(1500) {
+		t.Fatalf("wire claims %v %v", mc, err)
 	}
 
 	// No leeway: one second past exp is expired.
@@ -165,12 +176,32 @@ func TestSessionTokens(t *testing.T) {
 		t.Fatalf("session token as enrollment: %v", err)
 	}
 	provIss, _ := NewIssuer(prov, nil, clk.now)
-	provTok, _, _ := provIss.NewSession(SessionClaims{Target: "h:1"}, 0)
+	withKey := jwt.RegisteredClaims{Subject: "key-1"}
+	provTok, _, _ := provIss.NewSession(SessionClaims{RegisteredClaims: withKey, Target: "h:1"}, 0)
 	if _, err := iss.VerifySession(provTok); !errors.Is(err, ErrSignature) {
 		t.Fatalf("a provisioner may not mint session tokens: %v", err)
 	}
-	noDst, _, _ := iss.NewSession(SessionClaims{}, 0)
+	noDst, _, _ := iss.NewSession(SessionClaims{RegisteredClaims: withKey}, 0)
 	if _, err := iss.VerifySession(noDst); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("no dst: %v", err)
+	}
+
+	// No minting key: NewSession refuses to mint it, and a token signed
+	// with the gateway's key some other way is refused all the same.
+	if _, _, err := iss.NewSession(SessionClaims{Target: "h:1"}, 0); err == nil {
+		t.Fatal("minted a session token without a key id")
+	}
+	for name, c := range map[string]SessionClaims{
+		"no sub":              {Target: "h:1"},
+		"negative max_dur_ms": {RegisteredClaims: withKey, Target: "h:1", MaxDurationMS: -1},
+	} {
+		c.Scope = ScopeSession
+		raw, err := iss.sign(&c.RegisteredClaims, &c, ContentSession, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := iss.VerifySession(raw); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
 	}
 }
