@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -93,4 +94,89 @@ func TestMaxAgentsCap(t *testing.T) {
 	}
 	a.stop()
 	gw.waitStatus(idB, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+}
+
+// client_idle_timeout ends a session that carried nothing for that long,
+// telling the client why; client_keep_alive ends the session of a client
+// that stopped answering pings (here: it never reads).
+func TestClientIdleTimeoutAndKeepAlive(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) {
+		directToLoopback(c)
+		c.ClientKeepAlive = server.Duration(time.Hour)
+		c.ClientIdleTimeout = server.Duration(300 * time.Millisecond)
+	})
+	target := tcpServer(t, echo)
+	echoOnce(t, gw, target) // sessions work
+	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := readFailure(t, s); !strings.Contains(reason, "idle for too long") {
+		t.Fatalf("idle session ended with %q", reason)
+	}
+
+	gw2 := startGateway(t, t.TempDir(), func(c *server.Config) {
+		directToLoopback(c)
+		c.ClientKeepAlive = server.Duration(200 * time.Millisecond)
+		c.ClientIdleTimeout = -1
+	})
+	s, err = openSession(t, gw2.session(&outpostv1.CreateSessionRequest{Target: target}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte("ping?")); err != nil {
+		t.Fatal(err)
+	}
+	// The client does not read, so it answers no ping.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, metrics := gw2.restGet("/metrics")
+		if strings.Contains(metrics, `outpost_sessions_total{outcome="client_gone"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a client that answers no ping kept its session")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The unanswered ping closed the connection: the client's stream ends
+	// (with the echo it never read, or at once).
+	if _, err := io.ReadAll(s); err == nil {
+		t.Fatal("the silent client's stream ended cleanly")
+	}
+}
+
+// max_sessions: one session more is refused with 503 before its token is
+// used, so the same single-use token works once a slot is free.
+func TestMaxSessionsCap(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) { directToLoopback(c); c.MaxSessions = 1 })
+	target := tcpServer(t, echo)
+	first, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(first, buf); err != nil {
+		t.Fatal(err)
+	}
+	second := gw.session(&outpostv1.CreateSessionRequest{Target: target})
+	if _, err := openSession(t, second); err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "maximum of 1 client sessions") {
+		t.Fatalf("a second session with max_sessions 1: %v", err)
+	}
+	first.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := openSession(t, second)
+		if err == nil {
+			s.Close()
+			break
+		}
+		if !strings.Contains(err.Error(), "503") || time.Now().After(deadline) {
+			t.Fatalf("the refused token after the first session ended: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -103,6 +103,17 @@ type Config struct {
 	// default) accepts renewals in the second half of the lifetime, 1 at any
 	// time. One agent renews at most once a minute either way.
 	RenewalWindow float64 `json:"renewal_window"`
+	// MaxSessions caps the client sessions open at once through the entry;
+	// one more is refused with 503 before its token is used. If zero,
+	// 100,000.
+	MaxSessions int `json:"max_sessions"`
+	// ClientKeepAlive is how long a client session may stay quiet before
+	// the gateway pings the client; a client that does not answer within
+	// another period is gone and its session ends. If zero, 30 s.
+	ClientKeepAlive Duration `json:"client_keep_alive"`
+	// ClientIdleTimeout ends a client session that carried no byte either
+	// way for this long. If zero, 1 h; negative: never.
+	ClientIdleTimeout Duration `json:"client_idle_timeout"`
 	// MaxAgents caps the agents connected at once; one more is refused with
 	// the close reason "gateway-full" and retries with backoff. If zero,
 	// 10,000.
@@ -405,6 +416,12 @@ func (c Config) validate() error {
 	}
 	if c.RenewalWindow < 0 || c.RenewalWindow > 1 {
 		errs = append(errs, fmt.Errorf("renewal_window %v: want a part of the certificate lifetime, 0 < w ≤ 1 (0 = 0.5)", c.RenewalWindow))
+	}
+	if c.MaxSessions < 0 {
+		errs = append(errs, errors.New("max_sessions must not be negative"))
+	}
+	if c.ClientKeepAlive < 0 {
+		errs = append(errs, errors.New("client_keep_alive must not be negative"))
 	}
 	if c.MaxAgents < 0 {
 		errs = append(errs, errors.New("max_agents must not be negative"))

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/coder/websocket"
 )
@@ -33,8 +34,9 @@ type Stream struct {
 	ws  *websocket.Conn
 	ctx context.Context
 
-	r       io.Reader // current message, nil between messages
-	readEOF bool
+	r        io.Reader // current message, nil between messages
+	readEOF  bool
+	readDone atomic.Bool // readEOF, for other goroutines
 	detail  string // the last text message: the full reason of a failure close
 
 	wmu       sync.Mutex
@@ -60,6 +62,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 				switch st := websocket.CloseStatus(err); {
 				case st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway:
 					s.readEOF = true
+					s.readDone.Store(true)
 					return 0, io.EOF
 				case st == StatusConnectFailed && s.detail != "":
 					return 0, websocket.CloseError{Code: st, Reason: s.detail}
@@ -83,6 +86,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 			if n == 0 && err == io.EOF {
 				s.r = nil
 				s.readEOF = true
+				s.readDone.Store(true)
 				return 0, io.EOF // an empty message: half-close
 			}
 			if err == io.EOF {
@@ -101,6 +105,10 @@ func (s *Stream) Read(p []byte) (int, error) {
 		return n, err
 	}
 }
+
+// ReadClosed reports whether the peer ended its direction (an empty message
+// or a normal close was read). It is safe to call from any goroutine.
+func (s *Stream) ReadClosed() bool { return s.readDone.Load() }
 
 // Write sends p as one binary message. An empty p sends nothing.
 func (s *Stream) Write(p []byte) (int, error) {

@@ -383,8 +383,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, req.MaxDuration, ErrMaxDuration)
 		defer cancel()
-		client = durationLimited{ClientStream: client, ctx: ctx}
 	}
+	client = limited{ClientStream: client, ctx: ctx}
 	d, err := b.Decide(req.Target, req.AgentID)
 	if err == nil {
 		rec.Decision = d.Kind.String() + ": " + d.Reason
@@ -411,8 +411,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}()
 	if err != nil {
 		outcome := "connect_failed"
-		if errors.Is(context.Cause(ctx), ErrMaxDuration) {
-			outcome, err = OutcomeMaxDuration, ErrMaxDuration
+		if l, ok := limitOf(ctx); ok {
+			outcome, err = l.Outcome, l
 		}
 		if m != nil {
 			m.SessionsTotal.WithLabelValues(outcome).Inc()
@@ -434,8 +434,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	stats, rerr := relay.Relay(ctx, client, p.endpoint, relay.Options{})
 	outcome, reason := "ok", ""
 	switch {
-	case rerr != nil && errors.Is(context.Cause(ctx), ErrMaxDuration):
-		outcome, reason = OutcomeMaxDuration, ErrMaxDuration.Error()
+	case rerr != nil && limitErr(ctx) != nil:
+		outcome, reason = limitErr(ctx).Outcome, limitErr(ctx).Reason
 	case rerr != nil:
 		outcome, reason = "error", rerr.Error()
 	}

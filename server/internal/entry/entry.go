@@ -15,6 +15,7 @@
 package entry
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -75,6 +76,17 @@ type Config struct {
 	// MaxSessionDuration caps every session, whatever its token allows. If
 	// zero, token.DefaultMaxSessionDuration.
 	MaxSessionDuration time.Duration
+	// MaxSessions caps the client sessions open at once through the entry;
+	// one more is refused with 503 before its token is used. If zero,
+	// DefaultMaxSessions.
+	MaxSessions int
+	// KeepAlive is how long a session may stay quiet before the entry
+	// pings its client; a client that does not answer within another
+	// KeepAlive is gone and its session ends. If zero, DefaultKeepAlive.
+	KeepAlive time.Duration
+	// IdleTimeout ends a session that carried no byte either way for this
+	// long. If zero, DefaultIdleTimeout; negative: no idle timeout.
+	IdleTimeout time.Duration
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -96,6 +108,9 @@ type Handler struct {
 	// ctx is the parent of every session; cancel ends them all.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// live holds the open sessions for the cap, keepalive and idle timeout.
+	live      *live
+	watchOnce sync.Once
 }
 
 // New checks cfg and returns a Handler that is not yet serving.
@@ -112,13 +127,32 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxSessionDuration == 0 {
 		cfg.MaxSessionDuration = token.DefaultMaxSessionDuration
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger}
+	cfg.MaxSessions = cmp.Or(cfg.MaxSessions, DefaultMaxSessions)
+	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	idle := cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	if idle < 0 {
+		idle = 0
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, live: newLive(cfg.MaxSessions, cfg.KeepAlive, idle)}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
 	return h, nil
 }
 
-// Start lets the handler accept sessions.
-func (h *Handler) Start() { h.serving.Store(true) }
+// Start lets the handler accept sessions, and starts the watcher of their
+// keepalives and idle timeouts (stopped by Shutdown or Close).
+func (h *Handler) Start() {
+	h.watchOnce.Do(func() { go h.live.watch() })
+	h.serving.Store(true)
+}
+
+// stopWatch stops the session watcher, if it was started.
+func (h *Handler) stopWatch() {
+	started := true
+	h.watchOnce.Do(func() { started = false })
+	if started {
+		h.live.close()
+	}
+}
 
 // Stop refuses new sessions (503); live ones go on.
 func (h *Handler) Stop() { h.serving.Store(false) }
@@ -133,6 +167,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		h.sessions.Wait()
 		close(drained)
 	}()
+	defer h.stopWatch()
 	select {
 	case <-drained:
 		return nil
@@ -144,7 +179,11 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 }
 
 // Close cancels every live session at once. It does not wait for them.
-func (h *Handler) Close() { h.Stop(); h.cancel(errors.New("entry: closed")) }
+func (h *Handler) Close() {
+	h.Stop()
+	h.cancel(errors.New("entry: closed"))
+	h.stopWatch()
+}
 
 // ServeHTTP handles GET /v1/connect. Refusals answer before the upgrade:
 // 400, 405 or 426 for a request that is no WebSocket handshake, 403 for an
@@ -176,6 +215,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
 		return
 	}
+	if h.live.full() {
+		refuse(w, log, http.StatusServiceUnavailable, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later (the session token was not used)", h.cfg.MaxSessions))
+		return
+	}
 	claims, err := h.cfg.Tokens.VerifySession(raw)
 	if err != nil {
 		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
@@ -202,7 +245,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// TLS handshake and the request, whose stack grew deep for them (about
 	// 16 KiB an idle session would keep). The session ends with the client
 	// or when a shutdown drain times out.
-	ctx, cancel := context.WithCancel(h.ctx)
+	// The stream's context ends only with the entry (a shutdown that timed
+	// out): a coder/websocket read whose context ends drops the connection
+	// at once. The session's own context, cancelled with a broker.Limit as
+	// the cause by the idle and keepalive watcher, lets the broker close
+	// the stream with the limit's reason first.
+	streamCtx, stopStream := context.WithCancel(h.ctx)
+	ctx, cancel := context.WithCancelCause(streamCtx)
+	sess := &session{Stream: wsstream.New(streamCtx, ws), ws: ws, cancel: cancel}
+	if !h.live.add(sess) {
+		// Lost the race for the last slot after the token was counted.
+		sess.Fail(fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later", h.cfg.MaxSessions))
+		cancel(nil)
+		stopStream()
+		return
+	}
 	req := broker.Request{
 		Target: claims.Target, AgentID: claims.AgentID,
 		Client: h.clientAddr(r), KeyID: claims.KeyID(), MaxDuration: h.maxDuration(claims),
@@ -216,8 +273,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.sessions.Add(1) // while this handler's count still holds the drain
 	go func() {
 		defer h.sessions.Done()
-		defer cancel()
-		h.cfg.Broker.Serve(ctx, req, clientStream{wsstream.New(ctx, ws)})
+		defer stopStream()
+		defer cancel(nil)
+		defer h.live.remove(sess)
+		h.cfg.Broker.Serve(ctx, req, sess)
 	}()
 }
 
@@ -317,12 +376,6 @@ func hasToken(h http.Header, name, token string) bool {
 	}
 	return false
 }
-
-// clientStream adapts a WebSocket stream to broker.ClientStream.
-type clientStream struct{ *wsstream.Stream }
-
-// Fail closes the WebSocket with StatusConnectFailed and reason.
-func (c clientStream) Fail(reason string) { c.CloseWithReason(wsstream.StatusConnectFailed, reason) }
 
 // clientAddr is the client's address for the audit and logs: the TCP peer
 // ("host:port"), or the address a trusted proxy forwarded for.
