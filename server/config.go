@@ -60,7 +60,9 @@ type Config struct {
 	// DefaultMaxRequestBytes (1 MiB).
 	MaxRequestBytes int64 `json:"max_request_bytes"`
 	// EnrollmentSecret, if set, is a static bearer that Enroll accepts in place
-	// of an enrollment token. Keep it long and random; empty disables it.
+	// of an enrollment token, any number of times. It must be at least
+	// MinEnrollmentSecretLen (16) bytes; keep it long and random. Empty
+	// disables it.
 	EnrollmentSecret string `json:"enrollment_secret"`
 	// ProvisionerPublicKey is an ECDSA P-256 public key (PEM text, or the path
 	// of a PEM file) whose ES256 enrollment JWTs Enroll accepts. Empty: none.
@@ -206,6 +208,10 @@ const (
 	// (Config.QUICKeepAlive), capped at half the idle timeout.
 	DefaultQUICKeepAlive = transport.DefaultKeepAlivePeriod
 )
+
+// MinEnrollmentSecretLen is the shortest Config.EnrollmentSecret accepted, in
+// bytes.
+const MinEnrollmentSecretLen = 16
 
 // Defaults of the tokens the gateway mints when the request names no
 // lifetime; exported for the admin commands, whose flags show them.
@@ -358,6 +364,9 @@ func (c Config) validate() error {
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("shutdown_timeout must not be negative"))
+	}
+	if n := len(c.EnrollmentSecret); n > 0 && n < MinEnrollmentSecretLen {
+		errs = append(errs, fmt.Errorf("enrollment_secret (or --enrollment-secret-file) is %d bytes: want at least %d, long and random", n, MinEnrollmentSecretLen))
 	}
 	if c.EnrollRateLimit < 0 {
 		errs = append(errs, errors.New("enroll_rate_limit must not be negative"))

@@ -504,6 +504,7 @@ func TestConfigValidation(t *testing.T) {
 		{"bad port", Config{DataDir: "x", QUICListen: ":99999"}, "quic_listen"},
 		{"bad hostname", Config{DataDir: "x", Hostnames: []string{"bad host"}}, "hostname"},
 		{"http url", Config{DataDir: "x", PublicURL: "http://gw"}, "public_url"},
+		{"short enrollment secret", Config{DataDir: "x", EnrollmentSecret: "fifteen-bytes.."}, "enrollment_secret (or --enrollment-secret-file) is 15 bytes: want at least 16"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -512,6 +513,28 @@ func TestConfigValidation(t *testing.T) {
 				t.Fatalf("New: %v, want an error naming %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// The static enrollment secret's length is checked by the config, whether it
+// came from the JSON file or from --enrollment-secret-file: 16 bytes pass,
+// 15 do not.
+func TestEnrollmentSecretLength(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{{strings.Repeat("s", 16), true}, {strings.Repeat("s", 15), false}} {
+		f := filepath.Join(dir, "gw.json")
+		os.WriteFile(f, []byte(`{"data_dir": "x", "enrollment_secret": "`+tc.secret+`"}`), 0o600)
+		c, err := LoadConfigFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.withDefaults().validate()
+		if tc.ok != (err == nil) || !tc.ok && !strings.Contains(err.Error(), "enrollment_secret") {
+			t.Errorf("%d-byte secret from JSON: %v", len(tc.secret), err)
+		}
 	}
 }
 

@@ -100,9 +100,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("enrollment secret: %w", err)
 		}
-		if cfg.EnrollmentSecret = strings.TrimSpace(string(b)); len(cfg.EnrollmentSecret) < 16 {
-			return fmt.Errorf("enrollment secret in %s must be at least 16 characters", secretFile)
-		}
+		// server.Config checks the length, for the file and the JSON config alike.
+		cfg.EnrollmentSecret = strings.TrimSpace(string(b))
 	}
 	if cfg.DataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required (or data_dir in --config)", errUsage)
