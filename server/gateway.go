@@ -304,9 +304,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	eg.Go(func() error { return g.api.run(ctx) })
 	eg.Go(func() error { renewal.RunServer(ctx, g.pki, g.cfg.serverCertCheck, g.log); return nil })
 	eg.Go(func() error {
+		// Token rows are kept for the most any enrollment_token_leeway can
+		// be: a pruned jti must never verify again.
 		retention.Run(ctx, g.store, retention.Config{
 			Audit:      time.Duration(g.cfg.AuditRetention),
-			TokenGrace: token.Leeway,
+			TokenGrace: token.MaxEnrollmentLeeway,
 			Now:        g.cfg.Now,
 		}, g.log.Named("retention"))
 		return nil

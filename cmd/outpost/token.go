@@ -67,7 +67,15 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	)
 	af.register(fs)
 	fs.StringVar(&name, "name", "", "agent name the token is for (optional)")
-	fs.DurationVar(&ttl, "ttl", server.DefaultEnrollmentTokenTTL, "how long the token stays valid")
+	fs.DurationVar(&ttl, "ttl", server.DefaultEnrollmentTokenTTL, "how long the token stays valid, plus the gateway's leeway (see below)")
+	flagsUsage := fs.Usage
+	fs.Usage = func() {
+		flagsUsage()
+		fmt.Fprintf(stderr, "\nThe gateway accepts an enrollment token for its enrollment_token_leeway\n"+
+			"(--enrollment-token-leeway; default %v, 0 to %v) after it expires, to allow\n"+
+			"for clock skew: unless that is 0, a --ttl 1s token still enrolls for about %v.\n",
+			server.DefaultEnrollmentTokenLeeway, server.MaxEnrollmentTokenLeeway, server.DefaultEnrollmentTokenLeeway)
+	}
 	fs.Var(&subnets, "subnets", "IPv4 subnets pre-approved for the agent, comma-separated")
 	fs.Var(&domains, "domains", "domains pre-approved for the agent, comma-separated")
 	if err := parse(fs, args); err != nil {
