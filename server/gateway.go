@@ -72,8 +72,8 @@ type Gateway struct {
 	metricsLn  net.Listener
 	quicConn   *net.UDPConn
 
-	firstAdminKey string
-	serving       atomic.Bool
+	firstAdminKeyFile string
+	serving           atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -211,8 +211,8 @@ func (g *Gateway) ensureAdminKey() error {
 	if err := atomicfile.WriteFile(filepath.Join(g.cfg.DataDir, adminKeyFile), []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", adminKeyFile, err)
 	}
-	g.firstAdminKey = secret
-	g.log.Info("created the first admin API key", "file", filepath.Join(g.cfg.DataDir, adminKeyFile))
+	g.firstAdminKeyFile = filepath.Join(g.cfg.DataDir, adminKeyFile)
+	g.log.Info("created the first admin API key", "file", g.firstAdminKeyFile)
 	return nil
 }
 
@@ -269,9 +269,11 @@ func (g *Gateway) MetricsAddr() net.Addr {
 	return g.metricsLn.Addr()
 }
 
-// FirstAdminKey is the admin API key created by this start, or "" when the store
-// already had keys. It is shown once so the operator can save it.
-func (g *Gateway) FirstAdminKey() string { return g.firstAdminKey }
+// FirstAdminKeyFile is the path of admin.key when this start created the
+// first admin API key, or "" when the store already had keys. The key itself
+// is only in that file (0600): print the path, never the key, which would
+// end up in journald or container logs.
+func (g *Gateway) FirstAdminKeyFile() string { return g.firstAdminKeyFile }
 
 // CACertPEM is the gateway CA certificate, what clients pin.
 func (g *Gateway) CACertPEM() []byte { return g.pki.CACertPEM() }

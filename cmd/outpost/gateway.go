@@ -124,8 +124,10 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer gw.Close()
-	if key := gw.FirstAdminKey(); key != "" {
-		fmt.Fprintf(stdout, "First admin API key (shown once, also saved in %s/admin.key):\n%s\n", cfg.DataDir, key)
+	if f := gw.FirstAdminKeyFile(); f != "" {
+		// The path only: stdout ends up in journald and container logs.
+		q := shellQuote(f)
+		fmt.Fprintf(stdout, "First admin API key written to %s (0600). Use it with --api-key-file %s,\nor as -H \"Authorization: Bearer $(cat %s)\".\n", q, q, q)
 	}
 	return gw.Run(ctx)
 }

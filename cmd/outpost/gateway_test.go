@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // --enrollment-secret-file goes through the gateway config's length check
@@ -60,6 +62,63 @@ func TestTokenCreateHelpNamesLeeway(t *testing.T) {
 	for _, want := range []string{"enrollment_token_leeway", "--enrollment-token-leeway; default 1m0s, 0 to 5m0s", "--ttl 1s token still enrolls"} {
 		if !strings.Contains(errOut.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, errOut.String())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The first start tells where the admin key is, never the key: neither on
+// stdout nor in the logs. A later start says nothing about it.
+func TestGatewayPrintsAdminKeyPathOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gw data") // a space: the printed command quotes it
+	keyFile := filepath.Join(dir, "admin.key")
+	for i, wantLine := range []bool{true, false} {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errOut syncBuffer
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"gateway", "--data-dir", dir, "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--log-level", "trace"},
+				strings.NewReader(""), &out, &errOut)
+		}()
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(errOut.String(), "gateway serving") {
+			if time.Now().After(deadline) {
+				cancel()
+				t.Fatalf("start %d: gateway not serving within 20 s:\n%s", i+1, errOut.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("start %d: %v", i+1, err)
+		}
+		key, err := os.ReadFile(keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k := strings.TrimSpace(string(key)); strings.Contains(out.String(), k) || strings.Contains(errOut.String(), k) {
+			t.Errorf("start %d printed the admin key:\n%s\n%s", i+1, out.String(), errOut.String())
+		}
+		want := "First admin API key written to '" + keyFile + "' (0600). Use it with --api-key-file '" + keyFile + "'"
+		if got := strings.Contains(out.String(), want); got != wantLine {
+			t.Errorf("start %d: stdout %q, want the line %q: %v", i+1, out.String(), want, wantLine)
 		}
 	}
 }
