@@ -24,6 +24,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config-dir", dir, "--drain-timeout", "-1s"}, "--drain-timeout -1s"},
 		{[]string{"agent", "run", "--config-dir", dir, "--max-sessions", "0"}, "--max-sessions 0"},
 		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--renew-fraction", "2"}, "--renew-fraction 2"},
+		{[]string{"agent", "enroll", "--config-dir", dir}, "--token (or --secret-file) is required"},
+		{[]string{"agent", "enroll", "--token", "x", "--secret-file", "f", "--config-dir", dir}, "give --token or --secret-file, not both"},
+		{[]string{"agent", "enroll", "--secret-file", "f", "--gateway", "https://gw:7171", "--config-dir", dir}, "--secret-file needs --gateway URL and --ca-pin HEX"},
+		{[]string{"agent", "up", "--secret-file", "f", "--ca-pin", "ab", "--config-dir", dir}, "--secret-file needs --gateway URL and --ca-pin HEX"},
+		{[]string{"agent", "enroll", "--token", "x", "--gateway", "https://gw:7171", "--config-dir", dir}, "--gateway and --ca-pin go with --secret-file"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "t"}, "give exactly one of --listen and --stdio"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "-", "--stdio"}, "--token - reads stdin"},
 	} {
