@@ -302,6 +302,21 @@ func TestEnrollSubprocess(t *testing.T) {
 	if err != nil || strings.Count(strings.TrimSpace(string(out)), ".") != 2 {
 		t.Fatalf("token create: %v %s", err, out)
 	}
+
+	// ... and writes them to a file (0600) the agent reads on stdin.
+	tokFile := filepath.Join(t.TempDir(), "token.jwt")
+	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", filepath.Join(gw.cfg.DataDir, "ca.pem"), "--name", "from-file", "--token-file", tokFile)
+	out, err = cmd.Output()
+	if fi, serr := os.Stat(tokFile); err != nil || len(out) != 0 || serr != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token create --token-file: %v, stdout %q, file %v %v", err, out, fi, serr)
+	}
+	f, _ := os.Open(tokFile)
+	defer f.Close()
+	cmd = exec.Command(bin, "agent", "enroll", "--token", "-", "--config-dir", t.TempDir())
+	cmd.Stdin = f
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `enrolled agent "from-file"`) {
+		t.Fatalf("enroll from the token file: %v %s", err, out)
+	}
 }
 
 // caPin is the SHA-256 of gw's CA public key, hex: what an operator gives
