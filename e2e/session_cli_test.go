@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
 // The commands the CLI prints are run as printed, with one exception: the
@@ -273,5 +275,98 @@ func TestConnectTokenFileFlags(t *testing.T) {
 	out, err = exec.Command(outpostBinary(t), "connect", "--gateway", s.gw.url, "--token-file", empty, "--stdio").CombinedOutput()
 	if !strings.Contains(string(out), "token file "+empty+" is empty") {
 		t.Fatalf("empty token file: %v %s", err, out)
+	}
+}
+
+// "outpost dev" prints commands that work as printed: the session token goes
+// to a 0600 file in its data directory, connect reads it from there, and the
+// sample page answers through the agent. Nothing printed holds the admin key
+// or the token, and the token file goes when dev stops.
+func TestDemoCommands(t *testing.T) {
+	data := t.TempDir()
+	dev := exec.Command(outpostBinary(t), "dev", "--data-dir", data, "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0")
+	out := testlog.New(t)
+	dev.Stdout, dev.Stderr = out, testlog.New(t)
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- dev.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			dev.Process.Kill()
+			<-exited
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for !out.Contains("Ctrl-C stops everything.") {
+		if time.Now().After(deadline) {
+			t.Fatalf("outpost dev printed no instructions within 60 s:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var create, connect, page string
+	for _, l := range strings.Split(out.String(), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.Contains(l, " session create "):
+			create = l
+		case strings.Contains(l, " connect --gateway "):
+			connect = strings.TrimSuffix(l, " &")
+		case strings.HasPrefix(l, "curl http://127.0.0.1:"):
+			page = strings.TrimPrefix(l, "curl ")
+		}
+	}
+	if create == "" || connect == "" || page == "" {
+		t.Fatalf("instructions lack the session commands:\n%s", out.String())
+	}
+	key, err := os.ReadFile(filepath.Join(data, "gateway", "admin.key"))
+	if err != nil || strings.Contains(out.String(), strings.TrimSpace(string(key))) {
+		t.Fatalf("admin key %v, or printed:\n%s", err, out.String())
+	}
+
+	mint := runShell(t, create, nil, nil)
+	if err := mint.wait(t); err != nil {
+		t.Fatalf("printed session create: %v\n%s", err, mint.stderr.String())
+	}
+	tokFile := filepath.Join(data, "session.token")
+	fi, err := os.Stat(tokFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("session token file: %v %v, want mode 0600 in the data directory", fi, err)
+	}
+	tok, _ := os.ReadFile(tokFile)
+	if strings.Contains(mint.stderr.String(), strings.TrimSpace(string(tok))) {
+		t.Error("session create printed the token")
+	}
+	// Its port was free when dev started; taken since, the test says so.
+	conn := runShell(t, connect, nil, nil)
+	addr := conn.addr(t)
+	if "http://"+addr+"/" != page {
+		t.Fatalf("connect listens on %s, the printed curl asks %s", addr, page)
+	}
+	resp, err := http.Get(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "Hello from the sample target") {
+		t.Fatalf("page through the agent: %q", body)
+	}
+
+	// Ctrl-C: dev stops and takes the token file with it.
+	dev.Process.Signal(os.Interrupt)
+	select {
+	case err := <-exited:
+		stopped = true
+		if err != nil {
+			t.Errorf("outpost dev after Ctrl-C: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("outpost dev did not stop within 30 s of Ctrl-C")
+	}
+	if _, err := os.Stat(tokFile); !os.IsNotExist(err) {
+		t.Errorf("session token file left after dev stopped: %v", err)
 	}
 }
