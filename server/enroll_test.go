@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -324,6 +325,23 @@ func TestEnrollmentTokenLeeway(t *testing.T) {
 				t.Fatalf("Enroll %v after issue: %v", tc.after, err)
 			}
 		})
+	}
+}
+
+// The JSON config takes the audience and the leeway; "0s" is none, not the
+// default.
+func TestEnrollmentSettingsFromJSON(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "gw.json")
+	os.WriteFile(f, []byte(`{"data_dir": "x", "provisioner_audience": "urn:outpost:gw", "enrollment_token_leeway": "0s"}`), 0o600)
+	c, err := LoadConfigFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ProvisionerAudience != "urn:outpost:gw" || c.enrollmentTokenLeeway() != 0 {
+		t.Errorf("audience %q, leeway %v", c.ProvisionerAudience, c.enrollmentTokenLeeway())
+	}
+	if d := (Config{}).enrollmentTokenLeeway(); d != 60*time.Second {
+		t.Errorf("default leeway %v, want 60 s", d)
 	}
 }
 

@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
 // --enrollment-secret-file goes through the gateway config's length check
@@ -66,24 +67,6 @@ func TestTokenCreateHelpNamesLeeway(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The first start tells where the admin key is, never the key: neither on
 // stdout nor in the logs. A later start says nothing about it.
 func TestGatewayPrintsAdminKeyPathOnly(t *testing.T) {
@@ -91,11 +74,11 @@ func TestGatewayPrintsAdminKeyPathOnly(t *testing.T) {
 	keyFile := filepath.Join(dir, "admin.key")
 	for i, wantLine := range []bool{true, false} {
 		ctx, cancel := context.WithCancel(context.Background())
-		var out, errOut syncBuffer
+		out, errOut := testlog.New(t), testlog.New(t)
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"gateway", "--data-dir", dir, "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--log-level", "trace"},
-				strings.NewReader(""), &out, &errOut)
+				strings.NewReader(""), out, errOut)
 		}()
 		deadline := time.Now().Add(20 * time.Second)
 		for !strings.Contains(errOut.String(), "gateway serving") {
