@@ -193,8 +193,8 @@ func TestEnrollFailuresAreClear(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "pin") {
 			t.Fatalf("%v", err)
 		}
-		if entries, _ := os.ReadDir(filepath.Join(dir, "certs")); len(entries) != 0 {
-			t.Errorf("files written after a pin mismatch: %v", entries)
+		if _, err := os.Stat(filepath.Join(dir, "certs")); !os.IsNotExist(err) {
+			t.Errorf("certs/ left behind after a pin mismatch: %v", err)
 		}
 		if _, err := os.Stat(filepath.Join(dir, "agent.json")); err == nil {
 			t.Error("agent.json written after a pin mismatch")
@@ -302,4 +302,96 @@ func TestEnrollSubprocess(t *testing.T) {
 	if err != nil || strings.Count(strings.TrimSpace(string(out)), ".") != 2 {
 		t.Fatalf("token create: %v %s", err, out)
 	}
+
+	// ... and writes them to a file (0600) the agent reads on stdin.
+	tokFile := filepath.Join(t.TempDir(), "token.jwt")
+	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", filepath.Join(gw.cfg.DataDir, "ca.pem"), "--name", "from-file", "--token-file", tokFile)
+	out, err = cmd.Output()
+	if fi, serr := os.Stat(tokFile); err != nil || len(out) != 0 || serr != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token create --token-file: %v, stdout %q, file %v %v", err, out, fi, serr)
+	}
+	f, _ := os.Open(tokFile)
+	defer f.Close()
+	cmd = exec.Command(bin, "agent", "enroll", "--token", "-", "--config-dir", t.TempDir())
+	cmd.Stdin = f
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `enrolled agent "from-file"`) {
+		t.Fatalf("enroll from the token file: %v %s", err, out)
+	}
+}
+
+// caPin is the SHA-256 of gw's CA public key, hex: what an operator gives
+// "agent enroll --ca-pin" with a static secret.
+func caPin(t *testing.T, gw *gateway) string {
+	t.Helper()
+	sum := sha256.Sum256(testtls.ParseCert(t, gw.g.CACertPEM()).RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
+}
+
+// The shipped agent enrolls with the gateway's static secret: "outpost agent
+// enroll --secret-file F --gateway URL --ca-pin HEX" over loopback, pinned to
+// the CA given; the identity it writes connects. A wrong pin or secret is
+// refused and leaves nothing behind.
+func TestEnrollStaticSecret(t *testing.T) {
+	const secret = "static-enrollment-secret-0123456789"
+	gw := startGateway(t, t.TempDir(), func(c *server.Config) { c.EnrollmentSecret = secret })
+	pin := caPin(t, gw)
+	secretFile := filepath.Join(t.TempDir(), "enrollment.secret")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := outpostBinary(t)
+
+	dir := filepath.Join(t.TempDir(), "agent-data")
+	cmd := exec.Command(bin, "agent", "enroll", "--secret-file", secretFile, "--gateway", gw.url, "--ca-pin", pin,
+		"--name", "static-agent", "--advertise-subnets", "127.0.0.0/8", "--config-dir", dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("outpost agent enroll --secret-file: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `enrolled agent "static-agent"`) || strings.Contains(string(out), secret) {
+		t.Errorf("output: %s", out)
+	}
+	id, ok := agent.Enrolled(dir)
+	if !ok {
+		t.Fatal("no identity written")
+	}
+	startAgent(t, fastAgent(dir))
+	if v := gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second); v.GetName() != "static-agent" {
+		t.Errorf("agent view %v", v)
+	}
+
+	// The secret enrolls more than one agent.
+	if _, err := enroll(t, "", t.TempDir(), func(o *agent.EnrollOptions) {
+		o.Secret, o.GatewayURL, o.CAPin, o.Name = secret, gw.url, pin, "static-agent-2"
+	}); err != nil {
+		t.Fatalf("second agent with the same secret: %v", err)
+	}
+
+	t.Run("wrong pin", func(t *testing.T) {
+		other := startGateway(t, t.TempDir(), nil)
+		dir := t.TempDir()
+		_, err := enroll(t, "", dir, func(o *agent.EnrollOptions) {
+			o.Secret, o.GatewayURL, o.CAPin, o.Name = secret, gw.url, caPin(t, other), "pinned"
+		})
+		if !errors.Is(err, agent.ErrPinMismatch) {
+			t.Fatalf("%v, want ErrPinMismatch", err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("left behind after a pin mismatch: %v", entries)
+		}
+	})
+	t.Run("wrong secret", func(t *testing.T) {
+		wrong := filepath.Join(t.TempDir(), "wrong.secret")
+		os.WriteFile(wrong, []byte("not-the-gateway-secret-000"), 0o600)
+		dir := t.TempDir()
+		cmd := exec.Command(bin, "agent", "enroll", "--secret-file", wrong, "--gateway", gw.url, "--ca-pin", pin, "--name", "refused", "--config-dir", dir)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "gateway refused enrollment") || !strings.Contains(string(out), "HTTP 401") {
+			t.Fatalf("wrong secret: %v\n%s", err, out)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("left behind after a refusal: %v", entries)
+		}
+	})
 }

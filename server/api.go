@@ -87,14 +87,16 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		grpc.ChainStreamInterceptor(rec.Stream, authz.StreamInterceptor),
 	)
 	enroll, err := enrollment.New(g.pki, g.tokens, g.store, enrollment.Config{
-		PublicURL:        g.cfg.PublicURL,
-		QUICEndpoint:     g.cfg.PublicQUICEndpoint,
-		EnrollmentSecret: g.cfg.EnrollmentSecret,
-		RateBurst:        g.cfg.EnrollRateLimit,
-		Enrollments:      g.metrics.Enrollments,
-		Now:              g.cfg.Now,
-		ClientIP:         g.cfg.clientIP(),
-		Logger:           g.log.Named("enrollment"),
+		PublicURL:           g.cfg.PublicURL,
+		QUICEndpoint:        g.cfg.PublicQUICEndpoint,
+		EnrollmentSecret:    g.cfg.EnrollmentSecret,
+		ProvisionerAudience: g.cfg.ProvisionerAudience,
+		TokenLeeway:         g.cfg.enrollmentTokenLeeway(),
+		RateBurst:           g.cfg.EnrollRateLimit,
+		Enrollments:         g.metrics.Enrollments,
+		Now:                 g.cfg.Now,
+		ClientIP:            g.cfg.clientIP(),
+		Logger:              g.log.Named("enrollment"),
 	})
 	if err != nil {
 		return nil, err

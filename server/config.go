@@ -62,11 +62,25 @@ type Config struct {
 	// DefaultMaxRequestBytes (1 MiB).
 	MaxRequestBytes int64 `json:"max_request_bytes"`
 	// EnrollmentSecret, if set, is a static bearer that Enroll accepts in place
-	// of an enrollment token. Keep it long and random; empty disables it.
+	// of an enrollment token, any number of times. It must be at least
+	// MinEnrollmentSecretLen (16) bytes; keep it long and random. Empty
+	// disables it.
 	EnrollmentSecret string `json:"enrollment_secret"`
 	// ProvisionerPublicKey is an ECDSA P-256 public key (PEM text, or the path
 	// of a PEM file) whose ES256 enrollment JWTs Enroll accepts. Empty: none.
 	ProvisionerPublicKey string `json:"provisioner_public_key"`
+	// ProvisionerAudience is the audience ("aud") every enrollment JWT
+	// signed by ProvisionerPublicKey must carry, so that a provisioner's
+	// token minted for another gateway is refused here; a token without it
+	// is refused as Unauthenticated. Required with ProvisionerPublicKey, and
+	// meaningless without it. Tokens the gateway mints itself carry its
+	// PublicURL instead.
+	ProvisionerAudience string `json:"provisioner_audience"`
+	// EnrollmentTokenLeeway is the clock skew tolerated on enrollment
+	// tokens' exp and nbf: a token still enrolls until this long after it
+	// expired. From 0 (none) to MaxEnrollmentTokenLeeway (5 min). If nil,
+	// DefaultEnrollmentTokenLeeway (60 s).
+	EnrollmentTokenLeeway *Duration `json:"enrollment_token_leeway"`
 	// EnrollRateLimit is the number of Enroll calls allowed per source IP per
 	// minute. If zero, DefaultEnrollRateLimit (10).
 	EnrollRateLimit int `json:"enroll_rate_limit"`
@@ -238,6 +252,19 @@ const (
 	DefaultQUICKeepAlive = transport.DefaultKeepAlivePeriod
 )
 
+// Bounds of Config.EnrollmentTokenLeeway.
+const (
+	// DefaultEnrollmentTokenLeeway is the clock skew tolerated on
+	// enrollment tokens when the config names none.
+	DefaultEnrollmentTokenLeeway = token.DefaultEnrollmentLeeway
+	// MaxEnrollmentTokenLeeway is the most that may be configured.
+	MaxEnrollmentTokenLeeway = token.MaxEnrollmentLeeway
+)
+
+// MinEnrollmentSecretLen is the shortest Config.EnrollmentSecret accepted, in
+// bytes.
+const MinEnrollmentSecretLen = 16
+
 // Defaults of the tokens the gateway mints when the request names no
 // lifetime; exported for the admin commands, whose flags show them.
 const (
@@ -396,6 +423,18 @@ func (c Config) validate() error {
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("shutdown_timeout must not be negative"))
 	}
+	if n := len(c.EnrollmentSecret); n > 0 && n < MinEnrollmentSecretLen {
+		errs = append(errs, fmt.Errorf("enrollment_secret (or --enrollment-secret-file) is %d bytes: want at least %d, long and random", n, MinEnrollmentSecretLen))
+	}
+	switch {
+	case strings.TrimSpace(c.ProvisionerPublicKey) != "" && c.ProvisionerAudience == "":
+		errs = append(errs, errors.New("provisioner_public_key needs provisioner_audience (--provisioner-audience): the aud its enrollment JWTs must carry for this gateway"))
+	case strings.TrimSpace(c.ProvisionerPublicKey) == "" && c.ProvisionerAudience != "":
+		errs = append(errs, errors.New("provisioner_audience is set but provisioner_public_key is not"))
+	}
+	if l := c.EnrollmentTokenLeeway; l != nil && (*l < 0 || time.Duration(*l) > MaxEnrollmentTokenLeeway) {
+		errs = append(errs, fmt.Errorf("enrollment_token_leeway %v: want 0 (none) to %v", time.Duration(*l), MaxEnrollmentTokenLeeway))
+	}
 	if c.EnrollRateLimit < 0 {
 		errs = append(errs, errors.New("enroll_rate_limit must not be negative"))
 	}
@@ -495,6 +534,14 @@ func validHostname(h string) error {
 		}
 	}
 	return nil
+}
+
+// enrollmentTokenLeeway is EnrollmentTokenLeeway, or its default when unset.
+func (c Config) enrollmentTokenLeeway() time.Duration {
+	if c.EnrollmentTokenLeeway == nil {
+		return DefaultEnrollmentTokenLeeway
+	}
+	return time.Duration(*c.EnrollmentTokenLeeway)
 }
 
 // provisionerKey parses Config.ProvisionerPublicKey: PEM text or a file path.

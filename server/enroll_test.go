@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,7 +24,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/internal/testtls"
 )
 
@@ -76,7 +80,8 @@ func TestEnrollServerChecks(t *testing.T) {
 	provPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: provDER}))
 	g, err := New(Config{
 		DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
-		EnrollmentSecret: "static-secret-0123456789", ProvisionerPublicKey: provPEM, EnrollRateLimit: 1000,
+		EnrollmentSecret: "static-secret-0123456789", ProvisionerPublicKey: provPEM, ProvisionerAudience: "urn:outpost:test-gw",
+		EnrollRateLimit: 1000,
 	}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +115,7 @@ func TestEnrollServerChecks(t *testing.T) {
 		{"bad signature", craft(t, other, "ENROLLMENT", nil), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.Unauthenticated, "signature"},
 		{"expired", craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-2 * time.Minute).Unix() }), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.Unauthenticated, "expired"},
 		{"not yet valid", craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(2 * time.Minute).Unix() }), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.Unauthenticated, "not valid yet"},
+		{"own key, another gateway's aud", craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["aud"] = "https://other.example:7171" }), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.Unauthenticated, "does not name this gateway"},
 		{"wrong scope", craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["scope"] = "session" }), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.PermissionDenied, "scope"},
 		{"wrong cty", craft(t, key, "SESSION", nil), &outpostv1.EnrollRequest{CsrPem: validCSR, AgentName: "a"}, codes.PermissionDenied, "content type"},
 		{"no name", good(), &outpostv1.EnrollRequest{CsrPem: validCSR}, codes.InvalidArgument, "agent_name"},
@@ -132,6 +138,12 @@ func TestEnrollServerChecks(t *testing.T) {
 		})
 	}
 
+	t.Run("own key, own aud", func(t *testing.T) {
+		tok := craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["aud"] = r.g.cfg.PublicURL })
+		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "own-aud"}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("token name used and csr subject ignored", func(t *testing.T) {
 		tok := craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) { c["agent_name"] = "from-token" })
 		resp, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "evil-cn")})
@@ -174,7 +186,30 @@ func TestEnrollServerChecks(t *testing.T) {
 		}
 	})
 	t.Run("provisioner jwt", func(t *testing.T) {
-		tok := craft(t, prov, "ENROLLMENT", func(c jwt.MapClaims) { c["agent_name"] = "provisioned" })
+		for _, tc := range []struct {
+			name string
+			aud  any
+			want string
+		}{
+			{"no aud", nil, `aud [] does not name "urn:outpost:test-gw"`},
+			{"another gateway's", "urn:outpost:other-gw", `aud ["urn:outpost:other-gw"] does not name "urn:outpost:test-gw"`},
+			{"the gateway's own", r.g.cfg.PublicURL, `aud ["` + r.g.cfg.PublicURL + `"] does not name`},
+		} {
+			tok := craft(t, prov, "ENROLLMENT", func(c jwt.MapClaims) {
+				c["agent_name"] = "provisioned-" + strings.ReplaceAll(tc.name, " ", "-")
+				if tc.aud != nil {
+					c["aud"] = tc.aud
+				}
+			})
+			_, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x")})
+			if status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "audience not accepted: provisioner token's "+tc.want) {
+				t.Errorf("provisioner token, aud %s: %v, want Unauthenticated naming the audience", tc.name, err)
+			}
+		}
+		tok := craft(t, prov, "ENROLLMENT", func(c jwt.MapClaims) {
+			c["agent_name"] = "provisioned"
+			c["aud"] = []string{"urn:outpost:other-gw", "urn:outpost:test-gw"}
+		})
 		if _, err := enrollCall(ctx, client, tok, &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x")}); err != nil {
 			t.Fatal(err)
 		}
@@ -220,6 +255,111 @@ func TestEnrollServerChecks(t *testing.T) {
 			t.Fatalf("%d succeeded, want 1", okCount)
 		}
 	})
+}
+
+// A provisioner key without an audience, or an audience without a key, is
+// a config error.
+func TestProvisionerAudienceRequired(t *testing.T) {
+	der, _ := x509.MarshalPKIXPublicKey(&testtls.Key(t).PublicKey)
+	provPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{ProvisionerPublicKey: provPEM}, "provisioner_public_key needs provisioner_audience"},
+		{Config{ProvisionerAudience: "urn:outpost:gw"}, "provisioner_audience is set but provisioner_public_key is not"},
+	} {
+		tc.cfg.DataDir, tc.cfg.Listen, tc.cfg.QUICListen = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0"
+		if _, err := New(tc.cfg, testLogger(t)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New: %v, want an error containing %q", err, tc.want)
+		}
+	}
+}
+
+// The leeway on enrollment tokens is the gateway's setting: with 0, a token
+// is refused the second it expires; by default it still enrolls for 60 s.
+// The gateway's clock is a fake one, moved instead of waited for.
+func TestEnrollmentTokenLeeway(t *testing.T) {
+	leeway := func(d time.Duration) *Duration { v := Duration(d); return &v }
+	for _, tc := range []struct {
+		name    string
+		leeway  *Duration
+		after   time.Duration // how long past exp Enroll is called
+		refused bool
+	}{
+		{"none, just before exp", leeway(0), 999 * time.Millisecond, false},
+		{"none, at exp", leeway(0), time.Second, true},
+		{"default, 59 s past exp", nil, time.Second + 59*time.Second, false},
+		{"default, 60 s past exp", nil, time.Second + 60*time.Second, true},
+		{"5 min, 4 min past exp", leeway(5 * time.Minute), time.Second + 4*time.Minute, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			clk := fakeclock.New(time.Now().Truncate(time.Second))
+			g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+				EnrollmentTokenLeeway: tc.leeway, Now: clk.Now}, testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := run(t, g)
+			client := outpostv1.NewEnrollmentServiceClient(r.grpcConn(t))
+			ctx := context.Background()
+			minted, err := client.CreateEnrollmentToken(withKey(ctx, adminKey(t, dir)),
+				&outpostv1.CreateEnrollmentTokenRequest{AgentName: "leeway", Ttl: durationpb.New(time.Second)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			claims := jwt.MapClaims{}
+			if _, _, err := jwt.NewParser().ParseUnverified(minted.GetToken(), claims); err != nil {
+				t.Fatal(err)
+			}
+			if aud, _ := claims.GetAudience(); len(aud) != 1 || aud[0] != g.cfg.PublicURL {
+				t.Errorf("minted token's aud %v, want the public URL %s", aud, g.cfg.PublicURL)
+			}
+			clk.Advance(tc.after)
+			_, err = enrollCall(ctx, client, minted.GetToken(), &outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x")})
+			switch {
+			case tc.refused && (status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "expired")):
+				t.Fatalf("Enroll %v after issue: %v, want Unauthenticated: expired", tc.after, err)
+			case !tc.refused && err != nil:
+				t.Fatalf("Enroll %v after issue: %v", tc.after, err)
+			}
+		})
+	}
+}
+
+// The JSON config takes the audience and the leeway; "0s" is none, not the
+// default.
+func TestEnrollmentSettingsFromJSON(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "gw.json")
+	os.WriteFile(f, []byte(`{"data_dir": "x", "provisioner_audience": "urn:outpost:gw", "enrollment_token_leeway": "0s"}`), 0o600)
+	c, err := LoadConfigFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ProvisionerAudience != "urn:outpost:gw" || c.enrollmentTokenLeeway() != 0 {
+		t.Errorf("audience %q, leeway %v", c.ProvisionerAudience, c.enrollmentTokenLeeway())
+	}
+	if d := (Config{}).enrollmentTokenLeeway(); d != 60*time.Second {
+		t.Errorf("default leeway %v, want 60 s", d)
+	}
+}
+
+// The leeway is bounded: 0 to 5 min.
+func TestEnrollmentTokenLeewayBounds(t *testing.T) {
+	for _, d := range []time.Duration{-time.Second, 5*time.Minute + time.Second} {
+		v := Duration(d)
+		err := Config{DataDir: "x", EnrollmentTokenLeeway: &v}.withDefaults().validate()
+		if err == nil || !strings.Contains(err.Error(), "enrollment_token_leeway") {
+			t.Errorf("leeway %v: %v", d, err)
+		}
+	}
+	for _, d := range []time.Duration{0, 5 * time.Minute} {
+		v := Duration(d)
+		if err := (Config{DataDir: "x", EnrollmentTokenLeeway: &v}).withDefaults().validate(); err != nil {
+			t.Errorf("leeway %v: %v", d, err)
+		}
+	}
 }
 
 func TestEnrollRateLimit(t *testing.T) {

@@ -72,8 +72,8 @@ type Gateway struct {
 	metricsLn  net.Listener
 	quicConn   *net.UDPConn
 
-	firstAdminKey string
-	serving       atomic.Bool
+	firstAdminKeyFile string
+	serving           atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -217,8 +217,8 @@ func (g *Gateway) ensureAdminKey() error {
 	if err := atomicfile.WriteFile(filepath.Join(g.cfg.DataDir, adminKeyFile), []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", adminKeyFile, err)
 	}
-	g.firstAdminKey = secret
-	g.log.Info("created the first admin API key", "file", filepath.Join(g.cfg.DataDir, adminKeyFile))
+	g.firstAdminKeyFile = filepath.Join(g.cfg.DataDir, adminKeyFile)
+	g.log.Info("created the first admin API key", "file", g.firstAdminKeyFile)
 	return nil
 }
 
@@ -275,9 +275,11 @@ func (g *Gateway) MetricsAddr() net.Addr {
 	return g.metricsLn.Addr()
 }
 
-// FirstAdminKey is the admin API key created by this start, or "" when the store
-// already had keys. It is shown once so the operator can save it.
-func (g *Gateway) FirstAdminKey() string { return g.firstAdminKey }
+// FirstAdminKeyFile is the path of admin.key when this start created the
+// first admin API key, or "" when the store already had keys. The key itself
+// is only in that file (0600): print the path, never the key, which would
+// end up in journald or container logs.
+func (g *Gateway) FirstAdminKeyFile() string { return g.firstAdminKeyFile }
 
 // CACertPEM is the gateway CA certificate, what clients pin.
 func (g *Gateway) CACertPEM() []byte { return g.pki.CACertPEM() }
@@ -310,9 +312,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	eg.Go(func() error { return g.api.run(ctx) })
 	eg.Go(func() error { renewal.RunServer(ctx, g.pki, g.cfg.serverCertCheck, g.log); return nil })
 	eg.Go(func() error {
+		// Token rows are kept for the most any enrollment_token_leeway can
+		// be: a pruned jti must never verify again.
 		retention.Run(ctx, g.store, retention.Config{
 			Audit:      time.Duration(g.cfg.AuditRetention),
-			TokenGrace: token.Leeway,
+			TokenGrace: token.MaxEnrollmentLeeway,
 			Now:        g.cfg.Now,
 		}, g.log.Named("retention"))
 		return nil

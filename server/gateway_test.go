@@ -175,8 +175,8 @@ func withKey(ctx context.Context, key string) context.Context {
 func TestFirstStartCreatesDataDir(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
-	if r.g.FirstAdminKey() == "" || r.g.FirstAdminKey() != adminKey(t, dir) {
-		t.Fatal("first start did not report the admin key saved in admin.key")
+	if r.g.FirstAdminKeyFile() != filepath.Join(dir, "admin.key") || adminKey(t, dir) == "" {
+		t.Fatal("first start did not report the admin key file it wrote")
 	}
 	for _, f := range []string{"ca.pem", "ca.key", "server.pem", "server.key", "token.key", "admin.key", storeFile} {
 		fi, err := os.Stat(filepath.Join(dir, f))
@@ -450,7 +450,7 @@ func TestRestartKeepsIdentity(t *testing.T) {
 
 	// Same names: everything is reused.
 	r2 := start(t, dir)
-	if r2.g.FirstAdminKey() != "" {
+	if r2.g.FirstAdminKeyFile() != "" {
 		t.Error("a restart created another admin key")
 	}
 	if !bytes.Equal(r2.g.CACertPEM(), caPEM) || !bytes.Equal(read("ca.key"), caKey) || !bytes.Equal(read("token.key"), tokenKey) {
@@ -513,6 +513,7 @@ func TestConfigValidation(t *testing.T) {
 		{"any origin unconfirmed", Config{DataDir: "x", AllowedOrigins: []string{"*"}}, "allow_any_origin"},
 		{"origin with a path", Config{DataDir: "x", AllowedOrigins: []string{"https://app.example.com/"}}, "allowed_origins"},
 		{"any origin without *", Config{DataDir: "x", AllowAnyOrigin: true}, "allowed_origins"},
+		{"short enrollment secret", Config{DataDir: "x", EnrollmentSecret: "fifteen-bytes.."}, "enrollment_secret (or --enrollment-secret-file) is 15 bytes: want at least 16"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -521,6 +522,28 @@ func TestConfigValidation(t *testing.T) {
 				t.Fatalf("New: %v, want an error naming %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// The static enrollment secret's length is checked by the config, whether it
+// came from the JSON file or from --enrollment-secret-file: 16 bytes pass,
+// 15 do not.
+func TestEnrollmentSecretLength(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{{strings.Repeat("s", 16), true}, {strings.Repeat("s", 15), false}} {
+		f := filepath.Join(dir, "gw.json")
+		os.WriteFile(f, []byte(`{"data_dir": "x", "enrollment_secret": "`+tc.secret+`"}`), 0o600)
+		c, err := LoadConfigFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.withDefaults().validate()
+		if tc.ok != (err == nil) || !tc.ok && !strings.Contains(err.Error(), "enrollment_secret") {
+			t.Errorf("%d-byte secret from JSON: %v", len(tc.secret), err)
+		}
 	}
 }
 

@@ -54,11 +54,15 @@ func readToken(v string, stdin io.Reader) (string, error) {
 // enrollFlags are shared by "agent enroll" and "agent up".
 type enrollFlags struct {
 	token, name, hostname, quicEndpoint, configDir string
+	secretFile, gateway, caPin                     string
 	subnets, domains                               stringList
 }
 
 func (e *enrollFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&e.token, "token", "", "enrollment token, or - to read it from stdin (required)")
+	fs.StringVar(&e.token, "token", "", "enrollment token, or - to read it from stdin (a token given here shows in ps)")
+	fs.StringVar(&e.secretFile, "secret-file", "", "file holding the gateway's static enrollment secret, in place of a token (with --gateway and --ca-pin)")
+	fs.StringVar(&e.gateway, "gateway", "", "gateway API URL, https://host:port (with --secret-file; a token names its own)")
+	fs.StringVar(&e.caPin, "ca-pin", "", "SHA-256 of the gateway CA's public key, hex (with --secret-file; the gateway logs it as ca_spki_sha256)")
 	fs.StringVar(&e.name, "name", "", "agent name (default: the token's, else this host's name)")
 	fs.StringVar(&e.hostname, "hostname", "", "DNS name of this host, added to the certificate (optional)")
 	fs.Var(&e.subnets, "advertise-subnets", "IPv4 subnets to advertise, comma-separated (default: the token's routes)")
@@ -67,17 +71,41 @@ func (e *enrollFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&e.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 }
 
-func (e *enrollFlags) options(stdin io.Reader) (agent.EnrollOptions, error) {
-	if e.token == "" {
-		return agent.EnrollOptions{}, fmt.Errorf("%w: --token is required", errUsage)
+// credential fills o with the token, or with the static secret and where it
+// goes.
+func (e *enrollFlags) credential(o *agent.EnrollOptions, stdin io.Reader) error {
+	switch {
+	case e.token != "" && e.secretFile != "":
+		return fmt.Errorf("%w: give --token or --secret-file, not both", errUsage)
+	case e.secretFile != "" && (e.gateway == "" || e.caPin == ""):
+		return fmt.Errorf("%w: --secret-file needs --gateway URL and --ca-pin HEX (a secret, unlike a token, names neither)", errUsage)
+	case e.secretFile != "":
+		secret, err := readSecretFile(e.secretFile, "enrollment secret file")
+		if err != nil {
+			return err
+		}
+		o.Secret, o.GatewayURL, o.CAPin = secret, e.gateway, e.caPin
+		return nil
+	case e.gateway != "" || e.caPin != "":
+		return fmt.Errorf("%w: --gateway and --ca-pin go with --secret-file; a token names its gateway and CA", errUsage)
+	case e.token == "":
+		return fmt.Errorf("%w: --token (or --secret-file) is required", errUsage)
 	}
 	tok, err := readToken(e.token, stdin)
 	if err != nil {
-		return agent.EnrollOptions{}, err
+		return err
 	}
+	o.Token = tok
+	return nil
+}
+
+func (e *enrollFlags) options(stdin io.Reader) (agent.EnrollOptions, error) {
 	o := agent.EnrollOptions{
-		Token: tok, ConfigDir: agent.ConfigDir(e.configDir),
-		Name: e.name, Hostname: e.hostname, QUICEndpoint: e.quicEndpoint,
+		ConfigDir: agent.ConfigDir(e.configDir),
+		Name:      e.name, Hostname: e.hostname, QUICEndpoint: e.quicEndpoint,
+	}
+	if err := e.credential(&o, stdin); err != nil {
+		return agent.EnrollOptions{}, err
 	}
 	if e.subnets != nil {
 		o.Subnets = e.subnets
@@ -89,7 +117,7 @@ func (e *enrollFlags) options(stdin io.Reader) (agent.EnrollOptions, error) {
 }
 
 func runAgentEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("agent enroll", stderr, "agent enroll --token <jwt|-> [flags]")
+	fs := newFlagSet("agent enroll", stderr, "agent enroll (--token <jwt|-> | --secret-file F --gateway URL --ca-pin HEX) [flags]")
 	var (
 		ef enrollFlags
 		lf logFlags
@@ -181,7 +209,7 @@ func runAgentRun(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("agent up", stderr, "agent up --token <jwt|-> [flags]")
+	fs := newFlagSet("agent up", stderr, "agent up (--token <jwt|-> | --secret-file F --gateway URL --ca-pin HEX) [flags]")
 	var (
 		ef enrollFlags
 		rf runFlags

@@ -18,14 +18,15 @@ import (
 )
 
 func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("connect", stderr, "connect --gateway URL --token T (--listen 127.0.0.1:PORT | --stdio) [--ca-file F | --ca-pin HEX]")
+	fs := newFlagSet("connect", stderr, "connect --gateway URL (--token-file F | --token -) (--listen 127.0.0.1:PORT | --stdio) [--ca-file F | --ca-pin HEX]")
 	var (
-		gateway, tok, listen, caFile, caPin string
-		stdio                               bool
-		lf                                  logFlags
+		gateway, tok, tokFile, listen, caFile, caPin string
+		stdio                                        bool
+		lf                                           logFlags
 	)
 	fs.StringVar(&gateway, "gateway", "", "gateway URL: https://host:port, or the wss:// connect URL (required)")
-	fs.StringVar(&tok, "token", "", "session token, or - to read it from stdin (required; not with --stdio)")
+	fs.StringVar(&tokFile, "token-file", "", "file holding the session token (as session create --token-file writes it)")
+	fs.StringVar(&tok, "token", "", "session token, or - to read it from stdin (not with --stdio); a token given here shows in ps")
 	fs.StringVar(&listen, "listen", "", "local TCP address to serve, e.g. 127.0.0.1:2222")
 	fs.BoolVar(&stdio, "stdio", false, "bridge stdin/stdout instead (for ssh -o ProxyCommand)")
 	fs.StringVar(&caFile, "ca-file", "", "gateway CA certificate (PEM) to trust")
@@ -35,14 +36,21 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return err
 	}
 	switch {
-	case gateway == "" || tok == "":
-		return fmt.Errorf("%w: --gateway and --token are required", errUsage)
+	case gateway == "" || tok == "" && tokFile == "":
+		return fmt.Errorf("%w: --gateway and --token-file (or --token -) are required", errUsage)
+	case tok != "" && tokFile != "":
+		return fmt.Errorf("%w: give --token or --token-file, not both", errUsage)
 	case stdio == (listen != ""):
 		return fmt.Errorf("%w: give exactly one of --listen and --stdio", errUsage)
 	case stdio && tok == "-":
-		return fmt.Errorf("%w: --token - reads stdin, which --stdio carries", errUsage)
+		return fmt.Errorf("%w: --token - reads stdin, which --stdio carries: use --token-file", errUsage)
 	}
-	tok, err := readToken(tok, stdin)
+	var err error
+	if tokFile != "" {
+		tok, err = readSecretFile(tokFile, "token file")
+	} else {
+		tok, err = readToken(tok, stdin)
+	}
 	if err != nil {
 		return err
 	}
@@ -89,10 +97,11 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 }
 
 func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl D]")
+	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--token-file F [--force]] [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl D]")
 	var (
 		af              adminFlags
 		target, agentID string
+		out             tokenOutput
 		reusable        bool
 		ttl             time.Duration
 	)
@@ -101,11 +110,15 @@ func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.StringVar(&agentID, "agent", "", "agent id that must carry the session (default: chosen by routes)")
 	fs.BoolVar(&reusable, "reusable", false, "let the token open any number of sessions until it expires")
 	fs.DurationVar(&ttl, "ttl", server.DefaultSessionTokenTTL, "how long the token stays valid")
+	out.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if target == "" {
 		return fmt.Errorf("%w: --target is required", errUsage)
+	}
+	if err := out.check(); err != nil {
+		return err
 	}
 	conn, err := af.dial()
 	if err != nil {
@@ -120,15 +133,42 @@ func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return callErr("create session", err)
 	}
+	// Only the token goes to stdout (or the file); everything else is
+	// for the user, on stderr, and never holds the token.
+	if err := out.write(stdout, resp.GetToken()); err != nil {
+		return err
+	}
+	printConnectHints(stderr, resp, target, reusable, out.file, args)
+	return nil
+}
+
+// printConnectHints tells how to use a session token just minted, with
+// commands that work as printed and never carry the token themselves: it is
+// read from tokFile or, when it went to stdout, from a pipe (args are the
+// session create arguments, to repeat).
+func printConnectHints(w io.Writer, resp *outpostv1.CreateSessionResponse, target string, reusable bool, tokFile string, args []string) {
 	gw := strings.TrimSuffix(resp.GetConnectUrl(), "/v1/connect")
 	gw = "https" + strings.TrimPrefix(gw, "wss")
-	pin := resp.GetGatewayCaSpkiSha256()
-	fmt.Fprintln(stdout, resp.GetToken())
-	fmt.Fprintf(stderr, "session %s to %s, token valid until %s (%s)\n\n", resp.GetSessionId(), target,
-		resp.GetExpiresAt().AsTime().Format(time.RFC3339), map[bool]string{true: "reusable", false: "single-use"}[reusable])
-	fmt.Fprintf(stderr, "connect with:\n  outpost connect --gateway %s --ca-pin %s --token %s --listen 127.0.0.1:10022\n\n", gw, pin, resp.GetToken())
-	fmt.Fprintf(stderr, "or as an ssh ProxyCommand:\n  ssh -o ProxyCommand='outpost connect --gateway %s --ca-pin %s --token %s --stdio' user@%s\n", gw, pin, resp.GetToken(), hostOf(target))
-	return nil
+	self := selfCommand()
+	connect := self + " " + shellJoin("connect", "--gateway", gw, "--ca-pin", resp.GetGatewayCaSpkiSha256())
+	use := "single-use: it serves one connection"
+	if reusable {
+		use = "reusable until it expires"
+	}
+	fmt.Fprintf(w, "session %s to %s, token valid until %s (%s)\n", resp.GetSessionId(), target,
+		resp.GetExpiresAt().AsTime().Format(time.RFC3339), use)
+	if tokFile == "" {
+		fmt.Fprintf(w, "The token is on stdout. Give it to connect on stdin (--token -) or in a file\n"+
+			"(--token-file), not as --token: arguments show in ps. To mint one and connect\nin one step:\n  %s | %s\n"+
+			"With --token-file FILE this prints ready-made connect and ssh lines.\n",
+			self+" "+shellJoin(append([]string{"session", "create"}, args...)...),
+			connect+" "+shellJoin("--token", "-", "--listen", "127.0.0.1:10022"))
+		return
+	}
+	fmt.Fprintf(w, "The token is in %s (0600). Connect with:\n  %s\n", shellQuote(tokFile),
+		connect+" "+shellJoin("--token-file", tokFile, "--listen", "127.0.0.1:10022"))
+	proxy := connect + " " + shellJoin("--token-file", tokFile, "--stdio")
+	fmt.Fprintf(w, "or, for an ssh server, as its ProxyCommand:\n  ssh -o %s %s\n", shellQuote("ProxyCommand="+proxy), shellQuote(hostOf(target)))
 }
 
 func hostOf(target string) string {

@@ -22,6 +22,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		hostnames  stringList
 		shutdown   time.Duration
 		secretFile string
+		leeway     time.Duration
 		certValid  time.Duration
 		idle       time.Duration
 		direct     bool
@@ -40,6 +41,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&shutdown, "shutdown-timeout", server.DefaultShutdownTimeout, "how long a graceful stop may take")
 	fs.StringVar(&secretFile, "enrollment-secret-file", "", "file holding a static enrollment secret accepted in place of a token (default: none)")
 	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
+	fs.StringVar(&flagCfg.ProvisionerAudience, "provisioner-audience", "", "the aud the provisioner's enrollment JWTs must carry for this gateway (required with --provisioner-public-key)")
+	fs.DurationVar(&leeway, "enrollment-token-leeway", server.DefaultEnrollmentTokenLeeway, "clock skew tolerated on enrollment tokens: a token still enrolls this long after it expired (0 to "+server.MaxEnrollmentTokenLeeway.String()+")")
 	fs.IntVar(&flagCfg.EnrollRateLimit, "enroll-rate-limit", server.DefaultEnrollRateLimit, "Enroll calls allowed per source IP per minute")
 	fs.DurationVar(&certValid, "agent-cert-validity", server.DefaultAgentCertValidity, "lifetime of agent certificates")
 	fs.BoolVar(&direct, "allow-direct", false, "let the gateway dial targets no agent covers itself, only inside --direct-subnets/--direct-domains")
@@ -79,6 +82,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.ShutdownTimeout = server.Duration(shutdown)
 		case "provisioner-public-key":
 			cfg.ProvisionerPublicKey = flagCfg.ProvisionerPublicKey
+		case "provisioner-audience":
+			cfg.ProvisionerAudience = flagCfg.ProvisionerAudience
+		case "enrollment-token-leeway":
+			d := server.Duration(leeway)
+			cfg.EnrollmentTokenLeeway = &d
 		case "enroll-rate-limit":
 			cfg.EnrollRateLimit = flagCfg.EnrollRateLimit
 		case "agent-cert-validity":
@@ -100,9 +108,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("enrollment secret: %w", err)
 		}
-		if cfg.EnrollmentSecret = strings.TrimSpace(string(b)); len(cfg.EnrollmentSecret) < 16 {
-			return fmt.Errorf("enrollment secret in %s must be at least 16 characters", secretFile)
-		}
+		// server.Config checks the length, for the file and the JSON config alike.
+		cfg.EnrollmentSecret = strings.TrimSpace(string(b))
 	}
 	if cfg.DataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required (or data_dir in --config)", errUsage)
@@ -117,8 +124,10 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer gw.Close()
-	if key := gw.FirstAdminKey(); key != "" {
-		fmt.Fprintf(stdout, "First admin API key (shown once, also saved in %s/admin.key):\n%s\n", cfg.DataDir, key)
+	if f := gw.FirstAdminKeyFile(); f != "" {
+		// The path only: stdout ends up in journald and container logs.
+		q := shellQuote(f)
+		fmt.Fprintf(stdout, "First admin API key written to %s (0600). Use it with --api-key-file %s,\nor as -H \"Authorization: Bearer $(cat %s)\".\n", q, q, q)
 	}
 	return gw.Run(ctx)
 }

@@ -25,10 +25,12 @@ Usage:
   outpost gateway apikey create|list|revoke  manage API keys on the gateway's store
   outpost gateway token create [flags]     mint a one-time agent enrollment token
   outpost agent enroll --token <jwt|->     enroll this machine as an agent
+                                           (or --secret-file F --gateway URL --ca-pin HEX)
   outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
   outpost agent up --token <jwt|->         enroll if needed, then run
   outpost session create --target H:P      mint a session token (admin API key)
-  outpost connect --gateway URL --token T  reach the target: --listen ADDR or --stdio
+  outpost connect --gateway URL --token-file F
+                                           reach the target: --listen ADDR or --stdio
   outpost help                             show this help
 
 Run "outpost <command> -h" for the flags of a command.

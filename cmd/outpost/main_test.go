@@ -24,7 +24,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config-dir", dir, "--drain-timeout", "-1s"}, "--drain-timeout -1s"},
 		{[]string{"agent", "run", "--config-dir", dir, "--max-sessions", "0"}, "--max-sessions 0"},
 		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--renew-fraction", "2"}, "--renew-fraction 2"},
+		{[]string{"agent", "enroll", "--config-dir", dir}, "--token (or --secret-file) is required"},
+		{[]string{"agent", "enroll", "--token", "x", "--secret-file", "f", "--config-dir", dir}, "give --token or --secret-file, not both"},
+		{[]string{"agent", "enroll", "--secret-file", "f", "--gateway", "https://gw:7171", "--config-dir", dir}, "--secret-file needs --gateway URL and --ca-pin HEX"},
+		{[]string{"agent", "up", "--secret-file", "f", "--ca-pin", "ab", "--config-dir", dir}, "--secret-file needs --gateway URL and --ca-pin HEX"},
+		{[]string{"agent", "enroll", "--token", "x", "--gateway", "https://gw:7171", "--config-dir", dir}, "--gateway and --ca-pin go with --secret-file"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "t"}, "give exactly one of --listen and --stdio"},
+		{[]string{"connect", "--gateway", "https://localhost:1", "--listen", "127.0.0.1:0"}, "--gateway and --token-file (or --token -) are required"},
+		{[]string{"connect", "--gateway", "https://localhost:1", "--token-file", "f", "--token", "t", "--stdio"}, "give --token or --token-file, not both"},
+		{[]string{"session", "create", "--target", "h:1", "--force"}, "--force goes with --token-file"},
+		{[]string{"gateway", "token", "create", "--force"}, "--force goes with --token-file"},
 		{[]string{"connect", "--gateway", "https://localhost:1", "--token", "-", "--stdio"}, "--token - reads stdin"},
 	} {
 		var out, errOut bytes.Buffer

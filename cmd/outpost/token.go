@@ -58,19 +58,32 @@ func callErr(what string, err error) error {
 }
 
 func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--ca-file F] [--gateway URL] [--name N] [--ttl D] [--subnets CSV] [--domains CSV]")
+	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--token-file F [--force]] [--ca-file F] [--gateway URL] [--name N] [--ttl D] [--subnets CSV] [--domains CSV]")
 	var (
 		af               adminFlags
 		name             string
+		out              tokenOutput
 		ttl              time.Duration
 		subnets, domains stringList
 	)
 	af.register(fs)
 	fs.StringVar(&name, "name", "", "agent name the token is for (optional)")
-	fs.DurationVar(&ttl, "ttl", server.DefaultEnrollmentTokenTTL, "how long the token stays valid")
+	fs.DurationVar(&ttl, "ttl", server.DefaultEnrollmentTokenTTL, "how long the token stays valid, plus the gateway's leeway (see below)")
+	flagsUsage := fs.Usage
+	fs.Usage = func() {
+		flagsUsage()
+		fmt.Fprintf(stderr, "\nThe gateway accepts an enrollment token for its enrollment_token_leeway\n"+
+			"(--enrollment-token-leeway; default %v, 0 to %v) after it expires, to allow\n"+
+			"for clock skew: unless that is 0, a --ttl 1s token still enrolls for about %v.\n",
+			server.DefaultEnrollmentTokenLeeway, server.MaxEnrollmentTokenLeeway, server.DefaultEnrollmentTokenLeeway)
+	}
 	fs.Var(&subnets, "subnets", "IPv4 subnets pre-approved for the agent, comma-separated")
 	fs.Var(&domains, "domains", "domains pre-approved for the agent, comma-separated")
+	out.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := out.check(); err != nil {
 		return err
 	}
 	conn, err := af.dial()
@@ -88,7 +101,9 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return callErr("create enrollment token", err)
 	}
-	fmt.Fprintln(stdout, resp.GetToken())
+	if err := out.write(stdout, resp.GetToken()); err != nil {
+		return err
+	}
 	fmt.Fprintf(stderr, "token %s expires at %s\n", resp.GetTokenId(), resp.GetExpiresAt().AsTime().Format(time.RFC3339))
 	return nil
 }

@@ -1,6 +1,7 @@
-// Package enroll turns a one-time enrollment token into an agent identity: it
-// generates the agent's private key locally, sends only a CSR to the gateway
-// (over HTTPS pinned to the CA in the token), and writes key, certificate, CA and
+// Package enroll turns a one-time enrollment token (or the gateway's static
+// enrollment secret) into an agent identity: it generates the agent's private
+// key locally, sends only a CSR to the gateway (over HTTPS pinned to the CA in
+// the token, or given with the secret), and writes key, certificate, CA and
 // agent.json atomically, restoring the previous files if anything fails.
 package enroll
 
@@ -18,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -42,8 +44,11 @@ const (
 	CAFile   = "certs/gateway-ca.pem"
 )
 
-// leeway tolerates clock skew when checking the token's expiry locally.
-const leeway = 60 * time.Second
+// leeway tolerates clock skew when checking the token's expiry locally. It
+// is the most a gateway may be configured to tolerate (its
+// enrollment_token_leeway, at most 5 min): the gateway decides, this only
+// spares a call it would refuse anyway.
+const leeway = 5 * time.Minute
 
 // maxResponse bounds the gateway's answer.
 const maxResponse = 1 << 20
@@ -90,25 +95,43 @@ func DecodeToken(tok string) (Claims, error) {
 	if err := json.Unmarshal(payload, &c); err != nil {
 		return c, fmt.Errorf("%w: payload is not JSON: %v", ErrTokenMalformed, err)
 	}
-	u, err := url.Parse(c.GatewayURL)
 	switch {
-	case err != nil || u.Scheme != "https" || u.Host == "":
-		return c, fmt.Errorf("%w: gw_url %q is not an https URL", ErrTokenMalformed, c.GatewayURL)
 	case c.CASPKISHA256 == "":
 		return c, fmt.Errorf("%w: no ca_spki_sha256 claim", ErrTokenMalformed)
 	case c.ExpiresAt == 0:
 		return c, fmt.Errorf("%w: no exp claim", ErrTokenMalformed)
 	}
-	if _, err := transport.ParsePin(c.CASPKISHA256); err != nil {
-		return c, fmt.Errorf("%w: ca_spki_sha256: %v", ErrTokenMalformed, err)
+	if err := checkGateway(c.GatewayURL, c.CASPKISHA256, "gw_url", "ca_spki_sha256"); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrTokenMalformed, err)
 	}
 	return c, nil
 }
 
-// Options for Enroll. Token and ConfigDir are required.
+// checkGateway checks where enrollment goes: an https URL and a CA pin, named
+// in errors as urlName and pinName.
+func checkGateway(gatewayURL, pin, urlName, pinName string) error {
+	if u, err := url.Parse(gatewayURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%s %q is not an https URL", urlName, gatewayURL)
+	}
+	if _, err := transport.ParsePin(pin); err != nil {
+		return fmt.Errorf("%s: %v", pinName, err)
+	}
+	return nil
+}
+
+// Options for Enroll. ConfigDir and one credential are required: Token, or
+// Secret with GatewayURL and CAPin.
 type Options struct {
-	// Token is the enrollment JWT (or the gateway's static secret, with GatewayURL).
+	// Token is the enrollment JWT; it names the gateway and its CA pin.
 	Token string
+	// Secret is the gateway's static enrollment secret, sent in place of a
+	// token. It names no gateway: GatewayURL and CAPin say where to go.
+	Secret string
+	// GatewayURL is the gateway's HTTPS base URL, with Secret.
+	GatewayURL string
+	// CAPin is the SHA-256 of the gateway CA's SubjectPublicKeyInfo (64 hex
+	// digits), with Secret: the HTTPS call trusts only that CA.
+	CAPin string
 	// ConfigDir holds agent.json and certs/.
 	ConfigDir string
 	// Name and Hostname override the agent name (default: the token's, else the
@@ -136,8 +159,9 @@ type Result struct {
 	ConfigPath      string
 }
 
-// Enroll performs the whole enrollment. On error nothing in ConfigDir has changed.
-func Enroll(ctx context.Context, o Options) (Result, error) {
+// Enroll performs the whole enrollment. On error nothing in ConfigDir has
+// changed, and directories it created for the identity are removed again.
+func Enroll(ctx context.Context, o Options) (_ Result, err error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -150,16 +174,19 @@ func Enroll(ctx context.Context, o Options) (Result, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
 	}
-	claims, err := DecodeToken(o.Token)
+	claims, bearer, err := o.credential()
 	if err != nil {
 		return Result{}, err
 	}
-	if exp := time.Unix(claims.ExpiresAt, 0); o.Now().After(exp.Add(leeway)) {
-		return Result{}, fmt.Errorf("%w (expired at %s); ask for a new one", ErrTokenExpired, exp.UTC().Format(time.RFC3339))
-	}
-	if err := checkWritable(o.ConfigDir); err != nil {
+	undo, err := prepareDir(o.ConfigDir)
+	if err != nil {
 		return Result{}, err
 	}
+	defer func() {
+		if err != nil {
+			undo()
+		}
+	}()
 	cfg, _, err := config.Load(o.ConfigDir)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrConfigDir, err)
@@ -184,7 +211,7 @@ func Enroll(ctx context.Context, o Options) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	o.Logger.Info("enrolling", "gateway", claims.GatewayURL, "name", name)
-	resp, err := callEnroll(ctx, claims, o.Token, &outpostv1.EnrollRequest{CsrPem: string(csrPEM), AgentName: name, AgentHostname: o.Hostname})
+	resp, err := callEnroll(ctx, claims, bearer, &outpostv1.EnrollRequest{CsrPem: string(csrPEM), AgentName: name, AgentHostname: o.Hostname})
 	if err != nil {
 		return Result{}, err
 	}
@@ -245,22 +272,69 @@ func firstNonEmpty(vs ...string) string {
 	return ""
 }
 
-// checkWritable makes sure the config directory and certs/ exist and take a file,
-// before the token is spent on the gateway.
-func checkWritable(dir string) error {
-	if dir == "" {
-		return fmt.Errorf("%w: no config directory given", ErrConfigDir)
+// credential returns where to enroll (the token's claims, or those the
+// static secret comes with) and the bearer to send.
+func (o Options) credential() (Claims, string, error) {
+	switch {
+	case o.Secret != "" && o.Token != "":
+		return Claims{}, "", errors.New("enroll: give a token or a static secret, not both")
+	case o.Secret != "" && o.CAPin == "":
+		return Claims{}, "", errors.New("enroll with a static secret: no CA pin given (the gateway's ca_spki_sha256)")
+	case o.Secret != "":
+		c := Claims{GatewayURL: o.GatewayURL, CASPKISHA256: o.CAPin}
+		if err := checkGateway(c.GatewayURL, c.CASPKISHA256, "gateway URL", "CA pin"); err != nil {
+			return Claims{}, "", fmt.Errorf("enroll with a static secret: %w", err)
+		}
+		return c, o.Secret, nil
+	case o.GatewayURL != "" || o.CAPin != "":
+		return Claims{}, "", errors.New("enroll: a gateway URL and CA pin go with a static secret; a token names its own")
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o700); err != nil {
-		return fmt.Errorf("%w: %v", ErrConfigDir, err)
-	}
-	probe, err := os.CreateTemp(filepath.Join(dir, "certs"), ".probe-*")
+	c, err := DecodeToken(o.Token)
 	if err != nil {
-		return fmt.Errorf("%w: %s is not writable: %v", ErrConfigDir, dir, err)
+		return Claims{}, "", err
+	}
+	if exp := time.Unix(c.ExpiresAt, 0); o.Now().After(exp.Add(leeway)) {
+		return Claims{}, "", fmt.Errorf("%w (expired at %s); ask for a new one", ErrTokenExpired, exp.UTC().Format(time.RFC3339))
+	}
+	return c, o.Token, nil
+}
+
+// prepareDir makes sure the config directory and certs/ exist and take a
+// file, before the credential is spent on the gateway. undo removes the
+// directories it created (only while they are empty), so that a failed
+// enrollment leaves nothing behind.
+func prepareDir(dir string) (undo func(), err error) {
+	if dir == "" {
+		return nil, fmt.Errorf("%w: no config directory given", ErrConfigDir)
+	}
+	certs := filepath.Join(dir, "certs")
+	var created []string // deepest first
+	for p := certs; ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		created = append(created, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	undo = func() {
+		for _, p := range created {
+			os.Remove(p)
+		}
+	}
+	if err := os.MkdirAll(certs, 0o700); err != nil {
+		undo()
+		return nil, fmt.Errorf("%w: %v", ErrConfigDir, err)
+	}
+	probe, err := os.CreateTemp(certs, ".probe-*")
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("%w: %s is not writable: %v", ErrConfigDir, dir, err)
 	}
 	probe.Close()
 	os.Remove(probe.Name())
-	return nil
+	return undo, nil
 }
 
 // callEnroll posts the request to the gateway's REST Enroll endpoint.

@@ -1,8 +1,8 @@
 // Package token mints and verifies the gateway's JWTs (ES256): enrollment tokens
 // (DESIGN.md §5), which let one agent enroll once — tokens signed by a
-// configured external provisioner key are accepted on the same terms — and
-// session tokens (DESIGN.md §9), which let a client open a session to one
-// target.
+// configured external provisioner key are accepted on the same terms when
+// their audience names this gateway — and session tokens (DESIGN.md §9),
+// which let a client open a session to one target.
 package token
 
 import (
@@ -11,6 +11,7 @@ import (
 	"crypto/elliptic"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -21,8 +22,12 @@ import (
 const (
 	ScopeEnroll       = "enroll"
 	ContentEnrollment = "ENROLLMENT"
-	// Leeway is the clock skew tolerated on exp and nbf.
-	Leeway = 60 * time.Second
+	// DefaultEnrollmentLeeway is the clock skew a gateway tolerates on an
+	// enrollment token's exp and nbf unless configured otherwise
+	// (EnrollmentRules.Leeway).
+	DefaultEnrollmentLeeway = 60 * time.Second
+	// MaxEnrollmentLeeway bounds EnrollmentRules.Leeway.
+	MaxEnrollmentLeeway = 5 * time.Minute
 	// DefaultEnrollmentTTL is an enrollment token's lifetime when none is asked for.
 	DefaultEnrollmentTTL = time.Hour
 	// MaxEnrollmentTTL bounds the lifetime an operator may ask for.
@@ -163,6 +168,7 @@ var (
 	ErrExpired     = errors.New("token: expired")
 	ErrNotYetValid = errors.New("token: not valid yet")
 	ErrWrongKind   = errors.New("token: wrong kind of token")
+	ErrAudience    = errors.New("token: audience not accepted")
 )
 
 // Routes are the subnets and domains pre-approved for the agent a token enrolls.
@@ -208,7 +214,8 @@ func NewIssuer(key *ecdsa.PrivateKey, provisioners []*ecdsa.PublicKey, now func(
 }
 
 // NewEnrollment fills the registered claims of c (jti, iat, nbf, exp from ttl,
-// scope) and returns the signed token with its claims.
+// scope) and returns the signed token with its claims. c's aud is kept as
+// given: the gateway puts its own audience there (EnrollmentRules.Audience).
 func (i *Issuer) NewEnrollment(c EnrollmentClaims, ttl time.Duration) (string, EnrollmentClaims, error) {
 	c.Scope = ScopeEnroll
 	s, err := i.sign(&c.RegisteredClaims, &c, ContentEnrollment, cmp.Or(ttl, DefaultEnrollmentTTL))
@@ -232,26 +239,69 @@ func (i *Issuer) sign(reg *jwt.RegisteredClaims, claims jwt.Claims, cty string, 
 	return s, nil
 }
 
-// VerifyEnrollment checks an enrollment token: ES256 signature by the gateway or
-// a provisioner key, exp/nbf within Leeway, cty ENROLLMENT, scope enroll and a
-// UUID jti. Errors wrap one of the package's sentinels.
-func (i *Issuer) VerifyEnrollment(s string) (EnrollmentClaims, error) {
-	var c EnrollmentClaims
-	keys := jwt.VerificationKeySet{Keys: []jwt.VerificationKey{&i.key.PublicKey}}
-	for _, p := range i.provisioner {
-		keys.Keys = append(keys.Keys, p)
+// EnrollmentRules are what VerifyEnrollment holds an enrollment token to,
+// besides its signature and kind. The zero value tolerates no clock skew,
+// checks no audience on the gateway's own tokens and refuses every
+// provisioner token.
+type EnrollmentRules struct {
+	// Audience is the gateway's own audience, its public URL, which the
+	// tokens it mints carry in aud. A token signed by the gateway's key
+	// that carries aud must name it; one without aud (minted before
+	// tokens carried one) is accepted. Empty: aud is not checked.
+	Audience string
+	// ProvisionerAudience is the audience a token signed by a provisioner
+	// key must name in aud, so that a provisioner's token for another
+	// gateway is refused here. Empty: provisioner tokens are refused.
+	ProvisionerAudience string
+	// Leeway is the clock skew tolerated on exp and nbf: a token is
+	// accepted until Leeway after it expired. Zero (or negative) means
+	// none; the gateway's default is DefaultEnrollmentLeeway.
+	Leeway time.Duration
+}
+
+// VerifyEnrollment checks an enrollment token: ES256 signature by the
+// gateway or a provisioner key, exp/nbf within r.Leeway, cty ENROLLMENT,
+// scope enroll, a UUID jti, and the audience r asks for the key that signed
+// it. Errors wrap one of the package's sentinels: ErrAudience when the
+// audience is missing or wrong.
+func (i *Issuer) VerifyEnrollment(s string, r EnrollmentRules) (EnrollmentClaims, error) {
+	c, tok, err := i.parseEnrollment(s, &i.key.PublicKey, r.Leeway)
+	provisioned := false
+	if errors.Is(err, jwt.ErrTokenSignatureInvalid) && len(i.provisioner) > 0 {
+		keys := jwt.VerificationKeySet{}
+		for _, p := range i.provisioner {
+			keys.Keys = append(keys.Keys, p)
+		}
+		c, tok, err = i.parseEnrollment(s, keys, r.Leeway)
+		provisioned = true
 	}
-	tok, err := jwt.ParseWithClaims(s, &c, func(*jwt.Token) (any, error) { return keys, nil },
-		jwt.WithValidMethods([]string{jwt.SigningMethodES256.Alg()}),
-		jwt.WithLeeway(Leeway),
-		jwt.WithTimeFunc(i.now),
-		jwt.WithExpirationRequired(),
-	)
 	if err := classify(err, c.ExpiresAt, c.NotBefore); err != nil {
 		return c, err
 	}
 	if err := checkKind(tok, ContentEnrollment, c.Scope, ScopeEnroll, c.ID); err != nil {
 		return c, err
 	}
+	switch {
+	case provisioned && r.ProvisionerAudience == "":
+		return c, fmt.Errorf("%w: a provisioner token, and this gateway has no provisioner audience configured", ErrAudience)
+	case provisioned && !slices.Contains(c.Audience, r.ProvisionerAudience):
+		return c, fmt.Errorf("%w: provisioner token's aud %q does not name %q, this gateway's provisioner audience", ErrAudience, []string(c.Audience), r.ProvisionerAudience)
+	case !provisioned && r.Audience != "" && len(c.Audience) > 0 && !slices.Contains(c.Audience, r.Audience):
+		return c, fmt.Errorf("%w: aud %q does not name this gateway (%q)", ErrAudience, []string(c.Audience), r.Audience)
+	}
 	return c, nil
+}
+
+// parseEnrollment parses s into enrollment claims, verifying its signature
+// with key (a public key or a jwt.VerificationKeySet) and its lifetime with
+// leeway.
+func (i *Issuer) parseEnrollment(s string, key any, leeway time.Duration) (EnrollmentClaims, *jwt.Token, error) {
+	var c EnrollmentClaims
+	tok, err := jwt.ParseWithClaims(s, &c, func(*jwt.Token) (any, error) { return key, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodES256.Alg()}),
+		jwt.WithLeeway(max(leeway, 0)),
+		jwt.WithTimeFunc(i.now),
+		jwt.WithExpirationRequired(),
+	)
+	return c, tok, err
 }

@@ -39,7 +39,7 @@ func TestEnrollmentRoundTrip(t *testing.T) {
 	if err != nil || tok.Header["typ"] != "JWT" || tok.Header["cty"] != ContentEnrollment || tok.Header["alg"] != "ES256" {
 		t.Fatalf("header %v (%v)", tok.Header, err)
 	}
-	got, err := iss.VerifyEnrollment(s)
+	got, err := iss.VerifyEnrollment(s, EnrollmentRules{Leeway: DefaultEnrollmentLeeway})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +77,14 @@ func TestEnrollmentRefusals(t *testing.T) {
 			Scope:            ScopeEnroll,
 		}
 	}
-	provOK := sign(prov, jwt.SigningMethodES256, base(), ContentEnrollment)
-	if _, err := iss.VerifyEnrollment(provOK); err != nil {
+	rules := EnrollmentRules{Audience: "https://gw:7171", ProvisionerAudience: "urn:outpost:gw-1", Leeway: DefaultEnrollmentLeeway}
+	provBase := func() EnrollmentClaims {
+		c := base()
+		c.Audience = jwt.ClaimStrings{"urn:outpost:gw-1"}
+		return c
+	}
+	provOK := sign(prov, jwt.SigningMethodES256, provBase(), ContentEnrollment)
+	if _, err := iss.VerifyEnrollment(provOK, rules); err != nil {
 		t.Fatalf("provisioner token refused: %v", err)
 	}
 	wrongScope := base()
@@ -89,7 +95,7 @@ func TestEnrollmentRefusals(t *testing.T) {
 	badJTI.ID = "not-a-uuid"
 	expiredInLeeway := base()
 	expiredInLeeway.ExpiresAt = jwt.NewNumericDate(clk.t.Add(-30 * time.Second))
-	if _, err := iss.VerifyEnrollment(sign(key, jwt.SigningMethodES256, expiredInLeeway, ContentEnrollment)); err != nil {
+	if _, err := iss.VerifyEnrollment(sign(key, jwt.SigningMethodES256, expiredInLeeway, ContentEnrollment), rules); err != nil {
 		t.Fatalf("token 30 s past exp refused despite the 60 s leeway: %v", err)
 	}
 	expired := base()
@@ -116,11 +122,101 @@ func TestEnrollmentRefusals(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := iss.VerifyEnrollment(tc.token)
+			_, err := iss.VerifyEnrollment(tc.token, rules)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// Provisioner tokens must name the gateway's provisioner audience; the
+// gateway's own tokens, when they carry aud, must name the gateway's own.
+func TestEnrollmentAudience(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	key, prov := testtls.Key(t), testtls.Key(t)
+	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
+	rules := EnrollmentRules{Audience: "https://gw:7171", ProvisionerAudience: "urn:outpost:gw-1"}
+	mint := func(k *ecdsa.PrivateKey, aud ...string) string {
+		t.Helper()
+		signer, _ := NewIssuer(k, nil, clk.now)
+		c := EnrollmentClaims{}
+		if aud != nil {
+			c.Audience = aud
+		}
+		s, _, err := signer.NewEnrollment(c, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name  string
+		token string
+		rules EnrollmentRules
+		want  string // "" = accepted, else in the ErrAudience error
+	}{
+		{"provisioner, right aud", mint(prov, "urn:outpost:gw-1"), rules, ""},
+		{"provisioner, right aud among others", mint(prov, "urn:outpost:gw-2", "urn:outpost:gw-1"), rules, ""},
+		{"provisioner, no aud", mint(prov), rules, `aud [] does not name "urn:outpost:gw-1"`},
+		{"provisioner, another gateway's aud", mint(prov, "urn:outpost:gw-2"), rules, `aud ["urn:outpost:gw-2"] does not name "urn:outpost:gw-1"`},
+		{"provisioner, the gateway's own audience", mint(prov, "https://gw:7171"), rules, "does not name"},
+		{"provisioner, no audience configured", mint(prov, "urn:outpost:gw-1"), EnrollmentRules{Audience: "https://gw:7171"}, "no provisioner audience configured"},
+		{"own, no aud", mint(key), rules, ""},
+		{"own, own aud", mint(key, "https://gw:7171"), rules, ""},
+		{"own, another gateway's aud", mint(key, "https://other:7171"), rules, `aud ["https://other:7171"] does not name this gateway ("https://gw:7171")`},
+		{"own, the provisioner audience", mint(key, "urn:outpost:gw-1"), rules, "does not name this gateway"},
+		{"own, aud not checked", mint(key, "https://other:7171"), EnrollmentRules{}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := iss.VerifyEnrollment(tc.token, tc.rules)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want == "":
+			case !errors.Is(err, ErrAudience) || !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("err = %v, want ErrAudience containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// The leeway on exp and nbf is the rules': none at zero, up to the maximum.
+// A token is valid until (not at) exp plus the leeway.
+func TestEnrollmentLeeway(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	key, prov := testtls.Key(t), testtls.Key(t)
+	iss, _ := NewIssuer(key, []*ecdsa.PublicKey{&prov.PublicKey}, clk.now)
+	provIss, _ := NewIssuer(prov, nil, clk.now)
+	own, ownClaims, _ := iss.NewEnrollment(EnrollmentClaims{}, time.Second)
+	provTok, _, _ := provIss.NewEnrollment(EnrollmentClaims{RegisteredClaims: jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"aud"}}}, time.Second)
+	exp := ownClaims.ExpiresAt.Time
+	for _, tc := range []struct {
+		leeway, after time.Duration // after: how long past exp the token is checked
+		want          error
+	}{
+		{0, -time.Second, nil},
+		{0, 0, ErrExpired},
+		{-time.Minute, time.Second, ErrExpired},
+		{DefaultEnrollmentLeeway, DefaultEnrollmentLeeway - time.Second, nil},
+		{DefaultEnrollmentLeeway, DefaultEnrollmentLeeway, ErrExpired},
+		{MaxEnrollmentLeeway, 4 * time.Minute, nil},
+	} {
+		clk.t = exp.Add(tc.after)
+		r := EnrollmentRules{ProvisionerAudience: "aud", Leeway: tc.leeway}
+		for name, tok := range map[string]string{"own": own, "provisioner": provTok} {
+			if _, err := iss.VerifyEnrollment(tok, r); !errors.Is(err, tc.want) {
+				t.Errorf("%s token %v past exp, leeway %v: %v, want %v", name, tc.after, tc.leeway, err, tc.want)
+			}
+		}
+	}
+	// nbf is held to the same leeway.
+	clk.t = ownClaims.NotBefore.Add(-2 * time.Second)
+	if _, err := iss.VerifyEnrollment(own, EnrollmentRules{}); !errors.Is(err, ErrNotYetValid) {
+		t.Errorf("2 s before nbf with no leeway: %v", err)
+	}
+	if _, err := iss.VerifyEnrollment(own, EnrollmentRules{Leeway: 5 * time.Second}); err != nil {
+		t.Errorf("2 s before nbf with 5 s leeway: %v", err)
 	}
 }
 
@@ -172,7 +268,7 @@ func TestSessionTokens(t *testing.T) {
 	if _, err := iss.VerifySession(enrollTok); !errors.Is(err, ErrWrongKind) {
 		t.Fatalf("enrollment token as session: %v", err)
 	}
-	if _, err := iss.VerifyEnrollment(tok); !errors.Is(err, ErrWrongKind) {
+	if _, err := iss.VerifyEnrollment(tok, EnrollmentRules{}); !errors.Is(err, ErrWrongKind) {
 		t.Fatalf("session token as enrollment: %v", err)
 	}
 	provIss, _ := NewIssuer(prov, nil, clk.now)

@@ -52,7 +52,16 @@ type Config struct {
 type Env struct {
 	DataDir, GatewayURL, CAFile, AdminKeyFile string
 	AgentID, AgentName, Target                string
+	// TokenFile is where the printed "session create" writes the session
+	// token (0600), inside DataDir; Run removes it when it ends.
+	TokenFile string
+	// ConnectListen is the local address the printed "connect" serves,
+	// a loopback port that was free when Run started.
+	ConnectListen string
 }
+
+// tokenFileName is the session token file in the data directory.
+const tokenFileName = "session.token"
 
 // Run starts everything, prints what to try to out, and runs until ctx ends.
 func Run(ctx context.Context, o Config, out io.Writer) (err error) {
@@ -76,6 +85,9 @@ func Run(ctx context.Context, o Config, out io.Writer) (err error) {
 		defer os.RemoveAll(dir)
 	}
 	gwDir, agentDir := filepath.Join(dir, "gateway"), filepath.Join(dir, "agent")
+	// The printed commands put a session token here; it goes with the demo.
+	tokenFile := filepath.Join(dir, tokenFileName)
+	defer os.Remove(tokenFile)
 
 	gw, err := server.New(server.Config{DataDir: gwDir, Listen: o.Listen, QUICListen: o.QUICListen}, o.Logger.Named("gateway"))
 	if err != nil {
@@ -94,12 +106,19 @@ func Run(ctx context.Context, o Config, out io.Writer) (err error) {
 	}
 	defer stopTarget()
 
+	listen, err := freeLoopbackAddr()
+	if err != nil {
+		cancel()
+		return errors.Join(err, eg.Wait())
+	}
 	env := Env{
-		DataDir:      dir,
-		GatewayURL:   "https://localhost:" + port(gw.Addr()),
-		CAFile:       filepath.Join(gwDir, "ca.pem"),
-		AdminKeyFile: filepath.Join(gwDir, "admin.key"),
-		Target:       target,
+		DataDir:       dir,
+		GatewayURL:    "https://localhost:" + port(gw.Addr()),
+		CAFile:        filepath.Join(gwDir, "ca.pem"),
+		AdminKeyFile:  filepath.Join(gwDir, "admin.key"),
+		Target:        target,
+		TokenFile:     tokenFile,
+		ConnectListen: listen,
 	}
 	id, name, err := enrollOnce(ctx, env, agentDir, o.Logger)
 	if err != nil {
@@ -200,6 +219,19 @@ func sampleTarget() (string, func(), error) {
 	}, nil
 }
 
+// freeLoopbackAddr returns a loopback address whose port is free now, for
+// the printed connect command to listen on.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("dev: pick a local port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// printHelp prints what to try. The commands never hold a secret: the
+// admin key and the session token are read from their files.
 func printHelp(out io.Writer, e Env, cmd string) {
 	auth := fmt.Sprintf(`-H "Authorization: Bearer $(cat %s)"`, e.AdminKeyFile)
 	host := strings.TrimPrefix(e.GatewayURL, "https://")
@@ -218,18 +250,21 @@ Try, in another terminal:
   # how the gateway would route to the target
   curl --cacert %s %s %s/v1/routes:resolve -d '{"target":"%s"}'
 
-  # a session token, then a local port that leads to the target through the agent
-  %s session create --gateway %s --api-key-file %s --ca-file %s --target %s > /tmp/outpost-token
-  %s connect --gateway %s --ca-file %s --token "$(cat /tmp/outpost-token)" --listen 127.0.0.1:10080 &
-  curl http://127.0.0.1:10080/
+  # a session token (in %s, 0600, removed when this stops),
+  # then a local port that leads to the target through the agent
+  %s session create --gateway %s --api-key-file %s --ca-file %s --target %s --token-file %s --force
+  %s connect --gateway %s --ca-file %s --token-file %s --listen %s &
+  curl http://%s/
 
 Ctrl-C stops everything.
 `, e.GatewayURL, e.DataDir, e.AgentName, e.AgentID, e.Target,
 		e.CAFile, auth, e.GatewayURL,
 		e.CAFile, e.AdminKeyFile, host,
 		e.CAFile, auth, e.GatewayURL, e.Target,
-		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile, e.Target,
-		cmd, e.GatewayURL, e.CAFile)
+		e.TokenFile,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile, e.Target, e.TokenFile,
+		cmd, e.GatewayURL, e.CAFile, e.TokenFile, e.ConnectListen,
+		e.ConnectListen)
 }
 
 func port(a net.Addr) string {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,13 +39,25 @@ func TestDevEnvironment(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Run ended early: %v", err)
 	}
-	for _, want := range []string{"session create", "connect --gateway", env.Target, "/v1/agents", "grpcurl"} {
+	for _, want := range []string{"session create", "connect --gateway", env.Target, "/v1/agents", "grpcurl",
+		"--token-file " + env.TokenFile + " --force", "--token-file " + env.TokenFile + " --listen " + env.ConnectListen,
+		"curl http://" + env.ConnectListen + "/", `"Authorization: Bearer $(cat ` + env.AdminKeyFile + `)"`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("instructions lack %q:\n%s", want, out.String())
 		}
 	}
+	if filepath.Dir(env.TokenFile) != dir {
+		t.Errorf("token file %s is not in the data directory %s", env.TokenFile, dir)
+	}
 
 	key, _ := apiclient.ReadKeyFile(env.AdminKeyFile)
+	if key == "" || strings.Contains(out.String(), key) {
+		t.Errorf("the instructions hold the admin key (or there is none):\n%s", out.String())
+	}
+	// What the printed session create would leave: Run removes it at the end.
+	if err := os.WriteFile(env.TokenFile, []byte("token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ca, _ := os.ReadFile(env.CAFile)
 	conn, err := apiclient.Dial(apiclient.Config{Gateway: env.GatewayURL, APIKey: key, CAPEM: ca})
 	if err != nil {
@@ -73,5 +86,11 @@ func TestDevEnvironment(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil && ctx.Err() == nil {
 		t.Fatalf("Run: %v", err)
+	}
+	if _, err := os.Stat(env.TokenFile); !os.IsNotExist(err) {
+		t.Errorf("session token file left after the end: %v", err)
+	}
+	if _, err := os.Stat(env.AdminKeyFile); err != nil {
+		t.Errorf("the kept data directory lost its state: %v", err)
 	}
 }

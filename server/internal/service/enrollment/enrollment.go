@@ -61,6 +61,13 @@ type Config struct {
 	// EnrollmentSecret, if set, is a static bearer accepted by Enroll in place of
 	// a token (compared in constant time).
 	EnrollmentSecret string
+	// ProvisionerAudience is the aud that tokens signed by a provisioner key
+	// must carry; empty refuses them all (token.EnrollmentRules).
+	ProvisionerAudience string
+	// TokenLeeway is the clock skew tolerated on enrollment tokens' exp and
+	// nbf, as given: zero means none (the gateway passes its configured
+	// value, by default token.DefaultEnrollmentLeeway).
+	TokenLeeway time.Duration
 	// RateBurst Enroll calls are allowed per source IP per RateWindow.
 	// If zero, DefaultRateBurst (10) and DefaultRateWindow (1 min).
 	RateBurst  int
@@ -139,13 +146,15 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, req *outpostv1.Crea
 	if err != nil {
 		return nil, err
 	}
-	tok, claims, err := s.tokens.NewEnrollment(token.EnrollmentClaims{
+	c := token.EnrollmentClaims{
 		GatewayURL:   s.cfg.PublicURL,
 		QUICEndpoint: s.cfg.QUICEndpoint,
 		CASPKISHA256: s.pki.CASPKISHA256(),
 		AgentName:    req.GetAgentName(),
 		Routes:       routes,
-	}, ttl)
+	}
+	c.Audience = []string{s.rules().Audience}
+	tok, claims, err := s.tokens.NewEnrollment(c, ttl)
 	if err != nil {
 		return nil, grpcerr.From(err)
 	}
@@ -251,7 +260,7 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 	if secret := s.cfg.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
 		return "", time.Time{}, "", nil
 	}
-	c, err := s.tokens.VerifyEnrollment(bearer)
+	c, err := s.tokens.VerifyEnrollment(bearer, s.rules())
 	switch {
 	case errors.Is(err, token.ErrWrongKind):
 		return "", time.Time{}, "", grpcerr.Errorf(err, "not an enrollment token: %v", err)
@@ -259,6 +268,12 @@ func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest)
 		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "enrollment token refused: %v", err)
 	}
 	return c.ID, c.ExpiresAt.Time, c.AgentName, nil
+}
+
+// rules are what enrollment tokens are held to: the gateway's own tokens
+// name its public URL in aud, a provisioner's name the provisioner audience.
+func (s *Service) rules() token.EnrollmentRules {
+	return token.EnrollmentRules{Audience: s.cfg.PublicURL, ProvisionerAudience: s.cfg.ProvisionerAudience, Leeway: s.cfg.TokenLeeway}
 }
 
 func (s *Service) count(err error) {

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outposthq/outpost/internal/testlog"
+)
+
+// --enrollment-secret-file goes through the gateway config's length check
+// (the same as enrollment_secret in the JSON config); nothing is created.
+func TestGatewaySecretFileTooShort(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	os.WriteFile(secret, []byte("fifteen-bytes..\n"), 0o600)
+	data := filepath.Join(dir, "gw")
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"gateway", "--data-dir", data, "--enrollment-secret-file", secret,
+		"--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"}, strings.NewReader(""), &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "enrollment_secret (or --enrollment-secret-file) is 15 bytes") {
+		t.Fatalf("gateway with a 15-byte secret: %v", err)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("data dir created by a refused config: %v", err)
+	}
+}
+
+// The enrollment settings given as flags reach the config's checks.
+func TestGatewayEnrollmentFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--provisioner-audience", "urn:outpost:gw"}, "provisioner_audience is set but provisioner_public_key is not"},
+		{[]string{"--enrollment-token-leeway", "6m"}, "enrollment_token_leeway 6m0s: want 0 (none) to 5m0s"},
+		{[]string{"--enrollment-token-leeway", "-1s"}, "enrollment_token_leeway -1s"},
+	} {
+		args := append([]string{"gateway", "--data-dir", filepath.Join(dir, "gw"), "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"}, tc.args...)
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, strings.NewReader(""), &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("outpost %s: %v, want an error containing %q", strings.Join(args, " "), err, tc.want)
+		}
+	}
+}
+
+// "gateway token create --help" says that the gateway accepts a token for
+// its leeway after it expires.
+func TestTokenCreateHelpNamesLeeway(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"gateway", "token", "create", "-h"}, strings.NewReader(""), &out, &errOut)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, want := range []string{"enrollment_token_leeway", "--enrollment-token-leeway; default 1m0s, 0 to 5m0s", "--ttl 1s token still enrolls"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, errOut.String())
+		}
+	}
+}
+
+// The first start tells where the admin key is, never the key: neither on
+// stdout nor in the logs. A later start says nothing about it.
+func TestGatewayPrintsAdminKeyPathOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gw data") // a space: the printed command quotes it
+	keyFile := filepath.Join(dir, "admin.key")
+	for i, wantLine := range []bool{true, false} {
+		ctx, cancel := context.WithCancel(context.Background())
+		out, errOut := testlog.New(t), testlog.New(t)
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"gateway", "--data-dir", dir, "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--log-level", "trace"},
+				strings.NewReader(""), out, errOut)
+		}()
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(errOut.String(), "gateway serving") {
+			if time.Now().After(deadline) {
+				cancel()
+				t.Fatalf("start %d: gateway not serving within 20 s:\n%s", i+1, errOut.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("start %d: %v", i+1, err)
+		}
+		key, err := os.ReadFile(keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k := strings.TrimSpace(string(key)); strings.Contains(out.String(), k) || strings.Contains(errOut.String(), k) {
+			t.Errorf("start %d printed the admin key:\n%s\n%s", i+1, out.String(), errOut.String())
+		}
+		want := "First admin API key written to '" + keyFile + "' (0600). Use it with --api-key-file '" + keyFile + "'"
+		if got := strings.Contains(out.String(), want); got != wantLine {
+			t.Errorf("start %d: stdout %q, want the line %q: %v", i+1, out.String(), want, wantLine)
+		}
+	}
+}
