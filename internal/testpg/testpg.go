@@ -1,0 +1,368 @@
+// Package testpg runs a throwaway PostgreSQL server for tests: one server
+// per test binary, started on the first call of DSN, and one fresh database
+// per test.
+//
+// It runs the server binaries of the machine's PostgreSQL (Debian's
+// /usr/lib/postgresql/N/bin, the newest N, or initdb and postgres on PATH).
+// PostgreSQL refuses to run as root, so when the tests run as root the
+// server runs as the postgres user. Its data directory, its Unix socket
+// (it listens on no TCP port) and its log live in one temporary directory
+// that Stop removes. fsync is off: a crash loses the test data, which is
+// thrown away anyway.
+//
+// Without the binaries, DSN skips the test and says what to install
+// (apt-get install postgresql); with the CI environment variable set it
+// fails the test instead, so CI cannot pass by skipping.
+//
+// A package whose tests call DSN stops the server at the end: its TestMain
+// calls Main, or wraps testing.M with StopAfter when something else (such
+// as goleak) runs the tests.
+package testpg
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Limits of the shared server's life.
+const (
+	// startTimeout bounds initdb and the server's start.
+	startTimeout = 2 * time.Minute
+	// stopTimeout is how long Stop waits for a fast shutdown before it
+	// kills the server.
+	stopTimeout = 30 * time.Second
+	// adminTimeout bounds creating and dropping one database.
+	adminTimeout = 30 * time.Second
+	// installHint is what a developer without the binaries should do.
+	installHint = "install the PostgreSQL server (apt-get install postgresql)"
+)
+
+var (
+	mu sync.Mutex
+	// Guarded by mu.
+	shared   *server
+	startErr error
+	started  bool
+)
+
+// server is one running PostgreSQL.
+type server struct {
+	dir    string // the temporary directory: data/, the socket, postgres.log
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has been waited for
+}
+
+// DSN creates a fresh, empty database on the shared server (starting the
+// server on first use) and returns a postgres:// DSN for it, as the
+// database's owner. The database is dropped when the test ends, after the
+// test's own cleanups (register them after calling DSN). It is safe for
+// concurrent use by parallel tests.
+//
+// When no server can be started, DSN skips the test with the reason and
+// what to install; with the CI environment variable set, it fails it.
+func DSN(tb testing.TB) string {
+	tb.Helper()
+	s, err := get()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
+		}
+		tb.Skipf("skipping the PostgreSQL half: %v", err)
+	}
+	name := "t_" + randomHex(8)
+	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+	defer cancel()
+	if err := s.admin(ctx, "CREATE DATABASE "+name); err != nil {
+		tb.Fatalf("testpg: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+		defer cancel()
+		// FORCE ends connections a failed test left open.
+		if err := s.admin(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("testpg: %v", err)
+		}
+	})
+	return s.dsn(name)
+}
+
+// Available starts the shared server if needed and reports why it cannot
+// run, or nil. It neither skips nor fails anything.
+func Available() error {
+	_, err := get()
+	return err
+}
+
+// Main runs the package's tests, stops the server and exits with the tests'
+// code: `func TestMain(m *testing.M) { testpg.Main(m) }`.
+func Main(m *testing.M) {
+	os.Exit(StopAfter(m).Run())
+}
+
+// StopAfter returns m with a Run that stops the server after the tests,
+// for runners that take a testing.M-like value:
+// `goleak.VerifyTestMain(testpg.StopAfter(m))`.
+func StopAfter(m *testing.M) interface{ Run() int } { return stopAfter{m} }
+
+type stopAfter struct{ m *testing.M }
+
+func (s stopAfter) Run() int {
+	code := s.m.Run()
+	if err := Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "testpg: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// Stop stops the shared server, if one was started, and removes its
+// directory. It is idempotent; a later DSN does not start another server.
+func Stop() error {
+	mu.Lock()
+	defer mu.Unlock()
+	started = true
+	if startErr == nil {
+		startErr = errors.New("the test server was stopped")
+	}
+	s := shared
+	shared = nil
+	if s == nil {
+		return nil
+	}
+	return s.stop()
+}
+
+// get returns the shared server, starting it on the first call.
+func get() (*server, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if !started {
+		started = true
+		shared, startErr = start()
+	}
+	return shared, startErr
+}
+
+// debianBins is where Debian's packages put each major version's server
+// binaries.
+const debianBins = "/usr/lib/postgresql/*/bin"
+
+// binDir finds the directory holding initdb and postgres: the newest of
+// the directories matching pattern, else the one on PATH.
+func binDir(pattern string) (string, error) {
+	dirs, _ := filepath.Glob(pattern)
+	// Newest major version first.
+	slices.SortFunc(dirs, func(a, b string) int { return majorOf(b) - majorOf(a) })
+	for _, d := range dirs {
+		if isExecutable(filepath.Join(d, "initdb")) && isExecutable(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	if initdb, err := exec.LookPath("initdb"); err == nil {
+		d := filepath.Dir(initdb)
+		if isExecutable(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("no PostgreSQL server binaries (initdb, postgres) in %s or on PATH; %s", pattern, installHint)
+}
+
+func majorOf(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// start initializes a cluster in a new temporary directory and runs the
+// server on a Unix socket there.
+func start() (_ *server, err error) {
+	bin, err := binDir(debianBins)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := runAs()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "outpost-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("testpg: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, fmt.Errorf("testpg: %w", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+
+	data := filepath.Join(dir, "data")
+	initdb := command(ctx, cred, dir, filepath.Join(bin, "initdb"),
+		"-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("testpg: initdb: %w\n%s", err, out)
+	}
+
+	logPath := filepath.Join(dir, "postgres.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("testpg: %w", err)
+	}
+	defer logFile.Close() // the server keeps its own descriptor
+	// Not CommandContext: the server outlives ctx, which bounds the start
+	// only.
+	cmd := command(context.Background(), cred, dir, filepath.Join(bin, "postgres"),
+		"-D", data,
+		"-k", dir, // the socket directory
+		"-c", "listen_addresses=",
+		"-c", "fsync=off",
+		"-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off",
+		"-c", "max_connections=200",
+		"-c", "shared_buffers=32MB",
+	)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// If the test binary dies without Stop (a timeout panic, a kill), the
+	// kernel tells the server to shut down at once.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("testpg: start postgres: %w", err)
+	}
+	s := &server{dir: dir, cmd: cmd, exited: make(chan struct{})}
+	// Owned by s: stop waits for it.
+	go func() {
+		cmd.Wait()
+		close(s.exited)
+	}()
+	if err := s.waitReady(ctx); err != nil {
+		s.stop()
+		log, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("testpg: %w\npostgres log:\n%s", err, log)
+	}
+	return s, nil
+}
+
+// runAs returns the credentials to run the server with: the postgres
+// user's when running as root, nil (this process's user) otherwise.
+func runAs() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root, and no postgres user to run the server as (%v); %s", err, installHint)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("testpg: postgres user has ids %q:%q", u.Uid, u.Gid)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// command prepares a server binary to run as cred in dir, with the C locale.
+func command(ctx context.Context, cred *syscall.Credential, dir, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "PGTZ=UTC")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	return cmd
+}
+
+// waitReady polls until the server accepts a connection, it exits, or ctx
+// ends.
+func (s *server) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		conn, err := pgx.Connect(ctx, s.dsn("postgres"))
+		if err == nil {
+			return conn.Close(ctx)
+		}
+		last = err
+		select {
+		case <-s.exited:
+			return fmt.Errorf("postgres exited at start: %v", s.cmd.ProcessState)
+		case <-ctx.Done():
+			return fmt.Errorf("postgres not ready after %v: %v", startTimeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// dsn is the DSN of database name, over the socket in s.dir.
+func (s *server) dsn(name string) string {
+	q := url.Values{"host": {s.dir}, "sslmode": {"disable"}}
+	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/" + name, RawQuery: q.Encode()}).String()
+}
+
+// admin runs one statement on the maintenance database.
+func (s *server) admin(ctx context.Context, stmt string) error {
+	conn, err := pgx.Connect(ctx, s.dsn("postgres"))
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("%s: %w", stmt, err)
+	}
+	return nil
+}
+
+// stop asks for a fast shutdown, kills the server if that takes too long,
+// waits for it and removes the directory.
+func (s *server) stop() error {
+	var err error
+	if sigErr := s.cmd.Process.Signal(syscall.SIGINT); sigErr == nil {
+		timer := time.NewTimer(stopTimeout)
+		select {
+		case <-s.exited:
+		case <-timer.C:
+			err = fmt.Errorf("testpg: postgres did not stop within %v; killed", stopTimeout)
+			s.cmd.Process.Kill()
+			<-s.exited
+		}
+		timer.Stop()
+	} else {
+		<-s.exited // it had exited already
+	}
+	if rmErr := os.RemoveAll(s.dir); rmErr != nil {
+		err = errors.Join(err, fmt.Errorf("testpg: %w", rmErr))
+	}
+	return err
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,89 @@
+package testpg
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMain(m *testing.M) { Main(m) }
+
+// Each test gets its own empty database on the one shared server, and it
+// is dropped at the end of the test.
+func TestDSN(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var names [2]string
+	for i := range names {
+		t.Run("db", func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, DSN(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			var tables int
+			if err := conn.QueryRow(ctx, `SELECT current_database(), (SELECT count(*) FROM pg_tables WHERE schemaname = 'public')`).Scan(&names[i], &tables); err != nil {
+				t.Fatal(err)
+			}
+			if tables != 0 {
+				t.Errorf("fresh database has %d tables", tables)
+			}
+			if _, err := conn.Exec(ctx, `CREATE TABLE t (x INT)`); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if names[0] == names[1] {
+		t.Fatalf("two tests shared database %q", names[0])
+	}
+	if Available() != nil {
+		return // skipped above
+	}
+	conn, err := pgx.Connect(ctx, shared.dsn("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var left int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_database WHERE datname = ANY($1)`, names[:]).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d test databases not dropped", left)
+	}
+	var fsync string
+	if err := conn.QueryRow(ctx, `SHOW fsync`).Scan(&fsync); err != nil || fsync != "off" {
+		t.Errorf("fsync = %q (%v), want off", fsync, err)
+	}
+}
+
+// Without binaries the error says what to install; with them, the newest
+// version wins.
+func TestBinDir(t *testing.T) {
+	root := t.TempDir()
+	t.Setenv("PATH", root)
+	pattern := filepath.Join(root, "*", "bin")
+	_, err := binDir(pattern)
+	if err == nil || !strings.Contains(err.Error(), "apt-get install postgresql") {
+		t.Fatalf("binDir without binaries: %v, want the install hint", err)
+	}
+	for _, v := range []string{"9", "15", "13"} {
+		dir := filepath.Join(root, v, "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"initdb", "postgres"} {
+			if err := os.WriteFile(filepath.Join(dir, name), nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, err := binDir(pattern); err != nil || got != filepath.Join(root, "15", "bin") {
+		t.Fatalf("binDir = %q, %v; want version 15's", got, err)
+	}
+}
