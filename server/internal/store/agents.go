@@ -18,11 +18,11 @@ const agentColumns = `id, name, hostname, spki_sha256, cert_serial, cert_not_aft
 func nameKey(name string) string { return strings.ToLower(name) }
 
 // RecordEnrollmentToken implements Store.
-func (s *SQLite) RecordEnrollmentToken(ctx context.Context, t EnrollmentToken) error {
+func (s *sqlStore) RecordEnrollmentToken(ctx context.Context, t EnrollmentToken) error {
 	if t.JTI == "" || t.ExpiresAt.IsZero() {
 		return fmt.Errorf("%w: enrollment token needs a jti and an expiry", ErrInvalid)
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: enrollment token %q already recorded", ErrConflict, t.JTI),
 			`INSERT INTO enrollment_tokens (jti, agent_name, created_at, expires_at)
 VALUES ($1, $2, $3, $4)
@@ -33,8 +33,8 @@ ON CONFLICT DO NOTHING`,
 }
 
 // ListEnrollmentTokens implements Store.
-func (s *SQLite) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error) {
-	return queryAll(ctx, s.db, "list enrollment tokens", scanEnrollmentToken, `SELECT t.jti, t.agent_name, t.created_at, t.expires_at, c.consumed_at, c.agent_id
+func (s *sqlStore) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error) {
+	return queryAll(ctx, s, "list enrollment tokens", scanEnrollmentToken, `SELECT t.jti, t.agent_name, t.created_at, t.expires_at, c.consumed_at, c.agent_id
 FROM enrollment_tokens t LEFT JOIN consumed_enrollment_tokens c ON c.jti = t.jti
 ORDER BY t.created_at, t.jti`)
 }
@@ -54,10 +54,12 @@ func scanEnrollmentToken(sc scanner) (EnrollmentToken, error) {
 	return t, nil
 }
 
-// EnrollAgent implements Store. The transaction takes SQLite's write lock
-// first (BEGIN IMMEDIATE), so concurrent enrollments, also from other
-// processes, run one after the other and see each other's results.
-func (s *SQLite) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollResult, error) {
+// EnrollAgent implements Store. The transaction is serialized with every
+// other enrollment first (SQLite: BEGIN IMMEDIATE takes the write lock;
+// PostgreSQL: a transaction-scoped advisory lock), so concurrent
+// enrollments, also from other processes, run one after the other and see
+// each other's results.
+func (s *sqlStore) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollResult, error) {
 	a := req.Agent
 	switch {
 	case req.JTI == "" || req.TokenExpiresAt.IsZero() || req.CSRSHA256 == "" || len(req.CertPEM) == 0:
@@ -72,7 +74,10 @@ func (s *SQLite) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollResu
 	a.DeletedAt = nil
 
 	var res EnrollResult
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := s.d.serialize(ctx, tx); err != nil {
+			return err
+		}
 		var csrHash, agentID, certPEM string
 		err := tx.QueryRowContext(ctx, `SELECT csr_sha256, agent_id, cert_pem FROM consumed_enrollment_tokens WHERE jti = $1`,
 			req.JTI).Scan(&csrHash, &agentID, &certPEM)
@@ -103,8 +108,8 @@ ON CONFLICT DO NOTHING`,
 		if n, err := rowsAffected(r); err != nil {
 			return err
 		} else if n == 0 {
-			// The live name was checked above under the write lock, so
-			// the id is what collides.
+			// The live name was checked above, serialized with other
+			// enrollments, so the id is what collides.
 			return fmt.Errorf("%w: agent id %s exists", ErrConflict, a.ID)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO consumed_enrollment_tokens
@@ -126,7 +131,7 @@ VALUES ($1, $2, $3, $4, $5, $6)`,
 }
 
 // replayLocked answers an enrollment whose jti was already consumed.
-func (s *SQLite) replayLocked(ctx context.Context, tx *sql.Tx, req EnrollRequest, csrHash, agentID, certPEM string, res *EnrollResult) error {
+func (s *sqlStore) replayLocked(ctx context.Context, tx *sql.Tx, req EnrollRequest, csrHash, agentID, certPEM string, res *EnrollResult) error {
 	if csrHash != req.CSRSHA256 {
 		return fmt.Errorf("%w: enrollment token %s was used with another CSR", ErrTokenUsed, req.JTI)
 	}
@@ -148,8 +153,12 @@ func canonicalUUID(s string) bool {
 }
 
 // GetAgent implements Store.
-func (s *SQLite) GetAgent(ctx context.Context, id string) (Agent, error) {
-	a, err := getAgent(ctx, s.db, id)
+func (s *sqlStore) GetAgent(ctx context.Context, id string) (Agent, error) {
+	var a Agent
+	err := s.read(ctx, func(ctx context.Context) (err error) {
+		a, err = getAgent(ctx, s.db, id)
+		return err
+	})
 	return a, wrapErr("get agent", err)
 }
 
@@ -162,7 +171,7 @@ func getAgent(ctx context.Context, q queryer, id string) (Agent, error) {
 }
 
 // ListAgents implements Store.
-func (s *SQLite) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error) {
+func (s *sqlStore) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error) {
 	limit := opts.Limit
 	if limit <= 0 {
 		limit = DefaultListLimit
@@ -171,12 +180,12 @@ func (s *SQLite) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agen
 	if opts.IncludeDeleted {
 		query = `SELECT ` + agentColumns + ` FROM agents WHERE id > $1 ORDER BY id LIMIT $2`
 	}
-	return queryAll(ctx, s.db, "list agents", scanAgent, query, opts.AfterID, limit)
+	return queryAll(ctx, s, "list agents", scanAgent, query, opts.AfterID, limit)
 }
 
 // DeleteAgent implements Store.
-func (s *SQLite) DeleteAgent(ctx context.Context, id string) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) DeleteAgent(ctx context.Context, id string) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
 			`UPDATE agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL`,
 			id, millis(s.now()))
@@ -185,11 +194,11 @@ func (s *SQLite) DeleteAgent(ctx context.Context, id string) error {
 }
 
 // UpdateAgentCert implements Store.
-func (s *SQLite) UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error {
+func (s *sqlStore) UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error {
 	if spkiSHA256 == "" {
 		return fmt.Errorf("%w: empty SPKI hash", ErrInvalid)
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
 			`UPDATE agents SET spki_sha256 = $2, cert_serial = $3, cert_not_after = $4
 WHERE id = $1 AND deleted_at IS NULL`,

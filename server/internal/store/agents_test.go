@@ -255,7 +255,7 @@ func TestEnrollConcurrentSameName(t *testing.T) {
 // TestEnrollAcrossProcesses uses two independent stores on one file, as the
 // gateway and the offline admin commands (or two replicas) would.
 func TestEnrollAcrossProcesses(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	s1, _ := f.open(t)
 	s2, _ := f.open(t)
 	const n = 10

@@ -12,7 +12,7 @@ import (
 const apiKeyColumns = `id, name, key_hash, scopes, created_at, revoked_at`
 
 // CreateAPIKey implements Store.
-func (s *SQLite) CreateAPIKey(ctx context.Context, k APIKey) error {
+func (s *sqlStore) CreateAPIKey(ctx context.Context, k APIKey) error {
 	if k.ID == "" || k.Name == "" || len(k.Hash) == 0 {
 		return fmt.Errorf("%w: api key needs an id, a name and a hash", ErrInvalid)
 	}
@@ -24,7 +24,7 @@ func (s *SQLite) CreateAPIKey(ctx context.Context, k APIKey) error {
 	if err != nil {
 		return wrapErr("create api key", err)
 	}
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: an api key with id %q or the same hash exists", ErrConflict, k.ID),
 			`INSERT INTO api_keys (`+apiKeyColumns+`)
 VALUES ($1, $2, $3, $4, $5, NULL)
@@ -35,20 +35,23 @@ ON CONFLICT DO NOTHING`,
 }
 
 // APIKeyByHash implements Store.
-func (s *SQLite) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
+func (s *sqlStore) APIKeyByHash(ctx context.Context, hash []byte) (APIKey, error) {
 	return s.apiKeyWhere(ctx, "api key by hash", "key_hash", hex.EncodeToString(hash), "api key")
 }
 
 // GetAPIKey implements Store.
-func (s *SQLite) GetAPIKey(ctx context.Context, id string) (APIKey, error) {
+func (s *sqlStore) GetAPIKey(ctx context.Context, id string) (APIKey, error) {
 	return s.apiKeyWhere(ctx, "get api key", "id", id, fmt.Sprintf("api key %q", id))
 }
 
 // apiKeyWhere returns the key whose column (a unique one) equals value;
 // op names the operation in errors, what the key in ErrNotFound.
-func (s *SQLite) apiKeyWhere(ctx context.Context, op, column, value, what string) (APIKey, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE `+column+` = $1`, value)
-	k, err := scanAPIKey(row)
+func (s *sqlStore) apiKeyWhere(ctx context.Context, op, column, value, what string) (APIKey, error) {
+	var k APIKey
+	err := s.read(ctx, func(ctx context.Context) (err error) {
+		k, err = scanAPIKey(s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE `+column+` = $1`, value))
+		return err
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return APIKey{}, fmt.Errorf("%w: %s", ErrNotFound, what)
 	}
@@ -59,13 +62,13 @@ func (s *SQLite) apiKeyWhere(ctx context.Context, op, column, value, what string
 }
 
 // ListAPIKeys implements Store.
-func (s *SQLite) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
-	return queryAll(ctx, s.db, "list api keys", scanAPIKey, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
+func (s *sqlStore) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
+	return queryAll(ctx, s, "list api keys", scanAPIKey, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
 }
 
 // RevokeAPIKey implements Store.
-func (s *SQLite) RevokeAPIKey(ctx context.Context, id string) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+func (s *sqlStore) RevokeAPIKey(ctx context.Context, id string) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: api key %q", ErrNotFound, id),
 			`UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`,
 			id, millis(s.now()))
@@ -74,9 +77,12 @@ func (s *SQLite) RevokeAPIKey(ctx context.Context, id string) error {
 }
 
 // CountAPIKeys implements Store.
-func (s *SQLite) CountAPIKeys(ctx context.Context) (int, error) {
+func (s *sqlStore) CountAPIKeys(ctx context.Context) (int, error) {
 	var n int
-	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys`).Scan(&n); err != nil {
+	err := s.read(ctx, func(ctx context.Context) error {
+		return s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys`).Scan(&n)
+	})
+	if err != nil {
 		return 0, fmt.Errorf("store: count api keys: %w", err)
 	}
 	return n, nil

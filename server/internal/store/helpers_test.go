@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -13,37 +14,93 @@ import (
 
 	"github.com/outposthq/outpost/internal/fakeclock"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testpg"
 )
 
-type fixture struct {
-	path string
-	clk  *fakeclock.Clock
+func TestMain(m *testing.M) { testpg.Main(m) }
+
+// backend is one implementation of Store under test.
+type backend struct {
+	name string
+	// newDB makes a fresh, empty database and returns where it is: a
+	// file path or a DSN.
+	newDB func(t *testing.T) string
+	// open opens the store on the database at where.
+	open func(ctx context.Context, where string, cfg Config) (*sqlStore, error)
+	// driver is the database/sql driver name for raw access to where.
+	driver string
 }
 
-func newFixture(t *testing.T) *fixture {
+var (
+	sqliteBackend = backend{
+		name:  "sqlite",
+		newDB: func(t *testing.T) string { return filepath.Join(t.TempDir(), "outpost.db") },
+		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
+			s, err := OpenSQLite(ctx, where, cfg)
+			if err != nil {
+				return nil, err
+			}
+			return &s.sqlStore, nil
+		},
+		driver: "sqlite",
+	}
+	postgresBackend = backend{
+		name:  "postgres",
+		newDB: func(t *testing.T) string { return testpg.DSN(t) },
+		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
+			s, err := OpenPostgres(ctx, where, cfg)
+			if err != nil {
+				return nil, err
+			}
+			return &s.sqlStore, nil
+		},
+		driver: "pgx",
+	}
+)
+
+// fixture is one fresh database of a backend and a fake clock.
+type fixture struct {
+	b     backend
+	where string
+	clk   *fakeclock.Clock
+}
+
+func newFixture(t *testing.T, b backend) *fixture {
 	t.Helper()
-	return &fixture{path: filepath.Join(t.TempDir(), "outpost.db"), clk: fakeclock.New(time.Date(2031, 3, 4, 5, 6, 7, 890_123_456, time.UTC))}
+	return &fixture{b: b, where: b.newDB(t), clk: fakeclock.New(time.Date(2031, 3, 4, 5, 6, 7, 890_123_456, time.UTC))}
 }
 
 // open opens the fixture's database and closes it at cleanup; logs go to
 // the returned buffer.
-func (f *fixture) open(t *testing.T) (*SQLite, *testlog.Writer) {
+func (f *fixture) open(t *testing.T) (*sqlStore, *testlog.Writer) {
 	t.Helper()
 	logs := testlog.New(t)
 	log := hclog.New(&hclog.LoggerOptions{Name: "store", Level: hclog.Debug, Output: logs})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := OpenSQLite(ctx, f.path, Config{Now: f.clk.Now, Logger: log})
+	s, err := f.b.open(ctx, f.where, Config{Now: f.clk.Now, Logger: log})
 	if err != nil {
-		t.Fatalf("OpenSQLite: %v", err)
+		t.Fatalf("open %s store: %v", f.b.name, err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, logs
 }
 
-func openStore(t *testing.T) (*SQLite, *fixture) {
+// raw opens a plain database/sql handle on the fixture's database, for
+// setting up and inspecting what the store does not expose.
+func (f *fixture) raw(t *testing.T) *sql.DB {
 	t.Helper()
-	f := newFixture(t)
+	db, err := sql.Open(f.b.driver, f.where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func openStore(t *testing.T) (*sqlStore, *fixture) {
+	t.Helper()
+	f := newFixture(t, sqliteBackend)
 	s, _ := f.open(t)
 	return s, f
 }

@@ -7,9 +7,9 @@ import (
 )
 
 // PruneSessions implements Store.
-func (s *SQLite) PruneSessions(ctx context.Context, before time.Time) (int64, error) {
+func (s *sqlStore) PruneSessions(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE started_at < $1`, millis(before))
 		if err != nil {
 			return err

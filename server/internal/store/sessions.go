@@ -11,7 +11,7 @@ import (
 const sessionColumns = `id, target, agent_id, decision, started_at, ended_at, bytes_up, bytes_down, outcome, reason, key_id, client_addr`
 
 // InsertSession implements Store.
-func (s *SQLite) InsertSession(ctx context.Context, r SessionRecord) error {
+func (s *sqlStore) InsertSession(ctx context.Context, r SessionRecord) error {
 	if r.ID == "" {
 		return fmt.Errorf("%w: session needs an id", ErrInvalid)
 	}
@@ -22,7 +22,7 @@ func (s *SQLite) InsertSession(ctx context.Context, r SessionRecord) error {
 	if !r.EndedAt.IsZero() {
 		ended = millis(r.EndedAt)
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: session %q exists", ErrConflict, r.ID),
 			`INSERT INTO sessions (`+sessionColumns+`)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -34,11 +34,11 @@ ON CONFLICT DO NOTHING`,
 }
 
 // FinishSession implements Store.
-func (s *SQLite) FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error {
+func (s *sqlStore) FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error {
 	if bytesUp < 0 || bytesDown < 0 {
 		return fmt.Errorf("%w: negative byte count", ErrInvalid)
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE sessions
 SET ended_at = $2, bytes_up = $3, bytes_down = $4, outcome = $5, reason = $6
 WHERE id = $1 AND ended_at IS NULL`,
@@ -65,14 +65,16 @@ WHERE id = $1 AND ended_at IS NULL`,
 }
 
 // GetSession implements Store.
-func (s *SQLite) GetSession(ctx context.Context, id string) (SessionRecord, error) {
+func (s *sqlStore) GetSession(ctx context.Context, id string) (SessionRecord, error) {
 	var (
 		r       SessionRecord
 		started int64
 		ended   sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id).Scan(
-		&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason, &r.KeyID, &r.ClientAddr)
+	err := s.read(ctx, func(ctx context.Context) error {
+		return s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id).Scan(
+			&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason, &r.KeyID, &r.ClientAddr)
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return SessionRecord{}, fmt.Errorf("%w: session %q", ErrNotFound, id)
 	}
@@ -90,13 +92,14 @@ func (s *SQLite) GetSession(ctx context.Context, id string) (SessionRecord, erro
 // the token's first use, or increments the count only while it is below
 // max, and returns the new count; when the condition fails it returns no
 // row. SQLite runs it under its write lock and PostgreSQL under the row's
-// lock, so concurrent uses never count past max.
-func (s *SQLite) UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error) {
+// lock (a concurrent update waits, then re-evaluates the condition on the
+// committed row), so concurrent uses never count past max.
+func (s *sqlStore) UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error) {
 	if jti == "" || expiresAt.IsZero() || max < 1 {
 		return 0, fmt.Errorf("%w: session token use needs a jti, an expiry and a limit of at least 1", ErrInvalid)
 	}
 	var uses int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `INSERT INTO session_token_uses (jti, uses, expires_at, first_used_at, last_used_at)
 VALUES ($1, 1, $2, $3, $3)
 ON CONFLICT (jti) DO UPDATE
@@ -116,9 +119,9 @@ RETURNING uses`,
 }
 
 // PruneExpired implements Store.
-func (s *SQLite) PruneExpired(ctx context.Context, before time.Time) (int64, error) {
+func (s *sqlStore) PruneExpired(ctx context.Context, before time.Time) (int64, error) {
 	var total int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		total = 0
 		for _, q := range []string{
 			`DELETE FROM session_token_uses WHERE expires_at < $1`,

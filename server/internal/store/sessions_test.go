@@ -144,7 +144,7 @@ func TestUseSessionTokenConcurrent(t *testing.T) {
 // connection pool and write queue): exactly max succeed, and the counts
 // they got are 1..max, each once.
 func TestUseSessionTokenLimitAcrossHandles(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	a, _ := f.open(t)
 	b, _ := f.open(t)
 	const n, max = 40, 7
@@ -238,13 +238,13 @@ func TestPruneExpired(t *testing.T) {
 // single-use tokens stay consumed, and its audit rows read back with no key
 // id or client address.
 func TestSessionTokensMigration(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	ctx := ctxT(t)
-	ms, err := loadMigrations(migrationFiles)
+	ms, err := loadMigrations(migrationFiles, "sqlite")
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", f.path)
+	db, err := sql.Open("sqlite", f.where)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 func TestOpenAppliesMigrationsOnce(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	s, logs := f.open(t)
 	ctx := ctxT(t)
 
@@ -23,7 +23,7 @@ func TestOpenAppliesMigrationsOnce(t *testing.T) {
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), MAX(version) FROM schema_migrations`).Scan(&versions, &maxVersion); err != nil {
 		t.Fatal(err)
 	}
-	ms, err := loadMigrations(migrationFiles)
+	ms, err := loadMigrations(migrationFiles, "sqlite")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestOpenAppliesMigrationsOnce(t *testing.T) {
 		t.Errorf("journal_mode %q (%v), want wal", mode, err)
 	}
 	if runtime.GOOS != "windows" {
-		fi, err := os.Stat(f.path)
+		fi, err := os.Stat(f.where)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,13 +91,13 @@ VALUES ('j', 1, 'c', 'no-such-agent', 'p', 1)`)
 }
 
 func TestOpenRefusesNewerSchema(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	s, _ := f.open(t)
 	if _, err := s.db.ExecContext(ctxT(t), `INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 0)`); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
-	_, err := OpenSQLite(ctxT(t), f.path, Config{})
+	_, err := OpenSQLite(ctxT(t), f.where, Config{})
 	if !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("got %v, want ErrSchemaTooNew", err)
 	}
@@ -127,7 +127,7 @@ func TestLoadMigrationsValidates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ms, err := loadMigrations(tt.fs)
+			ms, err := loadMigrations(tt.fs, "sqlite")
 			if tt.ok != (err == nil) {
 				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
 			}
@@ -135,6 +135,48 @@ func TestLoadMigrationsValidates(t *testing.T) {
 				t.Fatalf("migrations %+v not in version order", ms)
 			}
 		})
+	}
+}
+
+// A version whose SQL must differ has one file per dialect, side by side;
+// each dialect runs its own.
+func TestLoadMigrationsPerDialect(t *testing.T) {
+	file := func(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
+	fsys := fstest.MapFS{
+		"migrations/0001_a.sql":          file("shared"),
+		"migrations/0002_b.sqlite.sql":   file("for sqlite"),
+		"migrations/0002_b.postgres.sql": file("for postgres"),
+		"migrations/0003_c.sql":          file("shared again"),
+	}
+	for _, d := range dialectNames {
+		ms, err := loadMigrations(fsys, d)
+		if err != nil {
+			t.Fatalf("%s: %v", d, err)
+		}
+		if len(ms) != 3 || ms[0].sql != "shared" || ms[1].sql != "for "+d || ms[1].name != "0002_b."+d+".sql" || ms[2].sql != "shared again" {
+			t.Errorf("%s: %+v", d, ms)
+		}
+	}
+	bad := map[string]fstest.MapFS{
+		"one dialect only": {"migrations/0001_a.sqlite.sql": file("x")},
+		"shared and dialect": {
+			"migrations/0001_a.sql": file("x"), "migrations/0001_a.sqlite.sql": file("x"), "migrations/0001_a.postgres.sql": file("x"),
+		},
+		"unknown dialect": {"migrations/0001_a.mysql.sql": file("x")},
+		"two of a dialect": {
+			"migrations/0001_a.sqlite.sql": file("x"), "migrations/0001_b.sqlite.sql": file("x"), "migrations/0001_a.postgres.sql": file("x"),
+		},
+	}
+	for name, fsys := range bad {
+		if _, err := loadMigrations(fsys, "sqlite"); err == nil {
+			t.Errorf("%s: loaded", name)
+		}
+	}
+	// The embedded migrations load for every dialect.
+	for _, d := range dialectNames {
+		if _, err := loadMigrations(migrationFiles, d); err != nil {
+			t.Errorf("embedded migrations for %s: %v", d, err)
+		}
 	}
 }
 
@@ -157,11 +199,11 @@ func TestCloseIsIdempotent(t *testing.T) {
 func TestWriteHonoursContext(t *testing.T) {
 	s, _ := openStore(t)
 	// Hold the write slot, then a writer with a short deadline must give up.
-	s.writeSem <- struct{}{}
+	s.d.(*sqliteDialect).writeSem <- struct{}{}
 	ctx, cancel := context.WithTimeout(ctxT(t), 50*time.Millisecond)
 	defer cancel()
 	_, err := s.UseSessionToken(ctx, "j", time.Now(), 1)
-	<-s.writeSem
+	<-s.d.(*sqliteDialect).writeSem
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want DeadlineExceeded", err)
 	}
@@ -174,7 +216,7 @@ func TestWriteHonoursContext(t *testing.T) {
 // TestRestartLosesNothing writes one of everything, closes, reopens and
 // reads it all back.
 func TestRestartLosesNothing(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, sqliteBackend)
 	s, _ := f.open(t)
 	ctx := ctxT(t)
 

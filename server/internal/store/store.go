@@ -2,16 +2,19 @@
 // keys, enrollment tokens and consumed token ids, enrolled agents, and the
 // session audit. Live routes and connections stay in memory elsewhere.
 //
-// Store is the interface; SQLite, opened with OpenSQLite, is the default
-// implementation (one file in the data directory, pure Go driver). The
-// schema is versioned by embedded migrations and written in portable SQL so
-// a PostgreSQL implementation can share it.
+// Store is the interface, with two implementations sharing one body of SQL
+// over database/sql: SQLite, opened with OpenSQLite, the default (one file
+// in the data directory, pure Go driver), and PostgreSQL, opened with
+// OpenPostgres (pgx), for several gateways on one database. The schema is
+// versioned by embedded migrations written in portable SQL (TEXT and
+// BIGINT, $N placeholders); what the databases do differently (locking,
+// retries) is isolated in a small dialect of each.
 //
 // Conventions: times are stored as BIGINT Unix milliseconds and returned in
 // UTC, truncated to the millisecond; a nil *time.Time means "not yet"
 // (not revoked, not deleted). Every write that a method acknowledges is
 // committed durably before it returns, so a restart loses nothing that was
-// acknowledged.
+// acknowledged. Every call has a deadline (Config.QueryTimeout).
 package store
 
 import (
