@@ -78,13 +78,7 @@ type server struct {
 // what to install; with the CI environment variable set, it fails it.
 func DSN(tb testing.TB) string {
 	tb.Helper()
-	s, err := get()
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
-		}
-		tb.Skipf("skipping the PostgreSQL half: %v", err)
-	}
+	s := require(tb)
 	name := "t_" + randomHex(8)
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
@@ -100,6 +94,26 @@ func DSN(tb testing.TB) string {
 		}
 	})
 	return s.dsn(name)
+}
+
+// Require starts the shared server if needed; when it cannot run, Require
+// skips the test, or fails it with the CI environment variable set, as DSN
+// does. It lets a group of tests skip once rather than one by one.
+func Require(tb testing.TB) {
+	tb.Helper()
+	require(tb)
+}
+
+func require(tb testing.TB) *server {
+	tb.Helper()
+	s, err := get()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
+		}
+		tb.Skipf("skipping the PostgreSQL half: %v", err)
+	}
+	return s
 }
 
 // Available starts the shared server if needed and reports why it cannot

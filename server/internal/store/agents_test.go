@@ -20,8 +20,8 @@ func sameAgent(a, b Agent) bool {
 		(a.DeletedAt == nil) == (b.DeletedAt == nil) && (a.DeletedAt == nil || a.DeletedAt.Equal(*b.DeletedAt))
 }
 
-func TestEnrollAndGetAgent(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollAndGetAgent(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	req := enrollReq(f.clk, "jti-1", "Build-01", "csr-a")
 
@@ -50,8 +50,8 @@ func TestEnrollAndGetAgent(t *testing.T) {
 	}
 }
 
-func TestEnrollIdempotentRetry(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollIdempotentRetry(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	req := enrollReq(f.clk, "jti-1", "agent", "csr-a")
 	first := mustEnroll(t, s, req)
 
@@ -82,8 +82,8 @@ func TestEnrollIdempotentRetry(t *testing.T) {
 	}
 }
 
-func TestEnrollTokenUsedWithOtherCSR(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollTokenUsedWithOtherCSR(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	mustEnroll(t, s, enrollReq(f.clk, "jti-1", "a", "csr-a"))
 	_, err := s.EnrollAgent(ctxT(t), enrollReq(f.clk, "jti-1", "b", "csr-b"))
 	if !errors.Is(err, ErrTokenUsed) {
@@ -94,8 +94,8 @@ func TestEnrollTokenUsedWithOtherCSR(t *testing.T) {
 	}
 }
 
-func TestEnrollNameTakenRollsBack(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollNameTakenRollsBack(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	mustEnroll(t, s, enrollReq(f.clk, "jti-1", "Build-01", "csr-a"))
 
@@ -113,8 +113,8 @@ func TestEnrollNameTakenRollsBack(t *testing.T) {
 	}
 }
 
-func TestEnrollDeletedNameReusable(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollDeletedNameReusable(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	old := mustEnroll(t, s, enrollReq(f.clk, "jti-1", "db-proxy", "csr-a"))
 	if err := s.DeleteAgent(ctx, old.Agent.ID); err != nil {
@@ -128,8 +128,8 @@ func TestEnrollDeletedNameReusable(t *testing.T) {
 	}
 }
 
-func TestEnrollDuplicateAgentID(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollDuplicateAgentID(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	first := mustEnroll(t, s, enrollReq(f.clk, "jti-1", "a", "csr-a"))
 	dup := enrollReq(f.clk, "jti-2", "b", "csr-b")
 	dup.Agent.ID = first.Agent.ID
@@ -139,8 +139,8 @@ func TestEnrollDuplicateAgentID(t *testing.T) {
 	mustEnroll(t, s, enrollReq(f.clk, "jti-2", "b", "csr-b")) // jti-2 not consumed
 }
 
-func TestEnrollInvalid(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollInvalid(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	mutations := map[string]func(*EnrollRequest){
 		"no jti":         func(r *EnrollRequest) { r.JTI = "" },
 		"no expiry":      func(r *EnrollRequest) { r.TokenExpiresAt = time.Time{} },
@@ -166,8 +166,8 @@ func TestEnrollInvalid(t *testing.T) {
 
 // TestEnrollConcurrentSameJTI: ten enrollments race with one token and
 // different CSRs; exactly one wins.
-func TestEnrollConcurrentSameJTI(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollConcurrentSameJTI(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	const n = 10
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -189,8 +189,8 @@ func TestEnrollConcurrentSameJTI(t *testing.T) {
 
 // TestEnrollConcurrentRetries: ten identical requests race; one enrolls and
 // the others get the same answer.
-func TestEnrollConcurrentRetries(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollConcurrentRetries(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	const n = 10
 	req := enrollReq(f.clk, "jti", "agent", "csr")
 	results := make([]EnrollResult, n)
@@ -219,8 +219,8 @@ func TestEnrollConcurrentRetries(t *testing.T) {
 
 // TestEnrollConcurrentSameName: ten tokens race for one name; one wins, the
 // others keep their tokens.
-func TestEnrollConcurrentSameName(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollConcurrentSameName(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	const n = 10
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -252,29 +252,37 @@ func TestEnrollConcurrentSameName(t *testing.T) {
 	}
 }
 
-// TestEnrollAcrossProcesses uses two independent stores on one file, as the
-// gateway and the offline admin commands (or two replicas) would.
-func TestEnrollAcrossProcesses(t *testing.T) {
-	f := newFixture(t, sqliteBackend)
+// testEnrollAcrossProcesses uses two independent stores on one database,
+// as the gateway and the offline admin commands (or two replicas) would:
+// ten enrollments race for one token, then ten tokens race for one name.
+func testEnrollAcrossProcesses(t *testing.T, f *fixture) {
 	s1, _ := f.open(t)
 	s2, _ := f.open(t)
 	const n = 10
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		s := s1
-		if i%2 == 1 {
-			s = s2
+	race := func(req func(i int) EnrollRequest) []error {
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			s := s1
+			if i%2 == 1 {
+				s = s2
+			}
+			r := req(i)
+			wg.Go(func() { _, errs[i] = s.EnrollAgent(t.Context(), r) })
 		}
-		req := enrollReq(f.clk, "shared-jti", fmt.Sprintf("agent-%d", i), fmt.Sprintf("csr-%d", i))
-		wg.Go(func() { _, errs[i] = s.EnrollAgent(t.Context(), req) })
+		wg.Wait()
+		return errs
 	}
-	wg.Wait()
-	exactlyOne(t, "enrollments across two stores", errs, ErrTokenUsed)
+	exactlyOne(t, "enrollments with one token across two stores", race(func(i int) EnrollRequest {
+		return enrollReq(f.clk, "shared-jti", fmt.Sprintf("agent-%d", i), fmt.Sprintf("csr-%d", i))
+	}), ErrTokenUsed)
+	exactlyOne(t, "enrollments of one name across two stores", race(func(i int) EnrollRequest {
+		return enrollReq(f.clk, fmt.Sprintf("jti-%d", i), fmt.Sprintf("Shared-%c", "nN"[i%2]), fmt.Sprintf("csr-%d", i))
+	}), ErrNameTaken)
 }
 
-func TestListAgentsPagination(t *testing.T) {
-	s, f := openStore(t)
+func testListAgentsPagination(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	var ids []string
 	for i := range 7 {
@@ -332,8 +340,8 @@ func TestListAgentsPagination(t *testing.T) {
 	}
 }
 
-func TestDeleteAgent(t *testing.T) {
-	s, f := openStore(t)
+func testDeleteAgent(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	a := mustEnroll(t, s, enrollReq(f.clk, "jti", "a", "csr")).Agent
 	f.clk.Advance(time.Hour)
@@ -356,8 +364,8 @@ func TestDeleteAgent(t *testing.T) {
 	}
 }
 
-func TestUpdateAgentCert(t *testing.T) {
-	s, f := openStore(t)
+func testUpdateAgentCert(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	a := mustEnroll(t, s, enrollReq(f.clk, "jti", "a", "csr")).Agent
 	notAfter := f.clk.Now().Add(45 * 24 * time.Hour)
@@ -388,8 +396,8 @@ func TestUpdateAgentCert(t *testing.T) {
 	}
 }
 
-func TestEnrollmentTokens(t *testing.T) {
-	s, f := openStore(t)
+func testEnrollmentTokens(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	exp := f.clk.Now().Add(time.Hour)
 	if err := s.RecordEnrollmentToken(ctx, EnrollmentToken{JTI: "t1", AgentName: "a", ExpiresAt: exp}); err != nil {

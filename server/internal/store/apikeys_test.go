@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-func TestAPIKeys(t *testing.T) {
-	s, f := openStore(t)
+func testAPIKeys(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 
 	if n, err := s.CountAPIKeys(ctx); err != nil || n != 0 {

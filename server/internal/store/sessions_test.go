@@ -1,7 +1,6 @@
 package store
 
 import (
-	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,8 +8,8 @@ import (
 	"time"
 )
 
-func TestSessions(t *testing.T) {
-	s, f := openStore(t)
+func testSessions(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	started := f.clk.Now()
 	rec := SessionRecord{ID: "sess-1", Target: "10.0.0.5:22", AgentID: "agent-1", Decision: "subnet 10.0.0.0/24 via agent-1",
@@ -82,8 +81,8 @@ func TestSessions(t *testing.T) {
 	}
 }
 
-func TestUseSessionToken(t *testing.T) {
-	s, f := openStore(t)
+func testUseSessionToken(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	exp := f.clk.Now().Add(time.Minute)
 	// Single-use: a limit of one.
@@ -127,8 +126,8 @@ func TestUseSessionToken(t *testing.T) {
 	}
 }
 
-func TestUseSessionTokenConcurrent(t *testing.T) {
-	s, f := openStore(t)
+func testUseSessionTokenConcurrent(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	const n = 10
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -143,8 +142,7 @@ func TestUseSessionTokenConcurrent(t *testing.T) {
 // the same file as two gateway processes would be (each with its own
 // connection pool and write queue): exactly max succeed, and the counts
 // they got are 1..max, each once.
-func TestUseSessionTokenLimitAcrossHandles(t *testing.T) {
-	f := newFixture(t, sqliteBackend)
+func testUseSessionTokenLimitAcrossHandles(t *testing.T, f *fixture) {
 	a, _ := f.open(t)
 	b, _ := f.open(t)
 	const n, max = 40, 7
@@ -177,8 +175,8 @@ func TestUseSessionTokenLimitAcrossHandles(t *testing.T) {
 	}
 }
 
-func TestPruneExpired(t *testing.T) {
-	s, f := openStore(t)
+func testPruneExpired(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
 	ctx := ctxT(t)
 	now := f.clk.Now()
 
@@ -237,17 +235,13 @@ func TestPruneExpired(t *testing.T) {
 // A database written by a gateway before migration 0002: its consumed
 // single-use tokens stay consumed, and its audit rows read back with no key
 // id or client address.
-func TestSessionTokensMigration(t *testing.T) {
-	f := newFixture(t, sqliteBackend)
+func testSessionTokensMigration(t *testing.T, f *fixture) {
 	ctx := ctxT(t)
-	ms, err := loadMigrations(migrationFiles, "sqlite")
+	ms, err := loadMigrations(migrationFiles, f.b.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", f.where)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := f.raw(t)
 	exp := f.clk.Now().Add(time.Hour).UnixMilli()
 	for _, q := range []string{
 		`CREATE TABLE schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)`,
