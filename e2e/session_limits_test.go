@@ -34,7 +34,7 @@ func (gw *gateway) keyAdmin(fn func(ctx context.Context, a *server.KeyAdmin) err
 	gw.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	admin, err := server.OpenKeyAdmin(ctx, gw.cfg.DataDir, testLogger(gw.t, "keyadmin"))
+	admin, err := server.OpenKeyAdmin(ctx, gw.cfg.DataDir, "", testLogger(gw.t, "keyadmin"))
 	if err != nil {
 		gw.t.Fatal(err)
 	}

@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -16,10 +14,11 @@ import (
 )
 
 // KeyAdmin manages API keys directly on a gateway's store, for the offline
-// `outpost gateway apikey` commands. It is safe to use while the gateway runs
-// (SQLite serializes writers). Close it when done.
+// `outpost gateway apikey` commands. It is safe to use while the gateway (or
+// several, on PostgreSQL) runs: the store serializes writers. Close it when
+// done.
 type KeyAdmin struct {
-	store *store.SQLite
+	store store.Store
 }
 
 // APIKeyInfo describes a stored key; the secret itself is never stored.
@@ -31,17 +30,15 @@ type APIKeyInfo struct {
 	RevokedAt *time.Time
 }
 
-// OpenKeyAdmin opens the store in dataDir. It fails when dataDir holds no
-// gateway store, rather than creating an empty one.
-func OpenKeyAdmin(ctx context.Context, dataDir string, logger hclog.Logger) (*KeyAdmin, error) {
+// OpenKeyAdmin opens the gateway's store: the PostgreSQL database storeDSN
+// names (Config.Store; it is migrated if needed), or, when storeDSN is
+// empty, the SQLite store in dataDir, which must exist: a wrong dataDir
+// fails rather than creating an empty store.
+func OpenKeyAdmin(ctx context.Context, dataDir, storeDSN string, logger hclog.Logger) (*KeyAdmin, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	path := filepath.Join(dataDir, storeFile)
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("no gateway store at %s (start the gateway once with this --data-dir): %w", path, err)
-	}
-	s, err := store.OpenSQLite(ctx, path, store.Config{Logger: logger.Named("store")})
+	s, err := openStore(ctx, dataDir, storeDSN, true, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -33,9 +33,18 @@ import (
 // DataDir means "the default" given in its comment. It is read from a JSON file
 // (LoadConfigFile) whose keys are the field names, and command-line flags override it.
 type Config struct {
-	// DataDir holds the CA, server and token keys, the SQLite store and admin.key.
+	// DataDir holds the CA, server and token keys, admin.key and, unless Store
+	// names a PostgreSQL database, the SQLite store.
 	// Required.
 	DataDir string `json:"data_dir"`
+	// Store selects the database. Empty: the SQLite file outpost.db in
+	// DataDir. A postgres:// or postgresql:// URL: that PostgreSQL database
+	// (as libpq reads it, e.g.
+	// "postgres://outpost@db.example:5432/outpost?sslmode=verify-full"),
+	// migrated at start, and shareable by several gateways. Keep the
+	// password out of the URL: the driver reads PGPASSWORD and the password
+	// file (~/.pgpass, or PGPASSFILE).
+	Store string `json:"store"`
 	// Listen is the TCP address serving gRPC, REST, health, metrics and OpenAPI
 	// over TLS. If empty, DefaultListen (":7171").
 	Listen string `json:"listen"`
@@ -398,6 +407,9 @@ func (c Config) validate() error {
 	var errs []error
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir is required"))
+	}
+	if err := validStore(c.Store); err != nil {
+		errs = append(errs, err)
 	}
 	for name, addr := range map[string]string{"listen": c.Listen, "quic_listen": c.QUICListen, "metrics_listen": c.MetricsListen} {
 		if addr == "" {

@@ -41,7 +41,7 @@ import (
 // File names inside the data directory that the gateway itself owns (the PKI
 // package owns ca.*, server.* and token.key).
 const (
-	storeFile    = "outpost.db"
+	storeFile    = "outpost.db" // the SQLite store, when Config.Store is empty
 	adminKeyFile = "admin.key"
 )
 
@@ -121,7 +121,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.store, err = openStore(cfg.DataDir, logger)
+	openCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	g.store, err = openStore(openCtx, cfg.DataDir, cfg.Store, false, logger)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -190,12 +192,6 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	}
 	g.serve()
 	return g, nil
-}
-
-func openStore(dataDir string, logger hclog.Logger) (*store.SQLite, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return store.OpenSQLite(ctx, filepath.Join(dataDir, storeFile), store.Config{Logger: logger.Named("store")})
 }
 
 // ensureAdminKey creates the first admin API key on a store that has none, and

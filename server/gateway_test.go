@@ -30,10 +30,12 @@ import (
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testpg"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The PostgreSQL test server stops before goleak looks.
+	goleak.VerifyTestMain(testpg.StopAfter(m))
 }
 
 // testLogger routes gateway logs to t.Logf.
@@ -193,7 +195,7 @@ func TestAuthMatrix(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
 	ctx := context.Background()
-	admin, err := OpenKeyAdmin(ctx, dir, nil)
+	admin, err := OpenKeyAdmin(ctx, dir, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +335,7 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 		t.Errorf("/readyz: %d %q", code, body)
 	}
 	// /metrics on the API port needs a key with metrics.read (or *).
-	ka, err := OpenKeyAdmin(context.Background(), dir, nil)
+	ka, err := OpenKeyAdmin(context.Background(), dir, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,6 +516,8 @@ func TestConfigValidation(t *testing.T) {
 		{"origin with a path", Config{DataDir: "x", AllowedOrigins: []string{"https://app.example.com/"}}, "allowed_origins"},
 		{"any origin without *", Config{DataDir: "x", AllowAnyOrigin: true}, "allowed_origins"},
 		{"short enrollment secret", Config{DataDir: "x", EnrollmentSecret: "fifteen-bytes.."}, "enrollment_secret (or --enrollment-secret-file) is 15 bytes: want at least 16"},
+		{"store not postgres", Config{DataDir: "x", Store: "mysql://db/outpost"}, "store: want a postgres:// or postgresql:// URL"},
+		{"store a file path", Config{DataDir: "x", Store: "/var/lib/outpost/outpost.db"}, "store: want a postgres:// or postgresql:// URL"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -550,12 +554,14 @@ func TestEnrollmentSecretLength(t *testing.T) {
 func TestLoadConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
-	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s"}`), 0o644)
+	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s",
+"store": "postgresql://outpost@db.example.test/outpost"}`), 0o644)
 	c, err := LoadConfigFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) {
+	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) ||
+		c.Store != "postgresql://outpost@db.example.test/outpost" || c.withDefaults().validate() != nil {
 		t.Fatalf("parsed %+v", c)
 	}
 	d := c.withDefaults()

@@ -32,6 +32,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	lf.register(fs)
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
 	fs.StringVar(&flagCfg.DataDir, "data-dir", "", "directory for the CA, keys, store and admin.key (required)")
+	fs.StringVar(&flagCfg.Store, "store", "", storeUsage)
 	fs.StringVar(&flagCfg.Listen, "listen", server.DefaultListen, "TCP address for the TLS API port (gRPC, REST, health, metrics)")
 	fs.StringVar(&flagCfg.QUICListen, "quic-listen", server.DefaultQUICListen, "UDP address for agent QUIC connections")
 	fs.StringVar(&flagCfg.MetricsListen, "metrics-listen", "", "separate plain-HTTP address for /metrics (default: on the API port)")
@@ -61,11 +62,16 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 	}
-	// Flags given on the command line override the file.
+	if v := os.Getenv(storeEnv); v != "" {
+		cfg.Store = v
+	}
+	// Flags given on the command line override the environment and the file.
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "data-dir":
 			cfg.DataDir = flagCfg.DataDir
+		case "store":
+			cfg.Store = flagCfg.Store
 		case "listen":
 			cfg.Listen = flagCfg.Listen
 		case "quic-listen":
@@ -132,8 +138,14 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return gw.Run(ctx)
 }
 
+// storeEnv is the environment variable that gives --store, so that a DSN
+// with a password stays off the command line.
+const storeEnv = "OUTPOST_STORE"
+
+const storeUsage = "the gateway's database: a postgres:// URL, or empty for the SQLite file in --data-dir (default $" + storeEnv + ")"
+
 func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const synopsis = "gateway apikey create|list|revoke --data-dir DIR [flags]"
+	const synopsis = "gateway apikey create|list|revoke (--data-dir DIR | --store postgres://…) [flags]"
 	if len(args) == 0 {
 		fmt.Fprintf(stderr, "Usage: outpost %s\n", synopsis)
 		return fmt.Errorf("%w: apikey needs a subcommand: create, list or revoke", errUsage)
@@ -141,10 +153,11 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	sub := args[0]
 	fs := newFlagSet("gateway apikey "+sub, stderr, synopsis)
 	var (
-		dataDir, name, id string
-		scopes            stringList
+		dataDir, storeDSN, name, id string
+		scopes                      stringList
 	)
-	fs.StringVar(&dataDir, "data-dir", "", "the gateway's data directory (required)")
+	fs.StringVar(&dataDir, "data-dir", "", "the gateway's data directory (required unless --store names a PostgreSQL database)")
+	fs.StringVar(&storeDSN, "store", "", storeUsage)
 	switch sub {
 	case "create":
 		fs.StringVar(&name, "name", "", "a name for the key (required)")
@@ -158,10 +171,13 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
-	if dataDir == "" {
-		return fmt.Errorf("%w: --data-dir is required", errUsage)
+	if storeDSN == "" {
+		storeDSN = os.Getenv(storeEnv)
 	}
-	admin, err := server.OpenKeyAdmin(ctx, dataDir, nil)
+	if dataDir == "" && storeDSN == "" {
+		return fmt.Errorf("%w: --data-dir (or --store) is required", errUsage)
+	}
+	admin, err := server.OpenKeyAdmin(ctx, dataDir, storeDSN, nil)
 	if err != nil {
 		return err
 	}

@@ -105,3 +105,35 @@ func TestGatewayPrintsAdminKeyPathOnly(t *testing.T) {
 		}
 	}
 }
+
+// --store, or $OUTPOST_STORE without it, reaches the config's check, which
+// never repeats the value (it may hold a password); the flag wins over
+// the environment. apikey takes --store in place of --data-dir.
+func TestGatewayStoreFlag(t *testing.T) {
+	dir := t.TempDir()
+	const bad = "mysql://outpost:hunter2@db/outpost"
+	gateway := func(args ...string) error {
+		args = append([]string{"gateway", "--data-dir", filepath.Join(dir, "gw"), "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"}, args...)
+		var out, errOut bytes.Buffer
+		return run(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	}
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "store: want a postgres:// or postgresql:// URL") || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: %v, want the store error without the password", what, err)
+		}
+	}
+	check("--store", gateway("--store", bad))
+	t.Setenv("OUTPOST_STORE", bad)
+	check("$OUTPOST_STORE", gateway())
+	if err := gateway("--store", "", "--listen", "bad"); err == nil || strings.Contains(err.Error(), "store:") {
+		t.Errorf("--store \"\" does not override $OUTPOST_STORE: %v", err)
+	}
+	var out, errOut bytes.Buffer
+	check("apikey with $OUTPOST_STORE", run(context.Background(), []string{"gateway", "apikey", "list"}, strings.NewReader(""), &out, &errOut))
+	t.Setenv("OUTPOST_STORE", "")
+	err := run(context.Background(), []string{"gateway", "apikey", "list"}, strings.NewReader(""), &out, &errOut)
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--data-dir (or --store) is required") {
+		t.Errorf("apikey without a store: %v", err)
+	}
+}
