@@ -238,16 +238,17 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 // domains), so the session must name its agent.
 func ambiguous(host string, cands []routing.Candidate) string {
 	var names []string
+	domain := ""
 	for _, c := range cands {
 		if c.AutoDetected {
-			names = append(names, c.Name)
+			names, domain = append(names, c.Name), c.MatchedRoute
 		}
 	}
 	if len(names) < 2 {
 		return ""
 	}
 	return fmt.Sprintf("%s is under %s, a domain auto-detected by %d agents (%s): it does not say which network the name is in; name an agent explicitly",
-		host, cands[0].MatchedRoute, len(names), strings.Join(names, ", "))
+		host, domain, len(names), strings.Join(names, ", "))
 }
 
 // directRefusal returns why the direct allow-list refuses t, or "" when it
