@@ -107,14 +107,14 @@ func (e *Entry) ReleaseSession() { e.sessions.Add(-1) }
 
 // Snapshot is a copy of an entry's state at one moment.
 type Snapshot struct {
-	AgentID        string
-	Name           string
-	Generation     uint64
-	Status         Status
-	RemoteAddr     string
-	ConnectedAt    time.Time
-	LastSeen       time.Time
-	CertNotAfter   time.Time
+	AgentID      string
+	Name         string
+	Generation   uint64
+	Status       Status
+	RemoteAddr   string
+	ConnectedAt  time.Time
+	LastSeen     time.Time
+	CertNotAfter time.Time
 	// Routes are the approved part of the agent's latest advertisement,
 	// the routes sessions use; Rejected the refused rest.
 	Routes, Rejected Routes
