@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -32,23 +30,6 @@ func (gw *gateway) approve(id string, subnets, domains []string) *outpostv1.Rout
 		gw.t.Fatalf("SetApprovedRoutes: %v", err)
 	}
 	return resp.GetRoutes()
-}
-
-// restPut performs an authenticated REST PUT with a JSON body.
-func (gw *gateway) restPut(path, body string) (int, string) {
-	gw.t.Helper()
-	c := gw.httpClient()
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest("PUT", gw.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+gw.adminKey())
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		gw.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // resolve asks the gateway for its routing decision on target.
@@ -181,7 +162,7 @@ func TestApprovedRoutesLimitAdvertisements(t *testing.T) {
 		t.Fatalf("with nothing approved: routed %v, rejected %v", a3.GetSubnets(), a3.GetRejectedSubnets())
 	}
 	// REST PUT approves again.
-	if code, body := gw.restPut("/v1/agents/"+id+"/approved-routes", `{"subnets":["127.0.0.0/8"]}`); code != 200 {
+	if code, body := gw.rest("PUT", "/v1/agents/"+id+"/approved-routes", `{"subnets":["127.0.0.0/8"]}`); code != 200 {
 		t.Fatalf("REST PUT: %d %s", code, body)
 	}
 	echoOnce(t, gw, target)

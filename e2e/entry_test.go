@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -400,18 +399,7 @@ func TestResolveTargetGRPCAndREST(t *testing.T) {
 // restPost performs an authenticated REST POST with a JSON body.
 func (gw *gateway) restPost(path, body string) (int, string) {
 	gw.t.Helper()
-	c := gw.httpClient()
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest("POST", gw.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+gw.adminKey())
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		gw.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return gw.rest("POST", path, body)
 }
 
 // "outpost connect --stdio" as a subprocess carries bytes to a target.

@@ -118,15 +118,11 @@ func (s *Service) DeleteAgent(ctx context.Context, req *outpostv1.DeleteAgentReq
 // GetApprovedRoutes returns the routes an agent is approved to serve, as
 // stored (canonical).
 func (s *Service) GetApprovedRoutes(ctx context.Context, req *outpostv1.GetApprovedRoutesRequest) (*outpostv1.GetApprovedRoutesResponse, error) {
-	id, err := parseID(req.GetAgentId())
+	a, err := s.liveAgent(ctx, req.GetAgentId())
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.liveAgent(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return &outpostv1.GetApprovedRoutesResponse{AgentId: id, Routes: routeSet(a.ApprovedRoutes)}, nil
+	return &outpostv1.GetApprovedRoutesResponse{AgentId: a.ID, Routes: routeSet(a.ApprovedRoutes)}, nil
 }
 
 // SetApprovedRoutes replaces the routes an agent is approved to serve: it is
@@ -152,8 +148,13 @@ func (s *Service) SetApprovedRoutes(ctx context.Context, req *outpostv1.SetAppro
 	return &outpostv1.SetApprovedRoutesResponse{AgentId: id, Routes: &outpostv1.RouteSet{Subnets: subnets, Domains: domains}}, nil
 }
 
-// liveAgent reads an agent that is not deleted.
-func (s *Service) liveAgent(ctx context.Context, id string) (store.Agent, error) {
+// liveAgent reads an agent that is not deleted, given its id as the request
+// has it.
+func (s *Service) liveAgent(ctx context.Context, rawID string) (store.Agent, error) {
+	id, err := parseID(rawID)
+	if err != nil {
+		return store.Agent{}, err
+	}
 	a, err := s.cfg.Store.GetAgent(ctx, id)
 	if err != nil {
 		return store.Agent{}, grpcerr.Agent(id, err)
@@ -214,11 +215,7 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 
 // GetAgent returns one agent; a deleted agent is NotFound.
 func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) (*outpostv1.GetAgentResponse, error) {
-	id, err := parseID(req.GetAgentId())
-	if err != nil {
-		return nil, err
-	}
-	a, err := s.liveAgent(ctx, id)
+	a, err := s.liveAgent(ctx, req.GetAgentId())
 	if err != nil {
 		return nil, err
 	}
