@@ -7,10 +7,12 @@ import (
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
 )
 
 // Enrollment approves the token's routes narrowed by the request, or the
@@ -181,5 +183,19 @@ func TestSetApprovedRoutes(t *testing.T) {
 	}
 	if _, err := admin.GetApprovedRoutes(ctx, &outpostv1.GetApprovedRoutesRequest{AgentId: id}); status.Code(err) != codes.NotFound {
 		t.Errorf("deleted agent, get: %v", err)
+	}
+}
+
+// accept_any_routes is announced with a warning at start.
+func TestAcceptAnyRoutesWarns(t *testing.T) {
+	logs := testlog.New(t)
+	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", AcceptAnyRoutes: true},
+		hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if !logs.Contains("[WARN]") || !logs.Contains("accept_any_routes is on") {
+		t.Fatalf("no warning at start:\n%s", logs)
 	}
 }
