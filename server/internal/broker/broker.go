@@ -112,7 +112,8 @@ type KnownRoute struct {
 	// "*.contoso.local").
 	Route string
 	// State says why the agent cannot carry the session now: "offline",
-	// "unresponsive", "draining".
+	// "unresponsive", "draining", or "connecting" (connected, its routes not
+	// taken yet).
 	State string
 }
 
