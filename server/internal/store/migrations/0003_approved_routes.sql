@@ -1,4 +1,4 @@
--- 0002: each agent's approved routes and its last advertised routes
+-- 0003: each agent's approved routes and its last advertised routes
 -- (DESIGN.md §8, §10), so that a restart or another replica knows them.
 --
 -- Both are JSON objects {"subnets": [...], "domains": [...]} of strings as
