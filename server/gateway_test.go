@@ -514,6 +514,8 @@ func TestConfigValidation(t *testing.T) {
 		{"origin with a path", Config{DataDir: "x", AllowedOrigins: []string{"https://app.example.com/"}}, "allowed_origins"},
 		{"any origin without *", Config{DataDir: "x", AllowAnyOrigin: true}, "allowed_origins"},
 		{"short enrollment secret", Config{DataDir: "x", EnrollmentSecret: "fifteen-bytes.."}, "enrollment_secret (or --enrollment-secret-file) is 15 bytes: want at least 16"},
+		{"negative route cap", Config{DataDir: "x", MaxRoutesPerAgent: -1}, "max_routes_per_agent"},
+		{"negative route changes", Config{DataDir: "x", MaxRouteChangesPerMinute: -1}, "max_route_changes_per_minute"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -550,12 +552,14 @@ func TestEnrollmentSecretLength(t *testing.T) {
 func TestLoadConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
-	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s"}`), 0o644)
+	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s",
+"accept_any_routes": true, "max_routes_per_agent": 64, "max_route_changes_per_minute": 5}`), 0o644)
 	c, err := LoadConfigFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) {
+	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) ||
+		!c.AcceptAnyRoutes || c.MaxRoutesPerAgent != 64 || c.MaxRouteChangesPerMinute != 5 {
 		t.Fatalf("parsed %+v", c)
 	}
 	d := c.withDefaults()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -202,7 +203,7 @@ func TestRestartLosesNothing(t *testing.T) {
 	if n, err := s2.CountAPIKeys(ctx); err != nil || n != 1 {
 		t.Errorf("api keys after restart: %d, %v", n, err)
 	}
-	if a, err := s2.GetAgent(ctx, enrolled.Agent.ID); err != nil || a != enrolled.Agent {
+	if a, err := s2.GetAgent(ctx, enrolled.Agent.ID); err != nil || !reflect.DeepEqual(a, enrolled.Agent) {
 		t.Errorf("agent after restart: %+v, %v; want %+v", a, err, enrolled.Agent)
 	}
 	if _, err := s2.EnrollAgent(ctx, enrollReq(f.clk, "t1", "b", "csr2")); !errors.Is(err, ErrTokenUsed) {
