@@ -185,6 +185,13 @@ type Config struct {
 	// limits, audit, logs). If empty (the default), the TCP peer is the
 	// client and X-Forwarded-For is ignored.
 	TrustedProxies []string `json:"trusted_proxies"`
+	// ProxyProtocol accepts a PROXY protocol (v1 or v2) header on the API
+	// port from TrustedProxies only (an L4 load balancer in front of the
+	// gateway), and takes the client's address from it. A connection from
+	// anywhere else that sends one is refused; without a header every
+	// connection is served as usual. Requires TrustedProxies. Off by
+	// default.
+	ProxyProtocol bool `json:"proxy_protocol"`
 
 	// Now is the gateway's clock: certificates, tokens, enrollment rate
 	// limits and agent liveness all read it. If nil, time.Now. It exists
@@ -457,6 +464,9 @@ func (c Config) validate() error {
 	}
 	if _, err := clientip.ParseTrusted(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("trusted_proxies: %v", err))
+	}
+	if c.ProxyProtocol && len(c.TrustedProxies) == 0 {
+		errs = append(errs, errors.New("proxy_protocol needs trusted_proxies: the load balancers allowed to send PROXY headers"))
 	}
 	if _, err := c.directRoutes(); err != nil {
 		errs = append(errs, err)

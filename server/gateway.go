@@ -243,6 +243,9 @@ func (g *Gateway) bind() error {
 		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
 	}
 	g.apiLn = ln
+	if g.cfg.ProxyProtocol {
+		g.apiLn = g.cfg.clientIP().ProxyProtocolListener(ln)
+	}
 	g.quicConn, err = transport.ListenUDP("udp", g.cfg.QUICListen)
 	if err != nil {
 		return fmt.Errorf("quic listen: %w", err)

@@ -626,3 +626,77 @@ func TestDeadQUICListenerEndsRun(t *testing.T) {
 		t.Fatal("Run kept going with a dead QUIC listener")
 	}
 }
+
+// With proxy_protocol, a PROXY header from a trusted proxy gives the
+// client's address (here: the enrollment rate limit names it); a header from
+// a peer that is not a trusted proxy is refused.
+func TestProxyProtocolFromTrustedProxiesOnly(t *testing.T) {
+	dir := t.TempDir()
+	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1,
+		TrustedProxies: []string{"127.0.0.1"}, ProxyProtocol: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, g)
+	client := func(header string) *http.Client {
+		tr := &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := io.WriteString(c, header); err != nil {
+					c.Close()
+					return nil, err
+				}
+				tc := tls.Client(c, &tls.Config{RootCAs: r.pool, ServerName: "localhost"})
+				if err := tc.HandshakeContext(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return tc, nil
+			},
+		}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	}
+	enroll := func(c *http.Client) (int, string) {
+		resp, err := c.Post("https://"+r.addr+"/v1/enroll", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	proxied := client("PROXY TCP4 198.51.100.7 127.0.0.1 5555 7171\r\n")
+	enroll(proxied) // uses the one attempt of 198.51.100.7
+	if code, body := enroll(proxied); code != http.StatusTooManyRequests || !strings.Contains(body, "198.51.100.7") {
+		t.Fatalf("second enroll through the proxy: %d %s, want 429 naming the client", code, body)
+	}
+	// The loopback peer itself was not limited: the attempts were the
+	// client's.
+	if code, body := enroll(client("")); code == http.StatusTooManyRequests {
+		t.Fatalf("a direct call was limited with the proxied client's attempts: %s", body)
+	}
+
+	// Not a trusted proxy: the header is refused.
+	g2, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+		TrustedProxies: []string{"192.0.2.1"}, ProxyProtocol: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := run(t, g2)
+	r.pool = r2.pool
+	if _, err := client("PROXY TCP4 198.51.100.7 127.0.0.1 5555 7171\r\n").Get("https://" + r2.addr + "/healthz"); err == nil {
+		t.Fatal("a PROXY header from an untrusted peer was accepted")
+	}
+	resp, err := client("").Get("https://" + r2.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("a direct connection without a header: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a direct connection without a header: HTTP %d", resp.StatusCode)
+	}
+}
