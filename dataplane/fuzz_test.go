@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -21,6 +22,7 @@ func fuzzSeeds(t testing.TB) map[string]map[string][]byte {
 		"FuzzControl":         {},
 		"FuzzConnectRequest":  {},
 		"FuzzConnectResponse": {},
+		"FuzzParseTarget":     {},
 	}
 	target := map[msgKind]string{
 		kindControl:         "FuzzControl",
@@ -35,6 +37,14 @@ func fuzzSeeds(t testing.TB) map[string]map[string][]byte {
 	seeds["FuzzControl"]["unknown-tag"] = unhex(t, "06 00 01")
 	seeds["FuzzConnectRequest"]["unknown-tag"] = unhex(t, "02 00 01")
 	seeds["FuzzConnectResponse"]["unknown-tag"] = unhex(t, "02 00 01")
+	for name, target := range map[string]string{
+		"ipv4": "10.0.0.5:22", "ipv6": "[2001:db8::1]:443", "mapped": "[::ffff:127.0.0.1]:80",
+		"zoned": "[fe80::1%eth0]:22", "name": "DB01.Contoso.Local.:5432", "no-port": "host",
+		"port-zero": "host:0", "port-big": "host:65536", "empty-label": "a..b:1", "bare-v6": "::1:22",
+		"underscore": "_sip._tcp.example:5060", "long-label": strings.Repeat("a", 64) + ".x:1",
+	} {
+		seeds["FuzzParseTarget"][name] = []byte(target)
+	}
 	return seeds
 }
 
@@ -190,5 +200,38 @@ func FuzzConnectResponse(f *testing.F) {
 	// Seeds: testdata/fuzz/FuzzConnectResponse (see TestFuzzCorpus).
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		fuzzCodec(t, kindConnectResponse, MaxSessionPayload, payload)
+	})
+}
+
+// FuzzParseTarget: an accepted target is an IP literal (unmapped, no zone)
+// or a lower-case name without a trailing dot, with a non-zero port, and
+// its String form parses back to the same Target.
+func FuzzParseTarget(f *testing.F) {
+	// Seeds: testdata/fuzz/FuzzParseTarget (see TestFuzzCorpus).
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tgt, err := ParseTarget(string(b))
+		if err != nil {
+			var te *TargetError
+			if !errors.As(err, &te) {
+				t.Fatalf("ParseTarget(%q): error %T %v, want a *TargetError", b, err, err)
+			}
+			return
+		}
+		if tgt.Port == 0 {
+			t.Fatalf("ParseTarget(%q) = %+v with port 0", b, tgt)
+		}
+		if tgt.IsName() == tgt.Addr.IsValid() {
+			t.Fatalf("ParseTarget(%q) = %+v: neither or both of name and address", b, tgt)
+		}
+		if tgt.IsName() && (tgt.Name != strings.ToLower(tgt.Name) || strings.HasSuffix(tgt.Name, ".")) {
+			t.Fatalf("ParseTarget(%q) name %q not canonical", b, tgt.Name)
+		}
+		if !tgt.IsName() && (tgt.Addr.Is4In6() || tgt.Addr.Zone() != "") {
+			t.Fatalf("ParseTarget(%q) address %v not canonical", b, tgt.Addr)
+		}
+		again, err := ParseTarget(tgt.String())
+		if err != nil || again != tgt {
+			t.Fatalf("ParseTarget(%q) = %+v, but its String %q parses to %+v, %v", b, tgt, tgt.String(), again, err)
+		}
 	})
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -181,14 +180,14 @@ func TestEntryFailover(t *testing.T) {
 	target := tcpServer(t, echo)
 
 	t.Run("first agent refuses", func(t *testing.T) {
-		dir, id := enrollAgent(t, gw, "refuser", nil, nil)
+		dir, id := enrollAgent(t, gw, "refuser", loopback, nil)
 		conn := rawAgent(t, gw, dir, &dataplane.ConnectResponse{Version: dataplane.ProtocolVersion, Result: dataplane.ResultError, Reason: "nope"})
 		defer conn.CloseWithError(0, "done")
 		gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
 		echoOnce(t, gw, target)
 	})
 	t.Run("first agent dies without answering", func(t *testing.T) {
-		dir, id := enrollAgent(t, gw, "crasher", nil, nil)
+		dir, id := enrollAgent(t, gw, "crasher", loopback, nil)
 		rawAgent(t, gw, dir, nil)
 		gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
 		echoOnce(t, gw, target)
@@ -217,7 +216,7 @@ func TestEntryAllCandidatesFail(t *testing.T) {
 	var accepted atomic.Int32
 	target := tcpServer(t, func(c *net.TCPConn) { accepted.Add(1) })
 	for _, name := range []string{"no-1", "no-2"} {
-		dir, id := enrollAgent(t, gw, name, nil, nil)
+		dir, id := enrollAgent(t, gw, name, loopback, nil)
 		// Together the reasons exceed a close frame's 123 bytes: the client
 		// still gets them whole.
 		rawAgent(t, gw, dir, &dataplane.ConnectResponse{Version: dataplane.ProtocolVersion, Result: dataplane.ResultError,
@@ -399,18 +398,7 @@ func TestResolveTargetGRPCAndREST(t *testing.T) {
 // restPost performs an authenticated REST POST with a JSON body.
 func (gw *gateway) restPost(path, body string) (int, string) {
 	gw.t.Helper()
-	c := gw.httpClient()
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest("POST", gw.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+gw.adminKey())
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		gw.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return gw.rest("POST", path, body)
 }
 
 // "outpost connect --stdio" as a subprocess carries bytes to a target.
@@ -509,7 +497,7 @@ func TestEntryTimeoutFailoverAndSessionLimit(t *testing.T) {
 	gw.waitStatus(goodID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	target := tcpServer(t, echo)
 
-	dir, id := enrollAgent(t, gw, "silent", nil, nil)
+	dir, id := enrollAgent(t, gw, "silent", loopback, nil)
 	conn := rawDial(t, gw, loadCert(t, dir))
 	ctrl, _ := conn.OpenStream()
 	dataplane.NewControlWriter(ctrl).Send(&dataplane.RouteAdvertise{Version: dataplane.ProtocolVersion, Epoch: 1,

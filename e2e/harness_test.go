@@ -111,10 +111,20 @@ func (gw *gateway) httpClient() *http.Client {
 // restGet performs an authenticated REST GET and returns status and body.
 func (gw *gateway) restGet(path string) (int, string) {
 	gw.t.Helper()
+	return gw.rest("GET", path, "")
+}
+
+// rest performs an authenticated REST call, with a JSON body unless body
+// is empty, and returns status and body.
+func (gw *gateway) rest(method, path, body string) (int, string) {
+	gw.t.Helper()
 	c := gw.httpClient()
 	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest("GET", gw.url+path, nil)
+	req, _ := http.NewRequest(method, gw.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+gw.adminKey())
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		gw.t.Fatal(err)

@@ -37,6 +37,7 @@ func TestLifecycleLiveRouteChange(t *testing.T) {
 		t.Fatalf("loopback before it is advertised: %v", err)
 	}
 
+	gw.approve(id, []string{"10.99.0.0/16", "127.0.0.0/8"}, []string{"contoso.test"})
 	lcEditTunnel(t, dir, func(tun map[string]any) {
 		tun["AdvertiseSubnets"] = []any{"10.99.0.0/16", "127.0.0.0/8"}
 	})
@@ -71,12 +72,15 @@ func TestLifecycleLiveRouteChange(t *testing.T) {
 	}
 }
 
-// With no domain configured the agent advertises the host's domain with
+// With no route configured the agent advertises the host's domain with
 // auto_detected; configuring a domain, or turning detection off, replaces it
 // live.
 func TestLifecycleAutoDetectedDomain(t *testing.T) {
 	gw := startGateway(t, t.TempDir(), nil)
-	dir, id := enrollAgent(t, gw, "office", loopback, nil)
+	// Detection is for an agent with no route configured; what it detects
+	// counts once approved.
+	dir, id := enrollAgent(t, gw, "office", nil, nil)
+	gw.approve(id, nil, []string{"corp.lifecycle.test", "contoso.test"})
 	opts, resolvConf := lifecycleAgent(t, dir)
 	if err := os.WriteFile(resolvConf, []byte("nameserver 10.0.0.53\nsearch Corp.Lifecycle.Test lifecycle.test\n"), 0o644); err != nil {
 		t.Fatal(err)

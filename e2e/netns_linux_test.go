@@ -97,6 +97,7 @@ func TestNetns(t *testing.T) {
 	t.Run("gateway restart: agents back within 70 s, tokens and agents persisted", s.gatewayRestart)
 	t.Run("lossy link (2% loss, 50 ms delay): a transfer completes intact", s.lossyLink)
 	t.Run("DeleteAgent: the agent goes offline and cannot reconnect", s.deleteAgent)
+	t.Run("direct connections: only inside the allow-list, never the gateway's own addresses", s.directPolicy)
 	s.logf(t, "netns suite done")
 }
 
@@ -175,8 +176,13 @@ func (s *netnsSuite) gatewayStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.apiKey = strings.TrimSpace(string(key))
-	if !strings.Contains(s.gw.logText(), s.apiKey) {
-		t.Error("the gateway did not print the first admin key")
+	// The first admin key stays in admin.key: the gateway prints its path,
+	// never the key (logs end up in journald and container logs).
+	if strings.Contains(s.gw.logText(), s.apiKey) {
+		t.Error("the gateway printed the first admin key")
+	}
+	if !strings.Contains(s.gw.logText(), s.keyF) {
+		t.Error("the gateway did not say where the first admin key is")
 	}
 	s.api = s.httpClient(t, "client", ca)
 	if err := s.waitReady(30 * time.Second); err != nil {
@@ -670,7 +676,11 @@ func (s *netnsSuite) deleteAgent(t *testing.T) {
 // REST, from the client namespace.
 
 func (s *netnsSuite) rest(method, path string) (int, string, error) {
-	req, err := http.NewRequest(method, s.url+path, nil)
+	return s.restBody(method, path, "")
+}
+
+func (s *netnsSuite) restBody(method, path, body string) (int, string, error) {
+	req, err := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	if err != nil {
 		return 0, "", err
 	}
@@ -751,4 +761,78 @@ func (s *netnsSuite) metric(sample string) float64 {
 		}
 	}
 	return 0
+}
+
+// directPolicy restarts the gateway with direct connections on, allowed only
+// to the client link (10.99.0.0/24), where nginx runs in the client
+// namespace. A session to it is served by the gateway itself; the gateway's
+// own address on that link, its loopback, and a namespace address outside
+// the allow-list (office2's WAN end, which the gateway can reach) are
+// refused — ResolveTarget says why, the client reads only the generic reason
+// and nothing is served.
+func (s *netnsSuite) directPolicy(t *testing.T) {
+	web := s.startNginx(t, "client", "10.99.0.2")
+	nsWriteFile(t, filepath.Join(web.www, "index.html"), "direct from the gateway\n")
+	if err := s.gw.stop(20 * time.Second); err != nil {
+		t.Errorf("gateway stop on SIGTERM: %v", err)
+	}
+	args := append(s.gatewayArgs(), "--allow-direct", "--direct-subnets", "10.99.0.0/24")
+	s.gw = s.startProc(t, "gw", "gateway-direct", nil, args...)
+	if err := s.waitReady(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	resolve := func(target string) (string, string) {
+		t.Helper()
+		code, body, err := s.restBody("POST", "/v1/routes:resolve", `{"target":"`+target+`"}`)
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("resolve %s: %d %s %v", target, code, body, err)
+		}
+		var out struct{ Decision, Reason string }
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.Decision, out.Reason
+	}
+	if d, why := resolve(web.addr); d != "DECISION_DIRECT" {
+		t.Fatalf("%s inside the allow-list: %s (%s)", web.addr, d, why)
+	}
+	addr, p := s.listen(t, s.sessionToken(t, web.addr))
+	var page bytes.Buffer
+	if err := s.fetch(addr, "/index.html", &page, 30*time.Second); err != nil || page.String() != "direct from the gateway\n" {
+		t.Fatalf("direct fetch of %s: %q %v", web.addr, page.String(), err)
+	}
+	p.stop(5 * time.Second)
+	s.logf(t, "inside the allow-list: %s served by the gateway's own dial", web.addr)
+	for target, want := range map[string]string{
+		"10.99.0.1:7171": "an address of this host",
+		"127.0.0.1:7171": "loopback",
+		"10.99.3.2:22":   "not in a subnet of the direct allow-list",
+		"169.254.0.1:80": "link-local",
+		"10.99.0.255:80": "",
+	} {
+		d, why := resolve(target)
+		if target == "10.99.0.255:80" { // inside the list, not special: admitted (never dialed here)
+			if d != "DECISION_DIRECT" {
+				t.Errorf("%s: %s (%s)", target, d, why)
+			}
+			continue
+		}
+		if d != "DECISION_REJECTED" || !strings.Contains(why, want) {
+			t.Errorf("%s: %s (%s), want rejected: %s", target, d, why, want)
+		}
+	}
+	// A client trying the gateway's own address gets nothing, and only the
+	// generic reason.
+	addr, p = s.listen(t, s.sessionToken(t, "10.99.0.1:7171"))
+	defer p.stop(5 * time.Second)
+	if err := s.fetch(addr, "/healthz", io.Discard, 15*time.Second); err == nil {
+		t.Fatal("a session to the gateway's own address was served")
+	}
+	if _, err := p.waitLog(regexp.MustCompile(`direct connection refused by policy`), 10*time.Second); err != nil {
+		t.Errorf("the client did not read the generic refusal: %v", err)
+	}
+	if strings.Contains(p.logText(), "address of this host") {
+		t.Error("the client read the policy's detail")
+	}
+	s.logf(t, "outside the allow-list, the gateway's own addresses and special ranges: refused, nothing served")
 }

@@ -11,7 +11,9 @@
 // which covers the name itself and every name under it, or an explicit
 // wildcard, "*.contoso.local", which covers only the names under it, at any
 // depth. Matching is ASCII case-insensitive. Routes holds both kinds;
-// Compile turns them into an immutable Table.
+// Compile turns them into an immutable Table. SubnetCovers and
+// Domain.CoversRoute compare two routes: whether one covers all the other
+// does (the gateway checks advertised routes against approved ones).
 //
 // # Policy
 //

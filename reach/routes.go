@@ -108,3 +108,29 @@ func (d Domain) Covers(host string) bool {
 	}
 	return len(host) > len(d.Name)+1 && host[len(host)-len(d.Name)-1] == '.' && strings.HasSuffix(host, d.Name)
 }
+
+// CoversRoute reports whether every name route r covers is covered by d:
+// r's domain equals d's or lies under it, except that a wildcard d does not
+// cover the plain route of its own domain ("*.contoso.local" covers
+// "*.contoso.local" and "db.contoso.local", not "contoso.local"). It is how
+// the gateway checks an advertised domain route against an approved one.
+func (d Domain) CoversRoute(r Domain) bool {
+	if d.Name == "" || r.Name == "" {
+		return false
+	}
+	if r.Name == d.Name {
+		return r.Wildcard || !d.Wildcard
+	}
+	return d.Covers(r.Name)
+}
+
+// SubnetCovers reports whether the subnet route outer covers every address
+// of inner: both are valid IPv4 prefixes (host bits ignored) and inner lies
+// inside outer. It is how the gateway checks an advertised subnet against
+// an approved one.
+func SubnetCovers(outer, inner netip.Prefix) bool {
+	if !validSubnet(outer) || !validSubnet(inner) {
+		return false
+	}
+	return outer.Bits() <= inner.Bits() && outer.Masked().Contains(inner.Addr())
+}

@@ -120,3 +120,64 @@ func TestRoutesValidate(t *testing.T) {
 		t.Fatalf("compiled subnets %v, want [10.1.0.0/16]", table.subnets)
 	}
 }
+
+func TestDomainCoversRoute(t *testing.T) {
+	tests := []struct {
+		approved, advertised string
+		want                 bool
+	}{
+		{"contoso.local", "contoso.local", true},
+		{"contoso.local", "*.contoso.local", true},
+		{"contoso.local", "db.contoso.local", true},
+		{"contoso.local", "*.db.contoso.local", true},
+		{"contoso.local", "local", false},
+		{"contoso.local", "xcontoso.local", false},
+		{"contoso.local", "*.local", false},
+		{"*.contoso.local", "contoso.local", false},
+		{"*.contoso.local", "*.contoso.local", true},
+		{"*.contoso.local", "db.contoso.local", true},
+		{"*.contoso.local", "*.db.contoso.local", true},
+		{"db.contoso.local", "contoso.local", false},
+		{"com", "contoso.com", true},
+	}
+	for _, tc := range tests {
+		a, err := ParseDomain(tc.approved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ParseDomain(tc.advertised)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.CoversRoute(r); got != tc.want {
+			t.Errorf("%q.CoversRoute(%q) = %v, want %v", tc.approved, tc.advertised, got, tc.want)
+		}
+	}
+	if (Domain{}).CoversRoute(Domain{}) || (Domain{Name: "a.b"}).CoversRoute(Domain{}) {
+		t.Error("a zero Domain covers or is covered")
+	}
+}
+
+func TestSubnetCovers(t *testing.T) {
+	tests := []struct {
+		outer, inner string
+		want         bool
+	}{
+		{"10.0.0.0/8", "10.1.0.0/16", true},
+		{"10.0.0.0/8", "10.0.0.0/8", true},
+		{"10.9.9.9/8", "10.1.2.3/32", true}, // host bits ignored
+		{"10.1.0.0/16", "10.0.0.0/8", false},
+		{"10.0.0.0/8", "11.0.0.0/16", false},
+		{"0.0.0.0/0", "192.168.0.0/16", true},
+		{"10.0.0.0/24", "10.0.1.0/24", false},
+	}
+	for _, tc := range tests {
+		if got := SubnetCovers(netip.MustParsePrefix(tc.outer), netip.MustParsePrefix(tc.inner)); got != tc.want {
+			t.Errorf("SubnetCovers(%s, %s) = %v, want %v", tc.outer, tc.inner, got, tc.want)
+		}
+	}
+	if SubnetCovers(netip.Prefix{}, netip.MustParsePrefix("10.0.0.0/8")) ||
+		SubnetCovers(netip.MustParsePrefix("::/0"), netip.MustParsePrefix("::1/128")) {
+		t.Error("an invalid or IPv6 prefix covers")
+	}
+}

@@ -102,7 +102,18 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		return nil, err
 	}
 	outpostv1.RegisterEnrollmentServiceServer(a.grpc, enroll)
-	outpostv1.RegisterAgentAdminServiceServer(a.grpc, agentadmin.New(g.store, g.agents, g.tunnel.Disconnect))
+	admin, err := agentadmin.New(agentadmin.Config{
+		Store:      g.store,
+		Live:       g.agents,
+		Disconnect: g.tunnel.Disconnect,
+		Approvals:  g.book,
+		Ambiguity:  g.router,
+		Logger:     g.log.Named("agentadmin"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	outpostv1.RegisterAgentAdminServiceServer(a.grpc, admin)
 	routes, err := routeresolve.New(routeresolve.Config{
 		Broker:        g.broker,
 		Tokens:        g.tokens,

@@ -144,6 +144,20 @@ type Config struct {
 	// MaxDirectSessions caps the direct sessions open at once. If zero,
 	// DefaultMaxDirectSessions (1,000).
 	MaxDirectSessions int `json:"max_direct_sessions"`
+	// AcceptAnyRoutes accepts every route any agent advertises, approved or
+	// not, and logs a warning at start. For labs only: any enrolled agent
+	// can then capture sessions meant for another by advertising a more
+	// specific route. If false (the default), an advertisement counts only
+	// where it lies inside the agent's approved routes.
+	AcceptAnyRoutes bool `json:"accept_any_routes"`
+	// MaxRoutesPerAgent caps the subnets plus domains of one route
+	// advertisement; a longer one is refused whole and the agent's previous
+	// routes stay. If zero, 1,024.
+	MaxRoutesPerAgent int `json:"max_routes_per_agent"`
+	// MaxRouteChangesPerMinute caps the route advertisements per agent and
+	// minute that change its routes; more are ignored until the minute has
+	// passed. If zero, 30.
+	MaxRouteChangesPerMinute int `json:"max_route_changes_per_minute"`
 	// MaxSessionTTL caps the lifetime of session tokens. If zero,
 	// DefaultMaxSessionTTL (24 h); at most 7 days.
 	MaxSessionTTL Duration `json:"max_session_ttl"`
@@ -180,6 +194,13 @@ type Config struct {
 	// limits, audit, logs). If empty (the default), the TCP peer is the
 	// client and X-Forwarded-For is ignored.
 	TrustedProxies []string `json:"trusted_proxies"`
+	// ProxyProtocol accepts a PROXY protocol (v1 or v2) header on the API
+	// port from TrustedProxies only (an L4 load balancer in front of the
+	// gateway), and takes the client's address from it. A connection from
+	// anywhere else that sends one is refused; without a header every
+	// connection is served as usual. Requires TrustedProxies. Off by
+	// default.
+	ProxyProtocol bool `json:"proxy_protocol"`
 
 	// Now is the gateway's clock: certificates, tokens, enrollment rate
 	// limits and agent liveness all read it. If nil, time.Now. It exists
@@ -456,6 +477,9 @@ func (c Config) validate() error {
 	if _, err := clientip.ParseTrusted(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("trusted_proxies: %v", err))
 	}
+	if c.ProxyProtocol && len(c.TrustedProxies) == 0 {
+		errs = append(errs, errors.New("proxy_protocol needs trusted_proxies: the load balancers allowed to send PROXY headers"))
+	}
 	if _, err := c.directRoutes(); err != nil {
 		errs = append(errs, err)
 	}
@@ -482,6 +506,12 @@ func (c Config) validate() error {
 	}
 	if c.AgentAnswerTimeout < 0 {
 		errs = append(errs, errors.New("agent_answer_timeout must not be negative"))
+	}
+	if c.MaxRoutesPerAgent < 0 {
+		errs = append(errs, errors.New("max_routes_per_agent must not be negative"))
+	}
+	if c.MaxRouteChangesPerMinute < 0 {
+		errs = append(errs, errors.New("max_route_changes_per_minute must not be negative"))
 	}
 	if c.MaxSessionsPerAgent < 0 {
 		errs = append(errs, errors.New("max_sessions_per_agent must not be negative"))

@@ -23,6 +23,7 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
 	"github.com/outposthq/outpost/server/internal/apikey"
+	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/entry"
@@ -56,6 +57,8 @@ type Gateway struct {
 	metrics *metrics.Metrics
 	agents  *registry.Registry
 	router  *routing.Router
+	// book holds every agent's approved and last advertised routes.
+	book *approval.Book
 
 	broker *broker.Broker
 	entry  *entry.Handler
@@ -133,6 +136,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	g.tunnelCtx, g.stopTunnel = context.WithCancel(context.Background())
 	g.agents = registry.New(cfg.Now)
 	g.router = routing.New(g.agents)
+	if err := g.loadBook(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	renewer, err := renewal.NewAgents(g.pki, g.store, renewal.AgentsConfig{
 		Window: cfg.RenewalWindow, Outcomes: g.metrics.CertRenewals, Now: cfg.Now})
 	if err != nil {
@@ -149,6 +155,11 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Renew:               renewer.Renew,
 		Metrics:             g.metrics,
 		Logger:              logger.Named("tunnel"),
+
+		Routes:                   g.book,
+		MaxRoutesPerAgent:        cfg.MaxRoutesPerAgent,
+		MaxRouteChangesPerMinute: cfg.MaxRouteChangesPerMinute,
+		Now:                      cfg.Now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -165,6 +176,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		Metrics:           g.metrics,
 		Direct:            direct,
 		MaxDirectSessions: cfg.MaxDirectSessions,
+		Known:             knownRoutes{g.book},
 		Now:               cfg.Now,
 		Logger:            logger.Named("session"),
 	})
@@ -227,6 +239,9 @@ func (g *Gateway) bind() error {
 		return fmt.Errorf("listen %s: %w", g.cfg.Listen, err)
 	}
 	g.apiLn = ln
+	if g.cfg.ProxyProtocol {
+		g.apiLn = g.cfg.clientIP().ProxyProtocolListener(ln)
+	}
 	g.quicConn, err = transport.ListenUDP("udp", g.cfg.QUICListen)
 	if err != nil {
 		return fmt.Errorf("quic listen: %w", err)

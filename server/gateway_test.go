@@ -518,6 +518,8 @@ func TestConfigValidation(t *testing.T) {
 		{"short enrollment secret", Config{DataDir: "x", EnrollmentSecret: "fifteen-bytes.."}, "enrollment_secret (or --enrollment-secret-file) is 15 bytes: want at least 16"},
 		{"store not postgres", Config{DataDir: "x", Store: "mysql://db/outpost"}, "store: want a postgres:// or postgresql:// URL"},
 		{"store a file path", Config{DataDir: "x", Store: "/var/lib/outpost/outpost.db"}, "store: want a postgres:// or postgresql:// URL"},
+		{"negative route cap", Config{DataDir: "x", MaxRoutesPerAgent: -1}, "max_routes_per_agent"},
+		{"negative route changes", Config{DataDir: "x", MaxRouteChangesPerMinute: -1}, "max_route_changes_per_minute"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -555,12 +557,14 @@ func TestLoadConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
 	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s",
+"accept_any_routes": true, "max_routes_per_agent": 64, "max_route_changes_per_minute": 5,
 "store": "postgresql://outpost@db.example.test/outpost"}`), 0o644)
 	c, err := LoadConfigFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) ||
+		!c.AcceptAnyRoutes || c.MaxRoutesPerAgent != 64 || c.MaxRouteChangesPerMinute != 5 ||
 		c.Store != "postgresql://outpost@db.example.test/outpost" || c.withDefaults().validate() != nil {
 		t.Fatalf("parsed %+v", c)
 	}
@@ -626,5 +630,79 @@ func TestDeadQUICListenerEndsRun(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run kept going with a dead QUIC listener")
+	}
+}
+
+// With proxy_protocol, a PROXY header from a trusted proxy gives the
+// client's address (here: the enrollment rate limit names it); a header from
+// a peer that is not a trusted proxy is refused.
+func TestProxyProtocolFromTrustedProxiesOnly(t *testing.T) {
+	dir := t.TempDir()
+	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1,
+		TrustedProxies: []string{"127.0.0.1"}, ProxyProtocol: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, g)
+	client := func(header string) *http.Client {
+		tr := &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := io.WriteString(c, header); err != nil {
+					c.Close()
+					return nil, err
+				}
+				tc := tls.Client(c, &tls.Config{RootCAs: r.pool, ServerName: "localhost"})
+				if err := tc.HandshakeContext(ctx); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return tc, nil
+			},
+		}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	}
+	enroll := func(c *http.Client) (int, string) {
+		resp, err := c.Post("https://"+r.addr+"/v1/enroll", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	proxied := client("PROXY TCP4 198.51.100.7 127.0.0.1 5555 7171\r\n")
+	enroll(proxied) // uses the one attempt of 198.51.100.7
+	if code, body := enroll(proxied); code != http.StatusTooManyRequests || !strings.Contains(body, "198.51.100.7") {
+		t.Fatalf("second enroll through the proxy: %d %s, want 429 naming the client", code, body)
+	}
+	// The loopback peer itself was not limited: the attempts were the
+	// client's.
+	if code, body := enroll(client("")); code == http.StatusTooManyRequests {
+		t.Fatalf("a direct call was limited with the proxied client's attempts: %s", body)
+	}
+
+	// Not a trusted proxy: the header is refused.
+	g2, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+		TrustedProxies: []string{"192.0.2.1"}, ProxyProtocol: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := run(t, g2)
+	r.pool = r2.pool
+	if _, err := client("PROXY TCP4 198.51.100.7 127.0.0.1 5555 7171\r\n").Get("https://" + r2.addr + "/healthz"); err == nil {
+		t.Fatal("a PROXY header from an untrusted peer was accepted")
+	}
+	resp, err := client("").Get("https://" + r2.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("a direct connection without a header: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a direct connection without a header: HTTP %d", resp.StatusCode)
 	}
 }

@@ -141,6 +141,10 @@ func runAgentEnroll(ctx context.Context, args []string, stdin io.Reader, stdout,
 	}
 	fmt.Fprintf(stdout, "enrolled agent %q as %s; certificate valid until %s\nconfig: %s (gateway %s)\n",
 		res.AgentName, res.AgentID, res.CertNotAfter.UTC().Format(time.RFC3339), res.ConfigPath, res.GatewayEndpoint)
+	fmt.Fprintf(stdout, "approved routes: subnets [%s], domains [%s]\n", strings.Join(res.ApprovedSubnets, ", "), strings.Join(res.ApprovedDomains, ", "))
+	if len(res.UnapprovedRoutes) > 0 {
+		fmt.Fprintf(stdout, "warning: not approved, sessions will not reach them: %s\n", strings.Join(res.UnapprovedRoutes, ", "))
+	}
 	return nil
 }
 

@@ -28,6 +28,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		direct     bool
 		directNets stringList
 		directDoms stringList
+		proxies    stringList
 	)
 	lf.register(fs)
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
@@ -51,6 +52,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&directDoms, "direct-domains", "domains (name or *.name) the gateway may dial directly with --allow-direct; repeatable or comma-separated")
 	fs.IntVar(&flagCfg.MaxSessionsPerAgent, "max-sessions-per-agent", server.DefaultMaxSessionsPerAgent, "concurrent sessions allowed through one agent")
 	fs.DurationVar(&idle, "quic-idle-timeout", server.DefaultQUICIdleTimeout, "close an agent connection silent for this long (also how long a vanished agent's sessions hang)")
+	fs.Var(&proxies, "trusted-proxies", "load balancers or proxies (address or CIDR) whose X-Forwarded-For and PROXY headers are believed; repeatable or comma-separated (default: none)")
+	fs.BoolVar(&flagCfg.ProxyProtocol, "proxy-protocol", false, "accept PROXY protocol v1/v2 headers on the API port from --trusted-proxies")
+	fs.BoolVar(&flagCfg.AcceptAnyRoutes, "accept-any-routes", false, "accept every route agents advertise, approved or not (labs only: any agent can capture another's sessions)")
+	fs.IntVar(&flagCfg.MaxRoutesPerAgent, "max-routes-per-agent", 1024, "subnets plus domains allowed in one route advertisement; a longer one is refused")
+	fs.IntVar(&flagCfg.MaxRouteChangesPerMinute, "max-route-changes-per-minute", 30, "route changes allowed per agent per minute; more are ignored until the minute has passed")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -105,8 +111,18 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.DirectSubnets = directNets
 		case "direct-domains":
 			cfg.DirectDomains = directDoms
+		case "trusted-proxies":
+			cfg.TrustedProxies = proxies
+		case "proxy-protocol":
+			cfg.ProxyProtocol = flagCfg.ProxyProtocol
 		case "quic-idle-timeout":
 			cfg.QUICIdleTimeout = server.Duration(idle)
+		case "accept-any-routes":
+			cfg.AcceptAnyRoutes = flagCfg.AcceptAnyRoutes
+		case "max-routes-per-agent":
+			cfg.MaxRoutesPerAgent = flagCfg.MaxRoutesPerAgent
+		case "max-route-changes-per-minute":
+			cfg.MaxRouteChangesPerMinute = flagCfg.MaxRouteChangesPerMinute
 		}
 	})
 	if secretFile != "" {

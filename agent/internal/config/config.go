@@ -40,8 +40,9 @@ type Tunnel struct {
 	AdvertiseSubnets []string `json:"AdvertiseSubnets"`
 	// AdvertiseDomains are DNS names or *.wildcards the agent routes to.
 	AdvertiseDomains []string `json:"AdvertiseDomains"`
-	// AutoDetectDomain advertises the host's DNS domain when no domain is set.
-	// Nil means the default (on).
+	// AutoDetectDomain advertises the host's DNS domain when no route is
+	// set: neither AdvertiseSubnets nor AdvertiseDomains. Nil means the
+	// default (on).
 	AutoDetectDomain *bool `json:"AutoDetectDomain,omitempty"`
 	// AgentId and AgentName are the identity the gateway assigned.
 	AgentId   string `json:"AgentId"`

@@ -1,4 +1,4 @@
-// Package detect finds the host's DNS domain for an agent that has no domain
+// Package detect finds the host's DNS domain for an agent that has no route
 // configured (DESIGN.md §7), so that the agent can advertise it with
 // auto_detected = true.
 //

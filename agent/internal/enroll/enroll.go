@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/atomicfile"
+	"github.com/outposthq/outpost/reach"
 )
 
 // Files written inside the config directory, relative to it.
@@ -138,7 +140,8 @@ type Options struct {
 	// host name) and the DNS SAN host name (default: none).
 	Name, Hostname string
 	// Subnets and Domains to advertise; nil keeps the token's routes, else what
-	// agent.json already had.
+	// agent.json already had. They are also the routes the agent asks the
+	// gateway to approve (EnrollRequest.requested_routes).
 	Subnets, Domains []string
 	// QUICEndpoint overrides the token's and the gateway's endpoint.
 	QUICEndpoint string
@@ -157,6 +160,13 @@ type Result struct {
 	GatewayEndpoint string
 	CertNotAfter    time.Time
 	ConfigPath      string
+	// ApprovedSubnets and ApprovedDomains are the routes the gateway
+	// approved for the agent (canonical; empty when none).
+	ApprovedSubnets, ApprovedDomains []string
+	// UnapprovedRoutes are the routes the agent will advertise that the
+	// gateway did not approve: sessions do not reach them until an operator
+	// approves them. Enroll also logs them as a warning.
+	UnapprovedRoutes []string
 }
 
 // Enroll performs the whole enrollment. On error nothing in ConfigDir has
@@ -208,15 +218,40 @@ func Enroll(ctx context.Context, o Options) (_ Result, err error) {
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 
+	// The routes the agent will advertise: the flags', else the token's,
+	// else what agent.json already had. They are the routes it asks the
+	// gateway to approve.
+	subnets, domains := cfg.Tunnel.AdvertiseSubnets, cfg.Tunnel.AdvertiseDomains
+	switch {
+	case o.Subnets != nil:
+		subnets = o.Subnets
+	case claims.Routes != nil && claims.Routes.Subnets != nil:
+		subnets = claims.Routes.Subnets
+	}
+	switch {
+	case o.Domains != nil:
+		domains = o.Domains
+	case claims.Routes != nil && claims.Routes.Domains != nil:
+		domains = claims.Routes.Domains
+	}
+
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	o.Logger.Info("enrolling", "gateway", claims.GatewayURL, "name", name)
-	resp, err := callEnroll(ctx, claims, bearer, &outpostv1.EnrollRequest{CsrPem: string(csrPEM), AgentName: name, AgentHostname: o.Hostname})
+	resp, err := callEnroll(ctx, claims, bearer, &outpostv1.EnrollRequest{
+		CsrPem: string(csrPEM), AgentName: name, AgentHostname: o.Hostname,
+		RequestedRoutes: &outpostv1.RouteSet{Subnets: trimAll(subnets), Domains: trimAll(domains)},
+	})
 	if err != nil {
 		return Result{}, err
 	}
 	if err := checkIssued(resp, key); err != nil {
 		return Result{}, err
+	}
+	notApproved := unapproved(subnets, domains, resp.GetApprovedRoutes())
+	if len(notApproved) > 0 {
+		o.Logger.Warn("the gateway did not approve some of the routes this agent advertises: sessions will not reach them until an operator approves them",
+			"routes", strings.Join(notApproved, ", "))
 	}
 
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -229,18 +264,7 @@ func Enroll(ctx context.Context, o Options) (_ Result, err error) {
 	t.ClientCertPath, t.ClientKeyPath, t.GatewayCaCertPath = CertFile, KeyFile, CAFile
 	t.ServerSpkiSha256 = resp.GetServerSpkiSha256()
 	t.AgentId, t.AgentName = resp.GetAgentId(), name
-	switch {
-	case o.Subnets != nil:
-		t.AdvertiseSubnets = o.Subnets
-	case claims.Routes != nil && claims.Routes.Subnets != nil:
-		t.AdvertiseSubnets = claims.Routes.Subnets
-	}
-	switch {
-	case o.Domains != nil:
-		t.AdvertiseDomains = o.Domains
-	case claims.Routes != nil && claims.Routes.Domains != nil:
-		t.AdvertiseDomains = claims.Routes.Domains
-	}
+	t.AdvertiseSubnets, t.AdvertiseDomains = subnets, domains
 	cfgBytes, err := cfg.Marshal()
 	if err != nil {
 		return Result{}, err
@@ -255,12 +279,58 @@ func Enroll(ctx context.Context, o Options) (_ Result, err error) {
 		return Result{}, err
 	}
 	return Result{
-		AgentID:         resp.GetAgentId(),
-		AgentName:       name,
-		GatewayEndpoint: t.GatewayEndpoint,
-		CertNotAfter:    resp.GetCertNotAfter().AsTime(),
-		ConfigPath:      filepath.Join(o.ConfigDir, config.FileName),
+		AgentID:          resp.GetAgentId(),
+		AgentName:        name,
+		GatewayEndpoint:  t.GatewayEndpoint,
+		CertNotAfter:     resp.GetCertNotAfter().AsTime(),
+		ConfigPath:       filepath.Join(o.ConfigDir, config.FileName),
+		ApprovedSubnets:  nonNil(resp.GetApprovedRoutes().GetSubnets()),
+		ApprovedDomains:  nonNil(resp.GetApprovedRoutes().GetDomains()),
+		UnapprovedRoutes: notApproved,
 	}, nil
+}
+
+// unapproved returns the configured routes that the approved set does not
+// hold, compared in canonical form (subnets masked, domains lower-cased) as
+// the gateway writes them.
+func unapproved(subnets, domains []string, approved *outpostv1.RouteSet) []string {
+	var out []string
+	for _, s := range subnets {
+		c := strings.TrimSpace(s)
+		if p, err := reach.ParseSubnet(c); err == nil {
+			c = p.Masked().String()
+		}
+		if !slices.Contains(approved.GetSubnets(), c) {
+			out = append(out, s)
+		}
+	}
+	for _, d := range domains {
+		c := strings.TrimSpace(d)
+		if r, err := reach.ParseDomain(c); err == nil {
+			c = r.String()
+		}
+		if !slices.Contains(approved.GetDomains(), c) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// trimAll returns vs with surrounding space trimmed from each, as the
+// agent reads them from agent.json.
+func trimAll(vs []string) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = strings.TrimSpace(v)
+	}
+	return out
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 func firstNonEmpty(vs ...string) string {

@@ -39,7 +39,8 @@ type settings struct {
 }
 
 // loadSettings reads agent.json and the files it names, and detects the
-// host's domain with det when no domain is configured and detection is on.
+// host's domain with det when no route (subnet or domain) is configured and
+// detection is on.
 func loadSettings(dir string, det detect.Options) (*settings, error) {
 	f, ok, err := config.Load(dir)
 	if err != nil {
@@ -113,9 +114,14 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 		s.routes.Domains = append(s.routes.Domains, name)
 		s.domains = append(s.domains, dataplane.DomainRoute{Name: name})
 	}
+	// A detected domain widens what the agent serves beyond what its
+	// operator configured, so it is advertised only for an agent configured
+	// with no route at all.
 	switch {
 	case len(s.domains) > 0:
 		s.detectNote = "domains are configured"
+	case len(s.routes.Subnets) > 0:
+		s.detectNote = "subnets are configured"
 	case t.AutoDetectDomain != nil && !*t.AutoDetectDomain:
 		s.detectNote = "AutoDetectDomain is false"
 	default:

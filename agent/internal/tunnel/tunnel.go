@@ -11,7 +11,8 @@
 //     disk (watch.go), advertising changed routes with epoch + 1 on the live
 //     connection;
 //   - advertises the host's DNS domain, auto-detected (package detect), when
-//     no domain is configured and AutoDetectDomain is not false;
+//     no route (subnet or domain) is configured and AutoDetectDomain is not
+//     false; the gateway counts it only if it is approved;
 //   - drains when Run's context ends: routes withdrawn with epoch + 1, new
 //     sessions refused with "agent draining", live ones given DrainTimeout,
 //     then the connection is closed with "shutdown".

@@ -181,19 +181,20 @@ func TestLoadSettingsDomainDetection(t *testing.T) {
 	off := false
 	on := true
 	cases := []struct {
-		name    string
-		domains []string
-		auto    *bool
-		want    []dataplane.DomainRoute
+		name             string
+		subnets, domains []string
+		auto             *bool
+		want             []dataplane.DomainRoute
 	}{
-		{"default on", nil, nil, []dataplane.DomainRoute{{Name: "corp.detect.test", AutoDetected: true}}},
-		{"explicitly on", []string{}, &on, []dataplane.DomainRoute{{Name: "corp.detect.test", AutoDetected: true}}},
-		{"off", nil, &off, nil},
-		{"explicit domains turn it off", []string{"contoso.test"}, &on, []dataplane.DomainRoute{{Name: "contoso.test"}}},
+		{"default on", nil, nil, nil, []dataplane.DomainRoute{{Name: "corp.detect.test", AutoDetected: true}}},
+		{"explicitly on", []string{}, []string{}, &on, []dataplane.DomainRoute{{Name: "corp.detect.test", AutoDetected: true}}},
+		{"off", nil, nil, &off, nil},
+		{"explicit domains turn it off", nil, []string{"contoso.test"}, &on, []dataplane.DomainRoute{{Name: "contoso.test"}}},
+		{"explicit subnets turn it off", []string{"127.0.0.0/8"}, nil, &on, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e.tunnel.AdvertiseDomains, e.tunnel.AutoDetectDomain = tc.domains, tc.auto
+			e.tunnel.AdvertiseSubnets, e.tunnel.AdvertiseDomains, e.tunnel.AutoDetectDomain = tc.subnets, tc.domains, tc.auto
 			e.saveConfig(t)
 			set, err := loadSettings(e.dir, det)
 			if err != nil {
@@ -220,6 +221,8 @@ func TestDetectedDomainLive(t *testing.T) {
 	if err := os.WriteFile(e.resolvConf, []byte("domain lab.detect.test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	e.tunnel.AdvertiseSubnets = nil // detection is for an agent with no route configured
+	e.saveConfig(t)
 	cfg := e.config()
 	cfg.WatchInterval = 10 * time.Millisecond
 	start(t, cfg)

@@ -112,7 +112,8 @@ type KnownRoute struct {
 	// "*.contoso.local").
 	Route string
 	// State says why the agent cannot carry the session now: "offline",
-	// "unresponsive", "draining".
+	// "unresponsive", "draining", or "connecting" (connected, its routes not
+	// taken yet).
 	State string
 }
 
@@ -198,6 +199,10 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		return d, nil
 	}
 	d.Candidates = b.cfg.Router.Lookup(nil, host)
+	if reason := ambiguous(host, d.Candidates); reason != "" {
+		d.Kind, d.Reason, d.Candidates = outpostv1.Decision_DECISION_REJECTED, reason, nil
+		return d, nil
+	}
 	if len(d.Candidates) > 0 {
 		c := d.Candidates[0]
 		d.Kind = outpostv1.Decision_DECISION_AGENT
@@ -226,6 +231,25 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		d.Reason = fmt.Sprintf("no online agent advertises a route to %s; the direct allow-list admits it, the gateway connects directly", host)
 	}
 	return d, nil
+}
+
+// ambiguous returns why the candidates for host cannot be chosen from, or
+// "": when several of them auto-detected the domain that matched, it does
+// not say which network host is in (VPCs and clusters share search
+// domains), so the session must name its agent.
+func ambiguous(host string, cands []routing.Candidate) string {
+	var names []string
+	domain := ""
+	for _, c := range cands {
+		if c.AutoDetected {
+			names, domain = append(names, c.Name), c.MatchedRoute
+		}
+	}
+	if len(names) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("%s is under %s, a domain auto-detected by %d agents (%s): it does not say which network the name is in; name an agent explicitly",
+		host, domain, len(names), strings.Join(names, ", "))
 }
 
 // directRefusal returns why the direct allow-list refuses t, or "" when it

@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
+	"github.com/pires/go-proxyproto"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 )
@@ -124,3 +126,23 @@ func addrOf(s string) netip.Addr {
 
 // FromContext is Resolver{}.FromContext: no proxy is trusted.
 func FromContext(ctx context.Context) netip.Addr { return Resolver{}.FromContext(ctx) }
+
+// proxyHeaderTimeout bounds reading a PROXY protocol header.
+const proxyHeaderTimeout = 10 * time.Second
+
+// ProxyProtocolListener wraps ln so that a PROXY protocol (v1 or v2) header
+// from a trusted proxy sets the connection's remote address to the client's;
+// from any other peer a header is refused (the connection fails) and a
+// connection without one is served unchanged.
+func (r Resolver) ProxyProtocolListener(ln net.Listener) net.Listener {
+	return &proxyproto.Listener{
+		Listener:          ln,
+		ReadHeaderTimeout: proxyHeaderTimeout,
+		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			if r.trusted(addrOf(o.Upstream.String())) {
+				return proxyproto.USE, nil
+			}
+			return proxyproto.REJECT, nil
+		},
+	}
+}

@@ -46,6 +46,14 @@ type Metrics struct {
 	// APIPanics counts management API calls whose handler panicked, by
 	// method; the call answered Internal and the gateway kept serving.
 	APIPanics *prometheus.CounterVec
+	// RoutesRejected counts advertised routes refused because they lie
+	// outside the agent's approved routes, once per advertisement that
+	// changed the agent's routes (a new epoch).
+	RoutesRejected prometheus.Counter
+	// RouteAdvertisementsRefused counts route advertisements refused whole,
+	// by reason ("too_many_routes": over the per-agent route limit;
+	// "rate_limited": over the per-agent route changes per minute).
+	RouteAdvertisementsRefused *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -114,6 +122,16 @@ func New() *Metrics {
 			Name:      "api_panics_total",
 			Help:      "Management API calls whose handler panicked (answered Internal), by method.",
 		}, []string{"method"}),
+		RoutesRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "routes_rejected_total",
+			Help:      "Advertised routes refused as outside the agent's approved routes, counted once per route change.",
+		}),
+		RouteAdvertisementsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "route_advertisements_refused_total",
+			Help:      "Route advertisements refused whole, by reason (too_many_routes, rate_limited).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -130,6 +148,8 @@ func New() *Metrics {
 		m.Bytes,
 		m.SessionSetup,
 		m.APIPanics,
+		m.RoutesRejected,
+		m.RouteAdvertisementsRefused,
 	)
 	return m
 }

@@ -1,7 +1,9 @@
 // Package registry is the gateway's live view of connected agents: who is
-// connected over which connection generation, what it advertises, when it was
-// last heard from, and how many sessions it carries (DESIGN.md §8). It holds
-// nothing persistent; the store has the enrolled agents.
+// connected over which connection generation, what it advertises and which
+// part of that it may serve, when it was last heard from, and how many
+// sessions it carries (DESIGN.md §8). It holds nothing persistent; the store
+// has the enrolled agents and their approved routes, which an Approver
+// applies to every advertisement.
 package registry
 
 import (
@@ -49,7 +51,8 @@ type Conn interface {
 	CloseWithReason(reason string)
 }
 
-// Routes is what an agent advertised last.
+// Routes are routes an agent advertised, with the epoch of the
+// advertisement.
 type Routes struct {
 	Epoch   uint64
 	Subnets []netip.Prefix
@@ -72,8 +75,11 @@ type Entry struct {
 	reported   atomic.Uint32 // active sessions as the agent last reported
 
 	// Guarded by the registry's mu.
-	routes     Routes
-	advertised bool
+	raw        Routes // the latest advertisement taken, as advertised
+	routes     Routes // the part of raw the agent may serve
+	rejected   Routes // the refused rest of raw
+	advertised bool   // an advertisement was taken on this connection
+	draining   bool   // the agent withdrew every route it served
 }
 
 // Generation identifies this connection among the agent's connections.
@@ -102,15 +108,24 @@ func (e *Entry) ReleaseSession() { e.sessions.Add(-1) }
 
 // Snapshot is a copy of an entry's state at one moment.
 type Snapshot struct {
-	AgentID        string
-	Name           string
-	Generation     uint64
-	Status         Status
-	RemoteAddr     string
-	ConnectedAt    time.Time
-	LastSeen       time.Time
-	CertNotAfter   time.Time
-	Routes         Routes
+	AgentID      string
+	Name         string
+	Generation   uint64
+	Status       Status
+	RemoteAddr   string
+	ConnectedAt  time.Time
+	LastSeen     time.Time
+	CertNotAfter time.Time
+	// Routes are the approved part of the agent's latest advertisement,
+	// the routes sessions use; Rejected the refused rest.
+	Routes, Rejected Routes
+	// Advertised reports that an advertisement was taken on this
+	// connection.
+	Advertised bool
+	// Draining reports that the agent withdrew every route it served on
+	// this connection (an empty advertisement after a non-empty one): it is
+	// shutting down and takes no new session.
+	Draining       bool
 	ActiveSessions int64
 	// ReportedSessions is the count in the agent's last Heartbeat.
 	ReportedSessions uint32
@@ -128,6 +143,18 @@ type Registry struct {
 	departed map[string]time.Time
 	// watchers are told about route and membership changes (routing tables).
 	watchers []func(Change)
+	// approver splits advertisements; nil accepts every route.
+	approver Approver
+}
+
+// Approver decides which advertised routes an agent may serve.
+type Approver interface {
+	// Approve splits routes, as agentID advertised them, into the part the
+	// agent is approved to serve and the refused rest, both with routes'
+	// epoch. It is called under the registry's lock: it must be quick, must
+	// not call back into the registry, and must not keep or modify routes'
+	// slices.
+	Approve(agentID string, routes Routes) (accepted, rejected Routes)
 }
 
 // Change describes what happened to an agent, for watchers.
@@ -169,6 +196,22 @@ func (r *Registry) notifyLocked(id string) {
 // ErrFull is returned by RegisterCapped when the registry holds its maximum
 // number of agents and e's agent is not one of them.
 var ErrFull = errors.New("registry: maximum number of connected agents reached")
+
+// SetApprover makes a decide which advertised routes count; until it is
+// called every route does. Call it before any agent registers: it does not
+// revisit routes already taken (Reapprove does, per agent).
+func (r *Registry) SetApprover(a Approver) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.approver = a
+}
+
+func (r *Registry) approveLocked(id string, raw Routes) (accepted, rejected Routes) {
+	if r.approver == nil {
+		return raw, Routes{Epoch: raw.Epoch}
+	}
+	return r.approver.Approve(id, raw)
+}
 
 // Register makes e the agent's live connection, assigning its generation and
 // marking it seen now. It returns the entry it replaced, if any: the caller
@@ -237,22 +280,79 @@ func (r *Registry) Touch(e *Entry) { e.lastSeen.Store(r.now().UnixNano()) }
 // ReportSessions records the active session count of e's last Heartbeat.
 func (r *Registry) ReportSessions(e *Entry, n uint32) { e.reported.Store(n) }
 
-// Advertise applies a RouteAdvertise received on e with the epoch rules: a
-// higher epoch (or the first advertisement of the connection)
-// replaces the routes, an equal one only refreshes, a lower one is ignored.
-// It reports whether the routes were replaced.
+// Advertisement is what Apply did with a RouteAdvertise. Its slices are
+// shared with the registry: read them, never modify them.
+type Advertisement struct {
+	// Replaced reports that the advertisement replaced the routes: a higher
+	// epoch, or the connection's first advertisement. Otherwise (a refresh
+	// with the same epoch, or a stale one) nothing changed.
+	Replaced bool
+	// Draining reports that the advertisement withdrew every route the
+	// agent served on this connection.
+	Draining bool
+	// Accepted and Rejected are the approved and refused parts of the
+	// advertisement (set when Replaced).
+	Accepted, Rejected Routes
+}
+
+// Advertise is Apply, reporting only whether the routes were replaced.
 func (r *Registry) Advertise(e *Entry, epoch uint64, subnets []netip.Prefix, domains []dataplane.DomainRoute) bool {
+	return r.Apply(e, epoch, subnets, domains).Replaced
+}
+
+// Apply applies a RouteAdvertise received on e with the epoch rules: a
+// higher epoch (or the first advertisement of the connection) replaces the
+// routes, an equal one only refreshes, a lower one is ignored. The new
+// routes pass through the Approver: only their approved part is routed to.
+// An advertisement without any route after one with routes marks the agent
+// draining (it withdrew its routes to shut down); a later one with routes
+// clears the mark. Apply copies subnets and domains.
+func (r *Registry) Apply(e *Entry, epoch uint64, subnets []netip.Prefix, domains []dataplane.DomainRoute) Advertisement {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e.advertised && epoch <= e.routes.Epoch {
-		return false
+	if e.advertised && epoch <= e.raw.Epoch {
+		return Advertisement{}
 	}
+	serving := e.draining || (e.advertised && len(e.raw.Subnets)+len(e.raw.Domains) > 0)
 	e.advertised = true
-	e.routes = Routes{Epoch: epoch, Subnets: slices.Clone(subnets), Domains: slices.Clone(domains)}
+	e.raw = Routes{Epoch: epoch, Subnets: slices.Clone(subnets), Domains: slices.Clone(domains)}
+	e.draining = serving && len(subnets)+len(domains) == 0
+	e.routes, e.rejected = r.approveLocked(e.AgentID, e.raw)
 	if r.agents[e.AgentID] == e {
 		r.notifyLocked(e.AgentID)
 	}
+	return Advertisement{Replaced: true, Draining: e.draining, Accepted: e.routes, Rejected: e.rejected}
+}
+
+// WouldReplace reports whether an advertisement with epoch, received on e,
+// would replace its routes (Apply's rule), without applying it.
+func (r *Registry) WouldReplace(e *Entry, epoch uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return !e.advertised || epoch > e.raw.Epoch
+}
+
+// Reapprove passes the latest advertisement of agent id's live connection
+// through the Approver again, after its approval changed. It reports whether
+// the routed part changed (the watchers are then told).
+func (r *Registry) Reapprove(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.agents[id]
+	if e == nil || !e.advertised {
+		return false
+	}
+	accepted, rejected := r.approveLocked(id, e.raw)
+	if sameRoutes(accepted, e.routes) && sameRoutes(rejected, e.rejected) {
+		return false
+	}
+	e.routes, e.rejected = accepted, rejected
+	r.notifyLocked(id)
 	return true
+}
+
+func sameRoutes(a, b Routes) bool {
+	return a.Epoch == b.Epoch && slices.Equal(a.Subnets, b.Subnets) && slices.Equal(a.Domains, b.Domains)
 }
 
 // Lookup returns the agent's live entry.
@@ -321,6 +421,9 @@ func (r *Registry) snapshotLocked(e *Entry) Snapshot {
 		LastSeen:         last,
 		CertNotAfter:     e.CertNotAfter,
 		Routes:           e.routes,
+		Rejected:         e.rejected,
+		Advertised:       e.advertised,
+		Draining:         e.draining,
 		ActiveSessions:   e.sessions.Load(),
 		ReportedSessions: e.reported.Load(),
 	}

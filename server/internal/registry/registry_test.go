@@ -120,3 +120,101 @@ func TestSessionLimit(t *testing.T) {
 		t.Fatal("a released slot was not reusable")
 	}
 }
+
+// onlyTen approves the subnets inside 10.0.0.0/8 and no domain, or every
+// route once open is set.
+type onlyTen struct{ open bool }
+
+func (o *onlyTen) Approve(_ string, r Routes) (accepted, rejected Routes) {
+	accepted.Epoch, rejected.Epoch = r.Epoch, r.Epoch
+	ten := netip.MustParsePrefix("10.0.0.0/8")
+	for _, p := range r.Subnets {
+		if o.open || (ten.Contains(p.Addr()) && p.Bits() >= 8) {
+			accepted.Subnets = append(accepted.Subnets, p)
+		} else {
+			rejected.Subnets = append(rejected.Subnets, p)
+		}
+	}
+	if o.open {
+		accepted.Domains = r.Domains
+	} else {
+		rejected.Domains = r.Domains
+	}
+	return accepted, rejected
+}
+
+// Only the approved part of an advertisement is routed; the rest is kept
+// as rejected; Reapprove applies a changed approval to the live routes.
+func TestApproverSplitsAdvertisements(t *testing.T) {
+	r := New(nil)
+	ap := &onlyTen{}
+	r.SetApprover(ap)
+	var changes []Change
+	r.Watch(func(c Change) { changes = append(changes, c) })
+	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	r.Register(e)
+	subnets := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("0.0.0.0/0")}
+	domains := []dataplane.DomainRoute{{Name: "com"}}
+	adv := r.Apply(e, 1, subnets, domains)
+	if !adv.Replaced || adv.Draining {
+		t.Fatalf("advertisement %+v", adv)
+	}
+	if len(adv.Accepted.Subnets) != 1 || adv.Accepted.Subnets[0] != subnets[0] || len(adv.Accepted.Domains) != 0 {
+		t.Fatalf("accepted %+v", adv.Accepted)
+	}
+	if len(adv.Rejected.Subnets) != 1 || adv.Rejected.Subnets[0] != subnets[1] || len(adv.Rejected.Domains) != 1 {
+		t.Fatalf("rejected %+v", adv.Rejected)
+	}
+	if c := changes[len(changes)-1]; len(c.Routes.Subnets) != 1 || len(c.Routes.Domains) != 0 {
+		t.Fatalf("watchers saw %+v, want the accepted part", c.Routes)
+	}
+	snap, _ := r.Get("a")
+	if len(snap.Routes.Subnets) != 1 || len(snap.Rejected.Subnets) != 1 || !snap.Advertised {
+		t.Fatalf("snapshot %+v", snap)
+	}
+
+	n := len(changes)
+	if r.Reapprove("a") || len(changes) != n {
+		t.Fatal("Reapprove without a change of approval changed something")
+	}
+	ap.open = true
+	if !r.Reapprove("a") || len(changes) != n+1 {
+		t.Fatal("Reapprove did not apply the wider approval")
+	}
+	if snap, _ := r.Get("a"); len(snap.Routes.Subnets) != 2 || len(snap.Routes.Domains) != 1 || len(snap.Rejected.Subnets)+len(snap.Rejected.Domains) != 0 {
+		t.Fatalf("after Reapprove: %+v", snap)
+	}
+	if r.Reapprove("nobody") {
+		t.Fatal("Reapprove of an unknown agent")
+	}
+}
+
+// An empty advertisement after routes marks the agent draining; the first
+// advertisement of a connection never does.
+func TestDrainingMark(t *testing.T) {
+	r := New(nil)
+	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	r.Register(e)
+	p := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	if adv := r.Apply(e, 1, nil, nil); !adv.Replaced || adv.Draining {
+		t.Fatalf("first, empty advertisement: %+v", adv)
+	}
+	if !r.WouldReplace(e, 2) || r.WouldReplace(e, 1) {
+		t.Fatal("WouldReplace disagrees with the epoch rules")
+	}
+	if adv := r.Apply(e, 2, p, nil); adv.Draining {
+		t.Fatal("draining with routes")
+	}
+	if adv := r.Apply(e, 3, nil, nil); !adv.Draining {
+		t.Fatal("withdrawing every route is not draining")
+	}
+	if adv := r.Apply(e, 4, nil, nil); !adv.Draining {
+		t.Fatal("a second empty advertisement ended the drain")
+	}
+	if snap, _ := r.Get("a"); !snap.Draining {
+		t.Fatal("snapshot not draining")
+	}
+	if adv := r.Apply(e, 5, p, nil); adv.Draining {
+		t.Fatal("routes again, still draining")
+	}
+}

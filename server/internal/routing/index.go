@@ -15,6 +15,8 @@ type member struct {
 	entry *registry.Entry
 	// route is the advertised route, as reported in Candidate.MatchedRoute.
 	route string
+	// auto reports a domain route the agent auto-detected.
+	auto bool
 }
 
 // memberList is the agents behind one route, in the order sessions try them:
@@ -78,6 +80,7 @@ type domainRoute struct {
 	key      string // the domain without "*."
 	plain    string // "key" if advertised, else ""
 	wildcard string // "*.key" if advertised, else ""
+	auto     bool   // plain was advertised auto-detected (only)
 }
 
 // apply is the registry watcher: it brings the indexes in line with c. It
@@ -211,8 +214,8 @@ func (r *Router) withdrawDomainLocked(id, key string) {
 func (r *Router) addDomainLocked(e *registry.Entry, d domainRoute) {
 	dm := r.domains[d.key]
 	if d.plain != "" {
-		dm.apex = dm.apex.with(member{entry: e, route: d.plain})
-		dm.under = dm.under.with(member{entry: e, route: d.plain})
+		dm.apex = dm.apex.with(member{entry: e, route: d.plain, auto: d.auto})
+		dm.under = dm.under.with(member{entry: e, route: d.plain, auto: d.auto})
 	} else {
 		dm.under = dm.under.with(member{entry: e, route: d.wildcard})
 	}
@@ -224,7 +227,8 @@ func compareDomainKeys(a, b domainRoute) int { return strings.Compare(a.key, b.k
 // canonicalRoutes returns the memberships of e's routes: IPv4 subnets masked
 // (an IPv4-mapped IPv6 prefix counts as IPv4), domain routes in reach's
 // canonical form (reach.ParseDomain: validated, lower-cased, keyed by the
-// domain without its "*." label), duplicates merged.
+// domain without its "*." label), duplicates merged (a plain route counts as
+// auto-detected only if every copy of it was).
 // Routes that are neither are dropped: agents advertise IPv4 subnets only,
 // and the codec rejects invalid domains before they reach the registry.
 func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
@@ -245,7 +249,7 @@ func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
 		if route.Wildcard {
 			a.domains = append(a.domains, domainRoute{key: route.Name, wildcard: route.String()})
 		} else {
-			a.domains = append(a.domains, domainRoute{key: route.Name, plain: route.Name})
+			a.domains = append(a.domains, domainRoute{key: route.Name, plain: route.Name, auto: d.AutoDetected})
 		}
 	}
 	slices.SortFunc(a.domains, compareDomainKeys)
@@ -253,6 +257,12 @@ func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
 	for _, d := range a.domains {
 		if n := len(merged); n > 0 && merged[n-1].key == d.key {
 			last := &merged[n-1]
+			switch {
+			case last.plain == "":
+				last.auto = d.auto
+			case d.plain != "":
+				last.auto = last.auto && d.auto
+			}
 			last.plain, last.wildcard = cmp.Or(last.plain, d.plain), cmp.Or(last.wildcard, d.wildcard)
 			continue
 		}

@@ -34,6 +34,9 @@ type Candidate struct {
 	// it is enough for a reason text such as "10.10.0.5 matches
 	// 10.10.0.0/24 advertised by agent jump01".
 	MatchedRoute string
+	// AutoDetected reports that MatchedRoute is a domain the agent
+	// auto-detected rather than had configured.
+	AutoDetected bool
 	// ConnectedAt is when the agent's current connection registered.
 	ConnectedAt time.Time
 	// Entry is the registry entry of the connection that advertised the
@@ -194,11 +197,39 @@ func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
 			AgentID:      m.entry.AgentID,
 			Name:         m.entry.Name,
 			MatchedRoute: m.route,
+			AutoDetected: m.auto,
 			ConnectedAt:  m.entry.ConnectedAt,
 			Entry:        m.entry,
 		})
 	}
 	return dst
+}
+
+// AmbiguousDomains returns, sorted, the auto-detected domains that agent id
+// advertises and at least one other online agent advertises auto-detected
+// too: two networks (two VPCs, two clusters) often share a search domain,
+// so such a domain does not say which network a name is in. It returns nil
+// when the agent is not connected or shares none.
+func (r *Router) AmbiguousDomains(id string) []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a := r.agents[id]
+	if a == nil {
+		return nil
+	}
+	var out []string
+	for _, d := range a.domains {
+		if !d.auto {
+			continue
+		}
+		for _, m := range r.domains[d.key].apex {
+			if m.auto && m.entry.AgentID != id && r.reg.Status(m.entry) == registry.Online {
+				out = append(out, d.key)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // maybeIPLiteral reports whether s could be an IP literal: it has a colon

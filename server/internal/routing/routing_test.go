@@ -756,3 +756,57 @@ func TestAgainstOracle(t *testing.T) {
 		}
 	}
 }
+
+// Candidates say whether their domain was auto-detected; a domain two
+// online agents auto-detect is ambiguous for both, one with an explicit
+// route or a second auto-detecting agent that went silent is not.
+func TestAutoDetectedDomains(t *testing.T) {
+	v := newEnv(t)
+	auto := func(e *registry.Entry, epoch uint64, names ...string) {
+		t.Helper()
+		var ds []dataplane.DomainRoute
+		for _, n := range names {
+			ds = append(ds, dataplane.DomainRoute{Name: n, AutoDetected: true})
+		}
+		v.reg.Advertise(e, epoch, nil, ds)
+	}
+	a := v.connect("a")
+	auto(a, 1, "compute.internal")
+	v.clk.Advance(time.Second)
+	b := v.connect("b")
+	auto(b, 1, "compute.internal")
+	v.clk.Advance(time.Second)
+	v.connect("c", "compute.internal")
+
+	cands := v.r.Lookup(nil, "ip-10-0-0-1.compute.internal")
+	if len(cands) != 3 {
+		t.Fatalf("candidates %+v", cands)
+	}
+	autos := map[string]bool{}
+	for _, c := range cands {
+		autos[c.AgentID] = c.AutoDetected
+	}
+	if !autos["a"] || !autos["b"] || autos["c"] {
+		t.Fatalf("AutoDetected by agent: %v", autos)
+	}
+	for id, want := range map[string][]string{"a": {"compute.internal"}, "b": {"compute.internal"}, "c": nil, "nobody": nil} {
+		if got := v.r.AmbiguousDomains(id); !slices.Equal(got, want) {
+			t.Errorf("AmbiguousDomains(%s) = %v, want %v", id, got, want)
+		}
+	}
+	// b goes silent: a's domain is no longer shared with an online agent.
+	v.clk.Advance(registry.UnresponsiveAfter - 2*time.Second)
+	v.reg.Touch(a)
+	v.clk.Advance(2 * time.Second)
+	if got := v.r.AmbiguousDomains("a"); got != nil {
+		t.Errorf("shared with a silent agent only: %v", got)
+	}
+	// The same domain advertised once configured and once auto-detected
+	// counts as configured.
+	v.reg.Touch(a)
+	v.reg.Advertise(a, 2, nil, []dataplane.DomainRoute{{Name: "compute.internal", AutoDetected: true}, {Name: "compute.internal"}})
+	if got := v.r.Lookup(nil, "compute.internal"); len(got) == 0 || got[0].AgentID != "a" || got[0].AutoDetected {
+		t.Errorf("configured and auto-detected copies: %+v", got)
+	}
+	checkIndex(t, v.r)
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,7 +12,7 @@ import (
 	"github.com/google/uuid"
 )
 
-const agentColumns = `id, name, hostname, spki_sha256, cert_serial, cert_not_after, enrolled_at, deleted_at`
+const agentColumns = `id, name, hostname, spki_sha256, cert_serial, cert_not_after, enrolled_at, deleted_at, approved_routes, last_routes`
 
 // nameKey is the form in which agent names are compared: names are unique
 // case-insensitively.
@@ -72,9 +73,15 @@ func (s *sqlStore) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollRe
 	a.EnrolledAt = s.orNow(a.EnrolledAt)
 	a.CertNotAfter = truncate(a.CertNotAfter)
 	a.DeletedAt = nil
+	a.ApprovedRoutes, a.LastRoutes = a.ApprovedRoutes.normal(), RouteSet{}.normal()
+	approved, err := json.Marshal(a.ApprovedRoutes)
+	if err != nil {
+		return EnrollResult{}, fmt.Errorf("%w: approved routes: %v", ErrInvalid, err)
+	}
+	last, _ := json.Marshal(a.LastRoutes)
 
 	var res EnrollResult
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := s.d.serialize(ctx, tx); err != nil {
 			return err
 		}
@@ -99,9 +106,10 @@ func (s *sqlStore) EnrollAgent(ctx context.Context, req EnrollRequest) (EnrollRe
 		}
 
 		r, err := tx.ExecContext(ctx, `INSERT INTO agents (`+agentColumns+`, name_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)
+VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10)
 ON CONFLICT DO NOTHING`,
-			a.ID, a.Name, a.Hostname, a.SPKISHA256, a.CertSerial, millis(a.CertNotAfter), millis(a.EnrolledAt), nameKey(a.Name))
+			a.ID, a.Name, a.Hostname, a.SPKISHA256, a.CertSerial, millis(a.CertNotAfter), millis(a.EnrolledAt),
+			string(approved), string(last), nameKey(a.Name))
 		if err != nil {
 			return err
 		}
@@ -207,15 +215,58 @@ WHERE id = $1 AND deleted_at IS NULL`,
 	return wrapErr("update agent certificate", err)
 }
 
+// SetApprovedRoutes implements Store.
+func (s *sqlStore) SetApprovedRoutes(ctx context.Context, id string, routes RouteSet) error {
+	return wrapErr("set approved routes", s.setRoutes(ctx, id, "approved_routes", routes))
+}
+
+// SetLastRoutes implements Store.
+func (s *sqlStore) SetLastRoutes(ctx context.Context, id string, routes RouteSet) error {
+	return wrapErr("set last routes", s.setRoutes(ctx, id, "last_routes", routes))
+}
+
+// setRoutes writes a RouteSet column of a live agent; column is one of the
+// two route columns, never input.
+func (s *sqlStore) setRoutes(ctx context.Context, id, column string, routes RouteSet) error {
+	b, err := json.Marshal(routes.normal())
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, column, err)
+	}
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
+			`UPDATE agents SET `+column+` = $2 WHERE id = $1 AND deleted_at IS NULL`, id, string(b))
+	})
+}
+
+// normal returns r with nil lists made empty, so that JSON holds [] rather
+// than null.
+func (r RouteSet) normal() RouteSet {
+	if r.Subnets == nil {
+		r.Subnets = []string{}
+	}
+	if r.Domains == nil {
+		r.Domains = []string{}
+	}
+	return r
+}
+
 func scanAgent(sc scanner) (Agent, error) {
 	var (
 		a                  Agent
 		notAfter, enrolled int64
 		deleted            sql.NullInt64
+		approved, last     string
 	)
-	if err := sc.Scan(&a.ID, &a.Name, &a.Hostname, &a.SPKISHA256, &a.CertSerial, &notAfter, &enrolled, &deleted); err != nil {
+	if err := sc.Scan(&a.ID, &a.Name, &a.Hostname, &a.SPKISHA256, &a.CertSerial, &notAfter, &enrolled, &deleted, &approved, &last); err != nil {
 		return Agent{}, err
 	}
 	a.CertNotAfter, a.EnrolledAt, a.DeletedAt = fromMillis(notAfter), fromMillis(enrolled), ptrMillis(deleted)
+	if err := json.Unmarshal([]byte(approved), &a.ApprovedRoutes); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: approved_routes: %w", a.ID, err)
+	}
+	if err := json.Unmarshal([]byte(last), &a.LastRoutes); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: last_routes: %w", a.ID, err)
+	}
+	a.ApprovedRoutes, a.LastRoutes = a.ApprovedRoutes.normal(), a.LastRoutes.normal()
 	return a, nil
 }

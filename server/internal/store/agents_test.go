@@ -17,7 +17,13 @@ import (
 func sameAgent(a, b Agent) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Hostname == b.Hostname && a.SPKISHA256 == b.SPKISHA256 &&
 		a.CertSerial == b.CertSerial && a.CertNotAfter.Equal(b.CertNotAfter) && a.EnrolledAt.Equal(b.EnrolledAt) &&
-		(a.DeletedAt == nil) == (b.DeletedAt == nil) && (a.DeletedAt == nil || a.DeletedAt.Equal(*b.DeletedAt))
+		(a.DeletedAt == nil) == (b.DeletedAt == nil) && (a.DeletedAt == nil || a.DeletedAt.Equal(*b.DeletedAt)) &&
+		sameRouteSet(a.ApprovedRoutes, b.ApprovedRoutes) && sameRouteSet(a.LastRoutes, b.LastRoutes)
+}
+
+// sameRouteSet compares route sets, a nil list equal to an empty one.
+func sameRouteSet(a, b RouteSet) bool {
+	return slices.Equal(a.Subnets, b.Subnets) && slices.Equal(a.Domains, b.Domains)
 }
 
 func testEnrollAndGetAgent(t *testing.T, f *fixture) {

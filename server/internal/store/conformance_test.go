@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -39,6 +40,9 @@ var conformance = []struct {
 	{"DeleteAgent", testDeleteAgent},
 	{"UpdateAgentCert", testUpdateAgentCert},
 	{"EnrollmentTokens", testEnrollmentTokens},
+	{"AgentRoutes", testAgentRoutes},
+	{"AgentRoutesNeedALiveAgent", testAgentRoutesNeedALiveAgent},
+	{"MigrationAddsEmptyRoutes", testMigrationAddsEmptyRoutes},
 	// Sessions and session tokens.
 	{"Sessions", testSessions},
 	{"UseSessionToken", testUseSessionToken},
@@ -142,7 +146,7 @@ func testRestartLosesNothing(t *testing.T, f *fixture) {
 	if n, err := s2.CountAPIKeys(ctx); err != nil || n != 1 {
 		t.Errorf("api keys after restart: %d, %v", n, err)
 	}
-	if a, err := s2.GetAgent(ctx, enrolled.Agent.ID); err != nil || a != enrolled.Agent {
+	if a, err := s2.GetAgent(ctx, enrolled.Agent.ID); err != nil || !reflect.DeepEqual(a, enrolled.Agent) {
 		t.Errorf("agent after restart: %+v, %v; want %+v", a, err, enrolled.Agent)
 	}
 	if _, err := s2.EnrollAgent(ctx, enrollReq(f.clk, "t1", "b", "csr2")); !errors.Is(err, ErrTokenUsed) {

@@ -126,6 +126,10 @@ func enrollReq(clk *fakeclock.Clock, jti, name, csr string) EnrollRequest {
 			SPKISHA256:   "spki-" + id,
 			CertSerial:   "serial-" + id,
 			CertNotAfter: clk.Now().Add(30 * 24 * time.Hour),
+			ApprovedRoutes: RouteSet{
+				Subnets: []string{"10.0.0.0/24"},
+				Domains: []string{name + ".corp.example"},
+			},
 		},
 		CertPEM: []byte(fmt.Sprintf("-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n", id)),
 	}

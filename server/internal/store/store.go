@@ -1,6 +1,7 @@
 // Package store persists the gateway's durable state (DESIGN.md §10): API
-// keys, enrollment tokens and consumed token ids, enrolled agents, and the
-// session audit. Live routes and connections stay in memory elsewhere.
+// keys, enrollment tokens and consumed token ids, enrolled agents with their
+// approved routes and last advertised routes, and the session audit. Live
+// connections stay in memory elsewhere.
 //
 // Store is the interface, with two implementations sharing one body of SQL
 // over database/sql: SQLite, opened with OpenSQLite, the default (one file
@@ -108,6 +109,12 @@ type Store interface {
 	// UpdateAgentCert records a renewed certificate for a live agent.
 	// ErrNotFound if no such agent or it is deleted.
 	UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error
+	// SetApprovedRoutes replaces a live agent's approved routes.
+	// ErrNotFound if no such agent or it is deleted.
+	SetApprovedRoutes(ctx context.Context, id string, routes RouteSet) error
+	// SetLastRoutes records a live agent's last advertised routes.
+	// ErrNotFound if no such agent or it is deleted.
+	SetLastRoutes(ctx context.Context, id string, routes RouteSet) error
 
 	// InsertSession records a session at its start. ID is required; a zero
 	// StartedAt means now; a zero EndedAt leaves it open. ErrConflict if the
@@ -170,6 +177,20 @@ type Agent struct {
 	CertNotAfter time.Time  // expiry of the current certificate
 	EnrolledAt   time.Time  // if zero on enroll, now
 	DeletedAt    *time.Time // nil while live
+	// ApprovedRoutes are the routes the agent may serve, stored at
+	// enrollment and replaced by SetApprovedRoutes.
+	ApprovedRoutes RouteSet
+	// LastRoutes are the agent's last advertised routes (SetLastRoutes);
+	// empty at enrollment and ignored by EnrollAgent.
+	LastRoutes RouteSet
+}
+
+// RouteSet is a set of routes as the API writes them: IPv4 CIDR subnets and
+// domain routes. The store keeps the strings as given; a nil list reads back
+// as an empty one.
+type RouteSet struct {
+	Subnets []string `json:"subnets"`
+	Domains []string `json:"domains"`
 }
 
 // ListAgentsOptions selects a page of ListAgents.

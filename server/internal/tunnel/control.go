@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/quic-go/quic-go"
@@ -30,6 +32,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 	}
 	w := dataplane.NewControlWriter(stream)
 	r := dataplane.NewControlReader(stream)
+	var adv advertState
 	for {
 		msg, err := r.ReadControl()
 		if err == nil {
@@ -66,7 +69,7 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 			_ = transport.Close(conn, dataplane.CloseProtocolError)
 			return err
 		}
-		if err := s.dispatch(ctx, conn, e, cert, w, msg, log); err != nil {
+		if err := s.dispatch(ctx, conn, e, cert, w, &adv, msg, log); err != nil {
 			if conn.Context().Err() != nil {
 				return context.Cause(conn.Context())
 			}
@@ -78,15 +81,11 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 }
 
 // dispatch handles one well-formed control message of the current version.
-func (s *Server) dispatch(ctx context.Context, conn *quic.Conn, e *registry.Entry, cert *x509.Certificate, w *dataplane.ControlWriter, msg dataplane.ControlMessage, log hclog.Logger) error {
+func (s *Server) dispatch(ctx context.Context, conn *quic.Conn, e *registry.Entry, cert *x509.Certificate, w *dataplane.ControlWriter, adv *advertState, msg dataplane.ControlMessage, log hclog.Logger) error {
 	switch m := msg.(type) {
 	case *dataplane.RouteAdvertise:
 		s.cfg.Metrics.ControlMessages.WithLabelValues("route_advertise").Inc()
-		if s.reg.Advertise(e, m.Epoch, m.Subnets, m.Domains) {
-			log.Info("routes advertised", "epoch", m.Epoch, "subnets", len(m.Subnets), "domains", len(m.Domains))
-		} else {
-			log.Trace("route advertisement refreshed or stale", "epoch", m.Epoch)
-		}
+		s.advertise(ctx, e, adv, m, log)
 	case *dataplane.Heartbeat:
 		s.cfg.Metrics.ControlMessages.WithLabelValues("heartbeat").Inc()
 		s.reg.ReportSessions(e, m.ActiveStreamCount)
@@ -110,4 +109,86 @@ func (s *Server) dispatch(ctx context.Context, conn *quic.Conn, e *registry.Entr
 		log.Warn("ignoring a gateway-to-agent message sent by the agent", "tag", msg.Tag())
 	}
 	return nil
+}
+
+// advertState is what one connection's control loop remembers about the
+// advertisements it refused, to log each refusal once.
+type advertState struct {
+	// capEpoch is the epoch of the last advertisement refused for having
+	// too many routes; capped reports that there was one.
+	capEpoch uint64
+	capped   bool
+}
+
+// advertise applies a RouteAdvertise within the per-agent limits: too many
+// routes refuse it whole, too many route changes this minute ignore it; in
+// both cases the previous routes stay. What the agent is not approved to
+// serve is refused route by route, logged and counted once per change.
+func (s *Server) advertise(ctx context.Context, e *registry.Entry, adv *advertState, m *dataplane.RouteAdvertise, log hclog.Logger) {
+	if n := len(m.Subnets) + len(m.Domains); n > s.cfg.MaxRoutesPerAgent {
+		s.cfg.Metrics.RouteAdvertisementsRefused.WithLabelValues("too_many_routes").Inc()
+		if !adv.capped || adv.capEpoch != m.Epoch {
+			adv.capped, adv.capEpoch = true, m.Epoch
+			log.Warn("route advertisement refused: too many routes; the previous routes stay",
+				"epoch", m.Epoch, "routes", n, "max_routes_per_agent", s.cfg.MaxRoutesPerAgent)
+		}
+		return
+	}
+	if s.reg.WouldReplace(e, m.Epoch) {
+		if ok, first := s.changes.allow(e.AgentID); !ok {
+			s.cfg.Metrics.RouteAdvertisementsRefused.WithLabelValues("rate_limited").Inc()
+			if first {
+				log.Warn("route advertisement ignored: too many route changes this minute; the previous routes stay until the minute has passed",
+					"epoch", m.Epoch, "max_route_changes_per_minute", s.cfg.MaxRouteChangesPerMinute)
+			}
+			return
+		}
+	}
+	res := s.reg.Apply(e, m.Epoch, m.Subnets, m.Domains)
+	if !res.Replaced {
+		log.Trace("route advertisement refreshed or stale", "epoch", m.Epoch)
+		return
+	}
+	log.Info("routes advertised", "epoch", m.Epoch, "subnets", len(res.Accepted.Subnets), "domains", len(res.Accepted.Domains))
+	if n := len(res.Rejected.Subnets) + len(res.Rejected.Domains); n > 0 {
+		s.cfg.Metrics.RoutesRejected.Add(float64(n))
+		log.Warn("advertised routes refused: outside the agent's approved routes", "epoch", m.Epoch,
+			"subnets", subnetList(res.Rejected.Subnets), "domains", domainList(res.Rejected.Domains))
+	}
+	if res.Draining {
+		log.Info("agent withdrew its routes: draining")
+		return
+	}
+	if s.cfg.Routes == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	raw := registry.Routes{Epoch: m.Epoch, Subnets: m.Subnets, Domains: m.Domains}
+	if err := s.cfg.Routes.Advertised(sctx, e.AgentID, raw); err != nil {
+		log.Warn("could not store the advertised routes; a restarted gateway will not know them", "error", err)
+	}
+}
+
+// subnetList and domainList render routes for a log line.
+func subnetList(ps []netip.Prefix) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+func domainList(ds []dataplane.DomainRoute) string {
+	var b strings.Builder
+	for i, d := range ds {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(d.Name)
+	}
+	return b.String()
 }

@@ -2,6 +2,12 @@
 // QUIC listener with mutual TLS admission, one control loop per agent
 // connection feeding the live registry, and OpenSession, which opens a session
 // stream to an agent and waits for its ConnectResponse.
+//
+// The control loop bounds what one agent can make the gateway do with its
+// routes (DESIGN.md §12): an advertisement with more than
+// MaxRoutesPerAgent routes is refused whole, and route changes beyond
+// MaxRouteChangesPerMinute are ignored until the minute has passed; in both
+// cases the previous routes stay.
 package tunnel
 
 import (
@@ -28,13 +34,15 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultMaxSessionsPerAgent = 4096
-	DefaultMaxAgents           = 10000
+	DefaultMaxSessionsPerAgent      = 4096
+	DefaultMaxAgents                = 10000
+	DefaultConnectTimeout           = 30 * time.Second
+	DefaultMaxRoutesPerAgent        = 1024
+	DefaultMaxRouteChangesPerMinute = 30
 	// refusalLogInterval spaces the WARN lines of refused handshakes: a
 	// scanner or a misconfigured fleet must not flood the log (every
 	// refusal is counted in a metric).
-	refusalLogInterval    = 10 * time.Second
-	DefaultConnectTimeout = 30 * time.Second
+	refusalLogInterval = 10 * time.Second
 	// controlStreamTimeout bounds how long an admitted agent may take to open
 	// its control stream.
 	controlStreamTimeout = 10 * time.Second
@@ -51,6 +59,18 @@ type Authority interface {
 // AgentStore is what admission needs from the store.
 type AgentStore interface {
 	GetAgent(ctx context.Context, id string) (store.Agent, error)
+}
+
+// RouteBook is told about the agents the tunnel admits and the routes they
+// advertise; *approval.Book is one.
+type RouteBook interface {
+	// Admit tells the book about an admitted agent, before its connection
+	// registers.
+	Admit(a store.Agent)
+	// Advertised records an advertisement that replaced the agent's routes
+	// (not a drain's withdrawal), as advertised. It must not keep routes'
+	// slices: they are the control stream's read buffer.
+	Advertised(ctx context.Context, agentID string, routes registry.Routes) error
 }
 
 // Renewer signs a renewed certificate for an admitted agent from csrPEM. cert
@@ -77,7 +97,18 @@ type Config struct {
 	// agent's ConnectResponse (default 30 s).
 	ConnectTimeout time.Duration
 	// Renew handles CertRenewalRequest; nil answers every request with an error.
-	Renew   Renewer
+	Renew Renewer
+	// Routes, if set, is told about admitted agents and their route changes.
+	Routes RouteBook
+	// MaxRoutesPerAgent caps the subnets plus domains of one
+	// advertisement; a longer one is refused whole. If zero, 1,024.
+	MaxRoutesPerAgent int
+	// MaxRouteChangesPerMinute caps the advertisements per agent and
+	// minute that change its routes (a new epoch, or a new connection's
+	// first); more are ignored until the minute has passed. If zero, 30.
+	MaxRouteChangesPerMinute int
+	// Now is the clock of the route change limit. If nil, time.Now.
+	Now     func() time.Time
 	Metrics *metrics.Metrics
 	Logger  hclog.Logger
 }
@@ -89,6 +120,8 @@ type Server struct {
 	reg  *registry.Registry
 	tls  *tls.Config
 	quic *quic.Config
+
+	changes *changeLimiter
 
 	mu    sync.Mutex
 	conns map[*agentConn]struct{} // every connection being handled
@@ -114,6 +147,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxAgents <= 0 {
 		cfg.MaxAgents = DefaultMaxAgents
 	}
+	if cfg.MaxRoutesPerAgent <= 0 {
+		cfg.MaxRoutesPerAgent = DefaultMaxRoutesPerAgent
+	}
+	if cfg.MaxRouteChangesPerMinute <= 0 {
+		cfg.MaxRouteChangesPerMinute = DefaultMaxRouteChangesPerMinute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -133,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 			ClientAuth: tls.RequireAnyClientCert,
 		}),
 		quic:       qc,
+		changes:    newChangeLimiter(cfg.MaxRouteChangesPerMinute, cfg.Now),
 		conns:      make(map[*agentConn]struct{}),
 		refusalLog: rate.Sometimes{Interval: refusalLogInterval},
 	}, nil
@@ -254,6 +297,9 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 		return
 	}
 	log = log.With("agent_id", agent.ID, "agent", agent.Name)
+	if s.cfg.Routes != nil {
+		s.cfg.Routes.Admit(agent)
+	}
 	e := &registry.Entry{
 		AgentID:      agent.ID,
 		Name:         agent.Name,

@@ -1,19 +1,24 @@
 // Package agentadmin implements outpost.v1.AgentAdminService: listing, reading
-// and deleting enrolled agents.
+// and deleting enrolled agents, and reading and replacing the routes they are
+// approved to serve.
 package agentadmin
 
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"github.com/outposthq/outpost/server/internal/store"
@@ -37,25 +42,61 @@ type Live interface {
 	Get(id string) (registry.Snapshot, bool)
 	LastSeen(id string) (time.Time, bool)
 	Forget(id string)
+	// Reapprove applies a changed approval to the agent's live routes.
+	Reapprove(id string) bool
+}
+
+// Approvals keeps the agents' approved routes; *approval.Book is one.
+type Approvals interface {
+	// SetApproved stores and applies an agent's new approved set;
+	// store.ErrNotFound for an unknown or deleted agent.
+	SetApproved(ctx context.Context, agentID string, set approval.Set) error
+	// Forget drops a deleted agent.
+	Forget(agentID string)
+}
+
+// Ambiguity names an agent's auto-detected domains that another online
+// agent auto-detected too; *routing.Router is one.
+type Ambiguity interface {
+	AmbiguousDomains(agentID string) []string
 }
 
 // Disconnector closes an agent's live connection with a reason.
 type Disconnector func(agentID, reason string) bool
 
+// Config configures a Service. Store, Live, Disconnect and Approvals are
+// required.
+type Config struct {
+	Store Store
+	Live  Live
+	// Disconnect closes a deleted agent's connection.
+	Disconnect Disconnector
+	Approvals  Approvals
+	// Ambiguity, if set, fills Agent.ambiguous_domains.
+	Ambiguity Ambiguity
+	// Logger may be nil.
+	Logger hclog.Logger
+}
+
 // Service implements AgentAdminService. It is safe for concurrent use.
 type Service struct {
 	outpostv1.UnimplementedAgentAdminServiceServer
-	store      Store
-	live       Live
-	disconnect Disconnector
+	cfg Config
+	log hclog.Logger
 }
 
 var _ outpostv1.AgentAdminServiceServer = (*Service)(nil)
 
-// New returns a Service reading agents from s and their live state from live;
-// DeleteAgent closes a deleted agent's connection with disconnect.
-func New(s Store, live Live, disconnect Disconnector) *Service {
-	return &Service{store: s, live: live, disconnect: disconnect}
+// New checks cfg and returns a Service reading agents from the store and
+// their live state from the registry.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Live == nil || cfg.Disconnect == nil || cfg.Approvals == nil {
+		return nil, errors.New("agentadmin: Store, Live, Disconnect and Approvals are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	return &Service{cfg: cfg, log: cfg.Logger}, nil
 }
 
 // DeleteAgent marks the agent deleted, so it can never connect again without
@@ -65,12 +106,63 @@ func (s *Service) DeleteAgent(ctx context.Context, req *outpostv1.DeleteAgentReq
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.DeleteAgent(ctx, id); err != nil {
+	if err := s.cfg.Store.DeleteAgent(ctx, id); err != nil {
 		return nil, grpcerr.Agent(id, err)
 	}
-	s.disconnect(id, string(dataplane.CloseAgentDeleted))
-	s.live.Forget(id)
+	s.cfg.Disconnect(id, string(dataplane.CloseAgentDeleted))
+	s.cfg.Live.Forget(id)
+	s.cfg.Approvals.Forget(id)
 	return &outpostv1.DeleteAgentResponse{}, nil
+}
+
+// GetApprovedRoutes returns the routes an agent is approved to serve, as
+// stored (canonical).
+func (s *Service) GetApprovedRoutes(ctx context.Context, req *outpostv1.GetApprovedRoutesRequest) (*outpostv1.GetApprovedRoutesResponse, error) {
+	a, err := s.liveAgent(ctx, req.GetAgentId())
+	if err != nil {
+		return nil, err
+	}
+	return &outpostv1.GetApprovedRoutesResponse{AgentId: a.ID, Routes: routeSet(a.ApprovedRoutes)}, nil
+}
+
+// SetApprovedRoutes replaces the routes an agent is approved to serve: it is
+// stored, then applied at once to the agent's live advertisement and to its
+// known routes.
+func (s *Service) SetApprovedRoutes(ctx context.Context, req *outpostv1.SetApprovedRoutesRequest) (*outpostv1.SetApprovedRoutesResponse, error) {
+	id, err := parseID(req.GetAgentId())
+	if err != nil {
+		return nil, err
+	}
+	set, err := approval.Parse(req.GetRoutes().GetSubnets(), req.GetRoutes().GetDomains())
+	var ie *approval.InputError
+	if errors.As(err, &ie) {
+		return nil, grpcerr.InvalidArgument("routes."+ie.Field, ie.Reason)
+	}
+	if err := s.cfg.Approvals.SetApproved(ctx, id, set); err != nil {
+		return nil, grpcerr.Agent(id, err)
+	}
+	changed := s.cfg.Live.Reapprove(id)
+	subnets, domains := set.Strings()
+	s.log.Info("approved routes replaced", "agent_id", id, "subnets", strings.Join(subnets, ","), "domains", strings.Join(domains, ","),
+		"live_routes_changed", changed)
+	return &outpostv1.SetApprovedRoutesResponse{AgentId: id, Routes: &outpostv1.RouteSet{Subnets: subnets, Domains: domains}}, nil
+}
+
+// liveAgent reads an agent that is not deleted, given its id as the request
+// has it.
+func (s *Service) liveAgent(ctx context.Context, rawID string) (store.Agent, error) {
+	id, err := parseID(rawID)
+	if err != nil {
+		return store.Agent{}, err
+	}
+	a, err := s.cfg.Store.GetAgent(ctx, id)
+	if err != nil {
+		return store.Agent{}, grpcerr.Agent(id, err)
+	}
+	if a.DeletedAt != nil {
+		return store.Agent{}, grpcerr.Errorf(store.ErrNotFound, "agent %s was deleted", id)
+	}
+	return a, nil
 }
 
 // ListAgents returns one page of non-deleted agents ordered by id, filtered by
@@ -96,7 +188,7 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 	// Filtering by status may drop rows, so read batches until the page is full
 	// or the store runs out.
 	for {
-		batch, err := s.store.ListAgents(ctx, store.ListAgentsOptions{AfterID: after, Limit: size + 1})
+		batch, err := s.cfg.Store.ListAgents(ctx, store.ListAgentsOptions{AfterID: after, Limit: size + 1})
 		if err != nil {
 			return nil, grpcerr.From(fmt.Errorf("list agents: %w", err))
 		}
@@ -123,16 +215,9 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 
 // GetAgent returns one agent; a deleted agent is NotFound.
 func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) (*outpostv1.GetAgentResponse, error) {
-	id, err := parseID(req.GetAgentId())
+	a, err := s.liveAgent(ctx, req.GetAgentId())
 	if err != nil {
 		return nil, err
-	}
-	a, err := s.store.GetAgent(ctx, id)
-	if err != nil {
-		return nil, grpcerr.Agent(id, err)
-	}
-	if a.DeletedAt != nil {
-		return nil, grpcerr.Errorf(store.ErrNotFound, "agent %s was deleted", id)
 	}
 	return &outpostv1.GetAgentResponse{Agent: s.view(a)}, nil
 }
@@ -153,19 +238,23 @@ func parseID(s string) (string, error) {
 // live connection an agent is offline.
 func (s *Service) view(a store.Agent) *outpostv1.Agent {
 	v := &outpostv1.Agent{
-		AgentId:    a.ID,
-		Name:       a.Name,
-		Status:     outpostv1.AgentStatus_AGENT_STATUS_OFFLINE,
-		Subnets:    []string{},
-		Domains:    []*outpostv1.DomainRoute{},
-		EnrolledAt: timestamppb.New(a.EnrolledAt),
+		AgentId:          a.ID,
+		Name:             a.Name,
+		Status:           outpostv1.AgentStatus_AGENT_STATUS_OFFLINE,
+		Subnets:          []string{},
+		Domains:          []*outpostv1.DomainRoute{},
+		EnrolledAt:       timestamppb.New(a.EnrolledAt),
+		ApprovedRoutes:   routeSet(a.ApprovedRoutes),
+		RejectedSubnets:  []string{},
+		RejectedDomains:  []*outpostv1.DomainRoute{},
+		AmbiguousDomains: []string{},
 	}
 	if !a.CertNotAfter.IsZero() {
 		v.CertNotAfter = timestamppb.New(a.CertNotAfter)
 	}
-	snap, ok := s.live.Get(a.ID)
+	snap, ok := s.cfg.Live.Get(a.ID)
 	if !ok {
-		if t, ok := s.live.LastSeen(a.ID); ok {
+		if t, ok := s.cfg.Live.LastSeen(a.ID); ok {
 			v.LastSeen = timestamppb.New(t)
 		}
 		return v
@@ -176,13 +265,32 @@ func (s *Service) view(a store.Agent) *outpostv1.Agent {
 	v.RemoteAddr = snap.RemoteAddr
 	v.RouteEpoch = snap.Routes.Epoch
 	v.ActiveSessions = uint32(min(snap.ActiveSessions, math.MaxUint32))
-	for _, p := range snap.Routes.Subnets {
-		v.Subnets = append(v.Subnets, p.String())
-	}
-	for _, d := range snap.Routes.Domains {
-		v.Domains = append(v.Domains, &outpostv1.DomainRoute{Domain: d.Name, AutoDetected: d.AutoDetected})
+	v.Subnets, v.Domains = appendRoutes(v.Subnets, v.Domains, snap.Routes)
+	v.RejectedSubnets, v.RejectedDomains = appendRoutes(v.RejectedSubnets, v.RejectedDomains, snap.Rejected)
+	if s.cfg.Ambiguity != nil {
+		v.AmbiguousDomains = append(v.AmbiguousDomains, s.cfg.Ambiguity.AmbiguousDomains(a.ID)...)
 	}
 	return v
+}
+
+// appendRoutes appends r's subnets and domains in their API form.
+func appendRoutes(subnets []string, domains []*outpostv1.DomainRoute, r registry.Routes) ([]string, []*outpostv1.DomainRoute) {
+	for _, p := range r.Subnets {
+		subnets = append(subnets, p.String())
+	}
+	for _, d := range r.Domains {
+		domains = append(domains, &outpostv1.DomainRoute{Domain: d.Name, AutoDetected: d.AutoDetected})
+	}
+	return subnets, domains
+}
+
+// routeSet is a stored route set in its API form; empty lists stay
+// non-nil.
+func routeSet(r store.RouteSet) *outpostv1.RouteSet {
+	out := &outpostv1.RouteSet{Subnets: []string{}, Domains: []string{}}
+	out.Subnets = append(out.Subnets, r.Subnets...)
+	out.Domains = append(out.Domains, r.Domains...)
+	return out
 }
 
 func liveStatus(s registry.Status) outpostv1.AgentStatus {

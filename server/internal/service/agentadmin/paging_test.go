@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/store"
 )
@@ -49,6 +50,13 @@ func (l memLive) Get(id string) (registry.Snapshot, bool) {
 }
 func (l memLive) LastSeen(string) (time.Time, bool) { return time.Time{}, false }
 func (l memLive) Forget(string)                     {}
+func (l memLive) Reapprove(string) bool             { return false }
+
+// noApprovals is an Approvals that holds nothing.
+type noApprovals struct{}
+
+func (noApprovals) SetApproved(context.Context, string, approval.Set) error { return store.ErrNotFound }
+func (noApprovals) Forget(string)                                           {}
 
 // Paging returns every matching agent exactly once, in id order, whatever the
 // filter, the page size and where the page ends relative to the store's
@@ -83,7 +91,10 @@ func TestListAgentsPagingMatrix(t *testing.T) {
 			ms.agents = append(ms.agents, store.Agent{ID: id, Name: fmt.Sprintf("a%02d", i)})
 			live.online[id] = online(i)
 		}
-		svc := New(ms, live, func(string, string) bool { return false })
+		svc, err := New(Config{Store: ms, Live: live, Disconnect: func(string, string) bool { return false }, Approvals: noApprovals{}})
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, filter := range filters {
 			var want []string
 			for i, id := range ids {

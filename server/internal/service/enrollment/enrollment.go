@@ -1,5 +1,10 @@
 // Package enrollment implements outpost.v1.EnrollmentService: minting enrollment
-// tokens and enrolling agents from a CSR (DESIGN.md §5).
+// tokens and enrolling agents from a CSR (DESIGN.md §5). Enrollment also sets
+// the agent's approved routes (approval.ForEnrollment): the token's, narrowed
+// by what the agent requests, or what it requests when the token names none.
+// A requested route that is not approved is left out, not refused: the
+// response's approved_routes says what was kept and the gateway logs the
+// rest.
 package enrollment
 
 import (
@@ -22,6 +27,7 @@ import (
 
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/clientip"
 	"github.com/outposthq/outpost/server/internal/pki"
@@ -182,13 +188,14 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 	if !s.limit.AllowAddr(ip, s.cfg.Now()) {
 		return nil, grpcerr.Errorf(grpcerr.ErrRateLimited, "too many enrollment attempts from %s: at most %d per %v", ip, s.cfg.RateBurst, s.cfg.RateWindow)
 	}
-	jti, expires, tokenName, err := s.checkBearer(ctx, req)
+	cred, err := s.checkBearer(ctx)
 	if err != nil {
 		return nil, err
 	}
+	jti, expires := cred.jti, cred.expires
 	name := req.GetAgentName()
 	if name == "" {
-		name = tokenName
+		name = cred.name
 	}
 	if name == "" {
 		return nil, grpcerr.InvalidArgument("agent_name", "is required (the token names no agent)")
@@ -206,6 +213,11 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 	if err != nil {
 		return nil, grpcerr.InvalidArgument("csr_pem", err.Error())
 	}
+	approved, dropped, err := approveRoutes(cred.routes, req.GetRequestedRoutes())
+	if err != nil {
+		return nil, err
+	}
+	approvedSubnets, approvedDomains := approved.Strings()
 	csrSum := sha256.Sum256(csr.Raw)
 	csrHash := hex.EncodeToString(csrSum[:])
 	if jti == "" {
@@ -229,6 +241,7 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 			ID: id.String(), Name: name, Hostname: hostname,
 			SPKISHA256: issued.SPKISHA256, CertSerial: issued.Serial,
 			CertNotAfter: issued.NotAfter, EnrolledAt: s.cfg.Now().UTC(),
+			ApprovedRoutes: store.RouteSet{Subnets: approvedSubnets, Domains: approvedDomains},
 		},
 	})
 	switch {
@@ -239,7 +252,11 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 	case err != nil:
 		return nil, grpcerr.From(fmt.Errorf("store agent: %w", err))
 	}
-	s.log.Info("agent enrolled", "agent_id", res.Agent.ID, "name", res.Agent.Name, "source", ip.String(), "replayed", res.Replayed)
+	s.log.Info("agent enrolled", "agent_id", res.Agent.ID, "name", res.Agent.Name, "source", ip.String(), "replayed", res.Replayed,
+		"approved_subnets", strings.Join(res.Agent.ApprovedRoutes.Subnets, ","), "approved_domains", strings.Join(res.Agent.ApprovedRoutes.Domains, ","))
+	if len(dropped) > 0 && !res.Replayed {
+		s.log.Warn("requested routes not approved at enrollment", "agent_id", res.Agent.ID, "name", res.Agent.Name, "routes", joinDropped(dropped))
+	}
 	return &outpostv1.EnrollResponse{
 		AgentId:          res.Agent.ID,
 		ClientCertPem:    string(res.CertPEM),
@@ -247,27 +264,69 @@ func (s *Service) Enroll(ctx context.Context, req *outpostv1.EnrollRequest) (res
 		QuicEndpoint:     s.cfg.QUICEndpoint,
 		ServerSpkiSha256: s.pki.ServerSPKISHA256(),
 		CertNotAfter:     timestamppb.New(res.Agent.CertNotAfter),
+		ApprovedRoutes: &outpostv1.RouteSet{
+			Subnets: res.Agent.ApprovedRoutes.Subnets,
+			Domains: res.Agent.ApprovedRoutes.Domains,
+		},
 	}, nil
 }
 
-// checkBearer verifies the enrollment credential. It returns the token's jti
-// (empty for the static secret), its expiry and the agent name it carries.
-func (s *Service) checkBearer(ctx context.Context, req *outpostv1.EnrollRequest) (jti string, expires time.Time, name string, err error) {
+// approveRoutes returns the approved set of an enrolling agent from the
+// routes its token names (nil: none) and the routes it requests
+// (approval.ForEnrollment), with the requested routes left out.
+// INVALID_ARGUMENT for a malformed requested route, or a malformed route in
+// the token (one from an external provisioner: the gateway's own tokens
+// carry checked routes).
+func approveRoutes(tokenRoutes *token.Routes, requested *outpostv1.RouteSet) (approval.Set, []approval.Dropped, error) {
+	req, err := approval.Parse(requested.GetSubnets(), requested.GetDomains())
+	var ie *approval.InputError
+	if errors.As(err, &ie) {
+		return approval.Set{}, nil, grpcerr.InvalidArgument("requested_routes."+ie.Field, ie.Reason)
+	}
+	var tok approval.Set
+	if tokenRoutes != nil {
+		tok, err = approval.Parse(tokenRoutes.Subnets, tokenRoutes.Domains)
+		if errors.As(err, &ie) {
+			return approval.Set{}, nil, grpcerr.InvalidArgument("token routes", ie.Error())
+		}
+	}
+	approved, dropped := approval.ForEnrollment(tok, req)
+	return approved, dropped, nil
+}
+
+func joinDropped(ds []approval.Dropped) string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return strings.Join(out, "; ")
+}
+
+// credential is what a verified enrollment bearer carries.
+type credential struct {
+	jti     string        // the token's id; empty for the static secret
+	expires time.Time     // the token's expiry; zero for the static secret
+	name    string        // the agent name the token carries, if any
+	routes  *token.Routes // the routes the token pre-approves, if any
+}
+
+// checkBearer verifies the enrollment credential.
+func (s *Service) checkBearer(ctx context.Context) (credential, error) {
 	bearer := auth.BearerFromContext(ctx)
 	if bearer == "" {
-		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
+		return credential{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "missing enrollment token: send 'authorization: Bearer <token>'")
 	}
 	if secret := s.cfg.EnrollmentSecret; secret != "" && subtle.ConstantTimeCompare([]byte(bearer), []byte(secret)) == 1 {
-		return "", time.Time{}, "", nil
+		return credential{}, nil
 	}
 	c, err := s.tokens.VerifyEnrollment(bearer, s.rules())
 	switch {
 	case errors.Is(err, token.ErrWrongKind):
-		return "", time.Time{}, "", grpcerr.Errorf(err, "not an enrollment token: %v", err)
+		return credential{}, grpcerr.Errorf(err, "not an enrollment token: %v", err)
 	case err != nil:
-		return "", time.Time{}, "", grpcerr.Errorf(grpcerr.ErrUnauthenticated, "enrollment token refused: %v", err)
+		return credential{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "enrollment token refused: %v", err)
 	}
-	return c.ID, c.ExpiresAt.Time, c.AgentName, nil
+	return credential{jti: c.ID, expires: c.ExpiresAt.Time, name: c.AgentName, routes: c.Routes}, nil
 }
 
 // rules are what enrollment tokens are held to: the gateway's own tokens
