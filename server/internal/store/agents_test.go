@@ -267,16 +267,7 @@ func testEnrollAcrossProcesses(t *testing.T, f *fixture) {
 	const n = 10
 	race := func(req func(i int) EnrollRequest) []error {
 		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			s := s1
-			if i%2 == 1 {
-				s = s2
-			}
-			r := req(i)
-			wg.Go(func() { _, errs[i] = s.EnrollAgent(t.Context(), r) })
-		}
-		wg.Wait()
+		concurrently(n, []*sqlStore{s1, s2}, func(i int, s *sqlStore) { _, errs[i] = s.EnrollAgent(t.Context(), req(i)) })
 		return errs
 	}
 	exactlyOne(t, "enrollments with one token across two stores", race(func(i int) EnrollRequest {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,11 +37,7 @@ var (
 		name:  "sqlite",
 		newDB: func(t *testing.T) string { return filepath.Join(t.TempDir(), "outpost.db") },
 		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
-			s, err := OpenSQLite(ctx, where, cfg)
-			if err != nil {
-				return nil, err
-			}
-			return &s.sqlStore, nil
+			return shared(OpenSQLite(ctx, where, cfg))
 		},
 		driver: "sqlite",
 	}
@@ -48,15 +45,32 @@ var (
 		name:  "postgres",
 		newDB: func(t *testing.T) string { return testpg.DSN(t) },
 		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
-			s, err := OpenPostgres(ctx, where, cfg)
-			if err != nil {
-				return nil, err
-			}
-			return &s.sqlStore, nil
+			return shared(OpenPostgres(ctx, where, cfg))
 		},
 		driver: "pgx",
 	}
 )
+
+// shared returns the sqlStore inside a store an Open function returned.
+func shared[S interface{ inner() *sqlStore }](s S, err error) (*sqlStore, error) {
+	if err != nil {
+		return nil, err
+	}
+	return s.inner(), nil
+}
+
+func (s *sqlStore) inner() *sqlStore { return s }
+
+// concurrently runs fn(i, s) for i in [0, n) at once, s taking each of
+// stores in turn (as separate gateway processes would), and waits for all.
+func concurrently(n int, stores []*sqlStore, fn func(i int, s *sqlStore)) {
+	var wg sync.WaitGroup
+	for i := range n {
+		s := stores[i%len(stores)]
+		wg.Go(func() { fn(i, s) })
+	}
+	wg.Wait()
+}
 
 // fixture is one fresh database of a backend and a fake clock.
 type fixture struct {

@@ -149,15 +149,9 @@ func testUseSessionTokenLimitAcrossHandles(t *testing.T, f *fixture) {
 	exp := f.clk.Now().Add(time.Minute)
 	counts := make([]int64, n)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		s := a
-		if i%2 == 1 {
-			s = b
-		}
-		wg.Go(func() { counts[i], errs[i] = s.UseSessionToken(t.Context(), "shared", exp, max) })
-	}
-	wg.Wait()
+	concurrently(n, []*sqlStore{a, b}, func(i int, s *sqlStore) {
+		counts[i], errs[i] = s.UseSessionToken(t.Context(), "shared", exp, max)
+	})
 	seen := map[int64]bool{}
 	for i, err := range errs {
 		switch {
