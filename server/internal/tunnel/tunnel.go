@@ -108,9 +108,16 @@ type Config struct {
 	// first); more are ignored until the minute has passed. If zero, 30.
 	MaxRouteChangesPerMinute int
 	// Now is the clock of the route change limit. If nil, time.Now.
-	Now     func() time.Time
-	Metrics *metrics.Metrics
-	Logger  hclog.Logger
+	Now func() time.Time
+	// StatelessResetKey derives the stateless reset tokens of the QUIC
+	// transport (transport.StatelessResetKey). Give the same key after a
+	// restart, and to every replica, so that a gateway that lost its
+	// connections (a crash) resets them when their agents next send, and
+	// the agents reconnect at once instead of after the idle timeout. If
+	// nil, the gateway sends no stateless resets.
+	StatelessResetKey *quic.StatelessResetKey
+	Metrics           *metrics.Metrics
+	Logger            hclog.Logger
 }
 
 // Server accepts agent connections. Create it with New, run it with Serve.
@@ -186,7 +193,7 @@ func New(cfg Config) (*Server, error) {
 // It takes ownership of pc only for the QUIC transport's lifetime; the caller
 // closes pc after Serve returns.
 func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey}
 	ln, err := tr.Listen(s.tls, s.quic)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
