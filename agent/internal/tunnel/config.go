@@ -31,8 +31,9 @@ const (
 // Config configures an Agent. The zero value of every field but ConfigDir
 // means the default given in its comment.
 type Config struct {
-	// ConfigDir holds agent.json and the certificates. Run returns
-	// ErrNotEnrolled if it holds no identity.
+	// ConfigDir holds agent.json and the certificates. Run returns a
+	// *PermanentError at once if they cannot be used (wrapping
+	// ErrNotEnrolled if it holds no identity).
 	ConfigDir string
 	// Logger receives the agent's logs. If nil, nothing is logged.
 	Logger hclog.Logger
