@@ -83,11 +83,24 @@ type RunnerConfig = tunnel.Config
 // Runner keeps the tunnel up: Run until its context ends (then it drains),
 // Reload to re-read the config (SIGHUP; Run also notices a change of
 // agent.json on disk by itself). It renews the agent certificate before it
-// expires; RenewalFailures counts the failed attempts.
+// expires; RenewalFailures counts the failed attempts. Run returns before
+// its context ends only with a PermanentError (ErrPermanent): what retrying
+// cannot fix.
 type Runner = tunnel.Agent
 
-// ErrNotEnrolled is returned by Run when the config directory holds no identity.
+// ErrNotEnrolled is wrapped by the error Run returns when the config
+// directory holds no identity.
 var ErrNotEnrolled = tunnel.ErrNotEnrolled
+
+// ErrPermanent is matched (errors.Is) by every error Run returns: a failure
+// that retrying cannot fix until someone acts — an unusable config
+// directory at start, or the gateway refusing the agent's identity (it was
+// deleted) on two attempts in a row. The error's text says what to do.
+var ErrPermanent = tunnel.ErrPermanent
+
+// PermanentError is the type of the errors Run returns: Err is what failed,
+// Action what to do about it.
+type PermanentError = tunnel.PermanentError
 
 // NewRunner returns the tunnel runner for cfg.ConfigDir.
 func NewRunner(cfg RunnerConfig, logger hclog.Logger) (*Runner, error) {

@@ -17,6 +17,9 @@ const (
 	CloseAgentDeleted CloseReason = "agent-deleted"
 	// CloseAgentNotAccepted: the gateway refused the agent's identity at
 	// admission (chain, URI SAN, unknown or deleted agent, key mismatch).
+	// Agents treat it, like CloseAgentDeleted, as final once a second
+	// attempt confirms it: the gateway must send it only when a retry
+	// cannot succeed (CloseGatewayUnavailable otherwise).
 	CloseAgentNotAccepted CloseReason = "agent-not-accepted"
 	// CloseConnectionSuperseded: the gateway closes an agent's older
 	// connection when the same agent connects again.
@@ -33,4 +36,8 @@ const (
 	// connections (max_agents) and refuses a new agent for now; the agent
 	// retries with backoff. Not in DESIGN.md §3's list either.
 	CloseGatewayFull CloseReason = "gateway-full"
+	// CloseGatewayUnavailable: the gateway could not decide on the agent's
+	// admission for now (its store did not answer); the agent retries with
+	// backoff. Not in DESIGN.md §3's list either.
+	CloseGatewayUnavailable CloseReason = "gateway-unavailable"
 )

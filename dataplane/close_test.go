@@ -15,6 +15,8 @@ func TestCloseReasons(t *testing.T) {
 		{CloseConnectionSuperseded, "connection-superseded"},
 		{CloseCertRenewed, "cert-renewed"},
 		{CloseProtocolError, "protocol-error"},
+		{CloseGatewayFull, "gateway-full"},
+		{CloseGatewayUnavailable, "gateway-unavailable"},
 	} {
 		if string(tc.reason) != tc.wire {
 			t.Errorf("close reason %q, want %q on the wire", tc.reason, tc.wire)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,8 +50,15 @@ func enrollAgent(t *testing.T, gw *gateway, name string, subnets, domains []stri
 type runningAgent struct {
 	r    *agent.Runner
 	stop func()
+	// finished is closed when Run has returned err; exited marks err as
+	// checked by the test (stop then does not report it).
+	finished chan struct{}
+	err      error
+	exited   atomic.Bool
 }
 
+// startAgent runs an agent until the test ends (or stop); Run returning an
+// error fails the test unless the test waited for it with exit.
 func startAgent(t *testing.T, opts agent.RunnerConfig) *runningAgent {
 	t.Helper()
 	r, err := agent.NewRunner(opts, testLogger(t, "agent"))
@@ -58,17 +66,19 @@ func startAgent(t *testing.T, opts agent.RunnerConfig) *runningAgent {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	ra := &runningAgent{r: r, finished: make(chan struct{})}
+	go func() {
+		ra.err = r.Run(ctx)
+		close(ra.finished)
+	}()
 	var once sync.Once
-	ra := &runningAgent{r: r}
 	ra.stop = func() {
 		once.Do(func() {
 			cancel()
 			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("agent Run: %v", err)
+			case <-ra.finished:
+				if ra.err != nil && !ra.exited.Load() {
+					t.Errorf("agent Run: %v", ra.err)
 				}
 			case <-time.After(20 * time.Second):
 				t.Error("agent did not stop within 20 s")
@@ -77,6 +87,20 @@ func startAgent(t *testing.T, opts agent.RunnerConfig) *runningAgent {
 	}
 	t.Cleanup(ra.stop)
 	return ra
+}
+
+// exit waits up to within for Run to return by itself, and returns its
+// error.
+func (ra *runningAgent) exit(t *testing.T, within time.Duration) error {
+	t.Helper()
+	select {
+	case <-ra.finished:
+		ra.exited.Store(true)
+		return ra.err
+	case <-time.After(within):
+		t.Fatalf("agent Run still running after %v", within)
+		return nil
+	}
 }
 
 // agentView reads an agent through the API.

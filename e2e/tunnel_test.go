@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/outposthq/outpost/agent"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/servertest"
@@ -292,7 +297,7 @@ func TestTunnelSupersede(t *testing.T) {
 func TestTunnelDeleteAgent(t *testing.T) {
 	gw := startGateway(t, t.TempDir(), nil)
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
-	startAgent(t, fastAgent(dir))
+	deleted := startAgent(t, fastAgent(dir))
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	otherDir, otherID := enrollAgent(t, gw, "other", loopback, nil)
 	startAgent(t, fastAgent(otherDir))
@@ -315,13 +320,24 @@ func TestTunnelDeleteAgent(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// It keeps retrying with backoff and is refused every time.
-	time.Sleep(time.Second)
+	// Refused again at its reconnect, the agent stops for good, saying to
+	// enroll it again.
+	err := deleted.exit(t, 10*time.Second)
+	if !errors.Is(err, agent.ErrPermanent) || !strings.Contains(err.Error(), "deleted") ||
+		!strings.Contains(err.Error(), "outpost agent enroll") {
+		t.Fatalf("deleted agent's Run: %v, want a permanent error saying it was deleted and how to enroll", err)
+	}
+	t.Logf("the deleted agent stopped %v after the delete: %v", time.Since(start).Round(time.Millisecond), err)
 	if _, err := gw.dial(id, "127.0.0.1:1"); !isAgentError(err, servertest.ErrAgentNotConnected, "") {
 		t.Fatalf("deleted agent reconnected: %v", err)
 	}
 	if _, err := admin.GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: id}); err == nil {
 		t.Fatal("deleted agent still listed")
+	}
+	// Deleting it again is NotFound, in the API's words.
+	_, err = admin.DeleteAgent(ctx, &outpostv1.DeleteAgentRequest{AgentId: id})
+	if st, _ := status.FromError(err); st.Code() != codes.NotFound || st.Message() != "no agent with id "+id {
+		t.Fatalf("second DeleteAgent: %v, want NotFound %q", err, "no agent with id "+id)
 	}
 	if gw.agentView(otherID).GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
 		t.Fatal("the other agent was disturbed")

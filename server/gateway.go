@@ -144,6 +144,13 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	// Derived from the token key, which survives restarts and is shared by
+	// every replica: a restarted gateway resets its predecessor's stale
+	// agent connections, so the agents reconnect within seconds.
+	resetKey, err := transport.StatelessResetKey(g.pki.TokenKey(), transport.GatewayResetLabel)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -153,6 +160,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		QUIC:                cfg.quicConfig(),
 		ConnectTimeout:      time.Duration(cfg.AgentAnswerTimeout),
 		Renew:               renewer.Renew,
+		StatelessResetKey:   resetKey,
 		Metrics:             g.metrics,
 		Logger:              logger.Named("tunnel"),
 

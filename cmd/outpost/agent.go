@@ -279,7 +279,10 @@ func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) e
 		}
 	})
 	if err := r.Run(ctx); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		// Run gives up only on what retrying cannot fix; the error says
+		// what to do.
+		log.Error("the agent stopped", "error", err)
+		return errReported
 	}
 	return nil
 }

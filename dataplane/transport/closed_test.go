@@ -21,6 +21,8 @@ var allReasons = []dataplane.CloseReason{
 	dataplane.CloseConnectionSuperseded,
 	dataplane.CloseCertRenewed,
 	dataplane.CloseProtocolError,
+	dataplane.CloseGatewayFull,
+	dataplane.CloseGatewayUnavailable,
 }
 
 func TestConnectionClosed(t *testing.T) {

@@ -31,15 +31,19 @@ const (
 // Config configures an Agent. The zero value of every field but ConfigDir
 // means the default given in its comment.
 type Config struct {
-	// ConfigDir holds agent.json and the certificates. Run returns
-	// ErrNotEnrolled if it holds no identity.
+	// ConfigDir holds agent.json and the certificates. Run returns a
+	// *PermanentError at once if they cannot be used (wrapping
+	// ErrNotEnrolled if it holds no identity).
 	ConfigDir string
 	// Logger receives the agent's logs. If nil, nothing is logged.
 	Logger hclog.Logger
 	// QUIC is the transport configuration.
 	QUIC transport.Config
 	// AdvertiseInterval and HeartbeatInterval pace the control stream. If
-	// zero, 30 s and 60 s.
+	// zero, 30 s and 60 s. A control stream that sent nothing for
+	// QUIC.KeepAlivePeriod (15 s) also gets a Heartbeat: a bare keep-alive
+	// PING is too short to draw the stateless reset of a gateway that
+	// restarted.
 	AdvertiseInterval, HeartbeatInterval time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay (full jitter);
 	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -21,7 +22,7 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	ctrl, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		transport.Close(conn, dataplane.CloseShutdown)
-		return fmt.Errorf("open control stream: %w", err)
+		return a.ended(fmt.Errorf("open control stream: %w", err), log)
 	}
 	w := dataplane.NewControlWriter(ctrl)
 	a.mu.Lock()
@@ -38,7 +39,7 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	}()
 	if err := w.Send(advertise(set, epoch)); err != nil {
 		transport.Close(conn, dataplane.CloseShutdown)
-		return fmt.Errorf("route advertisement: %w", err)
+		return a.ended(fmt.Errorf("route advertisement: %w", err), log)
 	}
 	log.Info("tunnel up", "agent_id", set.agentID, "epoch", epoch,
 		"subnets", len(set.routes.Subnets), "domains", len(set.domains),
@@ -68,21 +69,29 @@ func (a *Agent) serve(ctx context.Context, conn *quic.Conn, set *settings, log h
 	}
 	cancel()
 	wg.Wait()
-	err = context.Cause(conn.Context())
+	return a.ended(context.Cause(conn.Context()), log)
+}
+
+// ended turns the error that ended a connection (its close cause, or the
+// error of a stream the close failed) into what serve returns:
+// errCertRenewed after the agent's own renewal close, a *PermanentError
+// when the gateway refused the agent's identity, an error wrapping
+// errGatewayRestarted after a stateless reset, else a retryable error.
+func (a *Agent) ended(err error, log hclog.Logger) error {
 	reason, remote, closed := transport.CloseReasonOf(err)
 	switch {
 	case closed && !remote && reason == dataplane.CloseCertRenewed:
 		return errCertRenewed
 	case closed && remote:
-		switch reason {
-		case dataplane.CloseAgentDeleted:
-			log.Error("the gateway deleted this agent; enroll it again to reconnect")
-		case dataplane.CloseAgentNotAccepted:
-			log.Error("the gateway refused this agent's identity (deleted, re-enrolled elsewhere, or another CA)")
-		case dataplane.CloseConnectionSuperseded:
+		if err := refused(reason, a.cfg.ConfigDir); err != nil {
+			return err
+		}
+		if reason == dataplane.CloseConnectionSuperseded {
 			log.Warn("another connection with this agent's identity replaced this one; if this repeats, a copy of this config directory runs elsewhere (enroll each agent separately)")
 		}
 		return fmt.Errorf("gateway closed the tunnel: %s", reason)
+	case errors.Is(err, &quic.StatelessResetError{}):
+		return fmt.Errorf("%w: %w", errGatewayRestarted, err)
 	}
 	return err
 }

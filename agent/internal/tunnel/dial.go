@@ -41,7 +41,7 @@ func (a *Agent) dial(ctx context.Context, set *settings) (*quic.Conn, *quic.Tran
 				a.log.Warn(w)
 			}
 		})
-		tr := &quic.Transport{Conn: udp}
+		tr := &quic.Transport{Conn: udp, StatelessResetKey: set.resetKey}
 		raddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(p)))
 		conn, err := tr.Dial(ctx, raddr, transport.ClientTLS(set.tls), a.quic)
 		if err == nil {

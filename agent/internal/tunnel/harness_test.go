@@ -428,6 +428,31 @@ func (ra *runningAgent) wait(t *testing.T) {
 	}
 }
 
+// exit waits for Run to return by itself and returns its error; the
+// cleanup's stop then finds it done.
+func (ra *runningAgent) exit(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-ra.done:
+		close(ra.done)
+		return err
+	case <-time.After(testTimeout):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+// running checks that Run has not returned.
+func (ra *runningAgent) running(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-ra.done:
+		close(ra.done)
+		t.Fatalf("Run returned: %v", err)
+	default:
+	}
+}
+
 // waitFor polls cond until it holds or the test timeout passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/agent/internal/config"
 	"github.com/outposthq/outpost/agent/internal/detect"
@@ -17,8 +20,8 @@ import (
 	"github.com/outposthq/outpost/reach"
 )
 
-// ErrNotEnrolled is returned by Run when the config directory holds no
-// enrolled identity.
+// ErrNotEnrolled is returned by Run (wrapped in a *PermanentError) when the
+// config directory holds no enrolled identity.
 var ErrNotEnrolled = errors.New("agent is not enrolled")
 
 // settings is what one connection attempt reads from the config directory.
@@ -31,8 +34,12 @@ type settings struct {
 	// certPath, keyPath and caPath are the resolved paths of the agent
 	// certificate, its key and the gateway CA.
 	certPath, keyPath, caPath string
-	routes                    reach.Routes
-	domains                   []dataplane.DomainRoute
+	// resetKey, derived from the agent's key, makes the agent's stateless
+	// reset tokens: a restarted agent can reset the gateway's stale
+	// connection.
+	resetKey *quic.StatelessResetKey
+	routes   reach.Routes
+	domains  []dataplane.DomainRoute
 	// detected is the auto-detected domain ("" if none); detectNote says why
 	// detection was off or found nothing.
 	detected, detectNote string
@@ -40,41 +47,54 @@ type settings struct {
 
 // loadSettings reads agent.json and the files it names, and detects the
 // host's domain with det when no route (subnet or domain) is configured and
-// detection is on.
+// detection is on. Every error is a *PermanentError saying what to fix: the
+// files do not change by themselves (Run retries while running, in case
+// they are being edited).
 func loadSettings(dir string, det detect.Options) (*settings, error) {
+	path := filepath.Join(dir, config.FileName)
+	badConfig := func(err error) error { return permanent(err, "fix "+path) }
 	f, ok, err := config.Load(dir)
 	if err != nil {
-		return nil, err
+		return nil, permanent(err, "fix "+path+", or "+enrollAction(dir))
 	}
 	t := f.Tunnel
 	if !ok || t.AgentId == "" || t.ClientCertPath == "" {
-		return nil, fmt.Errorf("%w: no identity in %s (run outpost agent enroll first)", ErrNotEnrolled, dir)
+		return nil, permanent(fmt.Errorf("%w: no identity in %s", ErrNotEnrolled, dir),
+			"enroll it first: outpost agent enroll --config-dir "+dir+" --token <jwt|->")
 	}
 	if !t.Enabled {
-		return nil, fmt.Errorf("the tunnel is disabled in %s (Tunnel.Enabled is false)", dir)
+		return nil, permanent(fmt.Errorf("the tunnel is disabled in %s (Tunnel.Enabled is false)", path),
+			"set Tunnel.Enabled to true to run the agent")
 	}
 	host, _, err := net.SplitHostPort(t.GatewayEndpoint)
 	if err != nil {
-		return nil, fmt.Errorf("GatewayEndpoint %q: want host:port: %v", t.GatewayEndpoint, err)
+		return nil, badConfig(fmt.Errorf("GatewayEndpoint %q: want host:port: %v", t.GatewayEndpoint, err))
+	}
+	badIdentity := func(err error) error {
+		return permanent(err, "restore the file from a backup, or "+enrollAction(dir))
 	}
 	certPath, keyPath, caPath := config.Resolve(dir, t.ClientCertPath), config.Resolve(dir, t.ClientKeyPath), config.Resolve(dir, t.GatewayCaCertPath)
 	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
 	if err != nil {
-		return nil, fmt.Errorf("agent certificate: %w", err)
+		return nil, badIdentity(fmt.Errorf("agent certificate and key: %w", err))
 	}
 	leaf := pair.Leaf
 	if leaf == nil {
 		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("agent certificate: %w", err)
+			return nil, badIdentity(fmt.Errorf("agent certificate %s: %w", certPath, err))
 		}
+	}
+	resetKey, err := transport.StatelessResetKey(pair.PrivateKey, transport.AgentResetLabel)
+	if err != nil {
+		return nil, badIdentity(fmt.Errorf("agent key %s: %w", keyPath, err))
 	}
 	caPEM, err := os.ReadFile(caPath)
 	if err != nil {
-		return nil, fmt.Errorf("gateway CA: %w", err)
+		return nil, badIdentity(fmt.Errorf("gateway CA: %w", err))
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("gateway CA %s: no PEM certificate", t.GatewayCaCertPath)
+		return nil, badIdentity(fmt.Errorf("gateway CA %s: no PEM certificate", caPath))
 	}
 	s := &settings{
 		endpoint: t.GatewayEndpoint,
@@ -84,6 +104,7 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 		certPath: certPath,
 		keyPath:  keyPath,
 		caPath:   caPath,
+		resetKey: resetKey,
 		tls: &tls.Config{
 			Certificates: []tls.Certificate{pair},
 			RootCAs:      pool,
@@ -93,7 +114,7 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 	if t.ServerSpkiSha256 != "" {
 		pin, err := transport.ParsePin(t.ServerSpkiSha256)
 		if err != nil {
-			return nil, fmt.Errorf("ServerSpkiSha256: %w", err)
+			return nil, badConfig(fmt.Errorf("ServerSpkiSha256: %w", err))
 		}
 		// On top of the chain and name checks against the gateway CA.
 		s.tls.VerifyConnection = transport.VerifyLeafPin(pin)
@@ -101,14 +122,14 @@ func loadSettings(dir string, det detect.Options) (*settings, error) {
 	for _, c := range t.AdvertiseSubnets {
 		p, err := reach.ParseSubnet(strings.TrimSpace(c))
 		if err != nil {
-			return nil, fmt.Errorf("AdvertiseSubnets: %q is not an IPv4 CIDR", c)
+			return nil, badConfig(fmt.Errorf("AdvertiseSubnets: %q is not an IPv4 CIDR", c))
 		}
 		s.routes.Subnets = append(s.routes.Subnets, p)
 	}
 	for _, d := range t.AdvertiseDomains {
 		route, err := reach.ParseDomain(strings.TrimSpace(d))
 		if err != nil {
-			return nil, fmt.Errorf("AdvertiseDomains: %q: %v", d, err)
+			return nil, badConfig(fmt.Errorf("AdvertiseDomains: %q: %v", d, err))
 		}
 		name := route.String()
 		s.routes.Domains = append(s.routes.Domains, name)

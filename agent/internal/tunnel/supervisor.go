@@ -3,7 +3,6 @@ package tunnel
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -12,15 +11,29 @@ import (
 )
 
 // The reconnect supervisor: Run keeps one connection at a time up, with
-// backoff between attempts, reading the config before each.
+// backoff between attempts, reading the config before each, and gives up on
+// failures that retrying cannot fix (errors.go).
 
 // Run connects and reconnects until ctx ends, then drains (see
-// DrainTimeout), closes the tunnel with "shutdown" and returns nil. It
-// returns an error at once only when the config directory holds no enrolled
-// identity; every later failure is logged and retried with backoff. Run
-// returns only after every goroutine it started has exited.
+// DrainTimeout), closes the tunnel with "shutdown" and returns nil.
+//
+// It gives up and returns a *PermanentError (errors.Is(err, ErrPermanent))
+// saying what to do:
+//   - at once, before any dial, when the config directory cannot be used:
+//     no enrolled identity (the error also wraps ErrNotEnrolled), agent.json
+//     unreadable or invalid, the tunnel disabled, the certificate, key or
+//     gateway CA missing or unreadable;
+//   - while running, when two attempts in a row fail permanently: the
+//     gateway refused the agent's identity (agent-deleted,
+//     agent-not-accepted), or the files above became unusable. The second
+//     attempt confirms the first, so that one bad moment (a file being
+//     rewritten) does not stop the agent.
+//
+// Every other failure is logged and retried with backoff; a stateless reset
+// (the gateway restarted) is retried within BackoffMin. Run returns only
+// after every goroutine it started has exited.
 func (a *Agent) Run(ctx context.Context) error {
-	if _, err := a.loadSettings(); errors.Is(err, ErrNotEnrolled) {
+	if _, err := a.loadSettings(); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -39,6 +52,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	attempt := 0
+	var lastPermanent error // the previous attempt's permanent failure, if it had one
 	for {
 		started := time.Now()
 		err := a.connectOnce(ctx)
@@ -47,15 +61,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, errCertRenewed) {
 			a.log.Info("reconnecting with the renewed certificate")
-			attempt = 0
+			attempt, lastPermanent = 0, nil
 			continue
 		}
-		if time.Since(started) >= a.cfg.HealthyAfter {
+		msg := "tunnel down; reconnecting"
+		switch {
+		case errors.Is(err, ErrPermanent) && lastPermanent != nil:
+			return confirmed(lastPermanent, err)
+		case errors.Is(err, ErrPermanent):
+			lastPermanent = err
+			msg = "tunnel down; retrying once: if the next attempt fails permanently too, the agent stops"
+		default:
+			lastPermanent = nil
+		}
+		if errors.Is(err, errGatewayRestarted) || time.Since(started) >= a.cfg.HealthyAfter {
 			attempt = 0
 		}
 		delay := a.backoff(attempt)
 		attempt++
-		a.log.Warn("tunnel down; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		a.log.Warn(msg, "error", err, "retry_in", delay.Round(time.Millisecond))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -87,7 +111,7 @@ func (a *Agent) backoff(attempt int) time.Duration {
 func (a *Agent) connectOnce(ctx context.Context) error {
 	set, err := a.loadSettings()
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return err
 	}
 	if now := a.cfg.Now(); now.After(set.cert.NotAfter) {
 		a.log.Error("the agent certificate has expired; the gateway will refuse it: enroll the agent again",

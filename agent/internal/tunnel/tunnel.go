@@ -13,12 +13,16 @@
 //   - advertises the host's DNS domain, auto-detected (package detect), when
 //     no route (subnet or domain) is configured and AutoDetectDomain is not
 //     false; the gateway counts it only if it is approved;
+//   - stops (Run returns a *PermanentError) when it cannot work until
+//     someone acts: an unusable config directory at start, or the gateway
+//     refusing the agent's identity (deleted) on two attempts in a row;
 //   - drains when Run's context ends: routes withdrawn with epoch + 1, new
 //     sessions refused with "agent draining", live ones given DrainTimeout,
 //     then the connection is closed with "shutdown".
 //
 // Files: config.go (Config, defaults, validation), supervisor.go (Run: the
-// reconnect loop and its backoff), dial.go, conn.go (one connection's life),
+// reconnect loop and its backoff), errors.go (which failures are permanent:
+// PermanentError), dial.go, conn.go (one connection's life),
 // control.go (the control loop), drain.go, renew.go, watch.go, identity.go
 // (agent.json and the certificates).
 package tunnel

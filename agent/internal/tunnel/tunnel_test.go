@@ -243,3 +243,25 @@ func TestDetectedDomainLive(t *testing.T) {
 		t.Fatalf("after the change: %+v", adv)
 	}
 }
+
+// A control stream idle for the keep-alive period gets a Heartbeat, a
+// packet long enough to draw a stateless reset from a restarted gateway
+// (a bare keep-alive PING is not).
+func TestHeartbeatWhenIdle(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config() // HeartbeatInterval and AdvertiseInterval 1 h
+	cfg.QUIC.KeepAlivePeriod = 50 * time.Millisecond
+	start(t, cfg)
+	c := e.gw.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, c)
+	for range 3 {
+		select {
+		case m := <-c.msgs:
+			if _, ok := m.(*dataplane.Heartbeat); !ok {
+				t.Fatalf("got %T, want a Heartbeat", m)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("no Heartbeat on an idle control stream")
+		}
+	}
+}

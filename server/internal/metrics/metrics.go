@@ -24,7 +24,8 @@ type Metrics struct {
 	// AgentsConnected is the number of agents with a live tunnel.
 	AgentsConnected prometheus.Gauge
 	// AgentConnections counts tunnel connection attempts by outcome
-	// ("accepted", "not_accepted", "superseded", "gateway_full").
+	// ("accepted", "not_accepted", "unavailable", "superseded",
+	// "gateway_full").
 	AgentConnections *prometheus.CounterVec
 	// ControlMessages counts control messages received by type.
 	ControlMessages *prometheus.CounterVec

@@ -108,9 +108,16 @@ type Config struct {
 	// first); more are ignored until the minute has passed. If zero, 30.
 	MaxRouteChangesPerMinute int
 	// Now is the clock of the route change limit. If nil, time.Now.
-	Now     func() time.Time
-	Metrics *metrics.Metrics
-	Logger  hclog.Logger
+	Now func() time.Time
+	// StatelessResetKey derives the stateless reset tokens of the QUIC
+	// transport (transport.StatelessResetKey). Give the same key after a
+	// restart, and to every replica, so that a gateway that lost its
+	// connections (a crash) resets them when their agents next send, and
+	// the agents reconnect at once instead of after the idle timeout. If
+	// nil, the gateway sends no stateless resets.
+	StatelessResetKey *quic.StatelessResetKey
+	Metrics           *metrics.Metrics
+	Logger            hclog.Logger
 }
 
 // Server accepts agent connections. Create it with New, run it with Serve.
@@ -186,7 +193,7 @@ func New(cfg Config) (*Server, error) {
 // It takes ownership of pc only for the QUIC transport's lifetime; the caller
 // closes pc after Serve returns.
 func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
-	tr := &quic.Transport{Conn: pc}
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey}
 	ln, err := tr.Listen(s.tls, s.quic)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
@@ -292,8 +299,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	log := s.log.With("remote", remote)
 	cert, agent, err := s.admit(ctx, conn)
 	if err != nil {
-		s.refused(log, "not_accepted", err)
-		ac.close(dataplane.CloseAgentNotAccepted)
+		s.refuse(log, ac, err)
 		return
 	}
 	log = log.With("agent_id", agent.ID, "agent", agent.Name)
@@ -330,12 +336,37 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	// nothing to disconnect: look again now that the entry is visible.
 	if err := s.checkLive(ctx, agent.ID); err != nil {
 		log.Warn("agent connection refused", "reason", err)
-		ac.close(dataplane.CloseAgentNotAccepted)
+		ac.close(refusalReason(err))
 		return
 	}
 	log.Info("agent connected", "generation", e.Generation())
 	err = s.controlLoop(ctx, conn, e, cert, log)
 	log.Info("agent disconnected", "reason", describeClose(err), "generation", e.Generation())
+}
+
+// errUndecided marks an admission that failed because the store did not
+// answer: the agent is told to retry (CloseGatewayUnavailable), not that its
+// identity is refused, which it would take as final.
+var errUndecided = errors.New("admission undecided: the store did not answer")
+
+// refusalReason is the close reason for an admission error: only a refusal
+// that a retry cannot change is CloseAgentNotAccepted.
+func refusalReason(err error) dataplane.CloseReason {
+	if errors.Is(err, errUndecided) {
+		return dataplane.CloseGatewayUnavailable
+	}
+	return dataplane.CloseAgentNotAccepted
+}
+
+// refuse counts, logs and closes a connection that admission refused.
+func (s *Server) refuse(log hclog.Logger, ac *agentConn, err error) {
+	reason := refusalReason(err)
+	outcome := "not_accepted"
+	if reason == dataplane.CloseGatewayUnavailable {
+		outcome = "unavailable"
+	}
+	s.refused(log, outcome, err)
+	ac.close(reason)
 }
 
 // refused counts a refused agent connection under outcome and logs why, at
@@ -371,12 +402,9 @@ func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate,
 	}
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	agent, err := s.cfg.Store.GetAgent(lctx, id.String())
+	agent, err := s.lookup(lctx, id.String())
 	if err != nil {
-		return nil, store.Agent{}, fmt.Errorf("agent %s: %w", id, err)
-	}
-	if agent.DeletedAt != nil {
-		return nil, store.Agent{}, fmt.Errorf("agent %s was deleted", id)
+		return nil, store.Agent{}, err
 	}
 	if pin, err := transport.ParsePin(agent.SPKISHA256); err != nil || !pin.Matches(cert) {
 		return nil, store.Agent{}, fmt.Errorf("agent %s presented key %s, enrolled with %s", id, transport.SPKISHA256(cert), agent.SPKISHA256)
@@ -387,14 +415,23 @@ func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate,
 func (s *Server) checkLive(ctx context.Context, id string) error {
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	agent, err := s.cfg.Store.GetAgent(lctx, id)
-	if err != nil {
-		return fmt.Errorf("agent %s: %w", id, err)
+	_, err := s.lookup(lctx, id)
+	return err
+}
+
+// lookup returns the stored agent id if it exists and is not deleted. A
+// store failure other than "not found" wraps errUndecided.
+func (s *Server) lookup(ctx context.Context, id string) (store.Agent, error) {
+	agent, err := s.cfg.Store.GetAgent(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return store.Agent{}, fmt.Errorf("agent %s: %w", id, err)
+	case err != nil:
+		return store.Agent{}, fmt.Errorf("%w: agent %s: %w", errUndecided, id, err)
+	case agent.DeletedAt != nil:
+		return store.Agent{}, fmt.Errorf("agent %s was deleted", id)
 	}
-	if agent.DeletedAt != nil {
-		return fmt.Errorf("agent %s was deleted", id)
-	}
-	return nil
+	return agent, nil
 }
 
 // describeClose turns the error that ended a connection into a log value.
