@@ -179,6 +179,42 @@ func TestHedgeSilentAgent(t *testing.T) {
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 15*time.Second)
 }
 
+// The first success wins, whichever candidate it comes from: an agent that
+// comes back after the hedge started the next one serves the session, and
+// the next one, still dialing, is cancelled without leaving a session open.
+func TestHedgeFirstSuccessWins(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	target := tcpServer(t, echo)
+	slowDir, slowID := enrollAgent(t, gw, "slow", loopback, nil)
+	freezableAgent(t, gw, slowDir, answerAfter(5*time.Second))
+	gw.waitStatus(slowID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
+	dir, id := enrollAgent(t, gw, "sleeper", loopback, nil) // connected last: tried first
+	sleeper := freezableAgent(t, gw, dir, answerAfter(0))
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
+
+	sleeper.frozen.Store(true)
+	wake := time.AfterFunc(server.DefaultHedgeDelay*3/2, func() { sleeper.frozen.Store(false) })
+	defer wake.Stop()
+	start := time.Now()
+	echoSession(t, gw, target)
+	if d := time.Since(start); d < server.DefaultHedgeDelay*3/2 || d > 5*time.Second {
+		t.Fatalf("served after %v: want after the sleeper woke, before the slow agent answered", d)
+	}
+	if n := gw.agentView(id).GetActiveSessions(); n != 1 {
+		t.Errorf("the sleeper carries %d sessions, want 1", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for gw.agentView(slowID).GetActiveSessions() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the cancelled candidate still holds a session")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := gw.metric(`outpost_session_failovers_total{reason="no_sign_of_life"}`); m != 1 {
+		t.Errorf("no_sign_of_life failovers: %v", m)
+	}
+}
+
 // An agent that is alive but slow to dial its target is waited for, not
 // abandoned: no other candidate is asked. A refusal moves to the next
 // candidate at once.
