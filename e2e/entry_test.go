@@ -174,9 +174,7 @@ func grepLines(s, substr string) string {
 
 func TestEntryFailover(t *testing.T) {
 	gw := startGateway(t, t.TempDir(), nil)
-	goodDir, goodID := enrollAgent(t, gw, "good", loopback, nil)
-	startAgent(t, fastAgent(goodDir))
-	gw.waitStatus(goodID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	gw.onlineAgent("good")
 	target := tcpServer(t, echo)
 
 	t.Run("first agent refuses", func(t *testing.T) {
@@ -197,16 +195,24 @@ func TestEntryFailover(t *testing.T) {
 // echoOnce opens a session to an echo target and checks a round trip.
 func echoOnce(t *testing.T, gw *gateway, target string) {
 	t.Helper()
+	echoSession(t, gw, target).Close()
+}
+
+// echoSession opens a session to an echo target, checks a round trip and
+// returns the session, still open (closed when the test ends).
+func echoSession(t *testing.T, gw *gateway, target string) *wsstream.Stream {
+	t.Helper()
 	s, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	s.Write([]byte("hello"))
 	buf := make([]byte, 5)
 	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "hello" {
 		t.Fatalf("echo: %q %v", buf, err)
 	}
+	return s
 }
 
 // When every agent fails the session fails with every reason, and the
@@ -492,9 +498,7 @@ func TestEntryTimeoutFailoverAndSessionLimit(t *testing.T) {
 		c.AgentAnswerTimeout = server.Duration(500 * time.Millisecond)
 		c.MaxSessionsPerAgent = 2
 	})
-	goodDir, goodID := enrollAgent(t, gw, "good", loopback, nil)
-	startAgent(t, fastAgent(goodDir))
-	gw.waitStatus(goodID, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	goodID := gw.onlineAgent("good")
 	target := tcpServer(t, echo)
 
 	dir, id := enrollAgent(t, gw, "silent", loopback, nil)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
@@ -101,8 +102,26 @@ type Config struct {
 	MaxSessionsPerAgent int `json:"max_sessions_per_agent"`
 	// AgentAnswerTimeout bounds the wait for an agent's ConnectResponse
 	// before the next candidate is tried. If zero, DefaultAgentAnswerTimeout
-	// (30 s).
+	// (30 s). An agent that shows no sign of life is not waited out:
+	// see HedgeDelay.
 	AgentAnswerTimeout Duration `json:"agent_answer_timeout"`
+	// HedgeDelay is how long an agent asked for a session may show no sign
+	// of life (no packet from it since the request was sent: a live agent's
+	// QUIC stack acknowledges the request within a round trip, even while it
+	// dials the target) before the next candidate is started in parallel;
+	// the first to succeed serves the session, and the silent agent is
+	// tried after the others until it is heard from again. An agent that
+	// is alive is waited for up to AgentAnswerTimeout. If zero,
+	// DefaultHedgeDelay (1 s); negative: never hedge.
+	HedgeDelay Duration `json:"hedge_delay"`
+	// AgentSilenceTimeout marks an agent unresponsive — skipped by
+	// routing, shown so by ListAgents — when no packet arrived on its
+	// connection for this long (the gateway's keep-alive PINGs make a
+	// healthy idle agent answer every QUICKeepAlive); its next packet makes
+	// it online again. The connection itself stays until QUICIdleTimeout.
+	// At least twice QUICKeepAlive. If zero, DefaultAgentSilenceTimeout
+	// (3 s), or twice the keep-alive period if that is longer.
+	AgentSilenceTimeout Duration `json:"agent_silence_timeout"`
 	// AllowDirect lets the gateway connect to a target itself when no agent
 	// covers it — only inside DirectSubnets and DirectDomains, and never to
 	// loopback, link-local, cloud metadata or this host's own addresses
@@ -183,9 +202,11 @@ type Config struct {
 	// also how long a vanished agent (power cut, kill -9) keeps its sessions
 	// before they fail. If zero, DefaultQUICIdleTimeout (120 s).
 	QUICIdleTimeout Duration `json:"quic_idle_timeout"`
-	// QUICKeepAlive is the keep-alive period on agent connections; it must be
-	// shorter than the idle timeout. If zero, DefaultQUICKeepAlive (15 s),
-	// capped at half the idle timeout.
+	// QUICKeepAlive is the keep-alive period on agent connections: the
+	// gateway sends a PING on a connection it has received nothing on for
+	// this long, which the agent acknowledges (two small packets per idle
+	// agent and period). It must be shorter than the idle timeout. If zero,
+	// DefaultQUICKeepAlive (1.5 s), capped at half the idle timeout.
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
 
 	// TrustedProxies are the networks of reverse proxies or load balancers
@@ -278,8 +299,17 @@ const (
 	// (Config.QUICIdleTimeout).
 	DefaultQUICIdleTimeout = transport.DefaultIdleTimeout
 	// DefaultQUICKeepAlive is the keep-alive period on agent connections
-	// (Config.QUICKeepAlive), capped at half the idle timeout.
-	DefaultQUICKeepAlive = transport.DefaultKeepAlivePeriod
+	// (Config.QUICKeepAlive), capped at half the idle timeout. It is
+	// shorter than the agents' own (transport.DefaultKeepAlivePeriod): the
+	// gateway's PINGs are what tells it within seconds that an agent is
+	// gone.
+	DefaultQUICKeepAlive = 1500 * time.Millisecond
+	// DefaultAgentSilenceTimeout marks a quiet agent unresponsive
+	// (Config.AgentSilenceTimeout).
+	DefaultAgentSilenceTimeout = tunnel.DefaultSilenceTimeout
+	// DefaultHedgeDelay is how long a silent agent candidate is waited for
+	// alone (Config.HedgeDelay).
+	DefaultHedgeDelay = broker.DefaultHedgeDelay
 )
 
 // Bounds of Config.EnrollmentTokenLeeway.
@@ -409,8 +439,9 @@ func (c Config) directRoutes() (reach.Routes, error) {
 // keep-alive left at its default is kept under half the idle timeout.
 func (c Config) quicConfig() transport.Config {
 	q := transport.Config{IdleTimeout: time.Duration(c.QUICIdleTimeout), KeepAlivePeriod: time.Duration(c.QUICKeepAlive)}
-	if q.KeepAlivePeriod == 0 && q.IdleTimeout > 0 {
-		q.KeepAlivePeriod = min(DefaultQUICKeepAlive, q.IdleTimeout/2)
+	if q.KeepAlivePeriod == 0 {
+		idle := cmp.Or(q.IdleTimeout, DefaultQUICIdleTimeout)
+		q.KeepAlivePeriod = min(DefaultQUICKeepAlive, idle/2)
 	}
 	return q
 }
@@ -506,6 +537,9 @@ func (c Config) validate() error {
 	}
 	if c.AgentAnswerTimeout < 0 {
 		errs = append(errs, errors.New("agent_answer_timeout must not be negative"))
+	}
+	if q := c.quicConfig(); c.AgentSilenceTimeout < 0 || c.AgentSilenceTimeout > 0 && time.Duration(c.AgentSilenceTimeout) < 2*q.KeepAlivePeriod {
+		errs = append(errs, fmt.Errorf("agent_silence_timeout %v: want at least twice the keep-alive period (%v)", time.Duration(c.AgentSilenceTimeout), q.KeepAlivePeriod))
 	}
 	if c.MaxRoutesPerAgent < 0 {
 		errs = append(errs, errors.New("max_routes_per_agent must not be negative"))

@@ -520,6 +520,9 @@ func TestConfigValidation(t *testing.T) {
 		{"store a file path", Config{DataDir: "x", Store: "/var/lib/outpost/outpost.db"}, "store: want a postgres:// or postgresql:// URL"},
 		{"negative route cap", Config{DataDir: "x", MaxRoutesPerAgent: -1}, "max_routes_per_agent"},
 		{"negative route changes", Config{DataDir: "x", MaxRouteChangesPerMinute: -1}, "max_route_changes_per_minute"},
+		{"negative silence timeout", Config{DataDir: "x", AgentSilenceTimeout: Duration(-time.Second)}, "agent_silence_timeout"},
+		{"silence within two keep-alives", Config{DataDir: "x", AgentSilenceTimeout: Duration(2900 * time.Millisecond)}, "agent_silence_timeout 2.9s: want at least twice the keep-alive period (1.5s)"},
+		{"silence within two set keep-alives", Config{DataDir: "x", QUICKeepAlive: Duration(5 * time.Second), AgentSilenceTimeout: Duration(5 * time.Second)}, "agent_silence_timeout"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -590,6 +593,25 @@ func TestLoadConfigFile(t *testing.T) {
 	if d := (Config{DataDir: "x"}).withDefaults(); d.MaxTokenConnections != 1000 || d.MaxSessionDuration != Duration(8*time.Hour) ||
 		d.MaxSessionTTL != Duration(24*time.Hour) || d.validate() != nil {
 		t.Fatalf("defaults %d %v %v: %v", d.MaxTokenConnections, d.MaxSessionDuration, d.MaxSessionTTL, d.validate())
+	}
+	// Failover settings, and the keep-alive that goes with them.
+	failover := filepath.Join(dir, "failover.json")
+	os.WriteFile(failover, []byte(`{"data_dir": "x", "hedge_delay": "250ms", "agent_silence_timeout": "10s", "quic_keep_alive": "5s"}`), 0o644)
+	if c, err = LoadConfigFile(failover); err != nil || c.HedgeDelay != Duration(250*time.Millisecond) ||
+		c.AgentSilenceTimeout != Duration(10*time.Second) || c.withDefaults().validate() != nil {
+		t.Fatalf("failover settings: %+v %v", c, err)
+	}
+	for _, tc := range []struct {
+		idle, keepAlive, want time.Duration
+	}{
+		{0, 0, DefaultQUICKeepAlive},
+		{2 * time.Second, 0, time.Second},
+		{0, 10 * time.Second, 10 * time.Second},
+	} {
+		c := Config{QUICIdleTimeout: Duration(tc.idle), QUICKeepAlive: Duration(tc.keepAlive)}
+		if got := c.quicConfig().KeepAlivePeriod; got != tc.want {
+			t.Errorf("idle %v, keep-alive %v: the gateway pings every %v, want %v", tc.idle, tc.keepAlive, got, tc.want)
+		}
 	}
 	typo := filepath.Join(dir, "typo.json")
 	os.WriteFile(typo, []byte(`{"data_dri": "x"}`), 0o644)

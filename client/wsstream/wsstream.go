@@ -37,7 +37,7 @@ type Stream struct {
 	r        io.Reader // current message, nil between messages
 	readEOF  bool
 	readDone atomic.Bool // readEOF, for other goroutines
-	detail  string // the last text message: the full reason of a failure close
+	detail   string      // the last text message: the full reason of a failure close
 
 	wmu       sync.Mutex
 	writeDone bool

@@ -25,6 +25,9 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		leeway     time.Duration
 		certValid  time.Duration
 		idle       time.Duration
+		keepAlive  time.Duration
+		silence    time.Duration
+		hedge      time.Duration
 		direct     bool
 		directNets stringList
 		directDoms stringList
@@ -54,6 +57,9 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&idle, "quic-idle-timeout", server.DefaultQUICIdleTimeout, "close an agent connection silent for this long (also how long a vanished agent's sessions hang)")
 	fs.Var(&proxies, "trusted-proxies", "load balancers or proxies (address or CIDR) whose X-Forwarded-For and PROXY headers are believed; repeatable or comma-separated (default: none)")
 	fs.BoolVar(&flagCfg.ProxyProtocol, "proxy-protocol", false, "accept PROXY protocol v1/v2 headers on the API port from --trusted-proxies")
+	fs.DurationVar(&keepAlive, "quic-keep-alive", server.DefaultQUICKeepAlive, "PING an agent connection quiet for this long (capped at half the idle timeout)")
+	fs.DurationVar(&silence, "agent-silence-timeout", server.DefaultAgentSilenceTimeout, "mark an agent unresponsive (skipped by routing) after this long without a packet from it; at least twice --quic-keep-alive")
+	fs.DurationVar(&hedge, "hedge-delay", server.DefaultHedgeDelay, "start the next agent candidate in parallel when the one asked shows no sign of life for this long (negative: never)")
 	fs.BoolVar(&flagCfg.AcceptAnyRoutes, "accept-any-routes", false, "accept every route agents advertise, approved or not (labs only: any agent can capture another's sessions)")
 	fs.IntVar(&flagCfg.MaxRoutesPerAgent, "max-routes-per-agent", 1024, "subnets plus domains allowed in one route advertisement; a longer one is refused")
 	fs.IntVar(&flagCfg.MaxRouteChangesPerMinute, "max-route-changes-per-minute", 30, "route changes allowed per agent per minute; more are ignored until the minute has passed")
@@ -117,6 +123,12 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.ProxyProtocol = flagCfg.ProxyProtocol
 		case "quic-idle-timeout":
 			cfg.QUICIdleTimeout = server.Duration(idle)
+		case "quic-keep-alive":
+			cfg.QUICKeepAlive = server.Duration(keepAlive)
+		case "agent-silence-timeout":
+			cfg.AgentSilenceTimeout = server.Duration(silence)
+		case "hedge-delay":
+			cfg.HedgeDelay = server.Duration(hedge)
 		case "accept-any-routes":
 			cfg.AcceptAnyRoutes = flagCfg.AcceptAnyRoutes
 		case "max-routes-per-agent":

@@ -1,9 +1,9 @@
 // Package broker is the gateway's session broker (DESIGN.md §8–9): for one
 // client session it decides the route (explicit agent, subnet, domain,
 // direct), opens the path to the target through the candidates in order with
-// failover, relays the bytes and writes the audit record. The client entry
-// hands it an open client stream; the RouteResolve service asks it for
-// decisions without connecting.
+// failover and hedging (hedge.go), relays the bytes and writes the audit
+// record. The client entry hands it an open client stream; the RouteResolve
+// service asks it for decisions without connecting.
 package broker
 
 import (
@@ -57,9 +57,12 @@ type InputError struct{ Field, Reason string }
 
 func (e *InputError) Error() string { return e.Field + ": " + e.Reason }
 
-// Opener opens a session stream through one agent; *tunnel.Server is one.
+// Opener sends session requests to agents; *tunnel.Server is one.
 type Opener interface {
-	OpenSession(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*tunnel.Session, error)
+	// Request sends a ConnectRequest for target to the agent; the
+	// returned Pending tells whether the agent shows signs of life and
+	// waits for its answer. Failures are *tunnel.AgentError.
+	Request(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*tunnel.Pending, error)
 }
 
 // Auditor records sessions; store.Store is one.
@@ -75,8 +78,17 @@ type Config struct {
 	Router   *routing.Router
 	Tunnel   Opener
 	Audit    Auditor
-	// Metrics, if set, counts sessions, bytes and setup latency.
+	// Metrics, if set, counts sessions, bytes, setup latency and
+	// failovers.
 	Metrics *metrics.Metrics
+	// HedgeDelay is how long an agent candidate may show no sign of life
+	// (nothing received from its agent since the ConnectRequest was sent)
+	// before the next candidate is started in parallel; the first to
+	// answer Success serves the session. An agent that shows signs of life
+	// is waited for until the tunnel's answer timeout, however long its
+	// dial takes. If zero, DefaultHedgeDelay (1 s); negative: never start
+	// the next candidate before the previous one has failed.
+	HedgeDelay time.Duration
 	// Direct is the direct allow-list: when no agent covers a target, the
 	// gateway dials it itself only if Direct allows it — an IP target in one
 	// of its subnets, a host name under one of its domains — and only at
@@ -158,6 +170,9 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxDirectSessions == 0 {
 		cfg.MaxDirectSessions = DefaultMaxDirectSessions
 	}
+	if cfg.HedgeDelay == 0 {
+		cfg.HedgeDelay = DefaultHedgeDelay
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -186,6 +201,7 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 			return Decision{}, &InputError{"agent_id", fmt.Sprintf("%q is not a UUID", agentID)}
 		}
 		snap, ok := b.cfg.Registry.Get(id.String())
+		e, _ := b.cfg.Registry.Lookup(id.String())
 		switch {
 		case !ok:
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
@@ -193,7 +209,7 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s (%s) is %s", snap.Name, id, snap.Status)
 		default:
 			d.Kind = outpostv1.Decision_DECISION_AGENT
-			d.Candidates = []routing.Candidate{{AgentID: snap.AgentID, Name: snap.Name, ConnectedAt: snap.ConnectedAt}}
+			d.Candidates = []routing.Candidate{{AgentID: snap.AgentID, Name: snap.Name, ConnectedAt: snap.ConnectedAt, Entry: e}}
 			d.Reason = fmt.Sprintf("agent %s was requested explicitly", snap.Name)
 		}
 		return d, nil
@@ -281,6 +297,8 @@ type path struct {
 	agentID  string // "" for direct
 	agent    string // agent name, for logs
 	direct   bool   // holds a slot of the direct-session cap
+	// losers say why each other agent candidate tried lost, if any did.
+	losers []string
 }
 
 func (p path) via() string {
@@ -290,12 +308,11 @@ func (p path) via() string {
 	return "agent " + p.agent
 }
 
-// open opens a session to the decision's target: the candidates in order,
-// the next one when an agent refuses or does not answer, or the gateway's
-// own dial for DIRECT. All failures are reported together; a failed agent
-// path never falls back to direct.
-func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID) (path, error) {
-	target := d.Target.String()
+// open opens a session to the decision's target: through the agent
+// candidates with failover and hedging (openAgents), or the gateway's own
+// dial for DIRECT. All failures are reported together; a failed agent path
+// never falls back to direct.
+func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, log hclog.Logger) (path, error) {
 	switch d.Kind {
 	case outpostv1.Decision_DECISION_REJECTED:
 		if d.ClientReason != "" {
@@ -305,24 +322,9 @@ func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID) 
 	case outpostv1.Decision_DECISION_DIRECT:
 		return b.openDirect(ctx, d.Target)
 	}
-	var reasons []string
-	for _, c := range d.Candidates {
-		s, err := b.cfg.Tunnel.OpenSession(ctx, c.AgentID, sid, target)
-		if err == nil {
-			return path{endpoint: s, agentID: c.AgentID, agent: c.Name}, nil
-		}
-		if ctx.Err() != nil {
-			return path{}, context.Cause(ctx)
-		}
-		var ae *tunnel.AgentError
-		if errors.As(err, &ae) && errors.Is(err, tunnel.ErrRefused) {
-			reasons = append(reasons, fmt.Sprintf("agent %s refused connection: %s", c.Name, ae.Reason))
-		} else {
-			reasons = append(reasons, fmt.Sprintf("agent %s: %v", c.Name, err))
-		}
-		b.log.Debug("session candidate failed", "session_id", sid.String(), "agent", c.Name, "error", err)
-	}
-	return path{}, errors.New(strings.Join(reasons, "; "))
+	p, losers, err := b.openAgents(ctx, d.Candidates, sid, d.Target.String(), log)
+	p.losers = losers
+	return p, err
 }
 
 // clientError is a failure whose detail is for the log only: the client
@@ -420,9 +422,12 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}
 	var p path
 	if err == nil {
-		p, err = b.open(ctx, d, sid)
+		p, err = b.open(ctx, d, sid, log)
 	}
 	rec.AgentID = p.agentID
+	if len(p.losers) > 0 {
+		rec.Decision += "; failover: " + strings.Join(p.losers, "; ")
+	}
 	// The audit row is written (a synchronous SQLite commit) while the
 	// first bytes already flow; both paths below wait for it before the
 	// final update.
@@ -453,7 +458,11 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	if m != nil {
 		m.SessionSetup.Observe(time.Since(start).Seconds())
 	}
-	log.Info("session open", "via", p.via(), "setup", time.Since(start).Round(time.Microsecond))
+	opened := []any{"via", p.via(), "setup", time.Since(start).Round(time.Microsecond)}
+	if len(p.losers) > 0 {
+		opened = append(opened, "failover", strings.Join(p.losers, "; "))
+	}
+	log.Info("session open", opened...)
 
 	stats, rerr := relay.Relay(ctx, client, p.endpoint, relay.Options{})
 	outcome, reason := "ok", ""

@@ -86,7 +86,7 @@ func Target(t testing.TB, serve func(net.Conn)) string {
 // noTunnel is the tunnel of a gateway with no agents.
 type noTunnel struct{}
 
-func (noTunnel) OpenSession(context.Context, string, dataplane.SessionID, string) (*tunnel.Session, error) {
+func (noTunnel) Request(context.Context, string, dataplane.SessionID, string) (*tunnel.Pending, error) {
 	return nil, tunnel.ErrRefused
 }
 

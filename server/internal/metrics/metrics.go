@@ -39,6 +39,16 @@ type Metrics struct {
 	Bytes *prometheus.CounterVec
 	// SessionSetup is the time from a client's connect to an open path.
 	SessionSetup prometheus.Histogram
+	// Failovers counts the times a session went on to its next agent
+	// candidate, by reason: "refused" (the agent answered Error),
+	// "timeout" (no answer within the answer timeout), "no_sign_of_life"
+	// (nothing heard from the agent within the hedge delay: the next
+	// candidate was started in parallel), "unavailable" (not connected, at
+	// its session limit, or a transport error).
+	Failovers *prometheus.CounterVec
+	// HedgeLateSuccesses counts sessions an agent opened after another
+	// candidate had already won; each was closed at once.
+	HedgeLateSuccesses prometheus.Counter
 	// CertRenewals counts agent certificate renewals by outcome ("renewed",
 	// "refused": the CSR is unusable, has another key or the certificate is
 	// not yet in its renewal window, "throttled": the agent renewed less
@@ -113,6 +123,16 @@ func New() *Metrics {
 			Help:      "Time from a client's connect to an open path to the target.",
 			Buckets:   prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
+		Failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "session_failovers_total",
+			Help:      "Times a session went on to its next agent candidate, by reason (refused, timeout, no_sign_of_life, unavailable).",
+		}, []string{"reason"}),
+		HedgeLateSuccesses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "session_hedge_late_successes_total",
+			Help:      "Sessions an agent opened after another candidate had won; closed at once.",
+		}),
 		CertRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "outpost",
 			Name:      "agent_cert_renewals_total",
@@ -148,6 +168,8 @@ func New() *Metrics {
 		m.SessionsTotal,
 		m.Bytes,
 		m.SessionSetup,
+		m.Failovers,
+		m.HedgeLateSuccesses,
 		m.APIPanics,
 		m.RoutesRejected,
 		m.RouteAdvertisementsRefused,

@@ -4,6 +4,14 @@
 // sessions it carries (DESIGN.md §8). It holds nothing persistent; the store
 // has the enrolled agents and their approved routes, which an Approver
 // applies to every advertisement.
+//
+// An agent's liveness has two sources: the control messages it sends (Touch;
+// silent for UnresponsiveAfter, it is unresponsive, then offline), and its
+// transport, which the tunnel watches: a connection on which no packet
+// arrived for a few seconds is marked silent (SetSilent) and shows
+// unresponsive at once, whatever its last control message. Apart from its
+// status an agent can be demoted (Demote): one that just failed to answer a
+// session is tried after the others until it is heard from again.
 package registry
 
 import (
@@ -73,6 +81,8 @@ type Entry struct {
 	lastSeen   atomic.Int64
 	sessions   atomic.Int64
 	reported   atomic.Uint32 // active sessions as the agent last reported
+	silent     atomic.Bool   // its transport has gone quiet (SetSilent)
+	demoted    atomic.Bool   // it failed to answer a session (Demote)
 
 	// Guarded by the registry's mu.
 	raw        Routes // the latest advertisement taken, as advertised
@@ -106,6 +116,10 @@ func (e *Entry) AcquireSession(limit int64) bool {
 // ReleaseSession ends a session counted by AcquireSession.
 func (e *Entry) ReleaseSession() { e.sessions.Add(-1) }
 
+// Demoted reports whether e failed to answer a session and was not heard
+// from since (Registry.Demote).
+func (e *Entry) Demoted() bool { return e.demoted.Load() }
+
 // Snapshot is a copy of an entry's state at one moment.
 type Snapshot struct {
 	AgentID      string
@@ -129,6 +143,12 @@ type Snapshot struct {
 	ActiveSessions int64
 	// ReportedSessions is the count in the agent's last Heartbeat.
 	ReportedSessions uint32
+	// Silent reports that no packet arrived on the agent's connection for
+	// the tunnel's silence timeout: Status is then at best Unresponsive.
+	Silent bool
+	// Demoted reports that the agent failed to answer a session and was not
+	// heard from since: sessions try it after the other candidates.
+	Demoted bool
 }
 
 // Registry tracks live agent connections. The zero value is not usable; call
@@ -274,8 +294,26 @@ func (r *Registry) Forget(id string) {
 	delete(r.departed, id)
 }
 
-// Touch records a sign of life on e.
-func (r *Registry) Touch(e *Entry) { e.lastSeen.Store(r.now().UnixNano()) }
+// Touch records a sign of life on e: a control message, or an answer to a
+// session. It ends a demotion.
+func (r *Registry) Touch(e *Entry) {
+	e.lastSeen.Store(r.now().UnixNano())
+	e.demoted.Store(false)
+}
+
+// SetSilent records whether e's transport has gone quiet: while it is
+// silent, e's status is at best Unresponsive, so routing skips it. It
+// reports whether that changed. Safe to call from any goroutine; it takes no
+// lock.
+func (r *Registry) SetSilent(e *Entry, silent bool) bool {
+	return e.silent.Swap(silent) != silent
+}
+
+// Demote records that e failed to answer a session (it timed out, or showed
+// no sign of life while another candidate served): routing then offers it
+// after the agents that did not fail, until Touch. It reports whether e was
+// not demoted already. It takes no lock.
+func (r *Registry) Demote(e *Entry) bool { return !e.demoted.Swap(true) }
 
 // ReportSessions records the active session count of e's last Heartbeat.
 func (r *Registry) ReportSessions(e *Entry, n uint32) { e.reported.Store(n) }
@@ -392,9 +430,18 @@ func (r *Registry) Len() int {
 	return len(r.agents)
 }
 
-// Status returns e's liveness now.
+// Status returns e's liveness now: StatusAt its last control message, and
+// at best Unresponsive while its transport is silent. It takes no lock.
 func (r *Registry) Status(e *Entry) Status {
-	return StatusAt(time.Unix(0, e.lastSeen.Load()), r.now())
+	return statusOf(e, time.Unix(0, e.lastSeen.Load()), r.now())
+}
+
+func statusOf(e *Entry, lastSeen, now time.Time) Status {
+	s := StatusAt(lastSeen, now)
+	if s == Online && e.silent.Load() {
+		return Unresponsive
+	}
+	return s
 }
 
 // StatusAt is the liveness of a connected agent last heard from at lastSeen.
@@ -415,7 +462,7 @@ func (r *Registry) snapshotLocked(e *Entry) Snapshot {
 		AgentID:          e.AgentID,
 		Name:             e.Name,
 		Generation:       e.generation,
-		Status:           StatusAt(last, r.now()),
+		Status:           statusOf(e, last, r.now()),
 		RemoteAddr:       e.RemoteAddr,
 		ConnectedAt:      e.ConnectedAt,
 		LastSeen:         last,
@@ -426,5 +473,7 @@ func (r *Registry) snapshotLocked(e *Entry) Snapshot {
 		Draining:         e.draining,
 		ActiveSessions:   e.sessions.Load(),
 		ReportedSessions: e.reported.Load(),
+		Silent:           e.silent.Load(),
+		Demoted:          e.demoted.Load(),
 	}
 }

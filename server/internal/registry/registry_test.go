@@ -105,6 +105,44 @@ func TestStatusThresholds(t *testing.T) {
 	}
 }
 
+// A silent transport makes an agent unresponsive at once and never better;
+// a demotion lasts until the agent is heard from.
+func TestSilentAndDemoted(t *testing.T) {
+	c := fakeclock.New(time.Unix(1000, 0))
+	r := New(c.Now)
+	e := &Entry{AgentID: "a", Conn: &fakeConn{}}
+	r.Register(e)
+	if !r.SetSilent(e, true) || r.SetSilent(e, true) {
+		t.Fatal("SetSilent does not report the change alone")
+	}
+	if got, _ := r.Get("a"); r.Status(e) != Unresponsive || got.Status != Unresponsive || !got.Silent {
+		t.Fatalf("silent agent: Status %v, snapshot %+v", r.Status(e), got)
+	}
+	r.Touch(e) // a control message does not outweigh a silent transport
+	if r.Status(e) != Unresponsive {
+		t.Fatal("Touch cleared a silent transport")
+	}
+	c.Advance(OfflineAfter)
+	if r.Status(e) != Offline {
+		t.Fatal("silence made an offline agent look better")
+	}
+	r.Touch(e)
+	if !r.SetSilent(e, false) || r.Status(e) != Online {
+		t.Fatal("an agent heard again is not online")
+	}
+
+	if e.Demoted() || !r.Demote(e) || r.Demote(e) || !e.Demoted() {
+		t.Fatal("Demote does not report the change alone")
+	}
+	if got, _ := r.Get("a"); !got.Demoted || got.Status != Online {
+		t.Fatalf("demoted agent: %+v", got)
+	}
+	r.Touch(e)
+	if e.Demoted() {
+		t.Fatal("Touch did not end the demotion")
+	}
+}
+
 func TestSessionLimit(t *testing.T) {
 	e := &Entry{}
 	for range 3 {

@@ -98,8 +98,10 @@ func New(reg *registry.Registry) *Router {
 // An IPv4 address (an IPv4-mapped IPv6 address counts as IPv4) matches the
 // subnets that contain it. The longest matching prefix wins: only the agents
 // advertising that very prefix are candidates, most recently connected first
-// (ties broken by AgentID). Other IPv6 addresses match nothing, since agents
-// advertise IPv4 subnets only.
+// (ties broken by AgentID), except that demoted agents (they just failed to
+// answer a session, registry.Registry.Demote) come after all the others, in
+// the same order among themselves. Other IPv6 addresses match nothing, since
+// agents advertise IPv4 subnets only.
 //
 // A name matches, from the most to the least specific:
 //   - a route equal to it ("db01.contoso.local");
@@ -108,8 +110,8 @@ func New(reg *registry.Registry) *Router {
 //     every name under it, "*.contoso.local" only the names under it (at
 //     any depth: "a.b.contoso.local" too). The two forms are equally
 //     specific; agents advertising either are merged into one list, most
-//     recently connected first, an agent advertising both reported once
-//     with the plain route.
+//     recently connected first (demoted agents last), an agent advertising
+//     both reported once with the plain route.
 //
 // Only online agents are returned: unresponsive and offline ones are skipped,
 // judged by the registry at the time of the call. When every agent of the
@@ -185,24 +187,42 @@ func (r *Router) lookupName(dst []Candidate, name string) []Candidate {
 	}
 }
 
-// appendOnline appends the online members of l to dst, in l's order. It
-// runs under r.mu and relies on Registry.Status taking no registry lock: the
-// registry calls apply, which takes r.mu, while holding its own lock.
+// appendOnline appends the online members of l to dst, in l's order except
+// that demoted members (Entry.Demoted) come after the others. It runs under
+// r.mu and relies on Registry.Status and Entry.Demoted taking no registry
+// lock: the registry calls apply, which takes r.mu, while holding its own
+// lock.
 func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
+	demoted := false
 	for _, m := range l {
-		if r.reg.Status(m.entry) != registry.Online {
+		if m.entry.Demoted() {
+			demoted = true
 			continue
 		}
-		dst = append(dst, Candidate{
-			AgentID:      m.entry.AgentID,
-			Name:         m.entry.Name,
-			MatchedRoute: m.route,
-			AutoDetected: m.auto,
-			ConnectedAt:  m.entry.ConnectedAt,
-			Entry:        m.entry,
-		})
+		dst = r.appendIfOnline(dst, m)
+	}
+	if demoted {
+		for _, m := range l {
+			if m.entry.Demoted() {
+				dst = r.appendIfOnline(dst, m)
+			}
+		}
 	}
 	return dst
+}
+
+func (r *Router) appendIfOnline(dst []Candidate, m member) []Candidate {
+	if r.reg.Status(m.entry) != registry.Online {
+		return dst
+	}
+	return append(dst, Candidate{
+		AgentID:      m.entry.AgentID,
+		Name:         m.entry.Name,
+		MatchedRoute: m.route,
+		AutoDetected: m.auto,
+		ConnectedAt:  m.entry.ConnectedAt,
+		Entry:        m.entry,
+	})
 }
 
 // AmbiguousDomains returns, sorted, the auto-detected domains that agent id

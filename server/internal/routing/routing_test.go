@@ -536,6 +536,39 @@ func TestSupersede(t *testing.T) {
 	checkIndex(t, v.r)
 }
 
+// An agent that failed to answer a session is tried after the others until it
+// is heard from; a silent agent is skipped like an unresponsive one.
+func TestDemotedAndSilent(t *testing.T) {
+	v := newEnv(t)
+	a := v.connect("a", "10.0.0.0/24", "contoso.local")
+	v.clk.Advance(time.Second)
+	b := v.connect("b", "10.0.0.0/24", "contoso.local")
+	v.clk.Advance(time.Second)
+	c := v.connect("c", "10.0.0.0/24", "contoso.local")
+	v.expect("10.0.0.1", "c=10.0.0.0/24", "b=10.0.0.0/24", "a=10.0.0.0/24")
+
+	v.reg.Demote(c)
+	v.reg.Demote(b)
+	v.expect("10.0.0.1", "a=10.0.0.0/24", "c=10.0.0.0/24", "b=10.0.0.0/24")
+	v.expect("x.contoso.local", "a=contoso.local", "c=contoso.local", "b=contoso.local")
+	v.reg.Touch(c)
+	v.expect("10.0.0.1", "c=10.0.0.0/24", "a=10.0.0.0/24", "b=10.0.0.0/24")
+
+	v.reg.SetSilent(a, true)
+	v.expect("10.0.0.1", "c=10.0.0.0/24", "b=10.0.0.0/24")
+	v.reg.SetSilent(c, true)
+	v.reg.SetSilent(b, true)
+	v.expect("contoso.local")
+	v.reg.SetSilent(a, false)
+	v.expect("contoso.local", "a=contoso.local")
+
+	// Demotion costs no allocation.
+	dst := make([]Candidate, 0, 4)
+	if n := testing.AllocsPerRun(100, func() { dst = v.r.Lookup(dst[:0], "10.0.0.1") }); n != 0 {
+		t.Errorf("Lookup with a demoted agent: %v allocs", n)
+	}
+}
+
 func TestLookupAllocs(t *testing.T) {
 	v := newEnv(t)
 	v.connect("a", "10.0.0.0/8", "contoso.local")

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/relay"
@@ -74,8 +77,38 @@ func (s *Session) done() { s.release.Do(s.entry.ReleaseSession) }
 
 // OpenSession opens a session to target through the agent: a new stream, a
 // ConnectRequest, and the agent's ConnectResponse, all within the connect
-// timeout (or ctx, if it ends sooner). Failures are *AgentError.
+// timeout (or ctx, if it ends sooner). Failures are *AgentError. It is
+// Request followed by Answer.
 func (s *Server) OpenSession(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Session, error) {
+	p, err := s.Request(ctx, agentID, id, target)
+	if err != nil {
+		return nil, err
+	}
+	return p.Answer(ctx)
+}
+
+// Pending is a session whose ConnectRequest was sent to an agent and whose
+// ConnectResponse is awaited: the agent dials the target meanwhile, which may
+// take up to its dial timeout (20 s). Heard tells apart an agent that is
+// alive and took the request from one that is gone, without any message a
+// v1 agent does not know. Answer must be called exactly once. Heard and RTT
+// are safe for concurrent use with Answer.
+type Pending struct {
+	s        *Server
+	e        *registry.Entry
+	conn     *quic.Conn
+	stream   *quic.Stream
+	ep       *relay.StreamEndpoint
+	id       dataplane.SessionID
+	deadline time.Time // of the whole opening, from the connect timeout
+	mark     uint64    // packets received on conn before the request was sent
+}
+
+// Request opens a stream to the agent and sends the ConnectRequest, within
+// the connect timeout (or ctx, if it ends sooner). It returns as soon as the
+// request is written; Answer waits for the agent's response. Failures are
+// *AgentError; on failure nothing is left open.
+func (s *Server) Request(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
 	e, ok := s.reg.Lookup(agentID)
 	if !ok {
 		return nil, &AgentError{AgentID: agentID, Err: ErrNotConnected}
@@ -83,69 +116,112 @@ func (s *Server) OpenSession(ctx context.Context, agentID string, id dataplane.S
 	if !e.AcquireSession(s.cfg.MaxSessionsPerAgent) {
 		return nil, &AgentError{AgentID: agentID, Err: ErrSessionLimit, Reason: fmt.Sprintf("%d sessions open", s.cfg.MaxSessionsPerAgent)}
 	}
-	sess, err := s.openStream(ctx, e, id, target)
+	p, err := s.request(ctx, e, id, target)
 	if err != nil {
 		e.ReleaseSession()
 		return nil, err
 	}
-	return sess, nil
+	return p, nil
 }
 
-func (s *Server) openStream(ctx context.Context, e *registry.Entry, id dataplane.SessionID, target string) (*Session, error) {
-	fail := func(err error, reason string) error {
-		return &AgentError{AgentID: e.AgentID, Err: err, Reason: reason}
-	}
+func (s *Server) request(ctx context.Context, e *registry.Entry, id dataplane.SessionID, target string) (*Pending, error) {
 	req := dataplane.ConnectRequest{Version: dataplane.ProtocolVersion, SessionID: id, Target: target}
 	frame, err := req.AppendFrame(nil)
 	if err != nil {
-		return nil, fail(err, "")
+		return nil, &AgentError{AgentID: e.AgentID, Err: err}
 	}
-	deadline := time.Now().Add(s.cfg.ConnectTimeout)
-	octx, cancel := context.WithDeadline(ctx, deadline)
+	p := &Pending{s: s, e: e, conn: e.Conn.(*agentConn).q, id: id, deadline: time.Now().Add(s.cfg.ConnectTimeout)}
+	octx, cancel := context.WithDeadline(ctx, p.deadline)
 	defer cancel()
-	timedOut := func(err error) bool {
-		return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
-	}
-	conn := e.Conn.(*agentConn).q
-	stream, err := conn.OpenStreamSync(octx)
+	p.stream, err = p.conn.OpenStreamSync(octx)
 	if err != nil {
-		if timedOut(err) {
-			return nil, fail(ErrConnectTimeout, "no stream credit from the agent")
+		if timedOut(ctx, err) {
+			return nil, p.fail(ErrConnectTimeout, "no stream credit from the agent")
 		}
-		return nil, fail(err, "")
+		return nil, p.fail(err, "")
 	}
-	ep := relay.StreamConn(stream)
-	// The caller's cancellation interrupts the wait too.
-	_ = stream.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = stream.SetDeadline(time.Now()) })
-	resp, err := s.exchange(stream, frame)
-	stop()
+	p.ep = relay.StreamConn(p.stream)
+	p.mark = p.conn.ConnectionStats().PacketsReceived
+	err = p.within(ctx, p.stream.SetWriteDeadline, func() error {
+		_, err := p.stream.Write(frame)
+		return err
+	})
 	if err != nil {
-		ep.Abort(relay.ErrorCodeCanceled)
-		switch {
-		case ctx.Err() != nil:
-			return nil, fail(context.Cause(ctx), "")
-		case timedOut(err):
-			return nil, fail(ErrConnectTimeout, fmt.Sprintf("no ConnectResponse within %v", s.cfg.ConnectTimeout))
-		}
-		return nil, fail(err, "")
+		p.ep.Abort(relay.ErrorCodeCanceled)
+		return nil, p.failure(ctx, err)
 	}
-	if resp.Result != dataplane.ResultSuccess {
-		ep.Abort(relay.ErrorCodeNoError)
-		return nil, fail(ErrRefused, resp.Reason)
-	}
-	_ = stream.SetDeadline(time.Time{})
-	return &Session{StreamEndpoint: ep, AgentID: e.AgentID, ID: id, entry: e}, nil
+	return p, nil
 }
 
-// exchange writes the ConnectRequest frame and reads the ConnectResponse.
-func (s *Server) exchange(stream interface {
-	Write([]byte) (int, error)
-	Read([]byte) (int, error)
-}, frame []byte) (dataplane.ConnectResponse, error) {
-	if _, err := stream.Write(frame); err != nil {
-		return dataplane.ConnectResponse{}, err
+// within runs op, which blocks on the stream, under the opening's deadline
+// set with setDeadline; ctx ending interrupts it too.
+func (p *Pending) within(ctx context.Context, setDeadline func(time.Time) error, op func() error) error {
+	_ = setDeadline(p.deadline)
+	stop := context.AfterFunc(ctx, func() { _ = setDeadline(time.Now()) })
+	err := op()
+	stop()
+	return err
+}
+
+// Heard reports whether any packet arrived on the agent's connection since
+// the ConnectRequest was sent: an agent that is alive acknowledges the
+// request's packet within a round trip, whether or not it has answered yet.
+func (p *Pending) Heard() bool { return p.conn.ConnectionStats().PacketsReceived > p.mark }
+
+// RTT is the smoothed round-trip time of the agent's connection: Heard can
+// only be true about one RTT after the request was sent.
+func (p *Pending) RTT() time.Duration { return p.conn.ConnectionStats().SmoothedRTT }
+
+// Answer waits for the agent's ConnectResponse, until the connect timeout
+// counted from Request (or ctx, if it ends sooner). On Success it returns the
+// open session; otherwise an *AgentError (ErrRefused with the agent's reason,
+// ErrConnectTimeout, the cause of ctx, or a transport error), and the stream
+// and the session slot are released. Any answer counts as the agent being
+// heard from (registry.Registry.Touch).
+func (p *Pending) Answer(ctx context.Context) (*Session, error) {
+	var resp dataplane.ConnectResponse
+	err := p.within(ctx, p.stream.SetReadDeadline, func() error {
+		var err error
+		resp, err = readResponse(p.stream)
+		return err
+	})
+	if err != nil {
+		p.ep.Abort(relay.ErrorCodeCanceled)
+		p.e.ReleaseSession()
+		return nil, p.failure(ctx, err)
 	}
+	p.s.reg.Touch(p.e)
+	if resp.Result != dataplane.ResultSuccess {
+		p.ep.Abort(relay.ErrorCodeNoError)
+		p.e.ReleaseSession()
+		return nil, p.fail(ErrRefused, resp.Reason)
+	}
+	_ = p.stream.SetDeadline(time.Time{})
+	return &Session{StreamEndpoint: p.ep, AgentID: p.e.AgentID, ID: p.id, entry: p.e}, nil
+}
+
+func (p *Pending) fail(err error, reason string) error {
+	return &AgentError{AgentID: p.e.AgentID, Err: err, Reason: reason}
+}
+
+// failure classifies err, from a stream operation of the opening.
+func (p *Pending) failure(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return p.fail(context.Cause(ctx), "")
+	case timedOut(ctx, err):
+		return p.fail(ErrConnectTimeout, fmt.Sprintf("no ConnectResponse within %v", p.s.cfg.ConnectTimeout))
+	}
+	return p.fail(err, "")
+}
+
+// timedOut reports whether err is the opening's own deadline, not ctx's.
+func timedOut(ctx context.Context, err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
+}
+
+// readResponse reads the ConnectResponse and checks its version.
+func readResponse(stream io.Reader) (dataplane.ConnectResponse, error) {
 	resp, err := dataplane.NewSessionReader(stream).ReadConnectResponse()
 	if err != nil {
 		return resp, err

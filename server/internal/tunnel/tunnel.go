@@ -1,7 +1,10 @@
 // Package tunnel is the gateway end of the agent tunnel (DESIGN.md §3–4): the
 // QUIC listener with mutual TLS admission, one control loop per agent
-// connection feeding the live registry, and OpenSession, which opens a session
-// stream to an agent and waits for its ConnectResponse.
+// connection feeding the live registry, a liveness watch that marks an agent
+// whose connection went quiet unresponsive within seconds (liveness.go), and
+// OpenSession, which opens a session stream to an agent and waits for its
+// ConnectResponse — or Request and Pending.Answer, the same in two steps, so
+// that a caller can tell whether the agent is alive while it dials.
 //
 // The control loop bounds what one agent can make the gateway do with its
 // routes (DESIGN.md §12): an advertisement with more than
@@ -96,6 +99,14 @@ type Config struct {
 	// ConnectTimeout bounds opening a session: stream, ConnectRequest and the
 	// agent's ConnectResponse (default 30 s).
 	ConnectTimeout time.Duration
+	// SilenceTimeout marks an agent unresponsive (registry.Registry.SetSilent)
+	// when no packet arrived on its connection for this long, and online
+	// again at its next packet; the connection stays open until the QUIC idle
+	// timeout. On a path whose round trip is long it is stretched to a few
+	// probe timeouts. It must be at least twice the QUIC keep-alive period
+	// (the gateway's PINGs are what a healthy idle agent answers). If zero,
+	// 3 s or twice the keep-alive period, whichever is longer.
+	SilenceTimeout time.Duration
 	// Renew handles CertRenewalRequest; nil answers every request with an error.
 	Renew Renewer
 	// Routes, if set, is told about admitted agents and their route changes.
@@ -129,10 +140,11 @@ type Server struct {
 	quic *quic.Config
 
 	changes *changeLimiter
+	live    *liveness
 
 	mu    sync.Mutex
 	conns map[*agentConn]struct{} // every connection being handled
-	wg    sync.WaitGroup          // one per handled connection
+	wg    sync.WaitGroup          // one per handled connection, one for the liveness sweeper
 
 	refusalLog rate.Sometimes // admits one refused-handshake WARN per refusalLogInterval
 }
@@ -171,7 +183,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	qc := cfg.QUIC.QUIC()
 	qc.MaxIncomingStreams = 1
-	return &Server{
+	keepAlive := min(qc.KeepAlivePeriod, qc.MaxIdleTimeout/2) // as quic-go applies it
+	switch {
+	case cfg.SilenceTimeout == 0:
+		cfg.SilenceTimeout = max(DefaultSilenceTimeout, 2*keepAlive)
+	case cfg.SilenceTimeout < 2*keepAlive:
+		return nil, fmt.Errorf("tunnel: SilenceTimeout (%v) must be at least twice the QUIC keep-alive period (%v)", cfg.SilenceTimeout, keepAlive)
+	}
+	s := &Server{
 		cfg: cfg,
 		log: cfg.Logger,
 		reg: cfg.Registry,
@@ -185,7 +204,9 @@ func New(cfg Config) (*Server, error) {
 		changes:    newChangeLimiter(cfg.MaxRouteChangesPerMinute, cfg.Now),
 		conns:      make(map[*agentConn]struct{}),
 		refusalLog: rate.Sometimes{Interval: refusalLogInterval},
-	}, nil
+	}
+	s.live = newLiveness(cfg.Registry, cfg.SilenceTimeout, keepAlive, &s.wg)
+	return s, nil
 }
 
 // Serve accepts agent connections on pc until ctx ends, then closes every
@@ -340,6 +361,8 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 		return
 	}
 	log.Info("agent connected", "generation", e.Generation())
+	s.live.watch(e, conn, log)
+	defer s.live.forget(e)
 	err = s.controlLoop(ctx, conn, e, cert, log)
 	log.Info("agent disconnected", "reason", describeClose(err), "generation", e.Generation())
 }
