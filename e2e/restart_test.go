@@ -75,12 +75,9 @@ func TestTunnelGatewayCrashRestart(t *testing.T) {
 	gw.stop()
 
 	proc := gatewayProcess(t, dataDir, listen, quicListen)
-	opts := fastAgent(dir)
 	// The agent notices the crash with its next control message: at the
-	// latest a Heartbeat after one keep-alive period of silence (15 s by
-	// default).
-	opts.QUIC.KeepAlivePeriod = time.Second
-	startAgent(t, opts)
+	// latest a Heartbeat after IdleHeartbeat of silence (2 s by default).
+	startAgent(t, fastAgent(dir))
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 15*time.Second) // through the child gateway
 
 	if err := proc.Process.Kill(); err != nil {

@@ -152,6 +152,7 @@ func runAgentEnroll(ctx context.Context, args []string, stdin io.Reader, stdout,
 type runFlags struct {
 	configDir     string
 	drainTimeout  time.Duration
+	idleHeartbeat time.Duration
 	renewFraction float64
 	metricsListen string
 	maxSessions   int64
@@ -162,6 +163,7 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM, how long live sessions may take to finish")
+	fs.DurationVar(&r.idleHeartbeat, "idle-heartbeat", agent.DefaultIdleHeartbeat, "send a heartbeat when the tunnel's control stream was silent this long (how soon an idle agent notices a restarted gateway)")
 	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	fs.Float64Var(&r.renewFraction, "renew-fraction", agent.DefaultRenewFraction, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
@@ -178,6 +180,9 @@ func (r *runFlags) check() error {
 	}
 	if r.maxSessions < 1 || r.maxSessions > maxSessionsLimit {
 		return fmt.Errorf("%w: --max-sessions %d: want 1 to %d", errUsage, r.maxSessions, maxSessionsLimit)
+	}
+	if r.idleHeartbeat <= 0 {
+		return fmt.Errorf("%w: --idle-heartbeat %v must be positive", errUsage, r.idleHeartbeat)
 	}
 	if r.drainTimeout < 0 {
 		return fmt.Errorf("%w: --drain-timeout %v must not be negative", errUsage, r.drainTimeout)
@@ -246,7 +251,7 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
 	var counters relay.Counters
-	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, RenewFraction: rf.renewFraction, Counters: &counters,
+	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, IdleHeartbeat: rf.idleHeartbeat, RenewFraction: rf.renewFraction, Counters: &counters,
 		QUIC: transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
 	if err != nil {
 		return err

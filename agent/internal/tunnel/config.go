@@ -14,6 +14,7 @@ import (
 const (
 	DefaultAdvertiseInterval = 30 * time.Second
 	DefaultHeartbeatInterval = 60 * time.Second
+	DefaultIdleHeartbeat     = 2 * time.Second
 	DefaultBackoffMin        = 1 * time.Second
 	DefaultBackoffMax        = 60 * time.Second
 	DefaultHealthyAfter      = 30 * time.Second
@@ -40,11 +41,15 @@ type Config struct {
 	// QUIC is the transport configuration.
 	QUIC transport.Config
 	// AdvertiseInterval and HeartbeatInterval pace the control stream. If
-	// zero, 30 s and 60 s. A control stream that sent nothing for
-	// QUIC.KeepAlivePeriod (15 s) also gets a Heartbeat: a bare keep-alive
-	// PING is too short to draw the stateless reset of a gateway that
-	// restarted.
+	// zero, 30 s and 60 s.
 	AdvertiseInterval, HeartbeatInterval time.Duration
+	// IdleHeartbeat is how long the control stream may stay silent: after
+	// IdleHeartbeat without a message the agent sends a Heartbeat. It bounds
+	// how long an idle agent takes to notice a gateway that crashed and
+	// restarted (the Heartbeat draws a stateless reset, a bare keep-alive
+	// PING is too short to), at the cost of about one Heartbeat, its
+	// HeartbeatAck and an ACK per period. If zero, 2 s.
+	IdleHeartbeat time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay (full jitter);
 	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s
 	// and 30 s. A reconnect after a certificate renewal has no delay.
@@ -102,6 +107,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.AdvertiseInterval, DefaultAdvertiseInterval)
 	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.IdleHeartbeat, DefaultIdleHeartbeat)
 	def(&c.BackoffMin, DefaultBackoffMin)
 	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.HealthyAfter, DefaultHealthyAfter)

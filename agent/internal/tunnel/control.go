@@ -16,14 +16,13 @@ import (
 // Heartbeat every HeartbeatInterval and Reload's new routes with epoch + 1;
 // readControl reads the gateway's messages.
 //
-// pace also sends a Heartbeat when the control stream has been idle for the
-// QUIC keep-alive period (15 s by default): the gateway's answer to a
-// packet of a connection it lost in a crash is a stateless reset, but only
-// to a packet longer than the reset (RFC 9000 §10.3; quic-go answers
-// packets over 42 bytes), and a keep-alive PING packet is about 25 bytes.
-// A Heartbeat packet is long enough, so the agent learns of a restarted
-// gateway within one keep-alive period instead of at the next
-// RouteAdvertise.
+// pace also sends a Heartbeat when the control stream has been idle for
+// IdleHeartbeat (2 s by default): the gateway's answer to a packet of a
+// connection it lost in a crash is a stateless reset, but only to a packet
+// longer than the reset (RFC 9000 §10.3; quic-go answers packets over 42
+// bytes), and a keep-alive PING packet is about 25 bytes. A Heartbeat
+// packet is long enough, so the agent learns of a restarted gateway within
+// IdleHeartbeat of its restart instead of at the next RouteAdvertise.
 
 // pace sends the periodic RouteAdvertise and Heartbeat, and applies Reload.
 func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
@@ -31,7 +30,7 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 	defer adv.Stop()
 	hb := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer hb.Stop()
-	idle := time.NewTimer(a.quic.KeepAlivePeriod) // reset after every send
+	idle := time.NewTimer(a.cfg.IdleHeartbeat) // reset after every send
 	defer idle.Stop()
 	for {
 		var msg dataplane.ControlMessage
@@ -57,7 +56,7 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 			transport.Close(conn, dataplane.CloseShutdown)
 			return
 		}
-		idle.Reset(a.quic.KeepAlivePeriod)
+		idle.Reset(a.cfg.IdleHeartbeat)
 	}
 }
 

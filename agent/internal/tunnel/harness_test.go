@@ -372,6 +372,7 @@ func (e *env) config() Config {
 		Logger:             hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Debug, Output: e.logs}),
 		AdvertiseInterval:  time.Hour,
 		HeartbeatInterval:  time.Hour,
+		IdleHeartbeat:      time.Hour,
 		BackoffMin:         time.Second,
 		BackoffMax:         time.Second,
 		DrainTimeout:       5 * time.Second,

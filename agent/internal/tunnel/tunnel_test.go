@@ -244,13 +244,13 @@ func TestDetectedDomainLive(t *testing.T) {
 	}
 }
 
-// A control stream idle for the keep-alive period gets a Heartbeat, a
-// packet long enough to draw a stateless reset from a restarted gateway
-// (a bare keep-alive PING is not).
+// A control stream idle for IdleHeartbeat gets a Heartbeat, a packet long
+// enough to draw a stateless reset from a restarted gateway (a bare
+// keep-alive PING is not).
 func TestHeartbeatWhenIdle(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config() // HeartbeatInterval and AdvertiseInterval 1 h
-	cfg.QUIC.KeepAlivePeriod = 50 * time.Millisecond
+	cfg.IdleHeartbeat = 50 * time.Millisecond
 	start(t, cfg)
 	c := e.gw.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, c)
