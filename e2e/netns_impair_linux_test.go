@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -148,6 +150,9 @@ func (r *udpRelay) peer(from *net.UDPAddr) *relayPeer {
 		buf := make([]byte, 64<<10)
 		for {
 			n, err := p.conn.Read(buf)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // the ICMP error of a datagram sent while the gateway was down
+			}
 			if err != nil {
 				return
 			}
