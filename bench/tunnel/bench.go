@@ -180,7 +180,7 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	if b.res.GwRuntime[0], err = b.rig.Gateway.Runtime(ctx); err != nil {
 		return nil, err
 	}
-	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.throughput, b.capacity} {
+	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.throughput, b.capacity, b.failover} {
 		if err := phase(ctx); err != nil {
 			return nil, err
 		}

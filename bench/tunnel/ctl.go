@@ -36,6 +36,9 @@ const (
 	opCapacity = "capacity"
 	// opRelease closes the sessions opCapacity holds.
 	opRelease = "release"
+	// opEnrollToken mints an enrollment token for an agent called Name,
+	// pre-approving 127.0.0.0/8.
+	opEnrollToken = "enroll-token"
 )
 
 type request struct {
@@ -48,6 +51,7 @@ type request struct {
 	Timeout time.Duration `json:"timeout_ns,omitempty"`
 	TTL     time.Duration `json:"ttl_ns,omitempty"`
 	Path    string        `json:"path,omitempty"`
+	Name    string        `json:"name,omitempty"`
 }
 
 type response struct {
@@ -165,6 +169,16 @@ func (g gatewayChild) Release(ctx context.Context) error {
 // valid for ttl (opSessionToken).
 func (g gatewayChild) sessionToken(ctx context.Context, agentID, target string, ttl time.Duration) (string, error) {
 	resp, err := call(ctx, g.CtlChild, request{Op: opSessionToken, AgentID: agentID, Target: target, TTL: ttl}, time.Minute)
+	if err != nil {
+		return "", err
+	}
+	return resp.Token, nil
+}
+
+// enrollToken mints an enrollment token for an agent called name
+// (opEnrollToken).
+func (g gatewayChild) enrollToken(ctx context.Context, name string) (string, error) {
+	resp, err := call(ctx, g.CtlChild, request{Op: opEnrollToken, Name: name}, time.Minute)
 	if err != nil {
 		return "", err
 	}

@@ -114,7 +114,7 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 				return nil, err
 			}
 			c.api = api
-			tok, err := createEnrollmentToken(ctx, api)
+			tok, err := createEnrollmentToken(ctx, api, "bench")
 			if err != nil {
 				return nil, err
 			}
@@ -136,13 +136,13 @@ func dialAPI(g *server.Gateway, dataDir string) (*grpc.ClientConn, error) {
 	return apiclient.Dial(apiclient.Config{Gateway: "https://" + g.Addr().String(), APIKey: key, CAPEM: g.CACertPEM()})
 }
 
-// createEnrollmentToken asks for an enrollment token that pre-approves
-// loopback.
-func createEnrollmentToken(ctx context.Context, conn *grpc.ClientConn) (string, error) {
+// createEnrollmentToken asks for an enrollment token for an agent called
+// name that pre-approves loopback.
+func createEnrollmentToken(ctx context.Context, conn *grpc.ClientConn, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, tokenCallTimeout)
 	defer cancel()
 	resp, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(ctx, &outpostv1.CreateEnrollmentTokenRequest{
-		AgentName: "bench",
+		AgentName: name,
 		Ttl:       durationpb.New(time.Hour),
 		Routes:    &outpostv1.RouteSet{Subnets: []string{"127.0.0.0/8"}},
 	})
@@ -227,6 +227,12 @@ func (c *commander) do(ctx context.Context, r request) any {
 	case opRelease:
 		c.release()
 		return response{}
+	case opEnrollToken:
+		tok, err := createEnrollmentToken(ctx, c.api, r.Name)
+		if err != nil {
+			return response{Error: err.Error()}
+		}
+		return response{Token: tok}
 	}
 	return unknownOp(r)
 }

@@ -5,8 +5,9 @@
 // and the agent, alone and 8 in parallel; and a raw session through a
 // benchmark-only TCP entry), the CPU each process spends per GB, session
 // setup latency, the memory of the gateway and the agent with idle
-// sessions, the most sessions one agent carries, and the gateway's route
-// lookup benchmarks.
+// sessions, the most sessions one agent carries, session setup right after
+// a kill -9 of the agent routing prefers, the liveness traffic and CPU of
+// idle agents, and the gateway's route lookup benchmarks.
 //
 // Run it from the repository root (make bench runs the full mode):
 //
@@ -67,7 +68,7 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("tunnel", flag.ContinueOnError)
 	var (
 		quick       = fs.Bool("quick", false, "small transfers, one run each, 2,000 capacity sessions: about a minute")
-		timeout     = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 110s with -quick)")
+		timeout     = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 170s with -quick)")
 		outpost     = fs.String("outpost", "", "outpost binary to run the agent and the client with (default: build ./cmd/outpost)")
 		resultsOut  = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md; \"-\": nowhere)")
 		cpuprofile  = fs.String("cpuprofile", "", "keep the gateway child's CPU profiles as PREFIX-connect.pprof and PREFIX-raw.pprof")

@@ -42,11 +42,11 @@ func buildOutpost(ctx context.Context, root, dir string) (string, error) {
 }
 
 // enrollAgent runs `outpost agent enroll` with the token on stdin and
-// returns the new agent's id.
-func enrollAgent(ctx context.Context, bin, dir, token string) (string, error) {
+// extra flags, and returns the new agent's id.
+func enrollAgent(ctx context.Context, bin, dir, token string, extra ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "agent", "enroll", "--token", "-", "--config-dir", dir, "--log-level", "warn")
+	cmd := exec.CommandContext(ctx, bin, append([]string{"agent", "enroll", "--token", "-", "--config-dir", dir, "--log-level", "warn"}, extra...)...)
 	cmd.Stdin = strings.NewReader(token + "\n")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = proc.Attr()

@@ -27,19 +27,21 @@ import (
 // Settings size one run. SettingsFor gives the two sizes the benchmark has;
 // the zero value sizes nothing.
 type Settings struct {
-	Quick     bool          // the -quick sizes
-	Bytes     int64         // per measured transfer (split across the parallel sessions)
-	WarmBytes int64         // per warm-up transfer
-	Reps      int           // measured transfers per path and direction
-	Parallel  int           // sessions of the parallel throughput row
-	Sessions  int           // sequential sessions per setup figure
-	Warmup    int           // sessions before those that are timed
-	Idle      int           // sessions held open for the RSS figure
-	IdleWait  time.Duration // how long they idle before RSS is read
-	Capacity  int           // sessions the capacity run tries to open on one agent
-	CapWait   time.Duration // bound of one capacity run's opening
-	Benchtime string        // go test -benchtime of the route lookup benchmarks
-	Timeout   time.Duration // bound of the whole run
+	Quick      bool          // the -quick sizes
+	Bytes      int64         // per measured transfer (split across the parallel sessions)
+	WarmBytes  int64         // per warm-up transfer
+	Reps       int           // measured transfers per path and direction
+	Parallel   int           // sessions of the parallel throughput row
+	Sessions   int           // sequential sessions per setup figure
+	Warmup     int           // sessions before those that are timed
+	Idle       int           // sessions held open for the RSS figure
+	IdleWait   time.Duration // how long they idle before RSS is read
+	Capacity   int           // sessions the capacity run tries to open on one agent
+	CapWait    time.Duration // bound of one capacity run's opening
+	IdleAgents int           // idle agents whose liveness traffic is measured
+	IdleWindow time.Duration // how long it is measured (and the gateway's baseline before)
+	Benchtime  string        // go test -benchtime of the route lookup benchmarks
+	Timeout    time.Duration // bound of the whole run
 }
 
 // TargetCapacity is the sessions one agent must carry: the capacity run's
@@ -52,25 +54,28 @@ const capacityWorkers = 8
 // SettingsFor returns the full sizes, or the -quick ones.
 func SettingsFor(quick bool) Settings {
 	s := Settings{
-		Quick:     quick,
-		Bytes:     512 << 20,
-		WarmBytes: 32 << 20,
-		Reps:      3,
-		Parallel:  8,
-		Sessions:  1000,
-		Warmup:    100,
-		Idle:      1000,
-		IdleWait:  2 * time.Second,
-		Capacity:  TargetCapacity,
-		CapWait:   90 * time.Second,
-		Benchtime: "1s",
-		Timeout:   9 * time.Minute,
+		Quick:      quick,
+		Bytes:      512 << 20,
+		WarmBytes:  32 << 20,
+		Reps:       3,
+		Parallel:   8,
+		Sessions:   1000,
+		Warmup:     100,
+		Idle:       1000,
+		IdleWait:   2 * time.Second,
+		Capacity:   TargetCapacity,
+		CapWait:    90 * time.Second,
+		IdleAgents: 16,
+		IdleWindow: 20 * time.Second,
+		Benchtime:  "1s",
+		Timeout:    9 * time.Minute,
 	}
 	if quick {
 		s.Bytes, s.WarmBytes, s.Reps = 64<<20, 16<<20, 1
 		s.Sessions, s.Warmup = 300, 50
 		s.Capacity, s.CapWait = 2000, 30*time.Second
-		s.Benchtime, s.Timeout = "200ms", 110*time.Second
+		s.IdleAgents, s.IdleWindow = 8, 10*time.Second
+		s.Benchtime, s.Timeout = "200ms", 170*time.Second
 	}
 	return s
 }

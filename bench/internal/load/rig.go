@@ -13,13 +13,19 @@ import (
 // target until the agent is connected and answers (bounded: 60 s). It fails
 // early if Check does.
 func (r *Rig) WaitReady(ctx context.Context) error {
+	return r.WaitAgent(ctx, r.AgentID)
+}
+
+// WaitAgent is WaitReady for the agent with id agentID.
+func (r *Rig) WaitAgent(ctx context.Context, agentID string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	start := time.Now()
+	header := []byte(agentID + " " + r.Targets.echoAddr() + "\n")
 	for {
-		err := echoSession(ctx, r.Entry, r.header(r.Targets.echoAddr()))
+		err := echoSession(ctx, r.Entry, header)
 		if err == nil {
-			r.log().Info("tunnel ready", "after", time.Since(start).Round(time.Millisecond))
+			r.log().Info("tunnel ready", "agent_id", agentID, "after", time.Since(start).Round(time.Millisecond))
 			return nil
 		}
 		if cerr := r.check(); cerr != nil {

@@ -56,8 +56,12 @@ type Results struct {
 	// if it could not be read.
 	GwHeap  *proc.HeapSummary
 	CapRuns []load.CapacityResult
-	Lookups []load.LookupBench
-	Elapsed time.Duration // the whole run
+	// Failover times the sessions opened after a kill -9 of the preferred
+	// agent; IdleCost is the liveness traffic of idle agents.
+	Failover load.FailoverSetup
+	IdleCost load.IdleCost
+	Lookups  []load.LookupBench
+	Elapsed  time.Duration // the whole run
 }
 
 // binarySize writes n bytes as whole GiB or MiB.
@@ -110,6 +114,7 @@ func (r *Results) rows() []row {
 	rows = append(rows, r.latencyRows()...)
 	rows = append(rows, r.rssRows()...)
 	rows = append(rows, r.capacityRows()...)
+	rows = append(rows, r.failoverRows()...)
 	rows = append(rows, r.lookupRows()...)
 	return rows
 }

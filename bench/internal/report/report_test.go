@@ -88,3 +88,32 @@ func TestProfilePerGB(t *testing.T) {
 		t.Errorf("total per GB with no bytes = %v, want 0", got)
 	}
 }
+
+// TestFailoverRows checks the failover verdict (p99 and no failure) and
+// the extrapolation of the idle cost to 1,000 agents.
+func TestFailoverRows(t *testing.T) {
+	r := &Results{ClockHz: 100}
+	r.Failover = load.FailoverSetup{Latency: load.Stats{N: 150, P50: 5 * time.Millisecond, P99: time.Second, Max: time.Second}}
+	r.IdleCost = load.IdleCost{Agents: 10, Window: 10 * time.Second, PacketsIn: 150, PacketsOut: 100,
+		BytesIn: 5000, BytesOut: 3000, GatewayTicks: 12, BaseTicks: 2, AgentTicks: 5}
+	rows := r.failoverRows()
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4: %+v", len(rows), rows)
+	}
+	if !strings.Contains(rows[1].verdict, "0.33 × target — PASS") {
+		t.Errorf("p99 row = %+v", rows[1])
+	}
+	if !strings.Contains(rows[2].figure, "2500 packets/s (1500 to the gateway, 1000 from it), 80.0 kB/s") {
+		t.Errorf("traffic row = %+v", rows[2])
+	}
+	if !strings.Contains(rows[3].figure, "gateway 1.000 (its own, 0.002,") || !strings.Contains(rows[3].figure, "the agents 0.50 in all") {
+		t.Errorf("CPU row = %+v", rows[3])
+	}
+	r.Failover.Failed, r.Failover.FirstError = 1, "boom"
+	if rows := r.failoverRows(); !strings.Contains(rows[1].verdict, "FAIL") || !strings.Contains(rows[1].figure, "1 failed: boom") {
+		t.Errorf("p99 row with a failure = %+v", rows[1])
+	}
+	if rows := (&Results{}).failoverRows(); len(rows) != 0 {
+		t.Errorf("no failover phase: %+v", rows)
+	}
+}
