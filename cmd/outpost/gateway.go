@@ -34,6 +34,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
 	fs.StringVar(&flagCfg.DataDir, "data-dir", "", "directory for the CA, keys, store and admin.key (required)")
 	fs.StringVar(&flagCfg.Store, "store", "", storeUsage)
+	fs.StringVar(&flagCfg.SealKeyFile, "seal-key-file", "", sealKeyUsage)
 	fs.StringVar(&flagCfg.Listen, "listen", server.DefaultListen, "TCP address for the TLS API port (gRPC, REST, health, metrics)")
 	fs.StringVar(&flagCfg.QUICListen, "quic-listen", server.DefaultQUICListen, "UDP address for agent QUIC connections")
 	fs.StringVar(&flagCfg.MetricsListen, "metrics-listen", "", "separate plain-HTTP address for /metrics (default: on the API port)")
@@ -78,6 +79,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.DataDir = flagCfg.DataDir
 		case "store":
 			cfg.Store = flagCfg.Store
+		case "seal-key-file":
+			cfg.SealKeyFile = flagCfg.SealKeyFile
 		case "listen":
 			cfg.Listen = flagCfg.Listen
 		case "quic-listen":
@@ -158,6 +161,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // with a password stays off the command line.
 const storeEnv = "OUTPOST_STORE"
 
+const sealKeyUsage = "file of the key that seals the CA, server key and token key in a PostgreSQL store (required with one; the same on every gateway; see gateway seal-key create)"
+
 const storeUsage = "the gateway's database: a postgres:// URL, or empty for the SQLite file in --data-dir (default $" + storeEnv + ")"
 
 func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -232,5 +237,29 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return tw.Flush()
 	}
+	return nil
+}
+
+// runSealKey runs "gateway seal-key create --out FILE".
+func runSealKey(args []string, stdout, stderr io.Writer) error {
+	const synopsis = "gateway seal-key create --out FILE"
+	if len(args) == 0 || args[0] != "create" {
+		fmt.Fprintf(stderr, "Usage: outpost %s\n", synopsis)
+		return fmt.Errorf("%w: seal-key needs the subcommand create", errUsage)
+	}
+	fs := newFlagSet("gateway seal-key create", stderr, synopsis)
+	var out string
+	fs.StringVar(&out, "out", "", "file to create (mode 0600; an existing file is never replaced) (required)")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if out == "" {
+		return fmt.Errorf("%w: --out is required", errUsage)
+	}
+	id, err := server.CreateSealKeyFile(out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Seal key %s written to %s (0600). Give every gateway on the database this file (--seal-key-file),\nand keep a copy somewhere safe: without it the CA and keys in the store cannot be opened.\n", id, shellQuote(out))
 	return nil
 }

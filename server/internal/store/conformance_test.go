@@ -50,6 +50,8 @@ var conformance = []struct {
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},
 	{"PruneExpired", testPruneExpired},
 	{"PruneSessions", testPruneSessions},
+	// Cluster secrets.
+	{"Secrets", testSecrets},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL
