@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -91,4 +92,162 @@ func CreateSealKeyFile(path string) (id string, err error) {
 		return "", err
 	}
 	return k.ID(), nil
+}
+
+// ExportOptions says what ExportSecrets reads and where it writes.
+type ExportOptions struct {
+	// DataDir is the gateway's data directory: its CA and key files and,
+	// unless Store is a PostgreSQL DSN, its SQLite store. Required
+	// unless Store is a PostgreSQL DSN.
+	DataDir string
+	// Store is the gateway's Config.Store. With a PostgreSQL DSN, the
+	// secrets are read from that store (opened under SealKeyFile).
+	Store string
+	// SealKeyFile is the key the bundle is sealed under: the one the
+	// target gateways are given. Required.
+	SealKeyFile string
+	// Out is the bundle file to create (mode 0600; never replaced).
+	// Required.
+	Out string
+	// SecretsOnly leaves the store's rows (API keys, agents, tokens,
+	// audit) out of the bundle.
+	SecretsOnly bool
+}
+
+// ImportOptions says what ImportSecrets reads and where it writes.
+type ImportOptions struct {
+	// Store is the PostgreSQL DSN of the target store, migrated if
+	// needed. Required.
+	Store string
+	// SealKeyFile is the key the bundle was sealed under, which the
+	// gateways on Store are given. Required.
+	SealKeyFile string
+	// In is the bundle file ExportSecrets wrote. Required.
+	In string
+	// SecretsOnly imports the secrets and skips the bundle's rows.
+	SecretsOnly bool
+}
+
+// TransferSummary says what ExportSecrets or ImportSecrets moved.
+type TransferSummary struct {
+	// CASPKISHA256 is the pin of the CA moved: agents' enrollment pin.
+	CASPKISHA256 string
+	// ServerSPKISHA256 is the pin of the server key moved: what agents pin.
+	ServerSPKISHA256 string
+	// SealKeyID identifies the seal key of the bundle.
+	SealKeyID string
+	// SecretsStored is false when an import found the same secrets in the
+	// target store already.
+	SecretsStored bool
+	// Rows counts the rows moved by table; nil when none were.
+	Rows map[string]int
+}
+
+// transferTimeout bounds opening a store and moving the rows.
+const transferTimeout = 5 * time.Minute
+
+// ExportSecrets writes a gateway's CA, server key and token key, and
+// unless SecretsOnly its store's rows, to a bundle file sealed under the
+// seal key, for ImportSecrets on the target store. Run it with the
+// gateway stopped, so that no row written after the export is lost.
+// logger may be nil.
+func ExportSecrets(ctx context.Context, o ExportOptions, logger hclog.Logger) (TransferSummary, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if o.SealKeyFile == "" || o.Out == "" || o.DataDir == "" && !isPostgresDSN(o.Store) {
+		return TransferSummary{}, errors.New("export-secrets needs the seal key file, the bundle file to write, and the data directory (or a PostgreSQL store)")
+	}
+	key, err := seal.LoadKeyFile(o.SealKeyFile)
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, transferTimeout)
+	defer cancel()
+	st, err := openStore(ctx, o.DataDir, o.Store, true, logger)
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	defer st.Close()
+	var b secrets.Bundle
+	if isPostgresDSN(o.Store) {
+		rows, err := st.ListSecrets(ctx)
+		if err != nil {
+			return TransferSummary{}, err
+		}
+		if len(rows) == 0 {
+			return TransferSummary{}, errors.New("the PostgreSQL store holds no cluster secrets to export")
+		}
+		if b.Secrets, err = secrets.Open(key, rows); err != nil {
+			return TransferSummary{}, err
+		}
+	} else if b.Secrets, err = pki.ReadSecrets(o.DataDir); err != nil {
+		return TransferSummary{}, err
+	}
+	sum := TransferSummary{SealKeyID: key.ID(), SecretsStored: true}
+	if !o.SecretsOnly {
+		rows, err := st.ExportRows(ctx)
+		if err != nil {
+			return TransferSummary{}, err
+		}
+		b.Rows, sum.Rows = &rows, rows.Count()
+	}
+	if err := secrets.WriteBundle(o.Out, key, b, time.Now()); err != nil {
+		return TransferSummary{}, err
+	}
+	return sum.withPins(b.Secrets)
+}
+
+// ImportSecrets stores a bundle's secrets in the target PostgreSQL store
+// (where they may already be, the same: a re-run), then, unless
+// SecretsOnly or the bundle has none, its rows, which go into an empty
+// store only. The gateways started on the store then share the CA, the
+// server key and the token key of the exported gateway, so its enrolled
+// agents keep their certificates and their server pin. logger may be nil.
+func ImportSecrets(ctx context.Context, o ImportOptions, logger hclog.Logger) (TransferSummary, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if !isPostgresDSN(o.Store) {
+		return TransferSummary{}, errors.New("import-secrets writes into a PostgreSQL store: give its postgres:// URL (a SQLite gateway keeps its secrets in files)")
+	}
+	if o.SealKeyFile == "" || o.In == "" {
+		return TransferSummary{}, errors.New("import-secrets needs the seal key file and the bundle file")
+	}
+	key, err := seal.LoadKeyFile(o.SealKeyFile)
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	b, err := secrets.ReadBundle(o.In, key)
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, transferTimeout)
+	defer cancel()
+	st, err := openStore(ctx, "", o.Store, false, logger)
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	defer st.Close()
+	sum := TransferSummary{SealKeyID: key.ID()}
+	if sum.SecretsStored, err = secrets.Put(ctx, st, key, b.Secrets, time.Now()); err != nil {
+		return TransferSummary{}, err
+	}
+	if b.Rows != nil && !o.SecretsOnly {
+		if err := st.ImportRows(ctx, *b.Rows); err != nil {
+			return TransferSummary{}, fmt.Errorf("the secrets are in the store, but its rows were not imported (import with --secrets-only to skip them): %w", err)
+		}
+		sum.Rows = b.Rows.Count()
+	}
+	return sum.withPins(b.Secrets)
+}
+
+// withPins fills the summary's pins from sec.
+func (s TransferSummary) withPins(sec pki.Secrets) (TransferSummary, error) {
+	a, err := pki.New(sec, pki.Config{})
+	if err != nil {
+		return TransferSummary{}, err
+	}
+	s.CASPKISHA256, s.ServerSPKISHA256 = a.CASPKISHA256(), a.ServerSPKISHA256()
+	return s, nil
 }

@@ -128,3 +128,25 @@ func TestOpenDamaged(t *testing.T) {
 		t.Error("a set without one record opened")
 	}
 }
+
+// A bundle reads back under its key, with its rows; under another key it
+// is ErrWrongKey; an existing file is never overwritten.
+func TestBundle(t *testing.T) {
+	key := newKey(t, 5)
+	sec, _ := pki.NewSecrets(pki.Config{})
+	rows := &store.Rows{SchemaVersion: 4, Tables: []store.TableRows{{Name: "agents", Columns: []string{"id"}, Rows: [][]any{{"a"}}}}}
+	path := t.TempDir() + "/bundle"
+	if err := WriteBundle(path, key, Bundle{Secrets: sec, Rows: rows}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteBundle(path, key, Bundle{Secrets: sec}, time.Now()); err == nil {
+		t.Fatal("WriteBundle replaced an existing file")
+	}
+	b, err := ReadBundle(path, key)
+	if err != nil || !b.Secrets.Equal(sec) || b.Rows == nil || b.Rows.Count()["agents"] != 1 {
+		t.Fatalf("ReadBundle: %+v, %v", b.Rows, err)
+	}
+	if _, err := ReadBundle(path, newKey(t, 6)); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("ReadBundle under another key: %v, want ErrWrongKey", err)
+	}
+}

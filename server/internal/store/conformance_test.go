@@ -52,6 +52,7 @@ var conformance = []struct {
 	{"PruneSessions", testPruneSessions},
 	// Cluster secrets.
 	{"Secrets", testSecrets},
+	{"ImportRows", testImportRows},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL

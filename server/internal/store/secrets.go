@@ -11,9 +11,9 @@ import (
 // server key, the token key), sealed by the caller: the store never sees
 // the plaintext.
 type Secret struct {
-	Name      string    // unique; required
-	Sealed    []byte    // the sealed value; required
-	CreatedAt time.Time // if zero on create, now
+	Name      string    `json:"name"`       // unique; required
+	Sealed    []byte    `json:"sealed"`     // the sealed value; required
+	CreatedAt time.Time `json:"created_at"` // if zero on create, now
 }
 
 // CreateSecrets implements Store: every secret is inserted in one

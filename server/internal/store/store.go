@@ -154,6 +154,15 @@ type Store interface {
 	// ListSecrets returns every stored secret in name order; an empty,
 	// non-nil slice when there are none.
 	ListSecrets(ctx context.Context) ([]Secret, error)
+
+	// ExportRows reads every row but the cluster secrets, in one
+	// consistent snapshot, to move the gateway to another store.
+	ExportRows(ctx context.Context) (Rows, error)
+	// ImportRows writes rows that ExportRows read into this store, all or
+	// none. ErrConflict, and nothing changes, unless every table it fills
+	// is empty; ErrInvalid for rows of another schema version or of an
+	// unknown table or column.
+	ImportRows(ctx context.Context, r Rows) error
 }
 
 // APIKey is a management API key. The secret itself is never stored.
