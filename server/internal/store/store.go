@@ -45,6 +45,11 @@ var (
 	ErrInvalid = errors.New("store: invalid argument")
 	// ErrSchemaTooNew: the database was migrated by a newer gateway.
 	ErrSchemaTooNew = errors.New("store: database schema is newer than this gateway")
+	// ErrUnavailable: the database could not be reached, or did not answer
+	// within the call's deadline, so the call could not decide anything
+	// (a write may or may not have committed if the connection broke at
+	// its COMMIT). Try again later; never take it for a "no".
+	ErrUnavailable = errors.New("store: database unavailable")
 )
 
 // Store is the gateway's persistent state. Implementations are safe for
