@@ -139,18 +139,6 @@ func enrollWith(t *testing.T, gw *gateway, tok, name string) error {
 	return err
 }
 
-// waitFor polls cond until it holds or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // PostgreSQL stopped under a running gateway: the live agent stays
 // connected and a live client session keeps flowing; /readyz says not
 // ready and why; what needs the store (an enrollment, an API key, a
@@ -204,7 +192,7 @@ func TestPostgresStoreDown(t *testing.T) {
 	// An agent restarts: admitted from the cache.
 	ra.stop()
 	startAgent(t, fastAgent(branchDir))
-	waitFor(t, 15*time.Second, "the restarted agent admitted from the cache", func() bool {
+	lcUntil(t, 15*time.Second, "the restarted agent admitted from the cache", func() bool {
 		s, err := gw.dial(branch, target)
 		if err != nil {
 			return false
@@ -215,7 +203,7 @@ func TestPostgresStoreDown(t *testing.T) {
 	echoLine(t, live, "still during the outage\n")
 
 	pg.Start(t)
-	waitFor(t, 15*time.Second, "ready again", func() bool { code, _ := gw.restGet("/readyz"); return code == http.StatusOK })
+	lcUntil(t, 15*time.Second, "ready again", func() bool { code, _ := gw.restGet("/readyz"); return code == http.StatusOK })
 	if err := enrollWith(t, gw, tok, "late"); err != nil {
 		t.Errorf("Enroll after the outage, with the token refused during it: %v", err)
 	}

@@ -67,16 +67,20 @@ func decodePEM(data []byte, want string) ([]byte, error) {
 }
 
 // loadKey reads a PKCS#8 ECDSA P-256 private key.
-func loadKey(path string) (*ecdsa.PrivateKey, error) {
+func loadKey(path string) (*ecdsa.PrivateKey, error) { return loadFile(path, parseKeyPEM) }
+
+// loadFile reads path and decodes it with parse; errors are *FileError.
+func loadFile[T any](path string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
+		return zero, &FileError{Path: path, Err: err}
 	}
-	k, err := parseKeyPEM(data)
+	v, err := parse(data)
 	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
+		return zero, &FileError{Path: path, Err: err}
 	}
-	return k, nil
+	return v, nil
 }
 
 // parseKeyPEM decodes a PKCS#8 ECDSA P-256 private key in PEM.
@@ -97,17 +101,7 @@ func parseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
 }
 
 // loadCert reads a single certificate.
-func loadCert(path string) (*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
-	}
-	c, err := parseCertPEM(data)
-	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
-	}
-	return c, nil
-}
+func loadCert(path string) (*x509.Certificate, error) { return loadFile(path, parseCertPEM) }
 
 // parseCertPEM decodes a single certificate in PEM.
 func parseCertPEM(data []byte) (*x509.Certificate, error) {

@@ -36,18 +36,13 @@ func LoadOrCreate(dir string, cfg Config) (*Authority, error) {
 	if dir == "" {
 		return nil, errors.New("pki: no directory given")
 	}
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	names, err := parseHostNames(cfg.Hostnames)
+	a, err := newAuthority(dir, cfg)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	a := &Authority{dir: dir, cfg: cfg, log: cfg.Logger, names: names}
 
 	present := make(map[string]bool)
 	for _, f := range []string{CACertFile, CAKeyFile, ServerCertFile, ServerKeyFile, TokenKeyFile} {
@@ -68,6 +63,20 @@ func LoadOrCreate(dir string, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// newAuthority returns an empty Authority kept in dir ("" for none) with
+// cfg defaulted and checked and its host names parsed.
+func newAuthority(dir string, cfg Config) (*Authority, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	names, err := parseHostNames(cfg.Hostnames)
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{dir: dir, cfg: cfg, log: cfg.Logger, names: names}, nil
 }
 
 func (a *Authority) path(file string) string { return filepath.Join(a.dir, file) }

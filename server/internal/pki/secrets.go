@@ -131,18 +131,13 @@ func (s Secrets) Equal(o Secrets) bool {
 // RenewServerIfNeeded. Errors: the CA's problem, or invalid options or
 // host names.
 func New(s Secrets, cfg Config) (*Authority, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	names, err := parseHostNames(cfg.Hostnames)
+	a, err := newAuthority("", cfg)
 	if err != nil {
 		return nil, err
 	}
 	if s.CACert == nil || s.CAKey == nil || s.ServerKey == nil || s.TokenKey == nil {
 		return nil, errors.New("pki: incomplete secrets")
 	}
-	a := &Authority{cfg: cfg, log: cfg.Logger, names: names}
 	if err := a.checkCA(s.CACert, s.CAKey, "secret "+CAKeyFile); err != nil {
 		return nil, fmt.Errorf("pki: secret %s: %w", CACertFile, err)
 	}
@@ -155,7 +150,7 @@ func New(s Secrets, cfg Config) (*Authority, error) {
 	a.serverKey, a.serverSPKI, a.tokenKey = s.ServerKey, spki, s.TokenKey
 	a.renewMu.Lock()
 	defer a.renewMu.Unlock()
-	if err := a.reissueServerLocked(cfg.Now(), "start"); err != nil {
+	if err := a.reissueServerLocked(a.cfg.Now(), "start"); err != nil {
 		return nil, err
 	}
 	return a, nil

@@ -31,6 +31,8 @@ import (
 	"io"
 	"os"
 	"runtime"
+
+	"github.com/outposthq/outpost/internal/atomicfile"
 )
 
 // Sizes of a key and of the sealed layout.
@@ -148,20 +150,8 @@ func CreateKeyFile(path string, rnd io.Reader) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, keyFileMode)
-	if err != nil {
+	if err := atomicfile.WriteNew(path, []byte(base64.StdEncoding.EncodeToString(raw)+"\n"), keyFileMode); err != nil {
 		return nil, fmt.Errorf("seal key: %w", err)
-	}
-	_, werr := f.WriteString(base64.StdEncoding.EncodeToString(raw) + "\n")
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("seal key: %w", werr)
 	}
 	return k, nil
 }

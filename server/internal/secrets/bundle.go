@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/outposthq/outpost/internal/atomicfile"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/seal"
 	"github.com/outposthq/outpost/server/internal/store"
@@ -62,20 +63,8 @@ func WriteBundle(path string, key *seal.Key, b Bundle, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("secrets: encode bundle: %w", err)
 	}
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.WriteNew(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("secrets: bundle: %w", err)
-	}
-	_, werr := out.Write(append(data, '\n'))
-	if werr == nil {
-		werr = out.Sync()
-	}
-	if cerr := out.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(path)
-		return fmt.Errorf("secrets: bundle: %w", werr)
 	}
 	return nil
 }
