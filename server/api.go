@@ -229,14 +229,23 @@ func (a *apiServer) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(a.g.metrics.Registry, promhttp.HandlerOpts{Registry: a.g.metrics.Registry})
 }
 
-// readyz answers 200 when the store answers and the listeners are serving.
+// readyzStoreTimeout is how long /readyz waits for the store: a store
+// slower than that is not ready.
+const readyzStoreTimeout = 3 * time.Second
+
+// readyz answers 200 when the store answers and the listeners are serving,
+// else 503 with the reason. A gateway whose store is down is not ready
+// (its live agents and sessions go on) and ready again, without a
+// restart, once the store answers.
 func (a *apiServer) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !a.g.serving.Load() {
 		http.Error(w, "not serving", http.StatusServiceUnavailable)
 		return
 	}
-	if err := a.g.store.Ping(r.Context()); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), readyzStoreTimeout)
+	defer cancel()
+	if err := a.g.store.Ping(ctx); err != nil {
 		http.Error(w, "store unreachable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}

@@ -34,8 +34,8 @@ import (
 // DataDir means "the default" given in its comment. It is read from a JSON file
 // (LoadConfigFile) whose keys are the field names, and command-line flags override it.
 type Config struct {
-	// DataDir holds the CA, server and token keys, admin.key and, unless Store
-	// names a PostgreSQL database, the SQLite store.
+	// DataDir holds admin.key and, unless Store names a PostgreSQL
+	// database, the SQLite store and the CA, server and token keys.
 	// Required.
 	DataDir string `json:"data_dir"`
 	// Store selects the database. Empty: the SQLite file outpost.db in
@@ -46,6 +46,14 @@ type Config struct {
 	// password out of the URL: the driver reads PGPASSWORD and the password
 	// file (~/.pgpass, or PGPASSFILE).
 	Store string `json:"store"`
+	// SealKeyFile is the file holding the key-encryption key (32 random
+	// bytes, raw or base64; `outpost gateway seal-key create`) under which
+	// the CA key and certificate, the server key and the token key are
+	// kept sealed in a PostgreSQL store, so that every gateway on the
+	// database shares them. Give every gateway the same key. Required with
+	// a PostgreSQL store, refused with SQLite (whose gateway keeps them as
+	// files in DataDir).
+	SealKeyFile string `json:"seal_key_file"`
 	// Listen is the TCP address serving gRPC, REST, health, metrics and OpenAPI
 	// over TLS. If empty, DefaultListen (":7171").
 	Listen string `json:"listen"`
@@ -461,6 +469,9 @@ func (c Config) validate() error {
 		errs = append(errs, errors.New("data_dir is required"))
 	}
 	if err := validStore(c.Store); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validSealKey(c.Store, c.SealKeyFile); err != nil {
 		errs = append(errs, err)
 	}
 	for name, addr := range map[string]string{"listen": c.Listen, "quic_listen": c.QUICListen, "metrics_listen": c.MetricsListen} {

@@ -82,9 +82,10 @@ type Gateway struct {
 	closeErr  error
 }
 
-// New prepares a gateway from cfg: it creates or loads the data directory
-// (CA, server certificate, token key, store, first admin key) and binds the
-// listeners, so Addr is valid when it returns. logger may be nil.
+// New prepares a gateway from cfg: it opens the store, creates or loads the
+// CA, server key and token key (files in the data directory with SQLite,
+// sealed in the store with PostgreSQL) and the first admin key, and binds
+// the listeners, so Addr is valid when it returns. logger may be nil.
 func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
@@ -103,12 +104,18 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		}
 	}()
 
-	g.pki, err = pki.LoadOrCreate(cfg.DataDir, pki.Config{
+	openCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g.store, err = openStore(openCtx, cfg.DataDir, cfg.Store, false, logger)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.pki, err = loadAuthority(openCtx, cfg, g.store, pki.Config{
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
 		Now:           cfg.Now,
-	})
+	}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -121,12 +128,6 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		provKeys = append(provKeys, prov)
 	}
 	g.tokens, err = token.NewIssuer(g.pki.TokenKey(), provKeys, cfg.Now)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	openCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	g.store, err = openStore(openCtx, cfg.DataDir, cfg.Store, false, logger)
-	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

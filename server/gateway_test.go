@@ -561,14 +561,14 @@ func TestLoadConfigFile(t *testing.T) {
 	good := filepath.Join(dir, "good.json")
 	os.WriteFile(good, []byte(`{"data_dir": "/var/lib/outpost", "hostnames": ["gw.example.test"], "shutdown_timeout": "5s",
 "accept_any_routes": true, "max_routes_per_agent": 64, "max_route_changes_per_minute": 5,
-"store": "postgresql://outpost@db.example.test/outpost"}`), 0o644)
+"store": "postgresql://outpost@db.example.test/outpost", "seal_key_file": "/etc/outpost/seal.key"}`), 0o644)
 	c, err := LoadConfigFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.DataDir != "/var/lib/outpost" || c.Hostnames[0] != "gw.example.test" || c.ShutdownTimeout != Duration(5*time.Second) ||
 		!c.AcceptAnyRoutes || c.MaxRoutesPerAgent != 64 || c.MaxRouteChangesPerMinute != 5 ||
-		c.Store != "postgresql://outpost@db.example.test/outpost" || c.withDefaults().validate() != nil {
+		c.Store != "postgresql://outpost@db.example.test/outpost" || c.SealKeyFile != "/etc/outpost/seal.key" || c.withDefaults().validate() != nil {
 		t.Fatalf("parsed %+v", c)
 	}
 	d := c.withDefaults()

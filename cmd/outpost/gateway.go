@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -37,6 +38,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
 	fs.StringVar(&flagCfg.DataDir, "data-dir", "", "directory for the CA, keys, store and admin.key (required)")
 	fs.StringVar(&flagCfg.Store, "store", "", storeUsage)
+	fs.StringVar(&flagCfg.SealKeyFile, "seal-key-file", "", sealKeyUsage)
 	fs.StringVar(&flagCfg.Listen, "listen", server.DefaultListen, "TCP address for the TLS API port (gRPC, REST, health, metrics)")
 	fs.StringVar(&flagCfg.QUICListen, "quic-listen", server.DefaultQUICListen, "UDP address for agent QUIC connections")
 	fs.StringVar(&flagCfg.MetricsListen, "metrics-listen", "", "separate plain-HTTP address for /metrics (default: on the API port)")
@@ -84,6 +86,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.DataDir = flagCfg.DataDir
 		case "store":
 			cfg.Store = flagCfg.Store
+		case "seal-key-file":
+			cfg.SealKeyFile = flagCfg.SealKeyFile
 		case "listen":
 			cfg.Listen = flagCfg.Listen
 		case "quic-listen":
@@ -170,6 +174,8 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // with a password stays off the command line.
 const storeEnv = "OUTPOST_STORE"
 
+const sealKeyUsage = "file of the key that seals the CA, server key and token key in a PostgreSQL store (required with one; the same on every gateway; see gateway seal-key create)"
+
 const storeUsage = "the gateway's database: a postgres:// URL, or empty for the SQLite file in --data-dir (default $" + storeEnv + ")"
 
 func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -243,6 +249,104 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, strings.Join(k.Scopes, ","), k.CreatedAt.UTC().Format(time.RFC3339), revoked)
 		}
 		return tw.Flush()
+	}
+	return nil
+}
+
+// runSealKey runs "gateway seal-key create --out FILE".
+func runSealKey(args []string, stdout, stderr io.Writer) error {
+	const synopsis = "gateway seal-key create --out FILE"
+	if len(args) == 0 || args[0] != "create" {
+		fmt.Fprintf(stderr, "Usage: outpost %s\n", synopsis)
+		return fmt.Errorf("%w: seal-key needs the subcommand create", errUsage)
+	}
+	fs := newFlagSet("gateway seal-key create", stderr, synopsis)
+	var out string
+	fs.StringVar(&out, "out", "", "file to create (mode 0600; an existing file is never replaced) (required)")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if out == "" {
+		return fmt.Errorf("%w: --out is required", errUsage)
+	}
+	id, err := server.CreateSealKeyFile(out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Seal key %s written to %s (0600). Give every gateway on the database this file (--seal-key-file),\nand keep a copy somewhere safe: without it the CA and keys in the store cannot be opened.\n", id, shellQuote(out))
+	return nil
+}
+
+// runSecretsTransfer runs "gateway export-secrets" and "gateway
+// import-secrets".
+func runSecretsTransfer(ctx context.Context, verb string, args []string, stdout, stderr io.Writer) error {
+	synopsis := "gateway export-secrets --data-dir DIR --seal-key-file F --out FILE [--secrets-only]"
+	if verb == "import" {
+		synopsis = "gateway import-secrets --store postgres://… --seal-key-file F --in FILE [--secrets-only]"
+	}
+	fs := newFlagSet("gateway "+verb+"-secrets", stderr, synopsis)
+	var (
+		lf                          logFlags
+		dataDir, dsn, keyFile, path string
+		secretsOnly                 bool
+	)
+	lf.register(fs)
+	fs.StringVar(&dsn, "store", "", storeUsage)
+	fs.StringVar(&keyFile, "seal-key-file", "", "the seal key the bundle is sealed under: the one the gateways on PostgreSQL are given (required)")
+	if verb == "export" {
+		fs.StringVar(&dataDir, "data-dir", "", "the gateway's data directory (required unless --store names a PostgreSQL database)")
+		fs.StringVar(&path, "out", "", "the bundle file to create, mode 0600 (required)")
+		fs.BoolVar(&secretsOnly, "secrets-only", false, "leave the store's rows (API keys, agents, tokens, audit) out of the bundle")
+	} else {
+		fs.StringVar(&path, "in", "", "the bundle file export-secrets wrote (required)")
+		fs.BoolVar(&secretsOnly, "secrets-only", false, "import the secrets only, not the bundle's rows")
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if dsn == "" {
+		dsn = os.Getenv(storeEnv)
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	var sum server.TransferSummary
+	switch verb {
+	case "export":
+		if keyFile == "" || path == "" || dataDir == "" && dsn == "" {
+			return fmt.Errorf("%w: --seal-key-file, --out and --data-dir (or --store) are required", errUsage)
+		}
+		sum, err = server.ExportSecrets(ctx, server.ExportOptions{DataDir: dataDir, Store: dsn, SealKeyFile: keyFile, Out: path, SecretsOnly: secretsOnly}, log)
+	default:
+		if keyFile == "" || path == "" || dsn == "" {
+			return fmt.Errorf("%w: --store, --seal-key-file and --in are required", errUsage)
+		}
+		sum, err = server.ImportSecrets(ctx, server.ImportOptions{Store: dsn, SealKeyFile: keyFile, In: path, SecretsOnly: secretsOnly}, log)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case verb == "export":
+		fmt.Fprintf(stdout, "Exported to %s, sealed under seal key %s:\n", shellQuote(path), sum.SealKeyID)
+	case sum.SecretsStored:
+		fmt.Fprintf(stdout, "Imported into the store, under seal key %s:\n", sum.SealKeyID)
+	default:
+		fmt.Fprintf(stdout, "The store already held these secrets (seal key %s):\n", sum.SealKeyID)
+	}
+	fmt.Fprintf(stdout, "  CA          ca_spki_sha256 %s\n  server key  server_spki_sha256 %s\n  token key\n", sum.CASPKISHA256, sum.ServerSPKISHA256)
+	if sum.Rows == nil {
+		fmt.Fprintln(stdout, "  no store rows")
+		return nil
+	}
+	tables := make([]string, 0, len(sum.Rows))
+	for t := range sum.Rows {
+		tables = append(tables, t)
+	}
+	slices.Sort(tables)
+	for _, t := range tables {
+		fmt.Fprintf(stdout, "  %-27s %d rows\n", t, sum.Rows[t])
 	}
 	return nil
 }

@@ -137,3 +137,27 @@ func TestGatewayStoreFlag(t *testing.T) {
 		t.Errorf("apikey without a store: %v", err)
 	}
 }
+
+// "gateway seal-key create" writes a 0600 key once and names its id; a
+// second run on the same file refuses to replace it.
+func TestSealKeyCreate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "seal.key")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"gateway", "seal-key", "create", "--out", path}, strings.NewReader(""), &out, &errOut); err != nil {
+		t.Fatalf("seal-key create: %v\n%s", err, errOut.String())
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
+	}
+	if !strings.Contains(out.String(), "--seal-key-file") {
+		t.Errorf("output does not say how to use the key: %q", out.String())
+	}
+	before, _ := os.ReadFile(path)
+	err := run(context.Background(), []string{"gateway", "seal-key", "create", "--out", path}, strings.NewReader(""), &out, &errOut)
+	if after, _ := os.ReadFile(path); err == nil || !bytes.Equal(before, after) {
+		t.Fatalf("a second seal-key create on the same file: %v (file changed: %v)", err, !bytes.Equal(before, after))
+	}
+	if err := run(context.Background(), []string{"gateway", "seal-key", "create"}, strings.NewReader(""), &out, &errOut); !errors.Is(err, errUsage) {
+		t.Errorf("seal-key create without --out: %v, want a usage error", err)
+	}
+}

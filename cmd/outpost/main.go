@@ -24,6 +24,9 @@ Usage:
   outpost gateway [flags]                  run the gateway
   outpost gateway apikey create|list|revoke  manage API keys on the gateway's store
   outpost gateway token create [flags]     mint a one-time agent enrollment token
+  outpost gateway seal-key create --out F  create the key that seals the CA and keys in PostgreSQL
+  outpost gateway export-secrets|import-secrets
+                                           move a gateway's CA, keys and store onto PostgreSQL
   outpost agent enroll --token <jwt|->     enroll this machine as an agent
                                            (or --secret-file F --gateway URL --ca-pin HEX)
   outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
@@ -71,6 +74,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "gateway":
 		if len(args) > 1 && args[1] == "apikey" {
 			return runAPIKey(ctx, args[2:], stdout, stderr)
+		}
+		if len(args) > 1 && (args[1] == "export-secrets" || args[1] == "import-secrets") {
+			return runSecretsTransfer(ctx, strings.TrimSuffix(args[1], "-secrets"), args[2:], stdout, stderr)
+		}
+		if len(args) > 1 && args[1] == "seal-key" {
+			return runSealKey(args[2:], stdout, stderr)
 		}
 		if len(args) > 2 && args[1] == "token" && args[2] == "create" {
 			return runTokenCreate(ctx, args[3:], stdout, stderr)

@@ -1,6 +1,7 @@
 // Package atomicfile replaces files atomically: a reader of the target path
 // sees either the complete old content or the complete new content, never a
-// mix, and a crash or an error leaves the old file in place.
+// mix, and a crash or an error leaves the old file in place. WriteNew
+// creates a file the same way, never replacing one.
 //
 // It is used by both the gateway (CA, keys, first admin key) and the agent
 // (key, certificate, CA, config).
@@ -41,6 +42,21 @@ const tempAttempts = 4
 // concurrent writers of the same path each leave a complete file and the last
 // rename wins.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, false)
+}
+
+// WriteNew is WriteFile for a file that must not exist yet: it never
+// replaces one. When path exists it returns an error matching fs.ErrExist
+// and leaves path untouched; a reader of path sees no file or the complete
+// new one. Of concurrent writers of one path, exactly one succeeds.
+func WriteNew(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, true)
+}
+
+// write is WriteFile, or WriteNew when exclusive: the temporary file is
+// then linked to path (which fails when path exists) instead of renamed
+// over it.
+func write(path string, data []byte, perm os.FileMode, exclusive bool) error {
 	perm &= fs.ModePerm
 	dir, base := filepath.Split(path)
 	if base == "" {
@@ -76,12 +92,18 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("atomicfile: close %s: %w", tmp, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if exclusive {
+		err = os.Link(tmp, path)
+		os.Remove(tmp)
+	} else {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		return fmt.Errorf("atomicfile: %w", err)
 	}
 	committed = true
 	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("atomicfile: %s replaced but not yet durable: %w", path, err)
+		return fmt.Errorf("atomicfile: %s written but not yet durable: %w", path, err)
 	}
 	return nil
 }

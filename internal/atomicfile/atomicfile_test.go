@@ -2,6 +2,8 @@ package atomicfile
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -162,4 +164,26 @@ func TestWriteFileReplacesSymlinkNotItsTarget(t *testing.T) {
 	if got, _ := os.ReadFile(link); string(got) != "new" {
 		t.Fatalf("link holds %q", got)
 	}
+}
+
+// WriteNew creates a file with exactly its mode, and never replaces one:
+// a second write fails with fs.ErrExist and leaves the first content and
+// no temporary file.
+func TestWriteNew(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "key")
+	if err := WriteNew(path, []byte("first"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteNew(path, []byte("second"), 0o600); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("WriteNew over an existing file: %v, want fs.ErrExist", err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || string(got) != "first" {
+		t.Fatalf("content %q, %v; want the first write's", got, err)
+	}
+	if fi, err := os.Stat(path); runtime.GOOS != "windows" && (err != nil || fi.Mode().Perm() != 0o600) {
+		t.Errorf("mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	assertOnly(t, dir, "key")
 }

@@ -14,6 +14,9 @@
 // (apt-get install postgresql); with the CI environment variable set it
 // fails the test instead, so CI cannot pass by skipping.
 //
+// A test that needs to stop the database under the code it tests (and
+// start it again) takes a server of its own with NewServer.
+//
 // A package whose tests call DSN stops the server at the end: its TestMain
 // calls Main, or wraps testing.M with StopAfter when something else (such
 // as goleak) runs the tests.
@@ -61,9 +64,14 @@ var (
 	started  bool
 )
 
-// server is one running PostgreSQL.
+// server is one PostgreSQL server.
 type server struct {
-	dir    string // the temporary directory: data/, the socket, postgres.log
+	dir  string              // the temporary directory: data/, the socket, postgres.log
+	bin  string              // the directory of the server binaries
+	cred *syscall.Credential // whom the server runs as; nil for this process's user
+
+	// cmd and exited are the running server process, replaced by each
+	// launch; not safe for concurrent use (Server documents it).
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been waited for
 }
@@ -108,12 +116,19 @@ func require(tb testing.TB) *server {
 	tb.Helper()
 	s, err := get()
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
-		}
-		tb.Skipf("skipping the PostgreSQL half: %v", err)
+		cannotRun(tb, err)
 	}
 	return s
+}
+
+// cannotRun skips tb because no server can run, or fails it with the CI
+// environment variable set.
+func cannotRun(tb testing.TB, err error) {
+	tb.Helper()
+	if os.Getenv("CI") != "" {
+		tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
+	}
+	tb.Skipf("skipping the PostgreSQL half: %v", err)
 }
 
 // Available starts the shared server if needed and reports why it cannot
@@ -244,17 +259,27 @@ func start() (_ *server, err error) {
 		return nil, fmt.Errorf("testpg: initdb: %w\n%s", err, out)
 	}
 
-	logPath := filepath.Join(dir, "postgres.log")
-	logFile, err := os.Create(logPath)
+	s := &server{dir: dir, bin: bin, cred: cred}
+	if err := s.launch(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// launch runs the server on the data directory and socket in s.dir and
+// waits until it accepts connections.
+func (s *server) launch(ctx context.Context) error {
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("testpg: %w", err)
+		return fmt.Errorf("testpg: %w", err)
 	}
 	defer logFile.Close() // the server keeps its own descriptor
 	// Not CommandContext: the server outlives ctx, which bounds the start
 	// only.
-	cmd := command(context.Background(), cred, dir, filepath.Join(bin, "postgres"),
-		"-D", data,
-		"-k", dir, // the socket directory
+	cmd := command(context.Background(), s.cred, s.dir, filepath.Join(s.bin, "postgres"),
+		"-D", filepath.Join(s.dir, "data"),
+		"-k", s.dir, // the socket directory
 		"-c", "listen_addresses=",
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
@@ -267,20 +292,21 @@ func start() (_ *server, err error) {
 	// kernel tells the server to shut down at once.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("testpg: start postgres: %w", err)
+		return fmt.Errorf("testpg: start postgres: %w", err)
 	}
-	s := &server{dir: dir, cmd: cmd, exited: make(chan struct{})}
-	// Owned by s: stop waits for it.
+	exited := make(chan struct{})
+	s.cmd, s.exited = cmd, exited
+	// Owned by s: shutdown waits for it.
 	go func() {
 		cmd.Wait()
-		close(s.exited)
+		close(exited)
 	}()
 	if err := s.waitReady(ctx); err != nil {
-		s.stop()
+		s.shutdown()
 		log, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("testpg: %w\npostgres log:\n%s", err, log)
+		return fmt.Errorf("testpg: %w\npostgres log:\n%s", err, log)
 	}
-	return s, nil
+	return nil
 }
 
 // runAs returns the credentials to run the server with: the postgres
@@ -351,9 +377,18 @@ func (s *server) admin(ctx context.Context, stmt string) error {
 	return nil
 }
 
-// stop asks for a fast shutdown, kills the server if that takes too long,
-// waits for it and removes the directory.
+// stop shuts the server down and removes its directory.
 func (s *server) stop() error {
+	err := s.shutdown()
+	if rmErr := os.RemoveAll(s.dir); rmErr != nil {
+		err = errors.Join(err, fmt.Errorf("testpg: %w", rmErr))
+	}
+	return err
+}
+
+// shutdown asks for a fast shutdown, kills the server if that takes too
+// long, and waits for it. The data directory stays.
+func (s *server) shutdown() error {
 	var err error
 	if sigErr := s.cmd.Process.Signal(syscall.SIGINT); sigErr == nil {
 		timer := time.NewTimer(stopTimeout)
@@ -368,9 +403,6 @@ func (s *server) stop() error {
 	} else {
 		<-s.exited // it had exited already
 	}
-	if rmErr := os.RemoveAll(s.dir); rmErr != nil {
-		err = errors.Join(err, fmt.Errorf("testpg: %w", rmErr))
-	}
 	return err
 }
 
@@ -379,4 +411,63 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// Server is a PostgreSQL server of one test's own, which the test may stop
+// and start again to see what its code does while the database is down.
+// Build it with NewServer. Its methods are not safe for concurrent use.
+type Server struct {
+	s *server
+}
+
+// NewServer starts a server for tb alone (initdb and a start take a second
+// or two), stopped and removed when the test ends. When no server can run
+// it skips tb, or fails it with the CI environment variable set, as DSN
+// does.
+func NewServer(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := start()
+	if err != nil {
+		cannotRun(tb, err)
+	}
+	tb.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			tb.Errorf("testpg: %v", err)
+		}
+	})
+	return &Server{s: s}
+}
+
+// DSN creates a fresh database on the server, owned by the DSN's user, and
+// returns a postgres:// DSN for it. It stays until the server is removed.
+func (srv *Server) DSN(tb testing.TB) string {
+	tb.Helper()
+	name := "t_" + randomHex(8)
+	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+	defer cancel()
+	if err := srv.s.admin(ctx, "CREATE DATABASE "+name); err != nil {
+		tb.Fatalf("testpg: %v", err)
+	}
+	return srv.s.dsn(name)
+}
+
+// Stop shuts the server down (a fast shutdown: connections are cut); its
+// data stays for Start.
+func (srv *Server) Stop(tb testing.TB) {
+	tb.Helper()
+	if err := srv.s.shutdown(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Start starts a stopped server again on the same data and socket, so
+// DSNs given before reach it again, and waits until it accepts
+// connections.
+func (srv *Server) Start(tb testing.TB) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := srv.s.launch(ctx); err != nil {
+		tb.Fatal(err)
+	}
 }

@@ -85,3 +85,33 @@ func TestBinDir(t *testing.T) {
 		t.Fatalf("binDir = %q, %v; want version 15's", got, err)
 	}
 }
+
+// A test's own server stops and starts again with its data: a database
+// made before the stop answers after the start, and no connection gets
+// through while it is down.
+func TestServerStopStart(t *testing.T) {
+	srv := NewServer(t)
+	dsn := srv.DSN(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	exec := func() error {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS kept (x INT)`)
+		return err
+	}
+	if err := exec(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop(t)
+	if err := exec(); err == nil {
+		t.Fatal("a connection got through to a stopped server")
+	}
+	srv.Start(t)
+	if err := exec(); err != nil {
+		t.Fatalf("after Start: %v", err)
+	}
+}

@@ -153,7 +153,8 @@ func ParseBearer(header string) (token string, ok bool) {
 
 // Authorize checks the call to fullMethod and returns a context carrying the key.
 // Errors are gRPC statuses: Unauthenticated for a missing, unknown or revoked key,
-// PermissionDenied naming the scope needed, Internal when the lookup fails.
+// PermissionDenied naming the scope needed, Unavailable when the store cannot
+// be reached, Internal when the lookup fails otherwise.
 func (a *Authorizer) Authorize(ctx context.Context, fullMethod string) (context.Context, error) {
 	scope, listed := a.policy[fullMethod]
 	if !listed {
@@ -185,7 +186,8 @@ func (a *Authorizer) check(ctx context.Context, bearer, scope, what string) (Key
 	case errors.Is(err, ErrUnknownKey):
 		return Key{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "unknown api key")
 	case err != nil:
-		return Key{}, grpcerr.Errorf(err, "api key lookup failed: %v", err)
+		// Unavailable when the store cannot be reached: never a "no".
+		return Key{}, grpcerr.From(fmt.Errorf("api key lookup failed: %w", err))
 	case key.Revoked:
 		return Key{}, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "api key revoked")
 	case !key.Allows(scope):

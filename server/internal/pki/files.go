@@ -51,66 +51,90 @@ func exists(path string) (bool, error) {
 	}
 }
 
-// readPEM reads a file that must hold exactly one PEM block of type want
-// (whitespace around it is allowed) and returns the block's bytes.
-func readPEM(path, want string) ([]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
-	}
+// decodePEM returns the bytes of the one PEM block of type want that data
+// holds (whitespace around it is allowed).
+func decodePEM(data []byte, want string) ([]byte, error) {
 	block, rest := pem.Decode(bytes.TrimSpace(data))
 	switch {
 	case block == nil:
-		return nil, fileErrorf(path, "not a PEM file")
+		return nil, errors.New("not a PEM file")
 	case block.Type != want:
-		return nil, fileErrorf(path, "PEM block is %q, want %q", block.Type, want)
+		return nil, fmt.Errorf("PEM block is %q, want %q", block.Type, want)
 	case len(bytes.TrimSpace(rest)) != 0:
-		return nil, fileErrorf(path, "unexpected data after the %s block", want)
+		return nil, fmt.Errorf("unexpected data after the %s block", want)
 	}
 	return block.Bytes, nil
 }
 
 // loadKey reads a PKCS#8 ECDSA P-256 private key.
-func loadKey(path string) (*ecdsa.PrivateKey, error) {
-	der, err := readPEM(path, pemPrivateKey)
+func loadKey(path string) (*ecdsa.PrivateKey, error) { return loadFile(path, parseKeyPEM) }
+
+// loadFile reads path and decodes it with parse; errors are *FileError.
+func loadFile[T any](path string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return zero, &FileError{Path: path, Err: err}
+	}
+	v, err := parse(data)
+	if err != nil {
+		return zero, &FileError{Path: path, Err: err}
+	}
+	return v, nil
+}
+
+// parseKeyPEM decodes a PKCS#8 ECDSA P-256 private key in PEM.
+func parseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
+	der, err := decodePEM(data, pemPrivateKey)
 	if err != nil {
 		return nil, err
 	}
 	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
-		return nil, fileErrorf(path, "corrupt private key: %w", err)
+		return nil, fmt.Errorf("corrupt private key: %w", err)
 	}
 	ec, ok := k.(*ecdsa.PrivateKey)
 	if !ok || ec.Curve != elliptic.P256() {
-		return nil, fileErrorf(path, "private key is %s, want ECDSA P-256", keyKind(k))
+		return nil, fmt.Errorf("private key is %s, want ECDSA P-256", keyKind(k))
 	}
 	return ec, nil
 }
 
 // loadCert reads a single certificate.
-func loadCert(path string) (*x509.Certificate, error) {
-	der, err := readPEM(path, pemCertificate)
+func loadCert(path string) (*x509.Certificate, error) { return loadFile(path, parseCertPEM) }
+
+// parseCertPEM decodes a single certificate in PEM.
+func parseCertPEM(data []byte) (*x509.Certificate, error) {
+	der, err := decodePEM(data, pemCertificate)
 	if err != nil {
 		return nil, err
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fileErrorf(path, "corrupt certificate: %w", err)
+		return nil, fmt.Errorf("corrupt certificate: %w", err)
 	}
 	return c, nil
 }
 
 // writeKey writes key as PKCS#8 PEM, owner-only.
 func writeKey(path string, key *ecdsa.PrivateKey) error {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	data, err := keyPEM(key)
 	if err != nil {
 		return fmt.Errorf("pki: encode %s: %w", path, err)
 	}
-	data := pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der})
 	if err := atomicfile.WriteFile(path, data, keyFileMode); err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
+}
+
+// keyPEM encodes key as PKCS#8 PEM.
+func keyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der}), nil
 }
 
 // writeCert writes a certificate as PEM, world-readable.

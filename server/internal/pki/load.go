@@ -36,18 +36,13 @@ func LoadOrCreate(dir string, cfg Config) (*Authority, error) {
 	if dir == "" {
 		return nil, errors.New("pki: no directory given")
 	}
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	names, err := parseHostNames(cfg.Hostnames)
+	a, err := newAuthority(dir, cfg)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	a := &Authority{dir: dir, cfg: cfg, log: cfg.Logger, names: names}
 
 	present := make(map[string]bool)
 	for _, f := range []string{CACertFile, CAKeyFile, ServerCertFile, ServerKeyFile, TokenKeyFile} {
@@ -68,6 +63,20 @@ func LoadOrCreate(dir string, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// newAuthority returns an empty Authority kept in dir ("" for none) with
+// cfg defaulted and checked and its host names parsed.
+func newAuthority(dir string, cfg Config) (*Authority, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	names, err := parseHostNames(cfg.Hostnames)
+	if err != nil {
+		return nil, err
+	}
+	return &Authority{dir: dir, cfg: cfg, log: cfg.Logger, names: names}, nil
 }
 
 func (a *Authority) path(file string) string { return filepath.Join(a.dir, file) }
@@ -104,18 +113,8 @@ func (a *Authority) loadCA() error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case !cert.BasicConstraintsValid || !cert.IsCA:
-		return fileErrorf(certPath, "not a CA certificate")
-	case !key.PublicKey.Equal(cert.PublicKey):
-		return fileErrorf(certPath, "does not match the key in %s", keyPath)
-	}
-	if err := cert.CheckSignatureFrom(cert); err != nil {
-		return fileErrorf(certPath, "bad self-signature: %w", err)
-	}
-	if now := a.cfg.Now(); !now.Before(cert.NotAfter) {
-		return fileErrorf(certPath, "the CA expired at %s; every agent must be re-enrolled under a new CA "+
-			"(remove all the PKI files to create one)", cert.NotAfter.UTC().Format(time.RFC3339))
+	if err := a.checkCA(cert, key, keyPath); err != nil {
+		return &FileError{Path: certPath, Err: err}
 	}
 	a.setCA(cert, key)
 	a.log.Info("loaded CA", "file", certPath, "ca_spki_sha256", a.caSPKI, "not_after", cert.NotAfter)
@@ -123,16 +122,54 @@ func (a *Authority) loadCA() error {
 	return nil
 }
 
-func (a *Authority) createCA() error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), a.cfg.Rand)
-	if err != nil {
-		return fmt.Errorf("pki: generate CA key: %w", err)
+// checkCA reports why cert, with key (read from keyFrom), cannot serve as
+// the CA now, or nil.
+func (a *Authority) checkCA(cert *x509.Certificate, key *ecdsa.PrivateKey, keyFrom string) error {
+	switch {
+	case !cert.BasicConstraintsValid || !cert.IsCA:
+		return errors.New("not a CA certificate")
+	case !key.PublicKey.Equal(cert.PublicKey):
+		return fmt.Errorf("does not match the key in %s", keyFrom)
 	}
-	serial, err := newSerial(a.cfg.Rand)
+	if err := cert.CheckSignatureFrom(cert); err != nil {
+		return fmt.Errorf("bad self-signature: %w", err)
+	}
+	if now := a.cfg.Now(); !now.Before(cert.NotAfter) {
+		return fmt.Errorf("the CA expired at %s; every agent must be re-enrolled under a new CA "+
+			"(remove all the PKI files to create one)", cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (a *Authority) createCA() error {
+	cert, key, err := newCA(a.cfg)
 	if err != nil {
 		return err
 	}
-	now := a.cfg.Now()
+	// The key first: a crash in between leaves ca.key without ca.pem, which
+	// LoadOrCreate reports instead of silently starting another CA.
+	if err := writeKey(a.path(CAKeyFile), key); err != nil {
+		return err
+	}
+	if err := writeCert(a.path(CACertFile), cert.Raw); err != nil {
+		return err
+	}
+	a.setCA(cert, key)
+	a.log.Info("created CA", "file", a.path(CACertFile), "ca_spki_sha256", a.caSPKI, "not_after", cert.NotAfter)
+	return nil
+}
+
+// newCA makes a new self-signed CA certificate and its key.
+func newCA(cfg Config) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cfg.Rand)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: generate CA key: %w", err)
+	}
+	serial, err := newSerial(cfg.Rand)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := cfg.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "Outpost Gateway CA", Organization: []string{"Outpost"}},
@@ -144,25 +181,15 @@ func (a *Authority) createCA() error {
 		MaxPathLen:            0,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(a.cfg.Rand, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(cfg.Rand, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return fmt.Errorf("pki: create CA certificate: %w", err)
+		return nil, nil, fmt.Errorf("pki: create CA certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("pki: parse new CA certificate: %w", err)
+		return nil, nil, fmt.Errorf("pki: parse new CA certificate: %w", err)
 	}
-	// The key first: a crash in between leaves ca.key without ca.pem, which
-	// LoadOrCreate reports instead of silently starting another CA.
-	if err := writeKey(a.path(CAKeyFile), key); err != nil {
-		return err
-	}
-	if err := writeCert(a.path(CACertFile), der); err != nil {
-		return err
-	}
-	a.setCA(cert, key)
-	a.log.Info("created CA", "file", a.path(CACertFile), "ca_spki_sha256", a.caSPKI, "not_after", cert.NotAfter)
-	return nil
+	return cert, key, nil
 }
 
 func (a *Authority) setCA(cert *x509.Certificate, key *ecdsa.PrivateKey) {
@@ -285,7 +312,8 @@ func (a *Authority) loadKeyChecked(path string) (*ecdsa.PrivateKey, error) {
 // RenewServerIfNeeded re-issues the server certificate, with the same key,
 // when it expires within ServerRenewBefore, is not yet valid (the clock
 // moved back), or its names differ from the configured ones. The new
-// certificate is written to server.pem and served by GetCertificate at once.
+// certificate is written to server.pem (by an Authority kept in files) and
+// served by GetCertificate at once.
 // It reports whether a new certificate was issued. On error the current
 // certificate stays in use. Safe for concurrent use; call it periodically.
 func (a *Authority) RenewServerIfNeeded() (renewed bool, err error) {
@@ -343,11 +371,17 @@ func (a *Authority) reissueServerLocked(now time.Time, reason string) error {
 	if err != nil {
 		return fmt.Errorf("pki: parse new server certificate: %w", err)
 	}
-	if err := writeCert(a.path(ServerCertFile), der); err != nil {
-		return err
+	// An Authority built from shared secrets (New) keeps its certificate
+	// in memory: each replica issues its own at start.
+	where := "memory"
+	if a.dir != "" {
+		where = a.path(ServerCertFile)
+		if err := writeCert(where, der); err != nil {
+			return err
+		}
 	}
 	a.setServer(cert)
-	a.log.Info("issued server certificate", "reason", reason, "file", a.path(ServerCertFile),
+	a.log.Info("issued server certificate", "reason", reason, "file", where,
 		"not_after", cert.NotAfter, "dns_names", cert.DNSNames, "ip_addresses", a.names.ips,
 		"server_spki_sha256", a.serverSPKI)
 	return nil

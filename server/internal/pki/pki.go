@@ -13,6 +13,11 @@
 // only in a directory holding none of these files: a missing, corrupt or
 // mismatched file is an error naming it, never a reason to start a new CA.
 //
+// Gateway replicas sharing one store share an Authority's Secrets (the CA,
+// the server key and the token key) instead of files: New builds an
+// Authority from them that keeps its server certificate, issued for its own
+// names with the shared key, in memory.
+//
 // The Authority signs agent certificates from CSRs (taking only the public
 // key), verifies agent chains for the QUIC listener, and re-issues the server
 // certificate with the same key when it nears expiry or the host names change.

@@ -50,6 +50,9 @@ var conformance = []struct {
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},
 	{"PruneExpired", testPruneExpired},
 	{"PruneSessions", testPruneSessions},
+	// Cluster secrets.
+	{"Secrets", testSecrets},
+	{"ImportRows", testImportRows},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL

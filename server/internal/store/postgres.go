@@ -150,7 +150,7 @@ const (
 // transient: serialization failures and deadlocks (the server rolled the
 // transaction back), and a lost or refused connection, unless it was lost
 // around COMMIT, when the transaction may have committed.
-func (postgresDialect) transient(err error) bool {
+func (d postgresDialect) transient(err error) bool {
 	var ce *commitError
 	atCommit := errors.As(err, &ce)
 	var pgErr *pgconn.PgError
@@ -158,16 +158,28 @@ func (postgresDialect) transient(err error) bool {
 		switch pgErr.Code {
 		case pgSerializationFailure, pgDeadlockDetected:
 			return true
-		case pgAdminShutdown, pgCrashShutdown, pgCannotConnectNow:
-			return !atCommit
 		}
-		return strings.HasPrefix(pgErr.Code, pgConnectionException) && !atCommit
 	}
-	if atCommit || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	return !atCommit && d.unreachable(err)
+}
+
+// unreachable: a refused, failed or lost connection, or a server shutting
+// down or starting up, at any point of an operation (COMMIT included).
+func (postgresDialect) unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case pgAdminShutdown, pgCrashShutdown, pgCannotConnectNow:
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, pgConnectionException)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return false
 	}
 	var netErr net.Error
-	return pgconn.SafeToRetry(err) ||
+	var connectErr *pgconn.ConnectError
+	return pgconn.SafeToRetry(err) || errors.As(err, &connectErr) ||
 		errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) || errors.Is(err, pgconn.ErrConnClosed) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||

@@ -117,30 +117,34 @@ func TestPostgresTransient(t *testing.T) {
 	pg := func(code string) error { return &pgconn.PgError{Code: code} }
 	commit := func(err error) error { return &commitError{err} }
 	tests := []struct {
-		name string
-		err  error
-		want bool
+		name        string
+		err         error
+		want        bool
+		unreachable bool
 	}{
-		{"serialization failure", pg("40001"), true},
-		{"deadlock", fmt.Errorf("enroll: %w", pg("40P01")), true},
-		{"serialization failure at commit", commit(pg("40001")), true},
-		{"admin shutdown", pg("57P01"), true},
-		{"admin shutdown at commit", commit(pg("57P01")), false},
-		{"connection failure", pg("08006"), true},
-		{"unique violation", pg("23505"), false},
-		{"syntax error", pg("42601"), false},
-		{"bad conn", driver.ErrBadConn, true},
-		{"reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
-		{"reset at commit", commit(&net.OpError{Op: "read", Err: syscall.ECONNRESET}), false},
-		{"eof", fmt.Errorf("read: %w", io.ErrUnexpectedEOF), true},
-		{"conn closed", pgconn.ErrConnClosed, true},
-		{"not found", ErrNotFound, false},
-		{"token used", ErrTokenUsed, false},
-		{"deadline", context.DeadlineExceeded, false},
+		{"serialization failure", pg("40001"), true, false},
+		{"deadlock", fmt.Errorf("enroll: %w", pg("40P01")), true, false},
+		{"serialization failure at commit", commit(pg("40001")), true, false},
+		{"admin shutdown", pg("57P01"), true, true},
+		{"admin shutdown at commit", commit(pg("57P01")), false, true},
+		{"connection failure", pg("08006"), true, true},
+		{"unique violation", pg("23505"), false, false},
+		{"syntax error", pg("42601"), false, false},
+		{"bad conn", driver.ErrBadConn, true, true},
+		{"reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, true, true},
+		{"reset at commit", commit(&net.OpError{Op: "read", Err: syscall.ECONNRESET}), false, true},
+		{"eof", fmt.Errorf("read: %w", io.ErrUnexpectedEOF), true, true},
+		{"conn closed", pgconn.ErrConnClosed, true, true},
+		{"not found", ErrNotFound, false, false},
+		{"token used", ErrTokenUsed, false, false},
+		{"deadline", context.DeadlineExceeded, false, false},
 	}
 	for _, tt := range tests {
 		if got := (postgresDialect{}).transient(tt.err); got != tt.want {
 			t.Errorf("%s: transient(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
+		}
+		if got := (postgresDialect{}).unreachable(tt.err); got != tt.unreachable {
+			t.Errorf("%s: unreachable(%v) = %v, want %v", tt.name, tt.err, got, tt.unreachable)
 		}
 	}
 	if (&sqliteDialect{}).transient(pg("40001")) {

@@ -76,6 +76,9 @@ type dialect interface {
 	// transient reports whether an operation that failed with err changed
 	// nothing and may succeed if run again.
 	transient(err error) bool
+	// unreachable reports whether err says that the database could not be
+	// reached or the connection to it was lost (ErrUnavailable).
+	unreachable(err error) bool
 }
 
 // conn is what migrations run on: *sql.DB or *sql.Conn.
@@ -133,8 +136,27 @@ func (s *sqlStore) Close() error {
 }
 
 // do runs op under the call's deadline (see Config.QueryTimeout), again
-// while it fails with a transient error, at most maxAttempts times.
+// while it fails with a transient error, at most maxAttempts times. A
+// failure because the database could not be reached or did not answer in
+// time matches ErrUnavailable.
 func (s *sqlStore) do(ctx context.Context, op func(ctx context.Context) error) error {
+	err := s.attempts(ctx, op)
+	if err != nil && (errors.Is(err, context.DeadlineExceeded) || s.d.unreachable(err)) {
+		return &unavailableError{err}
+	}
+	return err
+}
+
+// unavailableError is a failure to reach the database: it matches
+// ErrUnavailable and unwraps to the driver's error.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string        { return ErrUnavailable.Error() + ": " + e.err.Error() }
+func (e *unavailableError) Unwrap() error        { return e.err }
+func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// attempts is do without the classification of the final error.
+func (s *sqlStore) attempts(ctx context.Context, op func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	pause := retryBase

@@ -130,3 +130,7 @@ func (*sqliteDialect) migrationLock(_ context.Context, db *sql.DB, fn func(conn)
 // transient is always false: a busy database is waited for (busy_timeout),
 // and other failures would fail again.
 func (*sqliteDialect) transient(error) bool { return false }
+
+// unreachable is always false: the file is local; a database that does
+// not answer in time is a deadline, which do classifies itself.
+func (*sqliteDialect) unreachable(error) bool { return false }

@@ -1,7 +1,8 @@
 // Package store persists the gateway's durable state (DESIGN.md §10): API
 // keys, enrollment tokens and consumed token ids, enrolled agents with their
-// approved routes and last advertised routes, and the session audit. Live
-// connections stay in memory elsewhere.
+// approved routes and last advertised routes, the session audit, and the
+// sealed secrets that gateway replicas share. Live connections stay in
+// memory elsewhere.
 //
 // Store is the interface, with two implementations sharing one body of SQL
 // over database/sql: SQLite, opened with OpenSQLite, the default (one file
@@ -44,6 +45,11 @@ var (
 	ErrInvalid = errors.New("store: invalid argument")
 	// ErrSchemaTooNew: the database was migrated by a newer gateway.
 	ErrSchemaTooNew = errors.New("store: database schema is newer than this gateway")
+	// ErrUnavailable: the database could not be reached, or did not answer
+	// within the call's deadline, so the call could not decide anything
+	// (a write may or may not have committed if the connection broke at
+	// its COMMIT). Try again later; never take it for a "no".
+	ErrUnavailable = errors.New("store: database unavailable")
 )
 
 // Store is the gateway's persistent state. Implementations are safe for
@@ -143,6 +149,25 @@ type Store interface {
 	// PruneSessions deletes the audit records of sessions that started
 	// before before (the audit retention) and returns how many it deleted.
 	PruneSessions(ctx context.Context, before time.Time) (int64, error)
+
+	// CreateSecrets stores the secrets gateway replicas share, all of them
+	// or none: ErrConflict, and nothing is stored, when a secret of one of
+	// the names exists. Of replicas that race to create the first secrets,
+	// exactly one succeeds; the others read its secrets with ListSecrets.
+	// ErrInvalid for an empty list, name or value.
+	CreateSecrets(ctx context.Context, secrets []Secret) error
+	// ListSecrets returns every stored secret in name order; an empty,
+	// non-nil slice when there are none.
+	ListSecrets(ctx context.Context) ([]Secret, error)
+
+	// ExportRows reads every row but the cluster secrets, in one
+	// consistent snapshot, to move the gateway to another store.
+	ExportRows(ctx context.Context) (Rows, error)
+	// ImportRows writes rows that ExportRows read into this store, all or
+	// none. ErrConflict, and nothing changes, unless every table it fills
+	// is empty; ErrInvalid for rows of another schema version or of an
+	// unknown table or column.
+	ImportRows(ctx context.Context, r Rows) error
 }
 
 // APIKey is a management API key. The secret itself is never stored.

@@ -51,6 +51,8 @@ const (
 	controlStreamTimeout = 10 * time.Second
 	// storeTimeout bounds each store lookup made during admission.
 	storeTimeout = 5 * time.Second
+	// DefaultAdmissionCacheTTL is Config.AdmissionCacheTTL's default.
+	DefaultAdmissionCacheTTL = 10 * time.Minute
 )
 
 // Authority is what the tunnel needs from the gateway CA.
@@ -118,7 +120,17 @@ type Config struct {
 	// minute that change its routes (a new epoch, or a new connection's
 	// first); more are ignored until the minute has passed. If zero, 30.
 	MaxRouteChangesPerMinute int
-	// Now is the clock of the route change limit. If nil, time.Now.
+	// AdmissionCacheTTL is how long after the store last admitted an
+	// agent that the agent is still admitted when the store cannot be
+	// reached (a reconnect during a database outage). The cache holds at
+	// most MaxAgents agents; an agent deleted through this gateway
+	// (Disconnect), or that the store says is deleted, is never admitted
+	// from it. An agent deleted through another gateway on the same
+	// database may be, until the TTL ends. If zero,
+	// DefaultAdmissionCacheTTL (10 min); negative: no cache.
+	AdmissionCacheTTL time.Duration
+	// Now is the clock of the route change limit and the admission cache.
+	// If nil, time.Now.
 	Now func() time.Time
 	// StatelessResetKey derives the stateless reset tokens of the QUIC
 	// transport (transport.StatelessResetKey). Give the same key after a
@@ -141,6 +153,7 @@ type Server struct {
 
 	changes *changeLimiter
 	live    *liveness
+	admits  *admissionCache
 
 	mu    sync.Mutex
 	conns map[*agentConn]struct{} // every connection being handled
@@ -175,6 +188,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.AdmissionCacheTTL == 0 {
+		cfg.AdmissionCacheTTL = DefaultAdmissionCacheTTL
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -202,6 +218,7 @@ func New(cfg Config) (*Server, error) {
 		}),
 		quic:       qc,
 		changes:    newChangeLimiter(cfg.MaxRouteChangesPerMinute, cfg.Now),
+		admits:     newAdmissionCache(cfg.AdmissionCacheTTL, cfg.MaxAgents, cfg.Now),
 		conns:      make(map[*agentConn]struct{}),
 		refusalLog: rate.Sometimes{Interval: refusalLogInterval},
 	}
@@ -289,8 +306,12 @@ func (s *Server) closeAll(reason dataplane.CloseReason) {
 }
 
 // Disconnect closes the agent's live connection with reason (a
-// dataplane.CloseReason), if it has one, and reports whether it had.
+// dataplane.CloseReason), if it has one, and reports whether it had. It
+// also forgets the agent's cached admission: until the store vouches for
+// it again, it is not admitted while the store cannot be reached (a
+// deleted agent never is).
 func (s *Server) Disconnect(agentID, reason string) bool {
+	s.admits.forget(agentID)
 	e, ok := s.reg.Lookup(agentID)
 	if !ok {
 		return false
@@ -318,12 +339,15 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	conn := ac.q
 	remote := conn.RemoteAddr().String()
 	log := s.log.With("remote", remote)
-	cert, agent, err := s.admit(ctx, conn)
+	cert, agent, cached, err := s.admit(ctx, conn)
 	if err != nil {
 		s.refuse(log, ac, err)
 		return
 	}
 	log = log.With("agent_id", agent.ID, "agent", agent.Name)
+	if cached {
+		log.Warn("agent admitted from the admission cache: the store cannot be reached")
+	}
 	if s.cfg.Routes != nil {
 		s.cfg.Routes.Admit(agent)
 	}
@@ -355,7 +379,7 @@ func (s *Server) handle(ctx context.Context, ac *agentConn) {
 	}()
 	// A DeleteAgent that ran between the admission lookup and Register found
 	// nothing to disconnect: look again now that the entry is visible.
-	if err := s.checkLive(ctx, agent.ID); err != nil {
+	if _, _, err := s.lookup(ctx, agent.ID); err != nil {
 		log.Warn("agent connection refused", "reason", err)
 		ac.close(refusalReason(err))
 		return
@@ -408,8 +432,9 @@ func (s *Server) refused(log hclog.Logger, outcome string, why error) {
 }
 
 // admit applies DESIGN.md §4: chain, URI SAN UUID, agent present and not
-// deleted, SPKI equal to the stored one.
-func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate, store.Agent, error) {
+// deleted, SPKI equal to the stored one. cached reports an admission from
+// the admission cache, the store not answering.
+func (s *Server) admit(ctx context.Context, conn *quic.Conn) (_ *x509.Certificate, _ store.Agent, cached bool, _ error) {
 	state := conn.ConnectionState().TLS
 	raw := make([][]byte, 0, len(state.PeerCertificates))
 	for _, c := range state.PeerCertificates {
@@ -417,44 +442,52 @@ func (s *Server) admit(ctx context.Context, conn *quic.Conn) (*x509.Certificate,
 	}
 	cert, err := s.cfg.Authority.VerifyAgentChain(raw)
 	if err != nil {
-		return nil, store.Agent{}, err
+		return nil, store.Agent{}, false, err
 	}
 	id, err := pki.AgentIDFromCert(cert)
 	if err != nil {
-		return nil, store.Agent{}, err
+		return nil, store.Agent{}, false, err
 	}
-	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	agent, err := s.lookup(lctx, id.String())
+	agent, cached, err := s.lookup(ctx, id.String())
 	if err != nil {
-		return nil, store.Agent{}, err
+		return nil, store.Agent{}, false, err
 	}
 	if pin, err := transport.ParsePin(agent.SPKISHA256); err != nil || !pin.Matches(cert) {
-		return nil, store.Agent{}, fmt.Errorf("agent %s presented key %s, enrolled with %s", id, transport.SPKISHA256(cert), agent.SPKISHA256)
+		err := fmt.Errorf("agent %s presented key %s, enrolled with %s", id, transport.SPKISHA256(cert), agent.SPKISHA256)
+		if cached {
+			// The cached record may predate a renewal: only the store
+			// can say no.
+			err = fmt.Errorf("%w: %w", errUndecided, err)
+		}
+		return nil, store.Agent{}, false, err
 	}
-	return cert, agent, nil
+	return cert, agent, cached, nil
 }
 
-func (s *Server) checkLive(ctx context.Context, id string) error {
+// lookup returns the stored agent id if it exists and is not deleted,
+// bounded by storeTimeout. When the store does not answer, an agent it
+// admitted recently comes from the admission cache (cached); otherwise the
+// failure wraps errUndecided.
+func (s *Server) lookup(ctx context.Context, id string) (_ store.Agent, cached bool, _ error) {
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	_, err := s.lookup(lctx, id)
-	return err
-}
-
-// lookup returns the stored agent id if it exists and is not deleted. A
-// store failure other than "not found" wraps errUndecided.
-func (s *Server) lookup(ctx context.Context, id string) (store.Agent, error) {
-	agent, err := s.cfg.Store.GetAgent(ctx, id)
+	mark := s.admits.begin()
+	agent, err := s.cfg.Store.GetAgent(lctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return store.Agent{}, fmt.Errorf("agent %s: %w", id, err)
+		s.admits.forget(id)
+		return store.Agent{}, false, fmt.Errorf("agent %s: %w", id, err)
 	case err != nil:
-		return store.Agent{}, fmt.Errorf("%w: agent %s: %w", errUndecided, id, err)
+		if a, ok := s.admits.get(id); ok {
+			return a, true, nil
+		}
+		return store.Agent{}, false, fmt.Errorf("%w: agent %s: %w", errUndecided, id, err)
 	case agent.DeletedAt != nil:
-		return store.Agent{}, fmt.Errorf("agent %s was deleted", id)
+		s.admits.forget(id)
+		return store.Agent{}, false, fmt.Errorf("agent %s was deleted", id)
 	}
-	return agent, nil
+	s.admits.put(agent, mark)
+	return agent, false, nil
 }
 
 // describeClose turns the error that ended a connection into a log value.

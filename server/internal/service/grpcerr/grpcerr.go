@@ -32,10 +32,16 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 )
 
+// StoreUnavailableMessage is the whole message of an Unavailable status for
+// a store that cannot be reached: clients learn to retry, not where the
+// database is.
+const StoreUnavailableMessage = "the gateway's store is unavailable; nothing could be decided, try again shortly"
+
 // From converts err to a gRPC status error whose message is err's text. An
 // error that already carries a status is returned as is; a
-// *broker.InputError becomes InvalidArgument naming its field; anything
-// else gets Code(err).
+// *broker.InputError becomes InvalidArgument naming its field; a store
+// that cannot be reached (store.ErrUnavailable) is Unavailable with
+// StoreUnavailableMessage; anything else gets Code(err).
 func From(err error) error {
 	if err == nil {
 		return nil
@@ -46,6 +52,9 @@ func From(err error) error {
 	var ie *broker.InputError
 	if errors.As(err, &ie) {
 		return InvalidArgument(ie.Field, ie.Reason)
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return status.Error(codes.Unavailable, StoreUnavailableMessage)
 	}
 	return status.Error(Code(err), err.Error())
 }
@@ -77,6 +86,10 @@ func Code(err error) codes.Code {
 		return codes.Unauthenticated
 	case errors.Is(err, ErrRateLimited):
 		return codes.ResourceExhausted
+	case errors.Is(err, store.ErrUnavailable):
+		// Before DeadlineExceeded: a store that did not answer in time is
+		// unavailable, whoever's deadline ran out.
+		return codes.Unavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):

@@ -36,6 +36,8 @@ func TestCode(t *testing.T) {
 		{wrap(token.ErrSignature), codes.Unauthenticated},
 		{wrap(token.ErrMalformed), codes.Unauthenticated},
 		{wrap(ErrRateLimited), codes.ResourceExhausted},
+		{wrap(store.ErrUnavailable), codes.Unavailable},
+		{wrap(errors.Join(store.ErrUnavailable, context.DeadlineExceeded)), codes.Unavailable},
 		{wrap(context.DeadlineExceeded), codes.DeadlineExceeded},
 		{wrap(context.Canceled), codes.Canceled},
 		{errors.New("disk on fire"), codes.Internal},
@@ -65,6 +67,12 @@ func TestMessages(t *testing.T) {
 	st = status.Convert(Errorf(store.ErrTokenUsed, "enrollment token already used"))
 	if st.Code() != codes.PermissionDenied || st.Message() != "enrollment token already used" {
 		t.Errorf("Errorf: %v %q", st.Code(), st.Message())
+	}
+	// A store that cannot be reached: Unavailable, without where the
+	// database is.
+	st = status.Convert(From(fmt.Errorf("store agent: %w", fmt.Errorf("%w: dial unix /run/pg/.s.PGSQL.5432: connection refused", store.ErrUnavailable))))
+	if st.Code() != codes.Unavailable || st.Message() != StoreUnavailableMessage {
+		t.Errorf("store unavailable: %v %q", st.Code(), st.Message())
 	}
 	already := status.Error(codes.Aborted, "x")
 	if From(already) != already {
