@@ -5,11 +5,12 @@
 //     of dataplane only the standard library, quic-go and dataplane itself;
 //   - reach imports only the standard library and the wire codec (for the
 //     domain-route grammar, itself standard library only);
-//   - the client wire format (client/wsstream) imports only the standard
-//     library and the WebSocket library;
+//   - the client wire formats import only the standard library and their
+//     transport library: client/wsstream the WebSocket library,
+//     client/muxstream yamux;
 //   - leaf helpers under internal/ import no other package of the module;
 //   - server and agent never import each other or client (server may use the
-//     client wire format), and only cmd/ imports both server and agent —
+//     client wire formats), and only cmd/ imports both server and agent —
 //     besides e2e/ and bench/, which compose the real gateway and agent and
 //     may use only their public faces (Go's internal rule keeps them out of
 //     server/internal and agent/internal);

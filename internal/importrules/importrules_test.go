@@ -17,6 +17,7 @@ const (
 	reach     = module + "/reach"
 	client    = module + "/client"
 	wsstream  = module + "/client/wsstream"
+	muxstream = module + "/client/muxstream"
 	server    = module + "/server"
 	agent     = module + "/agent"
 	cmd       = module + "/cmd"
@@ -80,6 +81,10 @@ func rule(pkg, imp string, std map[string]bool) string {
 		if !std[imp] && !within(imp, "github.com/coder/websocket") && !testKit(imp) {
 			return "the client wire format imports only the standard library and the WebSocket library"
 		}
+	case within(pkg, muxstream):
+		if !std[imp] && !within(imp, "github.com/hashicorp/yamux") && !testKit(imp) {
+			return "the standing connection's wire format imports only the standard library and yamux"
+		}
 	case leafInternal(pkg):
 		if own {
 			return "leaf internal packages import no other package of the module"
@@ -88,8 +93,8 @@ func rule(pkg, imp string, std map[string]bool) string {
 		switch {
 		case within(imp, agent):
 			return "server never imports agent"
-		case within(imp, client) && !within(imp, wsstream):
-			return "server never imports the client library (only its wire format)"
+		case within(imp, client) && !within(imp, wsstream) && !within(imp, muxstream):
+			return "server never imports the client library (only its wire formats)"
 		}
 	case within(pkg, agent):
 		switch {
@@ -178,6 +183,8 @@ func TestRulesCatchViolations(t *testing.T) {
 		reach:                                {"github.com/quic-go/quic-go"},
 		reach + "/x":                         {dataplane + "/transport"},
 		wsstream:                             {dataplane + "/relay"},
+		muxstream:                            {wsstream},
+		muxstream + "/x":                     {"github.com/coder/websocket"},
 		internal + "/atomicfile":             {dataplane},
 		internal + "/testlog":                {internal + "/fakeclock"},
 		server + "/internal/tunnel":          {agent},
@@ -208,11 +215,12 @@ func TestRulesCatchViolations(t *testing.T) {
 		dataplane + "/relay":         {"github.com/quic-go/quic-go", dataplane},
 		reach:                        {"net/netip", dataplane},
 		wsstream:                     {"fmt", "github.com/coder/websocket"},
+		muxstream:                    {"fmt", "github.com/hashicorp/yamux", internal + "/fuzzcorpus"},
 		internal + "/atomicfile":     {"fmt"},
 		server + "/internal/tunnel":  {dataplane, reach},
-		server + "/internal/entry":   {wsstream},
+		server + "/internal/entry":   {wsstream, muxstream},
 		agent + "/internal/session":  {reach, dataplane + "/relay"},
-		client:                       {wsstream, dataplane + "/relay"},
+		client:                       {wsstream, muxstream, dataplane + "/relay"},
 		cmd + "/outpost":             {server, agent, client, cmd + "/outpost/internal/devenv"},
 		cmd + "/outpost/internal/dv": {server, agent},
 		e2e:                          {server, agent, server + "/servertest"},
