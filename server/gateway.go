@@ -201,7 +201,8 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	g.entry, err = entry.New(entry.Config{Tokens: g.tokens, Store: g.store, Broker: g.broker, Logger: logger.Named("entry"),
 		ClientIP: cfg.clientIP(), MaxSessions: cfg.MaxSessions,
 		KeepAlive: time.Duration(cfg.ClientKeepAlive), IdleTimeout: time.Duration(cfg.ClientIdleTimeout),
-		Origins: origins, MaxConnections: uint32(cfg.MaxTokenConnections), MaxSessionDuration: time.Duration(cfg.MaxSessionDuration)})
+		Origins: origins, MaxConnections: uint32(cfg.MaxTokenConnections), MaxSessionDuration: time.Duration(cfg.MaxSessionDuration),
+		Now: cfg.Now})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

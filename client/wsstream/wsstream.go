@@ -23,6 +23,10 @@ import (
 	"github.com/coder/websocket"
 )
 
+// ErrPeerClosed is what Write returns once the peer closed the WebSocket
+// (a normal close frame): no one reads what would be written.
+var ErrPeerClosed = errors.New("wsstream: the peer closed the WebSocket")
+
 // StatusConnectFailed closes a WebSocket whose session could not be opened;
 // the close reason says why.
 const StatusConnectFailed websocket.StatusCode = 4502
@@ -34,10 +38,11 @@ type Stream struct {
 	ws  *websocket.Conn
 	ctx context.Context
 
-	r        io.Reader // current message, nil between messages
-	readEOF  bool
-	readDone atomic.Bool // readEOF, for other goroutines
-	detail   string      // the last text message: the full reason of a failure close
+	r          io.Reader // current message, nil between messages
+	readEOF    bool
+	readDone   atomic.Bool // readEOF, for other goroutines
+	peerClosed atomic.Bool // a normal close frame was read
+	detail     string      // the last text message: the full reason of a failure close
 
 	wmu       sync.Mutex
 	writeDone bool
@@ -62,6 +67,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 				switch st := websocket.CloseStatus(err); {
 				case st == websocket.StatusNormalClosure || st == websocket.StatusGoingAway:
 					s.readEOF = true
+					s.peerClosed.Store(true)
 					s.readDone.Store(true)
 					return 0, io.EOF
 				case st == StatusConnectFailed && s.detail != "":
@@ -110,31 +116,47 @@ func (s *Stream) Read(p []byte) (int, error) {
 // or a normal close was read). It is safe to call from any goroutine.
 func (s *Stream) ReadClosed() bool { return s.readDone.Load() }
 
-// Write sends p as one binary message. An empty p sends nothing.
+// PeerClosed reports whether the peer closed the WebSocket normally (Read
+// returned io.EOF for its close frame): writes fail with ErrPeerClosed and
+// CloseWrite has nothing left to do. It is safe to call from any goroutine.
+func (s *Stream) PeerClosed() bool { return s.peerClosed.Load() }
+
+// Write sends p as one binary message. An empty p sends nothing. Once the
+// peer closed the WebSocket it fails with ErrPeerClosed.
 func (s *Stream) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.writeDone {
+	switch {
+	case s.peerClosed.Load():
+		return 0, ErrPeerClosed
+	case s.writeDone:
 		return 0, errors.New("wsstream: write after CloseWrite")
 	}
 	if err := s.ws.Write(s.ctx, websocket.MessageBinary, p); err != nil {
+		if s.peerClosed.Load() {
+			return 0, ErrPeerClosed
+		}
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// CloseWrite sends the empty message that ends this direction.
+// CloseWrite sends the empty message that ends this direction. After the
+// peer closed the WebSocket it does nothing.
 func (s *Stream) CloseWrite() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.writeDone {
+	if s.writeDone || s.peerClosed.Load() {
 		return nil
 	}
 	s.writeDone = true
-	return s.ws.Write(s.ctx, websocket.MessageBinary, nil)
+	if err := s.ws.Write(s.ctx, websocket.MessageBinary, nil); err != nil && !s.peerClosed.Load() {
+		return err
+	}
+	return nil
 }
 
 // Abort drops the connection at once.

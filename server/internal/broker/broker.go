@@ -469,6 +469,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	switch {
 	case rerr != nil && limitErr(ctx) != nil:
 		outcome, reason = limitErr(ctx).Outcome, limitErr(ctx).Reason
+	case relay.PeerReset(rerr):
+		outcome, reason = OutcomeReset, rerr.Error()
 	case rerr != nil:
 		outcome, reason = "error", rerr.Error()
 	}

@@ -29,14 +29,23 @@ var (
 	// entry's idle timeout.
 	ErrIdle = &Limit{Outcome: "idle_timeout", Reason: "the session was idle for too long"}
 	// ErrClientGone ends a session whose client stopped answering
-	// keepalive pings.
+	// keepalive pings, or whose standing connection was lost.
 	ErrClientGone = &Limit{Outcome: "client_gone", Reason: "the client stopped answering keepalives"}
+	// ErrClientClosed ends a session whose client closed it while the
+	// target still had data for it: nothing reads that data any more. It
+	// is a normal ending, not a failure.
+	ErrClientClosed = &Limit{Outcome: "closed", Reason: "the client closed the session"}
 )
 
 // OutcomeMaxDuration is the audit outcome of a session ended by
-// ErrMaxDuration (the others are "ok", "error" and "connect_failed", and
-// the Outcome of each Limit).
+// ErrMaxDuration (the others are "ok", "error", "connect_failed",
+// OutcomeReset, and the Outcome of each Limit).
 const OutcomeMaxDuration = "max_duration"
+
+// OutcomeReset is the audit outcome of a session that ended because the
+// client or the target reset its connection (relay.PeerReset), as some
+// programs do after a complete run: not a failure of the gateway.
+const OutcomeReset = "reset"
 
 // limitOf returns the Limit that ended ctx, if a Limit did.
 func limitOf(ctx context.Context) (*Limit, bool) {

@@ -1,6 +1,8 @@
 // Package entry is the gateway's client entry (DESIGN.md §9): GET /v1/connect
-// with a session token, upgraded to a WebSocket whose binary messages carry
-// the session's bytes (client/wsstream). It hands the stream to the session
+// with a session token, upgraded either to a WebSocket whose binary messages
+// carry one session's bytes (client/wsstream), or to a standing connection
+// that carries many sessions of the token, one per stream
+// (client/muxstream, mux.go). It hands each session's stream to the session
 // broker, and tracks every session it started so that a shutdown can drain
 // them.
 //
@@ -12,6 +14,16 @@
 // token). Nothing that can refuse the upgrade comes after the count, so a
 // refused request never uses up a token. Every refusal is logged at INFO
 // with its reason, never with the token.
+//
+// A standing connection is authenticated once, before the upgrade, with the
+// same checks but the count; then each of its streams is authorized on its
+// own: the token must not have expired meanwhile, its key must still be
+// live, and the session is counted against the token's cap (so a
+// single-use token opens one stream, a reusable one up to its cap). Each
+// session has its own id, audit row, maximum duration, slot under
+// MaxSessions and idle timeout; the connection's keepalive stands for the
+// sessions' own, and the loss of the connection ends them all
+// (broker.ErrClientGone).
 package entry
 
 import (
@@ -31,6 +43,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/client/muxstream"
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/server/internal/auth"
@@ -87,6 +100,13 @@ type Config struct {
 	// IdleTimeout ends a session that carried no byte either way for this
 	// long. If zero, DefaultIdleTimeout; negative: no idle timeout.
 	IdleTimeout time.Duration
+	// MaxStreamsPerConnection caps the sessions one standing connection
+	// carries at once; one more is refused (the client learns the cap when
+	// it connects). If zero, muxstream.DefaultMaxStreams.
+	MaxStreamsPerConnection int
+	// Now is the clock a standing connection checks its token's expiry
+	// with, for each session. If nil, time.Now.
+	Now func() time.Time
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -111,6 +131,10 @@ type Handler struct {
 	// live holds the open sessions for the cap, keepalive and idle timeout.
 	live      *live
 	watchOnce sync.Once
+	// drain ends when the handler stops serving: standing connections
+	// take no more streams, and close once their sessions ended.
+	drain     context.Context
+	stopDrain context.CancelFunc
 }
 
 // New checks cfg and returns a Handler that is not yet serving.
@@ -129,12 +153,17 @@ func New(cfg Config) (*Handler, error) {
 	}
 	cfg.MaxSessions = cmp.Or(cfg.MaxSessions, DefaultMaxSessions)
 	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, DefaultKeepAlive)
+	cfg.MaxStreamsPerConnection = cmp.Or(cfg.MaxStreamsPerConnection, muxstream.DefaultMaxStreams)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	idle := cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	if idle < 0 {
 		idle = 0
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, live: newLive(cfg.MaxSessions, cfg.KeepAlive, idle)}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
+	h.drain, h.stopDrain = context.WithCancel(context.Background())
 	return h, nil
 }
 
@@ -154,8 +183,12 @@ func (h *Handler) stopWatch() {
 	}
 }
 
-// Stop refuses new sessions (503); live ones go on.
-func (h *Handler) Stop() { h.serving.Store(false) }
+// Stop refuses new sessions (503) and tells standing connections to take no
+// more; live sessions go on. A stopped handler does not start again.
+func (h *Handler) Stop() {
+	h.serving.Store(false)
+	h.stopDrain()
+}
 
 // Shutdown refuses new sessions and waits for the live ones to end. When ctx
 // ends first it cancels them and waits for them to return, then returns
@@ -190,7 +223,10 @@ func (h *Handler) Close() {
 // origin not allowed, 401 for a token refused (bad, expired, its key
 // revoked, used up), 503 when the store fails or the gateway stops. Routing
 // and connection failures close the WebSocket with
-// wsstream.StatusConnectFailed and the reason.
+// wsstream.StatusConnectFailed and the reason. A request with "Upgrade:
+// outpost-mux/1" asks for a standing connection instead (serveMux): the
+// same refusals, but a session's own (its token used up, say) reset its
+// stream with muxstream.ResetFailed and the reason.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := h.log.With("client", r.RemoteAddr)
 	raw := r.URL.Query().Get("token")
@@ -207,6 +243,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.sessions.Add(1)
 	defer h.sessions.Done()
+	if isMuxUpgrade(r) {
+		h.serveMux(w, r, log, raw)
+		return
+	}
 	if status, reason := upgradeProblem(w.Header(), r); status != 0 {
 		refuse(w, log, status, reason+"; the session token was not used")
 		return
@@ -252,7 +292,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the stream with the limit's reason first.
 	streamCtx, stopStream := context.WithCancel(h.ctx)
 	ctx, cancel := context.WithCancelCause(streamCtx)
-	sess := &session{Stream: wsstream.New(streamCtx, ws), ws: ws, cancel: cancel}
+	sess := &session{clientStream: wsClient{wsstream.New(streamCtx, ws)}, ping: ws.Ping, cancel: cancel}
 	if !h.live.add(sess) {
 		// Lost the race for the last slot after the token was counted.
 		sess.Fail(fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later", h.cfg.MaxSessions))

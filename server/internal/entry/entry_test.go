@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +32,7 @@ type fixture struct {
 	srv    *httptest.Server
 	h      *Handler
 	store  *store.SQLite
+	audit  *recorder
 	tokens *token.Issuer
 	logs   *testlog.Writer
 	target string // a loopback echo server
@@ -51,7 +53,8 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 	// Created before the entry, so that it stops after the entry's
 	// sessions: its echo ends when they do.
 	target := brokertest.Target(t, func(c net.Conn) { io.Copy(c, c); c.Close() })
-	b := brokertest.Direct(t, st)
+	audit := &recorder{SQLite: st, ended: map[string]store.SessionRecord{}}
+	b := brokertest.Direct(t, audit)
 	logs := testlog.New(t)
 	cfg := Config{Tokens: iss, Store: st, Broker: b,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "entry", Level: hclog.Info, Output: logs})}
@@ -73,7 +76,48 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 		defer cancel()
 		h.Shutdown(ctx)
 	})
-	return &fixture{t: t, srv: srv, h: h, store: st, tokens: iss, logs: logs, target: target}
+	return &fixture{t: t, srv: srv, h: h, store: st, audit: audit, tokens: iss, logs: logs, target: target}
+}
+
+// recorder is the store as the broker's auditor, keeping the outcome of
+// every session that ended.
+type recorder struct {
+	*store.SQLite
+	mu    sync.Mutex
+	ended map[string]store.SessionRecord // by session id; guarded by mu
+}
+
+func (r *recorder) FinishSession(ctx context.Context, id string, end time.Time, up, down int64, outcome, reason string) error {
+	r.mu.Lock()
+	r.ended[id] = store.SessionRecord{ID: id, BytesUp: up, BytesDown: down, Outcome: outcome, Reason: reason}
+	r.mu.Unlock()
+	return r.SQLite.FinishSession(ctx, id, end, up, down, outcome, reason)
+}
+
+// outcomes waits until n sessions ended and returns them.
+func (r *recorder) outcomes(t *testing.T, n int) []store.SessionRecord {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		got := len(r.ended)
+		var recs []store.SessionRecord
+		if got >= n {
+			for _, rec := range r.ended {
+				recs = append(recs, rec)
+			}
+		}
+		r.mu.Unlock()
+		if got >= n {
+			return recs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions ended, want %d", got, n)
+		}
+		<-tick.C
+	}
 }
 
 // mint returns a session token for the fixture's target.

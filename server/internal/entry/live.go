@@ -2,12 +2,13 @@ package entry
 
 import (
 	"context"
+	"errors"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-
+	"github.com/outposthq/outpost/client/muxstream"
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/server/internal/broker"
 )
@@ -19,11 +20,29 @@ const (
 	DefaultIdleTimeout = time.Hour
 )
 
-// session is one live client session: its WebSocket stream, when a byte
-// last went either way, and how to end it with a cause.
+// clientStream is a session's stream to its client: a WebSocket (wsClient)
+// or a stream of a standing connection (*muxstream.Stream).
+type clientStream interface {
+	broker.ClientStream
+	// ReadClosed reports whether the client ended its direction.
+	ReadClosed() bool
+	// PeerClosed reports whether the client closed the whole session.
+	PeerClosed() bool
+}
+
+// wsClient is a WebSocket session's stream; Fail closes the WebSocket with
+// StatusConnectFailed and the reason.
+type wsClient struct{ *wsstream.Stream }
+
+func (c wsClient) Fail(reason string) { c.CloseWithReason(wsstream.StatusConnectFailed, reason) }
+
+// session is one live client session: its stream, when a byte last went
+// either way, and how to end it with a cause.
 type session struct {
-	*wsstream.Stream
-	ws      *websocket.Conn
+	clientStream
+	// ping checks that the client still answers; nil when the standing
+	// connection's own keepalive does that for all its sessions.
+	ping    func(context.Context) error
 	cancel  context.CancelCauseFunc
 	last    atomic.Int64 // Unix nanoseconds of the last byte read or written
 	pinging atomic.Bool  // a keepalive ping is in flight
@@ -33,24 +52,49 @@ func (s *session) touch() { s.last.Store(time.Now().UnixNano()) }
 
 // Read reads from the client and marks the session active.
 func (s *session) Read(p []byte) (int, error) {
-	n, err := s.Stream.Read(p)
+	n, err := s.clientStream.Read(p)
 	if n > 0 {
 		s.touch()
+	}
+	if err != nil && err != io.EOF {
+		s.ended(err)
 	}
 	return n, err
 }
 
 // Write writes to the client and marks the session active.
 func (s *session) Write(p []byte) (int, error) {
-	n, err := s.Stream.Write(p)
+	n, err := s.clientStream.Write(p)
 	if n > 0 {
 		s.touch()
+	}
+	if err != nil {
+		s.ended(err)
 	}
 	return n, err
 }
 
-// Fail closes the WebSocket with StatusConnectFailed and reason.
-func (s *session) Fail(reason string) { s.CloseWithReason(wsstream.StatusConnectFailed, reason) }
+// ended gives the session the cause its client's failure stands for,
+// before the relay records it as an error: once the client closed the
+// session, what the target still sends has no reader (ErrClientClosed);
+// a lost standing connection is the client gone (ErrClientGone).
+func (s *session) ended(err error) {
+	switch {
+	case s.PeerClosed():
+		s.cancel(broker.ErrClientClosed)
+	case errors.Is(err, muxstream.ErrConnectionLost):
+		s.cancel(broker.ErrClientGone)
+	}
+}
+
+// CloseWrite passes the target's end to the client, unless the client
+// closed the session already.
+func (s *session) CloseWrite() error {
+	if s.PeerClosed() {
+		return nil
+	}
+	return s.clientStream.CloseWrite()
+}
 
 // live tracks the open sessions for the session cap, the keepalive and the
 // idle timeout. One watcher goroutine serves them all: an idle session
@@ -130,7 +174,7 @@ func (l *live) watch() {
 			switch {
 			case l.idle > 0 && quiet >= l.idle:
 				s.cancel(broker.ErrIdle)
-			case quiet >= l.keepAlive && s.pinging.CompareAndSwap(false, true):
+			case quiet >= l.keepAlive && s.ping != nil && s.pinging.CompareAndSwap(false, true):
 				l.wg.Add(1)
 				go l.ping(s)
 			}
@@ -150,7 +194,7 @@ func (l *live) ping(s *session) {
 	defer s.pinging.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), l.keepAlive)
 	defer cancel()
-	err := s.ws.Ping(ctx)
+	err := s.ping(ctx)
 	switch {
 	case err == nil:
 		s.touch()

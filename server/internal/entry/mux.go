@@ -1,0 +1,259 @@
+package entry
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/yamux"
+
+	"github.com/outposthq/outpost/client/muxstream"
+	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/server/internal/broker"
+	"github.com/outposthq/outpost/server/internal/token"
+)
+
+// upgradeWriteTimeout bounds the write of the 101 answer.
+const upgradeWriteTimeout = 10 * time.Second
+
+// serveMux handles GET /v1/connect with "Upgrade: outpost-mux/1": a
+// standing connection (client/muxstream) authenticated once by the token,
+// whose streams are sessions, each authorized on its own (authorize). The
+// request was counted in h.sessions by ServeHTTP.
+func (h *Handler) serveMux(w http.ResponseWriter, r *http.Request, log hclog.Logger, raw string) {
+	if status, reason := muxUpgradeProblem(w.Header(), r); status != 0 {
+		refuse(w, log, status, reason+"; the session token was not used")
+		return
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		// Browsers cannot ask for this upgrade; a page's request that
+		// carries one anyway meets the same policy as a WebSocket.
+		if err := h.cfg.Origins.Check(o, "https://"+r.Host); err != nil {
+			refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
+			return
+		}
+	}
+	if h.live.full() {
+		refuse(w, log, http.StatusServiceUnavailable, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later (the session token was not used)", h.cfg.MaxSessions))
+		return
+	}
+	claims, err := h.cfg.Tokens.VerifySession(raw)
+	if err != nil {
+		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
+		return
+	}
+	log = log.With("token_id", claims.ID, "key_id", claims.KeyID())
+	if status, reason := h.checkKey(r.Context(), claims.KeyID()); status != 0 {
+		refuse(w, log, status, reason)
+		return
+	}
+	client := h.clientAddr(r)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, log, http.StatusInternalServerError, "cannot take over the connection: "+err.Error())
+		return
+	}
+	// The server's own deadlines end with the request; the connection's
+	// keepalive bounds it from now on. The 101 answer gets a deadline of
+	// its own.
+	_ = conn.SetDeadline(time.Now().Add(upgradeWriteTimeout))
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %d\r\n\r\n",
+		muxstream.UpgradeToken, muxstream.MaxStreamsHeader, h.cfg.MaxStreamsPerConnection)
+	if err := brw.Flush(); err != nil {
+		log.Info("standing connection lost during the upgrade", "error", err)
+		conn.Close()
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	ylog := log.Named("yamux")
+	sess, err := yamux.Server(muxstream.Conn{Reader: muxstream.NewGuard(brw.Reader, h.cfg.Now), WriteCloser: conn},
+		muxstream.Config(h.cfg.KeepAlive, func(msg string) { ylog.Debug(msg) }))
+	if err != nil {
+		// Only a bad configuration fails here.
+		log.Error("standing connection: yamux", "error", err)
+		conn.Close()
+		return
+	}
+	c := &muxConn{h: h, sess: sess, claims: claims, client: client, log: log}
+	c.ctx, c.cancel = context.WithCancelCause(h.ctx)
+	log.Info("standing connection open")
+	h.sessions.Add(1) // while this handler's count still holds the drain
+	go c.serve()
+}
+
+// muxConn is one standing connection: a yamux session whose streams are
+// sessions of one token.
+type muxConn struct {
+	h      *Handler
+	sess   *yamux.Session
+	claims token.SessionClaims
+	client string // the client's address, for the audit
+	log    hclog.Logger
+	// ctx is the parent of the connection's sessions; it ends with the
+	// connection (cause broker.ErrClientGone) or with the entry.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu     sync.Mutex
+	active int // streams being authorized or served; guarded by mu
+
+	streams sync.WaitGroup // the goroutines of the streams
+}
+
+// serve accepts the connection's streams until it ends or the entry stops,
+// then waits for the sessions they carry and closes the connection.
+func (c *muxConn) serve() {
+	defer c.h.sessions.Done()
+	lost := make(chan struct{})
+	go func() {
+		defer close(lost)
+		select {
+		case <-c.sess.CloseChan():
+			c.cancel(broker.ErrClientGone)
+		case <-c.ctx.Done():
+		}
+	}()
+	for {
+		st, err := c.sess.AcceptStreamWithContext(c.h.drain)
+		if err != nil {
+			break
+		}
+		if !c.admit(st) {
+			continue
+		}
+		c.streams.Go(func() {
+			defer c.release()
+			c.serveStream(st)
+		})
+	}
+	if c.h.drain.Err() != nil && !c.sess.IsClosed() {
+		// The gateway stops: the client opens its next sessions elsewhere.
+		_ = c.sess.GoAway()
+	}
+	c.streams.Wait()
+	c.sess.Close()
+	c.cancel(broker.ErrClientGone)
+	<-lost
+	c.log.Info("standing connection closed")
+}
+
+// admit counts st against the connection's cap, or refuses it. A client
+// that keeps opening streams past the cap without closing the refused
+// ones loses the connection.
+func (c *muxConn) admit(st *yamux.Stream) bool {
+	max := c.h.cfg.MaxStreamsPerConnection
+	c.mu.Lock()
+	full := c.active >= max
+	if !full {
+		c.active++
+	}
+	c.mu.Unlock()
+	if !full {
+		return true
+	}
+	if c.sess.NumStreams() > 2*max {
+		c.log.Info("standing connection closed: the client opens streams past its cap", "max_streams", max)
+		c.sess.Close()
+		return false
+	}
+	c.refuse(muxstream.New(st), fmt.Sprintf("this connection carries its maximum of %d sessions at once", max))
+	return false
+}
+
+func (c *muxConn) release() {
+	c.mu.Lock()
+	c.active--
+	c.mu.Unlock()
+}
+
+// refuse tells the client why a stream is not served, and logs it.
+func (c *muxConn) refuse(s *muxstream.Stream, reason string) {
+	c.log.Info("session refused", "stream", s.ID(), "reason", reason)
+	s.Fail(reason)
+}
+
+// serveStream authorizes one stream and serves its session.
+func (c *muxConn) serveStream(st *yamux.Stream) {
+	s := muxstream.New(st)
+	if reason := c.authorize(); reason != "" {
+		c.refuse(s, reason)
+		return
+	}
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	defer cancel(nil)
+	sess := &session{clientStream: s, cancel: cancel}
+	h := c.h
+	if !h.live.add(sess) {
+		c.refuse(s, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later", h.cfg.MaxSessions))
+		return
+	}
+	defer h.live.remove(sess)
+	req := broker.Request{
+		Target: c.claims.Target, AgentID: c.claims.AgentID,
+		Client: c.client, KeyID: c.claims.KeyID(), MaxDuration: h.maxDuration(c.claims),
+	}
+	// A single-use token's one session has the token's id; a reusable
+	// token's sessions get ids of their own.
+	if !c.claims.Reusable {
+		if id, err := uuid.Parse(c.claims.ID); err == nil {
+			req.ID = dataplane.SessionID(id)
+		}
+	}
+	h.cfg.Broker.Serve(ctx, req, sess)
+}
+
+// authorize checks what may have changed since the connection was
+// authenticated, then counts the session against the token's cap: the
+// entry is serving, the token has not expired, its API key is still live.
+// It returns why the session is refused, or "".
+func (c *muxConn) authorize() string {
+	h := c.h
+	if !h.serving.Load() {
+		return "the gateway is shutting down"
+	}
+	if exp := c.claims.ExpiresAt; exp != nil && !h.cfg.Now().Before(exp.Time) {
+		return fmt.Sprintf("session token refused: %v (expired at %s)", token.ErrExpired, exp.UTC().Format(time.RFC3339))
+	}
+	if h.live.full() {
+		// Before the token's use is counted, as for a WebSocket.
+		return fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later", h.cfg.MaxSessions)
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, authorizeTimeout)
+	defer cancel()
+	if status, reason := h.checkKey(ctx, c.claims.KeyID()); status != 0 {
+		return reason
+	}
+	if status, reason := h.use(ctx, c.claims); status != 0 {
+		return reason
+	}
+	return ""
+}
+
+// authorizeTimeout bounds the store calls that authorize a stream.
+const authorizeTimeout = 10 * time.Second
+
+// isMuxUpgrade reports whether r asks for a standing connection.
+func isMuxUpgrade(r *http.Request) bool {
+	return hasToken(r.Header, "Upgrade", muxstream.UpgradeToken)
+}
+
+// muxUpgradeProblem returns why r, which asks for a standing connection,
+// cannot have one, with the status to answer, or 0.
+func muxUpgradeProblem(hdr http.Header, r *http.Request) (int, string) {
+	switch {
+	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
+		return http.StatusBadRequest, fmt.Sprintf("the standing connection needs HTTP/1.1, this request came over %s", r.Proto)
+	case r.Method != http.MethodGet:
+		hdr.Set("Allow", http.MethodGet)
+		return http.StatusMethodNotAllowed, fmt.Sprintf("the standing connection needs a GET, not %s", r.Method)
+	case !hasToken(r.Header, "Connection", "upgrade"):
+		hdr.Set("Connection", "Upgrade")
+		hdr.Set("Upgrade", muxstream.UpgradeToken)
+		return http.StatusUpgradeRequired, "the standing connection needs Connection: Upgrade"
+	}
+	return 0, ""
+}
