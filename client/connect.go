@@ -1,7 +1,11 @@
-// Package client is the client side of the gateway's WebSocket entry, as
-// "outpost connect" uses it: it dials the entry with a session token,
-// verifying the gateway against a pinned CA, and bridges the session to a
-// local TCP listener or to stdin/stdout (for ssh -o ProxyCommand).
+// Package client is the client side of the gateway's entry, as "outpost
+// connect" uses it: it keeps one standing, multiplexed connection to the
+// entry, authenticated by a session token and verifying the gateway against
+// a pinned CA, and opens one session on it per local connection, bridged to
+// a local TCP listener or to stdin/stdout (for ssh -o ProxyCommand). The TLS
+// handshake is paid once per Client; a connection that drops is
+// reconnected with backoff. A gateway that offers no standing connection
+// gets one WebSocket per session instead, as browsers use the entry.
 package client
 
 import (
@@ -23,13 +27,17 @@ import (
 	"github.com/coder/websocket"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/outposthq/outpost/client/muxstream"
 	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
-// entryPath is the gateway's WebSocket entry.
+// entryPath is the gateway's entry.
 const entryPath = "/v1/connect"
+
+// DefaultConnectWait is Config.ConnectWait's default.
+const DefaultConnectWait = 15 * time.Second
 
 // Config says how a Client (built by New) reaches the entry.
 type Config struct {
@@ -43,29 +51,59 @@ type Config struct {
 	// it (transport.VerifyCAPin).
 	CAPEM []byte
 	CAPin string
-	// DialTimeout bounds the WebSocket handshake (default 30 s, which covers
-	// the gateway's own wait for an agent).
+	// DialTimeout bounds the connection to the gateway: TLS and the
+	// upgrade of the standing connection, or a whole WebSocket handshake
+	// (default 40 s, which covers the gateway's own wait for an agent).
 	DialTimeout time.Duration
-	Logger      hclog.Logger
+	// ConnectWait bounds how long a session waits for the standing
+	// connection while it is down (connecting, reconnecting) or full,
+	// before it fails with the reason. If zero, DefaultConnectWait.
+	ConnectWait time.Duration
+	// WebSocket, if true, opens one WebSocket per session (the entry's
+	// plain form) instead of sessions on a standing connection.
+	WebSocket bool
+	Logger    hclog.Logger
 	// OnFailure, if set, is called once with the gateway's reason when a
-	// session fails (no agent could connect, the target refused, ...), as
-	// soon as the failure arrives — before the local side is closed. An ssh
-	// ProxyCommand uses it to print the reason while ssh still listens: once
-	// stdout closes, ssh exits and hangs up on its ProxyCommand.
+	// session fails (the gateway refused it, no agent could connect, the
+	// target refused, ...), as soon as the failure arrives — before the
+	// local side is closed. An ssh ProxyCommand uses it to print the reason
+	// while ssh still listens: once stdout closes, ssh exits and hangs up
+	// on its ProxyCommand.
 	OnFailure func(reason string)
 }
 
-// Client opens sessions through the entry.
+// Client opens sessions through the entry. Its standing connection is made
+// when the first session needs it (or when Listen starts), and lives until
+// Close. It is safe for concurrent use.
 type Client struct {
-	url    string
-	token  string
-	http   *http.Client
-	log    hclog.Logger
-	single bool
-	onFail func(reason string)
+	entry       *url.URL // the wss:// URL of the entry
+	token       string
+	http        *http.Client // WebSocket sessions
+	muxTLS      *tls.Config  // the standing connection (HTTP/1.1 only)
+	dialTimeout time.Duration
+	connectWait time.Duration
+	log         hclog.Logger
+	single      bool
+	onFail      func(reason string)
+
+	state connState
+
+	start  sync.Once
+	ctx    context.Context // ends with Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the supervisor
 }
 
-// New checks o and returns a Client.
+// Stream is one session: Read and Write carry the target's bytes,
+// CloseWrite ends this side's direction (the target reads EOF) while the
+// other goes on, Close ends the session cleanly, Abort resets it. It is a
+// relay.Endpoint. A session the gateway could not serve fails its reads
+// with an error Failure reads the reason of.
+type Stream interface {
+	relay.Endpoint
+}
+
+// New checks o and returns a Client. It does no I/O.
 func New(o Config) (*Client, error) {
 	if o.Token == "" {
 		return nil, errors.New("connect: a session token is required")
@@ -84,31 +122,77 @@ func New(o Config) (*Client, error) {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 40 * time.Second
 	}
-	return &Client{
-		url:    u.String(),
-		token:  o.Token,
-		http:   &http.Client{Timeout: o.DialTimeout, Transport: &http.Transport{TLSClientConfig: tlsConf}},
-		log:    o.Logger,
-		single: !reusable(o.Token),
-		onFail: o.OnFailure,
-	}, nil
+	if o.ConnectWait <= 0 {
+		o.ConnectWait = DefaultConnectWait
+	}
+	muxTLS := tlsConf.Clone()
+	muxTLS.NextProtos = []string{"http/1.1"}
+	c := &Client{
+		entry:       u,
+		token:       o.Token,
+		http:        &http.Client{Timeout: o.DialTimeout, Transport: &http.Transport{TLSClientConfig: tlsConf}},
+		muxTLS:      muxTLS,
+		dialTimeout: o.DialTimeout,
+		connectWait: o.ConnectWait,
+		log:         o.Logger,
+		single:      !reusable(o.Token),
+		onFail:      o.OnFailure,
+		state:       connState{changed: make(chan struct{}), all: map[*standing]struct{}{}, webSocket: o.WebSocket},
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
 }
 
 // SingleUse reports whether the token opens only one session.
 func (c *Client) SingleUse() bool { return c.single }
 
-// Open opens one session; the stream's Read/Write carry the target's bytes.
-func (c *Client) Open(ctx context.Context) (*wsstream.Stream, error) {
-	ws, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{
+// Connect starts keeping the standing connection up, if it is not yet:
+// later sessions find it ready. Open calls it.
+func (c *Client) Connect() {
+	c.start.Do(func() {
+		if c.state.webSocket {
+			return
+		}
+		c.wg.Go(func() { c.supervise(c.ctx) })
+	})
+}
+
+// Close stops reconnecting, closes the standing connection (sessions still
+// on it end) and waits for the Client's goroutines. Idempotent.
+func (c *Client) Close() error {
+	c.start.Do(func() {})
+	c.cancel()
+	c.wg.Wait()
+	c.closeAll()
+	return nil
+}
+
+// Open opens one session: a stream on the standing connection, which it
+// waits for up to ConnectWait, or a WebSocket of its own when there is no
+// standing connection. A refusal of the token by the gateway is an error
+// here or, for one the gateway decides per session (a used-up token), the
+// stream's first read.
+func (c *Client) Open(ctx context.Context) (Stream, error) {
+	if c.ctx.Err() != nil {
+		return nil, errors.New("connect: the client is closed")
+	}
+	c.Connect()
+	return c.openStream(ctx)
+}
+
+// OpenWebSocket opens one session on a WebSocket of its own, as browsers
+// use the entry; the stream's Read/Write carry the target's bytes.
+func (c *Client) OpenWebSocket(ctx context.Context) (*wsstream.Stream, error) {
+	ws, resp, err := websocket.Dial(ctx, c.entry.String(), &websocket.DialOptions{
 		HTTPClient: c.http,
 		HTTPHeader: http.Header{"Authorization": []string{"Bearer " + c.token}},
 	})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			return nil, fmt.Errorf("gateway refused the session (HTTP %d): %s", resp.StatusCode, strings.TrimSpace(string(body)))
+			return nil, &RefusedError{Status: resp.StatusCode, Reason: strings.TrimSpace(string(body))}
 		}
-		return nil, fmt.Errorf("connect to %s: %w", c.url, err)
+		return nil, fmt.Errorf("connect to %s: %w", c.entry, err)
 	}
 	ws.SetReadLimit(1 << 20)
 	if resp.TLS != nil {
@@ -117,11 +201,25 @@ func (c *Client) Open(ctx context.Context) (*wsstream.Stream, error) {
 	return wsstream.New(ctx, ws), nil
 }
 
+// Failure extracts the gateway's reason from an error that ended a
+// session: a WebSocket closed with wsstream.StatusConnectFailed, or a
+// stream reset with muxstream.ResetFailed.
+func Failure(err error) (string, bool) {
+	if r, ok := wsstream.Failure(err); ok {
+		return r, true
+	}
+	return muxstream.Failure(err)
+}
+
 // Bridge relays local (a TCP connection, or stdio) and one new session until
 // both directions end; it returns the session's failure reason if any.
 func (c *Client) Bridge(ctx context.Context, local relay.Endpoint) error {
 	s, err := c.Open(ctx)
 	if err != nil {
+		// The reason first, then the local side's end (see OnFailure).
+		if c.onFail != nil {
+			c.onFail(err.Error())
+		}
 		local.Abort(relay.ErrorCodeReset)
 		return err
 	}
@@ -130,7 +228,7 @@ func (c *Client) Bridge(ctx context.Context, local relay.Endpoint) error {
 		remote = &failureNotice{Endpoint: s, fn: c.onFail}
 	}
 	_, err = relay.Relay(ctx, local, remote, relay.Options{})
-	if reason, ok := wsstream.Failure(err); ok {
+	if reason, ok := Failure(err); ok {
 		return fmt.Errorf("session failed: %s", reason)
 	}
 	return err
@@ -143,8 +241,11 @@ func (c *Client) Stdio(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 
 // Listen accepts local TCP connections on ln and bridges each to a new
 // session, until ctx ends — or after the first one when the token is
-// single-use. It waits for the bridges it started.
+// single-use. It connects to the gateway at once, so that the first
+// session finds the connection ready, and waits for the bridges it
+// started.
 func (c *Client) Listen(ctx context.Context, ln net.Listener) error {
+	c.Connect()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -158,17 +259,28 @@ func (c *Client) Listen(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		c.log.Info("local connection", "from", conn.RemoteAddr().String())
-		wg.Go(func() {
-			if err := c.Bridge(ctx, relay.TCPConn(conn.(*net.TCPConn))); err != nil {
-				c.log.Error("session ended with an error", "error", err)
-			} else {
-				c.log.Info("session closed")
-			}
-		})
+		wg.Go(func() { c.logEnd(c.Bridge(ctx, relay.TCPConn(conn.(*net.TCPConn)))) })
 		if c.single {
 			ln.Close()
 			return nil
 		}
+	}
+}
+
+// logEnd logs how a bridged session ended: a reset by the local program or
+// the target (iperf3 resets after a complete run) is a normal end, not an
+// error.
+func (c *Client) logEnd(err error) {
+	var re *relay.Error
+	switch {
+	case err == nil:
+		c.log.Info("session closed")
+	case relay.PeerReset(err) && errors.As(err, &re) && re.Side == relay.SideA:
+		c.log.Info("session closed: the local connection was reset")
+	case relay.PeerReset(err):
+		c.log.Info("session closed: the target reset the connection")
+	default:
+		c.log.Error("session ended with an error", "error", err)
 	}
 }
 
@@ -258,7 +370,7 @@ func (f *failureNotice) Write(p []byte) (int, error) {
 }
 
 func (f *failureNotice) notice(err error) {
-	if reason, ok := wsstream.Failure(err); ok {
+	if reason, ok := Failure(err); ok {
 		f.once.Do(func() { f.fn(reason) })
 	}
 }

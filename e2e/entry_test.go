@@ -45,17 +45,27 @@ func (gw *gateway) session(req *outpostv1.CreateSessionRequest) *outpostv1.Creat
 	return resp
 }
 
-// openSession opens a session through the WebSocket entry, pinning the CA
-// by its SPKI hash as a client given only the CreateSession answer would.
+// openSession opens a session through the WebSocket entry (one WebSocket
+// per session, as browsers use it), pinning the CA by its SPKI hash as a
+// client given only the CreateSession answer would.
 func openSession(t *testing.T, resp *outpostv1.CreateSessionResponse) (*wsstream.Stream, error) {
+	t.Helper()
+	c := newClient(t, resp)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c.OpenWebSocket(ctx)
+}
+
+// newClient returns a client of the entry for resp's token, closed at
+// cleanup.
+func newClient(t *testing.T, resp *outpostv1.CreateSessionResponse) *client.Client {
 	t.Helper()
 	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return c.Open(ctx)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // readFailure reads s to its end and returns the gateway's failure reason.

@@ -147,6 +147,9 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 		if b.client != nil {
 			b.client.Stop()
 		}
+		if b.rig.WS != nil {
+			b.rig.WS.Close()
+		}
 	}()
 	if err := b.startClient(ctx); err != nil {
 		return nil, err

@@ -67,7 +67,8 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
 	var reported atomic.Bool
 	if stdio {
-		// Print the reason while ssh still reads our stderr (see OnFailure).
+		// Print the reason while ssh still reads our stderr, before stdout
+		// closes (see OnFailure).
 		opts.OnFailure = func(reason string) {
 			fmt.Fprintf(stderr, "outpost: session failed: %s\n", reason)
 			reported.Store(true)
@@ -77,6 +78,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	if stdio {
 		err := c.Stdio(ctx, stdin, stdout)
 		if err != nil && reported.Load() {

@@ -164,8 +164,9 @@ type Rig struct {
 	// session token's target is Targets' mux.
 	ConnectAddr string
 	ConnectPID  int
-	// WS is the client library of the gateway's WebSocket entry, in this
-	// process, with the same token.
+	// WS is the client library of the gateway's entry, in this process,
+	// with the same token: its sessions on a WebSocket each
+	// (OpenWebSocket) and on its standing connection (Open).
 	WS *client.Client
 	// QUICLocal is connected to a raw QUIC server in this process,
 	// QUICRemote to one in the child process QUICPID.

@@ -73,6 +73,7 @@ const (
 	SetupQUIC                 // a new stream on an open raw QUIC connection (two processes)
 	SetupRaw                  // through the bench entry, the gateway and the agent
 	SetupEntry                // through the WebSocket entry, with the client library
+	SetupStanding             // a session on the client library's standing connection
 	SetupGateway              // DialAgent inside the gateway child
 	NumSetups
 )
@@ -82,6 +83,7 @@ var setupNames = [NumSetups]string{
 	"raw quic-go stream, two processes",
 	"Outpost raw session via the bench TCP entry",
 	"Outpost via the WebSocket entry (connect library: TLS + upgrade + echo + close)",
+	"Outpost via the standing connection (connect library: stream + echo + close)",
 	"Outpost in gateway (DialAgent + echo + close)",
 }
 

@@ -70,6 +70,9 @@ func (r *Rig) Setup(ctx context.Context) (SetupResult, error) {
 		return res, err
 	}
 	res.WSPhases = phases.last(s.Sessions)
+	if err := measure(SetupStanding, r.standingEchoSession); err != nil {
+		return res, err
+	}
 	if err := r.Gateway.StopCPUProfile(ctx); err != nil {
 		return res, err
 	}
@@ -97,7 +100,7 @@ func (r *Rig) wsEchoSession(ctx context.Context, phases *wsPhases) error {
 	ctx, cancel := context.WithTimeout(ctx, SessionTimeout)
 	defer cancel()
 	t0 := time.Now()
-	s, err := r.WS.Open(ctx)
+	s, err := r.WS.OpenWebSocket(ctx)
 	if err != nil {
 		return err
 	}
@@ -110,6 +113,24 @@ func (r *Rig) wsEchoSession(ctx context.Context, phases *wsPhases) error {
 	err = s.Close()
 	phases.add(t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 	return err
+}
+
+// standingEchoSession is one session on the client library's standing
+// connection (made by an earlier session): a new stream (the gateway checks
+// the token's use, routes, and opens the stream through the agent, which
+// dials the target), one echoed byte, and the stream's close.
+func (r *Rig) standingEchoSession(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, SessionTimeout)
+	defer cancel()
+	s, err := r.WS.Open(ctx)
+	if err != nil {
+		return err
+	}
+	if err := EchoOnce(s, []byte{modeEcho}); err != nil {
+		s.Abort(relay.ErrorCodeCanceled)
+		return err
+	}
+	return s.Close()
 }
 
 // tlsHandshake connects to the gateway's API port and completes a TLS
@@ -169,7 +190,7 @@ func (r *Rig) Idle(ctx context.Context) (IdleResult, error) {
 	streams := make([]*wsstream.Stream, 0, s.Idle)
 	defer func() { closeAll(streams) }()
 	for i := range s.Idle {
-		st, err := r.WS.Open(ctx)
+		st, err := r.WS.OpenWebSocket(ctx)
 		if err != nil {
 			return res, fmt.Errorf("idle session %d: %w", i+1, err)
 		}

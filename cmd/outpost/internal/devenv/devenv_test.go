@@ -72,6 +72,7 @@ func TestDevEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
 	s, err := c.Open(ctx)
 	if err != nil {
 		t.Fatal(err)

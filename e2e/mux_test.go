@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/outposthq/outpost/client"
+	"github.com/outposthq/outpost/client/muxstream"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/testlog"
+)
+
+// exchange sends n pattern bytes on s, half-closes, and reads the answer
+// to its end, then closes s.
+func exchange(s client.Stream, n int64) ([]byte, error) {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(s, pattern(n))
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(s)
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	if err == nil {
+		err = s.Close()
+	} else {
+		s.Abort(1)
+	}
+	return got, err
+}
+
+// Many sessions at once on the client's one standing connection, through
+// a real agent, each with its data checked both ways; each has its own
+// audit row.
+func TestMuxSessionsThroughAgent(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	dir, id := enrollAgent(t, gw, "office", loopback, nil)
+	startAgent(t, fastAgent(dir))
+	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	target := tcpServer(t, echo)
+	resp := gw.session(&outpostv1.CreateSessionRequest{Target: target, Reusable: true})
+
+	logs := testlog.New(t)
+	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(),
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "connect", Level: hclog.Debug, Output: logs})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const sessions = 16
+	var wg sync.WaitGroup
+	for i := range sessions {
+		n := int64(i+1) * 100_003
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			s, err := c.Open(ctx)
+			if err != nil {
+				t.Errorf("session %d: %v", i, err)
+				return
+			}
+			got, err := exchange(s, n)
+			if err != nil || int64(len(got)) != n || !bytes.Equal(sum(got), patternSum(n)) {
+				t.Errorf("session %d: %d bytes back of %d, %v", i, len(got), n, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := strings.Count(logs.String(), "standing connection open"); n != 1 {
+		t.Errorf("%d standing connections for %d sessions, want 1", n, sessions)
+	}
+	c.Close()
+	gw.stop() // waits for the sessions' ends to be recorded
+	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var rows, ok, distinct int
+	if err := db.QueryRow(`SELECT count(*), count(CASE WHEN outcome = 'ok' AND bytes_up = bytes_down THEN 1 END), count(DISTINCT id) FROM sessions`).
+		Scan(&rows, &ok, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != sessions || ok != sessions || distinct != sessions {
+		t.Errorf("audit: %d rows, %d ok with equal bytes, %d distinct ids; want %d each", rows, ok, distinct, sessions)
+	}
+}
+
+func sum(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+// cutProxy forwards TCP connections on loopback to a target. A test cuts
+// every forwarded connection at once, or stops listening and listens again
+// on the same address: a network that drops the client's connection.
+type cutProxy struct {
+	t      *testing.T
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	ln    net.Listener
+	conns map[net.Conn]struct{} // guarded by mu
+	wg    sync.WaitGroup
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	p := &cutProxy{t: t, target: target, addr: "127.0.0.1:0", conns: map[net.Conn]struct{}{}}
+	p.listen()
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *cutProxy) listen() {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln, p.addr = ln, ln.Addr().String()
+	p.mu.Unlock()
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+			p.mu.Unlock()
+			for _, dir := range [][2]net.Conn{{c, up}, {up, c}} {
+				p.wg.Go(func() {
+					io.Copy(dir[0], dir[1])
+					dir[0].Close()
+					dir[1].Close()
+				})
+			}
+		}
+	})
+}
+
+// cut closes every forwarded connection.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// stop stops listening, cuts, and waits for the proxy's goroutines.
+func (p *cutProxy) stop() {
+	p.mu.Lock()
+	p.ln.Close()
+	p.mu.Unlock()
+	p.cut()
+	p.wg.Wait()
+}
+
+// When the client's connection drops, its sessions fail cleanly; sessions
+// opened while the gateway cannot be reached wait, then succeed once the
+// client has reconnected.
+func TestMuxConnectionLoss(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), directToLoopback)
+	target := tcpServer(t, echo)
+	resp := gw.session(&outpostv1.CreateSessionRequest{Target: target, Reusable: true})
+	proxy := newCutProxy(t, gw.g.Addr().String())
+	c, err := client.New(client.Config{Gateway: "https://" + proxy.addr, Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(),
+		ConnectWait: time.Minute, Logger: testLogger(t, "connect")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	live, err := c.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Write([]byte("mid-session")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(live, make([]byte, 11)); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.stop() // the network drops, and stays down
+	if _, err := io.ReadAll(live); !errors.Is(err, muxstream.ErrConnectionLost) {
+		t.Fatalf("the live session when the connection dropped: %v", err)
+	}
+	live.Abort(1)
+	waited := make(chan error, 1)
+	go func() {
+		s, err := c.Open(ctx)
+		if err != nil {
+			waited <- err
+			return
+		}
+		got, err := exchange(s, 5000)
+		if err == nil && !bytes.Equal(sum(got), patternSum(5000)) {
+			err = fmt.Errorf("%d bytes back", len(got))
+		}
+		waited <- err
+	}()
+	select {
+	case err := <-waited:
+		t.Fatalf("a session opened during the outage returned: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	proxy.listen() // the network is back
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("the session that waited for the reconnection: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the client did not reconnect")
+	}
+}
