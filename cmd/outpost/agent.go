@@ -3,11 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -156,6 +154,7 @@ type runFlags struct {
 	renewFraction float64
 	metricsListen string
 	maxSessions   int64
+	pprof         pprofFlag
 }
 
 func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
@@ -167,6 +166,7 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	fs.Float64Var(&r.renewFraction, "renew-fraction", agent.DefaultRenewFraction, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
+	r.pprof.register(fs)
 }
 
 // maxSessionsLimit bounds --max-sessions: every session costs the agent a
@@ -263,6 +263,11 @@ func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) e
 		}
 		defer stop()
 	}
+	stopPprof, err := rf.pprof.start(log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -295,23 +300,7 @@ func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) e
 // serveMetrics serves h at /metrics on addr until the returned stop is
 // called; stop closes the listener and waits for the server.
 func serveMetrics(addr string, h http.Handler, log hclog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listener: %w", err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server failed", "error", err)
-		}
-	}()
-	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
-	return func() {
-		srv.Close()
-		<-done
-	}, nil
+	return serveHTTP(addr, "metrics", "/metrics", mux, log)
 }

@@ -23,6 +23,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		gateway, tok, tokFile, listen, caFile, caPin string
 		stdio                                        bool
 		lf                                           logFlags
+		pf                                           pprofFlag
 	)
 	fs.StringVar(&gateway, "gateway", "", "gateway URL: https://host:port, or the wss:// connect URL (required)")
 	fs.StringVar(&tokFile, "token-file", "", "file holding the session token (as session create --token-file writes it)")
@@ -32,6 +33,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	fs.StringVar(&caFile, "ca-file", "", "gateway CA certificate (PEM) to trust")
 	fs.StringVar(&caPin, "ca-pin", "", "SHA-256 of the gateway CA's public key (hex), as CreateSession returns it")
 	lf.register(fs)
+	pf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -64,6 +66,11 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
+	stopPprof, err := pf.start(log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
 	var reported atomic.Bool
 	if stdio {

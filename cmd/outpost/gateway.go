@@ -33,8 +33,10 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		directNets stringList
 		directDoms stringList
 		proxies    stringList
+		pf         pprofFlag
 	)
 	lf.register(fs)
+	pf.register(fs)
 	fs.StringVar(&configFile, "config", "", "JSON config file (keys as in server.Config); flags override it")
 	fs.StringVar(&flagCfg.DataDir, "data-dir", "", "directory for the CA, keys, store and admin.key (required)")
 	fs.StringVar(&flagCfg.Store, "store", "", storeUsage)
@@ -162,6 +164,11 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer gw.Close()
+	stopPprof, err := pf.start(log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	if f := gw.FirstAdminKeyFile(); f != "" {
 		// The path only: stdout ends up in journald and container logs.
 		q := shellQuote(f)
