@@ -21,23 +21,13 @@ import (
 	"github.com/outposthq/outpost/client/muxstream"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testtarget"
 )
 
-// exchange sends n pattern bytes on s, half-closes, and reads the answer
-// to its end, then closes s.
+// exchange runs testtarget.Exchange on s, then closes it (or aborts it
+// after an error).
 func exchange(s client.Stream, n int64) ([]byte, error) {
-	errc := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(s, pattern(n))
-		if err == nil {
-			err = s.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(s)
-	if werr := <-errc; err == nil {
-		err = werr
-	}
+	got, err := testtarget.Exchange(s, n)
 	if err == nil {
 		err = s.Close()
 	} else {

@@ -98,10 +98,14 @@ func AppendData(dst, p []byte) ([]byte, error) {
 func AppendEnd(dst []byte) []byte { return appendHeader(dst, FrameEnd, 0) }
 
 // AppendReset appends a RESET frame to dst. A reason that is not valid
-// UTF-8 has its bad bytes replaced; one longer than MaxReason is cut on a
-// character boundary.
+// UTF-8 has its bad bytes replaced; one longer than MaxReason is cut to it,
+// on a character boundary.
 func AppendReset(dst []byte, kind ResetKind, reason string) []byte {
-	reason = Truncate(strings.ToValidUTF8(reason, "\uFFFD"), MaxReason)
+	reason = strings.ToValidUTF8(reason, "\uFFFD")
+	if len(reason) > MaxReason {
+		// A character cut in two is dropped whole.
+		reason = strings.ToValidUTF8(reason[:MaxReason], "")
+	}
 	dst = appendHeader(dst, FrameReset, 1+len(reason))
 	dst = append(dst, byte(kind))
 	return append(dst, reason...)
@@ -336,17 +340,4 @@ func Failure(err error) (string, bool) {
 		return re.Reason, true
 	}
 	return "", false
-}
-
-// Truncate fits s into n bytes, cutting on a UTF-8 boundary and marking
-// the cut with "...".
-func Truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n - 3
-	for i > 0 && s[i]&0xC0 == 0x80 {
-		i--
-	}
-	return s[:i] + "..."
 }

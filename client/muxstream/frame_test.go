@@ -107,8 +107,12 @@ func TestAppendLimits(t *testing.T) {
 	// A long reason is cut on a character boundary, a bad one repaired.
 	long := strings.Repeat("é", MaxReason)
 	f, _, err := DecodeFrame(AppendReset(nil, ResetFailed, long))
-	if err != nil || len(f.Reason) > MaxReason || !strings.HasSuffix(f.Reason, "é...") {
+	if err != nil || len(f.Reason) != MaxReason || !strings.HasPrefix(long, f.Reason) {
 		t.Errorf("long reason: %d bytes, %v", len(f.Reason), err)
+	}
+	f, _, err = DecodeFrame(AppendReset(nil, ResetFailed, "x"+long))
+	if err != nil || len(f.Reason) != MaxReason-1 || !strings.HasPrefix("x"+long, f.Reason) {
+		t.Errorf("long reason cut inside a character: %d bytes, %v", len(f.Reason), err)
 	}
 	f, _, err = DecodeFrame(AppendReset(nil, ResetFailed, "a\xffb"))
 	if err != nil || f.Reason != "a\uFFFDb" {

@@ -145,6 +145,20 @@ func TestStreamHalfClose(t *testing.T) {
 	}
 }
 
+// writeUntilError writes on s until a write fails, and sends the error.
+func writeUntilError(s *Stream) <-chan error {
+	wrote := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.Write(make([]byte, 32<<10)); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	return wrote
+}
+
 // waitFor polls cond for up to 10 s.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -225,15 +239,7 @@ func TestStreamResetAfterEnd(t *testing.T) {
 		t.Fatalf("server read %q %v", r.b, r.err)
 	}
 	// The server writes on; the client aborts without reading.
-	wrote := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := s.Write(make([]byte, 32<<10)); err != nil {
-				wrote <- err
-				return
-			}
-		}
-	}()
+	wrote := writeUntilError(s)
 	c.Abort(0x2)
 	err := within(t, wrote)
 	var re *ResetError
@@ -257,15 +263,7 @@ func TestStreamPeerClosed(t *testing.T) {
 	if r := within(t, goRead(s)); r.err != nil {
 		t.Fatalf("server read: %v", r.err)
 	}
-	wrote := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := s.Write(make([]byte, 32<<10)); err != nil {
-				wrote <- err
-				return
-			}
-		}
-	}()
+	wrote := writeUntilError(s)
 	if err := within(t, wrote); !errors.Is(err, ErrPeerClosed) || !s.PeerClosed() {
 		t.Fatalf("server write after the client closed: %v", err)
 	}

@@ -131,6 +131,33 @@ func Hash(c *net.TCPConn) {
 	}
 }
 
+// HalfCloser is a byte stream that can end its sending side alone, as the
+// client's side of a session can.
+type HalfCloser interface {
+	io.ReadWriter
+	CloseWrite() error
+}
+
+// Exchange is a client's side of a session to Echo or Hash: it sends the n
+// bytes of Pattern(n) on s and half-closes it while it reads what comes
+// back, to the end. It returns what it read and the first error of either
+// direction.
+func Exchange(s HalfCloser, n int64) ([]byte, error) {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(s, Pattern(n))
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(s)
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	return got, err
+}
+
 // Pattern returns a reader of n deterministic bytes: the same n bytes on
 // every call, not all alike, so a reordering or a dropped chunk changes
 // their digest.

@@ -69,12 +69,12 @@ type Setup int
 
 // The session setups.
 const (
-	SetupDirect  Setup = iota // TCP connect to the echo target
-	SetupQUIC                 // a new stream on an open raw QUIC connection (two processes)
-	SetupRaw                  // through the bench entry, the gateway and the agent
-	SetupEntry                // through the WebSocket entry, with the client library
-	SetupStanding             // a session on the client library's standing connection
-	SetupGateway              // DialAgent inside the gateway child
+	SetupDirect   Setup = iota // TCP connect to the echo target
+	SetupQUIC                  // a new stream on an open raw QUIC connection (two processes)
+	SetupRaw                   // through the bench entry, the gateway and the agent
+	SetupEntry                 // through the WebSocket entry, with the client library
+	SetupStanding              // a session on the client library's standing connection
+	SetupGateway               // DialAgent inside the gateway child
 	NumSetups
 )
 

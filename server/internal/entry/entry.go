@@ -251,22 +251,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, log, status, reason+"; the session token was not used")
 		return
 	}
-	if err := h.cfg.Origins.Check(r.Header.Get("Origin"), "https://"+r.Host); err != nil {
-		refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
-		return
-	}
-	if h.live.full() {
-		refuse(w, log, http.StatusServiceUnavailable, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later (the session token was not used)", h.cfg.MaxSessions))
-		return
-	}
-	claims, err := h.cfg.Tokens.VerifySession(raw)
-	if err != nil {
-		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
-		return
-	}
-	log = log.With("session_id", claims.ID, "key_id", claims.KeyID())
-	if status, reason := h.checkKey(r.Context(), claims.KeyID()); status != 0 {
-		refuse(w, log, status, reason)
+	claims, log, ok := h.authenticate(w, r, log, raw, "session_id")
+	if !ok {
 		return
 	}
 	if status, reason := h.use(r.Context(), claims); status != 0 {
@@ -318,6 +304,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer h.live.remove(sess)
 		h.cfg.Broker.Serve(ctx, req, sess)
 	}()
+}
+
+// authenticate makes the checks a WebSocket and a standing connection share
+// before the upgrade: the page's origin, the session cap, the token, its
+// API key. It answers a refusal itself and returns false; otherwise it
+// returns the token's claims and log with the token's id (as idKey) and
+// key id.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, log hclog.Logger, raw, idKey string) (token.SessionClaims, hclog.Logger, bool) {
+	if err := h.cfg.Origins.Check(r.Header.Get("Origin"), "https://"+r.Host); err != nil {
+		refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
+		return token.SessionClaims{}, log, false
+	}
+	if h.live.full() {
+		refuse(w, log, http.StatusServiceUnavailable, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later (the session token was not used)", h.cfg.MaxSessions))
+		return token.SessionClaims{}, log, false
+	}
+	claims, err := h.cfg.Tokens.VerifySession(raw)
+	if err != nil {
+		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
+		return claims, log, false
+	}
+	log = log.With(idKey, claims.ID, "key_id", claims.KeyID())
+	if status, reason := h.checkKey(r.Context(), claims.KeyID()); status != 0 {
+		refuse(w, log, status, reason)
+		return claims, log, false
+	}
+	return claims, log, true
 }
 
 // refuse answers a request the entry will not serve, and logs why.

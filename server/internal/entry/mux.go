@@ -29,26 +29,10 @@ func (h *Handler) serveMux(w http.ResponseWriter, r *http.Request, log hclog.Log
 		refuse(w, log, status, reason+"; the session token was not used")
 		return
 	}
-	if o := r.Header.Get("Origin"); o != "" {
-		// Browsers cannot ask for this upgrade; a page's request that
-		// carries one anyway meets the same policy as a WebSocket.
-		if err := h.cfg.Origins.Check(o, "https://"+r.Host); err != nil {
-			refuse(w, log, http.StatusForbidden, err.Error()+"; the session token was not used")
-			return
-		}
-	}
-	if h.live.full() {
-		refuse(w, log, http.StatusServiceUnavailable, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later (the session token was not used)", h.cfg.MaxSessions))
-		return
-	}
-	claims, err := h.cfg.Tokens.VerifySession(raw)
-	if err != nil {
-		refuse(w, log, http.StatusUnauthorized, "session token refused: "+err.Error())
-		return
-	}
-	log = log.With("token_id", claims.ID, "key_id", claims.KeyID())
-	if status, reason := h.checkKey(r.Context(), claims.KeyID()); status != 0 {
-		refuse(w, log, status, reason)
+	// Browsers cannot ask for this upgrade; a request from a page that
+	// carries one anyway meets the same origin policy as a WebSocket.
+	claims, log, ok := h.authenticate(w, r, log, raw, "token_id")
+	if !ok {
 		return
 	}
 	client := h.clientAddr(r)

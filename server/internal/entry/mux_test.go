@@ -88,21 +88,9 @@ func (m *muxConnTo) open(t *testing.T) *muxstream.Stream {
 	return s
 }
 
-// exchange sends n bytes of the pattern on s, half-closes, and reads the
-// answer to its end.
+// exchange runs testtarget.Exchange on s, then closes it.
 func exchange(s *muxstream.Stream, n int64) ([]byte, error) {
-	errc := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(s, testtarget.Pattern(n))
-		if err == nil {
-			err = s.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(s)
-	if werr := <-errc; err == nil {
-		err = werr
-	}
+	got, err := testtarget.Exchange(s, n)
 	if err == nil {
 		err = s.Close()
 	}
