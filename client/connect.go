@@ -36,6 +36,9 @@ import (
 // entryPath is the gateway's entry.
 const entryPath = "/v1/connect"
 
+// errClosed is what sessions of a closed Client fail with.
+var errClosed = errors.New("connect: the client is closed")
+
 // DefaultConnectWait is Config.ConnectWait's default.
 const DefaultConnectWait = 15 * time.Second
 
@@ -164,6 +167,7 @@ func (c *Client) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	c.closeAll()
+	c.http.CloseIdleConnections()
 	return nil
 }
 
@@ -174,7 +178,7 @@ func (c *Client) Close() error {
 // stream's first read.
 func (c *Client) Open(ctx context.Context) (Stream, error) {
 	if c.ctx.Err() != nil {
-		return nil, errors.New("connect: the client is closed")
+		return nil, errClosed
 	}
 	c.Connect()
 	return c.openStream(ctx)

@@ -78,6 +78,17 @@ func (s *standing) retired() {
 	s.retireOnce.Do(func() { close(s.retire) })
 }
 
+// usable reports whether new sessions may go on s: it is neither closed
+// nor retired (the supervisor is about to replace it).
+func (s *standing) usable() bool {
+	select {
+	case <-s.retire:
+		return false
+	default:
+		return !s.sess.IsClosed()
+	}
+}
+
 // connState is what sessions waiting for a connection look at; the
 // supervisor changes it.
 type connState struct {
@@ -204,11 +215,13 @@ func (c *Client) current(ctx context.Context) (*standing, error) {
 			return nil, fatal
 		case ws:
 			return nil, nil
-		case cur != nil:
+		case cur != nil && cur.usable():
 			return cur, nil
 		}
 		select {
 		case <-changed:
+		case <-c.ctx.Done():
+			return nil, errClosed
 		case <-ctx.Done():
 			if lastErr == nil {
 				lastErr = context.Cause(ctx)

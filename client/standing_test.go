@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +44,7 @@ type fakeGateway struct {
 	srv   *http.Server
 	ln    net.Listener
 	conns map[net.Conn]struct{} // hijacked connections; guarded by mu
+	sess  []*yamux.Session      // their yamux sessions; guarded by mu
 	wg    sync.WaitGroup        // their goroutines
 }
 
@@ -87,6 +89,15 @@ func (g *fakeGateway) cut() {
 	}
 }
 
+// goAway tells every standing connection to take no more sessions.
+func (g *fakeGateway) goAway() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range g.sess {
+		s.GoAway()
+	}
+}
+
 func (g *fakeGateway) url() string { return "https://" + g.addr }
 
 func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
@@ -122,6 +133,7 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	g.mu.Lock()
 	g.conns[c] = struct{}{}
+	g.sess = append(g.sess, sess)
 	g.mu.Unlock()
 	g.wg.Go(func() {
 		defer func() {
@@ -317,6 +329,45 @@ func TestStandingCut(t *testing.T) {
 	if n := g.upgrades.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
+}
+
+// A gateway that stops taking sessions on a connection (GoAway) gets the
+// next session on a new one; the live one goes on.
+func TestStandingGoAway(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, g, nil)
+	live, err := c.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The session is up at the gateway before it says GoAway.
+	if _, err := live.Write([]byte("up")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(live, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	g.goAway()
+	// A session opened before the client read the GoAway is reset by the
+	// gateway's yamux; the one after it goes on a new connection.
+	got, err := echo(t, c, "elsewhere")
+	if errors.Is(err, syscall.ECONNRESET) {
+		got, err = echo(t, c, "elsewhere")
+	}
+	if err != nil || got != "elsewhere" {
+		t.Fatalf("after GoAway: %q %v", got, err)
+	}
+	if n := g.upgrades.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+	if _, err := live.Write([]byte("still")); err != nil {
+		t.Fatal(err)
+	}
+	live.CloseWrite()
+	if b, err := io.ReadAll(live); err != nil || string(b) != "still" {
+		t.Fatalf("the session on the retired connection: %q %v", b, err)
+	}
+	live.Close()
 }
 
 // A refusal no retry fixes fails every session at once with the gateway's

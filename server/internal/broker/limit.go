@@ -29,7 +29,7 @@ var (
 	// entry's idle timeout.
 	ErrIdle = &Limit{Outcome: "idle_timeout", Reason: "the session was idle for too long"}
 	// ErrClientGone ends a session whose client stopped answering
-	// keepalive pings, or whose standing connection was lost.
+	// keepalive pings.
 	ErrClientGone = &Limit{Outcome: "client_gone", Reason: "the client stopped answering keepalives"}
 	// ErrClientClosed ends a session whose client closed it while the
 	// target still had data for it: nothing reads that data any more. It

@@ -22,8 +22,8 @@
 // single-use token opens one stream, a reusable one up to its cap). Each
 // session has its own id, audit row, maximum duration, slot under
 // MaxSessions and idle timeout; the connection's keepalive stands for the
-// sessions' own, and the loss of the connection ends them all
-// (broker.ErrClientGone).
+// sessions' own, and the loss of the connection ends them all (audit
+// outcome client_gone).
 package entry
 
 import (

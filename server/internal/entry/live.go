@@ -77,13 +77,13 @@ func (s *session) Write(p []byte) (int, error) {
 // ended gives the session the cause its client's failure stands for,
 // before the relay records it as an error: once the client closed the
 // session, what the target still sends has no reader (ErrClientClosed);
-// a lost standing connection is the client gone (ErrClientGone).
+// a lost standing connection is the client gone (errConnectionLost).
 func (s *session) ended(err error) {
 	switch {
 	case s.PeerClosed():
 		s.cancel(broker.ErrClientClosed)
 	case errors.Is(err, muxstream.ErrConnectionLost):
-		s.cancel(broker.ErrClientGone)
+		s.cancel(errConnectionLost)
 	}
 }
 

@@ -20,6 +20,15 @@ import (
 // upgradeWriteTimeout bounds the write of the 101 answer.
 const upgradeWriteTimeout = 10 * time.Second
 
+// errConnectionLost ends the sessions of a standing connection that ended:
+// its client is gone, as for broker.ErrClientGone.
+var errConnectionLost = &broker.Limit{Outcome: broker.ErrClientGone.Outcome, Reason: "the client's connection was lost"}
+
+// lostGrace is how long the sessions of a connection that ended may take
+// to see it on their own streams, with whatever the client sent before it
+// (a reset, say), before the ones still opening are ended.
+const lostGrace = time.Second
+
 // serveMux handles GET /v1/connect with "Upgrade: outpost-mux/1": a
 // standing connection (client/muxstream) authenticated once by the token,
 // whose streams are sessions, each authorized on its own (authorize). The
@@ -62,7 +71,8 @@ func (h *Handler) serveMux(w http.ResponseWriter, r *http.Request, log hclog.Log
 		conn.Close()
 		return
 	}
-	c := &muxConn{h: h, sess: sess, claims: claims, client: client, log: log}
+	c := &muxConn{h: h, sess: sess, claims: claims, client: client, log: log,
+		slots: make(chan struct{}, h.cfg.MaxStreamsPerConnection)}
 	c.ctx, c.cancel = context.WithCancelCause(h.ctx)
 	log.Info("standing connection open")
 	h.sessions.Add(1) // while this handler's count still holds the drain
@@ -78,80 +88,142 @@ type muxConn struct {
 	client string // the client's address, for the audit
 	log    hclog.Logger
 	// ctx is the parent of the connection's sessions; it ends with the
-	// connection (cause broker.ErrClientGone) or with the entry.
+	// connection (cause errConnectionLost) or with the entry.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	mu     sync.Mutex
-	active int // streams being authorized or served; guarded by mu
+	// slots holds a token per session the connection carries, up to
+	// Config.MaxStreamsPerConnection.
+	slots chan struct{}
+
+	mu       sync.Mutex
+	active   int           // streams being served; guarded by mu
+	whenIdle chan struct{} // closed when active drops to 0; guarded by mu
 
 	streams sync.WaitGroup // the goroutines of the streams
 }
 
-// serve accepts the connection's streams until it ends or the entry stops,
-// then waits for the sessions they carry and closes the connection.
+// serve accepts the connection's streams until it ends, then waits for the
+// sessions they carry. When the entry stops, it says GoAway (the client
+// opens its next sessions elsewhere; streams that race it are refused with
+// the reason) and closes the connection once its sessions are over.
 func (c *muxConn) serve() {
 	defer c.h.sessions.Done()
-	lost := make(chan struct{})
-	go func() {
-		defer close(lost)
-		select {
-		case <-c.sess.CloseChan():
-			c.cancel(broker.ErrClientGone)
-		case <-c.ctx.Done():
-		}
-	}()
+	var ends sync.WaitGroup
+	defer ends.Wait()
+	ends.Go(c.watch)
 	for {
-		st, err := c.sess.AcceptStreamWithContext(c.h.drain)
-		if err != nil {
+		st, err := c.sess.AcceptStream()
+		if err != nil || c.flooding() {
 			break
 		}
-		if !c.admit(st) {
-			continue
-		}
+		c.enter()
 		c.streams.Go(func() {
-			defer c.release()
+			defer c.leave()
 			c.serveStream(st)
 		})
 	}
-	if c.h.drain.Err() != nil && !c.sess.IsClosed() {
-		// The gateway stops: the client opens its next sessions elsewhere.
-		_ = c.sess.GoAway()
-	}
 	c.streams.Wait()
 	c.sess.Close()
-	c.cancel(broker.ErrClientGone)
-	<-lost
+	c.cancel(errConnectionLost)
 	c.log.Info("standing connection closed")
 }
 
-// admit counts st against the connection's cap, or refuses it. A client
-// that keeps opening streams past the cap without closing the refused
-// ones loses the connection.
-func (c *muxConn) admit(st *yamux.Stream) bool {
-	max := c.h.cfg.MaxStreamsPerConnection
-	c.mu.Lock()
-	full := c.active >= max
-	if !full {
-		c.active++
-	}
-	c.mu.Unlock()
-	if !full {
-		return true
-	}
-	if c.sess.NumStreams() > 2*max {
-		c.log.Info("standing connection closed: the client opens streams past its cap", "max_streams", max)
+// watch ends the connection's sessions when it ends (errConnectionLost),
+// ends the connection with the entry, and drains it when the entry stops.
+func (c *muxConn) watch() {
+	select {
+	case <-c.sess.CloseChan():
+		c.lost()
+		return
+	case <-c.ctx.Done():
 		c.sess.Close()
-		return false
+		return
+	case <-c.h.drain.Done():
 	}
-	c.refuse(muxstream.New(st), fmt.Sprintf("this connection carries its maximum of %d sessions at once", max))
-	return false
+	_ = c.sess.GoAway()
+	select {
+	case <-c.idle():
+	case <-c.sess.CloseChan():
+		c.lost()
+		return
+	case <-c.ctx.Done():
+	}
+	c.sess.Close()
 }
 
-func (c *muxConn) release() {
+// lost ends the sessions of a connection that ended, after lostGrace: the
+// sessions that relay see the end on their streams first, after what the
+// client sent before it; the grace ends those still opening.
+func (c *muxConn) lost() {
+	t := time.NewTimer(lostGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		c.cancel(errConnectionLost)
+	case <-c.ctx.Done():
+	}
+}
+
+// enter and leave count the streams being served.
+func (c *muxConn) enter() {
 	c.mu.Lock()
-	c.active--
+	c.active++
 	c.mu.Unlock()
+}
+
+func (c *muxConn) leave() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.active--
+	if c.active == 0 && c.whenIdle != nil {
+		close(c.whenIdle)
+		c.whenIdle = nil
+	}
+}
+
+// idle returns a channel closed once no stream is being served.
+func (c *muxConn) idle() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{})
+	if c.active == 0 {
+		close(ch)
+	} else {
+		c.whenIdle = ch
+	}
+	return ch
+}
+
+// slotWait is how long a session past the connection's cap waits for one
+// to end before it is refused: the client counts a session as ended once
+// it has its end, the gateway a little later.
+const slotWait = time.Second
+
+// flooding reports whether the client keeps more streams open than twice
+// the cap (sessions, ones waiting for a slot, refused ones it did not
+// close), and closes the connection if so.
+func (c *muxConn) flooding() bool {
+	max := c.h.cfg.MaxStreamsPerConnection
+	if c.sess.NumStreams() <= 2*max {
+		return false
+	}
+	c.log.Info("standing connection closed: the client opens streams past its cap", "max_streams", max)
+	c.sess.Close()
+	return true
+}
+
+// acquire takes one of the connection's slots, waiting up to slotWait.
+func (c *muxConn) acquire() bool {
+	t := time.NewTimer(slotWait)
+	defer t.Stop()
+	select {
+	case c.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-c.ctx.Done():
+	}
+	return false
 }
 
 // refuse tells the client why a stream is not served, and logs it.
@@ -160,16 +232,26 @@ func (c *muxConn) refuse(s *muxstream.Stream, reason string) {
 	s.Fail(reason)
 }
 
-// serveStream authorizes one stream and serves its session.
+// serveStream authorizes one stream and serves its session, in one of
+// the connection's slots. The slot is free again as soon as the session's
+// stream ends, so that the client, which counts its sessions as they end on
+// its side, finds it for its next one (the audit of the session goes on).
 func (c *muxConn) serveStream(st *yamux.Stream) {
 	s := muxstream.New(st)
+	if !c.acquire() {
+		c.refuse(s, fmt.Sprintf("this connection carries its maximum of %d sessions at once", c.h.cfg.MaxStreamsPerConnection))
+		return
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { <-c.slots }) }
+	defer release()
 	if reason := c.authorize(); reason != "" {
 		c.refuse(s, reason)
 		return
 	}
 	ctx, cancel := context.WithCancelCause(c.ctx)
 	defer cancel(nil)
-	sess := &session{clientStream: s, cancel: cancel}
+	sess := &session{clientStream: &releasing{Stream: s, release: release}, cancel: cancel}
 	h := c.h
 	if !h.live.add(sess) {
 		c.refuse(s, fmt.Sprintf("the gateway holds its maximum of %d client sessions; try again later", h.cfg.MaxSessions))
@@ -188,6 +270,27 @@ func (c *muxConn) serveStream(st *yamux.Stream) {
 		}
 	}
 	h.cfg.Broker.Serve(ctx, req, sess)
+}
+
+// releasing is a session's stream that calls release when it ends.
+type releasing struct {
+	*muxstream.Stream
+	release func()
+}
+
+func (r *releasing) Close() error {
+	r.release()
+	return r.Stream.Close()
+}
+
+func (r *releasing) Abort(code uint64) {
+	r.Stream.Abort(code)
+	r.release()
+}
+
+func (r *releasing) Fail(reason string) {
+	r.Stream.Fail(reason)
+	r.release()
 }
 
 // authorize checks what may have changed since the connection was

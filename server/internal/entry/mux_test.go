@@ -188,6 +188,19 @@ func failure(t *testing.T, s *muxstream.Stream) string {
 	return reason
 }
 
+// A connection at its cap takes a new session as soon as one ends: the
+// client, which sees the end first, does not have it refused.
+func TestMuxSlotReuse(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxStreamsPerConnection = 1 })
+	target := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo).String()
+	m := f.dialMux(f.mintFor(target, token.SessionClaims{Reusable: true}))
+	for i := range 30 {
+		if _, err := exchange(m.open(t), 10); err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+	}
+}
+
 // A single-use token opens one session on its connection; a reusable one
 // as many as its cap; each counts in the same store counter.
 func TestMuxTokenUses(t *testing.T) {
@@ -324,7 +337,7 @@ func TestMuxConnectionLost(t *testing.T) {
 	waitFor(t, func() bool { return liveCount(f.h) == 1 })
 	m.raw.Close()
 	rec := f.audit.outcomes(t, 1)[0]
-	if rec.Outcome != broker.ErrClientGone.Outcome {
+	if rec.Outcome != broker.ErrClientGone.Outcome || rec.Reason != errConnectionLost.Reason {
 		t.Fatalf("session on a lost connection: %s %q", rec.Outcome, rec.Reason)
 	}
 	if _, err := io.ReadAll(s); !errors.Is(err, muxstream.ErrConnectionLost) {
@@ -344,7 +357,7 @@ func TestMuxConnectionLost(t *testing.T) {
 func TestMuxHostileClients(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.MaxStreamsPerConnection = 4
-		c.IdleTimeout = 300 * time.Millisecond
+		c.IdleTimeout = slotWait + time.Second // the cap refuses before the idle end
 	})
 	echo := testtarget.Listen(t, "127.0.0.1:0", testtarget.Echo).String()
 	tok := f.mintFor(echo, token.SessionClaims{Reusable: true})
@@ -355,8 +368,8 @@ func TestMuxHostileClients(t *testing.T) {
 		}
 	}
 
-	// Streams opened and never written: held up to the cap, then refused,
-	// then ended by the idle timeout.
+	// Streams opened and never written: held up to the cap; one more waits
+	// for a slot, then is refused; they end with the idle timeout.
 	m := f.dialMux(tok)
 	if m.max != 4 {
 		t.Fatalf("announced cap %d, want 4", m.max)
