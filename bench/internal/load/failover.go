@@ -86,9 +86,15 @@ func SessionsAfterKill(ctx context.Context, c *client.Client, kill func() error)
 // wsEcho is one session through the WebSocket entry: open, one echoed
 // byte, close.
 func wsEcho(ctx context.Context, c *client.Client) error {
+	return clientEcho(ctx, func(ctx context.Context) (client.Stream, error) { return c.OpenWebSocket(ctx) })
+}
+
+// clientEcho is one session the client library opens with open: one
+// echoed byte, then the session's close.
+func clientEcho(ctx context.Context, open func(context.Context) (client.Stream, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, SessionTimeout)
 	defer cancel()
-	s, err := c.Open(ctx)
+	s, err := open(ctx)
 	if err != nil {
 		return err
 	}

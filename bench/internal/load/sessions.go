@@ -120,17 +120,7 @@ func (r *Rig) wsEchoSession(ctx context.Context, phases *wsPhases) error {
 // the token's use, routes, and opens the stream through the agent, which
 // dials the target), one echoed byte, and the stream's close.
 func (r *Rig) standingEchoSession(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, SessionTimeout)
-	defer cancel()
-	s, err := r.WS.Open(ctx)
-	if err != nil {
-		return err
-	}
-	if err := EchoOnce(s, []byte{modeEcho}); err != nil {
-		s.Abort(relay.ErrorCodeCanceled)
-		return err
-	}
-	return s.Close()
+	return clientEcho(ctx, r.WS.Open)
 }
 
 // tlsHandshake connects to the gateway's API port and completes a TLS
