@@ -391,14 +391,10 @@ func (h *Handler) maxDuration(c token.SessionClaims) time.Duration {
 // on hdr), or 0. It checks what websocket.Accept checks, so that after it
 // the upgrade cannot fail on the request.
 func upgradeProblem(hdr http.Header, r *http.Request) (int, string) {
+	if status, reason := upgradeRequestProblem(hdr, r, "the WebSocket entry", " (curl: --http1.1)"); status != 0 {
+		return status, reason
+	}
 	switch {
-	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
-		// HTTP/2 has no Upgrade (RFC 9113 §8.6): say so, rather than
-		// answer 426 with headers HTTP/2 forbids.
-		return http.StatusBadRequest, fmt.Sprintf("the WebSocket entry needs HTTP/1.1, this request came over %s (curl: --http1.1)", r.Proto)
-	case r.Method != http.MethodGet:
-		hdr.Set("Allow", http.MethodGet)
-		return http.StatusMethodNotAllowed, fmt.Sprintf("the WebSocket entry needs a GET, not %s", r.Method)
 	case !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", "websocket"):
 		hdr.Set("Connection", "Upgrade")
 		hdr.Set("Upgrade", "websocket")
@@ -413,6 +409,21 @@ func upgradeProblem(hdr http.Header, r *http.Request) (int, string) {
 	}
 	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
 		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64"
+	}
+	return 0, ""
+}
+
+// upgradeRequestProblem checks what every upgrade of the entry needs: an
+// HTTP/1.1 GET (HTTP/2 has no Upgrade, RFC 9113 §8.6: say so rather than
+// answer 426 with headers HTTP/2 forbids). what names the upgrade in the
+// reason; hint follows the HTTP/1.1 reason.
+func upgradeRequestProblem(hdr http.Header, r *http.Request, what, hint string) (int, string) {
+	switch {
+	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
+		return http.StatusBadRequest, fmt.Sprintf("%s needs HTTP/1.1, this request came over %s%s", what, r.Proto, hint)
+	case r.Method != http.MethodGet:
+		hdr.Set("Allow", http.MethodGet)
+		return http.StatusMethodNotAllowed, fmt.Sprintf("%s needs a GET, not %s", what, r.Method)
 	}
 	return 0, ""
 }

@@ -331,12 +331,10 @@ func isMuxUpgrade(r *http.Request) bool {
 // muxUpgradeProblem returns why r, which asks for a standing connection,
 // cannot have one, with the status to answer, or 0.
 func muxUpgradeProblem(hdr http.Header, r *http.Request) (int, string) {
+	if status, reason := upgradeRequestProblem(hdr, r, "the standing connection", ""); status != 0 {
+		return status, reason
+	}
 	switch {
-	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
-		return http.StatusBadRequest, fmt.Sprintf("the standing connection needs HTTP/1.1, this request came over %s", r.Proto)
-	case r.Method != http.MethodGet:
-		hdr.Set("Allow", http.MethodGet)
-		return http.StatusMethodNotAllowed, fmt.Sprintf("the standing connection needs a GET, not %s", r.Method)
 	case !hasToken(r.Header, "Connection", "upgrade"):
 		hdr.Set("Connection", "Upgrade")
 		hdr.Set("Upgrade", muxstream.UpgradeToken)
