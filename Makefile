@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 3s
 FUZZTIME_LONG ?= 2m
 
-.PHONY: all build demo test vet staticcheck unit fuzz-smoke fuzz bench
+.PHONY: all build demo test vet staticcheck unit unit-postgres fuzz-smoke fuzz bench
 
 all: build
 
@@ -34,7 +34,13 @@ fuzz-smoke:
 fuzz:
 	@./scripts/fuzz-all.sh $(FUZZTIME_LONG)
 
-test: check-generated vet staticcheck unit fuzz-smoke
+# The gateway's own suites (the server package and the in-process e2e tests,
+# not the network-namespace ones) again, each test's gateway on a PostgreSQL
+# database of its own (internal/testpg starts the server).
+unit-postgres:
+	OUTPOST_TEST_STORE=postgres $(GO) test -shuffle=on -timeout 15m -skip Netns ./server/ ./e2e/
+
+test: check-generated vet staticcheck unit unit-postgres fuzz-smoke
 
 # The end-to-end benchmark report (bench/README.md): throughput, CPU per GB,
 # session setup, memory, capacity and route lookups on loopback; prints one

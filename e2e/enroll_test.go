@@ -297,7 +297,7 @@ func TestEnrollSubprocess(t *testing.T) {
 	}
 
 	// The admin CLI mints tokens too.
-	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", filepath.Join(gw.cfg.DataDir, "ca.pem"), "--name", "cli-token")
+	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", gw.caFile(), "--name", "cli-token")
 	out, err = cmd.Output()
 	if err != nil || strings.Count(strings.TrimSpace(string(out)), ".") != 2 {
 		t.Fatalf("token create: %v %s", err, out)
@@ -305,7 +305,7 @@ func TestEnrollSubprocess(t *testing.T) {
 
 	// ... and writes them to a file (0600) the agent reads on stdin.
 	tokFile := filepath.Join(t.TempDir(), "token.jwt")
-	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", filepath.Join(gw.cfg.DataDir, "ca.pem"), "--name", "from-file", "--token-file", tokFile)
+	cmd = exec.Command(bin, "gateway", "token", "create", "--gateway", gw.url, "--api-key-file", filepath.Join(gw.cfg.DataDir, "admin.key"), "--ca-file", gw.caFile(), "--name", "from-file", "--token-file", tokFile)
 	out, err = cmd.Output()
 	if fi, serr := os.Stat(tokFile); err != nil || len(out) != 0 || serr != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("token create --token-file: %v, stdout %q, file %v %v", err, out, fi, serr)

@@ -20,7 +20,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"google.golang.org/protobuf/types/known/durationpb"
-	_ "modernc.org/sqlite"
 
 	"github.com/outposthq/outpost/client"
 	"github.com/outposthq/outpost/client/wsstream"
@@ -150,11 +149,7 @@ func TestEntrySessionThroughAgent(t *testing.T) {
 		t.Errorf("metrics after one session:\n%s", grepLines(body, "outpost_session"))
 	}
 	gw.stop() // waits for the session's end to be recorded
-	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := gw.auditDB()
 	var (
 		sid, tgt, agentID, decision, outcome, reason string
 		up, down                                     int64

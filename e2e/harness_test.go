@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"database/sql"
 	"io"
 	"net"
 	"net/http"
@@ -15,11 +16,15 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // the audit readers on PostgreSQL
+	_ "modernc.org/sqlite"             // the audit readers on SQLite
+
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/apiclient"
 )
@@ -41,6 +46,10 @@ type gateway struct {
 func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *gateway {
 	t.Helper()
 	cfg := server.Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1000}
+	// OUTPOST_TEST_STORE=postgres moves the suite onto PostgreSQL (one
+	// database per data directory); mutate may clear Store to insist on
+	// SQLite.
+	cfg.Store, cfg.SealKeyFile = testpg.GatewayStore(t, dir)
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -69,6 +78,38 @@ func startGateway(t *testing.T, dir string, mutate func(*server.Config)) *gatewa
 	}
 	t.Cleanup(gw.stop)
 	return gw
+}
+
+// caFile is a file holding the gateway's CA certificate, as the CLI's
+// --ca-file wants it: ca.pem in a SQLite gateway's data directory, a copy
+// of the PEM when the store is PostgreSQL (no key files in the directory).
+func (gw *gateway) caFile() string {
+	gw.t.Helper()
+	if gw.cfg.Store == "" {
+		return filepath.Join(gw.cfg.DataDir, "ca.pem")
+	}
+	f := filepath.Join(gw.t.TempDir(), "ca.pem")
+	if err := os.WriteFile(f, gw.g.CACertPEM(), 0o644); err != nil {
+		gw.t.Fatal(err)
+	}
+	return f
+}
+
+// auditDB opens the gateway's store for reading its audit rows (after the
+// gateway stopped, which flushes them): the SQLite file, or the PostgreSQL
+// database. Queries must use $N placeholders, which both accept.
+func (gw *gateway) auditDB() *sql.DB {
+	gw.t.Helper()
+	driver, dsn := "sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db")
+	if gw.cfg.Store != "" {
+		driver, dsn = "pgx", gw.cfg.Store
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		gw.t.Fatal(err)
+	}
+	gw.t.Cleanup(func() { db.Close() })
+	return db
 }
 
 func (gw *gateway) adminKey() string {

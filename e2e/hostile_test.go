@@ -17,6 +17,7 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testtls"
+	"github.com/outposthq/outpost/server/servertest"
 )
 
 // rawDial connects to the gateway's tunnel with cert, as a hand-rolled agent.
@@ -62,10 +63,10 @@ func agentCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, agen
 	return issuer.Agent(t, testtls.Spec{CN: "intruder", AgentID: agentID})
 }
 
-// gatewayCA loads the gateway's CA certificate and key from its data dir.
+// gatewayCA returns the gateway's CA certificate and key.
 func gatewayCA(t *testing.T, gw *gateway) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	return testtls.ParseCert(t, gw.g.CACertPEM()), testtls.ReadKey(t, filepath.Join(gw.cfg.DataDir, "ca.key")).(*ecdsa.PrivateKey)
+	return testtls.ParseCert(t, gw.g.CACertPEM()), servertest.CAKey(gw.g)
 }
 
 func TestTunnelAdmissionRefusals(t *testing.T) {

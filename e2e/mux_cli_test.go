@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"database/sql"
 	"io"
 	"net"
 	"os"
@@ -136,11 +135,7 @@ func TestConnectQuietResetEndings(t *testing.T) {
 		})
 	}
 	gw.stop()
-	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := gw.auditDB()
 	rows, err := db.Query(`SELECT outcome, reason FROM sessions`)
 	if err != nil {
 		t.Fatal(err)

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -78,11 +76,7 @@ func TestMuxSessionsThroughAgent(t *testing.T) {
 	}
 	c.Close()
 	gw.stop() // waits for the sessions' ends to be recorded
-	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := gw.auditDB()
 	var rows, ok, distinct int
 	if err := db.QueryRow(`SELECT count(*), count(CASE WHEN outcome = 'ok' AND bytes_up = bytes_down THEN 1 END), count(DISTINCT id) FROM sessions`).
 		Scan(&rows, &ok, &distinct); err != nil {

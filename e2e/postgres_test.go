@@ -47,7 +47,7 @@ func outpost(t *testing.T, args ...string) string {
 func TestPostgresExportImport(t *testing.T) {
 	dsn := testpg.DSN(t)
 	dataDir := t.TempDir()
-	gw := startGateway(t, dataDir, nil)
+	gw := startGateway(t, dataDir, func(c *server.Config) { c.Store, c.SealKeyFile = "", "" }) // SQLite
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
 	samePorts := func(c *server.Config) {
 		c.Listen, c.QUICListen = gw.g.Addr().String(), gw.g.QUICAddr().String()

@@ -12,6 +12,7 @@ import (
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/server"
 )
 
@@ -19,8 +20,11 @@ import (
 // as a child process and waits until its API port accepts connections.
 func gatewayProcess(t *testing.T, dataDir, listen, quicListen string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(outpostBinary(t), "gateway", "--data-dir", dataDir,
-		"--listen", listen, "--quic-listen", quicListen, "--log-level", "debug")
+	args := []string{"gateway", "--data-dir", dataDir, "--listen", listen, "--quic-listen", quicListen, "--log-level", "debug"}
+	if store, sealKey := testpg.GatewayStore(t, dataDir); store != "" {
+		args = append(args, "--store", store, "--seal-key-file", sealKey)
+	}
+	cmd := exec.Command(outpostBinary(t), args...)
 	cmd.Stdout, cmd.Stderr = testlog.New(t), testlog.New(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

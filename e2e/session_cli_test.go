@@ -158,7 +158,7 @@ func newSessionCLI(t *testing.T) *sessionCLI {
 func (s *sessionCLI) create(t *testing.T, extra ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	args := append([]string{"session", "create", "--gateway", s.gw.url, "--api-key-file", filepath.Join(s.gw.cfg.DataDir, "admin.key"),
-		"--ca-file", filepath.Join(s.gw.cfg.DataDir, "ca.pem"), "--target", s.target}, extra...)
+		"--ca-file", s.gw.caFile(), "--target", s.target}, extra...)
 	cmd := exec.Command(outpostBinary(t), args...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

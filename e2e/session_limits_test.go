@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ func (gw *gateway) keyAdmin(fn func(ctx context.Context, a *server.KeyAdmin) err
 	gw.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	admin, err := server.OpenKeyAdmin(ctx, gw.cfg.DataDir, "", testLogger(gw.t, "keyadmin"))
+	admin, err := server.OpenKeyAdmin(ctx, gw.cfg.DataDir, gw.cfg.Store, testLogger(gw.t, "keyadmin"))
 	if err != nil {
 		gw.t.Fatal(err)
 	}
@@ -329,13 +328,8 @@ type audit struct {
 // auditRow reads a session's audit row from a stopped gateway's store.
 func auditRow(t *testing.T, gw *gateway, id string) audit {
 	t.Helper()
-	db, err := sql.Open("sqlite", filepath.Join(gw.cfg.DataDir, "outpost.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var a audit
-	err = db.QueryRow(`SELECT key_id, client_addr, outcome, reason, bytes_up, bytes_down FROM sessions WHERE id = ?`, id).
+	err := gw.auditDB().QueryRow(`SELECT key_id, client_addr, outcome, reason, bytes_up, bytes_down FROM sessions WHERE id = $1`, id).
 		Scan(&a.keyID, &a.clientAddr, &a.outcome, &a.reason, &a.up, &a.down)
 	if errors.Is(err, sql.ErrNoRows) {
 		t.Fatalf("no audit row for session %s", id)

@@ -22,7 +22,7 @@ import (
 // Agent view agree; a malformed requested route is INVALID_ARGUMENT.
 func TestEnrollApprovedRoutes(t *testing.T) {
 	dir := t.TempDir()
-	g, err := New(Config{
+	g, err := newTestGateway(t, Config{
 		DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 		EnrollmentSecret: "static-secret-0123456789", EnrollRateLimit: 1000,
 	}, testLogger(t))
@@ -34,7 +34,7 @@ func TestEnrollApprovedRoutes(t *testing.T) {
 	enroll := outpostv1.NewEnrollmentServiceClient(conn)
 	admin := outpostv1.NewAgentAdminServiceClient(conn)
 	ctx := context.Background()
-	key := tokenKey(t, dir)
+	key := tokenKey(g)
 	withRoutes := func(subnets, domains []any) string {
 		return craft(t, key, "ENROLLMENT", func(c jwt.MapClaims) {
 			c["routes"] = map[string]any{"subnets": subnets, "domains": domains}
@@ -126,7 +126,7 @@ func TestSetApprovedRoutes(t *testing.T) {
 	conn := r.grpcConn(t)
 	admin := outpostv1.NewAgentAdminServiceClient(conn)
 	ctx := withKey(context.Background(), adminKey(t, dir))
-	resp, err := enrollCall(context.Background(), outpostv1.NewEnrollmentServiceClient(conn), craft(t, tokenKey(t, dir), "ENROLLMENT", nil),
+	resp, err := enrollCall(context.Background(), outpostv1.NewEnrollmentServiceClient(conn), craft(t, tokenKey(r.g), "ENROLLMENT", nil),
 		&outpostv1.EnrollRequest{CsrPem: csrPEM(t, testtls.Key(t), "x"), AgentName: "set-me"})
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +190,7 @@ func TestSetApprovedRoutes(t *testing.T) {
 // accept_any_routes is announced with a warning at start.
 func TestAcceptAnyRoutesWarns(t *testing.T) {
 	logs := testlog.New(t)
-	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", AcceptAnyRoutes: true},
+	g, err := newTestGateway(t, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", AcceptAnyRoutes: true},
 		hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}))
 	if err != nil {
 		t.Fatal(err)

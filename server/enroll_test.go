@@ -37,11 +37,9 @@ func csrPEM(t *testing.T, key crypto.Signer, cn string) string {
 	return string(testtls.CSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}))
 }
 
-// tokenKey loads the gateway's token signing key from its data dir.
-func tokenKey(t *testing.T, dir string) *ecdsa.PrivateKey {
-	t.Helper()
-	return testtls.ReadKey(t, filepath.Join(dir, "token.key")).(*ecdsa.PrivateKey)
-}
+// tokenKey is the gateway's token signing key (from its authority, so it is
+// the same on either store).
+func tokenKey(g *Gateway) *ecdsa.PrivateKey { return g.pki.TokenKey() }
 
 // craft signs an enrollment-shaped JWT with key; edit changes the claims.
 func craft(t *testing.T, key *ecdsa.PrivateKey, cty string, edit func(jwt.MapClaims)) string {
@@ -78,7 +76,7 @@ func TestEnrollServerChecks(t *testing.T) {
 	prov := testtls.Key(t)
 	provDER, _ := x509.MarshalPKIXPublicKey(&prov.PublicKey)
 	provPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: provDER}))
-	g, err := New(Config{
+	g, err := newTestGateway(t, Config{
 		DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 		EnrollmentSecret: "static-secret-0123456789", ProvisionerPublicKey: provPEM, ProvisionerAudience: "urn:outpost:test-gw",
 		EnrollRateLimit: 1000,
@@ -89,7 +87,7 @@ func TestEnrollServerChecks(t *testing.T) {
 	r := run(t, g)
 	client := outpostv1.NewEnrollmentServiceClient(r.grpcConn(t))
 	ctx := context.Background()
-	key := tokenKey(t, dir)
+	key := tokenKey(g)
 	other := testtls.Key(t)
 	good := func() string { return craft(t, key, "ENROLLMENT", nil) }
 
@@ -296,7 +294,7 @@ func TestEnrollmentTokenLeeway(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			clk := fakeclock.New(time.Now().Truncate(time.Second))
-			g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+			g, err := newTestGateway(t, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 				EnrollmentTokenLeeway: tc.leeway, Now: clk.Now}, testLogger(t))
 			if err != nil {
 				t.Fatal(err)
@@ -364,7 +362,7 @@ func TestEnrollmentTokenLeewayBounds(t *testing.T) {
 
 func TestEnrollRateLimit(t *testing.T) {
 	dir := t.TempDir()
-	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	g, err := newTestGateway(t, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -428,4 +428,5 @@ var _ io.Closer = (*Gateway)(nil)
 
 func init() {
 	testhook.GatewayTunnel = func(g any) *tunnel.Server { return g.(*Gateway).tunnel }
+	testhook.GatewayCAKey = func(g any) *ecdsa.PrivateKey { return g.(*Gateway).pki.CAKey() }
 }

@@ -43,6 +43,34 @@ func testLogger(t *testing.T) hclog.Logger {
 	return testlog.Logger(t, t.Name())
 }
 
+// newTestGateway is New for the suite: with OUTPOST_TEST_STORE=postgres
+// (testpg.StoreEnv) a config that names no store gets the test's own
+// PostgreSQL database and seal key, so the whole suite also runs on
+// PostgreSQL (`make unit-postgres`).
+func newTestGateway(t *testing.T, cfg Config, logger hclog.Logger) (*Gateway, error) {
+	t.Helper()
+	if cfg.Store == "" {
+		cfg.Store, cfg.SealKeyFile = testpg.GatewayStore(t, cfg.DataDir)
+	}
+	return New(cfg, logger)
+}
+
+// testStore is the store URL of the test's gateway on dir: empty (SQLite in the
+// data directory) unless the suite runs on PostgreSQL.
+func testStore(t *testing.T, dir string) string {
+	store, _ := testpg.GatewayStore(t, dir)
+	return store
+}
+
+// sqliteOnly skips a test about the SQLite data directory's own files when
+// the suite runs on PostgreSQL.
+func sqliteOnly(t *testing.T, why string) {
+	t.Helper()
+	if testpg.OnPostgres() {
+		t.Skipf("SQLite only (%s); the suite runs on PostgreSQL", why)
+	}
+}
+
 // running is a gateway serving in the background of a test.
 type running struct {
 	g    *Gateway
@@ -55,7 +83,7 @@ type running struct {
 // returned stop function shuts it down and reports Run's error.
 func start(t *testing.T, dir string, hostnames ...string) *running {
 	t.Helper()
-	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", Hostnames: hostnames}, testLogger(t))
+	g, err := newTestGateway(t, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", Hostnames: hostnames}, testLogger(t))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -175,6 +203,7 @@ func withKey(ctx context.Context, key string) context.Context {
 }
 
 func TestFirstStartCreatesDataDir(t *testing.T) {
+	sqliteOnly(t, "checks the files of a new data directory")
 	dir := t.TempDir()
 	r := start(t, dir)
 	if r.g.FirstAdminKeyFile() != filepath.Join(dir, "admin.key") || adminKey(t, dir) == "" {
@@ -195,7 +224,7 @@ func TestAuthMatrix(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
 	ctx := context.Background()
-	admin, err := OpenKeyAdmin(ctx, dir, "", nil)
+	admin, err := OpenKeyAdmin(ctx, dir, testStore(t, dir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +364,7 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 		t.Errorf("/readyz: %d %q", code, body)
 	}
 	// /metrics on the API port needs a key with metrics.read (or *).
-	ka, err := OpenKeyAdmin(context.Background(), dir, "", nil)
+	ka, err := OpenKeyAdmin(context.Background(), dir, testStore(t, dir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +407,7 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 
 func TestSeparateMetricsListener(t *testing.T) {
 	dir := t.TempDir()
-	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0"}, testLogger(t))
+	g, err := newTestGateway(t, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0"}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,6 +457,7 @@ func serverSPKI(t *testing.T, addr string, pool *x509.CertPool) (string, []strin
 }
 
 func TestRestartKeepsIdentity(t *testing.T) {
+	sqliteOnly(t, "compares the key files; TestClusterSecretsShared covers PostgreSQL")
 	dir := t.TempDir()
 	r := start(t, dir)
 	caPEM := r.g.CACertPEM()
@@ -627,7 +657,7 @@ func TestLoadConfigFile(t *testing.T) {
 // error naming it, instead of leaving a gateway that looks ready while no
 // agent can connect.
 func TestDeadQUICListenerEndsRun(t *testing.T) {
-	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	g, err := newTestGateway(t, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -660,7 +690,7 @@ func TestDeadQUICListenerEndsRun(t *testing.T) {
 // a peer that is not a trusted proxy is refused.
 func TestProxyProtocolFromTrustedProxiesOnly(t *testing.T) {
 	dir := t.TempDir()
-	g, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1,
+	g, err := newTestGateway(t, Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", EnrollRateLimit: 1,
 		TrustedProxies: []string{"127.0.0.1"}, ProxyProtocol: true}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -709,7 +739,7 @@ func TestProxyProtocolFromTrustedProxiesOnly(t *testing.T) {
 	}
 
 	// Not a trusted proxy: the header is refused.
-	g2, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+	g2, err := newTestGateway(t, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 		TrustedProxies: []string{"192.0.2.1"}, ProxyProtocol: true}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 // once it nears expiry; new TLS handshakes get the new one at once.
 func TestServerCertRenewedWhileRunning(t *testing.T) {
 	clk := fakeclock.New(time.Now().Truncate(time.Second))
-	g, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
+	g, err := newTestGateway(t, Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
 		Now: clk.Now, serverCertCheck: 10 * time.Millisecond}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)

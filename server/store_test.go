@@ -185,10 +185,14 @@ func TestClusterSecretsRefused(t *testing.T) {
 
 	// A SQLite gateway's data directory, moved onto an empty database.
 	dir := t.TempDir()
-	if err := start(t, dir).stop(); err != nil {
+	sqliteGW, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err := New(Config{DataDir: dir, Store: testpg.DSN(t), SealKeyFile: newSealKey(t), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	if err := run(t, sqliteGW).stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{DataDir: dir, Store: testpg.DSN(t), SealKeyFile: newSealKey(t), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
 	if err == nil || !strings.Contains(err.Error(), "export-secrets") {
 		t.Fatalf("a data directory with its own CA on an empty database: %v, want refused with the way to move it", err)
 	}

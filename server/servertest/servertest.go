@@ -6,6 +6,7 @@ package servertest
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"io"
 
 	"github.com/google/uuid"
@@ -43,3 +44,7 @@ var (
 func DialAgent(ctx context.Context, g *server.Gateway, agentID, target string) (AgentSession, error) {
 	return testhook.GatewayTunnel(g).OpenSession(ctx, agentID, dataplane.SessionID(uuid.New()), target)
 }
+
+// CAKey returns the private key of g's CA, wherever the store keeps it, for
+// tests that forge certificates the gateway trusts (an impostor agent).
+func CAKey(g *server.Gateway) *ecdsa.PrivateKey { return testhook.GatewayCAKey(g) }

@@ -184,6 +184,10 @@ func (a *Authority) ServerSPKISHA256() string { return a.serverSPKI }
 // TokenKey returns the ES256 token signing key.
 func (a *Authority) TokenKey() *ecdsa.PrivateKey { return a.tokenKey }
 
+// CAKey is the CA's private key. Only tests reach it (through
+// server/servertest), to forge certificates the gateway would trust.
+func (a *Authority) CAKey() *ecdsa.PrivateKey { return a.caKey }
+
 // ServerCert returns the current server certificate.
 func (a *Authority) ServerCert() *x509.Certificate { return a.server.Load().Leaf }
 

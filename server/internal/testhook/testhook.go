@@ -3,8 +3,16 @@
 // the hook at init; nothing but servertest reads it.
 package testhook
 
-import "github.com/outposthq/outpost/server/internal/tunnel"
+import (
+	"crypto/ecdsa"
+
+	"github.com/outposthq/outpost/server/internal/tunnel"
+)
 
 // GatewayTunnel returns the agent tunnel of a *server.Gateway passed as any.
 // It is set once, at init of package server, and never changed after.
 var GatewayTunnel func(gateway any) *tunnel.Server
+
+// GatewayCAKey returns the CA private key of a *server.Gateway passed as
+// any, whichever store holds it. Set once, at init of package server.
+var GatewayCAKey func(gateway any) *ecdsa.PrivateKey
