@@ -17,10 +17,12 @@ import (
 )
 
 // gatewayProcess runs "outpost gateway" on dataDir and the given addresses
-// as a child process and waits until its API port accepts connections.
-func gatewayProcess(t *testing.T, dataDir, listen, quicListen string) *exec.Cmd {
+// as a child process (with extra flags) and waits until its API port
+// accepts connections.
+func gatewayProcess(t *testing.T, dataDir, listen, quicListen string, extra ...string) *exec.Cmd {
 	t.Helper()
 	args := []string{"gateway", "--data-dir", dataDir, "--listen", listen, "--quic-listen", quicListen, "--log-level", "debug"}
+	args = append(args, extra...)
 	if store, sealKey := testpg.GatewayStore(t, dataDir); store != "" {
 		args = append(args, "--store", store, "--seal-key-file", sealKey)
 	}
