@@ -225,3 +225,106 @@ func TestMuxConnectionLoss(t *testing.T) {
 		t.Fatal("the client did not reconnect")
 	}
 }
+
+// muxClient opens a standing connection with the token of resp.
+func muxClient(t *testing.T, resp *outpostv1.CreateSessionResponse) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(),
+		Logger: testLogger(t, "connect")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// muxEcho opens one session on c and echoes a byte through it.
+func muxEcho(c *client.Client) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := c.Open(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = exchange(s, 1)
+	return err
+}
+
+// A reusable token's cap holds across standing connections, although each
+// counts its sessions' uses in reservations: the uses one connection
+// reserved and did not use come back when it closes, and the token then
+// opens exactly its cap in all, not one more.
+func TestMuxReservedUsesKeepTheCap(t *testing.T) {
+	const capacity = 40 // reservations of up to capacity/16 = 2 uses
+	gw := startGateway(t, t.TempDir(), directToLoopback)
+	target := tcpServer(t, echo)
+	resp := gw.session(&outpostv1.CreateSessionRequest{Target: target, Reusable: true, MaxConnections: capacity})
+
+	first := muxClient(t, resp)
+	// Reservations of 1, 2 and 2: four sessions leave one use reserved.
+	const used = 4
+	for i := range used {
+		if err := muxEcho(first); err != nil {
+			t.Fatalf("first connection, session %d: %v", i+1, err)
+		}
+	}
+	first.Close()
+	// The give-back runs as the gateway notices the close; until then the
+	// second connection may find one use fewer, so it waits for it.
+	second := muxClient(t, resp)
+	opened := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := muxEcho(second)
+		if err == nil {
+			opened++
+			continue
+		}
+		want := fmt.Sprintf("its connection limit (%d) is reached", capacity)
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("session %d on the second connection: %v", opened+1, err)
+		}
+		if opened == capacity-used || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // the first connection's give-back is on its way
+	}
+	if opened != capacity-used {
+		t.Fatalf("the second connection opened %d sessions after the first's %d, want %d (cap %d)", opened, used, capacity-used, capacity)
+	}
+	if err := muxEcho(second); err == nil {
+		t.Fatal("a session past the cap was opened")
+	}
+}
+
+// A key revoked while a standing connection is open stops the new sessions
+// on it within KeyRecheck (1 s); the session that is open goes on.
+func TestMuxRevokedKeyStopsNewSessions(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), directToLoopback)
+	target := tcpServer(t, echo)
+	id, secret := gw.apiKey("ci", "sessions.create")
+	resp, err := gw.sessionAs(secret, &outpostv1.CreateSessionRequest{Target: target, Reusable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := muxClient(t, resp)
+	if err := muxEcho(c); err != nil {
+		t.Fatal(err)
+	}
+	gw.revokeKey(id)
+	revoked := time.Now()
+	for {
+		err := muxEcho(c)
+		if err != nil {
+			if !strings.Contains(err.Error(), revokedMessage) {
+				t.Fatalf("after the revocation: %v, want %q", err, revokedMessage)
+			}
+			break
+		}
+		if time.Since(revoked) > 10*time.Second {
+			t.Fatal("sessions still open 10 s after the key was revoked")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("new sessions refused %v after the revocation", time.Since(revoked).Round(time.Millisecond))
+}

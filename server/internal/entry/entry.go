@@ -70,6 +70,8 @@ type Verifier interface {
 type TokenStore interface {
 	GetAPIKey(ctx context.Context, id string) (store.APIKey, error)
 	UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error)
+	UseSessionTokenN(ctx context.Context, jti string, expiresAt time.Time, max, n int64) (int64, error)
+	ReturnSessionTokenUses(ctx context.Context, jti string, n int64) error
 }
 
 // Config configures a Handler. Tokens, Store and Broker are required.
@@ -353,10 +355,14 @@ func (h *Handler) checkKey(ctx context.Context, keyID string) (int, string) {
 	return 0, ""
 }
 
-// use counts one connection of the token against its cap: 1 for a
-// single-use token; for a reusable one, the token's cap within the
-// gateway's (which applies when the token names none).
+// use counts one connection of the token against its cap (maxUses).
 func (h *Handler) use(ctx context.Context, c token.SessionClaims) (int, string) {
+	return h.useN(ctx, c, 1)
+}
+
+// maxUses is how many connections the token may open: 1 for a single-use
+// token; for a reusable one, the token's cap within the gateway's.
+func (h *Handler) maxUses(c token.SessionClaims) int64 {
 	max := int64(1)
 	if c.Reusable {
 		max = int64(h.cfg.MaxConnections)
@@ -364,7 +370,13 @@ func (h *Handler) use(ctx context.Context, c token.SessionClaims) (int, string) 
 			max = min(max, int64(c.MaxConnections))
 		}
 	}
-	_, err := h.cfg.Store.UseSessionToken(ctx, c.ID, c.ExpiresAt.Time, max)
+	return max
+}
+
+// useN counts n connections of the token at once, all or none (see use).
+func (h *Handler) useN(ctx context.Context, c token.SessionClaims, n int64) (int, string) {
+	max := h.maxUses(c)
+	_, err := h.cfg.Store.UseSessionTokenN(ctx, c.ID, c.ExpiresAt.Time, max, n)
 	switch {
 	case errors.Is(err, store.ErrTokenUsed) && !c.Reusable:
 		return http.StatusUnauthorized, "session token refused: already used (it is single-use)"

@@ -101,6 +101,8 @@ type muxConn struct {
 	whenIdle chan struct{} // closed when active drops to 0; guarded by mu
 
 	streams sync.WaitGroup // the goroutines of the streams
+
+	uses reservation // the token's uses and key check, shared by the streams
 }
 
 // serve accepts the connection's streams until it ends, then waits for the
@@ -126,6 +128,7 @@ func (c *muxConn) serve() {
 	c.streams.Wait()
 	c.sess.Close()
 	c.cancel(errConnectionLost)
+	c.uses.giveBack(c.h, c.claims, c.log)
 	c.log.Info("standing connection closed")
 }
 
@@ -311,13 +314,7 @@ func (c *muxConn) authorize() string {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, authorizeTimeout)
 	defer cancel()
-	if status, reason := h.checkKey(ctx, c.claims.KeyID()); status != 0 {
-		return reason
-	}
-	if status, reason := h.use(ctx, c.claims); status != 0 {
-		return reason
-	}
-	return ""
+	return c.uses.authorize(ctx, h, c.claims)
 }
 
 // authorizeTimeout bounds the store calls that authorize a stream.

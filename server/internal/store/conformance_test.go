@@ -48,6 +48,8 @@ var conformance = []struct {
 	{"UseSessionToken", testUseSessionToken},
 	{"UseSessionTokenConcurrent", testUseSessionTokenConcurrent},
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},
+	{"UseSessionTokenN", testUseSessionTokenN},
+	{"UseSessionTokenNAcrossHandles", testUseSessionTokenNAcrossHandles},
 	{"PruneExpired", testPruneExpired},
 	{"PruneSessions", testPruneSessions},
 	// Cluster secrets.

@@ -95,20 +95,29 @@ func (s *sqlStore) GetSession(ctx context.Context, id string) (SessionRecord, er
 // lock (a concurrent update waits, then re-evaluates the condition on the
 // committed row), so concurrent uses never count past max.
 func (s *sqlStore) UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error) {
+	return s.UseSessionTokenN(ctx, jti, expiresAt, max, 1)
+}
+
+// UseSessionTokenN implements Store: the statement of UseSessionToken,
+// counting n.
+func (s *sqlStore) UseSessionTokenN(ctx context.Context, jti string, expiresAt time.Time, max, n int64) (int64, error) {
 	if jti == "" || expiresAt.IsZero() || max < 1 {
 		return 0, fmt.Errorf("%w: session token use needs a jti, an expiry and a limit of at least 1", ErrInvalid)
+	}
+	if n < 1 || n > max {
+		return 0, fmt.Errorf("%w: %d uses of a session token limited to %d", ErrInvalid, n, max)
 	}
 	var uses int64
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `INSERT INTO session_token_uses (jti, uses, expires_at, first_used_at, last_used_at)
-VALUES ($1, 1, $2, $3, $3)
+VALUES ($1, $5, $2, $3, $3)
 ON CONFLICT (jti) DO UPDATE
-SET uses = session_token_uses.uses + 1, last_used_at = excluded.last_used_at
-WHERE session_token_uses.uses < $4
+SET uses = session_token_uses.uses + $5, last_used_at = excluded.last_used_at
+WHERE session_token_uses.uses + $5 <= $4
 RETURNING uses`,
-			jti, millis(expiresAt), millis(s.now()), max).Scan(&uses)
+			jti, millis(expiresAt), millis(s.now()), max, n).Scan(&uses)
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: session token %s has opened its %d connection(s)", ErrTokenUsed, jti, max)
+			return fmt.Errorf("%w: session token %s has no %d of its %d connection(s) left", ErrTokenUsed, jti, n, max)
 		}
 		return err
 	})
@@ -116,6 +125,20 @@ RETURNING uses`,
 		return 0, wrapErr("use session token", err)
 	}
 	return uses, nil
+}
+
+// ReturnSessionTokenUses implements Store.
+func (s *sqlStore) ReturnSessionTokenUses(ctx context.Context, jti string, n int64) error {
+	if jti == "" || n < 1 {
+		return fmt.Errorf("%w: returning uses needs a jti and a count of at least 1", ErrInvalid)
+	}
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE session_token_uses
+SET uses = CASE WHEN uses > $2 THEN uses - $2 ELSE 0 END
+WHERE jti = $1`, jti, n)
+		return err
+	})
+	return wrapErr("return session token uses", err)
 }
 
 // PruneExpired implements Store.

@@ -169,6 +169,75 @@ func testUseSessionTokenLimitAcrossHandles(t *testing.T, f *fixture) {
 	}
 }
 
+// Reservations: n uses at once, all or none, and the unused rest given
+// back; the count never goes below zero, and one past the limit by one
+// use is refused.
+func testUseSessionTokenN(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
+	ctx := ctxT(t)
+	exp := f.clk.Now().Add(time.Minute)
+	if n, err := s.UseSessionTokenN(ctx, "r", exp, 10, 4); n != 4 || err != nil {
+		t.Fatalf("reserve 4 of 10: %d, %v", n, err)
+	}
+	if n, err := s.UseSessionTokenN(ctx, "r", exp, 10, 6); n != 10 || err != nil {
+		t.Fatalf("reserve the 6 left: %d, %v", n, err)
+	}
+	if _, err := s.UseSessionTokenN(ctx, "r", exp, 10, 1); !errors.Is(err, ErrTokenUsed) {
+		t.Fatalf("one past the limit: %v, want ErrTokenUsed", err)
+	}
+	if err := s.ReturnSessionTokenUses(ctx, "r", 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UseSessionTokenN(ctx, "r", exp, 10, 4); !errors.Is(err, ErrTokenUsed) {
+		t.Fatalf("4 when 3 are left: %v, want ErrTokenUsed (all or none)", err)
+	}
+	if n, err := s.UseSessionTokenN(ctx, "r", exp, 10, 3); n != 10 || err != nil {
+		t.Fatalf("the 3 given back: %d, %v", n, err)
+	}
+	if err := s.ReturnSessionTokenUses(ctx, "r", 50); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.UseSessionToken(ctx, "r", exp, 10); n != 1 || err != nil {
+		t.Fatalf("after returning more than counted: %d, %v, want a count of 1", n, err)
+	}
+	if err := s.ReturnSessionTokenUses(ctx, "never-used", 1); err != nil {
+		t.Errorf("returning uses of an unknown jti: %v", err)
+	}
+	for _, bad := range []int64{0, 11} {
+		if _, err := s.UseSessionTokenN(ctx, "r", exp, 10, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("n=%d of 10: %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := s.ReturnSessionTokenUses(ctx, "r", 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("returning 0: %v, want ErrInvalid", err)
+	}
+}
+
+// Reservations of 3 from two handles (two processes) at once never grant
+// more than the limit in all.
+func testUseSessionTokenNAcrossHandles(t *testing.T, f *fixture) {
+	a, _ := f.open(t)
+	b, _ := f.open(t)
+	const n, max, each = 20, 10, 3
+	exp := f.clk.Now().Add(time.Minute)
+	errs := make([]error, n)
+	concurrently(n, []*sqlStore{a, b}, func(i int, s *sqlStore) {
+		_, errs[i] = s.UseSessionTokenN(t.Context(), "shared-n", exp, max, each)
+	})
+	granted := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			granted += each
+		case !errors.Is(err, ErrTokenUsed):
+			t.Errorf("reservation %d: %v", i, err)
+		}
+	}
+	if granted != 9 {
+		t.Fatalf("%d uses granted in reservations of %d under a limit of %d, want 9", granted, each, max)
+	}
+}
+
 func testPruneExpired(t *testing.T, f *fixture) {
 	s, _ := f.open(t)
 	ctx := ctxT(t)

@@ -140,6 +140,17 @@ type Store interface {
 	// one conditional statement. ErrInvalid for an empty jti, a zero
 	// expiresAt or a max below 1.
 	UseSessionToken(ctx context.Context, jti string, expiresAt time.Time, max int64) (int64, error)
+	// UseSessionTokenN counts n connections at once, all or none: as
+	// UseSessionToken, but ErrTokenUsed (and nothing changes) unless the
+	// count with the n stays within max. A standing client connection
+	// reserves uses for its coming sessions this way and gives back what
+	// it did not use with ReturnSessionTokenUses. ErrInvalid for n below 1
+	// or above max.
+	UseSessionTokenN(ctx context.Context, jti string, expiresAt time.Time, max, n int64) (int64, error)
+	// ReturnSessionTokenUses takes back n uses of jti counted but never
+	// used (a reservation's rest). The count never goes below zero; an
+	// unknown (or pruned) jti is not an error.
+	ReturnSessionTokenUses(ctx context.Context, jti string, n int64) error
 	// PruneExpired deletes consumed enrollment jtis, session token counts and
 	// recorded enrollment tokens whose token expired before before, and
 	// returns how many rows it deleted. Pass a time early enough that every
