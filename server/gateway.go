@@ -20,12 +20,14 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
 	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
+	"github.com/outposthq/outpost/server/internal/cluster"
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
@@ -346,6 +348,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 	})
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
+	if l, ok := g.store.(cluster.Listener); ok {
+		eg.Go(func() error {
+			return cluster.RunDeletions(ctx, cluster.DeletionsConfig{
+				Listener: l,
+				Store:    g.store,
+				Held:     g.tunnel.Held,
+				Deleted:  g.agentDeleted,
+				Logger:   g.log.Named("cluster"),
+			})
+		})
+	}
 	eg.Go(func() error {
 		<-ctx.Done()
 		g.serving.Store(false)
@@ -356,6 +369,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// agentDeleted applies the deletion of an agent, made through this replica
+// or another one, to this replica: its connection is closed with
+// "agent-deleted", its cached admission and what the registry and the
+// route book remember of it are forgotten.
+func (g *Gateway) agentDeleted(id string) {
+	g.tunnel.Disconnect(id, string(dataplane.CloseAgentDeleted))
+	g.agents.Forget(id)
+	g.book.Forget(id)
 }
 
 // shutdown stops the listeners gracefully within the configured timeout.

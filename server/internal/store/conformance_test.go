@@ -38,6 +38,7 @@ var conformance = []struct {
 	{"EnrollAcrossProcesses", testEnrollAcrossProcesses},
 	{"ListAgentsPagination", testListAgentsPagination},
 	{"DeleteAgent", testDeleteAgent},
+	{"GoneAgents", testGoneAgents},
 	{"UpdateAgentCert", testUpdateAgentCert},
 	{"EnrollmentTokens", testEnrollmentTokens},
 	{"AgentRoutes", testAgentRoutes},

@@ -110,8 +110,13 @@ type Store interface {
 	ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error)
 	// DeleteAgent marks a live agent deleted (its name becomes reusable; the
 	// row stays for audit). ErrNotFound if no such agent or it is already
-	// deleted.
+	// deleted. On PostgreSQL, the listeners of every process sharing the
+	// database learn it when it commits (Postgres.ListenAgents).
 	DeleteAgent(ctx context.Context, id string) error
+	// GoneAgents returns those of ids that are deleted or were never
+	// enrolled, in id order, each once; an empty or nil slice when all
+	// are live.
+	GoneAgents(ctx context.Context, ids []string) ([]string, error)
 	// UpdateAgentCert records a renewed certificate for a live agent.
 	// ErrNotFound if no such agent or it is deleted.
 	UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error
