@@ -9,10 +9,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/server/internal/store"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(testpg.StopAfter(m)) }
 
 // fakeListener hands its events to the test through a channel.
 type fakeListener struct{ events chan store.AgentEvents }

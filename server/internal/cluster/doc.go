@@ -8,5 +8,14 @@
 // (re)connection of the listener, and periodically, it checks the agents
 // it holds against the store, so a lost notification heals.
 //
-// A SQLite store is a cluster of one: nothing is listened for.
+// Member (member.go) registers the replica in the store under a stable id
+// (LoadOrCreateID: a file in its data directory), heartbeats every 10 s,
+// marks it draining on a graceful stop, records the agent connections it
+// holds, and sweeps the rows of replicas gone (no heartbeat for 30 s) for
+// longer than a grace. Gateways lists the replicas with their state
+// (serving, draining, gone) and agent counts; AgentReplicas says which
+// replicas hold each agent.
+//
+// A SQLite store is a cluster of one: the gateway registers itself alone,
+// and nothing is listened for.
 package cluster

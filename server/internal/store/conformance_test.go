@@ -54,6 +54,9 @@ var conformance = []struct {
 	// Cluster secrets.
 	{"Secrets", testSecrets},
 	{"ImportRows", testImportRows},
+	// Cluster replicas.
+	{"Replicas", testReplicas},
+	{"AgentConnections", testAgentConnections},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL
