@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +125,101 @@ func TestClusterDeletePropagates(t *testing.T) {
 		t.Fatalf("the deleted agent was admitted with the database down: %v", err)
 	}
 	pg.Start(t)
+}
+
+// gateways lists the replicas through gw's API.
+func (gw *gateway) gateways() []*outpostv1.Gateway {
+	gw.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := outpostv1.NewAgentAdminServiceClient(gw.conn()).ListGateways(ctx, &outpostv1.ListGatewaysRequest{})
+	if err != nil {
+		gw.t.Fatalf("ListGateways: %v", err)
+	}
+	return resp.GetGateways()
+}
+
+// replicaID is gw's own replica id, as it lists itself once registered.
+func (gw *gateway) replicaID() string {
+	gw.t.Helper()
+	var id string
+	lcUntil(gw.t, 5*time.Second, "the gateway lists itself", func() bool {
+		for _, g := range gw.gateways() {
+			if g.GetSelf() {
+				id = g.GetReplicaId()
+			}
+		}
+		return id != ""
+	})
+	return id
+}
+
+// gatewayStates summarizes ListGateways by replica id: "state/agents".
+func (gw *gateway) gatewayStates() map[string]string {
+	out := map[string]string{}
+	for _, g := range gw.gateways() {
+		state := strings.ToLower(strings.TrimPrefix(g.GetState().String(), "GATEWAY_STATE_"))
+		out[g.GetReplicaId()] = fmt.Sprintf("%s/%d", state, g.GetAgentCount())
+	}
+	return out
+}
+
+// waitGateways waits until gw lists want.
+func (gw *gateway) waitGateways(within time.Duration, want map[string]string) {
+	gw.t.Helper()
+	var got map[string]string
+	lcUntil(gw.t, within, "ListGateways", func() bool {
+		got = gw.gatewayStates()
+		return maps.Equal(got, want)
+	})
+}
+
+// Three replicas on one database: each lists all three, serving, with the
+// agents connected to each and itself marked; the agents show the replica
+// holding them through any replica (gRPC and REST). A replica stopped
+// gracefully is draining, then gone after the timeout, then swept.
+func TestClusterListGateways(t *testing.T) {
+	gws := startReplicas(t, testpg.DSN(t), 3, func(_ int, c *server.Config) {
+		c.ReplicaHeartbeat = server.Duration(100 * time.Millisecond)
+		c.ReplicaGoneAfter = server.Duration(time.Second)
+		c.ReplicaSweepGrace = server.Duration(time.Second)
+		c.ReplicaName = "replica-" + filepath.Base(c.DataDir)
+	})
+	ids := []string{gws[0].replicaID(), gws[1].replicaID(), gws[2].replicaID()}
+	dirA, a := enrollAgent(t, gws[0], "office-a", loopback, nil)
+	dirB, b := enrollAgent(t, gws[2], "office-b", loopback, nil)
+	startAgent(t, fastAgent(dirA))
+	startAgent(t, fastAgent(dirB))
+	gws[0].waitStatus(a, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	gws[2].waitStatus(b, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
+	for _, gw := range gws {
+		gw.waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0", ids[2]: "serving/1"})
+	}
+	for _, g := range gws[1].gateways() {
+		if !strings.HasPrefix(g.GetName(), "replica-") || g.GetQuicEndpoint() == "" || g.GetApiEndpoint() == "" ||
+			g.GetStartedAt() == nil || g.GetHeartbeatAt() == nil || g.GetPeerEndpoint() != "" {
+			t.Errorf("gateway listed as %v", g)
+		}
+	}
+	if got := gws[1].agentView(a).GetReplicaIds(); !slices.Equal(got, ids[:1]) {
+		t.Errorf("GetAgent(a) through replica 2: replica_ids %v, want %v", got, ids[:1])
+	}
+	code, body := gws[1].restGet("/v1/agents")
+	if code != http.StatusOK || !strings.Contains(body, `"replica_ids":["`+ids[0]+`"]`) || !strings.Contains(body, `"replica_ids":["`+ids[2]+`"]`) {
+		t.Errorf("GET /v1/agents through replica 2: %d %s", code, body)
+	}
+	code, body = gws[0].restGet("/v1/gateways")
+	if code != http.StatusOK || strings.Count(body, `"state":"GATEWAY_STATE_SERVING"`) != 3 {
+		t.Errorf("GET /v1/gateways: %d %s", code, body)
+	}
+
+	// Replica 3 stops: draining, its agent gone from it; then gone; then
+	// swept.
+	gws[2].stop()
+	gws[0].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0", ids[2]: "draining/0"})
+	if got := gws[0].agentView(b).GetReplicaIds(); len(got) != 0 {
+		t.Errorf("the agent of the stopped replica is still held by %v", got)
+	}
+	gws[0].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0", ids[2]: "gone/0"})
+	gws[1].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0"})
 }
