@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"maps"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testpg"
@@ -73,12 +76,14 @@ func (gw *gateway) plainMetric(sample string) float64 {
 }
 
 // An agent connected to replica 2 and deleted through replica 1 is closed
-// on replica 2 within a second (NOTIFY), with agent-deleted; replica 2 has
+// on replica 2 within a second (NOTIFY), with agent-deleted — also after
+// the database ended the replicas' listener connections; replica 2 has
 // forgotten its cached admission, so with the database down the agent,
 // restarted, is not admitted from the cache.
 func TestClusterDeletePropagates(t *testing.T) {
 	pg := testpg.NewServer(t)
-	gws := startReplicas(t, pg.DSN(t), 2, nil)
+	dsn := pg.DSN(t)
+	gws := startReplicas(t, dsn, 2, nil)
 	gw1, gw2 := gws[0], gws[1]
 	dir, id := enrollAgent(t, gw2, "office", loopback, nil)
 	ra := startAgent(t, fastAgent(dir))
@@ -89,6 +94,35 @@ func TestClusterDeletePropagates(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
+
+	// The database ends both listeners' connections: they reconnect.
+	raw, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	listeners := func() (pids []int) {
+		rows, err := raw.Query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'outpost-listener'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var pid int
+			rows.Scan(&pid)
+			pids = append(pids, pid)
+		}
+		return pids
+	}
+	var before []int
+	lcUntil(t, 5*time.Second, "both replicas listening", func() bool { before = listeners(); return len(before) == 2 })
+	if _, err := raw.Exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outpost-listener'`); err != nil {
+		t.Fatal(err)
+	}
+	lcUntil(t, 10*time.Second, "both listeners back on new connections", func() bool {
+		now := listeners()
+		return len(now) == 2 && !slices.Contains(now, before[0]) && !slices.Contains(now, before[1])
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -113,10 +147,10 @@ func TestClusterDeletePropagates(t *testing.T) {
 	// not admit the deleted agent.
 	pg.Stop(t)
 	const refusedUnavailable = `outpost_agent_connections_total{outcome="unavailable"}`
-	before := gw2.plainMetric(refusedUnavailable)
+	refusals := gw2.plainMetric(refusedUnavailable)
 	startAgent(t, fastAgent(dir))
 	lcUntil(t, 15*time.Second, "two refusals of the restarted agent", func() bool {
-		return gw2.plainMetric(refusedUnavailable) >= before+2
+		return gw2.plainMetric(refusedUnavailable) >= refusals+2
 	})
 	if s, err := gw2.dial(id, target); !errors.Is(err, servertest.ErrAgentNotConnected) {
 		if err == nil {
