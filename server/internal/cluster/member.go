@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,9 @@ const (
 	// leaveTimeout bounds the last writes when the replica stops, so a
 	// store that is down delays a stop little.
 	leaveTimeout = 2 * time.Second
+	// maxChangesPerWrite bounds the connection changes written in one
+	// transaction.
+	maxChangesPerWrite = 500
 )
 
 // ReplicaStore is what a Member needs from the store; store.Store is one.
@@ -32,8 +36,7 @@ type ReplicaStore interface {
 	HeartbeatReplica(ctx context.Context, id string, state store.ReplicaState, at time.Time) error
 	ListReplicas(ctx context.Context) ([]store.Replica, error)
 	SweepReplicas(ctx context.Context, heartbeatBefore time.Time, keep string) ([]string, error)
-	PutAgentConnection(ctx context.Context, c store.AgentConnection) error
-	RemoveAgentConnection(ctx context.Context, agentID, replicaID string, generation uint64) error
+	UpdateAgentConnections(ctx context.Context, replicaID string, changes []store.ConnectionChange) error
 	SetAgentConnections(ctx context.Context, replicaID string, conns []store.AgentConnection) error
 	AgentReplicas(ctx context.Context, agentIDs []string, heartbeatSince time.Time) (map[string][]string, error)
 }
@@ -307,22 +310,25 @@ func (m *Member) writeAll(ctx context.Context) bool {
 	return true
 }
 
-// writePending writes the connection changes noted since the last write;
-// it reports success (false: write them all again).
+// writePending writes the connection changes noted since the last write,
+// in one transaction per maxChangesPerWrite; it reports success (false:
+// write them all again).
 func (m *Member) writePending(ctx context.Context) bool {
 	m.mu.Lock()
 	pending := m.pending
 	m.pending = make(map[string]connChange)
 	m.mu.Unlock()
+	changes := make([]store.ConnectionChange, 0, len(pending))
 	for agentID, c := range pending {
-		err := call(ctx, func(ctx context.Context) error {
-			if c.removed {
-				return m.cfg.Store.RemoveAgentConnection(ctx, agentID, m.id, c.gen)
-			}
-			return m.cfg.Store.PutAgentConnection(ctx, store.AgentConnection{AgentID: agentID, ReplicaID: m.id, Generation: c.gen, ConnectedAt: c.at})
+		changes = append(changes, store.ConnectionChange{
+			AgentConnection: store.AgentConnection{AgentID: agentID, ReplicaID: m.id, Generation: c.gen, ConnectedAt: c.at},
+			Removed:         c.removed,
 		})
+	}
+	for batch := range slices.Chunk(changes, maxChangesPerWrite) {
+		err := call(ctx, func(ctx context.Context) error { return m.cfg.Store.UpdateAgentConnections(ctx, m.id, batch) })
 		if err != nil {
-			m.log.Warn("could not record an agent connection change; recording them all again at the next heartbeat", "agent_id", agentID, "error", err)
+			m.log.Warn("could not record agent connection changes; recording them all again at the next heartbeat", "changes", len(batch), "error", err)
 			return false
 		}
 	}

@@ -36,6 +36,14 @@ type Replica struct {
 	Agents int
 }
 
+// ConnectionChange is a change of an agent's connection to a replica:
+// the connection it now holds, or, when Removed, the end of the
+// connection of that Generation.
+type ConnectionChange struct {
+	AgentConnection
+	Removed bool
+}
+
 // AgentConnection is one agent's connection to one replica.
 type AgentConnection struct {
 	AgentID   string
@@ -129,18 +137,32 @@ func (s *sqlStore) SweepReplicas(ctx context.Context, heartbeatBefore time.Time,
 	return swept, nil
 }
 
-// PutAgentConnection implements Store.
-func (s *sqlStore) PutAgentConnection(ctx context.Context, c AgentConnection) error {
-	if c.AgentID == "" || c.ReplicaID == "" {
-		return fmt.Errorf("%w: an agent connection needs an agent and a replica", ErrInvalid)
+// UpdateAgentConnections implements Store.
+func (s *sqlStore) UpdateAgentConnections(ctx context.Context, replicaID string, changes []ConnectionChange) error {
+	for _, c := range changes {
+		if c.AgentID == "" || c.ReplicaID != replicaID {
+			return fmt.Errorf("%w: agent connection %+v is not one of replica %q", ErrInvalid, c.AgentConnection, replicaID)
+		}
 	}
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		return putAgentConnection(ctx, tx, c, s.orNow(c.ConnectedAt))
+		for _, c := range changes {
+			if !c.Removed {
+				if err := putAgentConnection(ctx, tx, c.AgentConnection, s.orNow(c.ConnectedAt)); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM agent_connections WHERE agent_id = $1 AND replica_id = $2 AND generation = $3`,
+				c.AgentID, replicaID, int64(c.Generation)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if isForeignKeyViolation(err) {
-		return fmt.Errorf("%w: replica %q is not registered", ErrNotFound, c.ReplicaID)
+		return fmt.Errorf("%w: replica %q is not registered", ErrNotFound, replicaID)
 	}
-	return wrapErr("put agent connection", err)
+	return wrapErr("update agent connections", err)
 }
 
 func putAgentConnection(ctx context.Context, tx *sql.Tx, c AgentConnection, at time.Time) error {
@@ -149,16 +171,6 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (agent_id, replica_id) DO UPDATE SET generation = excluded.generation, connected_at = excluded.connected_at`,
 		c.AgentID, c.ReplicaID, int64(c.Generation), millis(at))
 	return err
-}
-
-// RemoveAgentConnection implements Store.
-func (s *sqlStore) RemoveAgentConnection(ctx context.Context, agentID, replicaID string, generation uint64) error {
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `DELETE FROM agent_connections WHERE agent_id = $1 AND replica_id = $2 AND generation = $3`,
-			agentID, replicaID, int64(generation))
-		return err
-	})
-	return wrapErr("remove agent connection", err)
 }
 
 // SetAgentConnections implements Store.

@@ -31,11 +31,11 @@ func testReplicas(t *testing.T, f *fixture) {
 		{AgentID: "ag-2", ReplicaID: "r-a", Generation: 2},
 		{AgentID: "ag-1", ReplicaID: "r-b", Generation: 7},
 	} {
-		if err := s.PutAgentConnection(ctx, c); err != nil {
+		if err := s.UpdateAgentConnections(ctx, c.ReplicaID, []ConnectionChange{{AgentConnection: c}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutAgentConnection(ctx, AgentConnection{AgentID: "ag-1", ReplicaID: "r-none", Generation: 1}); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateAgentConnections(ctx, "r-none", []ConnectionChange{{AgentConnection: AgentConnection{AgentID: "ag-1", ReplicaID: "r-none", Generation: 1}}}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a connection of an unregistered replica: %v, want ErrNotFound", err)
 	}
 
@@ -76,8 +76,9 @@ func testReplicas(t *testing.T, f *fixture) {
 }
 
 // A connection record follows the agent's latest connection to a replica:
-// removing an older generation leaves it; SetAgentConnections replaces a
-// replica's records whole.
+// removing an older generation leaves it; UpdateAgentConnections applies
+// its changes in order; SetAgentConnections replaces a replica's records
+// whole.
 func testAgentConnections(t *testing.T, f *fixture) {
 	s, _ := f.open(t)
 	ctx := ctxT(t)
@@ -100,25 +101,29 @@ func testAgentConnections(t *testing.T, f *fixture) {
 		t.Fatalf("replica %s not listed", id)
 		return 0
 	}
-	put := func(c AgentConnection) {
+	update := func(replicaID string, changes ...ConnectionChange) {
 		t.Helper()
-		if err := s.PutAgentConnection(ctx, c); err != nil {
+		if err := s.UpdateAgentConnections(ctx, replicaID, changes); err != nil {
 			t.Fatal(err)
 		}
 	}
-	put(AgentConnection{AgentID: "ag-1", ReplicaID: "r-a", Generation: 1})
-	put(AgentConnection{AgentID: "ag-1", ReplicaID: "r-a", Generation: 2}) // a reconnect
-	if err := s.RemoveAgentConnection(ctx, "ag-1", "r-a", 1); err != nil {
-		t.Fatal(err)
+	put := func(c AgentConnection) { t.Helper(); update(c.ReplicaID, ConnectionChange{AgentConnection: c}) }
+	removed := func(agentID, replicaID string, gen uint64) ConnectionChange {
+		return ConnectionChange{AgentConnection: AgentConnection{AgentID: agentID, ReplicaID: replicaID, Generation: gen}, Removed: true}
 	}
+	// In one call: a connection, its reconnect, the first one's end.
+	update("r-a", ConnectionChange{AgentConnection: AgentConnection{AgentID: "ag-1", ReplicaID: "r-a", Generation: 1}},
+		ConnectionChange{AgentConnection: AgentConnection{AgentID: "ag-1", ReplicaID: "r-a", Generation: 2}},
+		removed("ag-1", "r-a", 1))
 	if n := count("r-a"); n != 1 {
 		t.Errorf("after removing the superseded generation: %d connections, want 1", n)
 	}
-	if err := s.RemoveAgentConnection(ctx, "ag-1", "r-a", 2); err != nil {
-		t.Fatal(err)
-	}
+	update("r-a", removed("ag-1", "r-a", 2), removed("ag-7", "r-a", 1))
 	if n := count("r-a"); n != 0 {
 		t.Errorf("after removing the live generation: %d connections, want 0", n)
+	}
+	if err := s.UpdateAgentConnections(ctx, "r-a", []ConnectionChange{removed("ag-1", "r-b", 1)}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a change of another replica: %v, want ErrInvalid", err)
 	}
 
 	put(AgentConnection{AgentID: "ag-9", ReplicaID: "r-a", Generation: 3})

@@ -182,15 +182,15 @@ type Store interface {
 	// is before heartbeatBefore, with their agent connections, and
 	// returns their ids in order.
 	SweepReplicas(ctx context.Context, heartbeatBefore time.Time, keep string) ([]string, error)
-	// PutAgentConnection records that c.ReplicaID holds a connection of
-	// c.AgentID, replacing the record of an earlier connection of the agent
-	// to that replica; a zero ConnectedAt means now. ErrNotFound if the
-	// replica is not registered.
-	PutAgentConnection(ctx context.Context, c AgentConnection) error
-	// RemoveAgentConnection forgets the agent's connection to the replica
-	// if it is of that generation (a later connection's record stays).
-	// Removing what is not recorded succeeds.
-	RemoveAgentConnection(ctx context.Context, agentID, replicaID string, generation uint64) error
+	// UpdateAgentConnections applies changes to the agent connections
+	// recorded for the replica, in order, all of them or none: a
+	// connection replaces the record of an earlier connection of its agent
+	// to the replica (a zero ConnectedAt means now); a removal forgets the
+	// record if it is of that generation (a later connection's record
+	// stays; removing what is not recorded succeeds). ErrInvalid for a
+	// change of another replica; ErrNotFound if the replica is not
+	// registered.
+	UpdateAgentConnections(ctx context.Context, replicaID string, changes []ConnectionChange) error
 	// SetAgentConnections replaces every agent connection recorded for
 	// the replica with conns, all of them or none. ErrInvalid for a
 	// connection of another replica; ErrNotFound if the replica is not
