@@ -210,19 +210,20 @@ func (gw *gateway) waitGateways(within time.Duration, want map[string]string) {
 
 // Three replicas on one database: each lists all three, serving, with the
 // agents connected to each and itself marked; the agents show the replica
-// holding them through any replica (gRPC and REST). A replica stopped
+// holding them through any replica (gRPC and REST). An agent deleted
+// through one replica is closed on the one holding it. A replica stopped
 // gracefully is draining, then gone after the timeout, then swept.
 func TestClusterListGateways(t *testing.T) {
 	gws := startReplicas(t, testpg.DSN(t), 3, func(_ int, c *server.Config) {
 		c.ReplicaHeartbeat = server.Duration(100 * time.Millisecond)
-		c.ReplicaGoneAfter = server.Duration(time.Second)
-		c.ReplicaSweepGrace = server.Duration(time.Second)
+		c.ReplicaGoneAfter = server.Duration(2 * time.Second)
+		c.ReplicaSweepGrace = server.Duration(2 * time.Second)
 		c.ReplicaName = "replica-" + filepath.Base(c.DataDir)
 	})
 	ids := []string{gws[0].replicaID(), gws[1].replicaID(), gws[2].replicaID()}
 	dirA, a := enrollAgent(t, gws[0], "office-a", loopback, nil)
 	dirB, b := enrollAgent(t, gws[2], "office-b", loopback, nil)
-	startAgent(t, fastAgent(dirA))
+	agentA := startAgent(t, fastAgent(dirA))
 	startAgent(t, fastAgent(dirB))
 	gws[0].waitStatus(a, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	gws[2].waitStatus(b, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
@@ -247,13 +248,33 @@ func TestClusterListGateways(t *testing.T) {
 		t.Errorf("GET /v1/gateways: %d %s", code, body)
 	}
 
+	// Agent a, on replica 1, deleted through replica 2: closed on replica
+	// 1, whose count drops.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := outpostv1.NewAgentAdminServiceClient(gws[1].conn()).DeleteAgent(ctx, &outpostv1.DeleteAgentRequest{AgentId: a}); err != nil {
+		t.Fatal(err)
+	}
+	target := tcpServer(t, echo)
+	lcUntil(t, time.Second, "agent a closed on replica 1", func() bool {
+		s, err := gws[0].dial(a, target)
+		if err == nil {
+			s.Close()
+		}
+		return errors.Is(err, servertest.ErrAgentNotConnected)
+	})
+	if err := agentA.exit(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "deleted") {
+		t.Fatalf("agent a's Run: %v, want the deletion", err)
+	}
+	gws[2].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0", ids[2]: "serving/1"})
+
 	// Replica 3 stops: draining, its agent gone from it; then gone; then
 	// swept.
 	gws[2].stop()
-	gws[0].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0", ids[2]: "draining/0"})
+	gws[0].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0", ids[2]: "draining/0"})
 	if got := gws[0].agentView(b).GetReplicaIds(); len(got) != 0 {
 		t.Errorf("the agent of the stopped replica is still held by %v", got)
 	}
-	gws[0].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0", ids[2]: "gone/0"})
-	gws[1].waitGateways(5*time.Second, map[string]string{ids[0]: "serving/1", ids[1]: "serving/0"})
+	gws[0].waitGateways(10*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0", ids[2]: "gone/0"})
+	gws[1].waitGateways(10*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0"})
 }

@@ -17,11 +17,11 @@ import (
 )
 
 // Short timings for the tests: a heartbeat every 50 ms, gone after 300 ms,
-// swept 300 ms later.
+// swept 1 s later (a window wide enough to see it gone).
 const (
 	testHeartbeat  = 50 * time.Millisecond
 	testGoneAfter  = 300 * time.Millisecond
-	testSweepGrace = 300 * time.Millisecond
+	testSweepGrace = time.Second
 )
 
 // replica is one member under test, with its own store handle (as a
