@@ -231,6 +231,25 @@ type Config struct {
 	// default.
 	ProxyProtocol bool `json:"proxy_protocol"`
 
+	// ReplicaName names this gateway among the replicas of a cluster
+	// (ListGateways). If empty, the host name.
+	ReplicaName string `json:"replica_name"`
+	// ReplicaQUICEndpoint and ReplicaAPIEndpoint are the host:port at which
+	// this replica's own QUIC and API listeners are reached directly, not
+	// through a load balancer, as ListGateways shows them. If empty, the
+	// bound address, with the host name in place of an unspecified IP.
+	ReplicaQUICEndpoint string `json:"replica_quic_endpoint"`
+	ReplicaAPIEndpoint  string `json:"replica_api_endpoint"`
+	// ReplicaHeartbeat is how often the gateway records in the store that
+	// it is alive. If zero, 10 s.
+	ReplicaHeartbeat Duration `json:"replica_heartbeat"`
+	// ReplicaGoneAfter is how long after its last heartbeat a replica is
+	// gone; at least twice ReplicaHeartbeat. If zero, 30 s.
+	ReplicaGoneAfter Duration `json:"replica_gone_after"`
+	// ReplicaSweepGrace is how long a gone replica stays listed before the
+	// survivors delete its rows and its agent connections. If zero, 5 min.
+	ReplicaSweepGrace Duration `json:"replica_sweep_grace"`
+
 	// Now is the gateway's clock: certificates, tokens, enrollment rate
 	// limits and agent liveness all read it. If nil, time.Now. It exists
 	// for tests, which advance a fake clock instead of sleeping; JSON

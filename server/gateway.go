@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -20,12 +21,14 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/atomicfile"
 	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
+	"github.com/outposthq/outpost/server/internal/cluster"
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/metrics"
 	"github.com/outposthq/outpost/server/internal/pki"
@@ -67,6 +70,10 @@ type Gateway struct {
 	tunnelCtx  context.Context
 	stopTunnel context.CancelFunc
 	tunnel     *tunnel.Server
+
+	// member is this gateway's membership of the cluster of replicas on
+	// its store (a cluster of one on SQLite).
+	member *cluster.Member
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -210,6 +217,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.cfg = g.cfg.withPublicDefaults(portOf(g.apiLn.Addr().String()), portOf(g.quicConn.LocalAddr().String()))
+	if g.member, err = g.newMember(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.api, err = newAPIServer(g)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -346,6 +356,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	})
 	// The tunnel outlives ctx: shutdown stops it once client sessions drained.
 	eg.Go(func() error { return g.tunnel.Serve(g.tunnelCtx, g.quicConn) })
+	// The membership outlives ctx too: it records the agent connections
+	// until the tunnel has closed them, and the draining state.
+	eg.Go(func() error { return g.member.Run(g.tunnelCtx) })
+	if l, ok := g.store.(cluster.Listener); ok {
+		eg.Go(func() error {
+			return cluster.RunDeletions(ctx, cluster.DeletionsConfig{
+				Listener: l,
+				Store:    g.store,
+				Held:     g.tunnel.Held,
+				Deleted:  g.agentDeleted,
+				Logger:   g.log.Named("cluster"),
+			})
+		})
+	}
 	eg.Go(func() error {
 		<-ctx.Done()
 		g.serving.Store(false)
@@ -358,6 +382,61 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return err
 }
 
+// drainRecordTimeout bounds recording the draining state at shutdown.
+const drainRecordTimeout = 2 * time.Second
+
+// newMember builds this replica's cluster membership, with its id from
+// the data directory and its endpoints from the config or the bound
+// listeners.
+func (g *Gateway) newMember() (*cluster.Member, error) {
+	id, err := cluster.LoadOrCreateID(g.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return cluster.NewMember(cluster.MemberConfig{
+		Store:    g.store,
+		Registry: g.agents,
+		Replica: store.Replica{
+			ID:           id,
+			Name:         cmp.Or(g.cfg.ReplicaName, host),
+			QUICEndpoint: cmp.Or(g.cfg.ReplicaQUICEndpoint, reachableAt(g.quicConn.LocalAddr(), host)),
+			APIEndpoint:  cmp.Or(g.cfg.ReplicaAPIEndpoint, reachableAt(g.apiLn.Addr(), host)),
+		},
+		Heartbeat:  time.Duration(g.cfg.ReplicaHeartbeat),
+		GoneAfter:  time.Duration(g.cfg.ReplicaGoneAfter),
+		SweepGrace: time.Duration(g.cfg.ReplicaSweepGrace),
+		Now:        g.cfg.Now,
+		Logger:     g.log.Named("cluster"),
+	})
+}
+
+// reachableAt is a bound address as others reach it: host in place of an
+// unspecified IP.
+func reachableAt(a net.Addr, host string) string {
+	h, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(h); ip == nil || ip.IsUnspecified() {
+		h = host
+	}
+	return net.JoinHostPort(h, port)
+}
+
+// agentDeleted applies the deletion of an agent, made through this replica
+// or another one, to this replica: its connection is closed with
+// "agent-deleted", its cached admission and what the registry and the
+// route book remember of it are forgotten.
+func (g *Gateway) agentDeleted(id string) {
+	g.tunnel.Disconnect(id, string(dataplane.CloseAgentDeleted))
+	g.agents.Forget(id)
+	g.book.Forget(id)
+}
+
 // shutdown stops the listeners gracefully within the configured timeout.
 func (g *Gateway) shutdown() error {
 	timeout := time.Duration(g.cfg.ShutdownTimeout)
@@ -365,6 +444,11 @@ func (g *Gateway) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var errs []error
+	dctx, dcancel := context.WithTimeout(ctx, drainRecordTimeout)
+	if err := g.member.Drain(dctx); err != nil {
+		g.log.Warn("could not record the draining state in the store", "error", err)
+	}
+	dcancel()
 	// gRPC streams served through net/http are drained by the HTTP server's shutdown.
 	if err := g.httpSrv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("api shutdown: %w", err))

@@ -84,6 +84,64 @@ func (AgentStatus) EnumDescriptor() ([]byte, []int) {
 	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// GatewayState is what a gateway replica is doing, as the store shows it.
+type GatewayState int32
+
+const (
+	// Not used.
+	GatewayState_GATEWAY_STATE_UNSPECIFIED GatewayState = 0
+	// The replica heartbeats and accepts agents and clients.
+	GatewayState_GATEWAY_STATE_SERVING GatewayState = 1
+	// The replica is shutting down gracefully.
+	GatewayState_GATEWAY_STATE_DRAINING GatewayState = 2
+	// The replica has not heartbeated for the cluster's timeout (30 s by
+	// default): it crashed, was killed, or lost the store.
+	GatewayState_GATEWAY_STATE_GONE GatewayState = 3
+)
+
+// Enum value maps for GatewayState.
+var (
+	GatewayState_name = map[int32]string{
+		0: "GATEWAY_STATE_UNSPECIFIED",
+		1: "GATEWAY_STATE_SERVING",
+		2: "GATEWAY_STATE_DRAINING",
+		3: "GATEWAY_STATE_GONE",
+	}
+	GatewayState_value = map[string]int32{
+		"GATEWAY_STATE_UNSPECIFIED": 0,
+		"GATEWAY_STATE_SERVING":     1,
+		"GATEWAY_STATE_DRAINING":    2,
+		"GATEWAY_STATE_GONE":        3,
+	}
+)
+
+func (x GatewayState) Enum() *GatewayState {
+	p := new(GatewayState)
+	*p = x
+	return p
+}
+
+func (x GatewayState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GatewayState) Descriptor() protoreflect.EnumDescriptor {
+	return file_outpost_v1_agent_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (GatewayState) Type() protoreflect.EnumType {
+	return &file_outpost_v1_agent_admin_proto_enumTypes[1]
+}
+
+func (x GatewayState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GatewayState.Descriptor instead.
+func (GatewayState) EnumDescriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{1}
+}
+
 // DomainRoute is a DNS domain an agent advertises.
 type DomainRoute struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -196,8 +254,12 @@ type Agent struct {
 	// Sessions to names under them need an explicit agent_id, since two
 	// networks (two VPCs, two clusters) often use the same search domain.
 	AmbiguousDomains []string `protobuf:"bytes,16,rep,name=ambiguous_domains,json=ambiguousDomains,proto3" json:"ambiguous_domains,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// IDs of the gateway replicas (see ListGateways) that hold a connection
+	// of the agent, across the cluster, in order; replicas that are gone are
+	// left out. Empty when the agent is connected nowhere.
+	ReplicaIds    []string `protobuf:"bytes,17,rep,name=replica_ids,json=replicaIds,proto3" json:"replica_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -338,6 +400,13 @@ func (x *Agent) GetRejectedDomains() []*DomainRoute {
 func (x *Agent) GetAmbiguousDomains() []string {
 	if x != nil {
 		return x.AmbiguousDomains
+	}
+	return nil
+}
+
+func (x *Agent) GetReplicaIds() []string {
+	if x != nil {
+		return x.ReplicaIds
 	}
 	return nil
 }
@@ -857,6 +926,218 @@ func (x *SetApprovedRoutesResponse) GetRoutes() *RouteSet {
 	return nil
 }
 
+// ListGatewaysRequest has no parameters.
+type ListGatewaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysRequest) Reset() {
+	*x = ListGatewaysRequest{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysRequest) ProtoMessage() {}
+
+func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{12}
+}
+
+// ListGatewaysResponse lists the gateway replicas.
+type ListGatewaysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replicas, oldest start first.
+	Gateways      []*Gateway `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysResponse) Reset() {
+	*x = ListGatewaysResponse{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysResponse) ProtoMessage() {}
+
+func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListGatewaysResponse) GetGateways() []*Gateway {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// Gateway is one gateway replica of the cluster.
+type Gateway struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's ID, stable across its restarts (kept in its data
+	// directory).
+	ReplicaId string `protobuf:"bytes,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// The replica's name, for operators (its host name unless configured).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// host:port of the replica's own QUIC listener (not the load balancer's).
+	QuicEndpoint string `protobuf:"bytes,3,opt,name=quic_endpoint,json=quicEndpoint,proto3" json:"quic_endpoint,omitempty"`
+	// host:port of the replica's own API listener.
+	ApiEndpoint string `protobuf:"bytes,4,opt,name=api_endpoint,json=apiEndpoint,proto3" json:"api_endpoint,omitempty"`
+	// host:port of the replica's peer link. Empty: no peer link yet.
+	PeerEndpoint string `protobuf:"bytes,5,opt,name=peer_endpoint,json=peerEndpoint,proto3" json:"peer_endpoint,omitempty"`
+	// The replica's state. Never GATEWAY_STATE_UNSPECIFIED.
+	State GatewayState `protobuf:"varint,6,opt,name=state,proto3,enum=outpost.v1.GatewayState" json:"state,omitempty"`
+	// When the replica started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When the replica last recorded that it is alive (every 10 s by
+	// default).
+	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	// Agents connected to the replica, as it recorded them.
+	AgentCount uint32 `protobuf:"varint,9,opt,name=agent_count,json=agentCount,proto3" json:"agent_count,omitempty"`
+	// True for the replica that answered this call.
+	Self          bool `protobuf:"varint,10,opt,name=self,proto3" json:"self,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Gateway) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *Gateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Gateway) GetQuicEndpoint() string {
+	if x != nil {
+		return x.QuicEndpoint
+	}
+	return ""
+}
+
+func (x *Gateway) GetApiEndpoint() string {
+	if x != nil {
+		return x.ApiEndpoint
+	}
+	return ""
+}
+
+func (x *Gateway) GetPeerEndpoint() string {
+	if x != nil {
+		return x.PeerEndpoint
+	}
+	return ""
+}
+
+func (x *Gateway) GetState() GatewayState {
+	if x != nil {
+		return x.State
+	}
+	return GatewayState_GATEWAY_STATE_UNSPECIFIED
+}
+
+func (x *Gateway) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Gateway) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *Gateway) GetAgentCount() uint32 {
+	if x != nil {
+		return x.AgentCount
+	}
+	return 0
+}
+
+func (x *Gateway) GetSelf() bool {
+	if x != nil {
+		return x.Self
+	}
+	return false
+}
+
 var File_outpost_v1_agent_admin_proto protoreflect.FileDescriptor
 
 const file_outpost_v1_agent_admin_proto_rawDesc = "" +
@@ -865,7 +1146,7 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"outpost.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1boutpost/v1/enrollment.proto\"J\n" +
 	"\vDomainRoute\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12#\n" +
-	"\rauto_detected\x18\x02 \x01(\bR\fautoDetected\"\xf1\x05\n" +
+	"\rauto_detected\x18\x02 \x01(\bR\fautoDetected\"\x92\x06\n" +
 	"\x05Agent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -886,7 +1167,9 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\x0fapproved_routes\x18\r \x01(\v2\x14.outpost.v1.RouteSetR\x0eapprovedRoutes\x12)\n" +
 	"\x10rejected_subnets\x18\x0e \x03(\tR\x0frejectedSubnets\x12B\n" +
 	"\x10rejected_domains\x18\x0f \x03(\v2\x17.outpost.v1.DomainRouteR\x0frejectedDomains\x12+\n" +
-	"\x11ambiguous_domains\x18\x10 \x03(\tR\x10ambiguousDomains\"\x80\x01\n" +
+	"\x11ambiguous_domains\x18\x10 \x03(\tR\x10ambiguousDomains\x12\x1f\n" +
+	"\vreplica_ids\x18\x11 \x03(\tR\n" +
+	"replicaIds\"\x80\x01\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -912,12 +1195,35 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"d\n" +
 	"\x19SetApprovedRoutesResponse\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12,\n" +
-	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes*}\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"\x15\n" +
+	"\x13ListGatewaysRequest\"G\n" +
+	"\x14ListGatewaysResponse\x12/\n" +
+	"\bgateways\x18\x01 \x03(\v2\x13.outpost.v1.GatewayR\bgateways\"\x88\x03\n" +
+	"\aGateway\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x01 \x01(\tR\treplicaId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12#\n" +
+	"\rquic_endpoint\x18\x03 \x01(\tR\fquicEndpoint\x12!\n" +
+	"\fapi_endpoint\x18\x04 \x01(\tR\vapiEndpoint\x12#\n" +
+	"\rpeer_endpoint\x18\x05 \x01(\tR\fpeerEndpoint\x12.\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x18.outpost.v1.GatewayStateR\x05state\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
+	"\fheartbeat_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12\x1f\n" +
+	"\vagent_count\x18\t \x01(\rR\n" +
+	"agentCount\x12\x12\n" +
+	"\x04self\x18\n" +
+	" \x01(\bR\x04self*}\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ONLINE\x10\x01\x12\x1d\n" +
 	"\x19AGENT_STATUS_UNRESPONSIVE\x10\x02\x12\x18\n" +
-	"\x14AGENT_STATUS_OFFLINE\x10\x032\xf5\x04\n" +
+	"\x14AGENT_STATUS_OFFLINE\x10\x03*|\n" +
+	"\fGatewayState\x12\x1d\n" +
+	"\x19GATEWAY_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15GATEWAY_STATE_SERVING\x10\x01\x12\x1a\n" +
+	"\x16GATEWAY_STATE_DRAINING\x10\x02\x12\x16\n" +
+	"\x12GATEWAY_STATE_GONE\x10\x032\xde\x05\n" +
 	"\x11AgentAdminService\x12_\n" +
 	"\n" +
 	"ListAgents\x12\x1d.outpost.v1.ListAgentsRequest\x1a\x1e.outpost.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
@@ -925,7 +1231,8 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\bGetAgent\x12\x1b.outpost.v1.GetAgentRequest\x1a\x1c.outpost.v1.GetAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/agents/{agent_id}\x12m\n" +
 	"\vDeleteAgent\x12\x1e.outpost.v1.DeleteAgentRequest\x1a\x1f.outpost.v1.DeleteAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/agents/{agent_id}\x12\x8f\x01\n" +
 	"\x11GetApprovedRoutes\x12$.outpost.v1.GetApprovedRoutesRequest\x1a%.outpost.v1.GetApprovedRoutesResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/agents/{agent_id}/approved-routes\x12\x97\x01\n" +
-	"\x11SetApprovedRoutes\x12$.outpost.v1.SetApprovedRoutesRequest\x1a%.outpost.v1.SetApprovedRoutesResponse\"5\x82\xd3\xe4\x93\x02/:\x06routes\x1a%/v1/agents/{agent_id}/approved-routesB7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
+	"\x11SetApprovedRoutes\x12$.outpost.v1.SetApprovedRoutesRequest\x1a%.outpost.v1.SetApprovedRoutesResponse\"5\x82\xd3\xe4\x93\x02/:\x06routes\x1a%/v1/agents/{agent_id}/approved-routes\x12g\n" +
+	"\fListGateways\x12\x1f.outpost.v1.ListGatewaysRequest\x1a .outpost.v1.ListGatewaysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/gatewaysB7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
 
 var (
 	file_outpost_v1_agent_admin_proto_rawDescOnce sync.Once
@@ -939,55 +1246,65 @@ func file_outpost_v1_agent_admin_proto_rawDescGZIP() []byte {
 	return file_outpost_v1_agent_admin_proto_rawDescData
 }
 
-var file_outpost_v1_agent_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_outpost_v1_agent_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_outpost_v1_agent_admin_proto_goTypes = []any{
 	(AgentStatus)(0),                  // 0: outpost.v1.AgentStatus
-	(*DomainRoute)(nil),               // 1: outpost.v1.DomainRoute
-	(*Agent)(nil),                     // 2: outpost.v1.Agent
-	(*ListAgentsRequest)(nil),         // 3: outpost.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 4: outpost.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),           // 5: outpost.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),          // 6: outpost.v1.GetAgentResponse
-	(*DeleteAgentRequest)(nil),        // 7: outpost.v1.DeleteAgentRequest
-	(*DeleteAgentResponse)(nil),       // 8: outpost.v1.DeleteAgentResponse
-	(*GetApprovedRoutesRequest)(nil),  // 9: outpost.v1.GetApprovedRoutesRequest
-	(*SetApprovedRoutesRequest)(nil),  // 10: outpost.v1.SetApprovedRoutesRequest
-	(*GetApprovedRoutesResponse)(nil), // 11: outpost.v1.GetApprovedRoutesResponse
-	(*SetApprovedRoutesResponse)(nil), // 12: outpost.v1.SetApprovedRoutesResponse
-	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
-	(*RouteSet)(nil),                  // 14: outpost.v1.RouteSet
+	(GatewayState)(0),                 // 1: outpost.v1.GatewayState
+	(*DomainRoute)(nil),               // 2: outpost.v1.DomainRoute
+	(*Agent)(nil),                     // 3: outpost.v1.Agent
+	(*ListAgentsRequest)(nil),         // 4: outpost.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 5: outpost.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),           // 6: outpost.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),          // 7: outpost.v1.GetAgentResponse
+	(*DeleteAgentRequest)(nil),        // 8: outpost.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),       // 9: outpost.v1.DeleteAgentResponse
+	(*GetApprovedRoutesRequest)(nil),  // 10: outpost.v1.GetApprovedRoutesRequest
+	(*SetApprovedRoutesRequest)(nil),  // 11: outpost.v1.SetApprovedRoutesRequest
+	(*GetApprovedRoutesResponse)(nil), // 12: outpost.v1.GetApprovedRoutesResponse
+	(*SetApprovedRoutesResponse)(nil), // 13: outpost.v1.SetApprovedRoutesResponse
+	(*ListGatewaysRequest)(nil),       // 14: outpost.v1.ListGatewaysRequest
+	(*ListGatewaysResponse)(nil),      // 15: outpost.v1.ListGatewaysResponse
+	(*Gateway)(nil),                   // 16: outpost.v1.Gateway
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
+	(*RouteSet)(nil),                  // 18: outpost.v1.RouteSet
 }
 var file_outpost_v1_agent_admin_proto_depIdxs = []int32{
 	0,  // 0: outpost.v1.Agent.status:type_name -> outpost.v1.AgentStatus
-	13, // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
-	13, // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	1,  // 3: outpost.v1.Agent.domains:type_name -> outpost.v1.DomainRoute
-	13, // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
-	13, // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
-	14, // 6: outpost.v1.Agent.approved_routes:type_name -> outpost.v1.RouteSet
-	1,  // 7: outpost.v1.Agent.rejected_domains:type_name -> outpost.v1.DomainRoute
+	17, // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
+	17, // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	2,  // 3: outpost.v1.Agent.domains:type_name -> outpost.v1.DomainRoute
+	17, // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
+	17, // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	18, // 6: outpost.v1.Agent.approved_routes:type_name -> outpost.v1.RouteSet
+	2,  // 7: outpost.v1.Agent.rejected_domains:type_name -> outpost.v1.DomainRoute
 	0,  // 8: outpost.v1.ListAgentsRequest.status:type_name -> outpost.v1.AgentStatus
-	2,  // 9: outpost.v1.ListAgentsResponse.agents:type_name -> outpost.v1.Agent
-	2,  // 10: outpost.v1.GetAgentResponse.agent:type_name -> outpost.v1.Agent
-	14, // 11: outpost.v1.SetApprovedRoutesRequest.routes:type_name -> outpost.v1.RouteSet
-	14, // 12: outpost.v1.GetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
-	14, // 13: outpost.v1.SetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
-	3,  // 14: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
-	5,  // 15: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
-	7,  // 16: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
-	9,  // 17: outpost.v1.AgentAdminService.GetApprovedRoutes:input_type -> outpost.v1.GetApprovedRoutesRequest
-	10, // 18: outpost.v1.AgentAdminService.SetApprovedRoutes:input_type -> outpost.v1.SetApprovedRoutesRequest
-	4,  // 19: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
-	6,  // 20: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
-	8,  // 21: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
-	11, // 22: outpost.v1.AgentAdminService.GetApprovedRoutes:output_type -> outpost.v1.GetApprovedRoutesResponse
-	12, // 23: outpost.v1.AgentAdminService.SetApprovedRoutes:output_type -> outpost.v1.SetApprovedRoutesResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 9: outpost.v1.ListAgentsResponse.agents:type_name -> outpost.v1.Agent
+	3,  // 10: outpost.v1.GetAgentResponse.agent:type_name -> outpost.v1.Agent
+	18, // 11: outpost.v1.SetApprovedRoutesRequest.routes:type_name -> outpost.v1.RouteSet
+	18, // 12: outpost.v1.GetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	18, // 13: outpost.v1.SetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	16, // 14: outpost.v1.ListGatewaysResponse.gateways:type_name -> outpost.v1.Gateway
+	1,  // 15: outpost.v1.Gateway.state:type_name -> outpost.v1.GatewayState
+	17, // 16: outpost.v1.Gateway.started_at:type_name -> google.protobuf.Timestamp
+	17, // 17: outpost.v1.Gateway.heartbeat_at:type_name -> google.protobuf.Timestamp
+	4,  // 18: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
+	6,  // 19: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
+	8,  // 20: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
+	10, // 21: outpost.v1.AgentAdminService.GetApprovedRoutes:input_type -> outpost.v1.GetApprovedRoutesRequest
+	11, // 22: outpost.v1.AgentAdminService.SetApprovedRoutes:input_type -> outpost.v1.SetApprovedRoutesRequest
+	14, // 23: outpost.v1.AgentAdminService.ListGateways:input_type -> outpost.v1.ListGatewaysRequest
+	5,  // 24: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
+	7,  // 25: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
+	9,  // 26: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
+	12, // 27: outpost.v1.AgentAdminService.GetApprovedRoutes:output_type -> outpost.v1.GetApprovedRoutesResponse
+	13, // 28: outpost.v1.AgentAdminService.SetApprovedRoutes:output_type -> outpost.v1.SetApprovedRoutesResponse
+	15, // 29: outpost.v1.AgentAdminService.ListGateways:output_type -> outpost.v1.ListGatewaysResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_outpost_v1_agent_admin_proto_init() }
@@ -1001,8 +1318,8 @@ func file_outpost_v1_agent_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outpost_v1_agent_admin_proto_rawDesc), len(file_outpost_v1_agent_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	AgentAdminService_DeleteAgent_FullMethodName       = "/outpost.v1.AgentAdminService/DeleteAgent"
 	AgentAdminService_GetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/GetApprovedRoutes"
 	AgentAdminService_SetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/SetApprovedRoutes"
+	AgentAdminService_ListGateways_FullMethodName      = "/outpost.v1.AgentAdminService/ListGateways"
 )
 
 // AgentAdminServiceClient is the client API for AgentAdminService service.
@@ -68,6 +69,13 @@ type AgentAdminServiceClient interface {
 	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
 	// exists or it was deleted.
 	SetApprovedRoutes(ctx context.Context, in *SetApprovedRoutesRequest, opts ...grpc.CallOption) (*SetApprovedRoutesResponse, error)
+	// ListGateways returns the gateway replicas registered in the store, the
+	// one answering included: with a SQLite store, that one alone. A replica
+	// is listed until the others sweep it, some minutes after it is gone.
+	//
+	// Requires the scope "agents.read". Errors: UNAVAILABLE when the store
+	// cannot be reached.
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
 }
 
 type agentAdminServiceClient struct {
@@ -128,6 +136,16 @@ func (c *agentAdminServiceClient) SetApprovedRoutes(ctx context.Context, in *Set
 	return out, nil
 }
 
+func (c *agentAdminServiceClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAdminServiceServer is the server API for AgentAdminService service.
 // All implementations must embed UnimplementedAgentAdminServiceServer
 // for forward compatibility.
@@ -170,6 +188,13 @@ type AgentAdminServiceServer interface {
 	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
 	// exists or it was deleted.
 	SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error)
+	// ListGateways returns the gateway replicas registered in the store, the
+	// one answering included: with a SQLite store, that one alone. A replica
+	// is listed until the others sweep it, some minutes after it is gone.
+	//
+	// Requires the scope "agents.read". Errors: UNAVAILABLE when the store
+	// cannot be reached.
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
 	mustEmbedUnimplementedAgentAdminServiceServer()
 }
 
@@ -194,6 +219,9 @@ func (UnimplementedAgentAdminServiceServer) GetApprovedRoutes(context.Context, *
 }
 func (UnimplementedAgentAdminServiceServer) SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetApprovedRoutes not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGateways not implemented")
 }
 func (UnimplementedAgentAdminServiceServer) mustEmbedUnimplementedAgentAdminServiceServer() {}
 func (UnimplementedAgentAdminServiceServer) testEmbeddedByValue()                           {}
@@ -306,6 +334,24 @@ func _AgentAdminService_SetApprovedRoutes_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAdminService_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAdminService_ServiceDesc is the grpc.ServiceDesc for AgentAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -332,6 +378,10 @@ var AgentAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetApprovedRoutes",
 			Handler:    _AgentAdminService_SetApprovedRoutes_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _AgentAdminService_ListGateways_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

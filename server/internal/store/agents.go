@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -191,14 +192,67 @@ func (s *sqlStore) ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Ag
 	return queryAll(ctx, s, "list agents", scanAgent, query, opts.AfterID, limit)
 }
 
-// DeleteAgent implements Store.
+// DeleteAgent implements Store. On PostgreSQL the deletion is announced
+// on agentDeletedChannel in the same transaction, so every listener learns
+// it exactly when it is committed.
 func (s *sqlStore) DeleteAgent(ctx context.Context, id string) error {
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		return execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
+		if err := execOne(ctx, tx, fmt.Errorf("%w: live agent %q", ErrNotFound, id),
 			`UPDATE agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL`,
-			id, millis(s.now()))
+			id, millis(s.now())); err != nil {
+			return err
+		}
+		return s.d.notify(ctx, tx, agentDeletedChannel, id)
 	})
 	return wrapErr("delete agent", err)
+}
+
+// maxIDsPerQuery bounds the ids bound to one IN list.
+const maxIDsPerQuery = 500
+
+// GoneAgents implements Store.
+func (s *sqlStore) GoneAgents(ctx context.Context, ids []string) ([]string, error) {
+	var gone []string
+	for batch := range slices.Chunk(slices.Compact(slices.Sorted(slices.Values(ids))), maxIDsPerQuery) {
+		live, err := queryAll(ctx, s, "gone agents", scanString,
+			`SELECT id FROM agents WHERE deleted_at IS NULL AND id IN (`+placeholders(1, len(batch))+`)`, anys(batch)...)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range batch {
+			if !slices.Contains(live, id) {
+				gone = append(gone, id)
+			}
+		}
+	}
+	return gone, nil
+}
+
+// placeholders returns n comma-separated placeholders from $first on.
+func placeholders(first, n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", first+i)
+	}
+	return b.String()
+}
+
+// anys returns ss as query arguments.
+func anys(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+func scanString(sc scanner) (string, error) {
+	var v string
+	err := sc.Scan(&v)
+	return v, err
 }
 
 // UpdateAgentCert implements Store.

@@ -428,3 +428,33 @@ func testEnrollmentTokens(t *testing.T, f *fixture) {
 		t.Errorf("used token %+v, want consumed by %s", toks[1], a.ID)
 	}
 }
+
+// GoneAgents names the deleted and unknown ids among many (more than one
+// query's worth), each once, in order.
+func testGoneAgents(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
+	ctx := ctxT(t)
+	live := mustEnroll(t, s, enrollReq(f.clk, "j1", "live", "c1")).Agent
+	deleted := mustEnroll(t, s, enrollReq(f.clk, "j2", "deleted", "c2")).Agent
+	if err := s.DeleteAgent(ctx, deleted.ID); err != nil {
+		t.Fatal(err)
+	}
+	if gone, err := s.GoneAgents(ctx, nil); err != nil || len(gone) != 0 {
+		t.Errorf("GoneAgents(nil) = %v, %v", gone, err)
+	}
+	ids := []string{live.ID, deleted.ID, deleted.ID}
+	want := []string{deleted.ID}
+	for range maxIDsPerQuery + 10 {
+		u := uuid.NewString()
+		ids = append(ids, u, live.ID)
+		want = append(want, u)
+	}
+	slices.Sort(want)
+	gone, err := s.GoneAgents(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(gone, want) {
+		t.Errorf("GoneAgents: %d ids, want %d (the deleted one and the unknown ones)", len(gone), len(want))
+	}
+}

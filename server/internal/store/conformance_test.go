@@ -38,6 +38,7 @@ var conformance = []struct {
 	{"EnrollAcrossProcesses", testEnrollAcrossProcesses},
 	{"ListAgentsPagination", testListAgentsPagination},
 	{"DeleteAgent", testDeleteAgent},
+	{"GoneAgents", testGoneAgents},
 	{"UpdateAgentCert", testUpdateAgentCert},
 	{"EnrollmentTokens", testEnrollmentTokens},
 	{"AgentRoutes", testAgentRoutes},
@@ -55,6 +56,9 @@ var conformance = []struct {
 	// Cluster secrets.
 	{"Secrets", testSecrets},
 	{"ImportRows", testImportRows},
+	// Cluster replicas.
+	{"Replicas", testReplicas},
+	{"AgentConnections", testAgentConnections},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL

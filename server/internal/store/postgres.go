@@ -53,6 +53,9 @@ const (
 // (Config.MaxConns).
 type Postgres struct {
 	sqlStore
+	// connCfg is the parsed DSN, for the listener's own connection
+	// (ListenAgents); never modified after OpenPostgres.
+	connCfg *pgx.ConnConfig
 }
 
 var _ Store = (*Postgres)(nil)
@@ -78,7 +81,7 @@ func OpenPostgres(ctx context.Context, dsn string, cfg Config) (*Postgres, error
 	db := stdlib.OpenDB(*pc)
 	db.SetConnMaxLifetime(postgresConnMaxLifetime)
 	db.SetConnMaxIdleTime(postgresConnMaxIdle)
-	s := &Postgres{newSQLStore(db, postgresDialect{}, cfg)}
+	s := &Postgres{sqlStore: newSQLStore(db, postgresDialect{}, cfg), connCfg: pc}
 	where := fmt.Sprintf("postgres database %q on %s:%d as %q", pc.Database, pc.Host, pc.Port, pc.User)
 	if err := s.db.PingContext(ctx); err != nil {
 		db.Close()
@@ -106,6 +109,15 @@ func (postgresDialect) acquireWrite(context.Context) (func(), error) { return fu
 func (postgresDialect) serialize(ctx context.Context, tx *sql.Tx) error {
 	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, enrollLockKey); err != nil {
 		return fmt.Errorf("advisory lock: %w", err)
+	}
+	return nil
+}
+
+// notify sends a notification on channel with payload, delivered to the
+// listeners when tx commits (and never if it rolls back).
+func (postgresDialect) notify(ctx context.Context, tx *sql.Tx, channel, payload string) error {
+	if _, err := tx.ExecContext(ctx, `SELECT pg_notify($1, $2)`, channel, payload); err != nil {
+		return fmt.Errorf("notify %s: %w", channel, err)
 	}
 	return nil
 }

@@ -70,6 +70,10 @@ type dialect interface {
 	// any process, that call it: each sees what the previous one
 	// committed.
 	serialize(ctx context.Context, tx *sql.Tx) error
+	// notify tells the other processes sharing the database, once tx
+	// commits, that payload happened on channel (ListenAgents); a no-op
+	// where nothing can listen.
+	notify(ctx context.Context, tx *sql.Tx, channel, payload string) error
 	// migrationLock runs fn while no other process migrates the database,
 	// giving it the connection to migrate on.
 	migrationLock(ctx context.Context, db *sql.DB, fn func(conn) error) error

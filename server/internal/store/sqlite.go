@@ -121,6 +121,9 @@ func (d *sqliteDialect) acquireWrite(ctx context.Context) (func(), error) {
 // serialize has nothing to do: the transaction holds the write lock.
 func (*sqliteDialect) serialize(context.Context, *sql.Tx) error { return nil }
 
+// notify has no one to tell: a SQLite store is one gateway's.
+func (*sqliteDialect) notify(context.Context, *sql.Tx, string, string) error { return nil }
+
 // migrationLock needs no lock of its own: each migration runs in a write
 // transaction that checks whether it is applied under the write lock.
 func (*sqliteDialect) migrationLock(_ context.Context, db *sql.DB, fn func(conn) error) error {

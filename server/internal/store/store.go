@@ -1,8 +1,10 @@
 // Package store persists the gateway's durable state (DESIGN.md §10): API
 // keys, enrollment tokens and consumed token ids, enrolled agents with their
-// approved routes and last advertised routes, the session audit, and the
-// sealed secrets that gateway replicas share. Live connections stay in
-// memory elsewhere.
+// approved routes and last advertised routes, the session audit, the
+// sealed secrets that gateway replicas share, and the replicas themselves
+// with the agent connections each one holds. The connections themselves
+// stay in memory elsewhere. On PostgreSQL, agent deletions are announced
+// to every replica (ListenAgents).
 //
 // Store is the interface, with two implementations sharing one body of SQL
 // over database/sql: SQLite, opened with OpenSQLite, the default (one file
@@ -110,8 +112,13 @@ type Store interface {
 	ListAgents(ctx context.Context, opts ListAgentsOptions) ([]Agent, error)
 	// DeleteAgent marks a live agent deleted (its name becomes reusable; the
 	// row stays for audit). ErrNotFound if no such agent or it is already
-	// deleted.
+	// deleted. On PostgreSQL, the listeners of every process sharing the
+	// database learn it when it commits (Postgres.ListenAgents).
 	DeleteAgent(ctx context.Context, id string) error
+	// GoneAgents returns those of ids that are deleted or were never
+	// enrolled, in id order, each once; an empty or nil slice when all
+	// are live.
+	GoneAgents(ctx context.Context, ids []string) ([]string, error)
 	// UpdateAgentCert records a renewed certificate for a live agent.
 	// ErrNotFound if no such agent or it is deleted.
 	UpdateAgentCert(ctx context.Context, id, spkiSHA256, serial string, notAfter time.Time) error
@@ -170,6 +177,40 @@ type Store interface {
 	// ListSecrets returns every stored secret in name order; an empty,
 	// non-nil slice when there are none.
 	ListSecrets(ctx context.Context) ([]Secret, error)
+
+	// RegisterReplica records a gateway replica, or replaces the record
+	// of a replica with its id (a restart). ID and a State are required
+	// (ErrInvalid); a zero StartedAt or HeartbeatAt means now.
+	RegisterReplica(ctx context.Context, r Replica) error
+	// HeartbeatReplica records that the replica is alive at at (zero:
+	// now), in state. ErrNotFound if it is not registered (never was, or
+	// was swept as gone): register it again.
+	HeartbeatReplica(ctx context.Context, id string, state ReplicaState, at time.Time) error
+	// ListReplicas returns every registered replica, gone or not, oldest
+	// start first, each with the count of its recorded agent connections.
+	ListReplicas(ctx context.Context) ([]Replica, error)
+	// SweepReplicas deletes the replicas, but keep, whose last heartbeat
+	// is before heartbeatBefore, with their agent connections, and
+	// returns their ids in order.
+	SweepReplicas(ctx context.Context, heartbeatBefore time.Time, keep string) ([]string, error)
+	// UpdateAgentConnections applies changes to the agent connections
+	// recorded for the replica, in order, all of them or none: a
+	// connection replaces the record of an earlier connection of its agent
+	// to the replica (a zero ConnectedAt means now); a removal forgets the
+	// record if it is of that generation (a later connection's record
+	// stays; removing what is not recorded succeeds). ErrInvalid for a
+	// change of another replica; ErrNotFound if the replica is not
+	// registered.
+	UpdateAgentConnections(ctx context.Context, replicaID string, changes []ConnectionChange) error
+	// SetAgentConnections replaces every agent connection recorded for
+	// the replica with conns, all of them or none. ErrInvalid for a
+	// connection of another replica; ErrNotFound if the replica is not
+	// registered and conns is not empty.
+	SetAgentConnections(ctx context.Context, replicaID string, conns []AgentConnection) error
+	// AgentReplicas returns, for those of agentIDs that have any, the ids
+	// of the replicas recorded to hold a connection of the agent and
+	// heard from (heartbeat) at or after heartbeatSince, in id order.
+	AgentReplicas(ctx context.Context, agentIDs []string, heartbeatSince time.Time) (map[string][]string, error)
 
 	// ExportRows reads every row but the cluster secrets, in one
 	// consistent snapshot, to move the gateway to another store.

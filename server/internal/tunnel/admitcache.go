@@ -106,3 +106,14 @@ func (c *admissionCache) forget(id string) {
 	c.forgets++
 	delete(c.entries, id)
 }
+
+// ids returns the ids of the remembered agents, expired ones included.
+func (c *admissionCache) ids() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.entries))
+	for id := range c.entries {
+		out = append(out, id)
+	}
+	return out
+}

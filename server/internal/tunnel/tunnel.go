@@ -126,7 +126,8 @@ type Config struct {
 	// most MaxAgents agents; an agent deleted through this gateway
 	// (Disconnect), or that the store says is deleted, is never admitted
 	// from it. An agent deleted through another gateway on the same
-	// database may be, until the TTL ends. If zero,
+	// database is Disconnected by the gateway's cluster listener when it
+	// hears of it (Held lists what to check after a missed notice). If zero,
 	// DefaultAdmissionCacheTTL (10 min); negative: no cache.
 	AdmissionCacheTTL time.Duration
 	// Now is the clock of the route change limit and the admission cache.
@@ -318,6 +319,25 @@ func (s *Server) Disconnect(agentID, reason string) bool {
 	}
 	e.Conn.CloseWithReason(reason)
 	return true
+}
+
+// Held returns the ids of the agents this gateway holds without asking
+// the store: those connected and those its admission cache would admit,
+// each once, in no order. A replica that may have missed a deletion made
+// elsewhere checks them against the store and Disconnects the deleted.
+func (s *Server) Held() []string {
+	ids := s.admits.ids()
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		seen[id] = true
+	}
+	for _, snap := range s.reg.List() {
+		if !seen[snap.AgentID] {
+			seen[snap.AgentID] = true
+			ids = append(ids, snap.AgentID)
+		}
+	}
+	return ids
 }
 
 // agentConn is one agent QUIC connection; it implements registry.Conn.

@@ -1,6 +1,6 @@
 // Package agentadmin implements outpost.v1.AgentAdminService: listing, reading
-// and deleting enrolled agents, and reading and replacing the routes they are
-// approved to serve.
+// and deleting enrolled agents, reading and replacing the routes they are
+// approved to serve, and listing the gateway replicas of the cluster.
 package agentadmin
 
 import (
@@ -19,6 +19,7 @@ import (
 	"github.com/outposthq/outpost/dataplane"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/internal/approval"
+	"github.com/outposthq/outpost/server/internal/cluster"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"github.com/outposthq/outpost/server/internal/store"
@@ -61,6 +62,16 @@ type Ambiguity interface {
 	AmbiguousDomains(agentID string) []string
 }
 
+// Cluster is the view of the gateway replicas sharing the store;
+// *cluster.Member is one.
+type Cluster interface {
+	// Gateways lists the replicas with their states.
+	Gateways(ctx context.Context) ([]cluster.Gateway, error)
+	// AgentReplicas returns the ids of the live replicas holding a
+	// connection of each of agentIDs that has any.
+	AgentReplicas(ctx context.Context, agentIDs []string) (map[string][]string, error)
+}
+
 // Disconnector closes an agent's live connection with a reason.
 type Disconnector func(agentID, reason string) bool
 
@@ -74,6 +85,9 @@ type Config struct {
 	Approvals  Approvals
 	// Ambiguity, if set, fills Agent.ambiguous_domains.
 	Ambiguity Ambiguity
+	// Cluster, if set, answers ListGateways and fills Agent.replica_ids;
+	// if nil, ListGateways lists none and replica_ids stay empty.
+	Cluster Cluster
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -198,7 +212,7 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 				// starts after the last row examined (kept or filtered
 				// out), which may lie in an earlier batch.
 				resp.NextPageToken = encodePageToken(after)
-				return resp, nil
+				return resp, s.addReplicas(ctx, resp.Agents)
 			}
 			after = a.ID
 			v := s.view(a)
@@ -208,7 +222,7 @@ func (s *Service) ListAgents(ctx context.Context, req *outpostv1.ListAgentsReque
 			resp.Agents = append(resp.Agents, v)
 		}
 		if len(batch) < size+1 {
-			return resp, nil
+			return resp, s.addReplicas(ctx, resp.Agents)
 		}
 	}
 }
@@ -219,7 +233,71 @@ func (s *Service) GetAgent(ctx context.Context, req *outpostv1.GetAgentRequest) 
 	if err != nil {
 		return nil, err
 	}
-	return &outpostv1.GetAgentResponse{Agent: s.view(a)}, nil
+	v := s.view(a)
+	if err := s.addReplicas(ctx, []*outpostv1.Agent{v}); err != nil {
+		return nil, err
+	}
+	return &outpostv1.GetAgentResponse{Agent: v}, nil
+}
+
+// addReplicas fills the replica_ids of agents from the cluster's records;
+// the error is a gRPC status.
+func (s *Service) addReplicas(ctx context.Context, agents []*outpostv1.Agent) error {
+	if s.cfg.Cluster == nil || len(agents) == 0 {
+		return nil
+	}
+	ids := make([]string, len(agents))
+	for i, a := range agents {
+		ids[i] = a.GetAgentId()
+	}
+	held, err := s.cfg.Cluster.AgentReplicas(ctx, ids)
+	if err != nil {
+		return grpcerr.From(fmt.Errorf("agent replicas: %w", err))
+	}
+	for _, a := range agents {
+		a.ReplicaIds = append(a.ReplicaIds, held[a.GetAgentId()]...)
+	}
+	return nil
+}
+
+// ListGateways lists the gateway replicas registered in the store with
+// their states and agent counts.
+func (s *Service) ListGateways(ctx context.Context, _ *outpostv1.ListGatewaysRequest) (*outpostv1.ListGatewaysResponse, error) {
+	resp := &outpostv1.ListGatewaysResponse{Gateways: []*outpostv1.Gateway{}}
+	if s.cfg.Cluster == nil {
+		return resp, nil
+	}
+	gws, err := s.cfg.Cluster.Gateways(ctx)
+	if err != nil {
+		return nil, grpcerr.From(fmt.Errorf("list gateways: %w", err))
+	}
+	for _, g := range gws {
+		resp.Gateways = append(resp.Gateways, &outpostv1.Gateway{
+			ReplicaId:    g.ID,
+			Name:         g.Name,
+			QuicEndpoint: g.QUICEndpoint,
+			ApiEndpoint:  g.APIEndpoint,
+			PeerEndpoint: g.PeerEndpoint,
+			State:        gatewayState(g.State),
+			StartedAt:    timestamppb.New(g.StartedAt),
+			HeartbeatAt:  timestamppb.New(g.HeartbeatAt),
+			AgentCount:   uint32(min(g.Agents, math.MaxUint32)),
+			Self:         g.Self,
+		})
+	}
+	return resp, nil
+}
+
+func gatewayState(s cluster.State) outpostv1.GatewayState {
+	switch s {
+	case cluster.Serving:
+		return outpostv1.GatewayState_GATEWAY_STATE_SERVING
+	case cluster.Draining:
+		return outpostv1.GatewayState_GATEWAY_STATE_DRAINING
+	case cluster.Gone:
+		return outpostv1.GatewayState_GATEWAY_STATE_GONE
+	}
+	return outpostv1.GatewayState_GATEWAY_STATE_UNSPECIFIED
 }
 
 // parseID validates an agent id and returns its canonical (lowercase) form.
@@ -248,6 +326,7 @@ func (s *Service) view(a store.Agent) *outpostv1.Agent {
 		RejectedSubnets:  []string{},
 		RejectedDomains:  []*outpostv1.DomainRoute{},
 		AmbiguousDomains: []string{},
+		ReplicaIds:       []string{},
 	}
 	if !a.CertNotAfter.IsZero() {
 		v.CertNotAfter = timestamppb.New(a.CertNotAfter)
