@@ -14,7 +14,7 @@ const sessionColumns = `id, target, agent_id, decision, started_at, ended_at, by
 
 // InsertSession implements Store.
 func (s *sqlStore) InsertSession(ctx context.Context, r SessionRecord) error {
-	if err := r.check(); err != nil {
+	if err := r.Validate(); err != nil {
 		return err
 	}
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
@@ -48,7 +48,7 @@ WHERE sessions.ended_at IS NULL AND excluded.ended_at IS NOT NULL`
 // transaction.
 func (s *sqlStore) RecordSessions(ctx context.Context, recs []SessionRecord) error {
 	for _, r := range recs {
-		if err := r.check(); err != nil {
+		if err := r.Validate(); err != nil {
 			return err
 		}
 	}
@@ -103,8 +103,9 @@ func coalesce(recs []SessionRecord) []SessionRecord {
 	return out
 }
 
-// check returns ErrInvalid for a record no method may store.
-func (r SessionRecord) check() error {
+// Validate returns an error matching ErrInvalid when no method would store
+// r: it has no id or a negative byte count; otherwise nil.
+func (r SessionRecord) Validate() error {
 	if r.ID == "" {
 		return fmt.Errorf("%w: session needs an id", ErrInvalid)
 	}
