@@ -28,10 +28,10 @@ ON CONFLICT DO NOTHING`,
 	return wrapErr("insert session", err)
 }
 
-// maxRowsPerStatement bounds the rows of one multi-row INSERT of
-// RecordSessions: 12 placeholders each stay far below both databases'
-// limits (SQLite 32,766, PostgreSQL 65,535).
-const maxRowsPerStatement = 500
+// postgresRowsPerInsert is the rows of one multi-row INSERT of
+// RecordSessions on PostgreSQL: 12 parameters each stay far below its limit
+// of 65,535.
+const postgresRowsPerInsert = 500
 
 // recordSessionsUpsert ends each multi-row INSERT of RecordSessions: a new
 // id is inserted as given; a finished record whose stored row is still open
@@ -44,7 +44,7 @@ SET ended_at = excluded.ended_at, bytes_up = excluded.bytes_up, bytes_down = exc
 WHERE sessions.ended_at IS NULL AND excluded.ended_at IS NOT NULL`
 
 // RecordSessions implements Store: the records, merged by id (coalesce),
-// go in multi-row upserts of at most maxRowsPerStatement rows, all in one
+// go in upserts of the dialect's rowsPerInsert rows each, all in one
 // transaction.
 func (s *sqlStore) RecordSessions(ctx context.Context, recs []SessionRecord) error {
 	for _, r := range recs {
@@ -56,31 +56,54 @@ func (s *sqlStore) RecordSessions(ctx context.Context, recs []SessionRecord) err
 	if len(rows) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 12*min(len(rows), maxRowsPerStatement))
-	var q strings.Builder
+	per := s.d.rowsPerInsert()
+	args := make([]any, 0, 12*min(len(rows), per))
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		for chunk := range slices.Chunk(rows, maxRowsPerStatement) {
-			q.Reset()
-			q.WriteString(`INSERT INTO sessions (` + sessionColumns + `) VALUES `)
+		// The statement of full chunks is prepared when it runs more than
+		// once; a statement that runs once is sent as it is.
+		var full *sql.Stmt
+		if len(rows)/per > 1 {
+			var err error
+			if full, err = tx.PrepareContext(ctx, insertSessionsSQL(per)); err != nil {
+				return err
+			}
+			defer full.Close()
+		}
+		for chunk := range slices.Chunk(rows, per) {
 			args = args[:0]
-			for i, r := range chunk {
-				if i > 0 {
-					q.WriteString(", ")
-				}
-				n := len(args)
-				fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)",
-					n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9, n+10, n+11, n+12)
+			for _, r := range chunk {
 				args = append(args, r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), endedAt(r),
 					r.BytesUp, r.BytesDown, r.Outcome, r.Reason, r.KeyID, r.ClientAddr)
 			}
-			q.WriteString(recordSessionsUpsert)
-			if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			var err error
+			if full != nil && len(chunk) == per {
+				_, err = full.ExecContext(ctx, args...)
+			} else {
+				_, err = tx.ExecContext(ctx, insertSessionsSQL(len(chunk)), args...)
+			}
+			if err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	return wrapErr("record sessions", err)
+}
+
+// insertSessionsSQL is the upsert of RecordSessions for n rows.
+func insertSessionsSQL(n int) string {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO sessions (` + sessionColumns + `) VALUES `)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		p := 12 * i
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)",
+			p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10, p+11, p+12)
+	}
+	q.WriteString(recordSessionsUpsert)
+	return q.String()
 }
 
 // coalesce merges the records of each session id into one, in the order

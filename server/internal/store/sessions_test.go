@@ -167,7 +167,7 @@ func testRecordSessions(t *testing.T, f *fixture) {
 func testRecordSessionsLargeBatch(t *testing.T, f *fixture) {
 	s, _ := f.open(t)
 	ctx := ctxT(t)
-	const n = 2*maxRowsPerStatement + 7
+	const n = 2*postgresRowsPerInsert + 7
 	batch := make([]SessionRecord, n)
 	for i := range batch {
 		batch[i] = SessionRecord{ID: fmt.Sprintf("s%04d", i), Target: "db:5432", EndedAt: f.clk.Now(), Outcome: "ok", BytesUp: int64(i)}
