@@ -1,9 +1,10 @@
 // Package broker is the gateway's session broker (DESIGN.md §8–9): for one
 // client session it decides the route (explicit agent, subnet, domain,
 // direct), opens the path to the target through the candidates in order with
-// failover and hedging (hedge.go), relays the bytes and writes the audit
-// record. The client entry hands it an open client stream; the RouteResolve
-// service asks it for decisions without connecting.
+// failover and hedging (hedge.go), relays the bytes and records the session
+// (its start and its end) on the audit, which writes it off the session's
+// path (server/internal/audit). The client entry hands it an open client
+// stream; the RouteResolve service asks it for decisions without connecting.
 package broker
 
 import (
