@@ -7,7 +7,8 @@
 //
 // What it promises:
 //   - a record is written at most Config.FlushInterval (100 ms) after it
-//     was queued, plus the time of the write itself;
+//     was queued, plus the time of its batch's write (and of the write, or
+//     retries, still going on before it, when the store is slow);
 //   - Close writes everything queued before it returns (bounded by
 //     Config.CloseTimeout), so a clean stop loses nothing; a crash loses
 //     at most what was queued and not yet written;
