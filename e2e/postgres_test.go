@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/pem"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver, to read the audit
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -148,7 +150,8 @@ func enrollWith(t *testing.T, gw *gateway, tok, name string) error {
 // outage still works, since nothing was consumed.
 func TestPostgresStoreDown(t *testing.T) {
 	pg := testpg.NewServer(t)
-	gw := startOnPostgres(t, pg.DSN(t))
+	dsn := pg.DSN(t)
+	gw := startOnPostgres(t, dsn)
 	// office carries the client sessions; branch restarts during the outage.
 	dir, id := enrollAgent(t, gw, "office", loopback, nil)
 	startAgent(t, fastAgent(dir))
@@ -157,7 +160,8 @@ func TestPostgresStoreDown(t *testing.T) {
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	gw.waitStatus(branch, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 10*time.Second)
 	target := tcpServer(t, echo)
-	live, err := openSession(t, gw.session(&outpostv1.CreateSessionRequest{Target: target, AgentId: id}))
+	liveResp := gw.session(&outpostv1.CreateSessionRequest{Target: target, AgentId: id})
+	live, err := openSession(t, liveResp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,4 +220,25 @@ func TestPostgresStoreDown(t *testing.T) {
 	echoLine(t, live, "the first session, after the outage\n")
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
 	gw.waitStatus(branch, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
+
+	// The audit: the live session's start was queued as the store went
+	// down (and may have been dropped then), its end once it was back: its
+	// row is whole. The stop writes what is queued.
+	live.Close()
+	gw.stop()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for what, sid := range map[string]string{"the live session": liveResp.GetSessionId(), "the session after the outage": later.GetSessionId()} {
+		var (
+			tgt, outcome string
+			ended        sql.NullInt64
+		)
+		err := db.QueryRow(`SELECT target, ended_at, outcome FROM sessions WHERE id = $1`, sid).Scan(&tgt, &ended, &outcome)
+		if err != nil || tgt != target || !ended.Valid || outcome == "" {
+			t.Errorf("audit row of %s: target %q, ended %v, outcome %q, %v", what, tgt, ended, outcome, err)
+		}
+	}
 }

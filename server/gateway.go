@@ -26,6 +26,7 @@ import (
 	"github.com/outposthq/outpost/internal/atomicfile"
 	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/approval"
+	"github.com/outposthq/outpost/server/internal/audit"
 	"github.com/outposthq/outpost/server/internal/auth"
 	"github.com/outposthq/outpost/server/internal/broker"
 	"github.com/outposthq/outpost/server/internal/cluster"
@@ -63,6 +64,9 @@ type Gateway struct {
 	// book holds every agent's approved and last advertised routes.
 	book *approval.Book
 
+	// audit writes the session audit in batches, off the sessions' path;
+	// Close flushes it before closing the store.
+	audit  *audit.Writer
 	broker *broker.Broker
 	entry  *entry.Handler
 	// The tunnel outlives Run's context: shutdown stops it once client
@@ -185,11 +189,15 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	g.audit, err = audit.New(g.store, audit.Config{Metrics: g.metrics, Logger: logger.Named("audit")})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.broker, err = broker.New(broker.Config{
 		Registry:          g.agents,
 		Router:            g.router,
 		Tunnel:            g.tunnel,
-		Audit:             g.store,
+		Audit:             g.audit,
 		Metrics:           g.metrics,
 		Direct:            direct,
 		MaxDirectSessions: cfg.MaxDirectSessions,
@@ -470,7 +478,9 @@ func (g *Gateway) shutdown() error {
 }
 
 // Close releases the listeners and the store. Call it after Run has returned (or
-// instead of Run); it is idempotent and abrupt: open connections are cut.
+// instead of Run); it is idempotent and abrupt: open connections are cut. It
+// writes the session audit records still queued before it closes the store
+// (within 10 s), so a clean stop — Run returned, then Close — loses none.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		var errs []error
@@ -497,6 +507,13 @@ func (g *Gateway) Close() error {
 		}
 		if g.api != nil {
 			g.api.close()
+		}
+		// After Run, every session has ended and queued its record: the
+		// flush writes them all before the store closes.
+		if g.audit != nil {
+			if err := g.audit.Close(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if g.store != nil {
 			if err := g.store.Close(); err != nil {

@@ -73,9 +73,13 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 		b.res.ClockSource = "assumed: auxv unreadable"
 	}
 
-	// First, while nothing else runs: the route lookup benchmarks.
+	// First, while nothing else runs: the route lookup and store
+	// benchmarks.
 	var err error
 	if b.res.Lookups, err = load.RouteLookups(ctx, o.root, s.Benchtime, log); err != nil {
+		return nil, err
+	}
+	if b.res.StoreWrites, err = load.StoreWrites(ctx, o.root, s.Benchtime, log); err != nil {
 		return nil, err
 	}
 

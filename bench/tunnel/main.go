@@ -7,7 +7,8 @@
 // setup latency, the memory of the gateway and the agent with idle
 // sessions, the most sessions one agent carries, session setup right after
 // a kill -9 of the agent routing prefers, the liveness traffic and CPU of
-// idle agents, and the gateway's route lookup benchmarks.
+// idle agents, and the gateway's route lookup and store (token use, audit)
+// benchmarks.
 //
 // Run it from the repository root (make bench runs the full mode):
 //

@@ -40,7 +40,7 @@ type Settings struct {
 	CapWait    time.Duration // bound of one capacity run's opening
 	IdleAgents int           // idle agents whose liveness traffic is measured
 	IdleWindow time.Duration // how long it is measured (and the gateway's baseline before)
-	Benchtime  string        // go test -benchtime of the route lookup benchmarks
+	Benchtime  string        // go test -benchtime of the route lookup and store benchmarks
 	Timeout    time.Duration // bound of the whole run
 }
 

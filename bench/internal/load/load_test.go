@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -163,5 +164,23 @@ ok  	github.com/outposthq/outpost/server/internal/routing	5.271s
 		if got[i] != want[i] {
 			t.Errorf("line %d: %+v, want %+v", i, got[i], want[i])
 		}
+	}
+}
+
+func TestStoreBenches(t *testing.T) {
+	const out = `pkg: github.com/outposthq/outpost/server/internal/store
+BenchmarkUseSessionToken/sqlite-2         	     100	  17564505 ns/op	        56.94 ops/s	       177.6 p99-ms
+BenchmarkRecordSessions/postgres-2        	     100	  11044424 ns/op	        99.41 p99-ms	        64.00 rows/op	      5795 rows/s
+BenchmarkNoRate/sqlite-2        	     100	  11044424 ns/op	        99.41 p99-ms
+BenchmarkLookupIP-2           	 3848348	       329.5 ns/op	       0 B/op	       0 allocs/op
+PASS
+`
+	got := storeBenches(parseBench(out))
+	want := []StoreBench{
+		{Name: StoreTokenUse, Backend: "sqlite", Rate: 56.94, Unit: "ops/s", P99Ms: 177.6},
+		{Name: StoreAuditBatch, Backend: "postgres", Rate: 5795, Unit: "rows/s", P99Ms: 99.41, Batch: 64},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("storeBenches = %+v, want %+v", got, want)
 	}
 }

@@ -61,7 +61,10 @@ type Results struct {
 	Failover load.FailoverSetup
 	IdleCost load.IdleCost
 	Lookups  []load.LookupBench
-	Elapsed  time.Duration // the whole run
+	// StoreWrites are the store's benchmarks of a session's writes; a
+	// backend that could not run has none.
+	StoreWrites []load.StoreBench
+	Elapsed     time.Duration // the whole run
 }
 
 // binarySize writes n bytes as whole GiB or MiB.
@@ -116,6 +119,7 @@ func (r *Results) rows() []row {
 	rows = append(rows, r.capacityRows()...)
 	rows = append(rows, r.failoverRows()...)
 	rows = append(rows, r.lookupRows()...)
+	rows = append(rows, r.storeRows()...)
 	return rows
 }
 
@@ -270,6 +274,49 @@ func (r *Results) lookupRows() []row {
 	return rows
 }
 
+// storeRows are the store benchmarks: single-use token consumption (on
+// every session's setup) and the session audit, batched as the audit
+// writer writes it and, for comparison, one row per commit as before.
+func (r *Results) storeRows() []row {
+	what := map[string]string{
+		load.StoreTokenUse:    "Store: single-use session token consumption (one commit each, on every session's setup)",
+		load.StoreAuditBatch:  "Store: session audit, in batches (one commit each, as the audit writer writes them)",
+		load.StoreAuditSingle: "Store: session audit, one row per commit (as sessions wrote it before the audit writer)",
+	}
+	backends := map[string]string{
+		"sqlite":   "SQLite (WAL, synchronous=FULL, in the temporary directory)",
+		"postgres": "PostgreSQL (the test server: fsync off)",
+	}
+	var rows []row
+	for _, name := range []string{load.StoreTokenUse, load.StoreAuditBatch, load.StoreAuditSingle} {
+		for _, backend := range load.StoreBackends {
+			rw := row{what: what[name] + ", " + backends[backend], target: "— (none set)", verdict: "—"}
+			if name == load.StoreAuditSingle {
+				rw.target = "— (comparison)"
+			}
+			i := slices.IndexFunc(r.StoreWrites, func(s load.StoreBench) bool { return s.Name == name && s.Backend == backend })
+			switch {
+			case i >= 0:
+				s := r.StoreWrites[i]
+				per := "token"
+				switch {
+				case s.Batch > 1:
+					per = fmt.Sprintf("batch of %d", s.Batch)
+				case s.Unit == "rows/s":
+					per = "row"
+				}
+				rw.figure = fmt.Sprintf("%s %s; p99 %.3f ms per %s", thousands(int64(s.Rate+0.5)), s.Unit, s.P99Ms, per)
+			case backend == "postgres":
+				rw.figure = "not run: no PostgreSQL server binaries (apt-get install postgresql)"
+			default:
+				rw.figure = "not run"
+			}
+			rows = append(rows, rw)
+		}
+	}
+	return rows
+}
+
 // Table is the results' Markdown table, as the benchmark prints it.
 func (r *Results) Table() string { return table(r.rows()) }
 
@@ -311,7 +358,7 @@ func (r *Results) File(now time.Time, args string) string {
 	fmt.Fprintf(&b, "| Open-file limit (RLIMIT_NOFILE, inherited by the children) | %s |\n", m.FileLimit)
 	fmt.Fprintf(&b, "| Clock ticks | %d Hz (%s) |\n", r.ClockHz, r.ClockSource)
 	fmt.Fprintf(&b, "| Load average at start (/proc/loadavg) | %s |\n", r.LoadAtStart)
-	fmt.Fprintf(&b, "| Mode | %s: %s per transfer (%d parallel sessions share it in the parallel row), %d run(s) per path and direction after a %s warm-up; %s + %s sequential sessions per setup figure; %s idle sessions; up to %s capacity sessions; route lookups with -benchtime %s |\n",
+	fmt.Fprintf(&b, "| Mode | %s: %s per transfer (%d parallel sessions share it in the parallel row), %d run(s) per path and direction after a %s warm-up; %s + %s sequential sessions per setup figure; %s idle sessions; up to %s capacity sessions; route lookups and store benchmarks with -benchtime %s |\n",
 		mode, binarySize(r.Bytes), r.Parallel, r.Reps, binarySize(r.WarmBytes), thousands(int64(r.Warmup)), thousands(int64(r.Sessions)),
 		thousands(int64(r.Idle)), thousands(int64(r.Capacity)), r.Benchtime)
 	fmt.Fprintf(&b, "| Run time | %s |\n", r.Elapsed.Round(time.Second))

@@ -117,3 +117,30 @@ func TestFailoverRows(t *testing.T) {
 		t.Errorf("no failover phase: %+v", rows)
 	}
 }
+
+func TestStoreRows(t *testing.T) {
+	r := &Results{StoreWrites: []load.StoreBench{
+		{Name: load.StoreTokenUse, Backend: "sqlite", Rate: 1234.4, Unit: "ops/s", P99Ms: 2.5},
+		{Name: load.StoreAuditBatch, Backend: "sqlite", Rate: 45678, Unit: "rows/s", P99Ms: 3.25, Batch: 64},
+	}}
+	rows := r.storeRows()
+	if len(rows) != 6 {
+		t.Fatalf("%d store rows, want 6: %+v", len(rows), rows)
+	}
+	for i, want := range []string{
+		"1,234 ops/s; p99 2.500 ms per token",
+		"not run: no PostgreSQL server binaries",
+		"45,678 rows/s; p99 3.250 ms per batch of 64",
+		"not run: no PostgreSQL",
+		"not run",
+		"not run: no PostgreSQL",
+	} {
+		if !strings.HasPrefix(rows[i].figure, want) {
+			t.Errorf("row %d (%s): %q, want %q", i, rows[i].what, rows[i].figure, want)
+		}
+	}
+	if !strings.Contains(rows[0].what, "single-use session token consumption") || !strings.Contains(rows[1].what, "PostgreSQL") ||
+		rows[4].target != "— (comparison)" {
+		t.Errorf("rows %+v", rows)
+	}
+}

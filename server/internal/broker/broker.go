@@ -1,9 +1,10 @@
 // Package broker is the gateway's session broker (DESIGN.md §8–9): for one
 // client session it decides the route (explicit agent, subnet, domain,
 // direct), opens the path to the target through the candidates in order with
-// failover and hedging (hedge.go), relays the bytes and writes the audit
-// record. The client entry hands it an open client stream; the RouteResolve
-// service asks it for decisions without connecting.
+// failover and hedging (hedge.go), relays the bytes and records the session
+// (its start and its end) on the audit, which writes it off the session's
+// path (server/internal/audit). The client entry hands it an open client
+// stream; the RouteResolve service asks it for decisions without connecting.
 package broker
 
 import (
@@ -32,9 +33,6 @@ import (
 // DefaultDirectDialTimeout bounds resolving and dialing a direct target
 // (DESIGN.md §12).
 const DefaultDirectDialTimeout = 20 * time.Second
-
-// auditTimeout bounds each audit write.
-const auditTimeout = 5 * time.Second
 
 // Decision is how a session to a target is routed (DESIGN.md §8).
 type Decision struct {
@@ -65,10 +63,13 @@ type Opener interface {
 	Request(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*tunnel.Pending, error)
 }
 
-// Auditor records sessions; store.Store is one.
+// Auditor records sessions; *audit.Writer is one. Record is called on the
+// session's path, so it must not block: it queues the record to be written.
 type Auditor interface {
-	InsertSession(ctx context.Context, rec store.SessionRecord) error
-	FinishSession(ctx context.Context, id string, end time.Time, up, down int64, outcome, reason string) error
+	// Record takes a session's audit record: once when the session opens
+	// (EndedAt zero), then the whole record again when it ends (EndedAt
+	// set). A session that fails to open is recorded once, ended.
+	Record(rec store.SessionRecord)
 }
 
 // Config configures a Broker. Registry, Router, Tunnel and Audit are
@@ -428,16 +429,6 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	if len(p.losers) > 0 {
 		rec.Decision += "; failover: " + strings.Join(p.losers, "; ")
 	}
-	// The audit row is written (a synchronous SQLite commit) while the
-	// first bytes already flow; both paths below wait for it before the
-	// final update.
-	inserted := make(chan struct{})
-	go func() {
-		defer close(inserted)
-		if ierr := b.cfg.Audit.InsertSession(context.WithoutCancel(ctx), rec); ierr != nil {
-			log.Warn("session audit insert failed", "error", ierr)
-		}
-	}()
 	if err != nil {
 		outcome := "connect_failed"
 		if l, ok := limitOf(ctx); ok {
@@ -447,11 +438,13 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 			m.SessionsTotal.WithLabelValues(outcome).Inc()
 		}
 		log.Info("session failed", "reason", err)
-		<-inserted
-		b.finish(ctx, sid, 0, 0, outcome, err.Error(), log)
+		b.finish(rec, 0, 0, outcome, err.Error())
 		client.Fail(publicReason(err))
 		return
 	}
+	// Queued, not written: the audit writer commits it within its flush
+	// interval, off the session's path.
+	b.cfg.Audit.Record(rec)
 	if p.direct {
 		defer b.direct.Add(-1)
 	}
@@ -481,14 +474,11 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}
 	log.Info("session closed", "outcome", outcome, "bytes_up", stats.AToB, "bytes_down", stats.BToA,
 		"duration", time.Since(start).Round(time.Millisecond), "reason", reason)
-	<-inserted
-	b.finish(ctx, sid, stats.AToB, stats.BToA, outcome, reason, log)
+	b.finish(rec, stats.AToB, stats.BToA, outcome, reason)
 }
 
-func (b *Broker) finish(ctx context.Context, sid dataplane.SessionID, up, down int64, outcome, reason string, log hclog.Logger) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	if err := b.cfg.Audit.FinishSession(ctx, sid.String(), time.Time{}, up, down, outcome, reason); err != nil {
-		log.Warn("session audit update failed", "error", err)
-	}
+// finish records the end of the session rec.
+func (b *Broker) finish(rec store.SessionRecord, up, down int64, outcome, reason string) {
+	rec.EndedAt, rec.BytesUp, rec.BytesDown, rec.Outcome, rec.Reason = b.cfg.Now(), up, down, outcome, reason
+	b.cfg.Audit.Record(rec)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,35 +16,37 @@ import (
 	"github.com/outposthq/outpost/server/internal/store"
 )
 
-// memAudit keeps the audit in memory. It is safe for concurrent use.
+// memAudit keeps the audit in memory: every record the broker handed it,
+// by session id. It is safe for concurrent use.
 type memAudit struct {
 	mu   sync.Mutex
-	recs map[string]store.SessionRecord
+	recs map[string][]store.SessionRecord
 }
 
-func (a *memAudit) InsertSession(_ context.Context, r store.SessionRecord) error {
+func (a *memAudit) Record(r store.SessionRecord) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.recs == nil {
-		a.recs = map[string]store.SessionRecord{}
+		a.recs = map[string][]store.SessionRecord{}
 	}
-	a.recs[r.ID] = r
-	return nil
+	a.recs[r.ID] = append(a.recs[r.ID], r)
 }
 
-func (a *memAudit) FinishSession(_ context.Context, id string, _ time.Time, up, down int64, outcome, reason string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	r := a.recs[id]
-	r.BytesUp, r.BytesDown, r.Outcome, r.Reason = up, down, outcome, reason
-	a.recs[id] = r
-	return nil
-}
-
+// get returns the session's latest record.
 func (a *memAudit) get(id string) store.SessionRecord {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.recs[id]
+	if rs := a.recs[id]; len(rs) > 0 {
+		return rs[len(rs)-1]
+	}
+	return store.SessionRecord{}
+}
+
+// all returns every record of the session, in order.
+func (a *memAudit) all(id string) []store.SessionRecord {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]store.SessionRecord(nil), a.recs[id]...)
 }
 
 // pipeClient is a client stream fed by a pipe: the test writes the client's
@@ -138,6 +141,11 @@ func TestSessionCancelledIsNotMaxDuration(t *testing.T) {
 	if _, err := s.pw.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
+	// The open session's start is recorded already, without an end.
+	if recs := s.audit.all(id.String()); len(recs) != 1 || !recs[0].EndedAt.IsZero() || recs[0].StartedAt.IsZero() ||
+		!strings.HasPrefix(recs[0].Decision, "DECISION_DIRECT: ") || recs[0].Outcome != "" {
+		t.Errorf("audit of the open session: %+v", recs)
+	}
 	cancel(errors.New("shutdown"))
 	select {
 	case <-done:
@@ -147,7 +155,28 @@ func TestSessionCancelledIsNotMaxDuration(t *testing.T) {
 	if reason, aborted := s.client.ending(); reason != "" || !aborted {
 		t.Errorf("client ended with reason %q (aborted %v), want an abort", reason, aborted)
 	}
-	if rec := s.audit.get(id.String()); rec.Outcome != "error" || rec.Reason != "shutdown" {
+	recs := s.audit.all(id.String())
+	if len(recs) != 2 {
+		t.Fatalf("%d audit records, want the start and the end: %+v", len(recs), recs)
+	}
+	if rec := recs[1]; rec.Outcome != "error" || rec.Reason != "shutdown" || rec.EndedAt.Before(rec.StartedAt) ||
+		rec.StartedAt != recs[0].StartedAt || rec.Decision != recs[0].Decision {
 		t.Errorf("audit %+v", rec)
+	}
+}
+
+// A session that fails to open is recorded once, ended, with the reason.
+func TestSessionFailedRecordedOnce(t *testing.T) {
+	s := newSession(t)
+	id := dataplane.SessionID{3}
+	// Outside the direct allow-list (127.0.0.0/8): refused without a dial.
+	s.b.Serve(t.Context(), broker.Request{ID: id, Target: "192.0.2.1:22", KeyID: "key-1"}, s.client)
+	recs := s.audit.all(id.String())
+	if len(recs) != 1 {
+		t.Fatalf("%d audit records, want 1: %+v", len(recs), recs)
+	}
+	if r := recs[0]; r.Outcome != "connect_failed" || r.EndedAt.IsZero() || r.KeyID != "key-1" ||
+		!strings.HasPrefix(r.Decision, "DECISION_REJECTED: ") || r.Reason == "" {
+		t.Errorf("audit %+v", r)
 	}
 }

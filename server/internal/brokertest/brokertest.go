@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/internal/testlog"
@@ -93,7 +92,4 @@ func (noTunnel) Request(context.Context, string, dataplane.SessionID, string) (*
 // discard is an audit that records nothing.
 type discard struct{}
 
-func (discard) InsertSession(context.Context, store.SessionRecord) error { return nil }
-func (discard) FinishSession(context.Context, string, time.Time, int64, int64, string, string) error {
-	return nil
-}
+func (discard) Record(store.SessionRecord) {}

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/outposthq/outpost/internal/testlog"
+	"github.com/outposthq/outpost/server/internal/audit"
 	"github.com/outposthq/outpost/server/internal/brokertest"
 	"github.com/outposthq/outpost/server/internal/origin"
 	"github.com/outposthq/outpost/server/internal/store"
@@ -53,8 +54,19 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 	// Created before the entry, so that it stops after the entry's
 	// sessions: its echo ends when they do.
 	target := brokertest.Target(t, func(c net.Conn) { io.Copy(c, c); c.Close() })
-	audit := &recorder{SQLite: st, ended: map[string]store.SessionRecord{}}
-	b := brokertest.Direct(t, audit)
+	w, err := audit.New(st, audit.Config{Logger: testlog.Logger(t, "audit")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered before the entry's cleanup, so it runs after: the
+	// sessions have ended and recorded their ends.
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("audit writer: %v", err)
+		}
+	})
+	rec := &recorder{w: w, ended: map[string]store.SessionRecord{}}
+	b := brokertest.Direct(t, rec)
 	logs := testlog.New(t)
 	cfg := Config{Tokens: iss, Store: st, Broker: b,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "entry", Level: hclog.Info, Output: logs})}
@@ -76,22 +88,24 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 		defer cancel()
 		h.Shutdown(ctx)
 	})
-	return &fixture{t: t, srv: srv, h: h, store: st, audit: audit, tokens: iss, logs: logs, target: target}
+	return &fixture{t: t, srv: srv, h: h, store: st, audit: rec, tokens: iss, logs: logs, target: target}
 }
 
-// recorder is the store as the broker's auditor, keeping the outcome of
-// every session that ended.
+// recorder is the broker's auditor: it keeps the end of every session and
+// hands every record on to the audit writer of the fixture's store.
 type recorder struct {
-	*store.SQLite
+	w     *audit.Writer
 	mu    sync.Mutex
 	ended map[string]store.SessionRecord // by session id; guarded by mu
 }
 
-func (r *recorder) FinishSession(ctx context.Context, id string, end time.Time, up, down int64, outcome, reason string) error {
-	r.mu.Lock()
-	r.ended[id] = store.SessionRecord{ID: id, BytesUp: up, BytesDown: down, Outcome: outcome, Reason: reason}
-	r.mu.Unlock()
-	return r.SQLite.FinishSession(ctx, id, end, up, down, outcome, reason)
+func (r *recorder) Record(rec store.SessionRecord) {
+	if !rec.EndedAt.IsZero() {
+		r.mu.Lock()
+		r.ended[rec.ID] = rec
+		r.mu.Unlock()
+	}
+	r.w.Record(rec)
 }
 
 // outcomes waits until n sessions ended and returns them.

@@ -65,6 +65,17 @@ type Metrics struct {
 	// by reason ("too_many_routes": over the per-agent route limit;
 	// "rate_limited": over the per-agent route changes per minute).
 	RouteAdvertisementsRefused *prometheus.CounterVec
+	// AuditRecordsWritten counts session audit records (a session's start
+	// or end) committed to the store.
+	AuditRecordsWritten prometheus.Counter
+	// AuditRecordsDropped counts session audit records lost, by reason:
+	// "queue_full" (the audit queue was full), "store_error" (the store
+	// failed every attempt to write the record's batch), "closed" (recorded
+	// after the audit writer closed), "invalid" (a record the store refuses).
+	AuditRecordsDropped *prometheus.CounterVec
+	// AuditQueued is the number of session audit records waiting to be
+	// written.
+	AuditQueued prometheus.Gauge
 }
 
 // New creates the collectors and registers them on a fresh registry.
@@ -153,6 +164,21 @@ func New() *Metrics {
 			Name:      "route_advertisements_refused_total",
 			Help:      "Route advertisements refused whole, by reason (too_many_routes, rate_limited).",
 		}, []string{"reason"}),
+		AuditRecordsWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "audit_records_written_total",
+			Help:      "Session audit records (starts and ends) committed to the store.",
+		}),
+		AuditRecordsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "outpost",
+			Name:      "audit_records_dropped_total",
+			Help:      "Session audit records lost, by reason (queue_full, store_error, closed, invalid).",
+		}, []string{"reason"}),
+		AuditQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "outpost",
+			Name:      "audit_queue_records",
+			Help:      "Session audit records waiting to be written to the store.",
+		}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -173,6 +199,9 @@ func New() *Metrics {
 		m.APIPanics,
 		m.RoutesRejected,
 		m.RouteAdvertisementsRefused,
+		m.AuditRecordsWritten,
+		m.AuditRecordsDropped,
+		m.AuditQueued,
 	)
 	return m
 }

@@ -46,6 +46,8 @@ var conformance = []struct {
 	{"MigrationAddsEmptyRoutes", testMigrationAddsEmptyRoutes},
 	// Sessions and session tokens.
 	{"Sessions", testSessions},
+	{"RecordSessions", testRecordSessions},
+	{"RecordSessionsLargeBatch", testRecordSessionsLargeBatch},
 	{"UseSessionToken", testUseSessionToken},
 	{"UseSessionTokenConcurrent", testUseSessionTokenConcurrent},
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},

@@ -25,7 +25,7 @@ type backend struct {
 	name string
 	// newDB makes a fresh, empty database and returns where it is: a
 	// file path or a DSN.
-	newDB func(t *testing.T) string
+	newDB func(t testing.TB) string
 	// open opens the store on the database at where.
 	open func(ctx context.Context, where string, cfg Config) (*sqlStore, error)
 	// driver is the database/sql driver name for raw access to where.
@@ -35,7 +35,7 @@ type backend struct {
 var (
 	sqliteBackend = backend{
 		name:  "sqlite",
-		newDB: func(t *testing.T) string { return filepath.Join(t.TempDir(), "outpost.db") },
+		newDB: func(t testing.TB) string { return filepath.Join(t.TempDir(), "outpost.db") },
 		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
 			return shared(OpenSQLite(ctx, where, cfg))
 		},
@@ -43,7 +43,7 @@ var (
 	}
 	postgresBackend = backend{
 		name:  "postgres",
-		newDB: func(t *testing.T) string { return testpg.DSN(t) },
+		newDB: func(t testing.TB) string { return testpg.DSN(t) },
 		open: func(ctx context.Context, where string, cfg Config) (*sqlStore, error) {
 			return shared(OpenPostgres(ctx, where, cfg))
 		},

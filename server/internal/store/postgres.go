@@ -197,3 +197,6 @@ func (postgresDialect) unreachable(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
 		errors.As(err, &netErr)
 }
+
+// rowsPerInsert: a multi-row INSERT takes one round trip for many rows.
+func (postgresDialect) rowsPerInsert() int { return postgresRowsPerInsert }

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -12,25 +14,136 @@ const sessionColumns = `id, target, agent_id, decision, started_at, ended_at, by
 
 // InsertSession implements Store.
 func (s *sqlStore) InsertSession(ctx context.Context, r SessionRecord) error {
-	if r.ID == "" {
-		return fmt.Errorf("%w: session needs an id", ErrInvalid)
-	}
-	if r.BytesUp < 0 || r.BytesDown < 0 {
-		return fmt.Errorf("%w: negative byte count", ErrInvalid)
-	}
-	var ended any
-	if !r.EndedAt.IsZero() {
-		ended = millis(r.EndedAt)
+	if err := r.Validate(); err != nil {
+		return err
 	}
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return execOne(ctx, tx, fmt.Errorf("%w: session %q exists", ErrConflict, r.ID),
 			`INSERT INTO sessions (`+sessionColumns+`)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT DO NOTHING`,
-			r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), ended,
+			r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), endedAt(r),
 			r.BytesUp, r.BytesDown, r.Outcome, r.Reason, r.KeyID, r.ClientAddr)
 	})
 	return wrapErr("insert session", err)
+}
+
+// postgresRowsPerInsert is the rows of one multi-row INSERT of
+// RecordSessions on PostgreSQL: 12 parameters each stay far below its limit
+// of 65,535.
+const postgresRowsPerInsert = 500
+
+// recordSessionsUpsert ends each multi-row INSERT of RecordSessions: a new
+// id is inserted as given; a finished record whose stored row is still open
+// records the end; anything else changes nothing, so writing the same
+// records again is harmless.
+const recordSessionsUpsert = `
+ON CONFLICT (id) DO UPDATE
+SET ended_at = excluded.ended_at, bytes_up = excluded.bytes_up, bytes_down = excluded.bytes_down,
+    outcome = excluded.outcome, reason = excluded.reason
+WHERE sessions.ended_at IS NULL AND excluded.ended_at IS NOT NULL`
+
+// RecordSessions implements Store: the records, merged by id (coalesce),
+// go in upserts of the dialect's rowsPerInsert rows each, all in one
+// transaction.
+func (s *sqlStore) RecordSessions(ctx context.Context, recs []SessionRecord) error {
+	for _, r := range recs {
+		if err := r.Validate(); err != nil {
+			return err
+		}
+	}
+	rows := coalesce(recs)
+	if len(rows) == 0 {
+		return nil
+	}
+	per := s.d.rowsPerInsert()
+	args := make([]any, 0, 12*min(len(rows), per))
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		// The statement of full chunks is prepared when it runs more than
+		// once; a statement that runs once is sent as it is.
+		var full *sql.Stmt
+		if len(rows)/per > 1 {
+			var err error
+			if full, err = tx.PrepareContext(ctx, insertSessionsSQL(per)); err != nil {
+				return err
+			}
+			defer full.Close()
+		}
+		for chunk := range slices.Chunk(rows, per) {
+			args = args[:0]
+			for _, r := range chunk {
+				args = append(args, r.ID, r.Target, r.AgentID, r.Decision, millis(s.orNow(r.StartedAt)), endedAt(r),
+					r.BytesUp, r.BytesDown, r.Outcome, r.Reason, r.KeyID, r.ClientAddr)
+			}
+			var err error
+			if full != nil && len(chunk) == per {
+				_, err = full.ExecContext(ctx, args...)
+			} else {
+				_, err = tx.ExecContext(ctx, insertSessionsSQL(len(chunk)), args...)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return wrapErr("record sessions", err)
+}
+
+// insertSessionsSQL is the upsert of RecordSessions for n rows.
+func insertSessionsSQL(n int) string {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO sessions (` + sessionColumns + `) VALUES `)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		p := 12 * i
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)",
+			p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10, p+11, p+12)
+	}
+	q.WriteString(recordSessionsUpsert)
+	return q.String()
+}
+
+// coalesce merges the records of each session id into one, in the order
+// of their first record, with the outcome of writing them one by one: the
+// first record's start, and the end of the first finished one.
+func coalesce(recs []SessionRecord) []SessionRecord {
+	out := make([]SessionRecord, 0, len(recs))
+	at := make(map[string]int, len(recs))
+	for _, r := range recs {
+		i, seen := at[r.ID]
+		if !seen {
+			at[r.ID] = len(out)
+			out = append(out, r)
+			continue
+		}
+		if prev := &out[i]; prev.EndedAt.IsZero() && !r.EndedAt.IsZero() {
+			prev.EndedAt, prev.BytesUp, prev.BytesDown, prev.Outcome, prev.Reason = r.EndedAt, r.BytesUp, r.BytesDown, r.Outcome, r.Reason
+		}
+	}
+	return out
+}
+
+// Validate returns an error matching ErrInvalid when no method would store
+// r: it has no id or a negative byte count; otherwise nil.
+func (r SessionRecord) Validate() error {
+	if r.ID == "" {
+		return fmt.Errorf("%w: session needs an id", ErrInvalid)
+	}
+	if r.BytesUp < 0 || r.BytesDown < 0 {
+		return fmt.Errorf("%w: session %q: negative byte count", ErrInvalid, r.ID)
+	}
+	return nil
+}
+
+// endedAt is r's stored end: NULL while open.
+func endedAt(r SessionRecord) any {
+	if r.EndedAt.IsZero() {
+		return nil
+	}
+	return millis(r.EndedAt)
 }
 
 // FinishSession implements Store.

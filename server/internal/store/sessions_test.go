@@ -81,6 +81,109 @@ func testSessions(t *testing.T, f *fixture) {
 	}
 }
 
+// RecordSessions writes a batch in one transaction: new sessions open or
+// finished, the end of sessions stored open, a session's start and end in
+// one batch merged; records already written change nothing; an invalid
+// record writes nothing.
+func testRecordSessions(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
+	ctx := ctxT(t)
+	t0 := f.clk.Now().Truncate(time.Millisecond)
+	open := func(id string) SessionRecord {
+		return SessionRecord{ID: id, Target: "db:5432", AgentID: "agent-1", Decision: "DECISION_AGENT: " + id,
+			StartedAt: t0, KeyID: "key-1", ClientAddr: "192.0.2.7:40000"}
+	}
+	finished := func(id string, up int64, outcome string) SessionRecord {
+		r := open(id)
+		r.EndedAt, r.BytesUp, r.BytesDown, r.Outcome, r.Reason = t0.Add(time.Second), up, 2*up, outcome, "reason of "+id
+		return r
+	}
+	if err := s.InsertSession(ctx, open("stored-open")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordSessions(ctx, []SessionRecord{finished("stored-done", 1, "ok")}); err != nil {
+		t.Fatal(err)
+	}
+	batch := []SessionRecord{
+		open("new-open"),
+		finished("new-done", 10, "ok"),
+		finished("stored-open", 20, "reset"),     // ends the stored session
+		finished("stored-done", 99, "error"),     // already finished: no change
+		open("merged"),                           // start and end in one batch
+		finished("merged", 30, "connect_failed"), // …written as one row
+		finished("merged", 77, "error"),          // a second end changes nothing
+		open("new-done"),                         // a start after the end changes nothing
+	}
+	if err := s.RecordSessions(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]SessionRecord{
+		"new-open":    open("new-open"),
+		"new-done":    finished("new-done", 10, "ok"),
+		"stored-open": finished("stored-open", 20, "reset"),
+		"stored-done": finished("stored-done", 1, "ok"),
+		"merged":      finished("merged", 30, "connect_failed"),
+	}
+	check := func(when string) {
+		t.Helper()
+		for id, w := range want {
+			got, err := s.GetSession(ctx, id)
+			if err != nil || got != w {
+				t.Errorf("%s: session %s: %+v, %v\nwant %+v", when, id, got, err, w)
+			}
+		}
+	}
+	check("after the batch")
+	// The same batch again (a retry after an unknown outcome) changes nothing.
+	if err := s.RecordSessions(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	check("after the batch again")
+
+	// A zero start means now; an empty batch writes nothing.
+	if err := s.RecordSessions(ctx, []SessionRecord{{ID: "no-start", Target: "x:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetSession(ctx, "no-start"); !got.StartedAt.Equal(t0) {
+		t.Errorf("zero start stored as %v, want now (%v)", got.StartedAt, t0)
+	}
+	if err := s.RecordSessions(ctx, nil); err != nil {
+		t.Errorf("empty batch: %v", err)
+	}
+
+	// An invalid record fails the whole batch.
+	for _, bad := range []SessionRecord{{}, {ID: "neg", BytesUp: -1}, {ID: "neg", BytesDown: -1}} {
+		err := s.RecordSessions(ctx, []SessionRecord{open("valid-" + bad.ID), bad})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("batch with %+v: %v, want ErrInvalid", bad, err)
+		}
+		if _, err := s.GetSession(ctx, "valid-"+bad.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a batch refused as invalid wrote its valid record: %v", err)
+		}
+	}
+}
+
+// A batch larger than one statement's rows is written whole.
+func testRecordSessionsLargeBatch(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
+	ctx := ctxT(t)
+	const n = 2*postgresRowsPerInsert + 7
+	batch := make([]SessionRecord, n)
+	for i := range batch {
+		batch[i] = SessionRecord{ID: fmt.Sprintf("s%04d", i), Target: "db:5432", EndedAt: f.clk.Now(), Outcome: "ok", BytesUp: int64(i)}
+	}
+	if err := s.RecordSessions(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	var rows, sum int64
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), SUM(bytes_up) FROM sessions`).Scan(&rows, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if rows != n || sum != n*(n-1)/2 {
+		t.Errorf("%d rows, %d bytes up in all; want %d, %d", rows, sum, n, n*(n-1)/2)
+	}
+}
+
 func testUseSessionToken(t *testing.T, f *fixture) {
 	s, _ := f.open(t)
 	ctx := ctxT(t)

@@ -80,6 +80,9 @@ type dialect interface {
 	// transient reports whether an operation that failed with err changed
 	// nothing and may succeed if run again.
 	transient(err error) bool
+	// rowsPerInsert is how many rows one INSERT of RecordSessions
+	// carries: what writes a batch fastest.
+	rowsPerInsert() int
 	// unreachable reports whether err says that the database could not be
 	// reached or the connection to it was lost (ErrUnavailable).
 	unreachable(err error) bool

@@ -136,6 +136,17 @@ type Store interface {
 	// FinishSession records the end of an open session; a zero end means
 	// now. ErrNotFound if no such session, ErrConflict if already finished.
 	FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error
+	// RecordSessions writes a batch of audit records in one transaction,
+	// all of them or none, as if one by one in order: a record whose id is
+	// not stored is inserted as given (open while its EndedAt is zero; a
+	// zero StartedAt means now); a finished record (EndedAt set) whose
+	// session is stored open records its end, bytes, outcome and reason;
+	// any other record changes nothing. So a session may be written once,
+	// finished, or open at its start and finished later, and writing the
+	// same records again (a retry after an unknown outcome) is harmless.
+	// ErrInvalid, and nothing is written, for a record without an id or
+	// with a negative byte count.
+	RecordSessions(ctx context.Context, recs []SessionRecord) error
 	// GetSession returns a session record. ErrNotFound if none.
 	GetSession(ctx context.Context, id string) (SessionRecord, error)
 	// UseSessionToken counts one connection opened with the session token
