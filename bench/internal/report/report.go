@@ -57,11 +57,14 @@ type Results struct {
 	GwHeap  *proc.HeapSummary
 	CapRuns []load.CapacityResult
 	// Failover times the sessions opened after a kill -9 of the preferred
-	// agent; IdleCost is the liveness traffic of idle agents.
-	Failover load.FailoverSetup
-	IdleCost load.IdleCost
-	Lookups  []load.LookupBench
-	Elapsed  time.Duration // the whole run
+	// agent; Detection is how long after the kill the gateway's API showed
+	// that agent unresponsive (zero: not measured); IdleCost is the
+	// liveness traffic of idle agents.
+	Failover  load.FailoverSetup
+	Detection time.Duration
+	IdleCost  load.IdleCost
+	Lookups   []load.LookupBench
+	Elapsed   time.Duration // the whole run
 }
 
 // binarySize writes n bytes as whole GiB or MiB.
