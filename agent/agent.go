@@ -68,9 +68,9 @@ const (
 	// DefaultDrainTimeout is how long live sessions may take to finish when
 	// the runner stops (RunnerConfig.DrainTimeout).
 	DefaultDrainTimeout = tunnel.DefaultDrainTimeout
-	// DefaultIdleHeartbeat is how long the control stream may stay silent
-	// before the agent sends a Heartbeat (RunnerConfig.IdleHeartbeat): the
-	// most an idle agent takes to notice a restarted gateway.
+	// DefaultIdleHeartbeat is how long the agent may hear nothing from the
+	// gateway before it sends a Heartbeat (RunnerConfig.IdleHeartbeat):
+	// about the most an idle agent takes to notice a restarted gateway.
 	DefaultIdleHeartbeat = tunnel.DefaultIdleHeartbeat
 	// DefaultRenewFraction is the part of the certificate's lifetime left
 	// when the agent renews it (RunnerConfig.RenewFraction).

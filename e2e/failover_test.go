@@ -15,6 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/outposthq/outpost/agent"
 	"github.com/outposthq/outpost/dataplane"
 	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
@@ -302,6 +303,26 @@ func TestFailoverIdleAgentKeptAlive(t *testing.T) {
 		a := gw.agentView(id)
 		if a.GetStatus() != outpostv1.AgentStatus_AGENT_STATUS_ONLINE || !a.GetConnectedAt().AsTime().Equal(first) {
 			t.Fatalf("idle agent: %v, connected at %v (first at %v)", a.GetStatus(), a.GetConnectedAt().AsTime(), first)
+		}
+	}
+}
+
+// With the default settings an idle agent's liveness is the gateway's
+// keep-alive alone: its PINGs (every 1.5 s) reach the agent more often than
+// the agent's idle heartbeat period (2 s), so the agent sends no Heartbeat
+// of its own, and stays online. The periodic Heartbeat (60 s) is not due in
+// the window.
+func TestFailoverIdleAgentSendsNoHeartbeat(t *testing.T) {
+	gw := startGateway(t, t.TempDir(), nil)
+	id := gw.onlineAgent("idle")
+	const heartbeats = `outpost_control_messages_total{type="heartbeat"}`
+	before := gw.metric(heartbeats)
+	for end := time.Now().Add(3 * agent.DefaultIdleHeartbeat); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if n := gw.metric(heartbeats); n != before {
+			t.Fatalf("the idle agent sent heartbeats (%v, then %v) while the gateway PINGed it", before, n)
+		}
+		if st := gw.agentView(id).GetStatus(); st != outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
+			t.Fatalf("the idle agent is %v", st)
 		}
 	}
 }

@@ -82,7 +82,8 @@ func TestTunnelGatewayCrashRestart(t *testing.T) {
 
 	proc := gatewayProcess(t, dataDir, listen, quicListen)
 	// The agent notices the crash with its next control message: at the
-	// latest a Heartbeat after IdleHeartbeat of silence (2 s by default).
+	// latest a Heartbeat after IdleHeartbeat (2 s by default) without a
+	// packet from the gateway.
 	startAgent(t, fastAgent(dir))
 	gw.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 15*time.Second) // through the child gateway
 

@@ -213,8 +213,12 @@ type Config struct {
 	// QUICKeepAlive is the keep-alive period on agent connections: the
 	// gateway sends a PING on a connection it has received nothing on for
 	// this long, which the agent acknowledges (two small packets per idle
-	// agent and period). It must be shorter than the idle timeout. If zero,
-	// DefaultQUICKeepAlive (1.5 s), capped at half the idle timeout.
+	// agent and period). It must be shorter than the idle timeout. An
+	// Outpost agent sends no idle heartbeat while these PINGs come more
+	// often than its --idle-heartbeat (2 s by default); with a longer
+	// keep-alive, each idle agent also sends a Heartbeat (answered by a
+	// HeartbeatAck) every --idle-heartbeat unless that is raised too. If
+	// zero, DefaultQUICKeepAlive (1.5 s), capped at half the idle timeout.
 	QUICKeepAlive Duration `json:"quic_keep_alive"`
 
 	// TrustedProxies are the networks of reverse proxies or load balancers

@@ -39,6 +39,9 @@ const (
 	// opEnrollToken mints an enrollment token for an agent called Name,
 	// pre-approving 127.0.0.0/8.
 	opEnrollToken = "enroll-token"
+	// opAgentStatus reports the status of AgentID as the gateway's own gRPC
+	// API shows it (AgentAdminService.GetAgent).
+	opAgentStatus = "agent-status"
 )
 
 type request struct {
@@ -60,6 +63,7 @@ type response struct {
 	Runtime  *proc.RuntimeStats `json:"runtime,omitempty"`
 	Token    string             `json:"token,omitempty"`
 	Capacity *load.HoldStats    `json:"capacity,omitempty"`
+	Status   string             `json:"status,omitempty"`
 }
 
 // call sends r to child c and waits at most timeout for its answer.
@@ -183,4 +187,14 @@ func (g gatewayChild) enrollToken(ctx context.Context, name string) (string, err
 		return "", err
 	}
 	return resp.Token, nil
+}
+
+// agentStatus is the status of agentID in the gateway's API, by its enum
+// name (opAgentStatus).
+func (g gatewayChild) agentStatus(ctx context.Context, agentID string) (string, error) {
+	resp, err := call(ctx, g.CtlChild, request{Op: opAgentStatus, AgentID: agentID}, time.Minute)
+	if err != nil {
+		return "", err
+	}
+	return resp.Status, nil
 }

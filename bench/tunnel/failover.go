@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/outposthq/outpost/bench/internal/load"
 	"github.com/outposthq/outpost/bench/internal/proc"
 	"github.com/outposthq/outpost/client"
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 )
 
 // failover is the last phase: Settings.IdleAgents more real agent binaries,
@@ -41,7 +44,10 @@ func (b *bench) failover(ctx context.Context) error {
 		return err
 	}
 
-	var agents []*proc.Child
+	var (
+		agents []*proc.Child
+		ids    []string
+	)
 	defer func() {
 		for _, a := range agents {
 			a.Stop(10 * time.Second)
@@ -62,7 +68,7 @@ func (b *bench) failover(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		agents = append(agents, a)
+		agents, ids = append(agents, a), append(ids, id)
 		if err := b.rig.WaitAgent(ctx, id); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -114,15 +120,60 @@ func (b *bench) failover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	victim := agents[len(agents)-1]
+	victim, victimID := agents[len(agents)-1], ids[len(ids)-1]
 	b.log.Info("kill -9 of the preferred agent; sessions every 100 ms for 15 s", "agent", victim.Name(), "pid", victim.PID())
-	b.res.Failover, err = load.SessionsAfterKill(ctx, c, func() error { return syscall.Kill(victim.PID(), syscall.SIGKILL) })
-	if err != nil {
+	killed := make(chan time.Time, 1)
+	var (
+		wg      sync.WaitGroup
+		killErr error
+	)
+	wg.Go(func() {
+		b.res.Failover, killErr = load.SessionsAfterKill(ctx, c, func() error {
+			err := syscall.Kill(victim.PID(), syscall.SIGKILL)
+			killed <- time.Now()
+			return err
+		})
+	})
+	b.res.Detection, err = b.detection(ctx, victimID, killed)
+	wg.Wait()
+	if err = errors.Join(killErr, err); err != nil {
 		return err
 	}
+	b.log.Info("the killed agent was shown unresponsive", "after", b.res.Detection.Round(time.Millisecond))
 	st := b.res.Failover
 	b.log.Info("sessions after the kill", "ok", st.Latency.N, "failed", st.Failed, "p50", st.Latency.P50, "p99", st.Latency.P99, "max", st.Latency.Max)
 	return b.checkChildren()
+}
+
+// detectionLimit bounds the wait for the killed agent to be shown
+// unresponsive.
+const detectionLimit = 30 * time.Second
+
+// detection polls the status of agent id, killed at the time killed
+// delivers, every 20 ms until the gateway's API no longer shows it online,
+// and returns how long after the kill that was.
+func (b *bench) detection(ctx context.Context, id string, killed <-chan time.Time) (time.Duration, error) {
+	var at time.Time
+	select {
+	case at = <-killed:
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	}
+	for {
+		st, err := b.gw.agentStatus(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		if st != outpostv1.AgentStatus_AGENT_STATUS_ONLINE.String() {
+			return time.Since(at), nil
+		}
+		if time.Since(at) > detectionLimit {
+			return 0, fmt.Errorf("the killed agent is still shown %s %v after the kill", st, detectionLimit)
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return 0, err
+		}
+	}
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -169,6 +169,17 @@ func createSessionToken(ctx context.Context, conn *grpc.ClientConn, agentID, tar
 	return resp.GetToken(), nil
 }
 
+// agentStatus asks for the status of agentID.
+func agentStatus(ctx context.Context, conn *grpc.ClientConn, agentID string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, tokenCallTimeout)
+	defer cancel()
+	a, err := outpostv1.NewAgentAdminServiceClient(conn).GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: agentID})
+	if err != nil {
+		return "", fmt.Errorf("get agent: %w", err)
+	}
+	return a.GetAgent().GetStatus().String(), nil
+}
+
 // commander serves the parent's requests, one at a time.
 type commander struct {
 	g       *server.Gateway
@@ -233,6 +244,12 @@ func (c *commander) do(ctx context.Context, r request) any {
 			return response{Error: err.Error()}
 		}
 		return response{Token: tok}
+	case opAgentStatus:
+		st, err := agentStatus(ctx, c.api, r.AgentID)
+		if err != nil {
+			return response{Error: err.Error()}
+		}
+		return response{Status: st}
 	}
 	return unknownOp(r)
 }

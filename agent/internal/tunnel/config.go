@@ -43,12 +43,15 @@ type Config struct {
 	// AdvertiseInterval and HeartbeatInterval pace the control stream. If
 	// zero, 30 s and 60 s.
 	AdvertiseInterval, HeartbeatInterval time.Duration
-	// IdleHeartbeat is how long the control stream may stay silent: after
-	// IdleHeartbeat without a message the agent sends a Heartbeat. It bounds
-	// how long an idle agent takes to notice a gateway that crashed and
-	// restarted (the Heartbeat draws a stateless reset, a bare keep-alive
-	// PING is too short to), at the cost of about one Heartbeat, its
-	// HeartbeatAck and an ACK per period. If zero, 2 s.
+	// IdleHeartbeat is how long the agent may hear nothing from the
+	// gateway: after IdleHeartbeat without a packet from it (checked four
+	// times per period) the agent sends a Heartbeat. It bounds how long an
+	// idle agent takes to notice a gateway that crashed and restarted (the
+	// Heartbeat draws a stateless reset, a bare keep-alive PING is too short
+	// to). A gateway whose keep-alive PINGs are more frequent (1.5 s by
+	// default) hears only their ACKs from an idle agent; one that PINGs
+	// less often gets a Heartbeat, and answers with a HeartbeatAck, every
+	// IdleHeartbeat. If zero, 2 s.
 	IdleHeartbeat time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay (full jitter);
 	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s

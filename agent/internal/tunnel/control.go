@@ -16,13 +16,25 @@ import (
 // Heartbeat every HeartbeatInterval and Reload's new routes with epoch + 1;
 // readControl reads the gateway's messages.
 //
-// pace also sends a Heartbeat when the control stream has been idle for
+// pace also sends a Heartbeat when nothing has arrived from the gateway for
 // IdleHeartbeat (2 s by default): the gateway's answer to a packet of a
 // connection it lost in a crash is a stateless reset, but only to a packet
 // longer than the reset (RFC 9000 §10.3; quic-go answers packets over 42
 // bytes), and a keep-alive PING packet is about 25 bytes. A Heartbeat
 // packet is long enough, so the agent learns of a restarted gateway within
-// IdleHeartbeat of its restart instead of at the next RouteAdvertise.
+// about IdleHeartbeat of its restart instead of at the next RouteAdvertise.
+// A live gateway PINGs a quiet agent more often than that (its keep-alive,
+// 1.5 s by default), and the agent's ACK is all it needs to know the agent
+// lives: so an idle agent sends no Heartbeat of its own while the gateway's
+// PINGs arrive, and the liveness of an idle connection costs one PING and
+// one ACK per keep-alive period instead of that plus a Heartbeat, its
+// HeartbeatAck and an ACK. Against a gateway that PINGs less often, an idle
+// agent sends a Heartbeat every IdleHeartbeat, as before.
+
+// quietChecks is how many times per IdleHeartbeat pace reads the
+// connection's packet counter: the Heartbeat goes out between IdleHeartbeat
+// and IdleHeartbeat × (1 + 1/quietChecks) after the last packet received.
+const quietChecks = 4
 
 // pace sends the periodic RouteAdvertise and Heartbeat, and applies Reload.
 func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
@@ -30,7 +42,8 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 	defer adv.Stop()
 	hb := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer hb.Stop()
-	idle := time.NewTimer(a.cfg.IdleHeartbeat) // reset after every send
+	quiet := newQuietWatch(conn, a.cfg.IdleHeartbeat, time.Now())
+	idle := time.NewTicker(quiet.step)
 	defer idle.Stop()
 	for {
 		var msg dataplane.ControlMessage
@@ -43,7 +56,10 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 			a.mu.Unlock()
 		case <-hb.C:
 			msg = a.heartbeat()
-		case <-idle.C:
+		case now := <-idle.C:
+			if !quiet.due(conn.ConnectionStats().PacketsReceived, now) {
+				continue
+			}
 			msg = a.heartbeat()
 		case <-a.reload:
 			msg = a.applyReload(log)
@@ -56,8 +72,36 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 			transport.Close(conn, dataplane.CloseShutdown)
 			return
 		}
-		idle.Reset(a.cfg.IdleHeartbeat)
 	}
+}
+
+// quietWatch tells when the connection has received nothing for its limit,
+// from the packet counter read every step. It is not safe for concurrent
+// use.
+type quietWatch struct {
+	limit, step time.Duration
+	packets     uint64    // the counter at the last change seen
+	heardAt     time.Time // when the last change was seen (or a Heartbeat sent)
+}
+
+func newQuietWatch(conn *quic.Conn, limit time.Duration, now time.Time) *quietWatch {
+	return &quietWatch{limit: limit, step: max(limit/quietChecks, time.Millisecond),
+		packets: conn.ConnectionStats().PacketsReceived, heardAt: now}
+}
+
+// due reports whether a Heartbeat is due at now, given the connection's
+// packets received so far; if so, the next one is due a limit later unless
+// a packet arrives meanwhile.
+func (q *quietWatch) due(packets uint64, now time.Time) bool {
+	if packets != q.packets {
+		q.packets, q.heardAt = packets, now
+		return false
+	}
+	if now.Sub(q.heardAt) < q.limit {
+		return false
+	}
+	q.heardAt = now
+	return true
 }
 
 // heartbeat returns a Heartbeat for now.

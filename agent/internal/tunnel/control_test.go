@@ -52,3 +52,29 @@ func TestControlSkipsBadFrames(t *testing.T) {
 		t.Fatal("no log line about the failed control stream")
 	}
 }
+
+// A Heartbeat is due once the packet counter has not moved for the limit,
+// counted from the check that last saw it move, and again a limit later
+// while it stays still.
+func TestQuietWatch(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	q := &quietWatch{limit: 2 * time.Second, step: 500 * time.Millisecond, packets: 7, heardAt: t0}
+	for i, tc := range []struct {
+		at      time.Duration // after t0
+		packets uint64
+		due     bool
+	}{
+		{500 * time.Millisecond, 7, false},
+		{1500 * time.Millisecond, 8, false}, // a PING: heard at 1.5 s
+		{3 * time.Second, 8, false},         // 1.5 s of silence
+		{3500 * time.Millisecond, 8, true},  // 2 s
+		{4 * time.Second, 8, false},         // the next is a limit later
+		{5500 * time.Millisecond, 8, true},
+		{6 * time.Second, 9, false}, // the answer
+		{7500 * time.Millisecond, 9, false},
+	} {
+		if got := q.due(tc.packets, t0.Add(tc.at)); got != tc.due {
+			t.Errorf("check %d at %v (packets %d): due %v, want %v", i, tc.at, tc.packets, got, tc.due)
+		}
+	}
+}

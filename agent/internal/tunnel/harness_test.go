@@ -83,11 +83,17 @@ type fakeGateway struct {
 
 func startFakeGateway(t *testing.T, p *testPKI) *fakeGateway {
 	t.Helper()
+	return startFakeGatewayQUIC(t, p, transport.Config{})
+}
+
+// startFakeGatewayQUIC is startFakeGateway with the QUIC settings qc.
+func startFakeGatewayQUIC(t *testing.T, p *testPKI, qc transport.Config) *fakeGateway {
+	t.Helper()
 	tlsConf := transport.ServerTLS(&tls.Config{
 		Certificates: []tls.Certificate{p.server},
 		ClientAuth:   tls.RequireAnyClientCert,
 	})
-	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, transport.Config{}.QUIC())
+	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, qc.QUIC())
 	if err != nil {
 		t.Fatal(err)
 	}

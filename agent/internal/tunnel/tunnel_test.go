@@ -11,6 +11,7 @@ import (
 	"github.com/outposthq/outpost/agent/internal/detect"
 	"github.com/outposthq/outpost/agent/internal/session"
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 func prefixes(ss ...string) []netip.Prefix {
@@ -244,9 +245,10 @@ func TestDetectedDomainLive(t *testing.T) {
 	}
 }
 
-// A control stream idle for IdleHeartbeat gets a Heartbeat, a packet long
-// enough to draw a stateless reset from a restarted gateway (a bare
-// keep-alive PING is not).
+// An agent that hears nothing from the gateway for IdleHeartbeat sends a
+// Heartbeat, a packet long enough to draw a stateless reset from a restarted
+// gateway (a bare keep-alive PING is not). The fake gateway answers none,
+// and PINGs only every 15 s.
 func TestHeartbeatWhenIdle(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config() // HeartbeatInterval and AdvertiseInterval 1 h
@@ -263,5 +265,25 @@ func TestHeartbeatWhenIdle(t *testing.T) {
 		case <-time.After(testTimeout):
 			t.Fatal("no Heartbeat on an idle control stream")
 		}
+	}
+}
+
+// A gateway whose keep-alive PINGs arrive more often than IdleHeartbeat gets
+// no idle Heartbeat: the agent's ACKs tell it the agent lives, and the
+// PINGs tell the agent the gateway does.
+func TestNoHeartbeatWhileGatewayPings(t *testing.T) {
+	e := newEnv(t)
+	e.gw = startFakeGatewayQUIC(t, e.p, transport.Config{KeepAlivePeriod: 20 * time.Millisecond})
+	e.tunnel.GatewayEndpoint = e.gw.ln.Addr().String()
+	e.saveConfig(t)
+	cfg := e.config()
+	cfg.IdleHeartbeat = 300 * time.Millisecond
+	start(t, cfg)
+	c := e.gw.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, c)
+	select {
+	case m := <-c.msgs:
+		t.Fatalf("got %T while the gateway PINGs every 20 ms", m)
+	case <-time.After(10 * cfg.IdleHeartbeat):
 	}
 }

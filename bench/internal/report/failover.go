@@ -11,6 +11,10 @@ import (
 // after the agent routing prefers was killed.
 const targetFailoverP99 = 3 * time.Second
 
+// targetDetection is the most the gateway may take to show a killed idle
+// agent unresponsive (skipped by routing, so shown by ListAgents).
+const targetDetection = 5 * time.Second
+
 // failoverRows are the setup of the sessions after a kill -9 of the
 // preferred agent, and the liveness cost of idle agents (none when the
 // failover phase did not run).
@@ -29,13 +33,17 @@ func (r *Results) failoverRows() []row {
 			"≤ " + ms(targetFailoverP99) + ", none failed",
 			fmt.Sprintf("%.2f × target — %s", float64(f.Latency.P99)/float64(targetFailoverP99), verdict(ok))})
 	}
+	if d := r.Detection; d > 0 {
+		rows = append(rows, row{"kill -9 of an idle agent → shown unresponsive by the gateway's API (liveness)", fmt.Sprintf("%.2f s", d.Seconds()),
+			fmt.Sprintf("≤ %.0f s", targetDetection.Seconds()), fmt.Sprintf("%.2f × target — %s", float64(d)/float64(targetDetection), verdict(d <= targetDetection))})
+	}
 	if c := r.IdleCost; c.Agents > 0 && r.ClockHz > 0 {
 		from := fmt.Sprintf("extrapolated from %d idle agents over %v", c.Agents, c.Window)
 		rows = append(rows, row{
-			"Liveness traffic per 1,000 idle agents (gateway keep-alive + agent idle heartbeat)",
-			fmt.Sprintf("%.0f packets/s (%.0f to the gateway, %.0f from it), %.1f kB/s of UDP payload; %s",
+			"Liveness traffic per 1,000 idle agents (the gateway's keep-alive PINGs and their ACKs, periodic control messages)",
+			fmt.Sprintf("%.0f packets/s (%.0f to the gateway, %.0f from it; %.2f per agent), %.1f kB/s of UDP payload; %s",
 				c.Per1000(c.PacketsIn+c.PacketsOut), c.Per1000(c.PacketsIn), c.Per1000(c.PacketsOut),
-				c.Per1000(c.BytesIn+c.BytesOut)/1e3, from),
+				c.Per1000(c.PacketsIn+c.PacketsOut)/1000, c.Per1000(c.BytesIn+c.BytesOut)/1e3, from),
 			"— (none set)", "—"})
 		hz := float64(r.ClockHz)
 		rows = append(rows, row{

@@ -57,10 +57,13 @@ type Results struct {
 	GwHeap  *proc.HeapSummary
 	CapRuns []load.CapacityResult
 	// Failover times the sessions opened after a kill -9 of the preferred
-	// agent; IdleCost is the liveness traffic of idle agents.
-	Failover load.FailoverSetup
-	IdleCost load.IdleCost
-	Lookups  []load.LookupBench
+	// agent; Detection is how long after the kill the gateway's API showed
+	// that agent unresponsive (zero: not measured); IdleCost is the
+	// liveness traffic of idle agents.
+	Failover  load.FailoverSetup
+	Detection time.Duration
+	IdleCost  load.IdleCost
+	Lookups   []load.LookupBench
 	// StoreWrites are the store's benchmarks of a session's writes; a
 	// backend that could not run has none.
 	StoreWrites []load.StoreBench

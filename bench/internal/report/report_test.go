@@ -1,6 +1,7 @@
 package report
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -103,12 +104,23 @@ func TestFailoverRows(t *testing.T) {
 	if !strings.Contains(rows[1].verdict, "0.33 × target — PASS") {
 		t.Errorf("p99 row = %+v", rows[1])
 	}
-	if !strings.Contains(rows[2].figure, "2500 packets/s (1500 to the gateway, 1000 from it), 80.0 kB/s") {
+	if !strings.Contains(rows[2].figure, "2500 packets/s (1500 to the gateway, 1000 from it; 2.50 per agent), 80.0 kB/s") {
 		t.Errorf("traffic row = %+v", rows[2])
 	}
 	if !strings.Contains(rows[3].figure, "gateway 1.000 (its own, 0.002,") || !strings.Contains(rows[3].figure, "the agents 0.50 in all") {
 		t.Errorf("CPU row = %+v", rows[3])
 	}
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{{3200 * time.Millisecond, "0.64 × target — PASS"}, {5100 * time.Millisecond, "1.02 × target — FAIL"}} {
+		r.Detection = tc.d
+		rows := r.failoverRows()
+		if len(rows) != 5 || rows[2].figure != fmt.Sprintf("%.2f s", tc.d.Seconds()) || rows[2].verdict != tc.want {
+			t.Errorf("detection %v: rows %+v", tc.d, rows)
+		}
+	}
+	r.Detection = 0
 	r.Failover.Failed, r.Failover.FirstError = 1, "boom"
 	if rows := r.failoverRows(); !strings.Contains(rows[1].verdict, "FAIL") || !strings.Contains(rows[1].figure, "1 failed: boom") {
 		t.Errorf("p99 row with a failure = %+v", rows[1])
