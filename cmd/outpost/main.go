@@ -32,6 +32,8 @@ Usage:
   outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
   outpost agent up --token <jwt|->         enroll if needed, then run
   outpost session create --target H:P      mint a session token (admin API key)
+  outpost agents --api-key-file F          list the enrolled agents (table or --json)
+  outpost sessions --api-key-file F        list recent sessions from the audit (table or --json)
   outpost connect --gateway URL --token-file F
                                            reach the target: --listen ADDR or --stdio
   outpost help                             show this help
@@ -91,6 +93,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "connect":
 		return runConnect(ctx, args[1:], stdin, stdout, stderr)
+	case "agents":
+		return runAgentsList(ctx, args[1:], stdout, stderr)
+	case "sessions":
+		return runSessionsList(ctx, args[1:], stdout, stderr)
 	case "session":
 		if len(args) > 1 && args[1] == "create" {
 			return runSessionCreate(ctx, args[2:], stdout, stderr)
