@@ -13,9 +13,14 @@ all: build
 build:
 	$(GO) build -o bin/outpost ./cmd/outpost
 
-# A gateway, an enrolled agent and a sample target on loopback; prints what to try.
-demo:
-	$(GO) run ./cmd/outpost dev
+# A gateway, an enrolled agent and a sample target on loopback; prints what to
+# try. Ctrl-C stops it with status 0 and removes what it wrote. It runs the
+# built binary rather than "go run", which exits 1 when interrupted (and
+# make would report "Error 1"); DEMO_FLAGS adds flags, e.g.
+# DEMO_FLAGS="--listen 127.0.0.1:7272 --quic-listen 127.0.0.1:4434".
+DEMO_FLAGS ?=
+demo: build
+	bin/outpost dev $(DEMO_FLAGS)
 
 vet:
 	$(GO) vet $(PKGS)
