@@ -269,6 +269,10 @@ Try, in another terminal:
   %s connect --gateway %s --ca-file %s --token-file %s --listen %s &
   curl http://%s/
 
+  # the agents, and the sessions so far (the one above with its bytes and key id)
+  %s agents --gateway %s --api-key-file %s --ca-file %s
+  %s sessions --gateway %s --api-key-file %s --ca-file %s
+
 Ctrl-C stops everything.
 `, e.GatewayURL, e.DataDir, e.AgentName, e.AgentID, e.Target,
 		e.CAFile, auth, e.GatewayURL,
@@ -277,7 +281,9 @@ Ctrl-C stops everything.
 		e.TokenFile,
 		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile, e.Target, e.TokenFile,
 		cmd, e.GatewayURL, e.CAFile, e.TokenFile, e.ConnectListen,
-		e.ConnectListen)
+		e.ConnectListen,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile)
 }
 
 func port(a net.Addr) string {

@@ -41,7 +41,8 @@ func TestDevEnvironment(t *testing.T) {
 	}
 	for _, want := range []string{"session create", "connect --gateway", env.Target, "/v1/agents", "grpcurl",
 		"--token-file " + env.TokenFile + " --force", "--token-file " + env.TokenFile + " --listen " + env.ConnectListen,
-		"curl http://" + env.ConnectListen + "/", `"Authorization: Bearer $(cat ` + env.AdminKeyFile + `)"`} {
+		"curl http://" + env.ConnectListen + "/", `"Authorization: Bearer $(cat ` + env.AdminKeyFile + `)"`,
+		"agents --gateway " + env.GatewayURL, "sessions --gateway " + env.GatewayURL + " --api-key-file " + env.AdminKeyFile} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("instructions lack %q:\n%s", want, out.String())
 		}
