@@ -59,7 +59,7 @@ func TestTokenCreateHelpNamesLeeway(t *testing.T) {
 	if err != nil {
 		t.Fatalf("-h: %v", err)
 	}
-	for _, want := range []string{"enrollment_token_leeway", "--enrollment-token-leeway; default 1m0s, 0 to 5m0s", "--ttl 1s token still enrolls"} {
+	for _, want := range []string{"enrollment_token_leeway", "--enrollment-token-leeway; default 1m, 0 to 5m", "--ttl 1s token still enrolls"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, out.String())
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // commandPaths lists every command of the tree, by its words.
@@ -53,8 +54,8 @@ func TestEveryCommandAnswersHelpAndVersion(t *testing.T) {
 			if c.run != nil && !strings.Contains(out.String(), "-version") {
 				t.Errorf("outpost %s does not show -version:\n%s", strings.Join(args, " "), out.String())
 			}
-			// Floats print as people write them.
-			if strings.Contains(out.String(), "333333") {
+			// Floats and durations print as people write them.
+			if strings.Contains(out.String(), "333333") || strings.Contains(out.String(), "m0s") || strings.Contains(out.String(), "h0m") {
 				t.Errorf("outpost %s prints a float in full:\n%s", strings.Join(args, " "), out.String())
 			}
 		}
@@ -124,6 +125,17 @@ func TestFractionFlag(t *testing.T) {
 		var f fractionFlag
 		if err := f.Set(in); err == nil {
 			t.Errorf("Set(%q) succeeded", in)
+		}
+	}
+}
+
+func TestShortDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		720 * time.Hour: "720h", 2 * time.Minute: "2m", 90 * time.Second: "1m30s", 1500 * time.Millisecond: "1.5s",
+		time.Hour + time.Second: "1h0m1s", 10 * time.Second: "10s", -time.Minute: "-1m",
+	} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
 }

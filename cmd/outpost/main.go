@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -113,7 +114,7 @@ func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
 	fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: outpost %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		printFlags(fs.Output(), fs)
 	}
 	return fs
 }
@@ -170,4 +171,65 @@ func (f *fractionFlag) Set(v string) error {
 	}
 	*f = fractionFlag(n)
 	return nil
+}
+
+// printFlags writes fs's flags as flag.PrintDefaults does, with defaults
+// as people write them: a duration without its zero units ("720h", not
+// 720h0m0s), a zero default not shown.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		line := "  -" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		if def := shownDefault(f); def != "" {
+			line += " (default " + def + ")"
+		}
+		fmt.Fprintln(w, line)
+	})
+}
+
+// shownDefault is f's default as the usage shows it: "" for a zero value,
+// a string quoted, a duration short.
+func shownDefault(f *flag.Flag) string {
+	def := f.DefValue
+	var v any
+	if g, ok := f.Value.(flag.Getter); ok {
+		v = g.Get()
+	}
+	switch v.(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(def)
+		if err != nil {
+			return def
+		}
+		if d == 0 {
+			return ""
+		}
+		return shortDuration(d)
+	case string:
+		if def == "" {
+			return ""
+		}
+		return strconv.Quote(def)
+	}
+	if def == "" || def == "0" || def == "false" {
+		return ""
+	}
+	return def
+}
+
+// shortDuration writes d without its zero minutes and seconds: 720h, 2m,
+// 1m30s, 1.5s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -107,9 +107,9 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Usage = func() {
 		flagsUsage()
 		fmt.Fprintf(stderr, "\nThe gateway accepts an enrollment token for its enrollment_token_leeway\n"+
-			"(--enrollment-token-leeway; default %v, 0 to %v) after it expires, to allow\n"+
-			"for clock skew: unless that is 0, a --ttl 1s token still enrolls for about %v.\n",
-			server.DefaultEnrollmentTokenLeeway, server.MaxEnrollmentTokenLeeway, server.DefaultEnrollmentTokenLeeway)
+			"(--enrollment-token-leeway; default %s, 0 to %s) after it expires, to allow\n"+
+			"for clock skew: unless that is 0, a --ttl 1s token still enrolls for about %s.\n",
+			shortDuration(server.DefaultEnrollmentTokenLeeway), shortDuration(server.MaxEnrollmentTokenLeeway), shortDuration(server.DefaultEnrollmentTokenLeeway))
 	}
 	fs.Var(&subnets, "subnets", "IPv4 subnets pre-approved for the agent, comma-separated")
 	fs.Var(&domains, "domains", "domains pre-approved for the agent, comma-separated")
