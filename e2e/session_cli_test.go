@@ -306,10 +306,14 @@ func TestDemoCommands(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var create, connect, page string
+	var create, connect, page, agents, sessions string
 	for _, l := range strings.Split(out.String(), "\n") {
 		l = strings.TrimSpace(l)
 		switch {
+		case strings.Contains(l, " agents --gateway "):
+			agents = l
+		case strings.Contains(l, " sessions --gateway "):
+			sessions = l
 		case strings.Contains(l, " session create "):
 			create = l
 		case strings.Contains(l, " connect --gateway "):
@@ -318,7 +322,7 @@ func TestDemoCommands(t *testing.T) {
 			page = strings.TrimPrefix(l, "curl ")
 		}
 	}
-	if create == "" || connect == "" || page == "" {
+	if create == "" || connect == "" || page == "" || agents == "" || sessions == "" {
 		t.Fatalf("instructions lack the session commands:\n%s", out.String())
 	}
 	key, err := os.ReadFile(filepath.Join(data, "gateway", "admin.key"))
@@ -353,6 +357,26 @@ func TestDemoCommands(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(body), "Hello from the sample target") {
 		t.Fatalf("page through the agent: %q", body)
+	}
+
+	// The printed agents and sessions lines show the demo agent online and
+	// the session just made, with the key that minted it.
+	var agentsOut strings.Builder
+	if err := runShell(t, agents, nil, &agentsOut).wait(t); err != nil || !strings.Contains(agentsOut.String(), "dev-agent") || !strings.Contains(agentsOut.String(), "online") {
+		t.Errorf("printed agents: %v\n%s", err, agentsOut.String())
+	}
+	_, after, _ := strings.Cut(create, " --target ")
+	target := strings.Fields(after)[0]
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var sessOut strings.Builder
+		err := runShell(t, sessions, nil, &sessOut).wait(t)
+		if err == nil && strings.Contains(sessOut.String(), target) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("printed sessions does not show the session to %s: %v\n%s", target, err, sessOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	// Ctrl-C: dev stops and takes the token file with it.

@@ -44,6 +44,7 @@ var scopePolicy = map[string]string{
 	outpostv1.AgentAdminService_GetApprovedRoutes_FullMethodName:     auth.ScopeAgentsRead,
 	outpostv1.AgentAdminService_SetApprovedRoutes_FullMethodName:     auth.ScopeAgentsWrite,
 	outpostv1.AgentAdminService_ListGateways_FullMethodName:          auth.ScopeAgentsRead,
+	outpostv1.AgentAdminService_ListSessions_FullMethodName:          auth.ScopeSessionsRead,
 	outpostv1.RouteResolveService_ResolveTarget_FullMethodName:       auth.ScopeRoutesRead,
 	outpostv1.RouteResolveService_CreateSession_FullMethodName:       auth.ScopeSessionsCreate,
 }
@@ -150,6 +151,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{},
 		}),
+		runtime.WithRoutingErrorHandler(routingError),
 	)
 	ctx := context.Background()
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -162,6 +164,19 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		}
 	}
 	return a, nil
+}
+
+// routingError answers a request no REST route takes. A path served for
+// other methods only is 405 Method Not Allowed (grpc-gateway would say 501
+// Not Implemented, as if the route did not exist yet); the rest is as
+// grpc-gateway answers it.
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	st := status.Newf(codes.Unimplemented, "method %s is not allowed on %s", r.Method, r.URL.Path)
+	runtime.HTTPError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed, Err: st.Err()})
 }
 
 // run serves the in-process listener until stop or close.

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -298,6 +299,74 @@ func TestAuthMatrix(t *testing.T) {
 	}
 }
 
+// GET /v1/sessions reads the audit with sessions.read (agents.read is not
+// enough); its filters are query parameters.
+func TestListSessionsREST(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	keys := createKeys(t, dir, "agents.read", "sessions.read")
+	reader, auditor := keys[0], keys[1]
+	if code, body := r.rest(t, "GET", "/v1/sessions", reader, nil); code != 403 || !strings.Contains(fmt.Sprint(body["message"]), "sessions.read") {
+		t.Errorf("agents.read key: %d %v, want 403 naming sessions.read", code, body)
+	}
+	code, body := r.rest(t, "GET", "/v1/sessions?page_size=10&outcome=open&start_time=2026-01-01T00:00:00Z", auditor, nil)
+	if sessions, ok := body["sessions"].([]any); code != 200 || !ok || len(sessions) != 0 {
+		t.Errorf("sessions.read key: %d %v, want 200 with []", code, body)
+	}
+	if code, body := r.rest(t, "GET", "/v1/sessions?start_time=yesterday", auditor, nil); code != 400 {
+		t.Errorf("bad start_time: %d %v, want 400", code, body)
+	}
+}
+
+// An unknown agent is named in plain words in every API answer, never
+// with the store's wording ("store: not found: agent …").
+func TestUnknownAgentWording(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	key := adminKey(t, dir)
+	const id = "6f1d7c2e-8a34-4b1e-9a55-0c1d2e3f4a5b"
+	for _, tc := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"GET", "/v1/agents/" + id, "", 404},
+		{"DELETE", "/v1/agents/" + id, "", 404},
+		{"GET", "/v1/agents/" + id + "/approved-routes", "", 404},
+		{"PUT", "/v1/agents/" + id + "/approved-routes", `{"subnets":["10.0.0.0/24"]}`, 404},
+		{"POST", "/v1/routes:resolve", `{"target":"10.0.0.1:22","agent_id":"` + id + `"}`, 0},
+		{"POST", "/v1/sessions", `{"target":"10.0.0.1:22","agent_id":"` + id + `"}`, 0},
+	} {
+		var body io.Reader
+		if tc.body != "" {
+			body = strings.NewReader(tc.body)
+		}
+		code, resp := r.rest(t, tc.method, tc.path, key, body)
+		if tc.want != 0 && code != tc.want || strings.Contains(fmt.Sprint(resp), "store:") || !strings.Contains(fmt.Sprint(resp), id) {
+			t.Errorf("%s %s: %d %v, want %d naming the agent without the store's wording", tc.method, tc.path, code, resp, tc.want)
+		}
+	}
+}
+
+// createKeys creates one API key per scope on the gateway in dir and
+// returns their secrets, in order.
+func createKeys(t *testing.T, dir string, scopes ...string) []string {
+	t.Helper()
+	admin, err := OpenKeyAdmin(context.Background(), dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var keys []string
+	for _, scope := range scopes {
+		k, err := admin.Create(context.Background(), "key-"+scope, []string{scope})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
@@ -319,6 +388,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown field", "POST", "/v1/routes:resolve", strings.NewReader(`{"bogus": 1}`), 400, "bogus"},
 		{"body over 1 MiB", "POST", "/v1/routes:resolve", bytes.NewReader(bytes.Repeat([]byte(" "), 1<<20+1)), 413, "limit"},
 		{"unknown path", "GET", "/v1/nothing-here", nil, 404, ""},
+		{"GET on a POST route", "GET", "/v1/routes:resolve", nil, 405, "method GET is not allowed on /v1/routes:resolve"},
+		{"DELETE on a GET route", "DELETE", "/v1/agents", nil, 405, "not allowed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

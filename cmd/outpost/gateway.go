@@ -51,7 +51,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&secretFile, "enrollment-secret-file", "", "file holding a static enrollment secret accepted in place of a token (default: none)")
 	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
 	fs.StringVar(&flagCfg.ProvisionerAudience, "provisioner-audience", "", "the aud the provisioner's enrollment JWTs must carry for this gateway (required with --provisioner-public-key)")
-	fs.DurationVar(&leeway, "enrollment-token-leeway", server.DefaultEnrollmentTokenLeeway, "clock skew tolerated on enrollment tokens: a token still enrolls this long after it expired (0 to "+server.MaxEnrollmentTokenLeeway.String()+")")
+	fs.DurationVar(&leeway, "enrollment-token-leeway", server.DefaultEnrollmentTokenLeeway, "clock skew tolerated on enrollment tokens: a token still enrolls this long after it expired (0 to "+shortDuration(server.MaxEnrollmentTokenLeeway)+")")
 	fs.IntVar(&flagCfg.EnrollRateLimit, "enroll-rate-limit", server.DefaultEnrollRateLimit, "Enroll calls allowed per source IP per minute")
 	fs.DurationVar(&certValid, "agent-cert-validity", server.DefaultAgentCertValidity, "lifetime of agent certificates")
 	fs.BoolVar(&direct, "allow-direct", false, "let the gateway dial targets no agent covers itself, only inside --direct-subnets/--direct-domains")
@@ -202,7 +202,7 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch sub {
 	case "create":
 		fs.StringVar(&name, "name", "", "a name for the key (required)")
-		fs.Var(&scopes, "scopes", "scopes, comma-separated: *, enroll.create, agents.read, agents.write, routes.read, sessions.create (required)")
+		fs.Var(&scopes, "scopes", "scopes, comma-separated: *, enroll.create, agents.read, agents.write, routes.read, sessions.create, sessions.read, metrics.read (required)")
 	case "revoke":
 		fs.StringVar(&id, "id", "", "id of the key to revoke (required; see apikey list)")
 	case "list":

@@ -48,6 +48,7 @@ var conformance = []struct {
 	{"Sessions", testSessions},
 	{"RecordSessions", testRecordSessions},
 	{"RecordSessionsLargeBatch", testRecordSessionsLargeBatch},
+	{"ListSessions", testListSessions},
 	{"UseSessionToken", testUseSessionToken},
 	{"UseSessionTokenConcurrent", testUseSessionTokenConcurrent},
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},

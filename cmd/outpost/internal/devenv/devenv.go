@@ -64,7 +64,20 @@ type Env struct {
 const tokenFileName = "session.token"
 
 // Run starts everything, prints what to try to out, and runs until ctx ends.
-func Run(ctx context.Context, o Config, out io.Writer) (err error) {
+// Ending ctx (Ctrl-C) is how the demo stops: Run then returns nil, whether
+// it was up or still starting, once everything has stopped and what it
+// wrote is removed (the temporary data directory, or the session token
+// file in a kept one).
+func Run(ctx context.Context, o Config, out io.Writer) error {
+	err := run(ctx, o, out)
+	if ctx.Err() != nil {
+		// Whatever failed while stopping failed because of the stop.
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, o Config, out io.Writer) (err error) {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
@@ -256,6 +269,10 @@ Try, in another terminal:
   %s connect --gateway %s --ca-file %s --token-file %s --listen %s &
   curl http://%s/
 
+  # the agents, and the sessions so far (the one above with its bytes and key id)
+  %s agents --gateway %s --api-key-file %s --ca-file %s
+  %s sessions --gateway %s --api-key-file %s --ca-file %s
+
 Ctrl-C stops everything.
 `, e.GatewayURL, e.DataDir, e.AgentName, e.AgentID, e.Target,
 		e.CAFile, auth, e.GatewayURL,
@@ -264,7 +281,9 @@ Ctrl-C stops everything.
 		e.TokenFile,
 		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile, e.Target, e.TokenFile,
 		cmd, e.GatewayURL, e.CAFile, e.TokenFile, e.ConnectListen,
-		e.ConnectListen)
+		e.ConnectListen,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile,
+		cmd, e.GatewayURL, e.AdminKeyFile, e.CAFile)
 }
 
 func port(a net.Addr) string {
