@@ -26,6 +26,7 @@ import (
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/console"
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/service/agentadmin"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
@@ -69,6 +70,8 @@ type apiServer struct {
 	bufLn  *bufconn.Listener
 	conn   *grpc.ClientConn
 	rest   *runtime.ServeMux
+	// console is the web console at /ui/, a client of conn.
+	console *console.Console
 }
 
 func newAPIServer(g *Gateway) (*apiServer, error) {
@@ -159,6 +162,19 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 			return nil, fmt.Errorf("register rest handlers: %w", err)
 		}
 	}
+	a.console, err = console.New(console.Config{
+		Conn:        a.conn,
+		Keys:        g.store,
+		Enrolled:    g.enrolledBy,
+		GatewayURL:  g.cfg.PublicURL,
+		CAPin:       g.pki.CASPKISHA256(),
+		RenewBefore: g.cfg.renewBefore(),
+		Now:         g.cfg.Now,
+		Logger:      g.log.Named("console"),
+	})
+	if err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -215,6 +231,7 @@ func (a *apiServer) handler() http.Handler {
 		mux.Handle("GET /metrics", a.authz.RequireHTTP(auth.ScopeMetricsRead, a.metricsHandler()))
 	}
 	mux.Handle("GET "+entry.Path, a.g.entry)
+	mux.Handle(console.Path, a.console)
 	mux.Handle("/", a.limitBody(a.rest))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
