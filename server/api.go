@@ -44,6 +44,7 @@ var scopePolicy = map[string]string{
 	outpostv1.AgentAdminService_DeleteAgent_FullMethodName:           auth.ScopeAgentsWrite,
 	outpostv1.AgentAdminService_GetApprovedRoutes_FullMethodName:     auth.ScopeAgentsRead,
 	outpostv1.AgentAdminService_SetApprovedRoutes_FullMethodName:     auth.ScopeAgentsWrite,
+	outpostv1.AgentAdminService_ListSessions_FullMethodName:          auth.ScopeSessionsRead,
 	outpostv1.RouteResolveService_ResolveTarget_FullMethodName:       auth.ScopeRoutesRead,
 	outpostv1.RouteResolveService_CreateSession_FullMethodName:       auth.ScopeSessionsCreate,
 }

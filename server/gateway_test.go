@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -266,6 +267,37 @@ func TestAuthMatrix(t *testing.T) {
 				t.Errorf("REST error body is not a google.rpc.Status: %v", body)
 			}
 		})
+	}
+}
+
+// GET /v1/sessions reads the audit with sessions.read (agents.read is not
+// enough); its filters are query parameters.
+func TestListSessionsREST(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	ctx := context.Background()
+	admin, err := OpenKeyAdmin(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	reader, err := admin.Create(ctx, "reader", []string{"agents.read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditor, err := admin.Create(ctx, "auditor", []string{"sessions.read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := r.rest(t, "GET", "/v1/sessions", reader, nil); code != 403 || !strings.Contains(fmt.Sprint(body["message"]), "sessions.read") {
+		t.Errorf("agents.read key: %d %v, want 403 naming sessions.read", code, body)
+	}
+	code, body := r.rest(t, "GET", "/v1/sessions?page_size=10&outcome=open&start_time=2026-01-01T00:00:00Z", auditor, nil)
+	if sessions, ok := body["sessions"].([]any); code != 200 || !ok || len(sessions) != 0 {
+		t.Errorf("sessions.read key: %d %v, want 200 with []", code, body)
+	}
+	if code, body := r.rest(t, "GET", "/v1/sessions?start_time=yesterday", auditor, nil); code != 400 {
+		t.Errorf("bad start_time: %d %v, want 400", code, body)
 	}
 }
 

@@ -21,21 +21,6 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 )
 
-func runAgent(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: agent needs a subcommand: enroll, run or up", errUsage)
-	}
-	switch args[0] {
-	case "enroll":
-		return runAgentEnroll(ctx, args[1:], stdin, stdout, stderr)
-	case "run":
-		return runAgentRun(ctx, args[1:], stderr)
-	case "up":
-		return runAgentUp(ctx, args[1:], stdin, stdout, stderr)
-	}
-	return fmt.Errorf("%w: unknown agent subcommand %q", errUsage, args[0])
-}
-
 // readToken returns the token flag's value, reading stdin for "-" (keeps the
 // token out of ps).
 func readToken(v string, stdin io.Reader) (string, error) {
@@ -151,7 +136,7 @@ type runFlags struct {
 	configDir     string
 	drainTimeout  time.Duration
 	idleHeartbeat time.Duration
-	renewFraction float64
+	renewFraction fractionFlag
 	metricsListen string
 	maxSessions   int64
 	pprof         pprofFlag
@@ -165,7 +150,8 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 	fs.DurationVar(&r.idleHeartbeat, "idle-heartbeat", agent.DefaultIdleHeartbeat, "send a heartbeat when the tunnel's control stream was silent this long (how soon an idle agent notices a restarted gateway)")
 	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
-	fs.Float64Var(&r.renewFraction, "renew-fraction", agent.DefaultRenewFraction, "renew the agent certificate when this part of its lifetime is left (0 < f < 1)")
+	r.renewFraction = agent.DefaultRenewFraction
+	fs.Var(&r.renewFraction, "renew-fraction", "renew the agent certificate when this `fraction` of its lifetime is left: 0 < f < 1, as a decimal or a ratio (1/3)")
 	r.pprof.register(fs)
 }
 
@@ -176,7 +162,7 @@ const maxSessionsLimit = 1 << 20
 // check rejects out-of-range values before anything is done.
 func (r *runFlags) check() error {
 	if !(r.renewFraction > 0 && r.renewFraction < 1) {
-		return fmt.Errorf("%w: --renew-fraction %v: want a part of the certificate lifetime, between 0 and 1 (e.g. 0.33)", errUsage, r.renewFraction)
+		return fmt.Errorf("%w: --renew-fraction %v: want a part of the certificate lifetime, between 0 and 1 (e.g. 0.33)", errUsage, r.renewFraction.String())
 	}
 	if r.maxSessions < 1 || r.maxSessions > maxSessionsLimit {
 		return fmt.Errorf("%w: --max-sessions %d: want 1 to %d", errUsage, r.maxSessions, maxSessionsLimit)
@@ -251,7 +237,7 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 // runTunnel runs the agent until ctx ends; SIGHUP re-reads the config.
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
 	var counters relay.Counters
-	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, IdleHeartbeat: rf.idleHeartbeat, RenewFraction: rf.renewFraction, Counters: &counters,
+	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, IdleHeartbeat: rf.idleHeartbeat, RenewFraction: float64(rf.renewFraction), Counters: &counters,
 		QUIC: transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
 	if err != nil {
 		return err

@@ -202,7 +202,7 @@ func runAPIKey(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch sub {
 	case "create":
 		fs.StringVar(&name, "name", "", "a name for the key (required)")
-		fs.Var(&scopes, "scopes", "scopes, comma-separated: *, enroll.create, agents.read, agents.write, routes.read, sessions.create (required)")
+		fs.Var(&scopes, "scopes", "scopes, comma-separated: *, enroll.create, agents.read, agents.write, routes.read, sessions.create, sessions.read, metrics.read (required)")
 	case "revoke":
 		fs.StringVar(&id, "id", "", "id of the key to revoke (required; see apikey list)")
 	case "list":

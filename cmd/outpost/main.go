@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -32,15 +33,22 @@ Usage:
   outpost agent run [--config-dir DIR]     run the enrolled agent until stopped
   outpost agent up --token <jwt|->         enroll if needed, then run
   outpost session create --target H:P      mint a session token (admin API key)
+  outpost agents --api-key-file F          list the enrolled agents (table or --json)
+  outpost sessions --api-key-file F        list recent sessions from the audit (table or --json)
   outpost connect --gateway URL --token-file F
                                            reach the target: --listen ADDR or --stdio
-  outpost help                             show this help
+  outpost version                          show the version, commit, build date and protocol
+  outpost help [command]                   show this help, or a command's
 
-Run "outpost <command> -h" for the flags of a command.
+Every command answers -h, --help and help with its usage, and --version.
 `
 
 // errUsage marks a command-line mistake: the message is printed with a usage hint, exit 2.
 var errUsage = errors.New("usage")
+
+// errVersion asks run to print the version instead of running the command
+// (--version given to any command).
+var errVersion = errors.New("version requested")
 
 // errReported marks an error the command has already printed: exit 1 without
 // printing it again.
@@ -70,38 +78,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: no command given", errUsage)
 	}
-	switch args[0] {
-	case "gateway":
-		if len(args) > 1 && args[1] == "apikey" {
-			return runAPIKey(ctx, args[2:], stdout, stderr)
-		}
-		if len(args) > 1 && (args[1] == "export-secrets" || args[1] == "import-secrets") {
-			return runSecretsTransfer(ctx, strings.TrimSuffix(args[1], "-secrets"), args[2:], stdout, stderr)
-		}
-		if len(args) > 1 && args[1] == "seal-key" {
-			return runSealKey(args[2:], stdout, stderr)
-		}
-		if len(args) > 2 && args[1] == "token" && args[2] == "create" {
-			return runTokenCreate(ctx, args[3:], stdout, stderr)
-		}
-		return runGateway(ctx, args[1:], stdout, stderr)
-	case "agent":
-		return runAgent(ctx, args[1:], stdin, stdout, stderr)
-	case "dev":
-		return runDev(ctx, args[1:], stdout, stderr)
-	case "connect":
-		return runConnect(ctx, args[1:], stdin, stdout, stderr)
-	case "session":
-		if len(args) > 1 && args[1] == "create" {
-			return runSessionCreate(ctx, args[2:], stdout, stderr)
-		}
-		return fmt.Errorf("%w: session needs a subcommand: create", errUsage)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+	err := commands().dispatch(ctx, io3{stdin, stdout, stderr}, nil, args)
+	if errors.Is(err, errVersion) {
+		printVersion(stdout)
 		return nil
 	}
-	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	return err
 }
 
 // logFlags are the logging flags every long-running command takes.
@@ -128,6 +110,7 @@ func (l *logFlags) logger(w io.Writer) (hclog.Logger, error) {
 func newFlagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: outpost %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
@@ -142,6 +125,9 @@ func parse(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if f := fs.Lookup("version"); f != nil && f.Value.String() == "true" {
+		return errVersion
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
@@ -160,5 +146,28 @@ func (s *stringList) Set(v string) error {
 			*s = append(*s, p)
 		}
 	}
+	return nil
+}
+
+// fractionFlag is a float64 flag that prints as people write a fraction
+// ("0.333", not 0.3333333333333333) and also accepts one as "1/3".
+type fractionFlag float64
+
+func (f *fractionFlag) String() string { return strconv.FormatFloat(float64(*f), 'g', 3, 64) }
+
+func (f *fractionFlag) Set(v string) error {
+	num, den, isRatio := strings.Cut(v, "/")
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil {
+		return fmt.Errorf("%q is not a number or a fraction such as 1/3", v)
+	}
+	if isRatio {
+		d, err := strconv.ParseFloat(strings.TrimSpace(den), 64)
+		if err != nil || d == 0 {
+			return fmt.Errorf("%q is not a number or a fraction such as 1/3", v)
+		}
+		n /= d
+	}
+	*f = fractionFlag(n)
 	return nil
 }

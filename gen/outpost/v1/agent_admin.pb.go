@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -857,12 +858,343 @@ func (x *SetApprovedRoutesResponse) GetRoutes() *RouteSet {
 	return nil
 }
 
+// Session is the audit record of one client session.
+type Session struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session id: the session token's jti, a UUID.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// When the gateway started setting the session up.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When the session ended. Unset while it is open.
+	EndedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	// The target, "host:port" (IPv6 literals bracketed).
+	Target string `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
+	// The agent that carried the session; empty for a direct connection from
+	// the gateway, or when no agent was reached.
+	AgentId string `protobuf:"bytes,5,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// The gateway replica that handled the session, when several gateways
+	// share a store. Empty for a single gateway.
+	ReplicaId string `protobuf:"bytes,6,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	// The routing decision and why, in words.
+	Decision string `protobuf:"bytes,7,opt,name=decision,proto3" json:"decision,omitempty"`
+	// Bytes from the client to the target.
+	BytesUp uint64 `protobuf:"varint,8,opt,name=bytes_up,json=bytesUp,proto3" json:"bytes_up,omitempty"`
+	// Bytes from the target to the client.
+	BytesDown uint64 `protobuf:"varint,9,opt,name=bytes_down,json=bytesDown,proto3" json:"bytes_down,omitempty"`
+	// How long the session lasted (ended_at - started_at). Unset while it is
+	// open.
+	Duration *durationpb.Duration `protobuf:"bytes,10,opt,name=duration,proto3" json:"duration,omitempty"`
+	// How the session ended: "closed", "reset", "refused", "max_duration",
+	// "idle_timeout", "client_gone", … Empty while the session is open.
+	Outcome string `protobuf:"bytes,11,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Detail for the outcome, in words.
+	Reason string `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	// ID of the API key that minted the session token. Empty for sessions
+	// recorded before key ids were.
+	KeyId string `protobuf:"bytes,13,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The client's address as the gateway saw it ("ip:port"); empty when
+	// unknown.
+	ClientAddr    string `protobuf:"bytes,14,opt,name=client_addr,json=clientAddr,proto3" json:"client_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Session) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Session) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Session) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *Session) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Session) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *Session) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+func (x *Session) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *Session) GetBytesUp() uint64 {
+	if x != nil {
+		return x.BytesUp
+	}
+	return 0
+}
+
+func (x *Session) GetBytesDown() uint64 {
+	if x != nil {
+		return x.BytesDown
+	}
+	return 0
+}
+
+func (x *Session) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *Session) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *Session) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Session) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *Session) GetClientAddr() string {
+	if x != nil {
+		return x.ClientAddr
+	}
+	return ""
+}
+
+// ListSessionsRequest selects a page of the session audit.
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of sessions to return. Zero means 100; values above 500
+	// are treated as 500; negative values are rejected.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Opaque token from a previous response's next_page_token, to get the
+	// following (older) page. Empty for the first page. The filters must stay
+	// the same while paging.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only sessions carried by this agent (a UUID). Empty: any.
+	AgentId string `protobuf:"bytes,3,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// Only sessions to this target, "host:port", compared exactly. Empty:
+	// any.
+	Target string `protobuf:"bytes,4,opt,name=target,proto3" json:"target,omitempty"`
+	// Only sessions with this outcome, compared exactly; "open" selects the
+	// sessions that have not ended. Empty: any.
+	Outcome string `protobuf:"bytes,5,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Only sessions that started at or after this time. Unset: no lower
+	// bound.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Only sessions that started before this time. Unset: no upper bound.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListSessionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSessionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *ListSessionsRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// ListSessionsResponse is one page of the session audit.
+type ListSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sessions on this page, newest first. Empty if none match.
+	Sessions []*Session `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// Token for the next (older) page, to pass as page_token. Empty on the
+	// last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_outpost_v1_agent_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_outpost_v1_agent_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*Session {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+func (x *ListSessionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_outpost_v1_agent_admin_proto protoreflect.FileDescriptor
 
 const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x1coutpost/v1/agent_admin.proto\x12\n" +
-	"outpost.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1boutpost/v1/enrollment.proto\"J\n" +
+	"outpost.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1boutpost/v1/enrollment.proto\"J\n" +
 	"\vDomainRoute\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12#\n" +
 	"\rauto_detected\x18\x02 \x01(\bR\fautoDetected\"\xf1\x05\n" +
@@ -912,12 +1244,46 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"d\n" +
 	"\x19SetApprovedRoutesResponse\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12,\n" +
-	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes*}\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.outpost.v1.RouteSetR\x06routes\"\xe3\x03\n" +
+	"\aSession\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x129\n" +
+	"\n" +
+	"started_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bended_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12\x16\n" +
+	"\x06target\x18\x04 \x01(\tR\x06target\x12\x19\n" +
+	"\bagent_id\x18\x05 \x01(\tR\aagentId\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x06 \x01(\tR\treplicaId\x12\x1a\n" +
+	"\bdecision\x18\a \x01(\tR\bdecision\x12\x19\n" +
+	"\bbytes_up\x18\b \x01(\x04R\abytesUp\x12\x1d\n" +
+	"\n" +
+	"bytes_down\x18\t \x01(\x04R\tbytesDown\x125\n" +
+	"\bduration\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x18\n" +
+	"\aoutcome\x18\v \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\f \x01(\tR\x06reason\x12\x15\n" +
+	"\x06key_id\x18\r \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vclient_addr\x18\x0e \x01(\tR\n" +
+	"clientAddr\"\x90\x02\n" +
+	"\x13ListSessionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x19\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12\x16\n" +
+	"\x06target\x18\x04 \x01(\tR\x06target\x12\x18\n" +
+	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x129\n" +
+	"\n" +
+	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"o\n" +
+	"\x14ListSessionsResponse\x12/\n" +
+	"\bsessions\x18\x01 \x03(\v2\x13.outpost.v1.SessionR\bsessions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*}\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ONLINE\x10\x01\x12\x1d\n" +
 	"\x19AGENT_STATUS_UNRESPONSIVE\x10\x02\x12\x18\n" +
-	"\x14AGENT_STATUS_OFFLINE\x10\x032\xf5\x04\n" +
+	"\x14AGENT_STATUS_OFFLINE\x10\x032\xde\x05\n" +
 	"\x11AgentAdminService\x12_\n" +
 	"\n" +
 	"ListAgents\x12\x1d.outpost.v1.ListAgentsRequest\x1a\x1e.outpost.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
@@ -925,7 +1291,8 @@ const file_outpost_v1_agent_admin_proto_rawDesc = "" +
 	"\bGetAgent\x12\x1b.outpost.v1.GetAgentRequest\x1a\x1c.outpost.v1.GetAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/agents/{agent_id}\x12m\n" +
 	"\vDeleteAgent\x12\x1e.outpost.v1.DeleteAgentRequest\x1a\x1f.outpost.v1.DeleteAgentResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/agents/{agent_id}\x12\x8f\x01\n" +
 	"\x11GetApprovedRoutes\x12$.outpost.v1.GetApprovedRoutesRequest\x1a%.outpost.v1.GetApprovedRoutesResponse\"-\x82\xd3\xe4\x93\x02'\x12%/v1/agents/{agent_id}/approved-routes\x12\x97\x01\n" +
-	"\x11SetApprovedRoutes\x12$.outpost.v1.SetApprovedRoutesRequest\x1a%.outpost.v1.SetApprovedRoutesResponse\"5\x82\xd3\xe4\x93\x02/:\x06routes\x1a%/v1/agents/{agent_id}/approved-routesB7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
+	"\x11SetApprovedRoutes\x12$.outpost.v1.SetApprovedRoutesRequest\x1a%.outpost.v1.SetApprovedRoutesResponse\"5\x82\xd3\xe4\x93\x02/:\x06routes\x1a%/v1/agents/{agent_id}/approved-routes\x12g\n" +
+	"\fListSessions\x12\x1f.outpost.v1.ListSessionsRequest\x1a .outpost.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/sessionsB7Z5github.com/outposthq/outpost/gen/outpost/v1;outpostv1b\x06proto3"
 
 var (
 	file_outpost_v1_agent_admin_proto_rawDescOnce sync.Once
@@ -940,7 +1307,7 @@ func file_outpost_v1_agent_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_outpost_v1_agent_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_outpost_v1_agent_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_outpost_v1_agent_admin_proto_goTypes = []any{
 	(AgentStatus)(0),                  // 0: outpost.v1.AgentStatus
 	(*DomainRoute)(nil),               // 1: outpost.v1.DomainRoute
@@ -955,39 +1322,51 @@ var file_outpost_v1_agent_admin_proto_goTypes = []any{
 	(*SetApprovedRoutesRequest)(nil),  // 10: outpost.v1.SetApprovedRoutesRequest
 	(*GetApprovedRoutesResponse)(nil), // 11: outpost.v1.GetApprovedRoutesResponse
 	(*SetApprovedRoutesResponse)(nil), // 12: outpost.v1.SetApprovedRoutesResponse
-	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
-	(*RouteSet)(nil),                  // 14: outpost.v1.RouteSet
+	(*Session)(nil),                   // 13: outpost.v1.Session
+	(*ListSessionsRequest)(nil),       // 14: outpost.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),      // 15: outpost.v1.ListSessionsResponse
+	(*timestamppb.Timestamp)(nil),     // 16: google.protobuf.Timestamp
+	(*RouteSet)(nil),                  // 17: outpost.v1.RouteSet
+	(*durationpb.Duration)(nil),       // 18: google.protobuf.Duration
 }
 var file_outpost_v1_agent_admin_proto_depIdxs = []int32{
 	0,  // 0: outpost.v1.Agent.status:type_name -> outpost.v1.AgentStatus
-	13, // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
-	13, // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	16, // 1: outpost.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
+	16, // 2: outpost.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
 	1,  // 3: outpost.v1.Agent.domains:type_name -> outpost.v1.DomainRoute
-	13, // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
-	13, // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
-	14, // 6: outpost.v1.Agent.approved_routes:type_name -> outpost.v1.RouteSet
+	16, // 4: outpost.v1.Agent.cert_not_after:type_name -> google.protobuf.Timestamp
+	16, // 5: outpost.v1.Agent.enrolled_at:type_name -> google.protobuf.Timestamp
+	17, // 6: outpost.v1.Agent.approved_routes:type_name -> outpost.v1.RouteSet
 	1,  // 7: outpost.v1.Agent.rejected_domains:type_name -> outpost.v1.DomainRoute
 	0,  // 8: outpost.v1.ListAgentsRequest.status:type_name -> outpost.v1.AgentStatus
 	2,  // 9: outpost.v1.ListAgentsResponse.agents:type_name -> outpost.v1.Agent
 	2,  // 10: outpost.v1.GetAgentResponse.agent:type_name -> outpost.v1.Agent
-	14, // 11: outpost.v1.SetApprovedRoutesRequest.routes:type_name -> outpost.v1.RouteSet
-	14, // 12: outpost.v1.GetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
-	14, // 13: outpost.v1.SetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
-	3,  // 14: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
-	5,  // 15: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
-	7,  // 16: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
-	9,  // 17: outpost.v1.AgentAdminService.GetApprovedRoutes:input_type -> outpost.v1.GetApprovedRoutesRequest
-	10, // 18: outpost.v1.AgentAdminService.SetApprovedRoutes:input_type -> outpost.v1.SetApprovedRoutesRequest
-	4,  // 19: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
-	6,  // 20: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
-	8,  // 21: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
-	11, // 22: outpost.v1.AgentAdminService.GetApprovedRoutes:output_type -> outpost.v1.GetApprovedRoutesResponse
-	12, // 23: outpost.v1.AgentAdminService.SetApprovedRoutes:output_type -> outpost.v1.SetApprovedRoutesResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	17, // 11: outpost.v1.SetApprovedRoutesRequest.routes:type_name -> outpost.v1.RouteSet
+	17, // 12: outpost.v1.GetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	17, // 13: outpost.v1.SetApprovedRoutesResponse.routes:type_name -> outpost.v1.RouteSet
+	16, // 14: outpost.v1.Session.started_at:type_name -> google.protobuf.Timestamp
+	16, // 15: outpost.v1.Session.ended_at:type_name -> google.protobuf.Timestamp
+	18, // 16: outpost.v1.Session.duration:type_name -> google.protobuf.Duration
+	16, // 17: outpost.v1.ListSessionsRequest.start_time:type_name -> google.protobuf.Timestamp
+	16, // 18: outpost.v1.ListSessionsRequest.end_time:type_name -> google.protobuf.Timestamp
+	13, // 19: outpost.v1.ListSessionsResponse.sessions:type_name -> outpost.v1.Session
+	3,  // 20: outpost.v1.AgentAdminService.ListAgents:input_type -> outpost.v1.ListAgentsRequest
+	5,  // 21: outpost.v1.AgentAdminService.GetAgent:input_type -> outpost.v1.GetAgentRequest
+	7,  // 22: outpost.v1.AgentAdminService.DeleteAgent:input_type -> outpost.v1.DeleteAgentRequest
+	9,  // 23: outpost.v1.AgentAdminService.GetApprovedRoutes:input_type -> outpost.v1.GetApprovedRoutesRequest
+	10, // 24: outpost.v1.AgentAdminService.SetApprovedRoutes:input_type -> outpost.v1.SetApprovedRoutesRequest
+	14, // 25: outpost.v1.AgentAdminService.ListSessions:input_type -> outpost.v1.ListSessionsRequest
+	4,  // 26: outpost.v1.AgentAdminService.ListAgents:output_type -> outpost.v1.ListAgentsResponse
+	6,  // 27: outpost.v1.AgentAdminService.GetAgent:output_type -> outpost.v1.GetAgentResponse
+	8,  // 28: outpost.v1.AgentAdminService.DeleteAgent:output_type -> outpost.v1.DeleteAgentResponse
+	11, // 29: outpost.v1.AgentAdminService.GetApprovedRoutes:output_type -> outpost.v1.GetApprovedRoutesResponse
+	12, // 30: outpost.v1.AgentAdminService.SetApprovedRoutes:output_type -> outpost.v1.SetApprovedRoutesResponse
+	15, // 31: outpost.v1.AgentAdminService.ListSessions:output_type -> outpost.v1.ListSessionsResponse
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_outpost_v1_agent_admin_proto_init() }
@@ -1002,7 +1381,7 @@ func file_outpost_v1_agent_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_outpost_v1_agent_admin_proto_rawDesc), len(file_outpost_v1_agent_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,13 +24,15 @@ const (
 	AgentAdminService_DeleteAgent_FullMethodName       = "/outpost.v1.AgentAdminService/DeleteAgent"
 	AgentAdminService_GetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/GetApprovedRoutes"
 	AgentAdminService_SetApprovedRoutes_FullMethodName = "/outpost.v1.AgentAdminService/SetApprovedRoutes"
+	AgentAdminService_ListSessions_FullMethodName      = "/outpost.v1.AgentAdminService/ListSessions"
 )
 
 // AgentAdminServiceClient is the client API for AgentAdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AgentAdminService lets operators see and remove enrolled agents.
+// AgentAdminService lets operators see and remove enrolled agents and read
+// the audit of the sessions that went through them.
 type AgentAdminServiceClient interface {
 	// ListAgents returns the enrolled agents that are not deleted, one page at
 	// a time, ordered by agent id.
@@ -68,6 +70,15 @@ type AgentAdminServiceClient interface {
 	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
 	// exists or it was deleted.
 	SetApprovedRoutes(ctx context.Context, in *SetApprovedRoutesRequest, opts ...grpc.CallOption) (*SetApprovedRoutesResponse, error)
+	// ListSessions returns the session audit, newest first (by start time,
+	// then session id), one page at a time: every session the gateway
+	// routed, through an agent or direct, open or ended, kept for the audit
+	// retention (default 90 days). The filters combine (all must match).
+	//
+	// Requires the scope "sessions.read". Errors: INVALID_ARGUMENT for a
+	// negative page_size, an agent_id that is not a UUID, a start_time after
+	// end_time, or a page_token that this gateway did not issue.
+	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 }
 
 type agentAdminServiceClient struct {
@@ -128,11 +139,22 @@ func (c *agentAdminServiceClient) SetApprovedRoutes(ctx context.Context, in *Set
 	return out, nil
 }
 
+func (c *agentAdminServiceClient) ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSessionsResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_ListSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAdminServiceServer is the server API for AgentAdminService service.
 // All implementations must embed UnimplementedAgentAdminServiceServer
 // for forward compatibility.
 //
-// AgentAdminService lets operators see and remove enrolled agents.
+// AgentAdminService lets operators see and remove enrolled agents and read
+// the audit of the sessions that went through them.
 type AgentAdminServiceServer interface {
 	// ListAgents returns the enrolled agents that are not deleted, one page at
 	// a time, ordered by agent id.
@@ -170,6 +192,15 @@ type AgentAdminServiceServer interface {
 	// for more than 1,024 subnets or domains; NOT_FOUND if no such agent
 	// exists or it was deleted.
 	SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error)
+	// ListSessions returns the session audit, newest first (by start time,
+	// then session id), one page at a time: every session the gateway
+	// routed, through an agent or direct, open or ended, kept for the audit
+	// retention (default 90 days). The filters combine (all must match).
+	//
+	// Requires the scope "sessions.read". Errors: INVALID_ARGUMENT for a
+	// negative page_size, an agent_id that is not a UUID, a start_time after
+	// end_time, or a page_token that this gateway did not issue.
+	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	mustEmbedUnimplementedAgentAdminServiceServer()
 }
 
@@ -194,6 +225,9 @@ func (UnimplementedAgentAdminServiceServer) GetApprovedRoutes(context.Context, *
 }
 func (UnimplementedAgentAdminServiceServer) SetApprovedRoutes(context.Context, *SetApprovedRoutesRequest) (*SetApprovedRoutesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetApprovedRoutes not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
 }
 func (UnimplementedAgentAdminServiceServer) mustEmbedUnimplementedAgentAdminServiceServer() {}
 func (UnimplementedAgentAdminServiceServer) testEmbeddedByValue()                           {}
@@ -306,6 +340,24 @@ func _AgentAdminService_SetApprovedRoutes_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAdminService_ListSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).ListSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_ListSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).ListSessions(ctx, req.(*ListSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAdminService_ServiceDesc is the grpc.ServiceDesc for AgentAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -332,6 +384,10 @@ var AgentAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetApprovedRoutes",
 			Handler:    _AgentAdminService_SetApprovedRoutes_Handler,
+		},
+		{
+			MethodName: "ListSessions",
+			Handler:    _AgentAdminService_ListSessions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -31,12 +31,15 @@ const (
 	ScopeAgentsWrite    = "agents.write"
 	ScopeRoutesRead     = "routes.read"
 	ScopeSessionsCreate = "sessions.create"
+	// ScopeSessionsRead lets a key read the session audit (targets, client
+	// addresses, key ids): more than agents.read shows.
+	ScopeSessionsRead = "sessions.read"
 	// ScopeMetricsRead lets a key scrape /metrics on the API port.
 	ScopeMetricsRead = "metrics.read"
 )
 
 // KnownScopes lists every scope a key may carry, ScopeAll included.
-var KnownScopes = []string{ScopeAll, ScopeEnrollCreate, ScopeAgentsRead, ScopeAgentsWrite, ScopeRoutesRead, ScopeSessionsCreate, ScopeMetricsRead}
+var KnownScopes = []string{ScopeAll, ScopeEnrollCreate, ScopeAgentsRead, ScopeAgentsWrite, ScopeRoutesRead, ScopeSessionsCreate, ScopeSessionsRead, ScopeMetricsRead}
 
 // Public marks a method that needs no API key (health, reflection, and Enroll,
 // whose bearer is an enrollment token checked by the service itself).

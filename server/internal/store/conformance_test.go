@@ -45,6 +45,7 @@ var conformance = []struct {
 	{"MigrationAddsEmptyRoutes", testMigrationAddsEmptyRoutes},
 	// Sessions and session tokens.
 	{"Sessions", testSessions},
+	{"ListSessions", testListSessions},
 	{"UseSessionToken", testUseSessionToken},
 	{"UseSessionTokenConcurrent", testUseSessionTokenConcurrent},
 	{"UseSessionTokenLimitAcrossHandles", testUseSessionTokenLimitAcrossHandles},

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -66,20 +67,75 @@ WHERE id = $1 AND ended_at IS NULL`,
 
 // GetSession implements Store.
 func (s *sqlStore) GetSession(ctx context.Context, id string) (SessionRecord, error) {
-	var (
-		r       SessionRecord
-		started int64
-		ended   sql.NullInt64
-	)
+	var r SessionRecord
 	err := s.read(ctx, func(ctx context.Context) error {
-		return s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id).Scan(
-			&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason, &r.KeyID, &r.ClientAddr)
+		var err error
+		r, err = scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id))
+		return err
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return SessionRecord{}, fmt.Errorf("%w: session %q", ErrNotFound, id)
 	}
 	if err != nil {
 		return SessionRecord{}, fmt.Errorf("store: get session: %w", err)
+	}
+	return r, nil
+}
+
+// ListSessions implements Store. The conditions are built from opts with
+// numbered placeholders, so the query stays one portable statement.
+func (s *sqlStore) ListSessions(ctx context.Context, opts ListSessionsOptions) ([]SessionRecord, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	var (
+		conds []string
+		args  []any
+	)
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if opts.After != nil {
+		at := arg(millis(opts.After.StartedAt))
+		conds = append(conds, fmt.Sprintf("(started_at < %s OR (started_at = %s AND id < %s))", at, at, arg(opts.After.ID)))
+	}
+	if opts.AgentID != "" {
+		conds = append(conds, "agent_id = "+arg(opts.AgentID))
+	}
+	if opts.Target != "" {
+		conds = append(conds, "target = "+arg(opts.Target))
+	}
+	if opts.Outcome != "" {
+		conds = append(conds, "outcome = "+arg(opts.Outcome))
+	}
+	if opts.OpenOnly {
+		conds = append(conds, "ended_at IS NULL")
+	}
+	if !opts.From.IsZero() {
+		conds = append(conds, "started_at >= "+arg(millis(opts.From)))
+	}
+	if !opts.Until.IsZero() {
+		conds = append(conds, "started_at < "+arg(millis(opts.Until)))
+	}
+	query := `SELECT ` + sessionColumns + ` FROM sessions`
+	if len(conds) > 0 {
+		query += ` WHERE ` + strings.Join(conds, " AND ")
+	}
+	query += ` ORDER BY started_at DESC, id DESC LIMIT ` + arg(limit)
+	return queryAll(ctx, s, "list sessions", scanSession, query, args...)
+}
+
+// scanSession reads one row of sessionColumns.
+func scanSession(sc scanner) (SessionRecord, error) {
+	var (
+		r       SessionRecord
+		started int64
+		ended   sql.NullInt64
+	)
+	if err := sc.Scan(&r.ID, &r.Target, &r.AgentID, &r.Decision, &started, &ended, &r.BytesUp, &r.BytesDown, &r.Outcome, &r.Reason, &r.KeyID, &r.ClientAddr); err != nil {
+		return SessionRecord{}, err
 	}
 	r.StartedAt = fromMillis(started)
 	if ended.Valid {

@@ -8,6 +8,87 @@ import (
 	"time"
 )
 
+func testListSessions(t *testing.T, f *fixture) {
+	s, _ := f.open(t)
+	ctx := ctxT(t)
+	base := f.clk.Now().Truncate(time.Millisecond)
+	// s0..s6, one second apart, s3 and s4 at the same instant (the id
+	// breaks the tie); odd ones through agent-a, the last one still open.
+	at := []time.Duration{0, 1, 2, 3, 3, 4, 5}
+	for i, d := range at {
+		r := SessionRecord{ID: fmt.Sprintf("s%d", i), Target: "db:5432", AgentID: "agent-b", StartedAt: base.Add(d * time.Second)}
+		if i%2 == 1 {
+			r.AgentID, r.Target = "agent-a", "web:443"
+		}
+		if err := s.InsertSession(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if i < len(at)-1 {
+			outcome := "closed"
+			if i == 2 {
+				outcome = "refused"
+			}
+			if err := s.FinishSession(ctx, r.ID, r.StartedAt.Add(time.Second), int64(i), int64(10*i), outcome, "why"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ids := func(rs []SessionRecord) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.ID)
+		}
+		return fmt.Sprint(out)
+	}
+	// Every page of two, newest first, ties by id descending.
+	var all []SessionRecord
+	var after *SessionCursor
+	for range 10 {
+		page, err := s.ListSessions(ctx, ListSessionsOptions{After: after, Limit: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page...)
+		if len(page) < 2 {
+			break
+		}
+		last := page[len(page)-1]
+		after = &SessionCursor{StartedAt: last.StartedAt, ID: last.ID}
+	}
+	if got := ids(all); got != "[s6 s5 s4 s3 s2 s1 s0]" {
+		t.Errorf("paged: %s", got)
+	}
+	if all[0].Outcome != "" || !all[0].EndedAt.IsZero() || all[1].BytesDown != 50 || all[1].Outcome != "closed" || all[1].EndedAt.IsZero() {
+		t.Errorf("records: %+v, %+v", all[0], all[1])
+	}
+	for _, c := range []struct {
+		name string
+		opts ListSessionsOptions
+		want string
+	}{
+		{"agent", ListSessionsOptions{AgentID: "agent-a"}, "[s5 s3 s1]"},
+		{"target", ListSessionsOptions{Target: "db:5432"}, "[s6 s4 s2 s0]"},
+		{"outcome", ListSessionsOptions{Outcome: "refused"}, "[s2]"},
+		{"open", ListSessionsOptions{OpenOnly: true}, "[s6]"},
+		{"from", ListSessionsOptions{From: base.Add(4 * time.Second)}, "[s6 s5]"},
+		{"until", ListSessionsOptions{Until: base.Add(3 * time.Second)}, "[s2 s1 s0]"},
+		{"window and agent", ListSessionsOptions{AgentID: "agent-b", From: base.Add(time.Second), Until: base.Add(5 * time.Second)}, "[s4 s2]"},
+		{"after a tie", ListSessionsOptions{After: &SessionCursor{StartedAt: base.Add(3 * time.Second), ID: "s4"}, Limit: 2}, "[s3 s2]"},
+		{"none", ListSessionsOptions{AgentID: "nobody"}, "[]"},
+	} {
+		got, err := s.ListSessions(ctx, c.opts)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ids(got) != c.want {
+			t.Errorf("%s: %s, want %s", c.name, ids(got), c.want)
+		}
+	}
+	if got, err := s.ListSessions(ctx, ListSessionsOptions{}); err != nil || got == nil || len(got) != len(at) {
+		t.Errorf("default limit: %d rows, %v", len(got), err)
+	}
+}
+
 func testSessions(t *testing.T, f *fixture) {
 	s, _ := f.open(t)
 	ctx := ctxT(t)

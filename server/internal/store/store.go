@@ -131,6 +131,10 @@ type Store interface {
 	FinishSession(ctx context.Context, id string, end time.Time, bytesUp, bytesDown int64, outcome, reason string) error
 	// GetSession returns a session record. ErrNotFound if none.
 	GetSession(ctx context.Context, id string) (SessionRecord, error)
+	// ListSessions returns the session records that match opts, newest
+	// first (by StartedAt, then ID, both descending), at most opts.Limit of
+	// them, starting after opts.After.
+	ListSessions(ctx context.Context, opts ListSessionsOptions) ([]SessionRecord, error)
 	// UseSessionToken counts one connection opened with the session token
 	// jti, which may open at most max (1 for a single-use token), and
 	// returns the count with this one. ErrTokenUsed, and nothing changes,
@@ -227,6 +231,37 @@ type ListAgentsOptions struct {
 	Limit int
 	// IncludeDeleted also returns deleted agents.
 	IncludeDeleted bool
+}
+
+// ListSessionsOptions selects a page of ListSessions. Every set filter
+// must match.
+type ListSessionsOptions struct {
+	// After starts the page after this position in the list order (keyset
+	// pagination); nil starts with the newest session.
+	After *SessionCursor
+	// Limit is the page size. If zero or negative, 100.
+	Limit int
+	// AgentID, if set, selects the sessions of this agent.
+	AgentID string
+	// Target, if set, selects the sessions to this target, compared
+	// exactly.
+	Target string
+	// Outcome, if set, selects the sessions with this outcome, compared
+	// exactly.
+	Outcome string
+	// OpenOnly selects the sessions that have not ended.
+	OpenOnly bool
+	// From, if not zero, selects the sessions that started at or after it.
+	From time.Time
+	// Until, if not zero, selects the sessions that started before it.
+	Until time.Time
+}
+
+// SessionCursor is a position in the order of ListSessions: the last
+// record of a page.
+type SessionCursor struct {
+	StartedAt time.Time
+	ID        string
 }
 
 // DefaultListLimit is the page size of ListAgents when none is given.

@@ -1,6 +1,6 @@
 // Package agentadmin implements outpost.v1.AgentAdminService: listing, reading
-// and deleting enrolled agents, and reading and replacing the routes they are
-// approved to serve.
+// and deleting enrolled agents, reading and replacing the routes they are
+// approved to serve, and reading the session audit.
 package agentadmin
 
 import (
@@ -35,6 +35,7 @@ type Store interface {
 	GetAgent(ctx context.Context, id string) (store.Agent, error)
 	ListAgents(ctx context.Context, opts store.ListAgentsOptions) ([]store.Agent, error)
 	DeleteAgent(ctx context.Context, id string) error
+	ListSessions(ctx context.Context, opts store.ListSessionsOptions) ([]store.SessionRecord, error)
 }
 
 // Live is the gateway's registry of connected agents.

@@ -39,6 +39,10 @@ func (m *memStore) ListAgents(_ context.Context, opts store.ListAgentsOptions) (
 
 func (m *memStore) DeleteAgent(context.Context, string) error { return nil }
 
+func (m *memStore) ListSessions(context.Context, store.ListSessionsOptions) ([]store.SessionRecord, error) {
+	return nil, nil
+}
+
 // memLive reports the agents in online as online, every other as offline.
 type memLive struct{ online map[string]bool }
 
