@@ -320,6 +320,37 @@ func TestConsoleBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("sessions", func(t *testing.T) {
+		b.t = t
+		b.open("/ui/account")
+		keyID := strings.TrimSpace(b.text(".details dd code"))
+		if len(keyID) < 8 {
+			t.Fatalf("account page shows key id %q", keyID)
+		}
+		// The audit row is complete once the session ended on both sides.
+		row := `#session-rows tr[data-session]`
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b.open("/ui/sessions?since=1h")
+			got := b.text(row)
+			if strings.Contains(got, "13 B") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no finished session with 13 bytes in Sessions after 10 s; the first row shows %q", got)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		for _, want := range []string{target, "browser-agent", keyID[:8], "ok", "127.0.0.1:"} {
+			b.waitText(row, want, time.Second)
+		}
+		b.shot("sessions")
+		b.open("/ui/sessions?outcome=reset")
+		b.waitText("#session-rows", "No session matches this filter", 5*time.Second)
+		b.open("/ui/agents/" + agentID)
+		b.waitText("#session-rows", target, 5*time.Second)
+	})
+
 	t.Run("API keys and a read-only key", func(t *testing.T) {
 		b.t = t
 		b.open("/ui/keys")

@@ -52,6 +52,9 @@ const (
 // maxFormBytes bounds every form a page posts.
 const maxFormBytes = 64 << 10
 
+// storeUnavailable is what a page says when the store does not answer.
+const storeUnavailable = "the gateway's store is unavailable; try again shortly"
+
 // callTimeout bounds each API call a page makes.
 const callTimeout = 15 * time.Second
 
@@ -96,9 +99,6 @@ type Config struct {
 	// renewed: certificates closer to expiry are highlighted. If zero, none
 	// is.
 	RenewBefore time.Duration
-	// SessionsScope is the scope the Sessions page needs (that of
-	// ListSessions). If empty, auth.ScopeAgentsRead.
-	SessionsScope string
 	// IdleTimeout ends a session not used for this long. If zero, 30 min.
 	IdleTimeout time.Duration
 	// MaxAge ends a session this long after sign-in. If zero, 12 h.
@@ -151,9 +151,6 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	if cfg.SessionsScope == "" {
-		cfg.SessionsScope = auth.ScopeAgentsRead
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -204,7 +201,7 @@ func (c *Console) routes() http.Handler {
 	mux.Handle("GET /ui/connect", c.page(auth.ScopeRoutesRead, c.connectPage))
 	mux.Handle("POST /ui/connect", c.page(auth.ScopeRoutesRead, c.connect))
 
-	mux.Handle("GET /ui/sessions", c.page(c.cfg.SessionsScope, c.sessionsPage))
+	mux.Handle("GET /ui/sessions", c.page(auth.ScopeSessionsRead, c.sessionsPage))
 
 	mux.Handle("GET /ui/keys", c.page(auth.ScopeAll, c.keysPage))
 	mux.Handle("POST /ui/keys", c.page(auth.ScopeAll, c.createKey))
@@ -323,7 +320,7 @@ func (c *Console) signedIn(w http.ResponseWriter, r *http.Request, fragment bool
 		return gone("the API key was revoked")
 	case err != nil:
 		c.log.Error("api key lookup failed", "error", err)
-		http.Error(w, "the gateway's store is unavailable; try again shortly", http.StatusServiceUnavailable)
+		http.Error(w, storeUnavailable, http.StatusServiceUnavailable)
 		return nil, false
 	}
 	ctx := metadata.AppendToOutgoingContext(r.Context(), "authorization", "Bearer "+s.key)

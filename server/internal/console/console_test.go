@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
@@ -102,6 +103,14 @@ func (f *fakeAdmin) DeleteAgent(_ context.Context, req *outpostv1.DeleteAgentReq
 	return &outpostv1.DeleteAgentResponse{}, nil
 }
 
+func (f *fakeAdmin) ListSessions(_ context.Context, req *outpostv1.ListSessionsRequest) (*outpostv1.ListSessionsResponse, error) {
+	return &outpostv1.ListSessionsResponse{Sessions: []*outpostv1.Session{{
+		SessionId: "s1", StartedAt: timestamppb.Now(), Target: "10.1.2.3:22", AgentId: agentID, Decision: "agent",
+		BytesUp: 1536, BytesDown: 5 << 20, Duration: durationpb.New(90 * time.Second), Outcome: "ok",
+		KeyId: "0123456789abcdef", ClientAddr: "127.0.0.1:5000",
+	}}}, nil
+}
+
 func (f *fakeAdmin) deletions() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -136,6 +145,7 @@ func newFixture(t *testing.T) *fixture {
 		outpostv1.AgentAdminService_ListAgents_FullMethodName:  auth.ScopeAgentsRead,
 		outpostv1.AgentAdminService_GetAgent_FullMethodName:    auth.ScopeAgentsRead,
 		outpostv1.AgentAdminService_DeleteAgent_FullMethodName: auth.ScopeAgentsWrite,
+		outpostv1.AgentAdminService_ListSessions_FullMethodName: auth.ScopeSessionsRead,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -415,6 +425,28 @@ func TestEscaping(t *testing.T) {
 	}
 }
 
+func TestSessionsPage(t *testing.T) {
+	f := newFixture(t)
+	cookie, _ := f.signIn(f.key(auth.ScopeAll))
+	resp, page := f.do("GET", "/ui/sessions?since=24h&outcome=ok", cookie, nil, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("sessions: %s", resp.Status)
+	}
+	for _, want := range []string{"10.1.2.3:22", "1.5 KiB", "5.0 MiB", "1 min 30 s", ">01234567<", "127.0.0.1:5000", "&lt;img src=x"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("sessions page lacks %q", want)
+		}
+	}
+	// A key without sessions.read sees neither the page nor its link.
+	cookie, _ = f.signIn(f.key(auth.ScopeAgentsRead))
+	if resp, _ := f.do("GET", "/ui/sessions", cookie, nil, nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("sessions without sessions.read: %s", resp.Status)
+	}
+	if _, page := f.do("GET", "/ui/agents", cookie, nil, nil); strings.Contains(page, `href="/ui/sessions"`) {
+		t.Error("a key without sessions.read sees the Sessions link")
+	}
+}
+
 func TestKeysPage(t *testing.T) {
 	f := newFixture(t)
 	cookie, csrf := f.signIn(f.key(auth.ScopeAll))
@@ -475,7 +507,7 @@ func TestSessionTable(t *testing.T) {
 }
 
 func TestHumanFormats(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 3 << 30: "3.0 GiB"} {
+	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 3 << 30: "3.0 GiB"} {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}

@@ -30,7 +30,7 @@ func (c *Console) keysPage(rq *request) {
 func (c *Console) showKeys(rq *request, code int, msg string, d keysData) {
 	keys, err := c.cfg.Keys.ListAPIKeys(rq.r.Context())
 	if err != nil {
-		c.errorPage(rq, http.StatusServiceUnavailable, "the gateway's store is unavailable; try again shortly")
+		c.errorPage(rq, http.StatusServiceUnavailable, storeUnavailable)
 		return
 	}
 	d.Keys, d.Scopes = keys, auth.KnownScopes
@@ -60,7 +60,7 @@ func (c *Console) revokeKey(rq *request) {
 			c.errorPage(rq, http.StatusNotFound, "no api key with id "+id)
 			return
 		}
-		c.errorPage(rq, http.StatusServiceUnavailable, "the gateway's store is unavailable; try again shortly")
+		c.errorPage(rq, http.StatusServiceUnavailable, storeUnavailable)
 		return
 	}
 	c.log.Info("api key revoked from the console", "revoked_key_id", id, "key_id", rq.key.ID)

@@ -43,7 +43,7 @@ func (c *Console) permsOf(k auth.Key) perms {
 		Enroll:        k.Allows(auth.ScopeEnrollCreate),
 		Resolve:       k.Allows(auth.ScopeRoutesRead),
 		CreateSession: k.Allows(auth.ScopeSessionsCreate),
-		Sessions:      k.Allows(c.cfg.SessionsScope),
+		Sessions:      k.Allows(auth.ScopeSessionsRead),
 		Keys:          k.Allows(auth.ScopeAll),
 	}
 }
@@ -165,7 +165,7 @@ func tsTime(ts *timestamppb.Timestamp) time.Time {
 }
 
 // humanBytes is n bytes in B, KiB, MiB or GiB.
-func humanBytes(n int64) string {
+func humanBytes(n uint64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -42,7 +42,7 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 		return
 	case err != nil:
 		c.log.Error("api key lookup failed", "error", err)
-		fail(http.StatusServiceUnavailable, "the gateway's store is unavailable; try again shortly")
+		fail(http.StatusServiceUnavailable, storeUnavailable)
 		return
 	case key.Revoked:
 		fail(http.StatusUnauthorized, "api key revoked")
