@@ -142,9 +142,9 @@ func newFixture(t *testing.T) *fixture {
 		Subnets:      []string{"127.0.0.0/8"}, RejectedSubnets: []string{"192.0.2.0/24"},
 	}}}}
 	authz, err := auth.NewAuthorizer(apikey.Lookup(f.keys), map[string]string{
-		outpostv1.AgentAdminService_ListAgents_FullMethodName:  auth.ScopeAgentsRead,
-		outpostv1.AgentAdminService_GetAgent_FullMethodName:    auth.ScopeAgentsRead,
-		outpostv1.AgentAdminService_DeleteAgent_FullMethodName: auth.ScopeAgentsWrite,
+		outpostv1.AgentAdminService_ListAgents_FullMethodName:   auth.ScopeAgentsRead,
+		outpostv1.AgentAdminService_GetAgent_FullMethodName:     auth.ScopeAgentsRead,
+		outpostv1.AgentAdminService_DeleteAgent_FullMethodName:  auth.ScopeAgentsWrite,
 		outpostv1.AgentAdminService_ListSessions_FullMethodName: auth.ScopeSessionsRead,
 	})
 	if err != nil {
