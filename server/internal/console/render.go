@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/internal/auth"
 )
 
@@ -61,6 +62,7 @@ func (c *Console) parseTemplates() (map[string]*template.Template, error) {
 		"join":     strings.Join,
 		"statusOf": statusOf,
 		"domains":  domainNames,
+		"decision": decisionText,
 		"deref":    func(t *time.Time) time.Time { return *t },
 	}
 	names, err := fs.Glob(templateFS, "templates/*.html")
@@ -117,6 +119,19 @@ func (c *Console) execute(w http.ResponseWriter, code int, page, name string, v 
 // errorPage shows msg as a page of its own with status code.
 func (c *Console) errorPage(rq *request, code int, msg string) {
 	c.render(rq, code, "error", view{Title: http.StatusText(code), Error: msg})
+}
+
+// decisionText is a routing decision in words.
+func decisionText(d outpostv1.Decision) string {
+	switch d {
+	case outpostv1.Decision_DECISION_AGENT:
+		return "through an agent"
+	case outpostv1.Decision_DECISION_DIRECT:
+		return "directly from the gateway"
+	case outpostv1.Decision_DECISION_REJECTED:
+		return "rejected"
+	}
+	return d.String()
 }
 
 // relTime is t relative to now, in words ("3 min ago", "in 2 h").
