@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
+	"github.com/outposthq/outpost/internal/shellword"
 )
 
 // tokenFile is the file the printed connect commands read the session
@@ -102,10 +103,10 @@ func (c *Console) connect(rq *request) {
 	c.log.Info("session token minted from the console", "session_id", sess.GetSessionId(), "key_id", rq.key.ID)
 	d.Session = sess
 	gw := "https" + strings.TrimPrefix(strings.TrimSuffix(sess.GetConnectUrl(), "/v1/connect"), "wss")
-	connect := shellJoin("outpost", "connect", "--gateway", gw, "--ca-pin", sess.GetGatewayCaSpkiSha256(), "--token-file", tokenFile)
+	connect := shellword.Join("outpost", "connect", "--gateway", gw, "--ca-pin", sess.GetGatewayCaSpkiSha256(), "--token-file", tokenFile)
 	d.SaveToken = "(umask 077; cat > " + tokenFile + ")"
-	d.Connect = connect + " " + shellJoin("--listen", "127.0.0.1:10022")
-	d.SSH = "ssh -o " + shellQuote("ProxyCommand="+connect+" --stdio") + " " + shellQuote(hostOf(f.Target))
+	d.Connect = connect + " " + shellword.Join("--listen", "127.0.0.1:10022")
+	d.SSH = "ssh -o " + shellword.Quote("ProxyCommand="+connect+" --stdio") + " " + shellword.Quote(hostOf(f.Target))
 	show(http.StatusOK, "")
 }
 
@@ -115,22 +116,4 @@ func hostOf(target string) string {
 		return target
 	}
 	return h
-}
-
-// shellQuote quotes s for a POSIX shell so a printed command works as
-// printed; words of only safe characters stay as they are.
-func shellQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:@%+=,-") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// shellJoin quotes each word and joins them with spaces.
-func shellJoin(words ...string) string {
-	q := make([]string, len(words))
-	for i, w := range words {
-		q[i] = shellQuote(w)
-	}
-	return strings.Join(q, " ")
 }

@@ -10,6 +10,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"embed"
@@ -136,15 +137,12 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Conn == nil || cfg.Keys == nil {
 		return nil, errors.New("console: Conn and Keys are required")
 	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
+	if cfg.IdleTimeout < 0 || cfg.MaxAge < 0 || cfg.MaxSessions < 0 {
+		return nil, errors.New("console: negative IdleTimeout, MaxAge or MaxSessions")
 	}
-	if cfg.MaxAge <= 0 {
-		cfg.MaxAge = DefaultMaxAge
-	}
-	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = DefaultMaxSessions
-	}
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxAge = cmp.Or(cfg.MaxAge, DefaultMaxAge)
+	cfg.MaxSessions = cmp.Or(cfg.MaxSessions, DefaultMaxSessions)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

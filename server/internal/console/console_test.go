@@ -524,9 +524,6 @@ func TestHumanFormats(t *testing.T) {
 			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if got := shellQuote("a b'c"); got != `'a b'\''c'` {
-		t.Errorf("shellQuote: %s", got)
-	}
 	if httpStatus(codes.PermissionDenied) != http.StatusForbidden || httpStatus(codes.NotFound) != http.StatusNotFound {
 		t.Error("httpStatus")
 	}
