@@ -5,14 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,13 +81,40 @@ func (m *memKeys) RevokeAPIKey(_ context.Context, id string) error {
 type fakeAdmin struct {
 	outpostv1.UnimplementedAgentAdminServiceServer
 	agents []*outpostv1.Agent
+	// many, when set, makes ListAgents page through that many generated
+	// agents instead, and count its calls.
+	many  int
+	calls atomic.Int32
 
 	mu      sync.Mutex
 	deleted []string
 }
 
-func (f *fakeAdmin) ListAgents(context.Context, *outpostv1.ListAgentsRequest) (*outpostv1.ListAgentsResponse, error) {
-	return &outpostv1.ListAgentsResponse{Agents: f.agents}, nil
+func (f *fakeAdmin) ListAgents(_ context.Context, req *outpostv1.ListAgentsRequest) (*outpostv1.ListAgentsResponse, error) {
+	if f.many == 0 {
+		return &outpostv1.ListAgentsResponse{Agents: f.agents}, nil
+	}
+	f.calls.Add(1)
+	size := int(req.GetPageSize())
+	if size == 0 || size > 1000 {
+		size = 1000
+	}
+	start := 0
+	if req.GetPageToken() != "" {
+		var err error
+		if start, err = strconv.Atoi(req.GetPageToken()); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "bad page token")
+		}
+	}
+	resp := &outpostv1.ListAgentsResponse{}
+	for i := start; i < f.many && len(resp.Agents) < size; i++ {
+		resp.Agents = append(resp.Agents, &outpostv1.Agent{AgentId: fmt.Sprintf("00000000-0000-4000-8000-%012d", i),
+			Name: fmt.Sprintf("agent-%05d", i), Status: outpostv1.AgentStatus_AGENT_STATUS_OFFLINE})
+		if i+1 < f.many && len(resp.Agents) == size {
+			resp.NextPageToken = strconv.Itoa(i + 1)
+		}
+	}
+	return resp, nil
 }
 
 func (f *fakeAdmin) GetAgent(_ context.Context, req *outpostv1.GetAgentRequest) (*outpostv1.GetAgentResponse, error) {
@@ -444,6 +474,46 @@ func TestSessionsPage(t *testing.T) {
 	}
 	if _, page := f.do("GET", "/ui/agents", cookie, nil, nil); strings.Contains(page, `href="/ui/sessions"`) {
 		t.Error("a key without sessions.read sees the Sessions link")
+	}
+}
+
+// With 10,000 agents a page costs one API call of one page (50 agents);
+// the next page goes on from the API's token; a name filter pages through
+// the list a thousand agents a call.
+func TestAgentsPaging(t *testing.T) {
+	f := newFixture(t)
+	f.admin.many = 10000
+	cookie, _ := f.signIn(f.key(auth.ScopeAgentsRead))
+	rows := regexp.MustCompile(`<tr data-agent=`)
+	next := regexp.MustCompile(`href="(/ui/agents\?page=[^"]+)">Next page`)
+
+	f.admin.calls.Store(0)
+	_, page := f.do("GET", "/ui/agents", cookie, nil, nil)
+	if n := len(rows.FindAllString(page, -1)); n != agentsPageSize || f.admin.calls.Load() != 1 {
+		t.Fatalf("first page: %d rows in %d calls", n, f.admin.calls.Load())
+	}
+	m := next.FindStringSubmatch(page)
+	if m == nil || !strings.Contains(page, "agent-00049") || strings.Contains(page, "agent-00050") {
+		t.Fatal("first page: wrong agents or no next link")
+	}
+	_, page = f.do("GET", strings.ReplaceAll(m[1], "&amp;", "&"), cookie, nil, nil)
+	if !strings.Contains(page, "agent-00050") || !strings.Contains(page, "First page") {
+		t.Error("second page: wrong agents or no link to the first")
+	}
+	// The polled fragment of a page is that page.
+	_, frag := f.do("GET", "/ui/agents/rows?page=9950", cookie, nil, nil)
+	if n := len(rows.FindAllString(frag, -1)); n != 50 || !strings.Contains(frag, "agent-09999") || strings.Contains(frag, "<html") {
+		t.Errorf("last page's fragment: %d rows", n)
+	}
+
+	f.admin.calls.Store(0)
+	_, page = f.do("GET", "/ui/agents?name=AGENT-09999", cookie, nil, nil)
+	if n := len(rows.FindAllString(page, -1)); n != 1 || !strings.Contains(page, "agent-09999") || f.admin.calls.Load() != 10 {
+		t.Errorf("name filter: %d rows in %d calls", n, f.admin.calls.Load())
+	}
+	_, page = f.do("GET", "/ui/agents?name=nobody", cookie, nil, nil)
+	if !strings.Contains(page, "No agent matches this filter") {
+		t.Error("no empty state for a filter that matches nothing")
 	}
 }
 
