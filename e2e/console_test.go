@@ -400,6 +400,24 @@ func TestConsoleBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("approved routes", func(t *testing.T) {
+		b.t = t
+		b.open("/ui/agents/" + agentID)
+		// A malformed route is refused with the API's message, the form
+		// keeping what was typed.
+		b.fill(map[string]string{"#subnets": "127.0.0.1/32\n10.0.0.0/33"}, `form.routes button`)
+		b.waitText(".error", "10.0.0.0/33", 5*time.Second)
+		b.fill(map[string]string{"#subnets": "127.0.0.1/32", "#domains": "corp.test"}, `form.routes button`)
+		b.waitText("#routes-saved", "saved", 5*time.Second)
+		if got := gw.agentView(agentID).GetApprovedRoutes().GetDomains(); len(got) != 1 || got[0] != "corp.test" {
+			t.Fatalf("approved domains %v after the form", got)
+		}
+		b.run(chromedp.WaitVisible(chromedp.CSS("#domains")))
+		if v := get(b, chromedp.Value(chromedp.CSS("#domains"))); v != "corp.test" {
+			t.Fatalf("the form shows domains %q", v)
+		}
+	})
+
 	t.Run("delete", func(t *testing.T) {
 		b.t = t
 		b.open("/ui/agents/" + agentID)

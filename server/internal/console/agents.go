@@ -139,6 +139,8 @@ type agentData struct {
 	Subnets  string // approved subnets, one per line, for the form
 	Domains  string
 	Sessions *sessionsData
+	// Saved is set right after the approved routes were saved.
+	Saved bool
 }
 
 func (c *Console) agentPage(rq *request) {
@@ -157,6 +159,7 @@ func (c *Console) showAgent(rq *request, code int, msg string) {
 		Agent:   a,
 		Subnets: strings.Join(a.GetApprovedRoutes().GetSubnets(), "\n"),
 		Domains: strings.Join(a.GetApprovedRoutes().GetDomains(), "\n"),
+		Saved:   rq.r.Method == http.MethodGet && rq.r.URL.Query().Get("saved") != "",
 	}
 	if code == http.StatusOK && c.permsOf(rq.key).Sessions {
 		d.Sessions = c.recentSessions(rq, a.GetAgentId())

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"time"
@@ -95,7 +96,9 @@ func (c *Console) enrollStatus(rq *request) {
 	var d enrollStatusData
 	jti := rq.r.URL.Query().Get("jti")
 	if c.cfg.Enrolled != nil && jti != "" {
-		id, err := c.cfg.Enrolled(rq.ctx, jti)
+		ctx, cancel := context.WithTimeout(rq.r.Context(), callTimeout)
+		id, err := c.cfg.Enrolled(ctx, jti)
+		cancel()
 		if err != nil {
 			d.Error = "the gateway's store is unavailable; still trying"
 		}

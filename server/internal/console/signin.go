@@ -28,6 +28,9 @@ func (c *Console) signin(w http.ResponseWriter, r *http.Request) {
 	}
 	d := signinData{Next: safeNext(r.PostFormValue("next"))}
 	fail := func(code int, msg string) {
+		if code == http.StatusUnauthorized {
+			c.log.Warn("console sign-in refused", "reason", msg, "remote", r.RemoteAddr)
+		}
 		c.execute(w, code, "signin", "layout", view{Title: "Sign in", Error: msg, Data: d})
 	}
 	secret := strings.TrimSpace(r.PostFormValue("key"))
