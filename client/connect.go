@@ -321,7 +321,8 @@ func pinnedTLS(o Config, u *url.URL) (*tls.Config, error) {
 		return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12,
 			ClientSessionCache: tls.NewLRUClientSessionCache(0)}, nil
 	}
-	if strings.TrimSpace(o.CAPin) == "" {
+	if o.CAPin == "" {
+		// A pin given blank is malformed (ParsePin says so), not missing.
 		return nil, errors.New("connect: a CA file (--ca-file) or a CA pin (--ca-pin, 64 hex digits) is required")
 	}
 	pin, err := transport.ParsePin(strings.TrimSpace(o.CAPin))

@@ -50,7 +50,7 @@ func TestPinRequired(t *testing.T) {
 		pin, want string
 	}{
 		{"", "is required"},
-		{"  ", "is required"},
+		{"  ", "malformed"}, // given, but blank: malformed, not missing
 		{valid[:63], "malformed"},
 		{valid + "00", "malformed"},
 		{"x" + valid[1:], "malformed"},

@@ -30,7 +30,7 @@ func TestConnectRefusalReachesSSH(t *testing.T) {
 		if os.Getenv("CI") != "" {
 			t.Fatal("no ssh client: .ci/run installs openssh-client (CI is set, so this fails instead of skipping)")
 		}
-		t.Skip("no ssh client on this machine (apt-get install -y openssh-client)")
+		skipSuite(t, "ssh", "no ssh client on this machine (apt-get install -y openssh-client)")
 	}
 	clk := fakeclock.New(time.Now())
 	gw := startGateway(t, t.TempDir(), func(c *server.Config) {

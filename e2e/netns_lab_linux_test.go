@@ -56,10 +56,10 @@ func requireNetns(t *testing.T) {
 		t.Skip("netns suite: skipped in -short mode")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("netns suite: needs root (network namespaces, veth pairs, sshd); run as root to include it")
+		skipSuite(t, "netns", "needs root (network namespaces, veth pairs, sshd); run as root to include it")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("netns suite: needs the ip command (apt-get install -y iproute2)")
+		skipSuite(t, "netns", "needs the ip command (apt-get install -y iproute2)")
 	}
 	var missing, pkgs []string
 	for _, tool := range netnsTools {
@@ -71,16 +71,16 @@ func requireNetns(t *testing.T) {
 		}
 	}
 	if len(missing) > 0 {
-		msg := fmt.Sprintf("netns suite: missing %s (apt-get install -y %s)", strings.Join(missing, ", "), strings.Join(pkgs, " "))
+		reason := fmt.Sprintf("missing %s (apt-get install -y %s)", strings.Join(missing, ", "), strings.Join(pkgs, " "))
 		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
+			t.Fatal("netns suite: " + reason)
 		}
-		t.Skip(msg)
+		skipSuite(t, "netns", reason)
 	}
 	// A probe namespace: containers without CAP_SYS_ADMIN cannot make one.
 	probe := fmt.Sprintf("%s%d-probe", netnsPrefix, os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
-		t.Skipf("netns suite: cannot create a network namespace: %v: %s", err, bytes.TrimSpace(out))
+		skipSuite(t, "netns", fmt.Sprintf("cannot create a network namespace (a container without CAP_SYS_ADMIN?): %v: %s", err, bytes.TrimSpace(out)))
 	}
 	exec.Command("ip", "netns", "del", probe).Run()
 }

@@ -152,6 +152,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{},
 		}),
+		runtime.WithRoutingErrorHandler(routingError),
 	)
 	ctx := context.Background()
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -177,6 +178,19 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// routingError answers a request no REST route takes. A path served for
+// other methods only is 405 Method Not Allowed (grpc-gateway would say 501
+// Not Implemented, as if the route did not exist yet); the rest is as
+// grpc-gateway answers it.
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	st := status.Newf(codes.Unimplemented, "method %s is not allowed on %s", r.Method, r.URL.Path)
+	runtime.HTTPError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed, Err: st.Err()})
 }
 
 // run serves the in-process listener until stop or close.

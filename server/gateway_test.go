@@ -301,6 +301,35 @@ func TestListSessionsREST(t *testing.T) {
 	}
 }
 
+// An unknown agent is named in plain words in every API answer, never
+// with the store's wording ("store: not found: agent …").
+func TestUnknownAgentWording(t *testing.T) {
+	dir := t.TempDir()
+	r := start(t, dir)
+	key := adminKey(t, dir)
+	const id = "6f1d7c2e-8a34-4b1e-9a55-0c1d2e3f4a5b"
+	for _, tc := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"GET", "/v1/agents/" + id, "", 404},
+		{"DELETE", "/v1/agents/" + id, "", 404},
+		{"GET", "/v1/agents/" + id + "/approved-routes", "", 404},
+		{"PUT", "/v1/agents/" + id + "/approved-routes", `{"subnets":["10.0.0.0/24"]}`, 404},
+		{"POST", "/v1/routes:resolve", `{"target":"10.0.0.1:22","agent_id":"` + id + `"}`, 0},
+		{"POST", "/v1/sessions", `{"target":"10.0.0.1:22","agent_id":"` + id + `"}`, 0},
+	} {
+		var body io.Reader
+		if tc.body != "" {
+			body = strings.NewReader(tc.body)
+		}
+		code, resp := r.rest(t, tc.method, tc.path, key, body)
+		if tc.want != 0 && code != tc.want || strings.Contains(fmt.Sprint(resp), "store:") || !strings.Contains(fmt.Sprint(resp), id) {
+			t.Errorf("%s %s: %d %v, want %d naming the agent without the store's wording", tc.method, tc.path, code, resp, tc.want)
+		}
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
@@ -322,6 +351,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown field", "POST", "/v1/routes:resolve", strings.NewReader(`{"bogus": 1}`), 400, "bogus"},
 		{"body over 1 MiB", "POST", "/v1/routes:resolve", bytes.NewReader(bytes.Repeat([]byte(" "), 1<<20+1)), 413, "limit"},
 		{"unknown path", "GET", "/v1/nothing-here", nil, 404, ""},
+		{"GET on a POST route", "GET", "/v1/routes:resolve", nil, 405, "method GET is not allowed on /v1/routes:resolve"},
+		{"DELETE on a GET route", "DELETE", "/v1/agents", nil, 405, "not allowed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -69,7 +69,7 @@ func runAgentsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	for {
 		resp, err := callWithTimeout(ctx, func(ctx context.Context) (*outpostv1.ListAgentsResponse, error) { return client.ListAgents(ctx, req) })
 		if err != nil {
-			return callErr("list agents", err)
+			return af.callErr(ctx, "list agents", err)
 		}
 		agents = append(agents, resp.GetAgents()...)
 		if resp.GetNextPageToken() == "" || lf.full(len(agents)) {
@@ -161,7 +161,7 @@ func runSessionsList(ctx context.Context, args []string, stdout, stderr io.Write
 			return client.ListSessions(ctx, req)
 		})
 		if err != nil {
-			return callErr("list sessions", err)
+			return af.callErr(ctx, "list sessions", err)
 		}
 		sessions = append(sessions, resp.GetSessions()...)
 		if resp.GetNextPageToken() == "" || lf.full(len(sessions)) {

@@ -31,7 +31,10 @@ func readToken(v string, stdin io.Reader) (string, error) {
 	if err != nil && err != io.EOF {
 		return "", fmt.Errorf("read token from stdin: %w", err)
 	}
-	return strings.TrimSpace(line), nil
+	if tok := strings.TrimSpace(line); tok != "" {
+		return tok, nil
+	}
+	return "", fmt.Errorf("%w: --token - read an empty line from stdin: pipe the token in, e.g. --token - < token.jwt", errUsage)
 }
 
 // enrollFlags are shared by "agent enroll" and "agent up".

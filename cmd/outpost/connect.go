@@ -140,7 +140,7 @@ func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 		Target: target, AgentId: agentID, Reusable: reusable, Ttl: durationpb.New(ttl),
 	})
 	if err != nil {
-		return callErr("create session", err)
+		return af.callErr(ctx, "create session", err)
 	}
 	// Only the token goes to stdout (or the file); everything else is
 	// for the user, on stderr, and never holds the token.

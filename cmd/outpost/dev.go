@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -35,11 +36,24 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 // selfCommand is how to invoke this binary again: "go run ./cmd/outpost" when
-// it was started by go run (its executable lives in the build cache).
+// it was started by go run (its executable lives in the build cache),
+// "outpost" when that finds this binary on the PATH, else its path.
 func selfCommand() string {
 	exe, err := os.Executable()
 	if err != nil || strings.Contains(exe, string(filepath.Separator)+"go-build") {
 		return "go run ./cmd/outpost"
 	}
-	return exe
+	if onPath, err := exec.LookPath("outpost"); err == nil && sameFile(onPath, exe) {
+		return "outpost"
+	}
+	return shellQuote(exe)
+}
+
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -20,6 +24,7 @@ import (
 // adminFlags locate the gateway API and the key for admin commands.
 type adminFlags struct {
 	gateway, keyFile, caFile string
+	cfg                      apiclient.Config // what dial used
 }
 
 func (a *adminFlags) register(fs *flag.FlagSet) {
@@ -42,7 +47,8 @@ func (a *adminFlags) dial() (*apiclientConn, error) {
 			return nil, fmt.Errorf("ca file: %w", err)
 		}
 	}
-	conn, err := apiclient.Dial(apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca})
+	a.cfg = apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca}
+	conn, err := apiclient.Dial(a.cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -51,9 +57,37 @@ func (a *adminFlags) dial() (*apiclientConn, error) {
 
 type apiclientConn struct{ *grpc.ClientConn }
 
-// callErr turns a gRPC status into one readable line.
-func callErr(what string, err error) error {
+// checkTLSTimeout bounds the handshake that explains an unreachable
+// gateway.
+const checkTLSTimeout = 10 * time.Second
+
+// callErr turns a gRPC status into one readable line. When the gateway
+// could not be reached, one more TLS handshake finds out why, so that the
+// line says what to do rather than quote the TLS stack.
+func (a *adminFlags) callErr(ctx context.Context, what string, err error) error {
 	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || a.cfg.Gateway == "" {
+		return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
+	}
+	ctx, cancel := context.WithTimeout(ctx, checkTLSTimeout)
+	defer cancel()
+	terr := apiclient.CheckTLS(ctx, a.cfg)
+	var (
+		unknownCA x509.UnknownAuthorityError
+		badHost   x509.HostnameError
+		opErr     *net.OpError
+	)
+	switch {
+	case errors.As(terr, &unknownCA) && a.caFile == "":
+		return fmt.Errorf("%s: the gateway %s has a certificate from a CA this machine does not trust "+
+			"(x509: certificate signed by unknown authority): give its CA with --ca-file, the ca.pem in the gateway's data directory", what, a.gateway)
+	case errors.As(terr, &unknownCA):
+		return fmt.Errorf("%s: the gateway %s has a certificate that %s did not sign: is it the ca.pem of this gateway's data directory?", what, a.gateway, a.caFile)
+	case errors.As(terr, &badHost):
+		return fmt.Errorf("%s: the gateway's certificate does not cover %q (%v): use a --gateway URL with a name or address of its --hostname list", what, badHost.Host, terr)
+	case errors.As(terr, &opErr) && opErr.Op == "dial":
+		return fmt.Errorf("%s: cannot reach the gateway at %s (%v): is it running, and is that its --listen address?", what, a.gateway, opErr.Err)
+	}
 	return fmt.Errorf("%s: %s (%s)", what, st.Message(), st.Code())
 }
 
@@ -99,7 +133,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	resp, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(ctx, req)
 	if err != nil {
-		return callErr("create enrollment token", err)
+		return af.callErr(ctx, "create enrollment token", err)
 	}
 	if err := out.write(stdout, resp.GetToken()); err != nil {
 		return err

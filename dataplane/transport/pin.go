@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // SPKI pins (DESIGN.md §4, §5, §9). A pin is the SHA-256 of a certificate's
@@ -44,6 +45,9 @@ type Pin [sha256.Size]byte
 func ParsePin(s string) (Pin, error) {
 	var p Pin
 	if len(s) != PinHexLen {
+		if strings.Contains(s, ":") {
+			return p, fmt.Errorf("%w: want %d hex digits (a SHA-256) without colons or a prefix such as sha256:, got %d characters", ErrMalformedPin, PinHexLen, len(s))
+		}
 		return p, fmt.Errorf("%w: want %d hex digits (a SHA-256), got %d characters", ErrMalformedPin, PinHexLen, len(s))
 	}
 	if _, err := hex.Decode(p[:], []byte(s)); err != nil {

@@ -62,6 +62,8 @@ var (
 	shared   *server
 	startErr error
 	started  bool
+	// skipReason is why a test was skipped; "" if none was.
+	skipReason string
 )
 
 // server is one PostgreSQL server.
@@ -128,7 +130,22 @@ func cannotRun(tb testing.TB, err error) {
 	if os.Getenv("CI") != "" {
 		tb.Fatalf("PostgreSQL tests cannot run (CI is set, so they may not be skipped): %v", err)
 	}
+	mu.Lock()
+	if skipReason == "" {
+		skipReason = err.Error()
+	}
+	mu.Unlock()
 	tb.Skipf("skipping the PostgreSQL half: %v", err)
+}
+
+// SkipReason returns why a test of this process was skipped for want of a
+// PostgreSQL server (what to install), or "" if none was: for a TestMain
+// that reports skipped suites, since go test shows a passing package's
+// output only with -v.
+func SkipReason() string {
+	mu.Lock()
+	defer mu.Unlock()
+	return skipReason
 }
 
 // Available starts the shared server if needed and reports why it cannot

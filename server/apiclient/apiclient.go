@@ -38,6 +38,18 @@ func Dial(o Config) (*grpc.ClientConn, error) {
 	if strings.TrimSpace(o.APIKey) == "" {
 		return nil, errors.New("apiclient: an API key is required")
 	}
+	tc, err := tlsConfig(o, host)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithPerRPCCredentials(bearer(strings.TrimSpace(o.APIKey))),
+	)
+}
+
+// tlsConfig trusts o.CAPEM, or the system roots when it is empty.
+func tlsConfig(o Config, host string) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
 	if len(o.CAPEM) > 0 {
 		pool := x509.NewCertPool()
@@ -46,21 +58,57 @@ func Dial(o Config) (*grpc.ClientConn, error) {
 		}
 		tc.RootCAs = pool
 	}
-	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithPerRPCCredentials(bearer(strings.TrimSpace(o.APIKey))),
-	)
+	return tc, nil
 }
 
-// ReadKeyFile reads an API key from a file, trimming white space.
+// CheckTLS connects to the gateway once with the TLS settings Dial uses and
+// returns what failed, or nil when the handshake succeeds. It explains a
+// call that failed as Unavailable, whose status carries only text: the
+// error keeps its type, so errors.As finds an x509.UnknownAuthorityError
+// (the CA is not trusted: no or the wrong CA file), an
+// x509.HostnameError (the certificate does not cover the name dialed) or
+// a net.OpError (nothing answers). It returns when the handshake ends or
+// ctx does.
+func CheckTLS(ctx context.Context, o Config) error {
+	addr, host, err := target(o.Gateway)
+	if err != nil {
+		return err
+	}
+	tc, err := tlsConfig(o, host)
+	if err != nil {
+		return err
+	}
+	tc.NextProtos = []string{"h2"}
+	conn, err := (&tls.Dialer{Config: tc}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// ReadKeyFile reads an API key from a file, trimming white space around it.
+// A file that cannot hold one — empty, a PEM block (a certificate or key
+// given by mistake), several lines, or characters a bearer cannot carry —
+// is refused with an error that says what the file holds instead.
 func ReadKeyFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("api key: %w", err)
 	}
 	k := strings.TrimSpace(string(b))
-	if k == "" {
+	switch {
+	case k == "":
 		return "", fmt.Errorf("api key: %s is empty", path)
+	case strings.HasPrefix(k, "-----BEGIN"):
+		return "", fmt.Errorf("api key: %s holds a PEM block (a certificate or key), not an API key: "+
+			"give the file with the key, such as the admin.key the gateway wrote in its data directory", path)
+	case strings.ContainsAny(k, "\r\n"):
+		return "", fmt.Errorf("api key: %s holds several lines; an API key file holds the key alone, on one line", path)
+	}
+	for _, r := range k {
+		if r <= ' ' || r > '~' {
+			return "", fmt.Errorf("api key: %s holds a character an API key cannot have (%q); an API key file holds the key alone", path, r)
+		}
 	}
 	return k, nil
 }

@@ -86,9 +86,13 @@ type Claims struct {
 // the fields the agent needs.
 func DecodeToken(tok string) (Claims, error) {
 	var c Claims
-	parts := strings.Split(strings.TrimSpace(tok), ".")
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return c, fmt.Errorf("%w: the token is empty", ErrTokenMalformed)
+	}
+	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
-		return c, fmt.Errorf("%w: want three dot-separated parts, got %d", ErrTokenMalformed, len(parts))
+		return c, fmt.Errorf("%w: a token is a JWT, three base64url parts joined by dots; this has %d (was it cut when copied?)", ErrTokenMalformed, len(parts))
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {

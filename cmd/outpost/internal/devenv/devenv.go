@@ -67,7 +67,20 @@ type Env struct {
 const tokenFileName = "session.token"
 
 // Run starts everything, prints what to try to out, and runs until ctx ends.
-func Run(ctx context.Context, o Config, out io.Writer) (err error) {
+// Ending ctx (Ctrl-C) is how the demo stops: Run then returns nil, whether
+// it was up or still starting, once everything has stopped and what it
+// wrote is removed (the temporary data directory, or the session token
+// file in a kept one).
+func Run(ctx context.Context, o Config, out io.Writer) error {
+	err := run(ctx, o, out)
+	if ctx.Err() != nil {
+		// Whatever failed while stopping failed because of the stop.
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, o Config, out io.Writer) (err error) {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}

@@ -89,13 +89,46 @@ func TestDevEnvironment(t *testing.T) {
 	}
 
 	cancel()
-	if err := <-done; err != nil && ctx.Err() == nil {
-		t.Fatalf("Run: %v", err)
+	if err := <-done; err != nil {
+		t.Fatalf("Run after Ctrl-C: %v, want nil (exit 0)", err)
 	}
 	if _, err := os.Stat(env.TokenFile); !os.IsNotExist(err) {
 		t.Errorf("session token file left after the end: %v", err)
 	}
 	if _, err := os.Stat(env.AdminKeyFile); err != nil {
 		t.Errorf("the kept data directory lost its state: %v", err)
+	}
+}
+
+// Ctrl-C ends the demo with nil (exit 0) whether it was up or still
+// starting, and the temporary directory it wrote goes with it.
+func TestInterruptedDemoCleansUp(t *testing.T) {
+	for _, when := range []string{"starting", "up"} {
+		t.Run(when, func(t *testing.T) {
+			tmp := t.TempDir()
+			t.Setenv("TMPDIR", tmp)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			interrupt, stop := context.WithCancel(ctx)
+			ready := make(chan Env, 1)
+			done := make(chan error, 1)
+			go func() {
+				done <- Run(interrupt, Config{Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", Ready: func(e Env) { ready <- e }}, io.Discard)
+			}()
+			if when == "up" {
+				select {
+				case <-ready:
+				case err := <-done:
+					t.Fatalf("Run ended early: %v", err)
+				}
+			}
+			stop()
+			if err := <-done; err != nil {
+				t.Fatalf("Run interrupted while %s: %v, want nil", when, err)
+			}
+			if ents, err := os.ReadDir(tmp); err != nil || len(ents) != 0 {
+				t.Errorf("left in $TMPDIR: %v %v", ents, err)
+			}
+		})
 	}
 }
