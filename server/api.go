@@ -168,8 +168,6 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		Conn:        a.conn,
 		Keys:        g.store,
 		Enrolled:    g.enrolledBy,
-		GatewayURL:  g.cfg.PublicURL,
-		CAPin:       g.pki.CASPKISHA256(),
 		RenewBefore: g.cfg.renewBefore(),
 		Now:         g.cfg.Now,
 		Logger:      g.log.Named("console"),

@@ -91,11 +91,6 @@ type Config struct {
 	// enrollment token jti, or "" while none has. Optional: if nil, the
 	// enroll page does not notice the new agent.
 	Enrolled func(ctx context.Context, jti string) (string, error)
-	// GatewayURL is the gateway's public API URL, printed in commands.
-	GatewayURL string
-	// CAPin is the hex SHA-256 of the gateway CA's public key, printed in
-	// commands.
-	CAPin string
 	// RenewBefore is how long before its expiry an agent certificate is
 	// renewed: certificates closer to expiry are highlighted. If zero, none
 	// is.
