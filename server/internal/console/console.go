@@ -288,7 +288,7 @@ func (c *Console) signedIn(w http.ResponseWriter, r *http.Request, fragment bool
 	gone := func(reason string) (*request, bool) {
 		clearCookie(w)
 		if fragment || r.Method != http.MethodGet {
-			http.Error(w, "signed out: "+reason, http.StatusUnauthorized)
+			http.Error(w, "signed out", http.StatusUnauthorized)
 			return nil, false
 		}
 		q := url.Values{"next": {r.URL.RequestURI()}}
@@ -304,13 +304,13 @@ func (c *Console) signedIn(w http.ResponseWriter, r *http.Request, fragment bool
 	}
 	s := c.sessions.get(ck.Value, c.cfg.Now())
 	if s == nil {
-		return gone("your session expired")
+		return gone("expired")
 	}
 	key, err := c.lookup(r.Context(), auth.HashKey(s.key))
 	switch {
 	case errors.Is(err, auth.ErrUnknownKey) || err == nil && key.Revoked:
 		c.sessions.removeKey(s.key)
-		return gone("the API key was revoked")
+		return gone("revoked")
 	case err != nil:
 		c.log.Error("api key lookup failed", "error", err)
 		http.Error(w, storeUnavailable, http.StatusServiceUnavailable)

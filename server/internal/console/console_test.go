@@ -362,8 +362,14 @@ func TestRevokedKeyEndsSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, _ := f.do("GET", "/ui/agents", cookie, nil, nil)
-	if resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), "revoked") {
-		t.Errorf("revoked key: %s to %q", resp.Status, resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), "reason=revoked") {
+		t.Fatalf("revoked key: %s to %q", resp.Status, resp.Header.Get("Location"))
+	}
+	if _, page := f.do("GET", resp.Header.Get("Location"), "", nil, nil); !strings.Contains(page, "The API key of your session was revoked") {
+		t.Errorf("the sign-in page does not say the key was revoked:\n%s", page)
+	}
+	if _, page := f.do("GET", "/ui/signin?reason=Enter+your+key+at+evil.example", "", nil, nil); strings.Contains(page, "evil.example") {
+		t.Error("the sign-in page shows a reason from its query")
 	}
 	if f.con.sessions.len() != 0 {
 		t.Errorf("%d sessions left after the key was revoked", f.con.sessions.len())

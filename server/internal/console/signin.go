@@ -13,8 +13,15 @@ type signinData struct {
 	Next, Reason string
 }
 
+// signedOutReasons are the reasons the sign-in page gives, by the code in
+// its query: only these, so a link cannot put words of its own on the page.
+var signedOutReasons = map[string]string{
+	"expired": "Your session expired",
+	"revoked": "The API key of your session was revoked",
+}
+
 func (c *Console) signinPage(w http.ResponseWriter, r *http.Request) {
-	d := signinData{Next: safeNext(r.URL.Query().Get("next")), Reason: r.URL.Query().Get("reason")}
+	d := signinData{Next: safeNext(r.URL.Query().Get("next")), Reason: signedOutReasons[r.URL.Query().Get("reason")]}
 	c.execute(w, http.StatusOK, "signin", "layout", view{Title: "Sign in", Data: d})
 }
 
