@@ -172,9 +172,9 @@ func (c *Console) routes() http.Handler {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServerFS(static)))
-	mux.HandleFunc("GET /ui/{$}", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/ui/agents", http.StatusSeeOther)
-	})
+	mux.Handle("GET /ui/{$}", c.page("", func(rq *request) {
+		http.Redirect(rq.w, rq.r, c.home(rq.key), http.StatusSeeOther)
+	}))
 	mux.HandleFunc("GET /ui/signin", c.signinPage)
 	mux.HandleFunc("POST /ui/signin", c.signin)
 	mux.Handle("POST /ui/signout", c.page("", c.signout))

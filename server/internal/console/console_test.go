@@ -434,6 +434,13 @@ func TestScopes(t *testing.T) {
 	if d := f.admin.deletions(); len(d) != 0 {
 		t.Errorf("a read-only key deleted %v", d)
 	}
+	if resp, _ := f.do("GET", "/ui/", cookie, nil, nil); resp.Header.Get("Location") != "/ui/agents" {
+		t.Errorf("/ui/ for a reader goes to %q", resp.Header.Get("Location"))
+	}
+	enroller, _ := f.signIn(f.key(auth.ScopeEnrollCreate))
+	if resp, _ := f.do("GET", "/ui/", enroller, nil, nil); resp.Header.Get("Location") != "/ui/enroll" {
+		t.Errorf("/ui/ for an enroll-only key goes to %q", resp.Header.Get("Location"))
+	}
 	for _, path := range []string{"/ui/keys", "/ui/enroll"} {
 		if resp, _ := f.do("GET", path, cookie, nil, nil); resp.StatusCode != http.StatusForbidden {
 			t.Errorf("%s with a read-only key: %s", path, resp.Status)
