@@ -6,12 +6,33 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 3s
 FUZZTIME_LONG ?= 2m
 
-.PHONY: all build demo test vet staticcheck unit fuzz-smoke fuzz bench
+.PHONY: all build build-static install demo test vet staticcheck unit fuzz-smoke fuzz bench
 
 all: build
 
+# What "outpost version" reports, stamped in at link time; a part left empty
+# (no git) falls back to what the Go build info records.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+VERSION_LDFLAGS = -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.buildDate=$(BUILD_DATE)
+
 build:
-	$(GO) build -o bin/outpost ./cmd/outpost
+	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/outpost ./cmd/outpost
+
+# bin/outpost-static: no cgo, no local paths, no symbols; what
+# deploy/container/Containerfile copies into the image.
+build-static:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/outpost-static ./cmd/outpost
+
+# Installs outpost into $(go env GOBIN), else $(go env GOPATH)/bin, and says
+# how to put that on the PATH when it is not.
+install:
+	$(GO) install -ldflags "$(VERSION_LDFLAGS)" ./cmd/outpost
+	@dir=$$($(GO) env GOBIN); [ -n "$$dir" ] || dir=$$($(GO) env GOPATH)/bin; \
+	echo "installed $$dir/outpost"; \
+	case ":$$PATH:" in *":$$dir:"*) ;; \
+	*) echo "$$dir is not on your PATH; add it: export PATH=\"$$dir:\$$PATH\"";; esac
 
 # A gateway, an enrolled agent and a sample target on loopback; prints what to
 # try. Ctrl-C stops it with status 0 and removes what it wrote. It runs the

@@ -46,6 +46,11 @@ var (
 	ErrConfigDir      = enroll.ErrConfigDir
 )
 
+// TunnelConfig is the agent's section of agent.json ("Tunnel"), as
+// enrollment writes it and the agent reads it before every connection and
+// on SIGHUP; docs/configuration.md describes each key.
+type TunnelConfig = config.Tunnel
+
 // EnrollOptions configure Enroll; see the fields' comments in the enroll package.
 type EnrollOptions = enroll.Options
 

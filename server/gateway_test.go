@@ -275,20 +275,8 @@ func TestAuthMatrix(t *testing.T) {
 func TestListSessionsREST(t *testing.T) {
 	dir := t.TempDir()
 	r := start(t, dir)
-	ctx := context.Background()
-	admin, err := OpenKeyAdmin(ctx, dir, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	reader, err := admin.Create(ctx, "reader", []string{"agents.read"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	auditor, err := admin.Create(ctx, "auditor", []string{"sessions.read"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := createKeys(t, dir, "agents.read", "sessions.read")
+	reader, auditor := keys[0], keys[1]
 	if code, body := r.rest(t, "GET", "/v1/sessions", reader, nil); code != 403 || !strings.Contains(fmt.Sprint(body["message"]), "sessions.read") {
 		t.Errorf("agents.read key: %d %v, want 403 naming sessions.read", code, body)
 	}
@@ -328,6 +316,26 @@ func TestUnknownAgentWording(t *testing.T) {
 			t.Errorf("%s %s: %d %v, want %d naming the agent without the store's wording", tc.method, tc.path, code, resp, tc.want)
 		}
 	}
+}
+
+// createKeys creates one API key per scope on the gateway in dir and
+// returns their secrets, in order.
+func createKeys(t *testing.T, dir string, scopes ...string) []string {
+	t.Helper()
+	admin, err := OpenKeyAdmin(context.Background(), dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var keys []string
+	for _, scope := range scopes {
+		k, err := admin.Create(context.Background(), "key-"+scope, []string{scope})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 func TestBadInput(t *testing.T) {

@@ -65,20 +65,13 @@ func runAgentsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer conn.Close()
 	client := outpostv1.NewAgentAdminServiceClient(conn)
-	var agents []*outpostv1.Agent
-	for {
-		resp, err := callWithTimeout(ctx, func(ctx context.Context) (*outpostv1.ListAgentsResponse, error) { return client.ListAgents(ctx, req) })
-		if err != nil {
-			return af.callErr(ctx, "list agents", err)
-		}
-		agents = append(agents, resp.GetAgents()...)
-		if resp.GetNextPageToken() == "" || lf.full(len(agents)) {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
-	}
-	if lf.limit > 0 && len(agents) > lf.limit {
-		agents = agents[:lf.limit]
+	agents, err := pageThrough(ctx, lf, func(ctx context.Context, token string) ([]*outpostv1.Agent, string, error) {
+		req.PageToken = token
+		resp, err := client.ListAgents(ctx, req)
+		return resp.GetAgents(), resp.GetNextPageToken(), err
+	})
+	if err != nil {
+		return af.callErr(ctx, "list agents", err)
 	}
 	if lf.json {
 		return writeJSON(stdout, agents)
@@ -155,22 +148,13 @@ func runSessionsList(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	defer conn.Close()
 	client := outpostv1.NewAgentAdminServiceClient(conn)
-	var sessions []*outpostv1.Session
-	for {
-		resp, err := callWithTimeout(ctx, func(ctx context.Context) (*outpostv1.ListSessionsResponse, error) {
-			return client.ListSessions(ctx, req)
-		})
-		if err != nil {
-			return af.callErr(ctx, "list sessions", err)
-		}
-		sessions = append(sessions, resp.GetSessions()...)
-		if resp.GetNextPageToken() == "" || lf.full(len(sessions)) {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
-	}
-	if lf.limit > 0 && len(sessions) > lf.limit {
-		sessions = sessions[:lf.limit]
+	sessions, err := pageThrough(ctx, lf, func(ctx context.Context, token string) ([]*outpostv1.Session, string, error) {
+		req.PageToken = token
+		resp, err := client.ListSessions(ctx, req)
+		return resp.GetSessions(), resp.GetNextPageToken(), err
+	})
+	if err != nil {
+		return af.callErr(ctx, "list sessions", err)
 	}
 	if lf.json {
 		return writeJSON(stdout, sessions)
@@ -203,11 +187,34 @@ func writeSessionTable(w io.Writer, sessions []*outpostv1.Session) error {
 	return tw.Flush()
 }
 
-// callWithTimeout bounds one API call.
-func callWithTimeout[T any](ctx context.Context, call func(context.Context) (T, error)) (T, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return call(ctx)
+// pageTimeout bounds the call for one page.
+const pageTimeout = 30 * time.Second
+
+// pageThrough calls page with each page token, from the first page, until
+// the last page or until it holds lf.limit items, and returns the items,
+// at most lf.limit of them.
+func pageThrough[T any](ctx context.Context, lf listFlags, page func(ctx context.Context, token string) ([]T, string, error)) ([]T, error) {
+	var (
+		all   []T
+		token string
+	)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, pageTimeout)
+		items, next, err := page(pctx, token)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" || lf.full(len(all)) {
+			break
+		}
+		token = next
+	}
+	if lf.limit > 0 && len(all) > lf.limit {
+		all = all[:lf.limit]
+	}
+	return all, nil
 }
 
 // writeJSON prints msgs as a JSON array, one element a line, with the
