@@ -282,9 +282,17 @@ func TestConsoleBrowser(t *testing.T) {
 		b.open("/ui/agents")
 		b.waitText(agentRow(agentID), "online", 5*time.Second)
 		b.shot("agents")
+		// At 360 px wide, no page scrolls sideways.
 		b.run(chromedp.EmulateViewport(360, 780))
-		b.open("/ui/agents")
-		b.shot("agents-360px")
+		for _, path := range []string{"/ui/agents", "/ui/agents/" + agentID, "/ui/enroll", "/ui/connect", "/ui/sessions", "/ui/keys"} {
+			b.open(path)
+			if w := get(b, chromedp.Evaluate[int](`document.documentElement.scrollWidth`)); w > 360 {
+				t.Errorf("%s is %d px wide at a 360 px viewport", path, w)
+			}
+			if path == "/ui/agents" {
+				b.shot("agents-360px")
+			}
+		}
 		b.run(chromedp.EmulateViewport(1280, 900))
 	})
 
