@@ -302,7 +302,7 @@ func (c *Console) signedIn(w http.ResponseWriter, r *http.Request, fragment bool
 	if err != nil || ck.Value == "" {
 		return gone("")
 	}
-	s := c.sessions.get(ck.Value, c.cfg.Now())
+	s := c.sessions.get(ck.Value, c.cfg.Now(), !fragment)
 	if s == nil {
 		return gone("expired")
 	}

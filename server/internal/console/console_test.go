@@ -161,6 +161,8 @@ type fixture struct {
 	admin  *fakeAdmin
 	con    *Console
 	client *http.Client
+	// skew moves the console's clock ahead of the real one.
+	skew atomic.Int64
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -192,7 +194,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	f.con, err = New(Config{Conn: conn, Keys: f.keys, RenewBefore: 24 * time.Hour, Logger: testlog.Logger(t, "console")})
+	f.con, err = New(Config{Conn: conn, Keys: f.keys, RenewBefore: 24 * time.Hour, Logger: testlog.Logger(t, "console"),
+		Now: func() time.Time { return time.Now().Add(time.Duration(f.skew.Load())) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,6 +354,34 @@ func TestSignedOutAndSignOut(t *testing.T) {
 	}
 	if resp, _ := f.do("GET", "/ui/agents", cookie, nil, nil); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("after sign-out: %s, want a redirect to sign in", resp.Status)
+	}
+}
+
+// A page left open polls its fragment, which does not keep the session
+// alive: 30 min without a person's request end it.
+func TestIdleSessionEnds(t *testing.T) {
+	f := newFixture(t)
+	cookie, _ := f.signIn(f.key(auth.ScopeAgentsRead))
+	for _, skew := range []time.Duration{10 * time.Minute, 20 * time.Minute, 29 * time.Minute} {
+		f.skew.Store(int64(skew))
+		if resp, _ := f.do("GET", "/ui/agents/rows", cookie, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("poll after %v: %s", skew, resp.Status)
+		}
+	}
+	f.skew.Store(int64(31 * time.Minute))
+	if resp, _ := f.do("GET", "/ui/agents/rows", cookie, nil, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("poll after 31 min idle: %s, want 401", resp.Status)
+	}
+	if resp, _ := f.do("GET", "/ui/agents", cookie, nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("page after 31 min idle: %s, want a redirect to sign in", resp.Status)
+	}
+	// A page view, unlike a poll, counts as use.
+	cookie, _ = f.signIn(f.key(auth.ScopeAgentsRead))
+	f.skew.Store(int64(60 * time.Minute))
+	f.do("GET", "/ui/agents", cookie, nil, nil)
+	f.skew.Store(int64(85 * time.Minute))
+	if resp, _ := f.do("GET", "/ui/agents", cookie, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("page 25 min after the last: %s", resp.Status)
 	}
 }
 
@@ -562,23 +593,26 @@ func TestSessionTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tab.get(a, now.Add(29*time.Minute)) == nil {
+	if tab.get(a, now.Add(29*time.Minute), true) == nil {
 		t.Fatal("session gone before its idle timeout")
 	}
-	if tab.get(a, now.Add(58*time.Minute)) == nil {
+	if tab.get(a, now.Add(58*time.Minute), true) == nil {
 		t.Fatal("a used session expired")
 	}
-	if tab.get(a, now.Add(89*time.Minute)) != nil {
-		t.Fatal("an idle session did not expire")
+	if tab.get(a, now.Add(87*time.Minute), false) == nil {
+		t.Fatal("session gone before its idle timeout")
+	}
+	if tab.get(a, now.Add(89*time.Minute), false) != nil {
+		t.Fatal("a session only polled did not expire")
 	}
 	b, _, _ := tab.create("kb", now)
 	c, _, _ := tab.create("kc", now.Add(time.Second))
 	d, _, _ := tab.create("kd", now.Add(2*time.Second))
-	if tab.len() != 2 || tab.get(b, now.Add(3*time.Second)) != nil || tab.get(c, now.Add(3*time.Second)) == nil || tab.get(d, now.Add(3*time.Second)) == nil {
+	if tab.len() != 2 || tab.get(b, now.Add(3*time.Second), true) != nil || tab.get(c, now.Add(3*time.Second), true) == nil || tab.get(d, now.Add(3*time.Second), true) == nil {
 		t.Errorf("a full table did not drop the least recently used session (len %d)", tab.len())
 	}
 	e, s, _ := tab.create("ke", now)
-	if tab.get(e, now.Add(12*time.Hour+time.Second)) != nil {
+	if tab.get(e, now.Add(12*time.Hour+time.Second), true) != nil {
 		t.Error("a session outlived its maximum age")
 	}
 	if !s.validCSRF(s.csrf) || s.validCSRF("") || s.validCSRF(s.csrf+"x") {

@@ -77,9 +77,11 @@ func (t *sessionTable) create(key string, now time.Time) (string, *session, erro
 	return id, s, nil
 }
 
-// get returns the live session of a cookie value and marks it used, or
-// nil when there is none or it expired (idle or too old).
-func (t *sessionTable) get(id string, now time.Time) *session {
+// get returns the live session of a cookie value, or nil when there is
+// none or it expired (idle or too old). touch marks it used: what a person
+// does, not the polling of an open page, which would keep an unattended
+// session alive.
+func (t *sessionTable) get(id string, now time.Time, touch bool) *session {
 	h := sha256.Sum256([]byte(id))
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -91,7 +93,9 @@ func (t *sessionTable) get(id string, now time.Time) *session {
 		delete(t.byID, h)
 		return nil
 	}
-	s.lastUsed = now
+	if touch {
+		s.lastUsed = now
+	}
 	c := *s
 	return &c
 }
