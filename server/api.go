@@ -26,6 +26,7 @@ import (
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/server/internal/apikey"
 	"github.com/outposthq/outpost/server/internal/auth"
+	"github.com/outposthq/outpost/server/internal/console"
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/service/agentadmin"
 	"github.com/outposthq/outpost/server/internal/service/enrollment"
@@ -71,6 +72,8 @@ type apiServer struct {
 	bufLn  *bufconn.Listener
 	conn   *grpc.ClientConn
 	rest   *runtime.ServeMux
+	// console is the web console at /ui/, a client of conn.
+	console *console.Console
 }
 
 func newAPIServer(g *Gateway) (*apiServer, error) {
@@ -163,6 +166,17 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 			return nil, fmt.Errorf("register rest handlers: %w", err)
 		}
 	}
+	a.console, err = console.New(console.Config{
+		Conn:        a.conn,
+		Keys:        g.store,
+		Enrolled:    g.enrolledBy,
+		RenewBefore: g.cfg.renewBefore(),
+		Now:         g.cfg.Now,
+		Logger:      g.log.Named("console"),
+	})
+	if err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -232,6 +246,7 @@ func (a *apiServer) handler() http.Handler {
 		mux.Handle("GET /metrics", a.authz.RequireHTTP(auth.ScopeMetricsRead, a.metricsHandler()))
 	}
 	mux.Handle("GET "+entry.Path, a.g.entry)
+	mux.Handle(console.Path, a.console)
 	mux.Handle("/", a.limitBody(a.rest))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {

@@ -334,7 +334,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	eg, ctx := errgroup.WithContext(ctx)
 	g.serving.Store(true)
 	g.entry.Start()
-	g.log.Info("gateway serving", "api", g.Addr().String(), "public_url", g.cfg.PublicURL,
+	g.log.Info("gateway serving", "api", g.Addr().String(), "public_url", g.cfg.PublicURL, "console", g.ConsoleURL(),
 		"ca_spki_sha256", g.pki.CASPKISHA256())
 	eg.Go(func() error {
 		if err := g.httpSrv.ServeTLS(g.apiLn, "", ""); !errors.Is(err, http.ErrServerClosed) {

@@ -58,6 +58,9 @@ type Env struct {
 	// ConnectListen is the local address the printed "connect" serves,
 	// a loopback port that was free when Run started.
 	ConnectListen string
+	// ConsoleURL is the gateway's web console; one signs in with the key
+	// in AdminKeyFile.
+	ConsoleURL string
 }
 
 // tokenFileName is the session token file in the data directory.
@@ -132,6 +135,7 @@ func run(ctx context.Context, o Config, out io.Writer) (err error) {
 		Target:        target,
 		TokenFile:     tokenFile,
 		ConnectListen: listen,
+		ConsoleURL:    "https://localhost:" + port(gw.Addr()) + server.ConsolePath,
 	}
 	id, name, err := enrollOnce(ctx, env, agentDir, o.Logger)
 	if err != nil {
@@ -254,6 +258,10 @@ Outpost is running on loopback:
   agent    %s (%s), online, advertising 127.0.0.0/8
   target   %s   (a sample web page, reached only through the agent below)
 
+The console: open %s and sign in with the API key in
+  %s
+(the gateway's certificate is from its own CA, %s: trust it, or accept the browser's warning)
+
 Try, in another terminal:
 
   # the agents, over REST and gRPC
@@ -275,6 +283,7 @@ Try, in another terminal:
 
 Ctrl-C stops everything.
 `, e.GatewayURL, e.DataDir, e.AgentName, e.AgentID, e.Target,
+		e.ConsoleURL, e.AdminKeyFile, e.CAFile,
 		e.CAFile, auth, e.GatewayURL,
 		e.CAFile, e.AdminKeyFile, host,
 		e.CAFile, auth, e.GatewayURL, e.Target,

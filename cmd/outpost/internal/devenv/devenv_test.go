@@ -42,7 +42,8 @@ func TestDevEnvironment(t *testing.T) {
 	for _, want := range []string{"session create", "connect --gateway", env.Target, "/v1/agents", "grpcurl",
 		"--token-file " + env.TokenFile + " --force", "--token-file " + env.TokenFile + " --listen " + env.ConnectListen,
 		"curl http://" + env.ConnectListen + "/", `"Authorization: Bearer $(cat ` + env.AdminKeyFile + `)"`,
-		"agents --gateway " + env.GatewayURL, "sessions --gateway " + env.GatewayURL + " --api-key-file " + env.AdminKeyFile} {
+		"agents --gateway " + env.GatewayURL, "sessions --gateway " + env.GatewayURL + " --api-key-file " + env.AdminKeyFile,
+		"open " + env.ConsoleURL + " and sign in"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("instructions lack %q:\n%s", want, out.String())
 		}
@@ -51,6 +52,9 @@ func TestDevEnvironment(t *testing.T) {
 		t.Errorf("token file %s is not in the data directory %s", env.TokenFile, dir)
 	}
 
+	if !strings.HasPrefix(env.ConsoleURL, "https://localhost:") || !strings.HasSuffix(env.ConsoleURL, "/ui/") {
+		t.Errorf("console URL %q", env.ConsoleURL)
+	}
 	key, _ := apiclient.ReadKeyFile(env.AdminKeyFile)
 	if key == "" || strings.Contains(out.String(), key) {
 		t.Errorf("the instructions hold the admin key (or there is none):\n%s", out.String())
