@@ -150,7 +150,7 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 		fs.StringVar(&r.configDir, "config-dir", "", "config directory (default $"+agent.ConfigDirEnv+" or "+agent.DefaultConfigDir+")")
 	}
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM, how long live sessions may take to finish")
-	fs.DurationVar(&r.idleHeartbeat, "idle-heartbeat", agent.DefaultIdleHeartbeat, "send a heartbeat when the tunnel's control stream was silent this long (how soon an idle agent notices a restarted gateway)")
+	fs.DurationVar(&r.idleHeartbeat, "idle-heartbeat", agent.DefaultIdleHeartbeat, "send a heartbeat after hearing nothing from the gateway this long (keep it above the gateway's keep-alive; how soon an idle agent notices a restarted gateway)")
 	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	r.renewFraction = agent.DefaultRenewFraction
