@@ -250,7 +250,11 @@ func (s *Stream) closeWriteLocked() error {
 	var b [HeaderSize]byte
 	if _, err := s.st.Write(AppendEnd(b[:0])); err != nil {
 		s.wstate = writeBroken
-		return s.writeErr(err)
+		if err := s.writeErr(err); err != ErrPeerClosed {
+			return err
+		}
+		// The peer closed the session while END was on its way: as above,
+		// there is no one left to tell.
 	}
 	s.wstate = writeEnded
 	return nil
