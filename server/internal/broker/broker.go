@@ -312,7 +312,7 @@ func (p path) via() string {
 // candidates with failover and hedging (openAgents), or the gateway's own
 // dial for DIRECT. All failures are reported together; a failed agent path
 // never falls back to direct.
-func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, log hclog.Logger) (path, error) {
+func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, flight *firstFlight, log hclog.Logger) (path, error) {
 	switch d.Kind {
 	case outpostv1.Decision_DECISION_REJECTED:
 		if d.ClientReason != "" {
@@ -322,7 +322,7 @@ func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, 
 	case outpostv1.Decision_DECISION_DIRECT:
 		return b.openDirect(ctx, d.Target)
 	}
-	p, losers, err := b.openAgents(ctx, d.Candidates, sid, d.Target.String(), log)
+	p, losers, err := b.openAgents(ctx, d.Candidates, sid, d.Target.String(), flight, log)
 	p.losers = losers
 	return p, err
 }
@@ -420,9 +420,13 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		m.SessionsActive.Inc()
 		defer m.SessionsActive.Dec()
 	}
+	// The client's first bytes are read while the session opens, to go to
+	// the agent with the request (firstflight.go).
+	flight := startFirstFlight(client)
+	defer flight.wait()
 	var p path
 	if err == nil {
-		p, err = b.open(ctx, d, sid, log)
+		p, err = b.open(ctx, d, sid, flight, log)
 	}
 	rec.AgentID = p.agentID
 	if len(p.losers) > 0 {
@@ -464,7 +468,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}
 	log.Info("session open", opened...)
 
-	stats, rerr := relay.Relay(ctx, client, p.endpoint, relay.Options{})
+	stats, rerr := relay.Relay(ctx, &replaying{ClientStream: client, f: flight}, p.endpoint, relay.Options{})
+	stats.AToB += flight.early()
 	outcome, reason := "ok", ""
 	switch {
 	case rerr != nil && limitErr(ctx) != nil:
