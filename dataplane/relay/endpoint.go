@@ -4,18 +4,23 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
 )
 
-// TCPEndpoint adapts a TCP connection to Endpoint and ReadInterrupter:
-// CloseWrite shuts down the sending side (FIN), Abort resets the connection
-// (SO_LINGER 0 then close: RST), Close closes it. Build it with TCPConn. It is
-// safe for the concurrent use Relay makes of it.
+// TCPEndpoint adapts a TCP connection to Endpoint, ReadInterrupter and (on
+// Linux and the BSDs) ReadWaiter: CloseWrite shuts down the sending side
+// (FIN), Abort resets the connection (SO_LINGER 0 then close: RST), Close
+// closes it. Build it with TCPConn. It is safe for the concurrent use Relay
+// makes of it.
 type TCPEndpoint struct {
 	conn *net.TCPConn
 	once sync.Once // closes conn, by Abort or Close
+	// Used by WaitRead only, from the reading goroutine.
+	raw   syscall.RawConn
+	ready func(fd uintptr) bool // peeks: false while nothing is there
 }
 
 // TCPConn returns an Endpoint for c; it takes ownership of c.
