@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,8 +20,9 @@ type TCPEndpoint struct {
 	conn *net.TCPConn
 	once sync.Once // closes conn, by Abort or Close
 	// Used by WaitRead only, from the reading goroutine.
-	raw   syscall.RawConn
-	ready func(fd uintptr) bool // peeks: false while nothing is there
+	raw     syscall.RawConn
+	ready   func(fd uintptr) bool // peeks: false while nothing is there
+	peekErr error                 // the socket error a peek took, for the next Read
 }
 
 // TCPConn returns an Endpoint for c; it takes ownership of c.
@@ -28,8 +30,15 @@ func TCPConn(c *net.TCPConn) *TCPEndpoint {
 	return &TCPEndpoint{conn: c}
 }
 
-// Read reads from the connection.
-func (e *TCPEndpoint) Read(p []byte) (int, error) { return e.conn.Read(p) }
+// Read reads from the connection. After WaitRead it first returns the
+// socket error WaitRead's peek took, if any, as the read's own.
+func (e *TCPEndpoint) Read(p []byte) (int, error) {
+	if err := e.peekErr; err != nil {
+		e.peekErr = nil
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: e.conn.LocalAddr(), Addr: e.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	}
+	return e.conn.Read(p)
+}
 
 // Write writes to the connection.
 func (e *TCPEndpoint) Write(p []byte) (int, error) { return e.conn.Write(p) }

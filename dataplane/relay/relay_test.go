@@ -497,6 +497,19 @@ func TestTCPWaitRead(t *testing.T) {
 		t.Fatalf("the read after WaitRead got %q, %v", buf[:n], err)
 	}
 
+	// A reset the peek finds is the next Read's error, not an EOF.
+	peer2, c2 := dialTCP(t, ln)
+	e2 := TCPConn(c2)
+	defer e2.Close()
+	peer2.SetLinger(0)
+	peer2.Close()
+	if err := e2.WaitRead(); err != nil {
+		t.Fatalf("WaitRead on a reset connection: %v", err)
+	}
+	if _, err := e2.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the read after WaitRead on a reset connection: %v, want ECONNRESET", err)
+	}
+
 	e.SetReadInterrupt(time.Now().Add(20 * time.Millisecond))
 	if err := e.WaitRead(); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("WaitRead past the deadline: %v", err)

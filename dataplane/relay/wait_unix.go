@@ -23,11 +23,20 @@ func (e *TCPEndpoint) WaitRead() error {
 		}
 		var peek [1]byte
 		e.raw, e.ready = raw, func(fd uintptr) bool {
-			_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			// EAGAIN: nothing yet, wait for the poller. Anything else (a
-			// byte, the end, an error, even EINTR) is for the Read that
-			// follows.
-			return !errors.Is(err, syscall.EAGAIN)
+			for {
+				_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				switch {
+				case errors.Is(err, syscall.EINTR):
+					continue
+				case errors.Is(err, syscall.EAGAIN):
+					return false // nothing yet: wait for the poller
+				case err != nil:
+					// The socket's error (ECONNRESET) is reported once:
+					// the Read that follows must return it, not EOF.
+					e.peekErr = err
+				}
+				return true
+			}
 		}
 	}
 	return e.raw.Read(e.ready)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/server/internal/tunnel"
 )
 
@@ -131,6 +132,19 @@ func (f *firstFlight) next(p []byte) (n int, consumed bool, err error) {
 	return n, true, f.err
 }
 
+// holds waits for the read and reports whether the relay has anything
+// left to read from the first flight; if not, it gives the buffer back.
+func (f *firstFlight) holds() bool {
+	<-f.done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.data) > 0 || f.err != nil || f.sendErr != nil {
+		return true
+	}
+	f.releaseLocked()
+	return false
+}
+
 // early returns how many bytes went to the agent before its answer.
 func (f *firstFlight) early() int64 {
 	f.mu.Lock()
@@ -160,6 +174,18 @@ func (f *firstFlight) releaseLocked() {
 type replaying struct {
 	ClientStream
 	f *firstFlight // nil once consumed
+}
+
+// WaitRead waits, without a buffer, for the first flight's read and then
+// for the client's stream, if it can (relay.ReadWaiter).
+func (r *replaying) WaitRead() error {
+	if r.f != nil {
+		if r.f.holds() {
+			return nil
+		}
+		r.f = nil
+	}
+	return relay.WaitRead(r.ClientStream)
 }
 
 func (r *replaying) Read(p []byte) (int, error) {
