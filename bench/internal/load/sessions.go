@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -260,8 +261,26 @@ func (r *Rig) IdleConnect(ctx context.Context) (IdleConnectResult, error) {
 		}
 		return nil
 	}
-	if err := read(ctx, false); err != nil {
-		return res, err
+	// The sessions of the phase before may still be ending: the baseline
+	// is read once every process's goroutine count holds still.
+	settle := time.Now().Add(30 * time.Second)
+	for last := []int(nil); ; {
+		if err := read(ctx, false); err != nil {
+			return res, err
+		}
+		now := make([]int, len(res.Procs))
+		for i, p := range res.Procs {
+			now[i] = p.Before.Goroutines
+		}
+		if slices.Equal(now, last) || time.Now().After(settle) {
+			break
+		}
+		last = now
+		select {
+		case <-ctx.Done():
+			return res, context.Cause(ctx)
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 	r.log().Info("opening idle sessions through outpost connect", "n", s.Idle)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute+s.IdleWait)
