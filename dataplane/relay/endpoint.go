@@ -67,8 +67,8 @@ func (e *TCPEndpoint) Close() error {
 // SetReadInterrupt sets the connection's read deadline.
 func (e *TCPEndpoint) SetReadInterrupt(t time.Time) error { return e.conn.SetReadDeadline(t) }
 
-// StreamEndpoint adapts a QUIC bidirectional stream to Endpoint and
-// ReadInterrupter: CloseWrite closes the send side (FIN) and keeps reading,
+// StreamEndpoint adapts a QUIC bidirectional stream to Endpoint,
+// ReadInterrupter and ReadWaiter: CloseWrite closes the send side (FIN) and keeps reading,
 // Abort cancels both sides with an application error code (RESET_STREAM and
 // STOP_SENDING), Close ends whatever is left of the stream gracefully. Build
 // it with StreamConn. It is safe for the concurrent use Relay makes of it.
@@ -76,6 +76,7 @@ type StreamEndpoint struct {
 	stream  *quic.Stream
 	once    sync.Once   // ends the stream, by Abort or Close
 	aborted atomic.Bool // CloseWrite must not follow CancelWrite
+	peek    [1]byte     // WaitRead's, from the reading goroutine
 }
 
 // StreamConn returns an Endpoint for s; it takes ownership of s.
@@ -124,3 +125,11 @@ func (e *StreamEndpoint) Close() error {
 
 // SetReadInterrupt sets the stream's read deadline.
 func (e *StreamEndpoint) SetReadInterrupt(t time.Time) error { return e.stream.SetReadDeadline(t) }
+
+// WaitRead blocks until the stream has data, its end or an error to read,
+// without reading it (ReadWaiter): it peeks at one byte. The read deadline
+// and Abort end the wait; an error is for the Read that follows.
+func (e *StreamEndpoint) WaitRead() error {
+	_, err := e.stream.Peek(e.peek[:])
+	return err
+}

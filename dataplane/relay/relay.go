@@ -12,8 +12,9 @@
 // Memory: each direction borrows a pooled 32 KiB buffer only while data
 // flows, returning it after a pause (see Options.PauseTimeout), so an idle
 // session does not pin 64 KiB. While it waits for data, a direction whose
-// source can wait without reading (ReadWaiter: TCP, a standing connection's
-// stream) holds no buffer at all; the others wait with a 2 KiB one.
+// source can wait without reading (ReadWaiter: TCP, a QUIC stream, a
+// standing connection's stream) holds no buffer at all; the others wait
+// with a 2 KiB one.
 package relay
 
 import (

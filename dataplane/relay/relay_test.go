@@ -462,6 +462,8 @@ var (
 	_ ReadInterrupter = (*TCPEndpoint)(nil)
 	_ Endpoint        = (*StreamEndpoint)(nil)
 	_ ReadInterrupter = (*StreamEndpoint)(nil)
+	_ ReadWaiter      = (*TCPEndpoint)(nil)
+	_ ReadWaiter      = (*StreamEndpoint)(nil)
 )
 
 // A TCP endpoint's WaitRead returns once data is there, without reading

@@ -314,6 +314,12 @@ func (r *Rig) IdleConnect(ctx context.Context) (IdleConnectResult, error) {
 	if err := read(ctx, true); err != nil {
 		return res, err
 	}
+	if h := r.heapProfile(ctx, r.Gateway, "gateway-connect-idle-heap"); h != nil {
+		for _, site := range h.Sites[:min(len(h.Sites), 12)] {
+			r.log().Info("gateway live heap with idle sessions through outpost connect", "site", site.Name,
+				"bytes", site.Bytes, "per_session", site.Bytes/int64(s.Idle))
+		}
+	}
 	for _, p := range res.Procs {
 		heap, stack, g := p.PerSession(s.Idle)
 		r.log().Info("idle sessions through outpost connect", "process", p.Name, "heap_per_session", int64(heap),
