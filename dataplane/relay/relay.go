@@ -60,10 +60,14 @@ const (
 	DefaultPauseTimeout = 100 * time.Millisecond
 )
 
-// bufferPool holds 32 KiB copy buffers. It is the one package-level variable:
-// a pool is only useful if all relays of the process share it, and it holds
-// no state a caller could observe.
+// bufferPool holds 32 KiB copy buffers. It and smallPool are the only
+// package-level variables: a pool is only useful if all relays of the
+// process share it, and it holds no state a caller could observe.
 var bufferPool = sync.Pool{New: func() any { return new([bufferSize]byte) }}
+
+// smallPool holds the small buffers a direction whose source is a
+// ReadWaiter reads with after a wait: it holds one only for that read.
+var smallPool = sync.Pool{New: func() any { return new([smallBufferSize]byte) }}
 
 // Endpoint is one side of a relayed session. Relay takes it over: it calls
 // Read and CloseWrite from one goroutine, Write from another, and Abort from
@@ -304,10 +308,18 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 
 	var (
 		written  int64
-		small    []byte            // made when there is no waiter
+		small    []byte            // lent after a wait, or made when src cannot wait
 		big      *[bufferSize]byte // borrowed from the pool while data flows
 		deadline time.Time         // read deadline set on src while big != nil
 	)
+	var lent *[smallBufferSize]byte // small, lent from smallPool for one read after a wait
+	giveBack := func() {
+		if lent != nil {
+			smallPool.Put(lent)
+			lent, small = nil, nil
+		}
+	}
+	defer giveBack()
 	borrow := func() {
 		big = bufferPool.Get().(*[bufferSize]byte)
 		if held != nil {
@@ -330,8 +342,10 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 			if err := waiter.WaitRead(); errors.Is(err, errors.ErrUnsupported) {
 				waiter = nil
 			} else {
-				// Data (or an end) is there: read it with a pooled buffer.
-				borrow()
+				// Data (or an end) is there: read it with a small pooled
+				// buffer, and with a big one if it fills that.
+				lent = smallPool.Get().(*[smallBufferSize]byte)
+				small = lent[:]
 			}
 		}
 		if big == nil && small == nil {
@@ -400,6 +414,7 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 			// buffer back as soon as a read finds less than it holds.
 			release()
 		}
+		giveBack()
 	}
 }
 
