@@ -22,7 +22,7 @@ const (
 	// opProfileStop stops the CPU profile.
 	opProfileStop = "profile-stop"
 	// opRuntime reports the Go runtime's view of the process's memory;
-	// with GC set, after a garbage collection.
+	// with GC set, after garbage collections (proc.ReadRuntime).
 	opRuntime = "runtime"
 	// opHeapProfile makes a child write a heap profile to Path, after a GC
 	// so that it shows live memory only.
@@ -111,8 +111,8 @@ func (c ctlProcess) Runtime(ctx context.Context) (proc.RuntimeStats, error) {
 	return *resp.Runtime, nil
 }
 
-// RuntimeAfterGC asks the child for its Go runtime figures after a garbage
-// collection: its live heap.
+// RuntimeAfterGC asks the child for its Go runtime figures after garbage
+// collections: its live heap.
 func (c ctlProcess) RuntimeAfterGC(ctx context.Context) (proc.RuntimeStats, error) {
 	resp, err := call(ctx, c.CtlChild, request{Op: opRuntime, GC: true}, 30*time.Second)
 	if err != nil {

@@ -23,10 +23,12 @@ type RuntimeStats struct {
 	NumGC      uint32 `json:"num_gc"`
 }
 
-// ReadRuntime reads this process's RuntimeStats; with gc set, after a
-// garbage collection, so that the heap figures count live memory only.
+// ReadRuntime reads this process's RuntimeStats; with gc set, after two
+// garbage collections, so that the heap figures count live memory only (a
+// sync.Pool keeps what it holds across one).
 func ReadRuntime(gc bool) RuntimeStats {
 	if gc {
+		runtime.GC()
 		runtime.GC()
 	}
 	var m runtime.MemStats
@@ -42,14 +44,18 @@ func ReadRuntime(gc bool) RuntimeStats {
 }
 
 // PprofRuntime reads the RuntimeStats of a process that serves
-// net/http/pprof at addr (`outpost … --pprof-listen addr`), after a garbage
-// collection: the heap profile's text form ends with runtime.MemStats, the
-// goroutine profile's starts with the count.
+// net/http/pprof at addr (`outpost … --pprof-listen addr`), after two
+// garbage collections, as ReadRuntime(true): the heap profile's text form
+// (each request collects first) ends with runtime.MemStats, the goroutine
+// profile's starts with the count.
 func PprofRuntime(ctx context.Context, addr string) (RuntimeStats, error) {
 	var st RuntimeStats
-	heap, err := httpGet(ctx, "http://"+addr+"/debug/pprof/heap?gc=1&debug=1")
-	if err != nil {
-		return st, err
+	var heap string
+	var err error
+	for range 2 {
+		if heap, err = httpGet(ctx, "http://"+addr+"/debug/pprof/heap?gc=1&debug=1"); err != nil {
+			return st, err
+		}
 	}
 	fields := map[string]*uint64{"HeapInuse": &st.HeapInuse, "HeapAlloc": &st.HeapAlloc, "Sys": &st.Sys}
 	var numGC uint64
