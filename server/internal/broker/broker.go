@@ -426,7 +426,7 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	defer flight.wait()
 	var p path
 	if err == nil {
-		p, err = b.open(ctx, d, sid, flight, log)
+		p, err = onFreshStack(func() (path, error) { return b.open(ctx, d, sid, flight, log) })
 	}
 	rec.AgentID = p.agentID
 	if len(p.losers) > 0 {
@@ -496,4 +496,20 @@ func (b *Broker) finish(ctx context.Context, sid dataplane.SessionID, up, down i
 	if err := b.cfg.Audit.FinishSession(ctx, sid.String(), time.Time{}, up, down, outcome, reason); err != nil {
 		log.Warn("session audit update failed", "error", err)
 	}
+}
+
+// onFreshStack runs f on a goroutine of its own and waits for it: what f calls
+// (opening a session, a store) grows a deep stack, which the calling
+// goroutine, which then relays an idle session for hours, would otherwise
+// keep (the runtime shrinks a stack by half at most per collection).
+func onFreshStack[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v, err = f()
+	}()
+	<-done
+	return v, err
 }
