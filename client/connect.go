@@ -362,6 +362,10 @@ type failureNotice struct {
 	once sync.Once
 }
 
+// WaitRead waits for the session's data without a buffer
+// (relay.ReadWaiter).
+func (f *failureNotice) WaitRead() error { return relay.WaitRead(f.Endpoint) }
+
 func (f *failureNotice) Read(p []byte) (int, error) {
 	n, err := f.Endpoint.Read(p)
 	f.notice(err)

@@ -191,6 +191,9 @@ type Config struct {
 	// MaxTokenConnections caps the connections one reusable session token
 	// opens; a token may ask for fewer. If zero, 1,000.
 	MaxTokenConnections int `json:"max_token_connections"`
+	// MaxStreamsPerConnection caps the sessions one standing client
+	// connection (`outpost connect`) carries at once. If zero, 256.
+	MaxStreamsPerConnection int `json:"max_streams_per_connection"`
 	// MaxSessionDuration caps how long one client session lasts; the
 	// gateway then closes it with the reason "maximum session duration
 	// reached". A session token may ask for less. If zero, 8 h; at least
@@ -595,6 +598,9 @@ func (c Config) validate() error {
 	}
 	if err := inRange(time.Duration(c.MaxSessionDuration), time.Millisecond, token.SessionDurationLimit); err != nil {
 		errs = append(errs, fmt.Errorf("max_session_duration %v: %v", time.Duration(c.MaxSessionDuration), err))
+	}
+	if c.MaxStreamsPerConnection < 0 {
+		errs = append(errs, fmt.Errorf("max_streams_per_connection %d: must not be negative", c.MaxStreamsPerConnection))
 	}
 	if c.MaxTokenConnections < 1 || int64(c.MaxTokenConnections) > math.MaxUint32 {
 		errs = append(errs, fmt.Errorf("max_token_connections %d: must be 1 to %d", c.MaxTokenConnections, uint32(math.MaxUint32)))

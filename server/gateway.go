@@ -217,7 +217,8 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		ClientIP: cfg.clientIP(), MaxSessions: cfg.MaxSessions,
 		KeepAlive: time.Duration(cfg.ClientKeepAlive), IdleTimeout: time.Duration(cfg.ClientIdleTimeout),
 		Origins: origins, MaxConnections: uint32(cfg.MaxTokenConnections), MaxSessionDuration: time.Duration(cfg.MaxSessionDuration),
-		Now: cfg.Now})
+		MaxStreamsPerConnection: cfg.MaxStreamsPerConnection,
+		Now:                     cfg.Now})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,14 +40,17 @@ type bench struct {
 	bin string // the outpost binary
 	exe string // this program's binary
 
-	rig       load.Rig
-	gw        gatewayChild // the gateway child
-	gwHello   hello
-	agentDir  string
-	agent     *proc.Child    // the real agent binary
-	libAgent  *proc.CtlChild // the agent library child; runs once agent has stopped
-	client    *connectProc   // outpost connect --listen, the real client
-	quicChild *proc.CtlChild // raw QUIC server in a child process
+	rig      load.Rig
+	gw       gatewayChild // the gateway child
+	gwHello  hello
+	agentDir string
+	agent    *proc.Child    // the real agent binary
+	libAgent *proc.CtlChild // the agent library child; runs once agent has stopped
+	client   *connectProc   // outpost connect --listen, the real client
+	// agentPprof and connectPprof are where the agent binary and the
+	// client serve their Go profiles (--pprof-listen).
+	agentPprof, connectPprof string
+	quicChild                *proc.CtlChild // raw QUIC server in a child process
 }
 
 // runBench sets everything up, measures, and tears everything down (also
@@ -130,8 +134,12 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	}
 	// The stream limit is raised (DESIGN's default is 4,096) so that the
 	// capacity run can reach its target with the real binary.
+	if b.agentPprof, err = freeLoopbackAddr(); err != nil {
+		return nil, err
+	}
 	b.agent, err = proc.Start("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
-		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.Capacity+capacityHeadroom)))
+		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.Capacity+capacityHeadroom),
+		"--pprof-listen", b.agentPprof))
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +195,7 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	if b.res.GwRuntime[0], err = b.rig.Gateway.Runtime(ctx); err != nil {
 		return nil, err
 	}
-	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.throughput, b.capacity, b.failover} {
+	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.idleConnect, b.throughput, b.capacity, b.failover} {
 		if err := phase(ctx); err != nil {
 			return nil, err
 		}
@@ -208,9 +216,21 @@ func (b *bench) startClient(ctx context.Context) error {
 		return err
 	}
 	gwURL := "https://" + b.gwHello.API
-	b.client, err = startConnect(ctx, b.bin, gwURL, token, caFile, b.o.childLogLevel)
+	if b.connectPprof, err = freeLoopbackAddr(); err != nil {
+		return err
+	}
+	b.client, err = startConnect(ctx, b.bin, gwURL, token, caFile, b.o.childLogLevel, b.connectPprof)
 	if err != nil {
 		return err
+	}
+	b.rig.Memory = []load.MemorySource{
+		{Name: "gateway", PID: b.gw.PID(), Read: b.gw.RuntimeAfterGC},
+		{Name: "agent", PID: b.agent.PID(), Read: func(ctx context.Context) (proc.RuntimeStats, error) {
+			return proc.PprofRuntime(ctx, b.agentPprof)
+		}},
+		{Name: "outpost connect", PID: b.client.PID(), Read: func(ctx context.Context) (proc.RuntimeStats, error) {
+			return proc.PprofRuntime(ctx, b.connectPprof)
+		}},
 	}
 	b.rig.ConnectAddr, b.rig.ConnectPID = b.client.addr, b.client.PID()
 	b.log.Info("outpost connect up", "pid", b.client.PID(), "listen", b.client.addr)
@@ -275,6 +295,25 @@ func (b *bench) idle(ctx context.Context) error {
 			"heap_alloc", rt.HeapAlloc, "stack_inuse", rt.StackInuse, "sys", rt.Sys, "num_gc", rt.NumGC)
 	}
 	return nil
+}
+
+// idleConnect is the phase of idle sessions through `outpost connect`:
+// the Go memory each process adds per session. It runs while the agent
+// binary does.
+func (b *bench) idleConnect(ctx context.Context) (err error) {
+	b.res.IdleConnect, err = b.rig.IdleConnect(ctx)
+	return err
+}
+
+// freeLoopbackAddr returns a loopback TCP address free right now, for a
+// child to listen on.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // throughput is the throughput phase.

@@ -41,11 +41,11 @@ func parseListening(line string) (string, bool) {
 }
 
 // startConnect starts the client with the token on its stdin (so that it is
-// not on a command line) and waits up to 30 s for its listening line. Its
+// not on a command line), serving its Go profiles on pprofAddr, and waits up to 30 s for its listening line. Its
 // other stderr lines are copied to ours.
-func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel string) (_ *connectProc, err error) {
+func startConnect(ctx context.Context, bin, gatewayURL, token, caFile, logLevel, pprofAddr string) (_ *connectProc, err error) {
 	cmd := exec.Command(bin, "connect", "--gateway", gatewayURL, "--token", "-", "--ca-file", caFile,
-		"--listen", "127.0.0.1:0", "--log-level", logLevel)
+		"--listen", "127.0.0.1:0", "--log-level", logLevel, "--pprof-listen", pprofAddr)
 	cmd.Stdin = strings.NewReader(token + "\n")
 	r, w, err := os.Pipe()
 	if err != nil {

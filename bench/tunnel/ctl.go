@@ -21,7 +21,8 @@ const (
 	opProfileStart = "profile-start"
 	// opProfileStop stops the CPU profile.
 	opProfileStop = "profile-stop"
-	// opRuntime reports the Go runtime's view of the process's memory.
+	// opRuntime reports the Go runtime's view of the process's memory;
+	// with GC set, after garbage collections (proc.ReadRuntime).
 	opRuntime = "runtime"
 	// opHeapProfile makes a child write a heap profile to Path, after a GC
 	// so that it shows live memory only.
@@ -55,6 +56,7 @@ type request struct {
 	TTL     time.Duration `json:"ttl_ns,omitempty"`
 	Path    string        `json:"path,omitempty"`
 	Name    string        `json:"name,omitempty"`
+	GC      bool          `json:"gc,omitempty"`
 }
 
 type response struct {
@@ -80,7 +82,7 @@ func call(ctx context.Context, c *proc.CtlChild, r request, timeout time.Duratio
 func answerCommon(r request) (_ response, ok bool) {
 	switch r.Op {
 	case opRuntime:
-		st := proc.ReadRuntime()
+		st := proc.ReadRuntime(r.GC)
 		return response{Runtime: &st}, true
 	case opHeapProfile:
 		if err := proc.WriteHeapProfile(r.Path); err != nil {
@@ -104,6 +106,19 @@ var _ load.Process = ctlProcess{}
 // Runtime asks the child for its Go runtime figures.
 func (c ctlProcess) Runtime(ctx context.Context) (proc.RuntimeStats, error) {
 	resp, err := call(ctx, c.CtlChild, request{Op: opRuntime}, 10*time.Second)
+	if err != nil {
+		return proc.RuntimeStats{}, err
+	}
+	if resp.Runtime == nil {
+		return proc.RuntimeStats{}, errors.New(c.Name() + " child runtime: empty answer")
+	}
+	return *resp.Runtime, nil
+}
+
+// RuntimeAfterGC asks the child for its Go runtime figures after garbage
+// collections: its live heap.
+func (c ctlProcess) RuntimeAfterGC(ctx context.Context) (proc.RuntimeStats, error) {
+	resp, err := call(ctx, c.CtlChild, request{Op: opRuntime, GC: true}, 30*time.Second)
 	if err != nil {
 		return proc.RuntimeStats{}, err
 	}

@@ -64,6 +64,9 @@ const (
 	// benchTokenConnections is the gateway's cap on a reusable token's
 	// connections: the bench's token opens thousands.
 	benchTokenConnections = 10_000_000
+	// benchStreamsPerConnection is the gateway child's cap of sessions on
+	// one standing connection.
+	benchStreamsPerConnection = 1 << 16
 )
 
 // serveGateway is the gateway child's life (see runChild). maxSessions is
@@ -82,6 +85,9 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 		AgentAnswerTimeout:  server.Duration(agentAnswerTimeout),
 		// One reusable token carries every session of a run.
 		MaxTokenConnections: benchTokenConnections,
+		// One standing connection of `outpost connect` carries every idle
+		// session of a run at once.
+		MaxStreamsPerConnection: benchStreamsPerConnection,
 	}, log.Named("gateway"))
 	if err != nil {
 		return err

@@ -130,6 +130,20 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WaitRead blocks until Read would return without waiting for the peer —
+// bytes of the session, its end or an error are there — and reads nothing
+// (relay.ReadWaiter), so that an idle session's relay holds no buffer.
+// Abort, Fail and the connection's end end the wait. Only the goroutine
+// that reads may call it; an error is for the Read that follows.
+func (s *Stream) WaitRead() error {
+	if s.rd.err != nil || s.aborting.Load() {
+		return nil
+	}
+	// A yamux stream's Read with no room waits for data and takes none.
+	_, err := s.rd.src.Read(nil)
+	return err
+}
+
 // ReadClosed reports whether the peer ended its direction (Read returned
 // io.EOF). It is safe to call from any goroutine.
 func (s *Stream) ReadClosed() bool { return s.readEnd.Load() }

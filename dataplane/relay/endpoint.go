@@ -2,20 +2,27 @@ package relay
 
 import (
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
 )
 
-// TCPEndpoint adapts a TCP connection to Endpoint and ReadInterrupter:
-// CloseWrite shuts down the sending side (FIN), Abort resets the connection
-// (SO_LINGER 0 then close: RST), Close closes it. Build it with TCPConn. It is
-// safe for the concurrent use Relay makes of it.
+// TCPEndpoint adapts a TCP connection to Endpoint, ReadInterrupter and (on
+// Linux and the BSDs) ReadWaiter: CloseWrite shuts down the sending side
+// (FIN), Abort resets the connection (SO_LINGER 0 then close: RST), Close
+// closes it. Build it with TCPConn. It is safe for the concurrent use Relay
+// makes of it.
 type TCPEndpoint struct {
 	conn *net.TCPConn
 	once sync.Once // closes conn, by Abort or Close
+	// Used by WaitRead only, from the reading goroutine.
+	raw     syscall.RawConn
+	ready   func(fd uintptr) bool // peeks: false while nothing is there
+	peekErr error                 // the socket error a peek took, for the next Read
 }
 
 // TCPConn returns an Endpoint for c; it takes ownership of c.
@@ -23,8 +30,15 @@ func TCPConn(c *net.TCPConn) *TCPEndpoint {
 	return &TCPEndpoint{conn: c}
 }
 
-// Read reads from the connection.
-func (e *TCPEndpoint) Read(p []byte) (int, error) { return e.conn.Read(p) }
+// Read reads from the connection. After WaitRead it first returns the
+// socket error WaitRead's peek took, if any, as the read's own.
+func (e *TCPEndpoint) Read(p []byte) (int, error) {
+	if err := e.peekErr; err != nil {
+		e.peekErr = nil
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: e.conn.LocalAddr(), Addr: e.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	}
+	return e.conn.Read(p)
+}
 
 // Write writes to the connection.
 func (e *TCPEndpoint) Write(p []byte) (int, error) { return e.conn.Write(p) }
@@ -53,8 +67,8 @@ func (e *TCPEndpoint) Close() error {
 // SetReadInterrupt sets the connection's read deadline.
 func (e *TCPEndpoint) SetReadInterrupt(t time.Time) error { return e.conn.SetReadDeadline(t) }
 
-// StreamEndpoint adapts a QUIC bidirectional stream to Endpoint and
-// ReadInterrupter: CloseWrite closes the send side (FIN) and keeps reading,
+// StreamEndpoint adapts a QUIC bidirectional stream to Endpoint,
+// ReadInterrupter and ReadWaiter: CloseWrite closes the send side (FIN) and keeps reading,
 // Abort cancels both sides with an application error code (RESET_STREAM and
 // STOP_SENDING), Close ends whatever is left of the stream gracefully. Build
 // it with StreamConn. It is safe for the concurrent use Relay makes of it.
@@ -62,6 +76,7 @@ type StreamEndpoint struct {
 	stream  *quic.Stream
 	once    sync.Once   // ends the stream, by Abort or Close
 	aborted atomic.Bool // CloseWrite must not follow CancelWrite
+	peek    [1]byte     // WaitRead's, from the reading goroutine
 }
 
 // StreamConn returns an Endpoint for s; it takes ownership of s.
@@ -110,3 +125,11 @@ func (e *StreamEndpoint) Close() error {
 
 // SetReadInterrupt sets the stream's read deadline.
 func (e *StreamEndpoint) SetReadInterrupt(t time.Time) error { return e.stream.SetReadDeadline(t) }
+
+// WaitRead blocks until the stream has data, its end or an error to read,
+// without reading it (ReadWaiter): it peeks at one byte. The read deadline
+// and Abort end the wait; an error is for the Read that follows.
+func (e *StreamEndpoint) WaitRead() error {
+	_, err := e.stream.Peek(e.peek[:])
+	return err
+}

@@ -18,6 +18,9 @@ func TestIdleSessionsMemory(t *testing.T) {
 		sessions = 1000
 		burst    = 8 << 10 // more than the small buffer: makes each direction borrow
 		limit    = 16 << 10
+		// waitingLimit holds where a direction waits without a buffer
+		// (ReadWaiter): bookkeeping only.
+		waitingLimit = 4 << 10
 	)
 	checkGoroutines(t)
 
@@ -90,6 +93,9 @@ func TestIdleSessionsMemory(t *testing.T) {
 	stack := int64(after.StackInuse) - int64(before.StackInuse)
 	t.Logf("%d idle relays (peak %d pooled buffers during the bursts): heap in use +%d B (%d B/session), goroutine stacks +%d B (%d B/session)",
 		sessions, peak, heap, heap/sessions, stack, stack/sessions)
+	if tcpWaits && heap > sessions*waitingLimit {
+		t.Fatalf("idle sessions use %d B of heap each, want < %d: TCP endpoints wait for data without a buffer", heap/sessions, waitingLimit)
+	}
 	if heap > sessions*limit {
 		t.Fatalf("idle sessions use %d B of heap each, want < %d (2 pooled buffers would be %d)", heap/sessions, limit, 2*bufferSize)
 	}

@@ -9,9 +9,12 @@
 // QUIC CancelRead+CancelWrite with an application error code), and so does
 // cancelling the context.
 //
-// Memory: each direction waits for data with a 2 KiB buffer and borrows a
-// pooled 32 KiB buffer only while data flows, returning it after a pause, so
-// an idle session does not pin 64 KiB (see Options.PauseTimeout).
+// Memory: each direction borrows a pooled 32 KiB buffer only while data
+// flows, returning it after a pause (see Options.PauseTimeout), so an idle
+// session does not pin 64 KiB. While it waits for data, a direction whose
+// source can wait without reading (ReadWaiter: TCP, a QUIC stream, a
+// standing connection's stream) holds no buffer at all; the others wait
+// with a 2 KiB one.
 package relay
 
 import (
@@ -57,10 +60,14 @@ const (
 	DefaultPauseTimeout = 100 * time.Millisecond
 )
 
-// bufferPool holds 32 KiB copy buffers. It is the one package-level variable:
-// a pool is only useful if all relays of the process share it, and it holds
-// no state a caller could observe.
+// bufferPool holds 32 KiB copy buffers. It and smallPool are the only
+// package-level variables: a pool is only useful if all relays of the
+// process share it, and it holds no state a caller could observe.
 var bufferPool = sync.Pool{New: func() any { return new([bufferSize]byte) }}
+
+// smallPool holds the small buffers a direction whose source is a
+// ReadWaiter reads with after a wait: it holds one only for that read.
+var smallPool = sync.Pool{New: func() any { return new([smallBufferSize]byte) }}
 
 // Endpoint is one side of a relayed session. Relay takes it over: it calls
 // Read and CloseWrite from one goroutine, Write from another, and Abort from
@@ -103,6 +110,27 @@ type Endpoint interface {
 // does not fill it, which costs more small reads.
 type ReadInterrupter interface {
 	SetReadInterrupt(t time.Time) error
+}
+
+// ReadWaiter is an optional interface of an Endpoint. Relay uses it to wait
+// for data without holding a buffer: WaitRead blocks until a Read would
+// return without waiting — data, the end of data or an error is there — and
+// reads nothing; then Relay borrows a pooled buffer to read. It must return
+// once Abort is called or a read deadline (ReadInterrupter) passes. One that
+// returns an error matching errors.ErrUnsupported is never asked again: that
+// direction waits with a small buffer. Any other error is left to the Read
+// that follows to report. Wrappers of endpoints forward it with WaitRead.
+type ReadWaiter interface {
+	WaitRead() error
+}
+
+// WaitRead waits on e if it is a ReadWaiter; otherwise it returns
+// errors.ErrUnsupported. Endpoint wrappers call it to forward WaitRead.
+func WaitRead(e any) error {
+	if w, ok := e.(ReadWaiter); ok {
+		return w.WaitRead()
+	}
+	return errors.ErrUnsupported
 }
 
 // Options tunes Relay. The zero value is ready to use.
@@ -269,6 +297,7 @@ func (r *relay) failure() error {
 func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int64 {
 	counter, held := r.counters(srcSide)
 	interrupter, _ := src.(ReadInterrupter)
+	waiter, _ := src.(ReadWaiter)
 	if interrupter != nil {
 		if err := interrupter.SetReadInterrupt(time.Time{}); err != nil {
 			r.fail(&Error{Side: srcSide, Op: "read", Err: err}, ErrorCodeReset)
@@ -279,10 +308,24 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 
 	var (
 		written  int64
-		small    = make([]byte, smallBufferSize)
+		small    []byte            // lent after a wait, or made when src cannot wait
 		big      *[bufferSize]byte // borrowed from the pool while data flows
 		deadline time.Time         // read deadline set on src while big != nil
 	)
+	var lent *[smallBufferSize]byte // small, lent from smallPool for one read after a wait
+	giveBack := func() {
+		if lent != nil {
+			smallPool.Put(lent)
+			lent, small = nil, nil
+		}
+	}
+	defer giveBack()
+	borrow := func() {
+		big = bufferPool.Get().(*[bufferSize]byte)
+		if held != nil {
+			held.Add(1)
+		}
+	}
 	release := func() {
 		if big != nil {
 			bufferPool.Put(big)
@@ -295,6 +338,19 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 	defer release()
 
 	for {
+		if big == nil && waiter != nil {
+			if err := waiter.WaitRead(); errors.Is(err, errors.ErrUnsupported) {
+				waiter = nil
+			} else {
+				// Data (or an end) is there: read it with a small pooled
+				// buffer, and with a big one if it fills that.
+				lent = smallPool.Get().(*[smallBufferSize]byte)
+				small = lent[:]
+			}
+		}
+		if big == nil && small == nil {
+			small = make([]byte, smallBufferSize)
+		}
 		buf := small
 		if big != nil {
 			buf = big[:]
@@ -352,15 +408,13 @@ func (r *relay) pump(srcSide Side, src Endpoint, dstSide Side, dst Endpoint) int
 		switch {
 		case big == nil && n == len(small):
 			// A full small read: more is likely waiting.
-			big = bufferPool.Get().(*[bufferSize]byte)
-			if held != nil {
-				held.Add(1)
-			}
+			borrow()
 		case big != nil && interrupter == nil && n < len(buf):
 			// No way to notice a pause while blocked in Read: give the
 			// buffer back as soon as a read finds less than it holds.
 			release()
 		}
+		giveBack()
 	}
 }
 

@@ -462,4 +462,70 @@ var (
 	_ ReadInterrupter = (*TCPEndpoint)(nil)
 	_ Endpoint        = (*StreamEndpoint)(nil)
 	_ ReadInterrupter = (*StreamEndpoint)(nil)
+	_ ReadWaiter      = (*TCPEndpoint)(nil)
+	_ ReadWaiter      = (*StreamEndpoint)(nil)
 )
+
+// A TCP endpoint's WaitRead returns once data is there, without reading
+// it; a read deadline and Abort end a wait with nothing to read.
+func TestTCPWaitRead(t *testing.T) {
+	if !tcpWaits {
+		t.Skip("no WaitRead on this platform")
+	}
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, c := dialTCP(t, ln)
+	defer peer.Close()
+	e := TCPConn(c)
+
+	waited := make(chan error, 1)
+	go func() { waited <- e.WaitRead() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitRead returned %v with nothing to read", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := peer.Write([]byte("ab")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("WaitRead: %v", err)
+	}
+	buf := make([]byte, 4)
+	if n, err := e.Read(buf); err != nil || string(buf[:n]) != "ab" {
+		t.Fatalf("the read after WaitRead got %q, %v", buf[:n], err)
+	}
+
+	// A reset the peek finds is the next Read's error, not an EOF.
+	peer2, c2 := dialTCP(t, ln)
+	e2 := TCPConn(c2)
+	defer e2.Close()
+	peer2.SetLinger(0)
+	peer2.Close()
+	if err := e2.WaitRead(); err != nil {
+		t.Fatalf("WaitRead on a reset connection: %v", err)
+	}
+	if _, err := e2.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the read after WaitRead on a reset connection: %v, want ECONNRESET", err)
+	}
+
+	e.SetReadInterrupt(time.Now().Add(20 * time.Millisecond))
+	if err := e.WaitRead(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitRead past the deadline: %v", err)
+	}
+	e.SetReadInterrupt(time.Time{})
+
+	go func() { waited <- e.WaitRead() }()
+	e.Abort(ErrorCodeReset)
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Fatal("WaitRead after Abort returned nil")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Abort did not end WaitRead")
+	}
+}

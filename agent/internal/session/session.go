@@ -194,9 +194,10 @@ func (h *Handler) Serve(ctx context.Context, s *quic.Stream) {
 	stop := cancelOnDone(ctx, s)
 	shaken := make(chan struct{})
 	var conn *net.TCPConn
+	var req dataplane.ConnectRequest
 	go func() {
 		defer close(shaken)
-		conn, log = h.handshake(ctx, s, log)
+		conn, req = h.handshake(ctx, s, log)
 	}()
 	<-shaken
 	stop()
@@ -204,8 +205,10 @@ func (h *Handler) Serve(ctx context.Context, s *quic.Stream) {
 		return
 	}
 
+	// A relayed session keeps its log fields, not a logger of its own.
+	fields := []any{"stream_id", int64(s.StreamID()), "session_id", req.SessionID.String(), "target", logSafe(req.Target)}
 	dialed := conn.RemoteAddr().String()
-	log.Debug("session connected", "dialed", dialed, "setup", time.Since(start))
+	h.log.Debug("session connected", append(fields, "dialed", dialed, "setup", time.Since(start))...)
 	stats, err := relay.Relay(ctx, relay.StreamConn(s), relay.TCPConn(conn), relay.Options{Counters: h.cfg.Counters})
 	args := []any{
 		"dialed", dialed,
@@ -213,64 +216,65 @@ func (h *Handler) Serve(ctx context.Context, s *quic.Stream) {
 		"bytes_from_target", stats.BToA,
 		"duration", time.Since(start),
 	}
+	args = append(fields, args...)
 	switch {
 	case err == nil:
-		log.Info("session ended", append(args, "outcome", "closed")...)
+		h.log.Info("session ended", append(args, "outcome", "closed")...)
 	case ctx.Err() != nil:
-		log.Info("session ended", append(args, "outcome", "canceled", "error", err)...)
+		h.log.Info("session ended", append(args, "outcome", "canceled", "error", err)...)
 	default:
-		log.Info("session ended", append(args, "outcome", "reset", "error", err)...)
+		h.log.Info("session ended", append(args, "outcome", "reset", "error", err)...)
 	}
 }
 
 // handshake reads the ConnectRequest, validates and dials the target and
-// answers. It returns the target connection once Success is written, with
-// log carrying the session's fields; nil when the session is over (refused,
-// failed or aborted), after answering or cancelling s.
-func (h *Handler) handshake(ctx context.Context, s *quic.Stream, log hclog.Logger) (*net.TCPConn, hclog.Logger) {
+// answers. It returns the target connection once Success is written, and
+// the request; nil when the session is over (refused, failed or aborted),
+// after answering or cancelling s.
+func (h *Handler) handshake(ctx context.Context, s *quic.Stream, log hclog.Logger) (*net.TCPConn, dataplane.ConnectRequest) {
 	_ = s.SetReadDeadline(time.Now().Add(h.cfg.ReadTimeout)) // quic-go's never fails
 	req, err := dataplane.NewSessionReader(s).ReadConnectRequest()
 	_ = s.SetReadDeadline(time.Time{})
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Debug("session aborted before its ConnectRequest", "cause", context.Cause(ctx))
-			return nil, log
+			return nil, req
 		}
 		log.Warn("cannot read ConnectRequest", "error", err)
 		cancelStream(s, relay.ErrorCodeReset)
-		return nil, log
+		return nil, req
 	}
 	log = log.With("session_id", req.SessionID.String(), "target", logSafe(req.Target))
 
 	if err := dataplane.CheckVersion(req.Version); err != nil {
 		h.refuse(s, log, err.Error())
-		return nil, log
+		return nil, req
 	}
 	if h.draining.Load() {
 		h.refuse(s, log, ReasonDraining)
-		return nil, log
+		return nil, req
 	}
 	t, err := dataplane.ParseTarget(req.Target)
 	if err != nil {
 		h.refuse(s, log, err.Error())
-		return nil, log
+		return nil, req
 	}
 	conn, err := h.dialer.Dial(ctx, h.routes.Load(), t)
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Debug("session aborted while dialing", "cause", context.Cause(ctx))
-			return nil, log
+			return nil, req
 		}
 		h.refuse(s, log, err.Error())
-		return nil, log
+		return nil, req
 	}
 	if err := writeResponse(s, dataplane.ConnectResponse{Version: dataplane.ProtocolVersion, Result: dataplane.ResultSuccess}); err != nil {
 		relay.TCPConn(conn).Abort(relay.ErrorCodeReset)
 		cancelStream(s, relay.ErrorCodeReset)
 		log.Debug("cannot write ConnectResponse", "error", err)
-		return nil, log
+		return nil, req
 	}
-	return conn, log
+	return conn, req
 }
 
 // refuse answers a ConnectResponse Error with reason and ends the stream.

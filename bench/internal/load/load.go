@@ -172,6 +172,19 @@ type Rig struct {
 	// QUICRemote to one in the child process QUICPID.
 	QUICLocal, QUICRemote *QUICClient
 	QUICPID               int
+	// Memory are the processes whose Go runtime IdleConnect reads:
+	// the gateway, the agent and `outpost connect`.
+	Memory []MemorySource
+}
+
+// MemorySource is a process whose Go runtime the idle load reads.
+type MemorySource struct {
+	// Name names it in the report ("gateway", "agent", "outpost connect").
+	Name string
+	// PID is its process, for its RSS.
+	PID int
+	// Read returns its Go runtime figures after a garbage collection.
+	Read func(context.Context) (proc.RuntimeStats, error)
 }
 
 // log is the rig's logger, never nil.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -205,6 +207,124 @@ func (r *Rig) Idle(ctx context.Context) (IdleResult, error) {
 		return res, err
 	}
 	res.GatewayHeap = r.heapProfile(ctx, r.Gateway, "gateway-idle-heap")
+	return res, nil
+}
+
+// ProcessMemory is one process's memory without and with the idle
+// sessions of IdleConnect.
+type ProcessMemory struct {
+	Name               string
+	Before, Idle       proc.RuntimeStats // after a GC each
+	RSSBefore, RSSIdle int64
+}
+
+// PerSession returns the growth of heap in use, of stacks in use and of
+// goroutines per session, from Before to Idle, over n sessions.
+func (m ProcessMemory) PerSession(n int) (heap, stack, goroutines float64) {
+	d := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(n) }
+	return d(m.Before.HeapInuse, m.Idle.HeapInuse), d(m.Before.StackInuse, m.Idle.StackInuse),
+		float64(m.Idle.Goroutines-m.Before.Goroutines) / float64(n)
+}
+
+// IdleConnectResult is what IdleConnect measured.
+type IdleConnectResult struct {
+	Sessions int
+	// Procs are Rig.Memory's processes, in order.
+	Procs []ProcessMemory
+}
+
+// IdleConnect reads the Go runtime (after a GC) and the RSS of every
+// process of Rig.Memory, opens Settings.Idle sessions through `outpost
+// connect` (one TCP connection each to ConnectAddr, carrying one echoed
+// byte), lets them idle for Settings.IdleWait and reads them all again. It
+// fails at the first session that fails, or when a process has exited.
+func (r *Rig) IdleConnect(ctx context.Context) (IdleConnectResult, error) {
+	s := r.Settings
+	res := IdleConnectResult{Sessions: s.Idle, Procs: make([]ProcessMemory, len(r.Memory))}
+	read := func(ctx context.Context, idle bool) error {
+		for i, m := range r.Memory {
+			st, err := m.Read(ctx)
+			if err != nil {
+				return fmt.Errorf("%s runtime: %w", m.Name, err)
+			}
+			rss, err := proc.RSSBytes(m.PID)
+			if err != nil {
+				return err
+			}
+			p := &res.Procs[i]
+			p.Name = m.Name
+			if idle {
+				p.Idle, p.RSSIdle = st, rss
+			} else {
+				p.Before, p.RSSBefore = st, rss
+			}
+		}
+		return nil
+	}
+	// The sessions of the phase before may still be ending: the baseline
+	// is read once every process's goroutine count holds still.
+	settle := time.Now().Add(30 * time.Second)
+	for last := []int(nil); ; {
+		if err := read(ctx, false); err != nil {
+			return res, err
+		}
+		now := make([]int, len(res.Procs))
+		for i, p := range res.Procs {
+			now[i] = p.Before.Goroutines
+		}
+		if slices.Equal(now, last) || time.Now().After(settle) {
+			break
+		}
+		last = now
+		select {
+		case <-ctx.Done():
+			return res, context.Cause(ctx)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	r.log().Info("opening idle sessions through outpost connect", "n", s.Idle)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute+s.IdleWait)
+	defer cancel()
+	conns := make([]*net.TCPConn, 0, s.Idle)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range s.Idle {
+		c, err := dialTCP(ctx, r.ConnectAddr)
+		if err != nil {
+			return res, fmt.Errorf("idle session %d through outpost connect: %w", i+1, err)
+		}
+		conns = append(conns, c)
+		_ = c.SetDeadline(time.Now().Add(SessionTimeout))
+		if err := EchoOnce(c, []byte{modeEcho}); err != nil {
+			return res, fmt.Errorf("idle session %d through outpost connect: %w", i+1, err)
+		}
+		_ = c.SetDeadline(time.Time{})
+	}
+	select {
+	case <-ctx.Done():
+		return res, context.Cause(ctx)
+	case <-time.After(s.IdleWait):
+	}
+	if err := r.check(); err != nil {
+		return res, err
+	}
+	if err := read(ctx, true); err != nil {
+		return res, err
+	}
+	if h := r.heapProfile(ctx, r.Gateway, "gateway-connect-idle-heap"); h != nil {
+		for _, site := range h.Sites[:min(len(h.Sites), 12)] {
+			r.log().Info("gateway live heap with idle sessions through outpost connect", "site", site.Name,
+				"bytes", site.Bytes, "per_session", site.Bytes/int64(s.Idle))
+		}
+	}
+	for _, p := range res.Procs {
+		heap, stack, g := p.PerSession(s.Idle)
+		r.log().Info("idle sessions through outpost connect", "process", p.Name, "heap_per_session", int64(heap),
+			"stack_per_session", int64(stack), "goroutines_per_session", g, "rss_before", p.RSSBefore, "rss_idle", p.RSSIdle)
+	}
 	return res, nil
 }
 

@@ -25,6 +25,11 @@ const (
 	targetCapacity        = load.TargetCapacity
 )
 
+// idleTargets are the Go memory (heap + stacks) each process may add per
+// idle session through `outpost connect`, in bytes: the issue's gateway
+// ≤ idle + 16 MB, connect and agent ≤ idle + 12 MB per 1,000 sessions.
+var idleTargets = map[string]float64{"gateway": 16_000, "agent": 12_000, "outpost connect": 12_000}
+
 // perGB returns the CPU seconds per 10^9 bytes of ticks at hz.
 func perGB(ticks, bytes, hz int64) float64 {
 	if bytes == 0 || hz == 0 {
@@ -54,8 +59,11 @@ type Results struct {
 	GwRuntime [2]proc.RuntimeStats
 	// GwHeap is the gateway child's live heap with the idle sessions; nil
 	// if it could not be read.
-	GwHeap  *proc.HeapSummary
-	CapRuns []load.CapacityResult
+	GwHeap *proc.HeapSummary
+	// IdleConnect is every process's Go runtime with and without
+	// Settings.Idle sessions through `outpost connect`.
+	IdleConnect load.IdleConnectResult
+	CapRuns     []load.CapacityResult
 	// Failover times the sessions opened after a kill -9 of the preferred
 	// agent; Detection is how long after the kill the gateway's API showed
 	// that agent unresponsive (zero: not measured); IdleCost is the
@@ -92,6 +100,9 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float
 
 func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
 
+// kib writes b bytes in kilobytes (10^3), one decimal.
+func kib(b int64) string { return fmt.Sprintf("%.1f KB", float64(b)/1e3) }
+
 // thousands writes n with thousands separators.
 func thousands(n int64) string {
 	s := fmt.Sprint(n)
@@ -119,6 +130,7 @@ func (r *Results) rows() []row {
 	rows = append(rows, r.cpuRows()...)
 	rows = append(rows, r.latencyRows()...)
 	rows = append(rows, r.rssRows()...)
+	rows = append(rows, r.idleConnectRows()...)
 	rows = append(rows, r.capacityRows()...)
 	rows = append(rows, r.failoverRows()...)
 	rows = append(rows, r.lookupRows()...)
@@ -238,6 +250,30 @@ func (r *Results) rssRows() []row {
 			figure:  fmt.Sprintf("%s (%s with none)", mb(r.RSSIdle[i]), mb(r.RSSBefore[i])),
 			target:  "≤ " + mb(targetRSS),
 			verdict: fmt.Sprintf("%.2f × target — %s", float64(r.RSSIdle[i])/targetRSS, verdict(r.RSSIdle[i] <= targetRSS)),
+		})
+	}
+	return rows
+}
+
+// idleConnectRows judge what each process's Go memory (heap in use and
+// stacks in use, after a GC) grew by per idle session through `outpost
+// connect`.
+func (r *Results) idleConnectRows() []row {
+	var rows []row
+	n := r.IdleConnect.Sessions
+	for _, p := range r.IdleConnect.Procs {
+		heap, stack, g := p.PerSession(n)
+		target, ok := idleTargets[p.Name]
+		if !ok {
+			continue
+		}
+		v := heap + stack
+		rows = append(rows, row{
+			what: fmt.Sprintf("Go heap + stacks per idle session, %s, %s idle sessions via `outpost connect`", p.Name, thousands(int64(n))),
+			figure: fmt.Sprintf("%s (heap %s, stacks %s, %.2f goroutines per session; RSS %s → %s)",
+				kib(int64(v)), kib(int64(heap)), kib(int64(stack)), g, mb(p.RSSBefore), mb(p.RSSIdle)),
+			target:  "≤ " + kib(int64(target)),
+			verdict: fmt.Sprintf("%.2f × target — %s", v/target, verdict(v <= target)),
 		})
 	}
 	return rows

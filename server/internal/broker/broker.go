@@ -313,7 +313,7 @@ func (p path) via() string {
 // candidates with failover and hedging (openAgents), or the gateway's own
 // dial for DIRECT. All failures are reported together; a failed agent path
 // never falls back to direct.
-func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, log hclog.Logger) (path, error) {
+func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, flight *firstFlight, log hclog.Logger) (path, error) {
 	switch d.Kind {
 	case outpostv1.Decision_DECISION_REJECTED:
 		if d.ClientReason != "" {
@@ -323,7 +323,7 @@ func (b *Broker) open(ctx context.Context, d Decision, sid dataplane.SessionID, 
 	case outpostv1.Decision_DECISION_DIRECT:
 		return b.openDirect(ctx, d.Target)
 	}
-	p, losers, err := b.openAgents(ctx, d.Candidates, sid, d.Target.String(), log)
+	p, losers, err := b.openAgents(ctx, d.Candidates, sid, d.Target.String(), flight, log)
 	p.losers = losers
 	return p, err
 }
@@ -421,9 +421,13 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		m.SessionsActive.Inc()
 		defer m.SessionsActive.Dec()
 	}
+	// The client's first bytes are read while the session opens, to go to
+	// the agent with the request (firstflight.go).
+	flight := startFirstFlight(client)
+	defer flight.wait()
 	var p path
 	if err == nil {
-		p, err = b.open(ctx, d, sid, log)
+		p, err = onFreshStack(func() (path, error) { return b.open(ctx, d, sid, flight, log) })
 	}
 	rec.AgentID = p.agentID
 	if len(p.losers) > 0 {
@@ -457,7 +461,8 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 	}
 	log.Info("session open", opened...)
 
-	stats, rerr := relay.Relay(ctx, client, p.endpoint, relay.Options{})
+	stats, rerr := relay.Relay(ctx, &replaying{ClientStream: client, f: flight}, p.endpoint, relay.Options{})
+	stats.AToB += flight.early()
 	outcome, reason := "ok", ""
 	switch {
 	case rerr != nil && limitErr(ctx) != nil:
@@ -481,4 +486,20 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 func (b *Broker) finish(rec store.SessionRecord, up, down int64, outcome, reason string) {
 	rec.EndedAt, rec.BytesUp, rec.BytesDown, rec.Outcome, rec.Reason = b.cfg.Now(), up, down, outcome, reason
 	b.cfg.Audit.Record(rec)
+}
+
+// onFreshStack runs f on a goroutine of its own and waits for it: what f calls
+// (opening a session, a store) grows a deep stack, which the calling
+// goroutine, which then relays an idle session for hours, would otherwise
+// keep (the runtime shrinks a stack by half at most per collection).
+func onFreshStack[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v, err = f()
+	}()
+	<-done
+	return v, err
 }

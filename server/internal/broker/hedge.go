@@ -74,13 +74,22 @@ type answer struct {
 // accepts it. On success it returns the path and why each other candidate
 // tried lost; otherwise an error naming every candidate and why it failed.
 // It returns only after every attempt it started has ended.
-func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid dataplane.SessionID, target string, log hclog.Logger) (path, []string, error) {
+//
+// The attempt that alone can serve the session — the only candidate, or the
+// last one once every other has failed — takes the client's first bytes
+// early from flight (firstflight.go); others never get them: the winner
+// reads them from the relay.
+func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid dataplane.SessionID, target string, flight *firstFlight, log hclog.Logger) (path, []string, error) {
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	answers := make(chan answer, len(cands)) // never blocks an attempt
 	var wg sync.WaitGroup
 	var attempts []*attempt
+	running := 0 // attempts started and not ended
 	launch := func() *attempt {
+		// No other attempt runs, and none will follow.
+		alone := running == 0 && len(attempts) == len(cands)-1
+		running++
 		a := &attempt{c: cands[len(attempts)], start: time.Now()}
 		a.entry = a.c.Entry
 		if a.entry == nil {
@@ -92,6 +101,9 @@ func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid 
 			var s *tunnel.Session
 			if err == nil {
 				a.pending.Store(p)
+				if alone {
+					flight.offer(ctx, p)
+				}
 				s, err = p.Answer(actx)
 			}
 			answers <- answer{a, s, err}
@@ -110,7 +122,6 @@ func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid 
 	}
 	newest := launch()
 	rearm(b.cfg.HedgeDelay)
-	running := 1
 	var won *answer
 	for running > 0 && won == nil {
 		select {
@@ -133,7 +144,6 @@ func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid 
 			log.Info("agent candidate failed; trying the next", "agent", r.a.c.Name, "elapsed", since(r.a.start),
 				"reason", r.err, "next", cands[len(attempts)].Name)
 			newest = launch()
-			running++
 			rearm(b.cfg.HedgeDelay)
 		case <-hedgeC:
 			hedgeC = nil
@@ -159,7 +169,6 @@ func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid 
 			log.Info("no sign of life from the agent; trying the next candidate in parallel", "agent", newest.c.Name,
 				"elapsed", elapsed.Round(time.Millisecond), "next", cands[len(attempts)].Name)
 			newest = launch()
-			running++
 			rearm(b.cfg.HedgeDelay)
 		case <-ctx.Done():
 		}

@@ -72,6 +72,10 @@ func (c limited) Abort(code relay.ErrorCode) {
 	c.ClientStream.Abort(code)
 }
 
+// WaitRead waits for the client's data without a buffer, when its stream
+// can (relay.ReadWaiter).
+func (c limited) WaitRead() error { return relay.WaitRead(c.ClientStream) }
+
 // limitErr is the Limit that ended ctx, or nil.
 func limitErr(ctx context.Context) *Limit {
 	l, _ := limitOf(ctx)

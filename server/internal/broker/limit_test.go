@@ -83,9 +83,19 @@ func (c *pipeClient) ending() (string, bool) {
 }
 
 // silentTarget is a loopback target that reads what it is sent and never
-// answers.
-func silentTarget(t *testing.T) string {
-	return brokertest.Target(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() })
+// answers. got is closed once a byte reached it.
+func silentTarget(t *testing.T) (addr string, got <-chan struct{}) {
+	ch := make(chan struct{})
+	var once sync.Once
+	addr = brokertest.Target(t, func(c net.Conn) {
+		var b [1]byte
+		if n, _ := c.Read(b[:]); n > 0 {
+			once.Do(func() { close(ch) })
+		}
+		io.Copy(io.Discard, c)
+		c.Close()
+	})
+	return addr, ch
 }
 
 // session is a direct session's parts: the broker, its audit, the target,
@@ -96,6 +106,8 @@ type session struct {
 	target string
 	client *pipeClient
 	pw     *io.PipeWriter
+	// got is closed once the client's bytes reached the target.
+	got <-chan struct{}
 }
 
 func newSession(t *testing.T) *session {
@@ -103,7 +115,8 @@ func newSession(t *testing.T) *session {
 	audit := &memAudit{}
 	pr, pw := io.Pipe()
 	t.Cleanup(func() { pw.Close() })
-	return &session{b: brokertest.Direct(t, audit), audit: audit, target: silentTarget(t), client: &pipeClient{r: pr}, pw: pw}
+	target, got := silentTarget(t)
+	return &session{b: brokertest.Direct(t, audit), audit: audit, target: target, client: &pipeClient{r: pr}, pw: pw, got: got}
 }
 
 // A session that reaches its maximum duration is closed with the reason,
@@ -137,9 +150,15 @@ func TestSessionCancelledIsNotMaxDuration(t *testing.T) {
 		defer close(done)
 		s.b.Serve(ctx, broker.Request{ID: id, Target: s.target, MaxDuration: time.Hour}, s.client)
 	}()
-	// Once the session is open, pw's write reaches the target; then cancel.
+	// Once pw's write reached the target, the session is open; then
+	// cancel.
 	if _, err := s.pw.Write([]byte("x")); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-s.got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client's byte did not reach the target")
 	}
 	// The open session's start is recorded already, without an end.
 	if recs := s.audit.all(id.String()); len(recs) != 1 || !recs[0].EndedAt.IsZero() || recs[0].StartedAt.IsZero() ||

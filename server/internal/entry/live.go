@@ -10,6 +10,7 @@ import (
 
 	"github.com/outposthq/outpost/client/muxstream"
 	"github.com/outposthq/outpost/client/wsstream"
+	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/server/internal/broker"
 )
 
@@ -61,6 +62,10 @@ func (s *session) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// WaitRead waits for the client's data without a buffer, when its stream
+// can (relay.ReadWaiter).
+func (s *session) WaitRead() error { return relay.WaitRead(s.clientStream) }
 
 // Write writes to the client and marks the session active.
 func (s *session) Write(p []byte) (int, error) {

@@ -248,7 +248,17 @@ func (c *muxConn) serveStream(st *yamux.Stream) {
 	var once sync.Once
 	release := func() { once.Do(func() { <-c.slots }) }
 	defer release()
-	if reason := c.authorize(); reason != "" {
+	// The checks call the store, whose driver grows a deep stack: they run
+	// on a goroutine of their own, so that this one, which relays the
+	// session, keeps a small stack.
+	var reason string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		reason = c.authorize()
+	}()
+	<-done
+	if reason != "" {
 		c.refuse(s, reason)
 		return
 	}

@@ -163,6 +163,27 @@ func (p *Pending) within(ctx context.Context, setDeadline func(time.Time) error,
 	return err
 }
 
+// Send writes early, the client's first bytes, on the stream right after
+// the ConnectRequest, before the agent's answer (the optimistic first
+// flight, DESIGN.md §9): the stream is ordered and an agent reads exactly one
+// framed message before it relays, so the bytes wait in the stream while
+// the agent dials and are dropped with the stream if it refuses — they reach
+// the target only through an agent that accepted. It is bounded by the
+// opening's deadline and ctx, and leaves no write deadline on the stream. It
+// may run concurrently with Answer; the caller must not let anything else
+// write to the stream before it returns. A failure is an *AgentError.
+func (p *Pending) Send(ctx context.Context, early []byte) error {
+	err := p.within(ctx, p.stream.SetWriteDeadline, func() error {
+		_, err := p.stream.Write(early)
+		return err
+	})
+	_ = p.stream.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return p.failure(ctx, err)
+	}
+	return nil
+}
+
 // Heard reports whether any packet arrived on the agent's connection since
 // the ConnectRequest was sent: an agent that is alive acknowledges the
 // request's packet within a round trip, whether or not it has answered yet.
