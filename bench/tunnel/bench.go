@@ -234,9 +234,11 @@ func (b *bench) startClient(ctx context.Context) error {
 	}
 	b.rig.ConnectAddr, b.rig.ConnectPID = b.client.addr, b.client.PID()
 	b.log.Info("outpost connect up", "pid", b.client.PID(), "listen", b.client.addr)
-	b.rig.WS, err = client.New(client.Config{Gateway: gwURL, Token: token, CAPEM: []byte(b.gwHello.CAPEM),
-		DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
-	if err != nil {
+	b.rig.NewClient = func() (*client.Client, error) {
+		return client.New(client.Config{Gateway: gwURL, Token: token, CAPEM: []byte(b.gwHello.CAPEM),
+			DialTimeout: dialTimeout, Logger: b.log.Named("connect")})
+	}
+	if b.rig.WS, err = b.rig.NewClient(); err != nil {
 		return err
 	}
 	pool := x509.NewCertPool()

@@ -168,6 +168,9 @@ type Rig struct {
 	// with the same token: its sessions on a WebSocket each
 	// (OpenWebSocket) and on its standing connection (Open).
 	WS *client.Client
+	// NewClient makes another client library like WS, with no connection
+	// yet: the setup load times the first session of a cold client with it.
+	NewClient func() (*client.Client, error)
 	// QUICLocal is connected to a raw QUIC server in this process,
 	// QUICRemote to one in the child process QUICPID.
 	QUICLocal, QUICRemote *QUICClient

@@ -74,6 +74,7 @@ const (
 	SetupRaw                   // through the bench entry, the gateway and the agent
 	SetupEntry                 // through the WebSocket entry, with the client library
 	SetupStanding              // a session on the client library's standing connection
+	SetupCold                  // a new client library: its standing connection, then one session
 	SetupGateway               // DialAgent inside the gateway child
 	NumSetups
 )
@@ -84,6 +85,7 @@ var setupNames = [NumSetups]string{
 	"Outpost raw session via the bench TCP entry",
 	"Outpost via the WebSocket entry (connect library: TLS + upgrade + echo + close)",
 	"Outpost via the standing connection (connect library: stream + echo + close)",
+	"Outpost first session of a cold client (connect library: TLS + upgrade + stream + echo + close)",
 	"Outpost in gateway (DialAgent + echo + close)",
 }
 

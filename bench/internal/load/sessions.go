@@ -75,6 +75,13 @@ func (r *Rig) Setup(ctx context.Context) (SetupResult, error) {
 	if err := measure(SetupStanding, r.standingEchoSession); err != nil {
 		return res, err
 	}
+	// Fewer cold sessions: each pays a full TLS handshake.
+	cold := min(s.Sessions, coldSessions)
+	if st, err := MeasureLatency(ctx, min(s.Warmup, cold), cold, r.coldEchoSession); err != nil {
+		return res, fmt.Errorf("session setup, %s: %w", SetupCold, err)
+	} else {
+		res.Latency[SetupCold] = st
+	}
 	if err := r.Gateway.StopCPUProfile(ctx); err != nil {
 		return res, err
 	}
@@ -123,6 +130,22 @@ func (r *Rig) wsEchoSession(ctx context.Context, phases *wsPhases) error {
 // dials the target), one echoed byte, and the stream's close.
 func (r *Rig) standingEchoSession(ctx context.Context) error {
 	return clientEcho(ctx, r.WS.Open)
+}
+
+// coldSessions bounds the cold-client sessions the setup load times.
+const coldSessions = 200
+
+// coldEchoSession is the first session of a new client library, as the
+// first local connection of a new `outpost connect` process meets it: the
+// TCP and TLS handshakes, the upgrade to a standing connection, one
+// stream with one echoed byte, and the client's close.
+func (r *Rig) coldEchoSession(ctx context.Context) error {
+	c, err := r.NewClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return clientEcho(ctx, c.Open)
 }
 
 // tlsHandshake connects to the gateway's API port and completes a TLS
