@@ -38,8 +38,14 @@ func newPendingEnrollment(t *testing.T, token, name string) pendingEnrollment {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The jti is read from the token's claims (no verification: the
-	// gateway minted it a moment ago).
+	return pendingEnrollment{token: token, name: name,
+		csrPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}
+}
+
+// tokenJTI reads the jti of a token the gateway minted (its claims, not
+// verified).
+func tokenJTI(t *testing.T, token string) string {
+	t.Helper()
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		t.Fatalf("token has %d parts", len(parts))
@@ -54,8 +60,7 @@ func newPendingEnrollment(t *testing.T, token, name string) pendingEnrollment {
 	if err := json.Unmarshal(payload, &claims); err != nil || claims.JTI == "" {
 		t.Fatalf("token claims %s: %v", payload, err)
 	}
-	return pendingEnrollment{token: token, jti: claims.JTI, name: name,
-		csrPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}
+	return claims.JTI
 }
 
 // enroll sends the request to the gateway at url (trusting caPEM) and
@@ -84,6 +89,7 @@ func TestGatewayKilledDuringEnrollment(t *testing.T) {
 	for i := range pending {
 		name := fmt.Sprintf("crash-%02d", i)
 		pending[i] = newPendingEnrollment(t, gw.token(&outpostv1.CreateEnrollmentTokenRequest{AgentName: name}), name)
+		pending[i].jti = tokenJTI(t, pending[i].token)
 	}
 	listen, quicListen, caPEM := gw.g.Addr().String(), gw.g.QUICAddr().String(), gw.g.CACertPEM()
 	gw.stop()

@@ -2,13 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"database/sql"
-	"encoding/pem"
 	"io"
 	"net/http"
 	"os/exec"
@@ -25,7 +19,6 @@ import (
 	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/server"
-	"github.com/outposthq/outpost/server/apiclient"
 )
 
 // outpost runs the outpost binary with args and returns its standard
@@ -121,23 +114,9 @@ func echoLine(t *testing.T, s io.ReadWriter, line string) {
 // enrollWith calls Enroll with the enrollment token tok and a new key.
 func enrollWith(t *testing.T, gw *gateway, tok, name string) error {
 	t.Helper()
-	conn, err := apiclient.Dial(apiclient.Config{Gateway: gw.url, APIKey: tok, CAPEM: gw.g.CACertPEM()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = outpostv1.NewEnrollmentServiceClient(conn).Enroll(ctx, &outpostv1.EnrollRequest{
-		CsrPem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), AgentName: name})
+	_, err := newPendingEnrollment(t, tok, name).enroll(ctx, gw.url, gw.g.CACertPEM())
 	return err
 }
 
