@@ -351,7 +351,7 @@ func TestUnknownAgentWording(t *testing.T) {
 // returns their secrets, in order.
 func createKeys(t *testing.T, dir string, scopes ...string) []string {
 	t.Helper()
-	admin, err := OpenKeyAdmin(context.Background(), dir, "", nil)
+	admin, err := OpenKeyAdmin(context.Background(), dir, testStore(t, dir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
