@@ -169,7 +169,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{t: t, keys: &memKeys{}, admin: &fakeAdmin{agents: []*outpostv1.Agent{{
 		AgentId: agentID, Name: evilName, Status: outpostv1.AgentStatus_AGENT_STATUS_ONLINE,
-		RemoteAddr: "127.0.0.1:4242", LastSeen: timestamppb.Now(),
+		RemoteAddr: "127.0.0.1:4242", LastSeen: timestamppb.Now(), ReplicaIds: []string{"5f0c2a9e-1111-4aaa-8bbb-0123456789ab"},
 		CertNotAfter: timestamppb.New(time.Now().Add(time.Hour)),
 		Subnets:      []string{"127.0.0.0/8"}, RejectedSubnets: []string{"192.0.2.0/24"},
 	}}}}
@@ -492,10 +492,14 @@ func TestEscaping(t *testing.T) {
 		}
 	}
 	_, page := f.do("GET", "/ui/agents", cookie, nil, nil)
-	for _, want := range []string{"st-online", "192.0.2.0/24", `class="expiring"`, "127.0.0.1:4242"} {
+	for _, want := range []string{"st-online", "192.0.2.0/24", `class="expiring"`, "127.0.0.1:4242",
+		`<code title="5f0c2a9e-1111-4aaa-8bbb-0123456789ab">5f0c2a9e</code>`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("agents page lacks %q", want)
 		}
+	}
+	if _, page := f.do("GET", "/ui/agents/"+agentID, cookie, nil, nil); !strings.Contains(page, "<code>5f0c2a9e-1111-4aaa-8bbb-0123456789ab</code>") {
+		t.Error("the agent's page does not name the replica it is connected to")
 	}
 }
 

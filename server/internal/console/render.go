@@ -64,6 +64,7 @@ func (c *Console) parseTemplates() (map[string]*template.Template, error) {
 		"domains":  domainNames,
 		"decision": decisionText,
 		"deref":    func(t *time.Time) time.Time { return *t },
+		"short":    shortID,
 	}
 	names, err := fs.Glob(templateFS, "templates/*.html")
 	if err != nil {
@@ -215,4 +216,14 @@ func humanDuration(d time.Duration) string {
 // renewal window (or expired).
 func (c *Console) expiresSoon(t time.Time) bool {
 	return !t.IsZero() && c.cfg.RenewBefore > 0 && t.Sub(c.cfg.Now()) < c.cfg.RenewBefore
+}
+
+// shortID is the first 8 characters of a UUID, as a table shows a
+// replica: enough to tell the replicas of a cluster apart (the title
+// attribute carries the whole id).
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
 }
