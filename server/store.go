@@ -39,8 +39,14 @@ func openStore(ctx context.Context, dataDir, dsn string, mustExist bool, logger 
 		return nil, err
 	}
 	cfg := store.Config{Logger: logger.Named("store")}
+	// A failed open returns a nil interface, never a nil *Postgres or
+	// *SQLite in one (which Close would call).
 	if isPostgresDSN(dsn) {
-		return store.OpenPostgres(ctx, dsn, cfg)
+		p, err := store.OpenPostgres(ctx, dsn, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
 	}
 	path := filepath.Join(dataDir, storeFile)
 	if mustExist {
@@ -48,5 +54,9 @@ func openStore(ctx context.Context, dataDir, dsn string, mustExist bool, logger 
 			return nil, fmt.Errorf("no gateway store at %s (start the gateway once with this --data-dir, or give its --store): %w", path, err)
 		}
 	}
-	return store.OpenSQLite(ctx, path, cfg)
+	l, err := store.OpenSQLite(ctx, path, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
 }

@@ -197,3 +197,14 @@ func TestClusterSecretsRefused(t *testing.T) {
 		t.Fatalf("a data directory with its own CA on an empty database: %v, want refused with the way to move it", err)
 	}
 }
+
+// A database that cannot be reached fails New with an error that names
+// it, and nothing panics on the way out (the gateway's Close must not see
+// a nil store in an interface).
+func TestUnreachableStore(t *testing.T) {
+	_, err := New(Config{DataDir: t.TempDir(), Store: "postgres://outpost@127.0.0.1:1/outpost?connect_timeout=2",
+		SealKeyFile: newSealKey(t), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1") {
+		t.Fatalf("New on an unreachable database: %v, want an error naming it", err)
+	}
+}
