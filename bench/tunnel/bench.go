@@ -86,6 +86,9 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	if b.res.StoreWrites, err = load.StoreWrites(ctx, o.root, s.Benchtime, log); err != nil {
 		return nil, err
 	}
+	if b.res.StoreSetups, err = load.StoreSetups(ctx, o.root, s.Sessions, log); err != nil {
+		return nil, err
+	}
 
 	if b.tmp, err = os.MkdirTemp("", "outpost-bench-"); err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -21,6 +22,16 @@ const (
 	StoreAuditSingle = "InsertSession"   // one audit row per commit, as sessions wrote it before
 )
 
+// The session setup benchmark on each store (e2e/setup_bench_test.go):
+// gateway, agent and client library in one process, sessions on a warm
+// standing connection.
+const (
+	setupPkg     = "./e2e/"
+	setupPattern = "^BenchmarkStandingSetup$"
+	// StoreSetup is its name, as StoreBench.Name.
+	StoreSetup = "StandingSetup"
+)
+
 // Store backends, as the benchmarks name their sub-benchmarks.
 var StoreBackends = []string{"sqlite", "postgres"}
 
@@ -31,6 +42,7 @@ type StoreBench struct {
 	Rate    float64 // operations (tokens) or rows per second
 	Unit    string  // "ops/s" or "rows/s"
 	P99Ms   float64 // p99 of one operation (one batch for StoreAuditBatch), in ms
+	P50Ms   float64 // its p50, in ms; StoreSetup only
 	Batch   int     // rows per operation; 0 unless Unit is rows/s
 }
 
@@ -64,7 +76,7 @@ func storeBenches(lines []benchLine) []StoreBench {
 		if !ok {
 			continue
 		}
-		s := StoreBench{Name: name, Backend: backend, P99Ms: l.Metrics["p99-ms"], Batch: int(l.Metrics["rows/op"])}
+		s := StoreBench{Name: name, Backend: backend, P99Ms: l.Metrics["p99-ms"], P50Ms: l.Metrics["p50-ms"], Batch: int(l.Metrics["rows/op"])}
 		for _, unit := range []string{"ops/s", "rows/s"} {
 			if v, ok := l.Metrics[unit]; ok {
 				s.Rate, s.Unit = v, unit
@@ -75,4 +87,23 @@ func storeBenches(lines []benchLine) []StoreBench {
 		}
 	}
 	return res
+}
+
+// StoreSetups runs the session setup benchmark on each store with sessions
+// timed sessions (go test -benchtime Nx, bounded: 3 minutes) and returns
+// its results, as StoreWrites does.
+func StoreSetups(ctx context.Context, root string, sessions int, log hclog.Logger) ([]StoreBench, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	log.Info("session setup per store", "package", setupPkg, "sessions", sessions)
+	lines, err := goBench(ctx, root, setupPkg, setupPattern, fmt.Sprintf("%dx", sessions))
+	if err != nil {
+		return nil, err
+	}
+	res := storeBenches(lines)
+	for _, s := range res {
+		log.Info("session setup per store", "backend", s.Backend, "p50_ms", s.P50Ms, "p99_ms", s.P99Ms)
+	}
+	return res, nil
 }

@@ -29,8 +29,11 @@ const (
 	// Session setup on a warm standing connection: p50 and p99 at most
 	// this many times the raw quic-go stream open + echo.
 	targetSetupRatio = 3.0
-	targetLookup     = 1000.0 // ns per route lookup, with no allocation
-	targetCapacity   = load.TargetCapacity
+	// The same with the gateway on PostgreSQL: at most this many times
+	// the same benchmark on SQLite.
+	targetStoreSetupRatio = 1.25
+	targetLookup          = 1000.0 // ns per route lookup, with no allocation
+	targetCapacity        = load.TargetCapacity
 )
 
 // idleTargets are the Go memory (heap + stacks) each process may add per
@@ -83,6 +86,10 @@ type Results struct {
 	// StoreWrites are the store's benchmarks of a session's writes; a
 	// backend that could not run has none.
 	StoreWrites []load.StoreBench
+	// StoreSetups are session setup on a standing connection with the
+	// gateway on each store (in one process); a backend that could not
+	// run has none.
+	StoreSetups []load.StoreBench
 	Elapsed     time.Duration // the whole run
 }
 
@@ -143,6 +150,7 @@ func (r *Results) rows() []row {
 	rows = append(rows, r.failoverRows()...)
 	rows = append(rows, r.lookupRows()...)
 	rows = append(rows, r.storeRows()...)
+	rows = append(rows, r.storeSetupRows()...)
 	return rows
 }
 
@@ -350,6 +358,43 @@ func (r *Results) lookupRows() []row {
 // storeRows are the store benchmarks: single-use token consumption (on
 // every session's setup) and the session audit, batched as the audit
 // writer writes it and, for comparison, one row per commit as before.
+// storeSetupRows compare session setup with the gateway on PostgreSQL to
+// the same benchmark on SQLite.
+func (r *Results) storeSetupRows() []row {
+	find := func(backend string) (load.StoreBench, bool) {
+		i := slices.IndexFunc(r.StoreSetups, func(s load.StoreBench) bool { return s.Name == load.StoreSetup && s.Backend == backend })
+		if i < 0 {
+			return load.StoreBench{}, false
+		}
+		return r.StoreSetups[i], true
+	}
+	lite, liteOK := find("sqlite")
+	pg, pgOK := find("postgres")
+	var rows []row
+	for _, q := range []struct {
+		name     string
+		lite, pg float64
+	}{{"p50", lite.P50Ms, pg.P50Ms}, {"p99", lite.P99Ms, pg.P99Ms}} {
+		what := "Session setup " + q.name + " on a standing connection, gateway on %s (gateway, agent and client library in one process)"
+		if liteOK {
+			rows = append(rows, row{fmt.Sprintf(what, "SQLite"), fmt.Sprintf("%.3f ms", q.lite), "— (reference)", "—"})
+		}
+		rw := row{what: fmt.Sprintf(what, "PostgreSQL (the test server: fsync off)"), target: fmt.Sprintf("≤ %.2f × SQLite", targetStoreSetupRatio), verdict: "—"}
+		switch {
+		case pgOK && liteOK && q.lite > 0:
+			ratio := q.pg / q.lite
+			rw.figure = fmt.Sprintf("%.3f ms", q.pg)
+			rw.verdict = fmt.Sprintf("%.2f × SQLite — %s", ratio, verdict(ratio <= targetStoreSetupRatio))
+		case pgOK:
+			rw.figure = fmt.Sprintf("%.3f ms", q.pg)
+		default:
+			rw.figure = "not run: no PostgreSQL server binaries (apt-get install postgresql)"
+		}
+		rows = append(rows, rw)
+	}
+	return rows
+}
+
 func (r *Results) storeRows() []row {
 	what := map[string]string{
 		load.StoreTokenUse:    "Store: single-use session token consumption (one commit each, on every session's setup)",

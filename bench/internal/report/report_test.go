@@ -156,3 +156,21 @@ func TestStoreRows(t *testing.T) {
 		t.Errorf("rows %+v", rows)
 	}
 }
+
+func TestStoreSetupRows(t *testing.T) {
+	r := &Results{StoreSetups: []load.StoreBench{
+		{Name: load.StoreSetup, Backend: "sqlite", Unit: "ops/s", P50Ms: 0.5, P99Ms: 2},
+		{Name: load.StoreSetup, Backend: "postgres", Unit: "ops/s", P50Ms: 0.6, P99Ms: 2.6},
+	}}
+	rows := r.storeSetupRows()
+	if len(rows) != 4 {
+		t.Fatalf("%d rows, want 4: %+v", len(rows), rows)
+	}
+	if !strings.Contains(rows[1].verdict, "1.20 × SQLite — PASS") || !strings.Contains(rows[3].verdict, "1.30 × SQLite — FAIL") {
+		t.Errorf("verdicts %q, %q", rows[1].verdict, rows[3].verdict)
+	}
+	r.StoreSetups = r.StoreSetups[:1]
+	if rows := r.storeSetupRows(); !strings.HasPrefix(rows[1].figure, "not run: no PostgreSQL") {
+		t.Errorf("without PostgreSQL: %+v", rows[1])
+	}
+}
