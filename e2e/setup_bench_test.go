@@ -110,7 +110,8 @@ func benchRig(b *testing.B, cfg server.Config) *client.Client {
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	if _, err := agent.Enroll(ctx, agent.EnrollOptions{Token: tok.GetToken(), ConfigDir: dir, Subnets: routes.Subnets}, log); err != nil {
+	enrolled, err := agent.Enroll(ctx, agent.EnrollOptions{Token: tok.GetToken(), ConfigDir: dir, Subnets: routes.Subnets}, log)
+	if err != nil {
 		b.Fatal(err)
 	}
 	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir}, log)
@@ -136,19 +137,23 @@ func benchRig(b *testing.B, cfg server.Config) *client.Client {
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	// The agent is up once a session can be created for its route.
-	var resp *outpostv1.CreateSessionResponse
+	// Sessions go through the agent once the gateway shows it online.
+	admin := outpostv1.NewAgentAdminServiceClient(conn)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err = outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{
-			Target: ln.Addr().String(), Reusable: true, Ttl: durationpb.New(time.Hour), MaxConnections: 1 << 24})
-		if err == nil {
+		a, err := admin.GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: enrolled.AgentID})
+		if err == nil && a.GetAgent().GetStatus() == outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("no session for the agent's route: %v", err)
+			b.Fatalf("the agent is not online after 30 s: %v", err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{
+		Target: ln.Addr().String(), Reusable: true, Ttl: durationpb.New(time.Hour), MaxConnections: 1 << 24})
+	if err != nil {
+		b.Fatal(err)
 	}
 	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(), Logger: log})
 	if err != nil {
