@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
 	"io"
 	"net"
 	"os"
@@ -33,8 +32,7 @@ import (
 func BenchmarkStandingSetup(b *testing.B) {
 	for _, backend := range []string{"sqlite", "postgres"} {
 		b.Run(backend, func(b *testing.B) {
-			cfg := server.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0",
-				AllowDirect: false, MaxTokenConnections: 1 << 24}
+			cfg := server.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0", MaxTokenConnections: 1 << 24}
 			if backend == "postgres" {
 				cfg.Store, cfg.SealKeyFile = testpg.DSN(b), benchSealKey(b)
 			}
@@ -66,12 +64,11 @@ func BenchmarkStandingSetup(b *testing.B) {
 	}
 }
 
-// benchSealKey writes a seal key for a gateway on PostgreSQL.
+// benchSealKey creates a seal key for a gateway on PostgreSQL, as
+// `outpost gateway seal-key create` does.
 func benchSealKey(b *testing.B) string {
-	key := make([]byte, 32)
-	rand.Read(key)
 	f := filepath.Join(b.TempDir(), "seal.key")
-	if err := os.WriteFile(f, key, 0o600); err != nil {
+	if _, err := server.CreateSealKeyFile(f); err != nil {
 		b.Fatal(err)
 	}
 	return f
