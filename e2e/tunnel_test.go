@@ -378,16 +378,30 @@ func TestAgentMetricsEndpoint(t *testing.T) {
 	if _, err := io.ReadFull(s, make([]byte, len(msg))); err != nil {
 		t.Fatal(err)
 	}
-	body := get()
-	for _, want := range []string{
+	// The relay counts a direction's bytes after its write returns, which
+	// may be after the echo is back here: read until the figures agree.
+	wants := []string{
 		"outpost_agent_connected 1\n",
 		"outpost_agent_sessions_active 1\n",
 		"outpost_agent_bytes_to_target_total 7\n",
 		"outpost_agent_bytes_from_target_total 7\n",
 		"outpost_agent_cert_renewal_failures_total 0\n",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("agent /metrics lacks %q", want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		body := get()
+		var missing []string
+		for _, want := range wants {
+			if !strings.Contains(body, want) {
+				missing = append(missing, want)
+			}
 		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent /metrics lacks %q after 5 s:\n%s", missing, body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
