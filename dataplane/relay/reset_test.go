@@ -33,6 +33,7 @@ func TestPeerReset(t *testing.T) {
 		{&Error{Side: SideB, Op: "read", Err: &quic.StreamError{ErrorCode: ErrorCodeReset}}, false},
 		{&Error{Side: SideB, Op: "read", Err: &quic.ApplicationError{ErrorCode: 0, Remote: true}}, false},
 		{&Error{Side: SideA, Op: "close write", Err: errors.New("closed")}, false},
+		{&Error{Side: SideA, Op: "close write", Err: &net.OpError{Op: "close", Net: "tcp", Err: &os.SyscallError{Syscall: "shutdown", Err: syscall.ENOTCONN}}}, true},
 		{io.ErrUnexpectedEOF, false},
 		{nil, false},
 	} {
