@@ -16,11 +16,11 @@ import (
 	"github.com/outposthq/outpost/server/internal/store"
 )
 
-// Short timings for the tests: a heartbeat every 50 ms, gone after 300 ms,
-// swept 1 s later (a window wide enough to see it gone).
+// Short timings for the tests: a heartbeat every 100 ms, gone after 2 s (a
+// loaded CI machine can delay a heartbeat by a second), swept 1 s later.
 const (
-	testHeartbeat  = 50 * time.Millisecond
-	testGoneAfter  = 300 * time.Millisecond
+	testHeartbeat  = 100 * time.Millisecond
+	testGoneAfter  = 2 * time.Second
 	testSweepGrace = time.Second
 )
 
