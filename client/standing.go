@@ -361,14 +361,27 @@ func (c *Client) openStream(ctx context.Context) (Stream, error) {
 	}
 }
 
-// closeAll closes every standing connection still open.
+// closeLinger bounds how long closeAll waits for the gateway to finish the
+// sessions this side ended.
+const closeLinger = time.Second
+
+// closeAll closes every standing connection still open. It first gives
+// the gateway up to closeLinger to close the streams of the sessions that
+// ended here: a session this side aborted (its local connection was reset)
+// is recorded by the gateway as the reset it was, not as a connection lost
+// under it, because the gateway reads the RESET before the connection's
+// end.
 func (c *Client) closeAll() {
 	c.state.mu.Lock()
 	all := c.state.all
 	c.state.all = map[*standing]struct{}{}
 	c.state.cur = nil
 	c.state.mu.Unlock()
+	deadline := time.Now().Add(closeLinger)
 	for conn := range all {
+		for conn.sess.NumStreams() > 0 && !conn.sess.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		conn.sess.Close()
 	}
 }

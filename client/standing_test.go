@@ -39,6 +39,11 @@ type fakeGateway struct {
 	noMux     atomic.Bool  // answer standing connections as a gateway without them
 	upgrades  atomic.Int32 // standing connections made
 	maxStream int          // the cap announced; 0: the default
+	// endDelay is how long a session that ended waits before its stream is
+	// closed; lostFirst counts those whose connection ended meanwhile,
+	// ended those that finished.
+	endDelay         time.Duration
+	lostFirst, ended atomic.Int32
 
 	mu    sync.Mutex
 	srv   *http.Server
@@ -148,8 +153,16 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			g.wg.Go(func() {
+				defer g.ended.Add(1)
 				s := muxstream.New(st)
-				if _, err := io.Copy(s, s); err != nil {
+				_, err := io.Copy(s, s)
+				if g.endDelay > 0 {
+					time.Sleep(g.endDelay)
+					if sess.IsClosed() {
+						g.lostFirst.Add(1)
+					}
+				}
+				if err != nil {
 					s.Abort(1)
 					return
 				}
@@ -461,3 +474,36 @@ type recordingEndpoint struct {
 func (e *recordingEndpoint) CloseWrite() error { e.note("local closed"); return nil }
 func (e *recordingEndpoint) Abort(uint64)      { e.note("local closed") }
 func (e *recordingEndpoint) Close() error      { return nil }
+
+// A client that closes right after it aborted a session (its local
+// connection was reset, and the token was good for that one session) lets
+// the gateway finish that session before the connection ends, so that the
+// gateway records the reset rather than a lost connection.
+func TestStandingCloseLetsTheGatewayFinish(t *testing.T) {
+	g := newFakeGateway(t)
+	g.endDelay = 200 * time.Millisecond
+	c := newTestClient(t, g, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := c.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	s.Abort(1)
+	start := time.Now()
+	c.Close()
+	closed := time.Since(start)
+	for deadline := time.Now().Add(5 * time.Second); g.ended.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if g.ended.Load() != 1 || g.lostFirst.Load() != 0 {
+		t.Errorf("after Close: %d sessions ended at the gateway, %d of them after the connection was lost; want 1 and 0",
+			g.ended.Load(), g.lostFirst.Load())
+	}
+	if closed > 1500*time.Millisecond {
+		t.Errorf("Close took %v", closed)
+	}
+}
