@@ -29,6 +29,13 @@ var errConnectionLost = &broker.Limit{Outcome: broker.ErrClientGone.Outcome, Rea
 // (a reset, say), before the ones still opening are ended.
 const lostGrace = time.Second
 
+// drainLinger is how long a draining connection whose last session ended
+// stays open for the client to close it: the client's last frames (the END
+// of that session, say) may still be on their way, and yamux reports a
+// frame as lost when the connection ends before it learns that the frame
+// was written.
+const drainLinger = time.Second
+
 // serveMux handles GET /v1/connect with "Upgrade: outpost-mux/1": a
 // standing connection (client/muxstream) authenticated once by the token,
 // whose streams are sessions, each authorized on its own (authorize). The
@@ -151,6 +158,18 @@ func (c *muxConn) watch() {
 		c.lost()
 		return
 	case <-c.ctx.Done():
+		c.sess.Close()
+		return
+	}
+	if c.sess.NumStreams() > 0 {
+		// The last session just ended: give the client its turn to close.
+		t := time.NewTimer(drainLinger)
+		defer t.Stop()
+		select {
+		case <-c.sess.CloseChan():
+		case <-t.C:
+		case <-c.ctx.Done():
+		}
 	}
 	c.sess.Close()
 }
