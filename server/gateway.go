@@ -32,6 +32,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/cluster"
 	"github.com/outposthq/outpost/server/internal/entry"
 	"github.com/outposthq/outpost/server/internal/metrics"
+	"github.com/outposthq/outpost/server/internal/peer"
 	"github.com/outposthq/outpost/server/internal/pki"
 	"github.com/outposthq/outpost/server/internal/registry"
 	"github.com/outposthq/outpost/server/internal/renewal"
@@ -78,6 +79,9 @@ type Gateway struct {
 	// member is this gateway's membership of the cluster of replicas on
 	// its store (a cluster of one on SQLite).
 	member *cluster.Member
+	// peers forwards sessions to the replicas holding their agents; nil
+	// on SQLite.
+	peers *peer.Client
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -163,6 +167,17 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := g.bind(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.cfg = g.cfg.withPublicDefaults(portOf(g.apiLn.Addr().String()), portOf(g.quicConn.LocalAddr().String()))
+	if g.member, err = g.newMember(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	remote, peers, peerTLS, err := g.peerLink()
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -174,6 +189,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		SilenceTimeout:      time.Duration(cfg.AgentSilenceTimeout),
 		Renew:               renewer.Renew,
 		StatelessResetKey:   resetKey,
+		Remote:              remote,
+		Peers:               peers,
+		PeerTLS:             peerTLS,
 		Metrics:             g.metrics,
 		Logger:              logger.Named("tunnel"),
 
@@ -203,6 +221,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxDirectSessions: cfg.MaxDirectSessions,
 		HedgeDelay:        time.Duration(cfg.HedgeDelay),
 		Known:             knownRoutes{g.book},
+		Remote:            remote != nil,
 		Now:               cfg.Now,
 		Logger:            logger.Named("session"),
 	})
@@ -220,13 +239,6 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxStreamsPerConnection: cfg.MaxStreamsPerConnection,
 		Now:                     cfg.Now})
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	if err := g.bind(); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	g.cfg = g.cfg.withPublicDefaults(portOf(g.apiLn.Addr().String()), portOf(g.quicConn.LocalAddr().String()))
-	if g.member, err = g.newMember(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.api, err = newAPIServer(g)
@@ -406,13 +418,19 @@ func (g *Gateway) newMember() (*cluster.Member, error) {
 	if err != nil || host == "" {
 		host = "localhost"
 	}
+	quicEndpoint := cmp.Or(g.cfg.ReplicaQUICEndpoint, reachableAt(g.quicConn.LocalAddr(), host))
+	var peerEndpoint string
+	if g.clustered() {
+		peerEndpoint = quicEndpoint // the peer link shares the agent listener
+	}
 	return cluster.NewMember(cluster.MemberConfig{
 		Store:    g.store,
 		Registry: g.agents,
 		Replica: store.Replica{
 			ID:           id,
 			Name:         cmp.Or(g.cfg.ReplicaName, host),
-			QUICEndpoint: cmp.Or(g.cfg.ReplicaQUICEndpoint, reachableAt(g.quicConn.LocalAddr(), host)),
+			QUICEndpoint: quicEndpoint,
+			PeerEndpoint: peerEndpoint,
 			APIEndpoint:  cmp.Or(g.cfg.ReplicaAPIEndpoint, reachableAt(g.apiLn.Addr(), host)),
 		},
 		Heartbeat:  time.Duration(g.cfg.ReplicaHeartbeat),
@@ -421,6 +439,47 @@ func (g *Gateway) newMember() (*cluster.Member, error) {
 		Now:        g.cfg.Now,
 		Logger:     g.log.Named("cluster"),
 	})
+}
+
+// clustered reports whether the store is shared with other replicas
+// (PostgreSQL): only then does the gateway run a peer link.
+func (g *Gateway) clustered() bool {
+	_, ok := g.store.(cluster.Listener)
+	return ok
+}
+
+// peerLink sets up the peer link of a replica on PostgreSQL: its peer
+// identity, the client that forwards sessions to the replicas holding
+// their agents (g.peers), and the server and TLS configuration the agent
+// listener uses for the replicas that forward to this one. A SQLite
+// gateway has none: all nil.
+func (g *Gateway) peerLink() (tunnel.Remote, tunnel.PeerServer, *tls.Config, error) {
+	if !g.clustered() {
+		return nil, nil, nil, nil
+	}
+	id, err := peer.NewIdentity(g.pki, g.member.ID(), g.cfg.Now)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// Dial from the listener's address family and interface, any port.
+	host, _, _ := net.SplitHostPort(g.quicConn.LocalAddr().String())
+	pc, err := transport.ListenUDP("udp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("peer link socket: %w", err)
+	}
+	qc := g.cfg.quicConfig()
+	g.peers, err = peer.NewClient(peer.ClientConfig{
+		Identity:   id,
+		Directory:  g.member,
+		PacketConn: pc,
+		QUIC:       qc.QUIC(),
+		Logger:     g.log.Named("peer"),
+	})
+	if err != nil {
+		pc.Close()
+		return nil, nil, nil, err
+	}
+	return g.peers, peer.NewServer(peer.ServerConfig{Logger: g.log.Named("peer")}), id.ServerTLS(), nil
 }
 
 // reachableAt is a bound address as others reach it: host in place of an
@@ -468,6 +527,11 @@ func (g *Gateway) shutdown() error {
 		g.log.Warn("shutdown timeout: closed the remaining client sessions")
 	}
 	g.stopTunnel()
+	if g.peers != nil {
+		if err := g.peers.Close(); err != nil {
+			g.log.Debug("closing the peer links", "error", err)
+		}
+	}
 	if g.metricsSrv != nil {
 		if err := g.metricsSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
@@ -505,6 +569,9 @@ func (g *Gateway) Close() error {
 		}
 		if g.quicConn != nil {
 			g.quicConn.Close()
+		}
+		if g.peers != nil {
+			_ = g.peers.Close()
 		}
 		if g.api != nil {
 			g.api.close()

@@ -107,6 +107,12 @@ type Config struct {
 	// target even while they are not online: such a target is never dialed
 	// directly, the session is rejected naming the agent (DESIGN.md §8).
 	Known KnownRoutes
+	// Remote reports that the Tunnel reaches agents connected to other
+	// replicas (a cluster with a peer link): an explicitly requested agent
+	// with no connection here is then a candidate the Tunnel opens through
+	// a replica that holds it, instead of a rejection. If false, it is
+	// rejected as not connected.
+	Remote bool
 	// Now is the clock of audit timestamps. If nil, time.Now. Durations
 	// (setup, session length) are measured on the monotonic clock.
 	Now func() time.Time
@@ -204,6 +210,10 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		snap, ok := b.cfg.Registry.Get(id.String())
 		e, _ := b.cfg.Registry.Lookup(id.String())
 		switch {
+		case !ok && b.cfg.Remote:
+			d.Kind = outpostv1.Decision_DECISION_AGENT
+			d.Candidates = []routing.Candidate{{AgentID: id.String(), Name: id.String()}}
+			d.Reason = fmt.Sprintf("agent %s was requested explicitly; it is not connected to this replica, the session goes through a replica that holds it", id)
 		case !ok:
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
 		case snap.Status != registry.Online:

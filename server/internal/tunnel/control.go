@@ -13,9 +13,33 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/server/internal/registry"
 )
+
+// refuseStreams resets every further stream the agent opens on conn, until
+// stop is called (which waits for it) or conn ends.
+func (s *Server) refuseStreams(conn *quic.Conn, log hclog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(conn.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			st, err := conn.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			log.Debug("reset a stream the agent opened besides its control stream", "stream", st.StreamID())
+			st.CancelRead(relay.ErrorCodeReset)
+			st.CancelWrite(relay.ErrorCodeReset)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
 
 // controlLoop waits for the agent's control stream and serves it until the
 // connection ends, returning the connection's close error.
@@ -29,6 +53,12 @@ func (s *Server) controlLoop(ctx context.Context, conn *quic.Conn, e *registry.E
 			return fmt.Errorf("no control stream within %v", controlStreamTimeout)
 		}
 		return context.Cause(conn.Context())
+	}
+	if s.cfg.Peers != nil {
+		// The listener gives every connection a peer's stream credit:
+		// an agent opens no stream but its control stream.
+		stop := s.refuseStreams(conn, log)
+		defer stop()
 	}
 	w := dataplane.NewControlWriter(stream)
 	r := dataplane.NewControlReader(stream)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,8 +57,11 @@ type Session struct {
 	*relay.StreamEndpoint
 	AgentID string
 	ID      dataplane.SessionID
-	release sync.Once
-	entry   *registry.Entry
+	// Replica is the id of the replica the session runs through, "" for
+	// a session on an agent connection of this gateway.
+	Replica string
+	once    sync.Once
+	release func() // frees the session slot (local) or the peer link's hold
 }
 
 // Close ends the stream gracefully and frees the session slot.
@@ -73,7 +77,7 @@ func (s *Session) Abort(code relay.ErrorCode) {
 	s.done()
 }
 
-func (s *Session) done() { s.release.Do(s.entry.ReleaseSession) }
+func (s *Session) done() { s.once.Do(s.release) }
 
 // OpenSession opens a session to target through the agent: a new stream, a
 // ConnectRequest, and the agent's ConnectResponse, all within the connect
@@ -95,7 +99,10 @@ func (s *Server) OpenSession(ctx context.Context, agentID string, id dataplane.S
 // are safe for concurrent use with Answer.
 type Pending struct {
 	s        *Server
-	e        *registry.Entry
+	e        *registry.Entry // the agent's connection; nil through a peer
+	agentID  string
+	release  func() // frees what the opening holds: the session slot, or the peer link's hold
+	remote   *RemoteStream
 	conn     *quic.Conn
 	stream   *quic.Stream
 	ep       *relay.StreamEndpoint
@@ -106,9 +113,21 @@ type Pending struct {
 
 // Request opens a stream to the agent and sends the ConnectRequest, within
 // the connect timeout (or ctx, if it ends sooner). It returns as soon as the
-// request is written; Answer waits for the agent's response. Failures are
-// *AgentError; on failure nothing is left open.
+// request is written; Answer waits for the agent's response. An agent
+// connected to this gateway is always used directly; one that is not is
+// reached through another replica that holds it (Config.Remote), if any.
+// Failures are *AgentError; on failure nothing is left open.
 func (s *Server) Request(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
+	if _, ok := s.reg.Lookup(agentID); !ok && s.cfg.Remote != nil {
+		return s.requestRemote(ctx, agentID, id, target)
+	}
+	return s.RequestLocal(ctx, agentID, id, target)
+}
+
+// RequestLocal is Request through this gateway's own connection to the
+// agent only, never through another replica: what a replica does for a
+// peer that forwards a session to it.
+func (s *Server) RequestLocal(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
 	e, ok := s.reg.Lookup(agentID)
 	if !ok {
 		return nil, &AgentError{AgentID: agentID, Err: ErrNotConnected}
@@ -130,7 +149,8 @@ func (s *Server) request(ctx context.Context, e *registry.Entry, id dataplane.Se
 	if err != nil {
 		return nil, &AgentError{AgentID: e.AgentID, Err: err}
 	}
-	p := &Pending{s: s, e: e, conn: e.Conn.(*agentConn).q, id: id, deadline: time.Now().Add(s.cfg.ConnectTimeout)}
+	p := &Pending{s: s, e: e, agentID: e.AgentID, release: e.ReleaseSession, conn: e.Conn.(*agentConn).q, id: id,
+		deadline: time.Now().Add(s.cfg.ConnectTimeout)}
 	octx, cancel := context.WithDeadline(ctx, p.deadline)
 	defer cancel()
 	p.stream, err = p.conn.OpenStreamSync(octx)
@@ -202,27 +222,59 @@ func (p *Pending) RTT() time.Duration { return p.conn.ConnectionStats().Smoothed
 func (p *Pending) Answer(ctx context.Context) (*Session, error) {
 	var resp dataplane.ConnectResponse
 	err := p.within(ctx, p.stream.SetReadDeadline, func() error {
+		if p.remote != nil {
+			if err := p.remote.Accepted(); err != nil {
+				return err
+			}
+		}
 		var err error
 		resp, err = readResponse(p.stream)
 		return err
 	})
 	if err != nil {
 		p.ep.Abort(relay.ErrorCodeCanceled)
-		p.e.ReleaseSession()
+		p.release()
+		var ae *AgentError
+		if errors.As(err, &ae) {
+			return nil, ae
+		}
 		return nil, p.failure(ctx, err)
 	}
-	p.s.reg.Touch(p.e)
+	if p.e != nil {
+		p.s.reg.Touch(p.e)
+	}
 	if resp.Result != dataplane.ResultSuccess {
 		p.ep.Abort(relay.ErrorCodeNoError)
-		p.e.ReleaseSession()
+		p.release()
 		return nil, p.fail(ErrRefused, resp.Reason)
 	}
 	_ = p.stream.SetDeadline(time.Time{})
-	return &Session{StreamEndpoint: p.ep, AgentID: p.e.AgentID, ID: p.id, entry: p.e}, nil
+	return p.session(), nil
+}
+
+// Detach hands the opened stream over as it is, instead of Answer: the
+// agent's ConnectResponse is left unread on it, for a caller that relays
+// the stream byte for byte (a replica serving a peer's forwarded session).
+// Closing or aborting the Session frees the session slot. Use either Answer
+// or Detach, once.
+func (p *Pending) Detach() *Session {
+	_ = p.stream.SetDeadline(time.Time{})
+	return p.session()
+}
+
+func (p *Pending) session() *Session {
+	s := &Session{StreamEndpoint: p.ep, AgentID: p.agentID, ID: p.id, release: p.release}
+	if p.remote != nil {
+		s.Replica = p.remote.Replica
+	}
+	return s
 }
 
 func (p *Pending) fail(err error, reason string) error {
-	return &AgentError{AgentID: p.e.AgentID, Err: err, Reason: reason}
+	if p.remote != nil && err != ErrRefused {
+		reason = strings.TrimSuffix("through replica "+p.remote.ReplicaName+": "+reason, ": ")
+	}
+	return &AgentError{AgentID: p.agentID, Err: err, Reason: reason}
 }
 
 // failure classifies err, from a stream operation of the opening.

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -140,9 +141,45 @@ type Config struct {
 	// the agents reconnect at once instead of after the idle timeout. If
 	// nil, the gateway sends no stateless resets.
 	StatelessResetKey *quic.StatelessResetKey
-	Metrics           *metrics.Metrics
-	Logger            hclog.Logger
+	// Remote, if set, reaches agents connected to other replicas: Request
+	// goes through it for an agent without a connection here. If nil,
+	// such a Request fails with ErrNotConnected.
+	Remote Remote
+	// Peers, if set, serves the peer link on the agent listener: a
+	// connection that negotiates PeerTLS's ALPN is handed to it instead of
+	// agent admission. PeerTLS is then required: the TLS configuration of
+	// those connections (its first NextProtos entry is the peer ALPN),
+	// which must verify the peer's certificate during the handshake.
+	Peers   PeerServer
+	PeerTLS *tls.Config
+	// PeerMaxStreams is how many sessions a peer may forward at once on
+	// one connection, when Peers is set. QUIC cannot tell the two kinds of
+	// connection apart before the handshake, so agent connections get the
+	// same stream credit; the tunnel resets every stream an agent opens
+	// after its control stream. If zero, DefaultPeerMaxStreams.
+	PeerMaxStreams int64
+
+	Metrics *metrics.Metrics
+	Logger  hclog.Logger
 }
+
+// PeerServer serves the peer connections of other replicas; see
+// Config.Peers.
+type PeerServer interface {
+	// ServeConn serves conn until it ends or ctx does, then closes it;
+	// local opens the forwarded sessions on this gateway's agent
+	// connections.
+	ServeConn(ctx context.Context, conn *quic.Conn, local LocalOpener)
+}
+
+// LocalOpener opens sessions on this gateway's own agent connections;
+// *Server is one.
+type LocalOpener interface {
+	RequestLocal(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error)
+}
+
+// DefaultPeerMaxStreams is Config.PeerMaxStreams' default.
+const DefaultPeerMaxStreams = 16384
 
 // Server accepts agent connections. Create it with New, run it with Serve.
 type Server struct {
@@ -198,8 +235,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New()
 	}
+	if cfg.Peers != nil && (cfg.PeerTLS == nil || len(cfg.PeerTLS.NextProtos) == 0) {
+		return nil, errors.New("tunnel: Peers needs PeerTLS with the peer ALPN")
+	}
+	if cfg.PeerMaxStreams <= 0 {
+		cfg.PeerMaxStreams = DefaultPeerMaxStreams
+	}
 	qc := cfg.QUIC.QUIC()
 	qc.MaxIncomingStreams = 1
+	if cfg.Peers != nil {
+		qc.MaxIncomingStreams = cfg.PeerMaxStreams
+	}
 	keepAlive := min(qc.KeepAlivePeriod, qc.MaxIdleTimeout/2) // as quic-go applies it
 	switch {
 	case cfg.SilenceTimeout == 0:
@@ -215,7 +261,8 @@ func New(cfg Config) (*Server, error) {
 			GetCertificate: cfg.Authority.GetCertificate,
 			// The chain is verified after the handshake, so that a refused
 			// agent learns why from the close reason instead of a TLS alert.
-			ClientAuth: tls.RequireAnyClientCert,
+			ClientAuth:         tls.RequireAnyClientCert,
+			GetConfigForClient: peerConfig(cfg.PeerTLS),
 		}),
 		quic:       qc,
 		changes:    newChangeLimiter(cfg.MaxRouteChangesPerMinute, cfg.Now),
@@ -280,8 +327,26 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	return nil
 }
 
+// peerConfig picks the peer link's TLS configuration for a client that
+// offers its ALPN; nil when there is no peer link.
+func peerConfig(peer *tls.Config) func(*tls.ClientHelloInfo) (*tls.Config, error) {
+	if peer == nil {
+		return nil
+	}
+	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if slices.Contains(hello.SupportedProtos, peer.NextProtos[0]) {
+			return peer, nil
+		}
+		return nil, nil
+	}
+}
+
 // start hands conn to its own goroutine, tracked for Serve's shutdown.
 func (s *Server) start(ctx context.Context, conn *quic.Conn) {
+	if s.cfg.Peers != nil && conn.ConnectionState().TLS.NegotiatedProtocol == s.cfg.PeerTLS.NextProtos[0] {
+		s.wg.Go(func() { s.cfg.Peers.ServeConn(ctx, conn, s) })
+		return
+	}
 	ac := &agentConn{q: conn}
 	s.mu.Lock()
 	s.conns[ac] = struct{}{}

@@ -1,0 +1,68 @@
+package tunnel
+
+import (
+	"context"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/relay"
+)
+
+// Remote reaches agents connected to other gateway replicas of the cluster
+// (server/internal/peer): Request uses it for an agent that has no
+// connection to this gateway. Implementations are safe for concurrent use.
+type Remote interface {
+	// Forward opens a stream to a replica that holds agentID, writes on it
+	// what that replica needs to pass the session on, then request (the
+	// framed ConnectRequest), all within ctx. A failure is an *AgentError
+	// (ErrNotConnected when no replica holds the agent or none could be
+	// reached, with the reasons), and leaves nothing open.
+	Forward(ctx context.Context, agentID string, id dataplane.SessionID, request []byte) (*RemoteStream, error)
+}
+
+// RemoteStream is a session stream through another replica, as
+// Remote.Forward opened it.
+type RemoteStream struct {
+	// Conn is the peer link's connection, Stream the session's stream on it.
+	Conn   *quic.Conn
+	Stream *quic.Stream
+	// Replica is the replica's id (Session.Replica); ReplicaName names it
+	// in the reasons a client reads.
+	Replica, ReplicaName string
+	// Accepted reads the replica's answer to the forwarding, which comes
+	// before the agent's ConnectResponse; the stream's read deadline
+	// bounds it. It returns nil when the replica passed the request to the
+	// agent, an *AgentError when the replica refused (the agent is not
+	// there, or at its session limit), or the stream's error.
+	Accepted func() error
+	// Done is called once when the session ends or fails to open: the
+	// peer link may close when no session uses it.
+	Done func()
+}
+
+// requestRemote is Request through another replica that holds the agent.
+// The session counts against the agent's session limit on that replica,
+// not here.
+func (s *Server) requestRemote(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
+	req := dataplane.ConnectRequest{Version: dataplane.ProtocolVersion, SessionID: id, Target: target}
+	frame, err := req.AppendFrame(nil)
+	if err != nil {
+		return nil, &AgentError{AgentID: agentID, Err: err}
+	}
+	deadline := time.Now().Add(s.cfg.ConnectTimeout)
+	octx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	mark := time.Now()
+	rs, err := s.cfg.Remote.Forward(octx, agentID, id, frame)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Trace("session forwarded to a peer replica", "agent_id", agentID, "replica", rs.ReplicaName, "took", time.Since(mark))
+	return &Pending{
+		s: s, agentID: agentID, release: rs.Done, remote: rs,
+		conn: rs.Conn, stream: rs.Stream, ep: relay.StreamConn(rs.Stream), id: id,
+		deadline: deadline, mark: rs.Conn.ConnectionStats().PacketsReceived,
+	}, nil
+}
