@@ -218,6 +218,14 @@ func TestClientSessionLimit(t *testing.T) {
 	if err := rs.Accepted(); !errors.Is(err, tunnel.ErrSessionLimit) || !strings.Contains(err.Error(), "busy, busy") {
 		t.Errorf("Accepted: %v, want the session limit with the replica's reason", err)
 	}
+	// Close ends the link on both ends (goleak checks the rest).
+	if err := c.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	until(t, 5*time.Second, "the replica's end of the link closed", func() bool { return side.live.Load() == 0 })
+	if _, err := c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid)); !errors.Is(err, tunnel.ErrNotConnected) {
+		t.Errorf("Forward after Close: %v", err)
+	}
 }
 
 // The dialing side checks that it reached the replica it meant: another

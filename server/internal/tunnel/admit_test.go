@@ -57,6 +57,13 @@ type admitFixture struct {
 
 func newAdmitFixture(t *testing.T) *admitFixture {
 	t.Helper()
+	return newAdmitFixtureWith(t, nil)
+}
+
+// newAdmitFixtureWith is newAdmitFixture with mutate applied to the
+// tunnel's Config (its Authority is the fixture's CA).
+func newAdmitFixtureWith(t *testing.T, mutate func(*Config)) *admitFixture {
+	t.Helper()
 	auth, err := pki.LoadOrCreate(t.TempDir(), pki.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +92,11 @@ func newAdmitFixture(t *testing.T) *admitFixture {
 			ServerName:   "127.0.0.1",
 		}),
 	}
-	f.srv, err = New(Config{Authority: auth, Store: f.st, Registry: f.reg, Logger: testlog.Logger(t, "tunnel")})
+	cfg := Config{Authority: auth, Store: f.st, Registry: f.reg, Logger: testlog.Logger(t, "tunnel")}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	f.srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
