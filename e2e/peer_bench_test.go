@@ -4,21 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/outposthq/outpost/agent"
-	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/internal/testtarget"
 	"github.com/outposthq/outpost/server"
-	"github.com/outposthq/outpost/server/apiclient"
 	"github.com/outposthq/outpost/server/servertest"
 )
 
@@ -35,29 +29,14 @@ func BenchmarkPeerHop(b *testing.B) {
 	dsn := testpg.DSN(b)
 	key := benchSealKey(b)
 	log := hclog.NewNullLogger()
+	dirs := []string{b.TempDir(), b.TempDir()}
 	var gws []*server.Gateway
-	var firstDir string // holds the admin key
-	for i := range 2 {
-		dir := b.TempDir()
-		if i == 0 {
-			firstDir = dir
-		}
-		g, err := server.New(server.Config{DataDir: dir, Store: dsn, SealKeyFile: key,
-			Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, log)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- g.Run(ctx) }()
-		b.Cleanup(func() {
-			cancel()
-			<-done
-			g.Close()
-		})
-		gws = append(gws, g)
+	for _, dir := range dirs {
+		gws = append(gws, benchGateway(b, server.Config{DataDir: dir, Store: dsn, SealKeyFile: key,
+			Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, log))
 	}
-	id := benchAgentOn(b, gws[0], firstDir, log)
+	// The first replica made the admin key, in its data directory.
+	id := benchAgent(b, benchAPI(b, gws[0], dirs[0]), log)
 	echoAddr := testtarget.Listen(b, "127.0.0.1:0", testtarget.Echo).String()
 	hashAddr := testtarget.Listen(b, "127.0.0.1:0", testtarget.Hash).String()
 	const n = 64 << 20
@@ -148,51 +127,4 @@ func benchDial(g *server.Gateway, agentID, target string) (servertest.AgentSessi
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return servertest.DialAgent(ctx, g, agentID, target)
-}
-
-// benchAgentOn enrolls an agent approved for 127.0.0.1/32 at g (whose data
-// directory dir holds the admin key) and runs it until the benchmark ends;
-// it returns the agent's id once g shows it online.
-func benchAgentOn(b *testing.B, g *server.Gateway, dir string, log hclog.Logger) string {
-	b.Helper()
-	ctx := context.Background()
-	key, err := os.ReadFile(filepath.Join(dir, "admin.key"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	conn, err := apiclient.Dial(apiclient.Config{Gateway: "https://" + g.Addr().String(), APIKey: strings.TrimSpace(string(key)), CAPEM: g.CACertPEM()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	routes := &outpostv1.RouteSet{Subnets: []string{"127.0.0.1/32"}}
-	tok, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(ctx, &outpostv1.CreateEnrollmentTokenRequest{AgentName: "bench", Routes: routes})
-	if err != nil {
-		b.Fatal(err)
-	}
-	adir := b.TempDir()
-	enrolled, err := agent.Enroll(ctx, agent.EnrollOptions{Token: tok.GetToken(), ConfigDir: adir, Subnets: routes.Subnets}, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: adir}, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	actx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(actx) }()
-	b.Cleanup(func() { stop(); <-done })
-	admin := outpostv1.NewAgentAdminServiceClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		a, err := admin.GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: enrolled.AgentID})
-		if err == nil && a.GetAgent().GetStatus() == outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
-			return enrolled.AgentID
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("the agent is not online after 30 s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

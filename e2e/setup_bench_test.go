@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/outposthq/outpost/agent"
@@ -80,6 +81,41 @@ func benchSealKey(b *testing.B) string {
 func benchRig(b *testing.B, cfg server.Config) *client.Client {
 	b.Helper()
 	log := hclog.NewNullLogger()
+	g := benchGateway(b, cfg, log)
+	conn := benchAPI(b, g, cfg.DataDir)
+	benchAgent(b, conn, log)
+	ctx := context.Background()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	resp, err := outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{
+		Target: ln.Addr().String(), Reusable: true, Ttl: durationpb.New(time.Hour), MaxConnections: 1 << 24})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(), Logger: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// benchGateway runs a gateway with cfg until the benchmark ends.
+func benchGateway(b *testing.B, cfg server.Config, log hclog.Logger) *server.Gateway {
+	b.Helper()
 	g, err := server.New(cfg, log)
 	if err != nil {
 		b.Fatal(err)
@@ -92,7 +128,13 @@ func benchRig(b *testing.B, cfg server.Config) *client.Client {
 		<-done
 		g.Close()
 	})
-	key, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.key"))
+	return g
+}
+
+// benchAPI is a connection to g's API with the admin key kept in dataDir.
+func benchAPI(b *testing.B, g *server.Gateway, dataDir string) *grpc.ClientConn {
+	b.Helper()
+	key, err := os.ReadFile(filepath.Join(dataDir, "admin.key"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,6 +143,15 @@ func benchRig(b *testing.B, cfg server.Config) *client.Client {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// benchAgent enrolls an agent approved for 127.0.0.1/32 through conn, runs
+// it until the benchmark ends, and returns its id once the gateway shows
+// it online.
+func benchAgent(b *testing.B, conn *grpc.ClientConn, log hclog.Logger) string {
+	b.Helper()
+	ctx := context.Background()
 	routes := &outpostv1.RouteSet{Subnets: []string{"127.0.0.1/32"}}
 	tok, err := outpostv1.NewEnrollmentServiceClient(conn).CreateEnrollmentToken(ctx, &outpostv1.CreateEnrollmentTokenRequest{AgentName: "bench", Routes: routes})
 	if err != nil {
@@ -119,43 +170,16 @@ func benchRig(b *testing.B, cfg server.Config) *client.Client {
 	agentDone := make(chan struct{})
 	go func() { defer close(agentDone); r.Run(actx) }()
 	b.Cleanup(func() { stopAgent(); <-agentDone })
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	// Sessions go through the agent once the gateway shows it online.
 	admin := outpostv1.NewAgentAdminServiceClient(conn)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		a, err := admin.GetAgent(ctx, &outpostv1.GetAgentRequest{AgentId: enrolled.AgentID})
 		if err == nil && a.GetAgent().GetStatus() == outpostv1.AgentStatus_AGENT_STATUS_ONLINE {
-			break
+			return enrolled.AgentID
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("the agent is not online after 30 s: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	resp, err := outpostv1.NewRouteResolveServiceClient(conn).CreateSession(ctx, &outpostv1.CreateSessionRequest{
-		Target: ln.Addr().String(), Reusable: true, Ttl: durationpb.New(time.Hour), MaxConnections: 1 << 24})
-	if err != nil {
-		b.Fatal(err)
-	}
-	c, err := client.New(client.Config{Gateway: resp.GetConnectUrl(), Token: resp.GetToken(), CAPin: resp.GetGatewayCaSpkiSha256(), Logger: log})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	return c
 }

@@ -3,67 +3,37 @@ package peer
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/outposthq/outpost/internal/fuzzcorpus"
 )
 
-var updateCorpus = flag.Bool("update-corpus", false, "rewrite the fuzz seed corpus under testdata/fuzz")
-
-// fuzzSeeds returns the seed payloads of each fuzz target, by file name:
-// the golden frames' payloads plus malformed ones.
-func fuzzSeeds(t testing.TB) map[string]map[string][]byte {
-	payload := func(frame string) []byte { return unhex(t, frame)[frameHeaderLen:] }
-	return map[string]map[string][]byte{
+// fuzzSeeds are the seed payloads of each fuzz target, by file name: the
+// golden frames' payloads plus malformed ones.
+func fuzzSeeds(t testing.TB) fuzzcorpus.Seeds {
+	payload := func(frame string) []any { return []any{unhex(t, frame)[frameHeaderLen:]} }
+	raw := func(s string) []any { return []any{unhex(t, s)} }
+	return fuzzcorpus.Seeds{
 		"FuzzForward": {
 			"golden":        payload(goldenForward),
-			"unknown-tag":   unhex(t, "02 00 01"),
-			"trailing-byte": unhex(t, "01 00 01"+strings.Repeat(" 00", 33)),
-			"truncated":     unhex(t, "01 00 01 0A 1B"),
+			"unknown-tag":   raw("02 00 01"),
+			"trailing-byte": raw("01 00 01" + strings.Repeat(" 00", 33)),
+			"truncated":     raw("01 00 01 0A 1B"),
 		},
 		"FuzzStatus": {
 			"golden-accepted": payload(goldenAccepted),
 			"golden-refused":  payload(goldenRefused),
-			"reason-too-long": unhex(t, "01 00 01 04 01 01"),
-			"bad-utf8":        unhex(t, "01 00 01 01 00 02 C3 28"),
-			"unknown-tag":     unhex(t, "05 00 01"),
+			"reason-too-long": raw("01 00 01 04 01 01"),
+			"bad-utf8":        raw("01 00 01 01 00 02 C3 28"),
+			"unknown-tag":     raw("05 00 01"),
 		},
 	}
 }
 
 // TestFuzzCorpus checks that the committed seed corpus holds every seed;
 // run with -update-corpus to rewrite it.
-func TestFuzzCorpus(t *testing.T) {
-	for target, seeds := range fuzzSeeds(t) {
-		dir := filepath.Join("testdata", "fuzz", target)
-		if *updateCorpus {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for name, payload := range seeds {
-			path := filepath.Join(dir, name)
-			want := []byte("go test fuzz v1\n[]byte(" + strconv.Quote(string(payload)) + ")\n")
-			if *updateCorpus {
-				if err := os.WriteFile(path, want, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				continue
-			}
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Errorf("seed missing (run go test -run TestFuzzCorpus -update-corpus): %v", err)
-				continue
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s is stale (run go test -run TestFuzzCorpus -update-corpus)", path)
-			}
-		}
-	}
-}
+func TestFuzzCorpus(t *testing.T) { fuzzcorpus.Check(t, "testdata/fuzz", fuzzSeeds(t)) }
 
 // checkDecodeError fails unless err is a well-formed *DecodeError.
 func checkDecodeError(t *testing.T, err error) {
