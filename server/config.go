@@ -244,7 +244,9 @@ type Config struct {
 	// ReplicaQUICEndpoint and ReplicaAPIEndpoint are the host:port at which
 	// this replica's own QUIC and API listeners are reached directly, not
 	// through a load balancer, as ListGateways shows them. If empty, the
-	// bound address, with the host name in place of an unspecified IP.
+	// bound address, with the host name in place of an unspecified IP. On
+	// PostgreSQL the QUIC endpoint is also the replica's peer endpoint: the
+	// other replicas forward sessions to it (server/internal/peer).
 	ReplicaQUICEndpoint string `json:"replica_quic_endpoint"`
 	ReplicaAPIEndpoint  string `json:"replica_api_endpoint"`
 	// ReplicaHeartbeat is how often the gateway records in the store that

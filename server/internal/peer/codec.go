@@ -238,29 +238,26 @@ func readFrame(r io.Reader, buf *[MaxFramePayload]byte) ([]byte, error) {
 // ReadForward reads and decodes one Forward frame from r and checks its
 // version (ErrVersion, wrapped).
 func ReadForward(r io.Reader) (Forward, error) {
-	var buf [MaxFramePayload]byte
-	p, err := readFrame(r, &buf)
-	if err != nil {
-		return Forward{}, err
-	}
-	f, err := DecodeForward(p)
-	if err == nil && f.Version != ProtocolVersion {
-		err = fmt.Errorf("%w: %d", ErrVersion, f.Version)
-	}
-	return f, err
+	return readMessage(r, DecodeForward, func(f Forward) uint16 { return f.Version })
 }
 
 // ReadStatus reads and decodes one Status frame from r and checks its
 // version (ErrVersion, wrapped).
 func ReadStatus(r io.Reader) (Status, error) {
+	return readMessage(r, DecodeStatus, func(s Status) uint16 { return s.Version })
+}
+
+// readMessage reads one frame from r, decodes it and checks its version.
+func readMessage[M any](r io.Reader, decode func([]byte) (M, error), version func(M) uint16) (M, error) {
 	var buf [MaxFramePayload]byte
+	var m M
 	p, err := readFrame(r, &buf)
 	if err != nil {
-		return Status{}, err
+		return m, err
 	}
-	s, err := DecodeStatus(p)
-	if err == nil && s.Version != ProtocolVersion {
-		err = fmt.Errorf("%w: %d", ErrVersion, s.Version)
+	m, err = decode(p)
+	if err == nil && version(m) != ProtocolVersion {
+		err = fmt.Errorf("%w: %d", ErrVersion, version(m))
 	}
-	return s, err
+	return m, err
 }

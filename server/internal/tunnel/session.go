@@ -207,10 +207,13 @@ func (p *Pending) Send(ctx context.Context, early []byte) error {
 // Heard reports whether any packet arrived on the agent's connection since
 // the ConnectRequest was sent: an agent that is alive acknowledges the
 // request's packet within a round trip, whether or not it has answered yet.
+// Through another replica it is the peer link's connection: the replica is
+// alive (it passes the request on only to an agent it holds).
 func (p *Pending) Heard() bool { return p.conn.ConnectionStats().PacketsReceived > p.mark }
 
-// RTT is the smoothed round-trip time of the agent's connection: Heard can
-// only be true about one RTT after the request was sent.
+// RTT is the smoothed round-trip time of the agent's connection (or of the
+// peer link): Heard can only be true about one RTT after the request was
+// sent.
 func (p *Pending) RTT() time.Duration { return p.conn.ConnectionStats().SmoothedRTT }
 
 // Answer waits for the agent's ConnectResponse, until the connect timeout

@@ -6,6 +6,12 @@
 // ConnectResponse — or Request and Pending.Answer, the same in two steps, so
 // that a caller can tell whether the agent is alive while it dials.
 //
+// In a cluster, Request reaches an agent that has no connection to this
+// gateway through a replica that holds it (Config.Remote, the peer link of
+// server/internal/peer), and the listener hands the peer link's connections,
+// told apart by their ALPN, to Config.Peers; RequestLocal and
+// Pending.Detach are what a replica serving a forwarded session uses.
+//
 // The control loop bounds what one agent can make the gateway do with its
 // routes (DESIGN.md §12): an advertisement with more than
 // MaxRoutesPerAgent routes is refused whole, and route changes beyond
