@@ -76,6 +76,13 @@ func TestPeerForwardedSession(t *testing.T) {
 	downloadAndHash(t, s, n)
 	s.Close()
 
+	d := gwB.resolve(up, id)
+	if d.GetDecision() != outpostv1.Decision_DECISION_AGENT || !strings.Contains(d.GetReason(), "connected to another replica") {
+		t.Errorf("replica B's decision for the agent: %v %q", d.GetDecision(), d.GetReason())
+	}
+	if d := gwB.resolve(up, uuid.NewString()); d.GetDecision() != outpostv1.Decision_DECISION_REJECTED || !strings.Contains(d.GetReason(), "not connected") {
+		t.Errorf("replica B's decision for an agent connected nowhere: %v %q", d.GetDecision(), d.GetReason())
+	}
 	resp := gwB.session(&outpostv1.CreateSessionRequest{Target: up, AgentId: id})
 	ws, err := openSession(t, resp)
 	if err != nil {

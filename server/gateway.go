@@ -178,6 +178,10 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	var elsewhere broker.Elsewhere // nil unless clustered: a nil *peer.Client is not a nil interface
+	if g.peers != nil {
+		elsewhere = g.peers
+	}
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -221,7 +225,7 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxDirectSessions: cfg.MaxDirectSessions,
 		HedgeDelay:        time.Duration(cfg.HedgeDelay),
 		Known:             knownRoutes{g.book},
-		Remote:            remote != nil,
+		Elsewhere:         elsewhere,
 		Now:               cfg.Now,
 		Logger:            logger.Named("session"),
 	})

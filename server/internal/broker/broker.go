@@ -107,17 +107,25 @@ type Config struct {
 	// target even while they are not online: such a target is never dialed
 	// directly, the session is rejected naming the agent (DESIGN.md §8).
 	Known KnownRoutes
-	// Remote reports that the Tunnel reaches agents connected to other
-	// replicas (a cluster with a peer link): an explicitly requested agent
-	// with no connection here is then a candidate the Tunnel opens through
-	// a replica that holds it, instead of a rejection. If false, it is
-	// rejected as not connected.
-	Remote bool
+	// Elsewhere, if set, finds agents connected to other replicas, which
+	// the Tunnel reaches through them (a cluster with a peer link): an
+	// explicitly requested agent with no connection here that another
+	// replica holds is then a candidate. If nil, it is rejected as not
+	// connected.
+	Elsewhere Elsewhere
 	// Now is the clock of audit timestamps. If nil, time.Now. Durations
 	// (setup, session length) are measured on the monotonic clock.
 	Now func() time.Time
 	// Logger may be nil.
 	Logger hclog.Logger
+}
+
+// Elsewhere finds agents connected to other replicas of the cluster;
+// *peer.Client is one. Safe for concurrent use.
+type Elsewhere interface {
+	// Holds reports whether another replica holds a connection of
+	// agentID. It may answer from a cache a second old.
+	Holds(ctx context.Context, agentID string) (bool, error)
 }
 
 // DefaultMaxDirectSessions is Config.MaxDirectSessions' default.
@@ -191,8 +199,9 @@ func New(cfg Config) (*Broker, error) {
 
 // Decide routes target, through agentID only when it is set. A malformed
 // target or agent id is an *InputError; every other outcome, refusals
-// included, is a Decision.
-func (b *Broker) Decide(target, agentID string) (Decision, error) {
+// included, is a Decision. ctx bounds asking the cluster about an agent
+// connected elsewhere (Config.Elsewhere).
+func (b *Broker) Decide(ctx context.Context, target, agentID string) (Decision, error) {
 	t, err := dataplane.ParseTarget(target)
 	if err != nil {
 		return Decision{}, &InputError{"target", err.Error()}
@@ -210,10 +219,18 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		snap, ok := b.cfg.Registry.Get(id.String())
 		e, _ := b.cfg.Registry.Lookup(id.String())
 		switch {
-		case !ok && b.cfg.Remote:
-			d.Kind = outpostv1.Decision_DECISION_AGENT
-			d.Candidates = []routing.Candidate{{AgentID: id.String(), Name: id.String()}}
-			d.Reason = fmt.Sprintf("agent %s was requested explicitly; it is not connected to this replica, the session goes through a replica that holds it", id)
+		case !ok && b.cfg.Elsewhere != nil:
+			held, err := b.cfg.Elsewhere.Holds(ctx, id.String())
+			switch {
+			case err != nil:
+				d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected to this replica, and the cluster could not be asked where it is: %v", id, err)
+			case !held:
+				d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
+			default:
+				d.Kind = outpostv1.Decision_DECISION_AGENT
+				d.Candidates = []routing.Candidate{{AgentID: id.String(), Name: id.String()}}
+				d.Reason = fmt.Sprintf("agent %s was requested explicitly; it is connected to another replica, which the session goes through", id)
+			}
 		case !ok:
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
 		case snap.Status != registry.Online:
@@ -422,7 +439,7 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		defer cancel()
 	}
 	client = limited{ClientStream: client, ctx: ctx}
-	d, err := b.Decide(req.Target, req.AgentID)
+	d, err := b.Decide(ctx, req.Target, req.AgentID)
 	if err == nil {
 		rec.Decision = d.Kind.String() + ": " + d.Reason
 	}

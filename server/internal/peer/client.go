@@ -151,8 +151,8 @@ func (c *Client) Close() error {
 }
 
 // Forward implements tunnel.Remote: it opens the session through the
-// first replica holding agentID that can be reached, trying the next on
-// failure.
+// first replica holding agentID that can be reached and takes it, trying
+// the next on failure or refusal.
 func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.SessionID, request []byte) (*tunnel.RemoteStream, error) {
 	aid, err := uuid.Parse(agentID)
 	if err != nil {
@@ -169,6 +169,7 @@ func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.Sessi
 	fwd := Forward{Version: ProtocolVersion, AgentID: aid, SessionID: id}
 	msg := append(fwd.AppendFrame(make([]byte, 0, frameHeaderLen+forwardLen+len(request))), request...)
 	var reasons []string
+	kind := tunnel.ErrSessionLimit // unless another failure than the limit
 	for _, r := range targets {
 		rs, err := c.open(ctx, r, agentID, msg)
 		if err == nil {
@@ -178,13 +179,31 @@ func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.Sessi
 			return nil, &tunnel.AgentError{AgentID: agentID, Err: context.Cause(ctx)}
 		}
 		c.log.Debug("could not forward a session to a replica", "replica", r.Name, "replica_id", r.ID, "agent_id", agentID, "error", err)
-		reasons = append(reasons, fmt.Sprintf("through replica %s: %v", replicaLabel(r), err))
+		var ae *tunnel.AgentError
+		if errors.As(err, &ae) {
+			reasons = append(reasons, ae.Reason)
+		} else {
+			reasons = append(reasons, fmt.Sprintf("through replica %s: %v", replicaLabel(r), err))
+		}
+		if !errors.Is(err, tunnel.ErrSessionLimit) {
+			kind = tunnel.ErrNotConnected
+		}
 	}
 	c.forget(agentID)
-	return nil, &tunnel.AgentError{AgentID: agentID, Err: tunnel.ErrNotConnected, Reason: strings.Join(reasons, "; ")}
+	return nil, &tunnel.AgentError{AgentID: agentID, Err: kind, Reason: strings.Join(reasons, "; ")}
 }
 
-// open opens a stream to replica r and writes msg on it.
+// Holds reports whether a replica other than this one, with a peer
+// endpoint, holds a connection of agentID (broker.Elsewhere). It answers
+// from the cache when it is fresh.
+func (c *Client) Holds(ctx context.Context, agentID string) (bool, error) {
+	targets, err := c.locate(ctx, agentID)
+	return len(targets) > 0, err
+}
+
+// open opens a stream to replica r, writes msg on it and waits for the
+// replica's Status: a refusal is an *tunnel.AgentError, and leaves nothing
+// open.
 func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, msg []byte) (*tunnel.RemoteStream, error) {
 	l, err := c.link(ctx, r)
 	if err != nil {
@@ -196,32 +215,32 @@ func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, ms
 		done()
 		return nil, err
 	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = st.SetWriteDeadline(d)
-	}
-	if _, err := st.Write(msg); err != nil {
+	fail := func(err error) (*tunnel.RemoteStream, error) {
 		st.CancelRead(0)
 		st.CancelWrite(0)
 		done()
 		return nil, err
 	}
-	_ = st.SetWriteDeadline(time.Time{})
-	return &tunnel.RemoteStream{
-		Conn: l.conn, Stream: st, Replica: r.ID, ReplicaName: replicaLabel(r),
-		Accepted: func() error { return c.accepted(st, r, agentID) },
-		Done:     done,
-	}, nil
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
+	defer stop()
+	if _, err := st.Write(msg); err != nil {
+		return fail(err)
+	}
+	status, err := ReadStatus(st)
+	if err != nil {
+		return fail(err)
+	}
+	if status.Refused {
+		return fail(c.refused(status, r, agentID))
+	}
+	if !stop() { // ctx ended meanwhile: the deadline may be set
+		return fail(context.Cause(ctx))
+	}
+	return &tunnel.RemoteStream{Conn: l.conn, Stream: st, Replica: r.ID, ReplicaName: replicaLabel(r), Done: done}, nil
 }
 
-// accepted reads the replica's Status; a refusal is an *tunnel.AgentError.
-func (c *Client) accepted(st *quic.Stream, r cluster.Gateway, agentID string) error {
-	s, err := ReadStatus(st)
-	if err != nil {
-		return err
-	}
-	if !s.Refused {
-		return nil
-	}
+// refused turns a Refused status into an *tunnel.AgentError.
+func (c *Client) refused(s Status, r cluster.Gateway, agentID string) error {
 	c.forget(agentID) // where the agent is may have changed
 	ae := &tunnel.AgentError{AgentID: agentID, Err: tunnel.ErrNotConnected}
 	switch s.Code {

@@ -31,23 +31,30 @@ func (r refuser) RequestLocal(_ context.Context, agentID string, _ dataplane.Ses
 	return nil, &tunnel.AgentError{AgentID: agentID, Err: r.err, Reason: "busy, busy"}
 }
 
-// directory places every agent on one replica.
+// directory places every agent on the same replicas, in order.
 type directory struct {
-	replica cluster.Gateway
-	lookups atomic.Int32
+	replicas []cluster.Gateway
+	lookups  atomic.Int32
 }
 
 func (d *directory) AgentReplicas(_ context.Context, ids []string) (map[string][]string, error) {
 	d.lookups.Add(1)
 	out := map[string][]string{}
 	for _, id := range ids {
-		out[id] = []string{d.replica.ID}
+		for _, r := range d.replicas {
+			out[id] = append(out[id], r.ID)
+		}
 	}
 	return out, nil
 }
 
 func (d *directory) Gateways(context.Context) ([]cluster.Gateway, error) {
-	return []cluster.Gateway{d.replica}, nil
+	return d.replicas, nil
+}
+
+// at is a serving replica named name, with identity id, at addr.
+func at(id *Identity, name, addr string) cluster.Gateway {
+	return cluster.Gateway{Replica: store.Replica{ID: id.ReplicaID(), Name: name, PeerEndpoint: addr}, State: cluster.Serving}
 }
 
 // replicaSide is the accepting side of the peer link: a QUIC listener
@@ -154,7 +161,7 @@ func request(t *testing.T, id dataplane.SessionID) []byte {
 func TestClientSharesOneLinkAndClosesIdle(t *testing.T) {
 	_, a, b := pair(t)
 	side := serveReplica(t, a, refuser{tunnel.ErrNotConnected})
-	dir := &directory{replica: cluster.Gateway{Replica: store.Replica{ID: a.ReplicaID(), Name: "gw-a", PeerEndpoint: side.addr}, State: cluster.Serving}}
+	dir := &directory{replicas: []cluster.Gateway{at(a, "gw-a", side.addr)}}
 	c := newClient(t, b, dir, 200*time.Millisecond)
 	agentID := uuid.NewString()
 
@@ -166,16 +173,8 @@ func TestClientSharesOneLinkAndClosesIdle(t *testing.T) {
 			sid := dataplane.SessionID(uuid.New())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			rs, err := c.Forward(ctx, agentID, sid, request(t, sid))
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer rs.Done()
-			_ = rs.Stream.SetReadDeadline(time.Now().Add(10 * time.Second))
-			errs <- rs.Accepted()
-			rs.Stream.CancelRead(0)
-			rs.Stream.CancelWrite(0)
+			_, err := c.Forward(ctx, agentID, sid, request(t, sid))
+			errs <- err
 		})
 	}
 	wg.Wait()
@@ -184,7 +183,7 @@ func TestClientSharesOneLinkAndClosesIdle(t *testing.T) {
 		var ae *tunnel.AgentError
 		if !errors.As(err, &ae) || !errors.Is(err, tunnel.ErrNotConnected) || ae.AgentID != agentID ||
 			!strings.Contains(ae.Reason, "gw-a ("+a.ReplicaID()[:8]+") no longer holds it") {
-			t.Errorf("Accepted: %v, want the agent not connected at gw-a", err)
+			t.Errorf("Forward: %v, want the agent not connected at gw-a", err)
 		}
 	}
 	if got := side.conns.Load(); got != 1 {
@@ -193,37 +192,46 @@ func TestClientSharesOneLinkAndClosesIdle(t *testing.T) {
 	until(t, 5*time.Second, "the idle link closed on both ends", func() bool { return c.Links() == 0 && side.live.Load() == 0 })
 
 	sid := dataplane.SessionID(uuid.New())
-	rs, err := c.Forward(context.Background(), agentID, sid, request(t, sid))
-	if err != nil {
+	if _, err := c.Forward(context.Background(), agentID, sid, request(t, sid)); !errors.Is(err, tunnel.ErrNotConnected) {
 		t.Fatal(err)
 	}
-	rs.Done()
-	rs.Stream.CancelWrite(0)
 	until(t, 5*time.Second, "a second connection after the idle close", func() bool { return side.conns.Load() == 2 })
 }
 
-// A replica at the agent's session limit: ErrSessionLimit, with its
-// reason.
-func TestClientSessionLimit(t *testing.T) {
+// A refusal moves on to the next replica holding the agent; the reasons
+// of all are kept, and the session limit is the error only when every
+// replica was at it.
+func TestClientTriesTheNextReplica(t *testing.T) {
 	_, a, b := pair(t)
-	side := serveReplica(t, a, refuser{tunnel.ErrSessionLimit})
-	dir := &directory{replica: cluster.Gateway{Replica: store.Replica{ID: a.ReplicaID(), Name: "gw-a", PeerEndpoint: side.addr}, State: cluster.Serving}}
-	c := newClient(t, b, dir, time.Minute)
-	sid := dataplane.SessionID(uuid.New())
-	rs, err := c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid))
+	c2, err := NewIdentity(a.ca, uuid.NewString(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rs.Done()
-	if err := rs.Accepted(); !errors.Is(err, tunnel.ErrSessionLimit) || !strings.Contains(err.Error(), "busy, busy") {
-		t.Errorf("Accepted: %v, want the session limit with the replica's reason", err)
+	gone := serveReplica(t, a, refuser{tunnel.ErrNotConnected})
+	busy := serveReplica(t, c2, refuser{tunnel.ErrSessionLimit})
+	dir := &directory{replicas: []cluster.Gateway{at(a, "gw-a", gone.addr), at(c2, "gw-c", busy.addr)}}
+	c := newClient(t, b, dir, time.Minute)
+	sid := dataplane.SessionID(uuid.New())
+	_, err = c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid))
+	if !errors.Is(err, tunnel.ErrNotConnected) || !strings.Contains(err.Error(), "gw-a") || !strings.Contains(err.Error(), "at replica gw-c") ||
+		!strings.Contains(err.Error(), "busy, busy") {
+		t.Errorf("Forward: %v, want not connected, with both replicas' reasons", err)
+	}
+	if gone.conns.Load() != 1 || busy.conns.Load() != 1 {
+		t.Errorf("connections: %d to gw-a, %d to gw-c; want one each", gone.conns.Load(), busy.conns.Load())
+	}
+
+	dir2 := &directory{replicas: []cluster.Gateway{at(c2, "gw-c", busy.addr)}}
+	c3 := newClient(t, b, dir2, time.Minute)
+	if _, err := c3.Forward(context.Background(), uuid.NewString(), sid, request(t, sid)); !errors.Is(err, tunnel.ErrSessionLimit) {
+		t.Errorf("Forward with every replica at the limit: %v, want ErrSessionLimit", err)
 	}
 	// Close ends the link on both ends (goleak checks the rest).
-	if err := c.Close(); err != nil {
+	if err := c3.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	until(t, 5*time.Second, "the replica's end of the link closed", func() bool { return side.live.Load() == 0 })
-	if _, err := c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid)); !errors.Is(err, tunnel.ErrNotConnected) {
+	until(t, 5*time.Second, "gw-c's end of the link closed", func() bool { return busy.live.Load() == 1 })
+	if _, err := c3.Forward(context.Background(), uuid.NewString(), sid, request(t, sid)); !errors.Is(err, tunnel.ErrNotConnected) {
 		t.Errorf("Forward after Close: %v", err)
 	}
 }
@@ -234,7 +242,7 @@ func TestClientVerifiesTheReplica(t *testing.T) {
 	_, a, b := pair(t)
 	side := serveReplica(t, a, refuser{tunnel.ErrNotConnected})
 	other := uuid.NewString()
-	dir := &directory{replica: cluster.Gateway{Replica: store.Replica{ID: other, Name: "gw-x", PeerEndpoint: side.addr}, State: cluster.Serving}}
+	dir := &directory{replicas: []cluster.Gateway{{Replica: store.Replica{ID: other, Name: "gw-x", PeerEndpoint: side.addr}, State: cluster.Serving}}}
 	c := newClient(t, b, dir, time.Minute)
 	sid := dataplane.SessionID(uuid.New())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -246,7 +254,7 @@ func TestClientVerifiesTheReplica(t *testing.T) {
 
 	_, stranger, _ := pair(t) // a peer of another cluster's CA
 	side2 := serveReplica(t, stranger, refuser{tunnel.ErrNotConnected})
-	dir2 := &directory{replica: cluster.Gateway{Replica: store.Replica{ID: stranger.ReplicaID(), Name: "gw-s", PeerEndpoint: side2.addr}, State: cluster.Serving}}
+	dir2 := &directory{replicas: []cluster.Gateway{at(stranger, "gw-s", side2.addr)}}
 	c2 := newClient(t, b, dir2, time.Minute)
 	if _, err := c2.Forward(ctx, uuid.NewString(), sid, request(t, sid)); !errors.Is(err, tunnel.ErrNotConnected) || !strings.Contains(err.Error(), "not trusted") {
 		t.Errorf("Forward to another CA's replica: %v", err)
@@ -260,7 +268,7 @@ func TestClientVerifiesTheReplica(t *testing.T) {
 // is cached for LocateTTL.
 func TestClientAgentNowhere(t *testing.T) {
 	_, _, b := pair(t)
-	dir := &directory{replica: cluster.Gateway{Replica: store.Replica{ID: b.ReplicaID(), Name: "self", PeerEndpoint: "127.0.0.1:9"}, State: cluster.Serving}}
+	dir := &directory{replicas: []cluster.Gateway{at(b, "self", "127.0.0.1:9")}}
 	c := newClient(t, b, dir, time.Minute)
 	for range 3 {
 		sid := dataplane.SessionID(uuid.New())

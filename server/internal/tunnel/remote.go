@@ -16,9 +16,12 @@ import (
 type Remote interface {
 	// Forward opens a stream to a replica that holds agentID, writes on it
 	// what that replica needs to pass the session on, then request (the
-	// framed ConnectRequest), all within ctx. A failure is an *AgentError
-	// (ErrNotConnected when no replica holds the agent or none could be
-	// reached, with the reasons), and leaves nothing open.
+	// framed ConnectRequest), and returns once the replica has passed the
+	// request to the agent, all within ctx; the agent's ConnectResponse
+	// follows on the stream. A failure is an *AgentError (ErrNotConnected
+	// when no replica holds the agent or none could be reached or took
+	// the session, ErrSessionLimit when every one was at the agent's
+	// limit, with the reasons), and leaves nothing open.
 	Forward(ctx context.Context, agentID string, id dataplane.SessionID, request []byte) (*RemoteStream, error)
 }
 
@@ -31,12 +34,6 @@ type RemoteStream struct {
 	// Replica is the replica's id (Session.Replica); ReplicaName names it
 	// in the reasons a client reads.
 	Replica, ReplicaName string
-	// Accepted reads the replica's answer to the forwarding, which comes
-	// before the agent's ConnectResponse; the stream's read deadline
-	// bounds it. It returns nil when the replica passed the request to the
-	// agent, an *AgentError when the replica refused (the agent is not
-	// there, or at its session limit), or the stream's error.
-	Accepted func() error
 	// Done is called once when the session ends or fails to open: the
 	// peer link may close when no session uses it.
 	Done func()

@@ -225,11 +225,6 @@ func (p *Pending) RTT() time.Duration { return p.conn.ConnectionStats().Smoothed
 func (p *Pending) Answer(ctx context.Context) (*Session, error) {
 	var resp dataplane.ConnectResponse
 	err := p.within(ctx, p.stream.SetReadDeadline, func() error {
-		if p.remote != nil {
-			if err := p.remote.Accepted(); err != nil {
-				return err
-			}
-		}
 		var err error
 		resp, err = readResponse(p.stream)
 		return err
@@ -237,10 +232,6 @@ func (p *Pending) Answer(ctx context.Context) (*Session, error) {
 	if err != nil {
 		p.ep.Abort(relay.ErrorCodeCanceled)
 		p.release()
-		var ae *AgentError
-		if errors.As(err, &ae) {
-			return nil, ae
-		}
 		return nil, p.failure(ctx, err)
 	}
 	if p.e != nil {
