@@ -50,8 +50,18 @@
 // After Accepted it splices the two streams byte for byte both ways, the
 // agent's ConnectResponse included, until both directions end: a
 // half-close passes through as a half-close, a reset of either stream
-// resets the other. After Refused it closes the stream. The forwarding
-// side turns Refused into a *tunnel.AgentError naming the agent and the
-// replica (the broker then tries its next candidate). A replica never
-// forwards a forwarded session again.
+// resets the other. After Refused it closes the stream.
+//
+// The forwarding side waits for the Status before it hands the stream to
+// the session (tunnel.Remote.Forward), which costs no round trip the
+// session would not wait for anyway: the agent's ConnectResponse comes
+// after it. A Refused, or a replica that cannot be reached, moves it on to
+// the next replica holding the agent; when none takes the session it fails
+// with a *tunnel.AgentError naming the agent and, for each replica, why
+// (the broker then tries its next candidate). A replica never forwards a
+// forwarded session again.
+//
+// Where agents are comes from the store (cluster.Member.AgentReplicas and
+// the replicas' peer endpoints), cached for LocateTTL (1 s); a refusal
+// drops the agent's cached location.
 package peer
