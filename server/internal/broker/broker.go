@@ -324,6 +324,7 @@ type path struct {
 	endpoint relay.Endpoint
 	agentID  string // "" for direct
 	agent    string // agent name, for logs
+	replica  string // the replica id the session goes through, "" for this one
 	direct   bool   // holds a slot of the direct-session cap
 	// losers say why each other agent candidate tried lost, if any did.
 	losers []string
@@ -332,6 +333,9 @@ type path struct {
 func (p path) via() string {
 	if p.agentID == "" {
 		return "direct"
+	}
+	if p.replica != "" {
+		return "agent " + p.agent + " through replica " + p.replica
 	}
 	return "agent " + p.agent
 }

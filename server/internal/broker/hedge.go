@@ -206,7 +206,7 @@ func (b *Broker) openAgents(ctx context.Context, cands []routing.Candidate, sid 
 		}
 		return path{}, nil, errors.New(strings.Join(lossReasons(attempts, nil), "; "))
 	}
-	return path{endpoint: won.s, agentID: won.a.c.AgentID, agent: won.a.c.Name}, lossReasons(attempts, won.a), nil
+	return path{endpoint: won.s, agentID: won.a.c.AgentID, agent: won.a.c.Name, replica: won.s.Replica}, lossReasons(attempts, won.a), nil
 }
 
 // lossReasons says, for every attempt but the winner, why it lost.

@@ -1,10 +1,12 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -370,7 +372,8 @@ func (c *Client) Links() int {
 }
 
 // locate returns the replicas other than this one that hold agentID and
-// have a peer endpoint, from the cache when it is fresh.
+// have a peer endpoint, serving ones before draining ones, from the cache
+// when it is fresh.
 func (c *Client) locate(ctx context.Context, agentID string) ([]cluster.Gateway, error) {
 	c.mu.Lock()
 	loc, ok := c.located[agentID]
@@ -413,6 +416,14 @@ func (c *Client) locate(ctx context.Context, agentID string) ([]cluster.Gateway,
 		}
 		out = append(out, g)
 	}
+	// A draining replica still serves its agents, but is about to go.
+	draining := func(g cluster.Gateway) int {
+		if g.State == cluster.Draining {
+			return 1
+		}
+		return 0
+	}
+	slices.SortStableFunc(out, func(a, b cluster.Gateway) int { return cmp.Compare(draining(a), draining(b)) })
 	return out, nil
 }
 

@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -285,5 +286,23 @@ func TestClientAgentNowhere(t *testing.T) {
 	}
 	if c.Links() != 0 {
 		t.Error("a link to this replica itself")
+	}
+}
+
+// A draining replica is tried after the serving ones.
+func TestClientPrefersServingReplicas(t *testing.T) {
+	_, a, b := pair(t)
+	c2, err := NewIdentity(a.ca, uuid.NewString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	draining := at(a, "gw-a", serveReplica(t, a, refuser{tunnel.ErrNotConnected}).addr)
+	draining.State = cluster.Draining
+	dir := &directory{replicas: []cluster.Gateway{draining, at(c2, "gw-c", serveReplica(t, c2, refuser{tunnel.ErrNotConnected}).addr)}}
+	c := newClient(t, b, dir, time.Minute)
+	sid := dataplane.SessionID(uuid.New())
+	_, err = c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid))
+	if msg := fmt.Sprint(err); strings.Index(msg, "gw-c") > strings.Index(msg, "gw-a") || !strings.Contains(msg, "gw-a") {
+		t.Errorf("Forward: %v, want gw-c tried before the draining gw-a", err)
 	}
 }
