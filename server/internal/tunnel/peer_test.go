@@ -37,8 +37,7 @@ func (p *peerRecorder) ServeConn(ctx context.Context, conn *quic.Conn, _ LocalOp
 func TestPeerConnectionsAndAgentStreams(t *testing.T) {
 	peers := &peerRecorder{}
 	const alpn = "test-peer/1"
-	var f *admitFixture
-	f = newAdmitFixtureWith(t, func(c *Config) {
+	f := newAdmitFixtureWith(t, func(c *Config) {
 		c.Peers = peers
 		c.PeerTLS = &tls.Config{
 			MinVersion: tls.VersionTLS13, NextProtos: []string{alpn},
