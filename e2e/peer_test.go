@@ -13,8 +13,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"io/fs"
 	"math/big"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -223,4 +226,77 @@ func TestPeerAndAgentCertificatesDoNotMix(t *testing.T) {
 	}
 	st.CancelWrite(0)
 	pc.CloseWithError(0, "")
+}
+
+// copyDir copies the agent config directory from to a new one, with its
+// tunnel pointed at endpoint: the same agent identity, another replica.
+func copyDir(t *testing.T, from, endpoint string) string {
+	t.Helper()
+	to := t.TempDir()
+	err := filepath.WalkDir(from, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(to, rel), 0o700)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(to, rel), b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lcEditTunnel(t, to, func(tun map[string]any) { tun["GatewayEndpoint"] = endpoint })
+	return to
+}
+
+// An agent connected to replicas A and C, a client at replica B: when the
+// agent leaves the replica B would try first, the sessions B opens move on
+// to the other one; none fails.
+func TestPeerFailoverAcrossReplicas(t *testing.T) {
+	gws := startReplicas(t, testpg.DSN(t), 3, nil)
+	gwA, gwB, gwC := gws[0], gws[1], gws[2]
+	dirA, id := enrollAgent(t, gwA, "office", loopback, nil)
+	dirC := copyDir(t, dirA, gwC.g.QUICAddr().String())
+	run := func(dir string) *runningAgent {
+		opts := fastAgent(dir)
+		opts.DrainTimeout = 200 * time.Millisecond
+		return startAgent(t, opts)
+	}
+	raA, raC := run(dirA), run(dirC)
+	target := tcpServer(t, echo)
+	lcUntil(t, 10*time.Second, "replica B sees the agent on two replicas", func() bool {
+		return len(gwB.agentView(id).GetReplicaIds()) == 2
+	})
+	// Replica B tries them in the order of their ids: leave the first.
+	first := raA
+	if gwC.replicaID() < gwA.replicaID() {
+		first = raC
+	}
+	echoAt := func() error {
+		s, err := gwB.dial(id, target)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := s.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(s, buf)
+		return err
+	}
+	if err := echoAt(); err != nil { // and B caches where the agent is
+		t.Fatal(err)
+	}
+	first.stop()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		if err := echoAt(); err != nil {
+			t.Fatalf("a session at replica B after the agent left one of its replicas: %v", err)
+		}
+	}
 }
