@@ -105,32 +105,38 @@ func (a *Authority) SignAgent(csr *x509.CertificateRequest, agentID uuid.UUID, n
 // SAN, which must be in canonical form (lowercase, hyphenated). Other URI
 // SANs are ignored. Errors wrap ErrAgentID.
 func AgentIDFromCert(cert *x509.Certificate) (uuid.UUID, error) {
-	var (
-		id    uuid.UUID
-		count int
-	)
-	for _, u := range cert.URIs {
-		s := u.String()
-		if len(s) < len(uuidURNPrefix) || !strings.EqualFold(s[:len(uuidURNPrefix)], uuidURNPrefix) {
-			continue
-		}
-		count++
-		raw := s[len(uuidURNPrefix):]
-		parsed, err := uuid.Parse(raw)
-		if err != nil || parsed.String() != raw {
-			return uuid.Nil, fmt.Errorf("%w: %q is not a canonical urn:uuid", ErrAgentID, s)
-		}
-		id = parsed
-	}
+	ids := uriSANs(cert, uuidURNPrefix)
 	switch {
-	case count == 0:
+	case len(ids) == 0:
 		return uuid.Nil, fmt.Errorf("%w: no urn:uuid URI SAN", ErrAgentID)
-	case count > 1:
-		return uuid.Nil, fmt.Errorf("%w: %d urn:uuid URI SANs, want one", ErrAgentID, count)
-	case id == uuid.Nil:
-		return uuid.Nil, fmt.Errorf("%w: the nil UUID", ErrAgentID)
+	case len(ids) > 1:
+		return uuid.Nil, fmt.Errorf("%w: %d urn:uuid URI SANs, want one", ErrAgentID, len(ids))
+	}
+	id, ok := canonicalUUID(ids[0])
+	if !ok {
+		return uuid.Nil, fmt.Errorf("%w: %q is not a canonical, non-nil urn:uuid", ErrAgentID, uuidURNPrefix+ids[0])
 	}
 	return id, nil
+}
+
+// uriSANs returns what follows prefix (matched case-insensitively) in each
+// of cert's URI SANs that starts with it.
+func uriSANs(cert *x509.Certificate, prefix string) []string {
+	var out []string
+	for _, u := range cert.URIs {
+		s := u.String()
+		if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+			out = append(out, s[len(prefix):])
+		}
+	}
+	return out
+}
+
+// canonicalUUID parses s, a UUID in canonical form (lowercase, hyphenated)
+// other than the nil UUID.
+func canonicalUUID(s string) (uuid.UUID, bool) {
+	id, err := uuid.Parse(s)
+	return id, err == nil && id.String() == s && id != uuid.Nil
 }
 
 // VerifyAgentChain verifies an agent's certificate, as presented in a TLS

@@ -12,10 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
-	"strings"
 	"time"
-
-	"github.com/google/uuid"
 )
 
 // Peer certificates: what gateway replicas prove to each other on the peer
@@ -62,8 +59,7 @@ var (
 // zero, DefaultPeerValidity; capped at the CA's expiry). It returns the
 // chain (leaf, CA) with Leaf set, ready for a tls.Config.
 func (a *Authority) IssuePeer(replicaID string, validity time.Duration) (*tls.Certificate, error) {
-	id, err := uuid.Parse(replicaID)
-	if err != nil || id.String() != replicaID || id == uuid.Nil {
+	if _, ok := canonicalUUID(replicaID); !ok {
 		return nil, fmt.Errorf("pki: issue peer: replica id %q is not a canonical UUID", replicaID)
 	}
 	if validity <= 0 {
@@ -134,18 +130,11 @@ func (a *Authority) VerifyPeerChain(rawCerts [][]byte) (string, error) {
 // urn:outpost:peer: URI SAN, a canonical UUID. It checks nothing else.
 // Errors wrap ErrPeerUntrusted.
 func ReplicaIDFromPeerCert(cert *x509.Certificate) (string, error) {
-	var ids []string
-	for _, u := range cert.URIs {
-		s := u.String()
-		if len(s) >= len(peerURNPrefix) && strings.EqualFold(s[:len(peerURNPrefix)], peerURNPrefix) {
-			ids = append(ids, s[len(peerURNPrefix):])
-		}
-	}
+	ids := uriSANs(cert, peerURNPrefix)
 	if len(ids) != 1 {
 		return "", fmt.Errorf("%w: %d urn:outpost:peer URI SANs, want one", ErrPeerUntrusted, len(ids))
 	}
-	id, err := uuid.Parse(ids[0])
-	if err != nil || id.String() != ids[0] || id == uuid.Nil {
+	if _, ok := canonicalUUID(ids[0]); !ok {
 		return "", fmt.Errorf("%w: replica id %q is not a canonical UUID", ErrPeerUntrusted, ids[0])
 	}
 	return ids[0], nil
