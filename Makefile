@@ -184,7 +184,7 @@ generate: tools protodeps
 check-generated:
 	@snap=$$(mktemp -d) && trap 'rm -rf "$$snap"' EXIT && \
 	cp -a api gen "$$snap"/ && \
-	$(MAKE) --no-print-directory generate && \
+	$(MAKE) --no-print-directory generate || exit 1; \
 	if ! { diff -ru "$$snap/api" api && diff -ru "$$snap/gen" gen; } > "$$snap/diff"; then \
 		echo "check-generated: api/ or gen/ changed when regenerated;" \
 			"run 'make generate' and commit the result:" >&2; \
