@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 PKGS := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-FUZZTIME ?= 3s
+FUZZTIME ?= 20000x
 FUZZTIME_LONG ?= 2m
 
 .PHONY: all build build-static install demo test vet staticcheck unit unit-postgres fuzz-smoke fuzz bench
@@ -58,7 +58,8 @@ unit:
 	OUTPOST_SKIP_REPORT=$(SKIP_REPORT) $(GO) test -race -shuffle=on -timeout 15m $(PKGS); \
 	rc=$$?; if [ -s $(SKIP_REPORT) ]; then cat $(SKIP_REPORT) >&2; fi; exit $$rc
 
-# Runs every Fuzz target in the module for FUZZTIME each.
+# Runs every Fuzz target in the module for FUZZTIME each (a count of
+# executions: see scripts/fuzz-all.sh).
 fuzz-smoke:
 	@./scripts/fuzz-all.sh $(FUZZTIME)
 
