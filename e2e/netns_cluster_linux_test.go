@@ -26,6 +26,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
+	"github.com/outposthq/outpost/client/wsstream"
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/testpg"
 )
@@ -147,7 +150,7 @@ func TestNetnsCluster(t *testing.T) {
 
 // Tests to add once agents hold K connections (--ha-connections) and the
 // peer link forwards sessions (issue 17); the helpers they need are here
-// already (agentReplicas, listenVia, probeEcho, checkedUpload,
+// already (agentReplicas, listenVia, wsEcho, checkedUpload,
 // startHealthCheck, setBackends, replicaHolding):
 //
 //   - every agent holds 2 distinct replicas: start the agents with
@@ -159,10 +162,12 @@ func TestNetnsCluster(t *testing.T) {
 //     loop as in bigSession), and the audit on that replica names the
 //     replica that holds the agent.
 //   - kill -9 during continuous session creation: one new session (a
-//     fresh single-use token, connect through the balancer, probeEcho)
-//     every 50 ms for 20 s; replicaKilled's kill in the middle; no setup
-//     fails after the kill but those the dead replica had accepted; the
-//     agents are back at K within one backoff (report the time).
+//     fresh single-use token, wsEcho through the balancer; or outpost
+//     connect, which retries another replica) every 50 ms for 20 s;
+//     replicaKilled's kill in the middle; no setup fails after the kill
+//     but those the dead replica had accepted; the agents are back at K
+//     within one backoff (report the time). replicaKilled's last loop
+//     then serves every session.
 //   - SIGTERM of a replica: it shows draining, its agents dial a
 //     replacement before dropping it (agentReplicas never falls below 1,
 //     back at 2 before the replica exits).
@@ -557,7 +562,11 @@ func (s *clusterSuite) bigSession(t *testing.T) {
 	if err == nil {
 		t.Fatalf("replica %d served a session to office-a, connected to replica %d only: is the peer link here? Then replace this test's retry loop", other.n, holder.n)
 	}
-	s.logf(t, "replica %d, without office-a (on replica %d), refuses the session: %s", other.n, holder.n, connectReason(p))
+	reason := connectReason(p)
+	if !strings.HasPrefix(reason, "session failed: ") {
+		t.Errorf("replica %d, without office-a, did not say why it refused the session: %s", other.n, reason)
+	}
+	s.logf(t, "replica %d, without office-a (on replica %d), refuses the session: %s", other.n, holder.n, reason)
 
 	// Through the balancer, retried from a new connection until one lands
 	// on the replica holding the agent.
@@ -654,21 +663,29 @@ func (s *clusterSuite) replicaKilled(t *testing.T) {
 	}
 	reconnected := time.Since(killed)
 	dropped := hc.droppedAfter(dead.ip, killed)
+	// Sessions through the balancer, each on a new connection: the
+	// balancer alternates between the survivors, and only the one holding
+	// office-a can serve them until the peer link forwards the others.
 	tok := s.sessionToken(t, "", true)
-	var tries int
-	for tries = 1; ; tries++ {
-		addr, p := s.listenVia(t, clusterURL(clusterVIP), tok)
-		err := s.probeEcho(addr)
-		p.stop(5 * time.Second)
-		if err == nil {
-			break
+	var served int
+	var failures []string
+	for range 2 * len(survivors) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := s.wsEcho(ctx, clusterURL(clusterVIP), tok)
+		cancel()
+		if err != nil {
+			failures = append(failures, err.Error())
+			continue
 		}
-		if tries == 2*len(survivors) {
-			t.Fatalf("no session through the balancer after the kill in %d tries: %v: %s", tries, err, connectReason(p))
-		}
+		served++
 	}
-	s.logf(t, "after the kill of replica %d: the balancer dropped it after %v (health check every %v, %d failures), listed gone after %v, office-a back on replica %d after %v, a session through the balancer in %d tries",
-		dead.n, dropped, clusterHealthEvery, clusterHealthFails, gone.Round(time.Millisecond), back.n, reconnected.Round(time.Millisecond), tries)
+	if served == 0 {
+		t.Fatalf("no session through the balancer after the kill: %s", strings.Join(failures, "; "))
+	}
+	s.logf(t, "after the kill of replica %d: the balancer dropped it after %v (health check every %v, %d failures), listed gone after %v, office-a back on replica %d after %v",
+		dead.n, dropped, clusterHealthEvery, clusterHealthFails, gone.Round(time.Millisecond), back.n, reconnected.Round(time.Millisecond))
+	s.logf(t, "then %d of %d sessions through the balancer served; the others landed on the survivor without office-a (no peer link yet): %s",
+		served, 2*len(survivors), tailText(strings.Join(failures, "; "), 300))
 }
 
 // Lab helpers.
@@ -913,30 +930,39 @@ func (s *clusterSuite) listenVia(t *testing.T, base, tok string) (string, *nsPro
 // logged (what the gateway answered), or its log's tail.
 func connectReason(p *nsProc) string {
 	text := p.logText()
-	if m := regexp.MustCompile(`(?m)^.*session (?:failed|refused).*$`).FindAllString(text, -1); len(m) > 0 {
-		return strings.TrimSpace(m[len(m)-1])
+	if m := regexp.MustCompile(`(?m)^.*(session (?:failed|refused).*)$`).FindAllStringSubmatch(text, -1); len(m) > 0 {
+		return strings.TrimSuffix(strings.TrimSpace(m[len(m)-1][1]), `"`)
 	}
 	return tailText(text, 300)
 }
 
-// probeEcho opens a session through the connect listener at addr (to the
-// echo target) and checks a line comes back.
-func (s *clusterSuite) probeEcho(addr string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := s.dial(ctx, "client", addr)
+// wsEcho opens one session with tok at the client entry of base, as a
+// browser does (a WebSocket on a connection of its own: through the
+// balancer, the next replica in turn), sends a line to the echo target and
+// reads it back.
+func (s *clusterSuite) wsEcho(ctx context.Context, base, tok string) error {
+	ws, resp, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(base, "https")+"/v1/connect", &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: s.api.Transport},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}},
+	})
 	if err != nil {
-		return err
+		if resp != nil {
+			return fmt.Errorf("entry at %s: HTTP %d: %w", base, resp.StatusCode, err)
+		}
+		return fmt.Errorf("entry at %s: %w", base, err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.WriteString(c, "ping\n"); err != nil {
-		return err
+	st := wsstream.New(ctx, ws)
+	defer st.Close()
+	if _, err := io.WriteString(st, "ping\n"); err != nil {
+		return fmt.Errorf("write: %w", err)
 	}
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	if string(got) != "ping\n" {
-		return fmt.Errorf("echo through %s: %q, %v", addr, got, err)
+	got := make([]byte, len("ping\n"))
+	_, err = io.ReadFull(st, got)
+	if reason, ok := wsstream.Failure(err); ok {
+		return fmt.Errorf("session failed: %s", reason)
+	}
+	if err != nil || string(got) != "ping\n" {
+		return fmt.Errorf("echo: %q, %v", got, err)
 	}
 	return nil
 }
