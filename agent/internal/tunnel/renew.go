@@ -28,14 +28,16 @@ import (
 	"github.com/outposthq/outpost/internal/atomicfile"
 )
 
-// Certificate renewal (DESIGN.md §4, §7). Each connection runs renewLoop:
+// Certificate renewal (DESIGN.md §4, §7). The primary connection (slot 0)
+// runs renewLoop:
 // once NotAfter − now ≤ RenewFraction × (NotAfter − NotBefore) it sends a
 // CertRenewalRequest with a CSR made from the key in ClientKeyPath — the key
 // the connection proved with mTLS, since the gateway signs only that key —
 // and waits for the CertRenewalResponse. On Success it checks the new
 // certificate, writes the CA and the certificate atomically, closes the
 // connection with "cert-renewed" and Run reconnects at once with the new
-// certificate. On an Error answer, a timeout or an unusable answer it logs a
+// certificate; the other connections then reconnect with it one at a time
+// (replicas.go). On an Error answer, a timeout or an unusable answer it logs a
 // warning, counts the failure (RenewalFailures), keeps the connection and
 // retries after a backoff; the backoff state outlives the connection, so a
 // reconnect does not cause an early retry.
@@ -155,7 +157,10 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 		draining = a.draining
 		if !draining {
 			// Under mu, so that a drain starting now finds the connection
-			// closed rather than closing it under the drain's feet.
+			// closed rather than closing it under the drain's feet. The
+			// other connections follow one at a time once this one is
+			// back (rollOver).
+			a.fleet.renewed(cert.Raw)
 			transport.Close(conn, dataplane.CloseCertRenewed)
 		}
 		a.mu.Unlock()
