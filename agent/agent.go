@@ -80,6 +80,11 @@ const (
 	// DefaultRenewFraction is the part of the certificate's lifetime left
 	// when the agent renews it (RunnerConfig.RenewFraction).
 	DefaultRenewFraction = tunnel.DefaultRenewFraction
+	// DefaultHAConnections is how many distinct gateway replicas the agent
+	// keeps a connection to (RunnerConfig.HAConnections).
+	DefaultHAConnections = tunnel.DefaultHAConnections
+	// MaxHAConnections bounds RunnerConfig.HAConnections.
+	MaxHAConnections = tunnel.MaxHAConnections
 	// DefaultMaxSessions is the number of concurrent sessions the gateway may
 	// open through the agent (RunnerConfig.QUIC.MaxIncomingStreams).
 	DefaultMaxSessions = transport.DefaultMaxIncomingStreams
