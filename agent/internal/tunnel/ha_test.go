@@ -180,3 +180,26 @@ func TestHARenewalRollsOver(t *testing.T) {
 	cb2.quiet(t, 100*time.Millisecond)
 	ca2.quiet(t, 100*time.Millisecond)
 }
+
+// A refusal of the agent's identity, confirmed by a second attempt of the
+// same connection, stops the agent and takes every connection down.
+func TestHADeletedAgentStops(t *testing.T) {
+	e := newEnv(t)
+	ga, gb := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
+	_, cfg := e.haEnv(t, ga, gb)
+	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	a := start(t, cfg)
+	ca, cb := ga.nextConn(t), gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, ca)
+	expect[*dataplane.RouteAdvertise](t, cb)
+
+	ca.q.CloseWithError(0, string(dataplane.CloseAgentDeleted))
+	ga.nextConn(t).q.CloseWithError(0, string(dataplane.CloseAgentNotAccepted))
+	checkPermanent(t, a.exit(t), errAgentDeleted, "outpost agent enroll --config-dir "+e.dir)
+	if r := cb.closeReason(t); r != string(dataplane.CloseShutdown) {
+		t.Fatalf("the other connection closed with %q, want shutdown", r)
+	}
+	if a.Connected() {
+		t.Fatal("Connected after Run returned")
+	}
+}
