@@ -122,10 +122,12 @@ func (f *udpForwarder) relayBack(out *net.UDPConn, client netip.AddrPort) {
 func (f *udpForwarder) close() {
 	f.mu.Lock()
 	f.closed = true
-	for _, out := range f.flows {
-		out.Close()
-	}
+	flows := f.flows
+	f.flows = nil
 	f.mu.Unlock()
 	f.conn.Close()
+	for _, out := range flows {
+		out.Close()
+	}
 	f.wg.Wait()
 }

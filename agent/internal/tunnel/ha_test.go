@@ -27,6 +27,20 @@ func (e *env) haEnv(t *testing.T, backends ...*fakeGateway) (*udpForwarder, Conf
 	return fw, cfg
 }
 
+// serveEach checks that each connection carries a session to an echo
+// target.
+func serveEach(t *testing.T, conns ...*gwConn) {
+	t.Helper()
+	target := echoTarget(t)
+	for i, c := range conns {
+		s, resp := c.connect(t, target)
+		if resp.Result != dataplane.ResultSuccess {
+			t.Fatalf("connection %d: session refused: %q", i, resp.Reason)
+		}
+		roundTrip(t, s, "through every replica")
+	}
+}
+
 // Two replicas behind one endpoint whose balancer sends the second
 // connection to the first replica again: the agent refuses that duplicate
 // during the handshake (the replica never completes it), dials again from a
@@ -57,14 +71,7 @@ func TestHADistinctReplicas(t *testing.T) {
 		t.Fatal("reaching K connections was not logged")
 	}
 
-	target := echoTarget(t)
-	for _, c := range []*gwConn{ca, cb} {
-		s, resp := c.connect(t, target)
-		if resp.Result != dataplane.ResultSuccess {
-			t.Fatalf("session refused: %q", resp.Reason)
-		}
-		roundTrip(t, s, "through every replica")
-	}
+	serveEach(t, ca, cb)
 
 	e.tunnel.AdvertiseSubnets = []string{"192.168.7.0/24"}
 	e.saveConfig(t)
@@ -124,14 +131,7 @@ func TestHAReplicaReplaced(t *testing.T) {
 	if ca.q.Context().Err() != nil || ga.accepted.Load() != 1 {
 		t.Fatal("the connection to the surviving replica was replaced")
 	}
-	target := echoTarget(t)
-	for _, c := range []*gwConn{ca, cc} {
-		s, resp := c.connect(t, target)
-		if resp.Result != dataplane.ResultSuccess {
-			t.Fatalf("session refused: %q", resp.Reason)
-		}
-		roundTrip(t, s, "after the replacement")
-	}
+	serveEach(t, ca, cc)
 }
 
 // Only the primary connection renews the certificate; the other one
