@@ -203,3 +203,20 @@ func TestHADeletedAgentStops(t *testing.T) {
 		t.Fatal("Connected after Run returned")
 	}
 }
+
+// A cluster whose endpoint reaches fewer replicas than HAConnections:
+// the agent keeps what it can and warns, without ever completing a
+// handshake with the replica it holds.
+func TestHATooFewReplicas(t *testing.T) {
+	e := newEnv(t)
+	ga := startReplica(t, e.p, replicaA)
+	_, cfg := e.haEnv(t, ga)
+	cfg.HAWarnAfter = 200 * time.Millisecond
+	cfg.BackoffMax = 50 * time.Millisecond
+	a := start(t, cfg)
+	expect[*dataplane.RouteAdvertise](t, ga.nextConn(t))
+	waitFor(t, "the warning", func() bool { return e.logs.Contains("fewer tunnel connections than wanted") })
+	if n, acc, h := a.Connections(), ga.accepted.Load(), ga.hellos.Load(); n != 1 || acc != 1 || h < 2 {
+		t.Fatalf("%d connections, %d completed of %d handshakes; want 1, 1 and more than one", n, acc, h)
+	}
+}

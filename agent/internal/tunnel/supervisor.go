@@ -95,11 +95,17 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 	downSince := time.Now() // when the slot last lost (or had not yet) a connection
 	warned := false
 	for {
-		if slot > 0 && !a.waitCluster(ctx) {
-			return nil
+		if slot > 0 {
+			waited, ok := a.waitCluster(ctx)
+			if !ok {
+				return nil
+			}
+			if waited {
+				downSince, warned = time.Now(), false
+			}
 		}
 		started := time.Now()
-		err := a.connectOnce(ctx, slot, log)
+		up, err := a.connectOnce(ctx, slot, log)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -111,8 +117,9 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 		a.fleet.settled(slot)
 		if !errors.Is(err, errDuplicateReplica) {
 			dups = 0
-			downSince = time.Now()
-			warned = false
+		}
+		if up {
+			downSince, warned = time.Now(), false
 		}
 		var delay time.Duration
 		switch {
@@ -154,17 +161,18 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 }
 
 // waitCluster waits until the gateway is a cluster of replicas (the
-// primary's gateway names a replica), so an extra slot may dial. It
-// returns false if ctx ended first.
-func (a *Agent) waitCluster(ctx context.Context) bool {
+// primary's gateway names a replica), so an extra slot may dial. ok is
+// false if ctx ended first; waited says whether it had to wait.
+func (a *Agent) waitCluster(ctx context.Context) (waited, ok bool) {
 	for {
-		ok, changed := a.fleet.isCluster()
-		if ok {
-			return true
+		cluster, changed := a.fleet.isCluster()
+		if cluster {
+			return waited, true
 		}
+		waited = true
 		select {
 		case <-ctx.Done():
-			return false
+			return waited, false
 		case <-changed:
 		}
 	}
@@ -191,11 +199,12 @@ func (a *Agent) jitter(base time.Duration, attempt int) time.Duration {
 }
 
 // connectOnce reads the config, dials, and serves one connection of slot
-// until it ends or ctx does.
-func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) error {
+// until it ends or ctx does. up reports whether the connection was
+// established.
+func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) (up bool, err error) {
 	set, err := a.loadSettings()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if now := a.cfg.Now(); slot == 0 && now.After(set.cert.NotAfter) {
 		log.Error("the agent certificate has expired; the gateway will refuse it: enroll the agent again",
@@ -205,7 +214,7 @@ func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) err
 	conn, tr, replica, err := a.dial(ctx, slot, set)
 	defer a.fleet.release(slot)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer tr.Conn.Close()
 	defer tr.Close()
@@ -213,5 +222,5 @@ func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) err
 	if replica != "" {
 		log = log.With("replica", replica)
 	}
-	return a.serve(ctx, slot, conn, set, log)
+	return true, a.serve(ctx, slot, conn, set, log)
 }
