@@ -2,11 +2,14 @@ package tunnel
 
 import (
 	"crypto/ecdsa"
+	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/internal/testlb"
 )
 
 // Replica ids of the fake gateways.
@@ -16,11 +19,16 @@ const (
 	replicaC = "cccccccc-0000-4000-8000-000000000003"
 )
 
-// haEnv points the test agent at a forwarder in front of replicas.
-func (e *env) haEnv(t *testing.T, backends ...*fakeGateway) (*udpForwarder, Config) {
+// haEnv points the test agent at a round-robin UDP balancer in front of
+// replicas.
+func (e *env) haEnv(t *testing.T, replicas ...*fakeGateway) (*testlb.Balancer, Config) {
 	t.Helper()
-	fw := startForwarder(t, backends...)
-	e.tunnel.GatewayEndpoint = fw.addr()
+	var backends []netip.AddrPort
+	for _, r := range replicas {
+		backends = append(backends, r.ln.Addr().(*net.UDPAddr).AddrPort())
+	}
+	fw := testlb.Start(t, backends...)
+	e.tunnel.GatewayEndpoint = fw.Addr()
 	e.saveConfig(t)
 	cfg := e.config()
 	cfg.HARetryMin = 10 * time.Millisecond
@@ -123,7 +131,7 @@ func TestHAReplicaReplaced(t *testing.T) {
 	expect[*dataplane.RouteAdvertise](t, ca)
 	expect[*dataplane.RouteAdvertise](t, cb)
 
-	fw.setDown(1)
+	fw.SetDown(1)
 	gb.stop()
 	cc := gc.nextConn(t)
 	expect[*dataplane.RouteAdvertise](t, cc)
@@ -152,7 +160,7 @@ func TestHARenewalRollsOver(t *testing.T) {
 	cb.quiet(t, 100*time.Millisecond) // no second renewal
 	// The primary's replica leaves the balancer: the primary cannot come
 	// back (it reaches only B, held by the other connection).
-	fw.setDown(0)
+	fw.SetDown(0)
 	resp, renewed := e.success(t, csrOf(t, req).PublicKey.(*ecdsa.PublicKey), e.clock.Now().Add(-time.Minute))
 	send(t, ca, resp)
 	if r := ca.closeReason(t); r != "cert-renewed" {
@@ -163,7 +171,7 @@ func TestHARenewalRollsOver(t *testing.T) {
 		t.Fatal("the other connection reconnected while the primary was down")
 	}
 
-	fw.setUp(0)
+	fw.SetUp(0)
 	ca2 := ga.nextConn(t)
 	if !ca2.cert.Equal(renewed) {
 		t.Fatal("the primary came back without the renewed certificate")

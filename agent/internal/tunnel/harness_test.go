@@ -146,8 +146,17 @@ func startFakeGatewayCert(t *testing.T, cert tls.Certificate, qc transport.Confi
 		},
 		ClientAuth: tls.RequireAnyClientCert,
 	})
-	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, qc.QUIC())
+	// A transport of its own, so that stop also ends the connections whose
+	// handshake the agent aborted: a listener alone keeps its transport
+	// (and goroutines) until they time out.
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(tlsConf, qc.QUIC())
+	if err != nil {
+		udp.Close()
 		t.Fatal(err)
 	}
 	gw.ln = ln
@@ -167,6 +176,8 @@ func startFakeGatewayCert(t *testing.T, cert tls.Certificate, qc transport.Confi
 		cancel()
 		ln.Close()
 		wg.Wait()
+		tr.Close()
+		udp.Close()
 	})
 	t.Cleanup(gw.stop)
 	return gw
