@@ -17,8 +17,8 @@ import (
 // goroutines that serve it, and what its end means for Run.
 
 // serve runs one established connection of slot: control stream,
-// sessions, until the connection or ctx ends. The primary (slot 0) renews
-// the certificate; the others reconnect, one at a time, once it has.
+// sessions, until the connection or ctx ends. The primary connection
+// renews the certificate; the others reconnect, one at a time, once it has.
 func (a *Agent) serve(ctx context.Context, slot int, conn *quic.Conn, set *settings, log hclog.Logger) error {
 	_, cluster := transport.ReplicaIDFromCert(conn.ConnectionState().TLS.PeerCertificates[0])
 	ctrl, err := conn.OpenStreamSync(ctx)
@@ -56,11 +56,8 @@ func (a *Agent) serve(ctx context.Context, slot int, conn *quic.Conn, set *setti
 	wg.Go(func() { a.readControl(cctx, conn, ctrl, answers, log) })
 	wg.Go(func() { a.pace(cctx, conn, w, epoch, log) })
 	wg.Go(func() { a.acceptSessions(cctx, conn) })
-	if slot == 0 {
-		wg.Go(func() { a.renewLoop(cctx, conn, w, set, answers, log) })
-	} else {
-		wg.Go(func() { a.rollOver(cctx, conn, slot, set) })
-	}
+	wg.Go(func() { a.renewLoop(cctx, conn, slot, w, set, answers, log) })
+	wg.Go(func() { a.rollOver(cctx, conn, slot, set) })
 
 	select {
 	case <-ctx.Done():

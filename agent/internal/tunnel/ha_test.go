@@ -228,3 +228,35 @@ func TestHATooFewReplicas(t *testing.T) {
 		t.Fatalf("%d connections, %d completed of %d handshakes; want 1, 1 and more than one", n, acc, h)
 	}
 }
+
+// With the primary connection down (its replica gone, the one left held by
+// the other connection), the other connection renews the certificate.
+func TestHARenewalWithoutPrimary(t *testing.T) {
+	e := newEnv(t)
+	ga, gb := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
+	fw, cfg := e.haEnv(t, ga, gb)
+	e.clock.Set(e.renewAt().Add(-time.Minute))
+	start(t, cfg)
+	ca, cb := ga.nextConn(t), gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, ca)
+	expect[*dataplane.RouteAdvertise](t, cb)
+
+	fw.SetDown(0)
+	ga.stop()
+	waitFor(t, "the primary to find only the held replica", func() bool {
+		return e.logs.Contains("reached a replica this agent already holds")
+	})
+	e.clock.Set(e.renewAt())
+	req := expect[*dataplane.CertRenewalRequest](t, cb)
+	resp, renewed := e.success(t, csrOf(t, req).PublicKey.(*ecdsa.PublicKey), e.clock.Now().Add(-time.Minute))
+	send(t, cb, resp)
+	if r := cb.closeReason(t); r != "cert-renewed" {
+		t.Fatalf("close reason %q", r)
+	}
+	c := gb.nextConn(t)
+	if !c.cert.Equal(renewed) {
+		t.Fatal("reconnected without the renewed certificate")
+	}
+	expect[*dataplane.RouteAdvertise](t, c)
+	c.quiet(t, 100*time.Millisecond) // no second renewal
+}

@@ -19,9 +19,10 @@ import (
 // the extra slots (1 and up) dial only while the primary's gateway names a
 // replica, and refuse a gateway that names none.
 //
-// Certificate renewal happens on the primary only. When the primary is up
-// again with the renewed certificate, the other slots reconnect with it one
-// at a time: a slot rolls over only while no other one is rolling.
+// Certificate renewal happens on one connection only: the primary, the
+// established connection of the lowest slot (slot 0 unless it is down). When
+// it is up again with the renewed certificate, the other slots reconnect with
+// it one at a time: a slot rolls over only while no other one is rolling.
 
 // errDuplicateReplica is wrapped by the error of a handshake the agent
 // aborted because another of its connections holds that replica, and by
@@ -47,13 +48,15 @@ type fleet struct {
 	// renewal); rolling is the slot reconnecting with it, or noRoll.
 	latest  []byte
 	rolling int
+	// renewer is the slot whose renewal is in flight, or noRoll.
+	renewer int
 	// changed is closed and replaced at every change of up, cluster,
 	// latest or rolling.
 	changed chan struct{}
 }
 
 func newFleet() *fleet {
-	return &fleet{held: map[int]string{}, up: map[int][]byte{}, rolling: noRoll, changed: make(chan struct{})}
+	return &fleet{held: map[int]string{}, up: map[int][]byte{}, rolling: noRoll, renewer: noRoll, changed: make(chan struct{})}
 }
 
 // notifyLocked wakes the waiters of changes.
@@ -146,13 +149,44 @@ func (f *fleet) isCluster() (bool, <-chan struct{}) {
 	return f.cluster, f.changed
 }
 
-// renewed records cert, the DER of the primary's renewed certificate, and
-// makes the primary the rolling slot until it is up with it.
-func (f *fleet) renewed(cert []byte) {
+// claimRenewal reports whether slot may renew the certificate now: its
+// connection is the primary (the lowest established slot) and no other
+// renewal is in flight. If so, slot holds the renewal until endRenewal.
+func (f *fleet) claimRenewal(slot int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.renewer != noRoll && f.renewer != slot {
+		return false
+	}
+	if _, ok := f.up[slot]; !ok {
+		return false
+	}
+	for s := range f.up {
+		if s < slot {
+			return false
+		}
+	}
+	f.renewer = slot
+	return true
+}
+
+// endRenewal releases slot's claim on the renewal.
+func (f *fleet) endRenewal(slot int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.renewer == slot {
+		f.renewer = noRoll
+		f.notifyLocked()
+	}
+}
+
+// renewed records cert, the DER of the certificate slot renewed, and
+// makes slot the rolling one until it is up with it.
+func (f *fleet) renewed(slot int, cert []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.latest = cert
-	f.rolling = 0
+	f.rolling = slot
 	f.notifyLocked()
 }
 
@@ -160,15 +194,19 @@ func (f *fleet) renewed(cert []byte) {
 // cert, must now reconnect with the renewed certificate; if so, slot is
 // the rolling one until its new connection is up or fails. It is the
 // turn of a slot whose certificate is older than the latest renewed one,
-// once the primary is up with that one and no other slot is rolling.
+// once a connection is up with that one and no other slot is rolling.
 func (f *fleet) roll(slot int, cert []byte) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	primary, ok := f.up[0]
-	if f.latest == nil || bytes.Equal(cert, f.latest) || f.rolling != noRoll || !ok || !bytes.Equal(primary, f.latest) {
+	if f.latest == nil || bytes.Equal(cert, f.latest) || f.rolling != noRoll {
 		return false
 	}
-	f.rolling = slot
-	f.notifyLocked()
-	return true
+	for _, c := range f.up {
+		if bytes.Equal(c, f.latest) {
+			f.rolling = slot
+			f.notifyLocked()
+			return true
+		}
+	}
+	return false
 }
