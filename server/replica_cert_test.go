@@ -5,9 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,7 +12,6 @@ import (
 
 	"github.com/outposthq/outpost/dataplane/transport"
 	"github.com/outposthq/outpost/internal/testpg"
-	"github.com/outposthq/outpost/server/internal/cluster"
 )
 
 // quicServerCert returns the certificate r's QUIC agent listener presents,
@@ -49,17 +45,15 @@ func quicServerCert(t *testing.T, r *running) *x509.Certificate {
 // directory); a gateway on SQLite, a cluster of one, names none.
 func TestServerCertificateNamesReplica(t *testing.T) {
 	t.Run("postgres", func(t *testing.T) {
-		dir := t.TempDir()
-		g, err := New(Config{DataDir: dir, Store: testpg.DSN(t), SealKeyFile: newSealKey(t), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
+		g, err := New(Config{DataDir: t.TempDir(), Store: testpg.DSN(t), SealKeyFile: newSealKey(t), Listen: "127.0.0.1:0", QUICListen: "127.0.0.1:0"}, testLogger(t))
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
 		r := run(t, g)
-		b, err := os.ReadFile(filepath.Join(dir, cluster.ReplicaIDFile))
-		if err != nil {
-			t.Fatal(err)
+		want := g.replicaID // from the data directory (TestClusterOfOne)
+		if want == "" {
+			t.Fatal("no replica id")
 		}
-		want := strings.TrimSpace(string(b))
 		if id, ok := transport.ReplicaIDFromCert(quicServerCert(t, r)); !ok || id != want {
 			t.Fatalf("the QUIC listener's certificate names replica %q (%v), want %q", id, ok, want)
 		}

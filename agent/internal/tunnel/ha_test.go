@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"crypto/ecdsa"
+	"crypto/x509"
 	"net"
 	"net/netip"
 	"slices"
@@ -142,18 +143,43 @@ func TestHAReplicaReplaced(t *testing.T) {
 	serveEach(t, ca, cc)
 }
 
+// beforeRenewalOnTwo runs the agent, a minute before its renewal is due,
+// behind a balancer in front of replicas A and B, and returns once it is
+// up on both: ca (the primary) on A, cb on B.
+func (e *env) beforeRenewalOnTwo(t *testing.T) (ga, gb *fakeGateway, fw *testlb.Balancer, ca, cb *gwConn) {
+	t.Helper()
+	ga, gb = startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
+	fw, cfg := e.haEnv(t, ga, gb)
+	e.clock.Set(e.renewAt().Add(-time.Minute))
+	start(t, cfg)
+	ca, cb = ga.nextConn(t), gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, ca)
+	expect[*dataplane.RouteAdvertise](t, cb)
+	return ga, gb, fw, ca, cb
+}
+
+// renewedTo waits for the agent to close c with "cert-renewed" and to
+// connect to gw again with the renewed certificate, and returns that
+// connection, its RouteAdvertise read.
+func (c *gwConn) renewedTo(t *testing.T, gw *fakeGateway, renewed *x509.Certificate) *gwConn {
+	t.Helper()
+	if r := c.closeReason(t); r != "cert-renewed" {
+		t.Fatalf("close reason %q", r)
+	}
+	next := gw.nextConn(t)
+	if !next.cert.Equal(renewed) {
+		t.Fatal("reconnected without the renewed certificate")
+	}
+	expect[*dataplane.RouteAdvertise](t, next)
+	return next
+}
+
 // Only the primary connection renews the certificate; the other one
 // reconnects with the renewed certificate only once the primary is back
 // with it, never while it is down.
 func TestHARenewalRollsOver(t *testing.T) {
 	e := newEnv(t)
-	ga, gb := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
-	fw, cfg := e.haEnv(t, ga, gb)
-	e.clock.Set(e.renewAt().Add(-time.Minute))
-	start(t, cfg)
-	ca, cb := ga.nextConn(t), gb.nextConn(t)
-	expect[*dataplane.RouteAdvertise](t, ca)
-	expect[*dataplane.RouteAdvertise](t, cb)
+	ga, gb, fw, ca, cb := e.beforeRenewalOnTwo(t)
 
 	e.clock.Set(e.renewAt())
 	req := expect[*dataplane.CertRenewalRequest](t, ca)
@@ -177,14 +203,7 @@ func TestHARenewalRollsOver(t *testing.T) {
 		t.Fatal("the primary came back without the renewed certificate")
 	}
 	expect[*dataplane.RouteAdvertise](t, ca2)
-	if r := cb.closeReason(t); r != "cert-renewed" {
-		t.Fatalf("second close reason %q", r)
-	}
-	cb2 := gb.nextConn(t)
-	if !cb2.cert.Equal(renewed) {
-		t.Fatal("the second connection came back without the renewed certificate")
-	}
-	expect[*dataplane.RouteAdvertise](t, cb2)
+	cb2 := cb.renewedTo(t, gb, renewed)
 	cb2.quiet(t, 100*time.Millisecond)
 	ca2.quiet(t, 100*time.Millisecond)
 }
@@ -233,13 +252,7 @@ func TestHATooFewReplicas(t *testing.T) {
 // the other connection), the other connection renews the certificate.
 func TestHARenewalWithoutPrimary(t *testing.T) {
 	e := newEnv(t)
-	ga, gb := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
-	fw, cfg := e.haEnv(t, ga, gb)
-	e.clock.Set(e.renewAt().Add(-time.Minute))
-	start(t, cfg)
-	ca, cb := ga.nextConn(t), gb.nextConn(t)
-	expect[*dataplane.RouteAdvertise](t, ca)
-	expect[*dataplane.RouteAdvertise](t, cb)
+	ga, gb, fw, _, cb := e.beforeRenewalOnTwo(t)
 
 	fw.SetDown(0)
 	ga.stop()
@@ -250,13 +263,5 @@ func TestHARenewalWithoutPrimary(t *testing.T) {
 	req := expect[*dataplane.CertRenewalRequest](t, cb)
 	resp, renewed := e.success(t, csrOf(t, req).PublicKey.(*ecdsa.PublicKey), e.clock.Now().Add(-time.Minute))
 	send(t, cb, resp)
-	if r := cb.closeReason(t); r != "cert-renewed" {
-		t.Fatalf("close reason %q", r)
-	}
-	c := gb.nextConn(t)
-	if !c.cert.Equal(renewed) {
-		t.Fatal("reconnected without the renewed certificate")
-	}
-	expect[*dataplane.RouteAdvertise](t, c)
-	c.quiet(t, 100*time.Millisecond) // no second renewal
+	cb.renewedTo(t, gb, renewed).quiet(t, 100*time.Millisecond) // no second renewal
 }

@@ -128,8 +128,14 @@ func (f *fleet) release(slot int) {
 func (f *fleet) settled(slot int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.rolling == slot {
-		f.rolling = noRoll
+	f.releaseLocked(&f.rolling, slot)
+}
+
+// releaseLocked sets *role (rolling or renewer) to noRoll if slot has it,
+// and tells the waiters.
+func (f *fleet) releaseLocked(role *int, slot int) {
+	if *role == slot {
+		*role = noRoll
 		f.notifyLocked()
 	}
 }
@@ -174,10 +180,7 @@ func (f *fleet) claimRenewal(slot int) bool {
 func (f *fleet) endRenewal(slot int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.renewer == slot {
-		f.renewer = noRoll
-		f.notifyLocked()
-	}
+	f.releaseLocked(&f.renewer, slot)
 }
 
 // renewed records cert, the DER of the certificate slot renewed, and
