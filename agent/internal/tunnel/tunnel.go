@@ -9,8 +9,8 @@
 //     its lifetime is left, with a CSR from the same key, and reconnects with
 //     the new certificate (renew.go);
 //   - re-reads agent.json on Reload (SIGHUP) and when the file changes on
-//     disk (watch.go), advertising changed routes with epoch + 1 on the live
-//     connection;
+//     disk (watch.go), advertising changed routes with epoch + 1 on every
+//     live connection;
 //   - advertises the host's DNS domain, auto-detected (package detect), when
 //     no route (subnet or domain) is configured and AutoDetectDomain is not
 //     false; the gateway counts it only if it is approved;
