@@ -75,7 +75,9 @@ type Config struct {
 	// HARetryMin is the first delay before dialing again after reaching a
 	// replica another connection holds (the handshake is aborted before
 	// the gateway registers it): it doubles with each such attempt in a
-	// row up to BackoffMax, with full jitter. If zero, 100 ms.
+	// row up to BackoffMax, with full jitter. It is also the most the agent
+	// waits before replacing a connection that a replica closed with
+	// "shutdown". If zero, 100 ms.
 	HARetryMin time.Duration
 	// HAWarnAfter is how long the agent may hold fewer than HAConnections
 	// connections to a cluster before it logs a warning. If zero, 2 min.

@@ -20,7 +20,9 @@ import (
 // sessions, until the connection or ctx ends. The primary connection
 // renews the certificate; the others reconnect, one at a time, once it has.
 func (a *Agent) serve(ctx context.Context, slot int, conn *quic.Conn, set *settings, log hclog.Logger) error {
+	// With HAConnections 1 the agent behaves as before clusters existed.
 	_, cluster := transport.ReplicaIDFromCert(conn.ConnectionState().TLS.PeerCertificates[0])
+	cluster = cluster && a.cfg.HAConnections > 1
 	ctrl, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		transport.Close(conn, dataplane.CloseShutdown)
@@ -111,8 +113,8 @@ func (a *Agent) rollOver(ctx context.Context, conn *quic.Conn, slot int, set *se
 // errCertRenewed after the agent's own renewal close, a *PermanentError
 // when the gateway refused the agent's identity, an error wrapping
 // errGatewayRestarted after a stateless reset, one wrapping errReplicaLeft
-// after a "shutdown" close by a replica of a cluster, else a retryable
-// error.
+// after a "shutdown" close by a replica of a cluster (when cluster: the
+// gateway names a replica and HAConnections > 1), else a retryable error.
 func (a *Agent) ended(err error, cluster bool, log hclog.Logger) error {
 	reason, remote, closed := transport.CloseReasonOf(err)
 	switch {

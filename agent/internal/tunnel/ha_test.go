@@ -265,3 +265,28 @@ func TestHARenewalWithoutPrimary(t *testing.T) {
 	send(t, cb, resp)
 	cb.renewedTo(t, gb, renewed).quiet(t, 100*time.Millisecond) // no second renewal
 }
+
+// A replica that shuts down (closes with "shutdown") is replaced at once,
+// not after the reconnect backoff.
+func TestHAReplicaShutdownReplacedAtOnce(t *testing.T) {
+	e := newEnv(t)
+	ga, gb, gc := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB), startReplica(t, e.p, replicaC)
+	fw, cfg := e.haEnv(t, ga, gb, gc)
+	cfg.BackoffMin, cfg.BackoffMax = time.Minute, time.Minute
+	start(t, cfg)
+	expect[*dataplane.RouteAdvertise](t, ga.nextConn(t))
+	cb := gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, cb)
+
+	fw.SetDown(1)
+	cb.q.CloseWithError(0, string(dataplane.CloseShutdown))
+	select {
+	case c := <-gc.conns:
+		expect[*dataplane.RouteAdvertise](t, c)
+	case <-time.After(3 * time.Second):
+		t.Fatal("no replacement within 3 s")
+	}
+	if !e.logs.Contains("the gateway replica shut down; dialing a replacement") {
+		t.Fatal("the replacement was not logged")
+	}
+}

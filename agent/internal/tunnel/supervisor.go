@@ -35,8 +35,8 @@ import (
 //     moment (a file being rewritten) does not stop the agent.
 //
 // Every other failure is logged and retried with backoff; a stateless reset
-// (the gateway restarted) is retried within BackoffMin, and so is the
-// shutdown of one replica of a cluster. Run returns only after every
+// (the gateway restarted) is retried within BackoffMin, the shutdown of one
+// replica of a cluster within HARetryMin. Run returns only after every
 // goroutine it started has exited.
 func (a *Agent) Run(ctx context.Context) error {
 	if _, err := a.loadSettings(); err != nil {
@@ -127,6 +127,10 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 			dups++
 			delay = a.jitter(a.cfg.HARetryMin, dups-1)
 			log.Debug("reached a replica this agent already holds; dialing again from a new port", "error", err, "retry_in", delay.Round(time.Millisecond))
+		case errors.Is(err, errReplicaLeft):
+			attempt, lastPermanent = 0, nil
+			delay = a.jitter(a.cfg.HARetryMin, 0)
+			log.Info("the gateway replica shut down; dialing a replacement", "retry_in", delay.Round(time.Millisecond))
 		case errors.Is(err, ErrPermanent) && lastPermanent != nil:
 			return confirmed(lastPermanent, err)
 		default:
@@ -137,7 +141,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 			} else {
 				lastPermanent = nil
 			}
-			if errors.Is(err, errGatewayRestarted) || errors.Is(err, errReplicaLeft) || time.Since(started) >= a.cfg.HealthyAfter {
+			if errors.Is(err, errGatewayRestarted) || time.Since(started) >= a.cfg.HealthyAfter {
 				attempt = 0
 			}
 			delay = a.backoff(attempt)
