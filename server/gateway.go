@@ -76,8 +76,10 @@ type Gateway struct {
 	tunnel     *tunnel.Server
 
 	// member is this gateway's membership of the cluster of replicas on
-	// its store (a cluster of one on SQLite).
-	member *cluster.Member
+	// its store (a cluster of one on SQLite); replicaID is its id, also
+	// carried by the server certificate of a PostgreSQL-backed gateway.
+	member    *cluster.Member
+	replicaID string
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -121,12 +123,21 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.pki, err = loadAuthority(openCtx, cfg, g.store, pki.Config{
+	if g.replicaID, err = cluster.LoadOrCreateID(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	pc := pki.Config{
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
 		Now:           cfg.Now,
-	}, logger)
+	}
+	if isPostgresDSN(cfg.Store) {
+		// A cluster member names its replica in its server certificate, so
+		// that agents hold connections to distinct replicas.
+		pc.ReplicaID = g.replicaID
+	}
+	g.pki, err = loadAuthority(openCtx, cfg, g.store, pc, logger)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -398,10 +409,6 @@ const drainRecordTimeout = 2 * time.Second
 // the data directory and its endpoints from the config or the bound
 // listeners.
 func (g *Gateway) newMember() (*cluster.Member, error) {
-	id, err := cluster.LoadOrCreateID(g.cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "localhost"
@@ -410,7 +417,7 @@ func (g *Gateway) newMember() (*cluster.Member, error) {
 		Store:    g.store,
 		Registry: g.agents,
 		Replica: store.Replica{
-			ID:           id,
+			ID:           g.replicaID,
 			Name:         cmp.Or(g.cfg.ReplicaName, host),
 			QUICEndpoint: cmp.Or(g.cfg.ReplicaQUICEndpoint, reachableAt(g.quicConn.LocalAddr(), host)),
 			APIEndpoint:  cmp.Or(g.cfg.ReplicaAPIEndpoint, reachableAt(g.apiLn.Addr(), host)),
