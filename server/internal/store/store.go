@@ -226,6 +226,15 @@ type Store interface {
 	// of the replicas recorded to hold a connection of the agent and
 	// heard from (heartbeat) at or after heartbeatSince, in id order.
 	AgentReplicas(ctx context.Context, agentIDs []string, heartbeatSince time.Time) (map[string][]string, error)
+	// ListAgentPresence returns the live agents connected to serving
+	// replicas other than opts.ExcludeReplica and heard from since
+	// opts.HeartbeatSince (restricted to opts.AgentIDs if not nil), in id
+	// order, each with its routes and the replicas holding it; an empty,
+	// non-nil slice when there are none. It is one query (per
+	// maxIDsPerQuery ids when AgentIDs is set). On PostgreSQL, each change
+	// that can alter its answer for an agent is announced to
+	// Postgres.ListenPresence.
+	ListAgentPresence(ctx context.Context, opts PresenceOptions) ([]AgentPresence, error)
 
 	// ExportRows reads every row but the cluster secrets, in one
 	// consistent snapshot, to move the gateway to another store.
