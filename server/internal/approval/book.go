@@ -248,15 +248,34 @@ func (b *Book) Forget(agentID string) {
 // reindexLocked brings the agent's known routes in the index in line with
 // its last routes and its approval.
 func (b *Book) reindexLocked(agentID string, rec *record) {
-	var accepted registry.Routes
-	if b.cfg.AcceptAny {
-		accepted = rec.last
-	} else {
-		accepted, _ = rec.approved.Split(rec.last)
-	}
 	b.known.withdraw(agentID, rec.known)
-	rec.known = contributionOf(accepted)
+	rec.known = contributionOf(serving(rec.approved, rec.last, b.cfg.AcceptAny))
 	b.known.add(agentID, rec.known)
+}
+
+// Serving returns the routes an agent serves by what the store holds of it:
+// its last advertised routes inside its approved set, or all of them with
+// acceptAny (the gateway's accept_any_routes). They are what a Book
+// indexes as the agent's known routes, and what the other replicas of a
+// cluster route to the agent (cluster.Presence). Routes that do not parse
+// are dropped; domains come back not auto-detected, which the store does
+// not record.
+func Serving(approved, last store.RouteSet, acceptAny bool) registry.Routes {
+	var m *Matcher
+	if !acceptAny {
+		m = Compile(setFromStore(approved))
+	}
+	return serving(m, fromStrings(last.Subnets, last.Domains), acceptAny)
+}
+
+// serving is Serving with the approved set compiled and the last routes
+// read.
+func serving(approved *Matcher, last registry.Routes, acceptAny bool) registry.Routes {
+	if acceptAny {
+		return last
+	}
+	accepted, _ := approved.Split(last)
+	return accepted
 }
 
 // sameAdvertised reports whether two advertisements hold the same routes,
