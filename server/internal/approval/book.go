@@ -157,6 +157,31 @@ func (b *Book) Admit(a store.Agent) {
 	b.reindexLocked(a.ID, rec)
 }
 
+// Refresh brings the Book's record of a live agent that is not connected
+// to this replica in line with what the store holds of it — its name,
+// approved set and last routes — since another replica of the cluster may
+// have changed them (cluster.Presence calls it). An agent the Book does
+// not hold yet (enrolled through another replica since Load) is added; a
+// forgotten one is ignored; one connected here is left to the local path.
+func (b *Book) Refresh(agentID, name string, approved, last store.RouteSet) {
+	if _, live := b.cfg.Live.Get(agentID); live {
+		return
+	}
+	m, routes := Compile(setFromStore(approved)), fromStrings(last.Subnets, last.Domains)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.forgotten[agentID] {
+		return
+	}
+	rec := b.agents[agentID]
+	if rec == nil {
+		rec = &record{}
+		b.agents[agentID] = rec
+	}
+	rec.name, rec.approved, rec.last = name, m, routes
+	b.reindexLocked(agentID, rec)
+}
+
 // Approve implements registry.Approver: the routes inside the agent's
 // approved set are accepted, the rest refused; an agent the Book does not
 // hold has nothing approved. With Config.AcceptAny every route is accepted.

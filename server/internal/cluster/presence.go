@@ -44,6 +44,14 @@ type RemoteSink interface {
 	RemoveRemote(agentID string)
 }
 
+// KnownRoutes keeps the enrolled agents' known routes; *approval.Book is
+// one.
+type KnownRoutes interface {
+	// Refresh records what the store holds of an agent that another
+	// replica may have changed.
+	Refresh(agentID, name string, approved, last store.RouteSet)
+}
+
 // PresenceConfig configures a Presence. Store, Listener, Sink and
 // ReplicaID are required.
 type PresenceConfig struct {
@@ -52,6 +60,10 @@ type PresenceConfig struct {
 	Sink     RemoteSink
 	// ReplicaID is this replica's id: its own connections are left out.
 	ReplicaID string
+	// Known, if set, is told what the store holds of every agent seen
+	// connected to another replica whenever it changes, so that this
+	// replica still knows the agent's routes once it goes offline.
+	Known KnownRoutes
 	// AcceptAny counts every advertised route of every agent as approved
 	// (the gateway's accept_any_routes), as the local path does.
 	AcceptAny bool
@@ -310,6 +322,9 @@ func (p *Presence) put(a store.AgentPresence) {
 	p.mu.Lock()
 	p.agents[a.AgentID] = &presentAgent{raw: a, remote: r}
 	p.mu.Unlock()
+	if p.cfg.Known != nil {
+		p.cfg.Known.Refresh(a.AgentID, a.Name, a.ApprovedRoutes, a.LastRoutes)
+	}
 	p.cfg.Sink.SetRemote(r)
 	if prev == nil {
 		p.log.Debug("agent connected to another replica", "agent_id", a.AgentID, "agent", a.Name, "replicas", len(a.Replicas))
