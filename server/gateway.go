@@ -78,6 +78,9 @@ type Gateway struct {
 	// member is this gateway's membership of the cluster of replicas on
 	// its store (a cluster of one on SQLite).
 	member *cluster.Member
+	// presence is the view of the agents connected to the other replicas
+	// (PostgreSQL only; nil on SQLite).
+	presence *cluster.Presence
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -229,6 +232,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if g.member, err = g.newMember(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if g.presence, err = g.newPresence(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.api, err = newAPIServer(g)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -368,6 +374,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// The membership outlives ctx too: it records the agent connections
 	// until the tunnel has closed them, and the draining state.
 	eg.Go(func() error { return g.member.Run(g.tunnelCtx) })
+	if g.presence != nil {
+		eg.Go(func() error { return g.presence.Run(ctx) })
+	}
 	if l, ok := g.store.(cluster.Listener); ok {
 		eg.Go(func() error {
 			return cluster.RunDeletions(ctx, cluster.DeletionsConfig{

@@ -321,6 +321,19 @@ func (r *Router) RemoveRemote(id string) {
 	}
 }
 
+// RemoteAgent returns agent id as a candidate, without a MatchedRoute, when
+// it is connected to other replicas and not to this one (whatever its
+// routes), for a session that names its agent; false otherwise.
+func (r *Router) RemoteAgent(id string) (Candidate, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a := r.remote[id]
+	if a == nil || r.local[id] != nil {
+		return Candidate{}, false
+	}
+	return Candidate{AgentID: id, Name: a.remote.name, ConnectedAt: a.remote.connectedAt, Replicas: a.remote.replicas}, true
+}
+
 // DemoteRemote records that a session through remote agent id just failed
 // (no answer): its candidates come after the others' until its presence
 // changes (SetRemote). It reports whether the agent was a remote agent not
