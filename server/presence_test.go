@@ -93,8 +93,8 @@ func resolveUntil(t *testing.T, r *running, key, target string, ok func(*outpost
 }
 
 // Two gateways on one PostgreSQL database: an agent connected only to
-// replica A is routed by replica B, which names it and replica A in its
-// decision and lists it online; once it disconnects, both say it is
+// replica A is routed by replica B, by its routes or by its id, naming it
+// and replica A in its decision, and listed online there; once it disconnects, both say it is
 // offline (replica B learned its routes from the store, not from a
 // connection of its own).
 func TestClusterRoutesToAnotherReplica(t *testing.T) {
@@ -120,6 +120,15 @@ func TestClusterRoutesToAnotherReplica(t *testing.T) {
 	}
 	if took > time.Second {
 		t.Errorf("replica B routed to the agent %v after replica A, want within a second (notified)", took)
+	}
+
+	explicit, err := outpostv1.NewRouteResolveServiceClient(b.grpcConn(t)).ResolveTarget(withKey(t.Context(), key),
+		&outpostv1.ResolveTargetRequest{Target: "10.77.1.5:22", AgentId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "agent office was requested explicitly (connected to replica gw-a)"; !toAgent(explicit) || explicit.GetReason() != want {
+		t.Errorf("replica B, the agent named: %v, want it, %q", explicit, want)
 	}
 
 	view, err := outpostv1.NewAgentAdminServiceClient(b.grpcConn(t)).GetAgent(withKey(t.Context(), key), &outpostv1.GetAgentRequest{AgentId: id})

@@ -245,31 +245,23 @@ func (p *Presence) readAll(ctx context.Context) {
 	if !ok {
 		return
 	}
-	seen := make(map[string]bool, len(list))
-	for _, a := range list {
-		seen[a.AgentID] = true
-		p.put(a)
-	}
 	p.mu.Lock()
-	var gone []string
-	for id := range p.agents {
-		if !seen[id] {
-			gone = append(gone, id)
-		}
-	}
+	held := slices.Collect(maps.Keys(p.agents))
 	p.mu.Unlock()
-	for _, id := range gone {
-		p.remove(id)
-	}
+	p.update(list, held)
 }
 
 // readSome reads the presence of agents ids and updates their part of the
 // view.
 func (p *Presence) readSome(ctx context.Context, ids []string) {
-	list, ok := p.read(ctx, ids)
-	if !ok {
-		return
+	if list, ok := p.read(ctx, ids); ok {
+		p.update(list, ids)
 	}
+}
+
+// update records the agents of list and removes those of ids (agents the
+// read covered) that list does not hold.
+func (p *Presence) update(list []store.AgentPresence, ids []string) {
 	seen := make(map[string]bool, len(list))
 	for _, a := range list {
 		seen[a.AgentID] = true

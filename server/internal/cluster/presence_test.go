@@ -167,24 +167,7 @@ func rawDB(t *testing.T, dsn string) *sql.DB {
 }
 
 // presencePIDs returns the backend pids of the presence listeners.
-func presencePIDs(t *testing.T, db *sql.DB) []int {
-	t.Helper()
-	var pids []int
-	rows, err := db.QueryContext(t.Context(), `SELECT pid FROM pg_stat_activity
-WHERE datname = current_database() AND application_name = 'outpost-presence' ORDER BY pid`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var pid int
-		if err := rows.Scan(&pid); err != nil {
-			t.Fatal(err)
-		}
-		pids = append(pids, pid)
-	}
-	return pids
-}
+func presencePIDs(t *testing.T, db *sql.DB) []int { return backendPIDs(t, db, "outpost-presence") }
 
 // A change whose notification is lost (the listener's backend terminated,
 // and no reconnect for an hour) is picked up by the periodic reconcile;

@@ -134,3 +134,21 @@ func TestAmbiguousDomainsRemote(t *testing.T) {
 		t.Errorf("AmbiguousDomains(b) = %v", got)
 	}
 }
+
+// RemoteAgent names an agent connected only to other replicas, whatever
+// its routes, for a session that names it; not one connected here.
+func TestRemoteAgent(t *testing.T) {
+	v := newEnv(t)
+	v.remote("far", time.Second, replicaB)
+	got, ok := v.r.RemoteAgent("far")
+	if want := (Candidate{AgentID: "far", Name: "name-far", ConnectedAt: base.Add(time.Second), Replicas: replicaB}); !ok || !reflect.DeepEqual(got, want) {
+		t.Errorf("RemoteAgent(far) = %+v, %v; want %+v", got, ok, want)
+	}
+	if _, ok := v.r.RemoteAgent("nobody"); ok {
+		t.Error("RemoteAgent(nobody) found one")
+	}
+	v.connect("far")
+	if _, ok := v.r.RemoteAgent("far"); ok {
+		t.Error("RemoteAgent of an agent connected here found one")
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -84,47 +83,22 @@ func testAgentPresence(t *testing.T, f *fixture) {
 	}
 }
 
-// presenceEvents is a PresenceEvents that records what it is told.
-type presenceEvents struct {
-	mu      sync.Mutex
-	resyncs int
-	changed []string
-	signal  chan struct{}
-}
-
-func (p *presenceEvents) Resync(context.Context) {
-	p.mu.Lock()
-	p.resyncs++
-	p.mu.Unlock()
-	p.signal <- struct{}{}
-}
-
-func (p *presenceEvents) PresenceChanged(id string) {
-	p.mu.Lock()
-	p.changed = append(p.changed, id)
-	p.mu.Unlock()
-	p.signal <- struct{}{}
-}
-
-// waitChanged waits until the agent ids heard since the last call are
-// want (sorted), then forgets them.
-func (p *presenceEvents) waitChanged(t *testing.T, what string, want ...string) {
+// waitPresence waits until the agent ids PresenceChanged heard since the
+// last call are want (sorted, each once), then forgets them.
+func (r *recordedEvents) waitPresence(t *testing.T, what string, want ...string) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
-		p.mu.Lock()
-		got := slices.Clone(p.changed)
-		p.mu.Unlock()
-		slices.Sort(got)
-		got = slices.Compact(got)
+		r.mu.Lock()
+		got := slices.Compact(slices.Sorted(slices.Values(r.presence)))
 		if slices.Equal(got, want) {
-			p.mu.Lock()
-			p.changed = nil
-			p.mu.Unlock()
+			r.presence = nil
+			r.mu.Unlock()
 			return
 		}
+		r.mu.Unlock()
 		select {
-		case <-p.signal:
+		case <-r.changed:
 		case <-deadline:
 			t.Fatalf("%s: heard %v, want %v", what, got, want)
 		}
@@ -144,7 +118,7 @@ func TestPostgresListenPresence(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	ev := &presenceEvents{signal: make(chan struct{}, 1000)}
+	ev := newRecordedEvents()
 	lctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
@@ -156,10 +130,7 @@ func TestPostgresListenPresence(t *testing.T) {
 			t.Errorf("ListenPresence: %v", err)
 		}
 	})
-	resyncs := func() int { ev.mu.Lock(); defer ev.mu.Unlock(); return ev.resyncs }
-	for resyncs() != 1 {
-		<-ev.signal
-	}
+	ev.waitFor(t, "the first resync", func(n int, _ []string) bool { return n == 1 })
 
 	if err := s.RegisterReplica(ctx, Replica{ID: "r-a", State: ReplicaServing}); err != nil {
 		t.Fatal(err)
@@ -172,36 +143,34 @@ func TestPostgresListenPresence(t *testing.T) {
 	if err := s.SetAgentConnections(ctx, "r-a", []AgentConnection{conn(a.ID, 1), conn(b.ID, 1)}); err != nil {
 		t.Fatal(err)
 	}
-	ev.waitChanged(t, "connections set", sortedIDs(a.ID, b.ID)...)
+	ev.waitPresence(t, "connections set", sortedIDs(a.ID, b.ID)...)
 	if err := s.UpdateAgentConnections(ctx, "r-a", []ConnectionChange{{AgentConnection: conn(a.ID, 1), Removed: true}}); err != nil {
 		t.Fatal(err)
 	}
-	ev.waitChanged(t, "a's connection removed", a.ID)
+	ev.waitPresence(t, "a's connection removed", a.ID)
 	if err := s.SetLastRoutes(ctx, b.ID, RouteSet{Subnets: []string{"10.0.0.0/24"}}); err != nil {
 		t.Fatal(err)
 	}
-	ev.waitChanged(t, "b's last routes", b.ID)
+	ev.waitPresence(t, "b's last routes", b.ID)
 	if err := s.SetApprovedRoutes(ctx, a.ID, RouteSet{Subnets: []string{"10.0.0.0/8"}}); err != nil {
 		t.Fatal(err)
 	}
-	ev.waitChanged(t, "a's approved routes", a.ID)
+	ev.waitPresence(t, "a's approved routes", a.ID)
 
 	var n int
 	if err := f.raw(t).QueryRowContext(ctx, `SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = $1`, presenceAppName).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("terminating the listener's backend: %d, %v", n, err)
 	}
-	for resyncs() != 2 {
-		<-ev.signal
-	}
+	ev.waitFor(t, "a resync after the reconnect", func(n int, _ []string) bool { return n == 2 })
 	if swept, err := s.SweepReplicas(ctx, f.clk.Now().Add(time.Hour), ""); err != nil || !slices.Equal(swept, []string{"r-a"}) {
 		t.Fatalf("SweepReplicas = %v, %v", swept, err)
 	}
-	ev.waitChanged(t, "r-a swept", b.ID)
+	ev.waitPresence(t, "r-a swept", b.ID)
 	if err := s.DeleteAgent(ctx, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	ev.waitChanged(t, "a deleted", a.ID)
+	ev.waitPresence(t, "a deleted", a.ID)
 }
 
 func sortedIDs(ids ...string) []string {
