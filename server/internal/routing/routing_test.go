@@ -665,6 +665,15 @@ func TestConcurrentLookupDuringUpdates(t *testing.T) {
 		if n%5 == 0 {
 			reg.Unregister(e)
 		}
+		// Remote records come and go for the same and other agents.
+		remote := fmt.Sprintf("agent-%d", (n+n/agents)%(2*agents))
+		switch n % 3 {
+		case 0:
+			r.SetRemote(Remote{AgentID: remote, ConnectedAt: clk.Now(), Replicas: []Replica{{ID: "r"}},
+				Routes: registry.Routes{Subnets: subnets[n%2:], Domains: domains}})
+		case 1:
+			r.RemoveRemote(remote)
+		}
 	}
 	close(stop)
 	wg.Wait()
