@@ -4,7 +4,8 @@
 // sealed secrets that gateway replicas share, and the replicas themselves
 // with the agent connections each one holds. The connections themselves
 // stay in memory elsewhere. On PostgreSQL, agent deletions are announced
-// to every replica (ListenAgents).
+// to every replica (ListenAgents), and so is every change of where agents
+// are connected and of their routes (ListenPresence, ListAgentPresence).
 //
 // Store is the interface, with two implementations sharing one body of SQL
 // over database/sql: SQLite, opened with OpenSQLite, the default (one file
