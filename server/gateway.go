@@ -80,6 +80,9 @@ type Gateway struct {
 	// carried by the server certificate of a PostgreSQL-backed gateway.
 	member    *cluster.Member
 	replicaID string
+	// presence is the view of the agents connected to the other replicas
+	// (PostgreSQL only; nil on SQLite).
+	presence *cluster.Presence
 
 	api        *apiServer
 	httpSrv    *http.Server
@@ -240,6 +243,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if g.member, err = g.newMember(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if g.presence, err = g.newPresence(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.api, err = newAPIServer(g)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -379,6 +385,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// The membership outlives ctx too: it records the agent connections
 	// until the tunnel has closed them, and the draining state.
 	eg.Go(func() error { return g.member.Run(g.tunnelCtx) })
+	if g.presence != nil {
+		eg.Go(func() error { return g.presence.Run(ctx) })
+	}
 	if l, ok := g.store.(cluster.Listener); ok {
 		eg.Go(func() error {
 			return cluster.RunDeletions(ctx, cluster.DeletionsConfig{

@@ -8,6 +8,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -203,7 +204,12 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		}
 		snap, ok := b.cfg.Registry.Get(id.String())
 		e, _ := b.cfg.Registry.Lookup(id.String())
+		remote, isRemote := b.cfg.Router.RemoteAgent(id.String())
 		switch {
+		case !ok && isRemote:
+			d.Kind = outpostv1.Decision_DECISION_AGENT
+			d.Candidates = []routing.Candidate{remote}
+			d.Reason = fmt.Sprintf("agent %s was requested explicitly%s", remote.Name, onReplicas(remote))
 		case !ok:
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
 		case snap.Status != registry.Online:
@@ -223,7 +229,7 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 	if len(d.Candidates) > 0 {
 		c := d.Candidates[0]
 		d.Kind = outpostv1.Decision_DECISION_AGENT
-		d.Reason = fmt.Sprintf("%s matches %s advertised by agent %s", host, c.MatchedRoute, c.Name)
+		d.Reason = fmt.Sprintf("%s matches %s advertised by agent %s%s", host, c.MatchedRoute, c.Name, onReplicas(c))
 		if n := len(d.Candidates) - 1; n > 0 {
 			d.Reason += fmt.Sprintf(" (%d more agent(s) as fallback)", n)
 		}
@@ -248,6 +254,22 @@ func (b *Broker) Decide(target, agentID string) (Decision, error) {
 		d.Reason = fmt.Sprintf("no online agent advertises a route to %s; the direct allow-list admits it, the gateway connects directly", host)
 	}
 	return d, nil
+}
+
+// onReplicas returns, for a candidate connected only to other replicas,
+// " (connected to replica R)" naming them, and "" for a local one.
+func onReplicas(c routing.Candidate) string {
+	if len(c.Replicas) == 0 {
+		return ""
+	}
+	names := make([]string, len(c.Replicas))
+	for i, r := range c.Replicas {
+		names[i] = cmp.Or(r.Name, r.ID)
+	}
+	if len(names) == 1 {
+		return " (connected to replica " + names[0] + ")"
+	}
+	return " (connected to replicas " + strings.Join(names, ", ") + ")"
 }
 
 // ambiguous returns why the candidates for host cannot be chosen from, or
