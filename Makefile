@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 PKGS := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-FUZZTIME ?= 3s
+FUZZTIME ?= 20000x
 FUZZTIME_LONG ?= 2m
 
 .PHONY: all build build-static install demo test vet staticcheck unit unit-postgres fuzz-smoke fuzz bench
@@ -58,7 +58,8 @@ unit:
 	OUTPOST_SKIP_REPORT=$(SKIP_REPORT) $(GO) test -race -shuffle=on -timeout 15m $(PKGS); \
 	rc=$$?; if [ -s $(SKIP_REPORT) ]; then cat $(SKIP_REPORT) >&2; fi; exit $$rc
 
-# Runs every Fuzz target in the module for FUZZTIME each.
+# Runs every Fuzz target in the module for FUZZTIME each (a count of
+# executions: see scripts/fuzz-all.sh).
 fuzz-smoke:
 	@./scripts/fuzz-all.sh $(FUZZTIME)
 
@@ -184,7 +185,7 @@ generate: tools protodeps
 check-generated:
 	@snap=$$(mktemp -d) && trap 'rm -rf "$$snap"' EXIT && \
 	cp -a api gen "$$snap"/ && \
-	$(MAKE) --no-print-directory generate && \
+	$(MAKE) --no-print-directory generate || exit 1; \
 	if ! { diff -ru "$$snap/api" api && diff -ru "$$snap/gen" gen; } > "$$snap/diff"; then \
 		echo "check-generated: api/ or gen/ changed when regenerated;" \
 			"run 'make generate' and commit the result:" >&2; \

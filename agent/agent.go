@@ -80,6 +80,11 @@ const (
 	// DefaultRenewFraction is the part of the certificate's lifetime left
 	// when the agent renews it (RunnerConfig.RenewFraction).
 	DefaultRenewFraction = tunnel.DefaultRenewFraction
+	// DefaultHAConnections is how many distinct gateway replicas the agent
+	// keeps a connection to (RunnerConfig.HAConnections).
+	DefaultHAConnections = tunnel.DefaultHAConnections
+	// MaxHAConnections bounds RunnerConfig.HAConnections.
+	MaxHAConnections = tunnel.MaxHAConnections
 	// DefaultMaxSessions is the number of concurrent sessions the gateway may
 	// open through the agent (RunnerConfig.QUIC.MaxIncomingStreams).
 	DefaultMaxSessions = transport.DefaultMaxIncomingStreams
@@ -91,7 +96,9 @@ type RunnerConfig = tunnel.Config
 
 // Runner keeps the tunnel up: Run until its context ends (then it drains),
 // Reload to re-read the config (SIGHUP; Run also notices a change of
-// agent.json on disk by itself). It renews the agent certificate before it
+// agent.json on disk by itself). Against a cluster of gateway replicas it
+// keeps RunnerConfig.HAConnections connections, each to a distinct replica
+// (Connections counts them). It renews the agent certificate before it
 // expires; RenewalFailures counts the failed attempts. Run returns before
 // its context ends only with a PermanentError (ErrPermanent): what retrying
 // cannot fix.

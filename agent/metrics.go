@@ -12,7 +12,8 @@ import (
 
 // MetricsHandler serves the agent's Prometheus metrics, read from r and
 // counters (the relay.Counters given to r in RunnerConfig.Counters), on a
-// registry of its own: whether the tunnel is up, the live sessions, the
+// registry of its own: whether the tunnel is up and how many connections
+// (to distinct gateway replicas) it has, the live sessions, the
 // bytes relayed each way, the failed certificate renewals, and the Go and
 // process collectors.
 func MetricsHandler(r *Runner, counters *relay.Counters) http.Handler {
@@ -29,6 +30,10 @@ func MetricsHandler(r *Runner, counters *relay.Counters) http.Handler {
 			}
 			return 0
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "outpost", Subsystem: "agent", Name: "connections",
+			Help: "Tunnel connections up now, each to a distinct gateway replica (at most --ha-connections).",
+		}, func() float64 { return float64(r.Connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "outpost", Subsystem: "agent", Name: "sessions_active",
 			Help: "Sessions being served now.",

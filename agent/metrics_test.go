@@ -20,6 +20,7 @@ func TestMetricsHandler(t *testing.T) {
 	body, _ := io.ReadAll(rec.Body)
 	for _, want := range []string{
 		"outpost_agent_connected 0\n",
+		"outpost_agent_connections 0\n",
 		"outpost_agent_sessions_active 0\n",
 		"outpost_agent_cert_renewal_failures_total 0\n",
 		"outpost_agent_bytes_to_target_total 0\n",

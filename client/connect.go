@@ -228,6 +228,10 @@ func (c *Client) Bridge(ctx context.Context, local relay.Endpoint) error {
 		return err
 	}
 	remote := relay.Endpoint(s)
+	if _, mux := s.(*muxSession); mux && !c.single {
+		// A single-use token was spent by the first attempt: no second.
+		remote = newRetrying(c, s)
+	}
 	if c.onFail != nil {
 		remote = &failureNotice{Endpoint: s, fn: c.onFail}
 	}

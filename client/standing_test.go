@@ -22,6 +22,7 @@ import (
 
 	"github.com/outposthq/outpost/client/muxstream"
 	"github.com/outposthq/outpost/client/wsstream"
+	"github.com/outposthq/outpost/dataplane/relay"
 	"github.com/outposthq/outpost/internal/testlog"
 	"github.com/outposthq/outpost/internal/testtls"
 )
@@ -44,6 +45,12 @@ type fakeGateway struct {
 	// ended those that finished.
 	endDelay         time.Duration
 	lostFirst, ended atomic.Int32
+	// cutAfter, while positive, is how many of the next sessions cut their
+	// whole connection after reading the session's first bytes, answering
+	// nothing (a replica killed during the session's setup); greet makes
+	// each session send "hi" before it echoes.
+	cutAfter atomic.Int32
+	greet    bool
 
 	mu    sync.Mutex
 	srv   *http.Server
@@ -155,6 +162,17 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			g.wg.Go(func() {
 				defer g.ended.Add(1)
 				s := muxstream.New(st)
+				if g.greet {
+					if _, err := s.Write([]byte("hi")); err != nil {
+						s.Abort(1)
+						return
+					}
+				}
+				if g.cutAfter.Add(-1) >= 0 {
+					s.Read(make([]byte, 64))
+					c.Close()
+					return
+				}
 				_, err := io.Copy(s, s)
 				if g.endDelay > 0 {
 					time.Sleep(g.endDelay)
@@ -505,5 +523,69 @@ func TestStandingCloseLetsTheGatewayFinish(t *testing.T) {
 	}
 	if closed > 1500*time.Millisecond {
 		t.Errorf("Close took %v", closed)
+	}
+}
+
+// bridgeEcho bridges a local TCP connection through c, sends msg and
+// half-closes, and returns what came back and Bridge's result.
+func bridgeEcho(t *testing.T, c *Client, msg string) (string, error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	bridged := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			bridged <- err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		bridged <- c.Bridge(ctx, relay.TCPConn(conn.(*net.TCPConn)))
+	}()
+	local, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	local.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := local.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	local.(*net.TCPConn).CloseWrite()
+	got, _ := io.ReadAll(local)
+	return string(got), <-bridged
+}
+
+// A standing connection lost while a session opens (the replica that held
+// it died before answering) costs the local program nothing: the session
+// is opened again on the next connection with the bytes already sent. Once
+// the gateway has answered, a loss fails the session as before; so it does
+// for a single-use token, which the first attempt spent.
+func TestBridgeSurvivesALossDuringSetup(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, g, nil)
+	g.cutAfter.Store(1)
+	if got, err := bridgeEcho(t, c, "hello"); err != nil || got != "hello" {
+		t.Fatalf("session through a lost connection: %q, %v", got, err)
+	}
+	if n := g.upgrades.Load(); n != 2 {
+		t.Errorf("%d standing connections, want 2", n)
+	}
+
+	g.greet = true
+	g.cutAfter.Store(1)
+	if got, err := bridgeEcho(t, c, "hello"); !errors.Is(err, muxstream.ErrConnectionLost) || got != "hi" {
+		t.Errorf("a loss after the gateway answered: %q, %v; want hi and the loss", got, err)
+	}
+
+	single := newTestClient(t, g, func(c *Config) { c.Token = "a.eyJyZXVzYWJsZSI6ZmFsc2V9.c" })
+	g.greet = false
+	g.cutAfter.Store(1)
+	if _, err := bridgeEcho(t, single, "hello"); !errors.Is(err, muxstream.ErrConnectionLost) {
+		t.Errorf("single-use token: %v; want the loss", err)
 	}
 }

@@ -85,6 +85,15 @@ func requireNetns(t *testing.T) {
 	exec.Command("ip", "netns", "del", probe).Run()
 }
 
+// mustStep runs step name of a suite whose later steps depend on it, and
+// ends the suite when it fails.
+func mustStep(t *testing.T, name string, step func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, step) {
+		t.Fatalf("step %q failed; the later steps depend on it", name)
+	}
+}
+
 // netLab owns the namespaces and processes of one test. Its cleanup kills
 // every process group, dumps the logs when the test failed, and deletes
 // every namespace (which destroys the veths in them).

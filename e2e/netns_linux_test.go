@@ -77,11 +77,7 @@ func TestNetns(t *testing.T) {
 	requireNetns(t)
 	s := &netnsSuite{netLab: newLab(t), bin: outpostBinary(t), agents: map[string]*netnsAgent{}}
 
-	must := func(name string, f func(t *testing.T)) {
-		if !t.Run(name, f) {
-			t.Fatalf("step %q failed; the later steps depend on it", name)
-		}
-	}
+	must := func(name string, f func(t *testing.T)) { t.Helper(); mustStep(t, name, f) }
 	must("topology", s.topology)
 	must("real servers on the private network", s.servers)
 	must("gateway cannot reach the private network", s.isolation)

@@ -80,7 +80,7 @@ func TestPeerForwardedSession(t *testing.T) {
 	s.Close()
 
 	d := gwB.resolve(up, id)
-	if d.GetDecision() != outpostv1.Decision_DECISION_AGENT || !strings.Contains(d.GetReason(), "connected to another replica") {
+	if d.GetDecision() != outpostv1.Decision_DECISION_AGENT || !strings.Contains(d.GetReason(), "connected to replica") {
 		t.Errorf("replica B's decision for the agent: %v %q", d.GetDecision(), d.GetReason())
 	}
 	if d := gwB.resolve(up, uuid.NewString()); d.GetDecision() != outpostv1.Decision_DECISION_REJECTED || !strings.Contains(d.GetReason(), "not connected") {

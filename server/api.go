@@ -114,6 +114,7 @@ func newAPIServer(g *Gateway) (*apiServer, error) {
 		Approvals:  g.book,
 		Ambiguity:  g.router,
 		Cluster:    g.member,
+		Remote:     g.remote(),
 		Logger:     g.log.Named("agentadmin"),
 	})
 	if err != nil {

@@ -77,8 +77,13 @@ type Gateway struct {
 	tunnel     *tunnel.Server
 
 	// member is this gateway's membership of the cluster of replicas on
-	// its store (a cluster of one on SQLite).
-	member *cluster.Member
+	// its store (a cluster of one on SQLite); replicaID is its id, also
+	// carried by the server certificate of a PostgreSQL-backed gateway.
+	member    *cluster.Member
+	replicaID string
+	// presence is the view of the agents connected to the other replicas
+	// (PostgreSQL only; nil on SQLite).
+	presence *cluster.Presence
 	// peers forwards sessions to the replicas holding their agents; nil
 	// on SQLite.
 	peers *peer.Client
@@ -125,12 +130,21 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.pki, err = loadAuthority(openCtx, cfg, g.store, pki.Config{
+	if g.replicaID, err = cluster.LoadOrCreateID(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	pc := pki.Config{
 		Hostnames:     cfg.Hostnames,
 		AgentValidity: time.Duration(cfg.AgentCertValidity),
 		Logger:        logger.Named("pki"),
 		Now:           cfg.Now,
-	}, logger)
+	}
+	if isPostgresDSN(cfg.Store) {
+		// A cluster member names its replica in its server certificate, so
+		// that agents hold connections to distinct replicas.
+		pc.ReplicaID = g.replicaID
+	}
+	g.pki, err = loadAuthority(openCtx, cfg, g.store, pc, logger)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -178,10 +192,6 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	var elsewhere broker.Elsewhere // nil unless clustered: a nil *peer.Client is not a nil interface
-	if g.peers != nil {
-		elsewhere = g.peers
-	}
 	g.tunnel, err = tunnel.New(tunnel.Config{
 		Authority:           g.pki,
 		Store:               g.store,
@@ -225,7 +235,6 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxDirectSessions: cfg.MaxDirectSessions,
 		HedgeDelay:        time.Duration(cfg.HedgeDelay),
 		Known:             knownRoutes{g.book},
-		Elsewhere:         elsewhere,
 		Now:               cfg.Now,
 		Logger:            logger.Named("session"),
 	})
@@ -243,6 +252,9 @@ func New(cfg Config, logger hclog.Logger) (_ *Gateway, err error) {
 		MaxStreamsPerConnection: cfg.MaxStreamsPerConnection,
 		Now:                     cfg.Now})
 	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if g.presence, err = g.newPresence(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g.api, err = newAPIServer(g)
@@ -384,6 +396,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// The membership outlives ctx too: it records the agent connections
 	// until the tunnel has closed them, and the draining state.
 	eg.Go(func() error { return g.member.Run(g.tunnelCtx) })
+	if g.presence != nil {
+		eg.Go(func() error { return g.presence.Run(ctx) })
+	}
 	if l, ok := g.store.(cluster.Listener); ok {
 		eg.Go(func() error {
 			return cluster.RunDeletions(ctx, cluster.DeletionsConfig{
@@ -414,10 +429,6 @@ const drainRecordTimeout = 2 * time.Second
 // the data directory and its endpoints from the config or the bound
 // listeners.
 func (g *Gateway) newMember() (*cluster.Member, error) {
-	id, err := cluster.LoadOrCreateID(g.cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "localhost"
@@ -431,7 +442,7 @@ func (g *Gateway) newMember() (*cluster.Member, error) {
 		Store:    g.store,
 		Registry: g.agents,
 		Replica: store.Replica{
-			ID:           id,
+			ID:           g.replicaID,
 			Name:         cmp.Or(g.cfg.ReplicaName, host),
 			QUICEndpoint: quicEndpoint,
 			PeerEndpoint: peerEndpoint,

@@ -237,8 +237,24 @@ func (s *Stream) writeErr(err error) error {
 		return ErrConnectionLost
 	case errors.Is(err, yamux.ErrConnectionReset):
 		return &ResetError{Kind: ResetAborted}
+	case connError(err):
+		// The connection's own write failed; yamux ends the session
+		// right after it hands the writer this error.
+		return ErrConnectionLost
 	}
 	return err
+}
+
+// connError reports whether err, from a yamux write, is the underlying
+// connection's error rather than one of yamux's own.
+func connError(err error) bool {
+	for _, y := range []error{yamux.ErrStreamClosed, yamux.ErrTimeout, yamux.ErrConnectionWriteTimeout,
+		yamux.ErrRecvWindowExceeded, yamux.ErrUnexpectedFlag, yamux.ErrRemoteGoAway, yamux.ErrStreamsExhausted} {
+		if errors.Is(err, y) {
+			return false
+		}
+	}
+	return !isTimeout(err)
 }
 
 // CloseWrite sends END: the peer reads io.EOF, and this side keeps

@@ -142,6 +142,7 @@ type runFlags struct {
 	renewFraction fractionFlag
 	metricsListen string
 	maxSessions   int64
+	haConnections int
 	pprof         pprofFlag
 }
 
@@ -152,6 +153,7 @@ func (r *runFlags) register(fs *flag.FlagSet, withConfigDir bool) {
 	fs.DurationVar(&r.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "on SIGTERM, how long live sessions may take to finish")
 	fs.DurationVar(&r.idleHeartbeat, "idle-heartbeat", agent.DefaultIdleHeartbeat, "send a heartbeat after hearing nothing from the gateway this long (keep it above the gateway's keep-alive; how soon an idle agent notices a restarted gateway)")
 	fs.Int64Var(&r.maxSessions, "max-sessions", agent.DefaultMaxSessions, "concurrent sessions the gateway may open (QUIC streams); raise the gateway's --max-sessions-per-agent with it")
+	fs.IntVar(&r.haConnections, "ha-connections", agent.DefaultHAConnections, "keep this many connections, each to a distinct gateway replica behind the gateway endpoint (a gateway that is not a cluster gets one; 1 = always one)")
 	fs.StringVar(&r.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address at /metrics (e.g. 127.0.0.1:9101; default off)")
 	r.renewFraction = agent.DefaultRenewFraction
 	fs.Var(&r.renewFraction, "renew-fraction", "renew the agent certificate when this `fraction` of its lifetime is left: 0 < f < 1, as a decimal or a ratio (1/3)")
@@ -169,6 +171,9 @@ func (r *runFlags) check() error {
 	}
 	if r.maxSessions < 1 || r.maxSessions > maxSessionsLimit {
 		return fmt.Errorf("%w: --max-sessions %d: want 1 to %d", errUsage, r.maxSessions, maxSessionsLimit)
+	}
+	if r.haConnections < 1 || r.haConnections > agent.MaxHAConnections {
+		return fmt.Errorf("%w: --ha-connections %d: want 1 to %d", errUsage, r.haConnections, agent.MaxHAConnections)
 	}
 	if r.idleHeartbeat <= 0 {
 		return fmt.Errorf("%w: --idle-heartbeat %v must be positive", errUsage, r.idleHeartbeat)
@@ -241,7 +246,8 @@ func runAgentUp(ctx context.Context, args []string, stdin io.Reader, stdout, std
 func runTunnel(ctx context.Context, dir string, rf runFlags, log hclog.Logger) error {
 	var counters relay.Counters
 	r, err := agent.NewRunner(agent.RunnerConfig{ConfigDir: dir, DrainTimeout: rf.drainTimeout, IdleHeartbeat: rf.idleHeartbeat, RenewFraction: float64(rf.renewFraction), Counters: &counters,
-		QUIC: transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
+		HAConnections: rf.haConnections,
+		QUIC:          transport.Config{MaxIncomingStreams: rf.maxSessions}}, log)
 	if err != nil {
 		return err
 	}

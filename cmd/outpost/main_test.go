@@ -23,6 +23,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config-dir", dir, "--renew-fraction", "1"}, "--renew-fraction 1"},
 		{[]string{"agent", "run", "--config-dir", dir, "--drain-timeout", "-1s"}, "--drain-timeout -1s"},
 		{[]string{"agent", "run", "--config-dir", dir, "--max-sessions", "0"}, "--max-sessions 0"},
+		{[]string{"agent", "run", "--config-dir", dir, "--ha-connections", "0"}, "--ha-connections 0"},
+		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--ha-connections", "17"}, "--ha-connections 17"},
 		{[]string{"agent", "up", "--token", "x", "--config-dir", dir, "--renew-fraction", "2"}, "--renew-fraction 2"},
 		{[]string{"agent", "enroll", "--config-dir", dir}, "--token (or --secret-file) is required"},
 		{[]string{"agent", "enroll", "--token", "x", "--secret-file", "f", "--config-dir", dir}, "give --token or --secret-file, not both"},

@@ -17,6 +17,10 @@
 // A test that needs to stop the database under the code it tests (and
 // start it again) takes a server of its own with NewServer.
 //
+// A test whose code runs in other network namespaces (a cluster of
+// gateway processes) takes a server with NewServerWith: it also listens on
+// a TCP address, and may be started inside a namespace of the test's own.
+//
 // A package whose tests call DSN stops the server at the end: its TestMain
 // calls Main, or wraps testing.M with StopAfter when something else (such
 // as goleak) runs the tests.
@@ -28,6 +32,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -71,6 +76,7 @@ type server struct {
 	dir  string              // the temporary directory: data/, the socket, postgres.log
 	bin  string              // the directory of the server binaries
 	cred *syscall.Credential // whom the server runs as; nil for this process's user
+	opts Options             // the TCP listener and how the process starts
 
 	// cmd and exited are the running server process, replaced by each
 	// launch; not safe for concurrent use (Server documents it).
@@ -202,7 +208,7 @@ func get() (*server, error) {
 	defer mu.Unlock()
 	if !started {
 		started = true
-		shared, startErr = start()
+		shared, startErr = start(Options{})
 	}
 	return shared, startErr
 }
@@ -242,8 +248,9 @@ func isExecutable(path string) bool {
 }
 
 // start initializes a cluster in a new temporary directory and runs the
-// server on a Unix socket there.
-func start() (_ *server, err error) {
+// server on a Unix socket there, and on the TCP address of o if it names
+// one.
+func start(o Options) (_ *server, err error) {
 	bin, err := binDir(debianBins)
 	if err != nil {
 		return nil, err
@@ -275,8 +282,22 @@ func start() (_ *server, err error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("testpg: initdb: %w\n%s", err, out)
 	}
+	if o.ListenAddr != "" {
+		// initdb trusts the loopback addresses only.
+		hba, err := os.OpenFile(filepath.Join(data, "pg_hba.conf"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return nil, fmt.Errorf("testpg: %w", err)
+		}
+		_, err = fmt.Fprintf(hba, "host all all %s trust\n", o.TrustNet)
+		if cerr := hba.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("testpg: pg_hba.conf: %w", err)
+		}
+	}
 
-	s := &server{dir: dir, bin: bin, cred: cred}
+	s := &server{dir: dir, bin: bin, cred: cred, opts: o}
 	if err := s.launch(ctx); err != nil {
 		return nil, err
 	}
@@ -297,7 +318,8 @@ func (s *server) launch(ctx context.Context) error {
 	cmd := command(context.Background(), s.cred, s.dir, filepath.Join(s.bin, "postgres"),
 		"-D", filepath.Join(s.dir, "data"),
 		"-k", s.dir, // the socket directory
-		"-c", "listen_addresses=",
+		"-c", "listen_addresses="+s.opts.ListenAddr,
+		"-c", "port="+strconv.Itoa(s.opts.port()),
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
@@ -308,7 +330,11 @@ func (s *server) launch(ctx context.Context) error {
 	// If the test binary dies without Stop (a timeout panic, a kill), the
 	// kernel tells the server to shut down at once.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
-	if err := cmd.Start(); err != nil {
+	spawn := s.opts.Spawn
+	if spawn == nil {
+		spawn = (*exec.Cmd).Start
+	}
+	if err := spawn(cmd); err != nil {
 		return fmt.Errorf("testpg: start postgres: %w", err)
 	}
 	exited := make(chan struct{})
@@ -375,10 +401,17 @@ func (s *server) waitReady(ctx context.Context) error {
 	}
 }
 
-// dsn is the DSN of database name, over the socket in s.dir.
+// dsn is the DSN of database name, over the socket in s.dir (which
+// carries the port in its name).
 func (s *server) dsn(name string) string {
-	q := url.Values{"host": {s.dir}, "sslmode": {"disable"}}
+	q := url.Values{"host": {s.dir}, "port": {strconv.Itoa(s.opts.port())}, "sslmode": {"disable"}}
 	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/" + name, RawQuery: q.Encode()}).String()
+}
+
+// tcpDSN is the DSN of database name over the TCP listener of s.opts.
+func (s *server) tcpDSN(name string) string {
+	host := net.JoinHostPort(s.opts.ListenAddr, strconv.Itoa(s.opts.port()))
+	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Host: host, Path: "/" + name, RawQuery: "sslmode=disable"}).String()
 }
 
 // admin runs one statement on the maintenance database.
@@ -437,13 +470,56 @@ type Server struct {
 	s *server
 }
 
+// Options adjust a server of NewServerWith. The zero value is NewServer's
+// server: a Unix socket only, started as a child of this process.
+type Options struct {
+	// ListenAddr, if set, is an IP address the server also listens on over
+	// TCP, at Port; Server.DSN then answers DSNs over it. Clients from
+	// TrustNet connect without a password, as on the Unix socket.
+	ListenAddr string
+	// Port is the TCP port (and the number in the Unix socket's name). If
+	// zero, 5432.
+	Port int
+	// TrustNet is the CIDR of the TCP clients to trust ("10.1.0.0/16").
+	// Required with ListenAddr.
+	TrustNet string
+	// Spawn starts the server process the package prepared (its start, and
+	// again on Server.Start); its error fails the start. A test that runs
+	// the server in a network namespace of its own starts it from a thread
+	// switched into the namespace (the child inherits the thread's). If
+	// nil, cmd.Start.
+	Spawn func(cmd *exec.Cmd) error
+}
+
+func (o Options) port() int {
+	if o.Port == 0 {
+		return 5432
+	}
+	return o.Port
+}
+
 // NewServer starts a server for tb alone (initdb and a start take a second
 // or two), stopped and removed when the test ends. When no server can run
 // it skips tb, or fails it with the CI environment variable set, as DSN
 // does.
 func NewServer(tb testing.TB) *Server {
 	tb.Helper()
-	s, err := start()
+	return NewServerWith(tb, Options{})
+}
+
+// NewServerWith is NewServer with options: a TCP listener, and how the
+// process starts. Invalid options fail tb.
+func NewServerWith(tb testing.TB, o Options) *Server {
+	tb.Helper()
+	if o.ListenAddr != "" {
+		if net.ParseIP(o.ListenAddr) == nil {
+			tb.Fatalf("testpg: ListenAddr %q is not an IP address", o.ListenAddr)
+		}
+		if _, _, err := net.ParseCIDR(o.TrustNet); err != nil {
+			tb.Fatalf("testpg: TrustNet: %v", err)
+		}
+	}
+	s, err := start(o)
 	if err != nil {
 		cannotRun(tb, err)
 	}
@@ -456,7 +532,9 @@ func NewServer(tb testing.TB) *Server {
 }
 
 // DSN creates a fresh database on the server, owned by the DSN's user, and
-// returns a postgres:// DSN for it. It stays until the server is removed.
+// returns a postgres:// DSN for it: over the TCP listener if the server has
+// one (Options.ListenAddr), else over the Unix socket. It stays until the
+// server is removed.
 func (srv *Server) DSN(tb testing.TB) string {
 	tb.Helper()
 	name := "t_" + randomHex(8)
@@ -464,6 +542,9 @@ func (srv *Server) DSN(tb testing.TB) string {
 	defer cancel()
 	if err := srv.s.admin(ctx, "CREATE DATABASE "+name); err != nil {
 		tb.Fatalf("testpg: %v", err)
+	}
+	if srv.s.opts.ListenAddr != "" {
+		return srv.s.tcpDSN(name)
 	}
 	return srv.s.dsn(name)
 }

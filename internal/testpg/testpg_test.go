@@ -2,7 +2,10 @@ package testpg
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,5 +116,43 @@ func TestServerStopStart(t *testing.T) {
 	srv.Start(t)
 	if err := exec(); err != nil {
 		t.Fatalf("after Start: %v", err)
+	}
+}
+
+// A server with a TCP listener answers DSNs over it, and is started
+// through Spawn, again on Start.
+func TestServerWithTCP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	spawned := 0
+	srv := NewServerWith(t, Options{ListenAddr: "127.0.0.1", Port: port, TrustNet: "127.0.0.1/32",
+		Spawn: func(cmd *osexec.Cmd) error { spawned++; return cmd.Start() }})
+	dsn := srv.DSN(t)
+	if want := fmt.Sprintf("@127.0.0.1:%d/", port); !strings.Contains(dsn, want) {
+		t.Fatalf("DSN %q is not over TCP (%s)", dsn, want)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ping := func() error {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	}
+	if err := ping(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop(t)
+	srv.Start(t)
+	if err := ping(); err != nil {
+		t.Fatalf("after Start: %v", err)
+	}
+	if spawned != 2 {
+		t.Errorf("Spawn called %d times, want 2 (the start and Start)", spawned)
 	}
 }

@@ -27,7 +27,15 @@ const (
 	DefaultRenewBackoffMax    = 1 * time.Hour
 	DefaultRenewCheckInterval = 1 * time.Minute
 	DefaultWatchInterval      = 2 * time.Second
+	// DefaultHAConnections is how many distinct gateway replicas the agent
+	// keeps a connection to.
+	DefaultHAConnections = 2
+	DefaultHARetryMin    = 100 * time.Millisecond
+	DefaultHAWarnAfter   = 2 * time.Minute
 )
+
+// MaxHAConnections bounds Config.HAConnections.
+const MaxHAConnections = 16
 
 // Config configures an Agent. The zero value of every field but ConfigDir
 // means the default given in its comment.
@@ -57,6 +65,23 @@ type Config struct {
 	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s
 	// and 30 s. A reconnect after a certificate renewal has no delay.
 	BackoffMin, BackoffMax, HealthyAfter time.Duration
+	// HAConnections is how many connections the agent keeps, each to a
+	// distinct gateway replica, all through GatewayEndpoint (an L4 load
+	// balancer or a name with several addresses in front of the replicas).
+	// Against a gateway whose certificate names no replica (a cluster of
+	// one) it keeps one. 1 keeps one connection whatever the gateway. It
+	// must be at most MaxHAConnections; if zero, 2.
+	HAConnections int
+	// HARetryMin is the first delay before dialing again after reaching a
+	// replica another connection holds (the handshake is aborted before
+	// the gateway registers it): it doubles with each such attempt in a
+	// row up to BackoffMax, with full jitter. It is also the most the agent
+	// waits before replacing a connection that a replica closed with
+	// "shutdown". If zero, 100 ms.
+	HARetryMin time.Duration
+	// HAWarnAfter is how long the agent may hold fewer than HAConnections
+	// connections to a cluster before it logs a warning. If zero, 2 min.
+	HAWarnAfter time.Duration
 	// DialTimeout bounds resolving and dialing a session's target. If zero,
 	// 20 s.
 	DialTimeout time.Duration
@@ -119,6 +144,11 @@ func (c Config) withDefaults() Config {
 	def(&c.RenewBackoffMin, DefaultRenewBackoffMin)
 	def(&c.RenewBackoffMax, DefaultRenewBackoffMax)
 	def(&c.RenewCheckInterval, DefaultRenewCheckInterval)
+	def(&c.HARetryMin, DefaultHARetryMin)
+	def(&c.HAWarnAfter, DefaultHAWarnAfter)
+	if c.HAConnections == 0 {
+		c.HAConnections = DefaultHAConnections
+	}
 	if c.WatchInterval == 0 {
 		c.WatchInterval = DefaultWatchInterval
 	}
@@ -141,6 +171,9 @@ func (c Config) withDefaults() Config {
 func (c Config) validate() error {
 	if !(c.RenewFraction > 0 && c.RenewFraction < 1) { // also rejects NaN
 		return fmt.Errorf("tunnel: RenewFraction %v is not in [0, 1)", c.RenewFraction)
+	}
+	if c.HAConnections < 1 || c.HAConnections > MaxHAConnections {
+		return fmt.Errorf("tunnel: HAConnections %d is not in [1, %d]", c.HAConnections, MaxHAConnections)
 	}
 	if c.RenewBackoffMax < c.RenewBackoffMin {
 		return fmt.Errorf("tunnel: RenewBackoffMax %v is shorter than RenewBackoffMin %v", c.RenewBackoffMax, c.RenewBackoffMin)

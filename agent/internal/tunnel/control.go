@@ -36,8 +36,10 @@ import (
 // and IdleHeartbeat × (1 + 1/quietChecks) after the last packet received.
 const quietChecks = 4
 
-// pace sends the periodic RouteAdvertise and Heartbeat, and applies Reload.
-func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
+// pace sends the periodic RouteAdvertise and Heartbeat, and the routes of
+// every new epoch (after a Reload) once the connection has advertised
+// epoch sent.
+func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, sent uint64, log hclog.Logger) {
 	adv := time.NewTicker(a.cfg.AdvertiseInterval)
 	defer adv.Stop()
 	hb := time.NewTicker(a.cfg.HeartbeatInterval)
@@ -45,6 +47,9 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 	quiet := newQuietWatch(conn, a.cfg.IdleHeartbeat, time.Now())
 	idle := time.NewTicker(quiet.step)
 	defer idle.Stop()
+	a.mu.Lock()
+	changed := a.routesChanged
+	a.mu.Unlock()
 	for {
 		var msg dataplane.ControlMessage
 		select {
@@ -54,6 +59,16 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 			a.mu.Lock()
 			msg = advertise(a.current, a.epoch)
 			a.mu.Unlock()
+		case <-changed:
+			a.mu.Lock()
+			changed = a.routesChanged
+			epoch, current := a.epoch, a.current
+			a.mu.Unlock()
+			if epoch == sent || current == nil {
+				continue // sent already, or the drain withdraws the routes itself
+			}
+			sent = epoch
+			msg = advertise(current, epoch)
 		case <-hb.C:
 			msg = a.heartbeat()
 		case now := <-idle.C:
@@ -61,11 +76,6 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 				continue
 			}
 			msg = a.heartbeat()
-		case <-a.reload:
-			msg = a.applyReload(log)
-			if msg == nil {
-				continue
-			}
 		}
 		if err := w.Send(msg); err != nil {
 			log.Warn("control stream write failed; closing the tunnel", "error", err)
@@ -113,33 +123,44 @@ func (a *Agent) heartbeat() *dataplane.Heartbeat {
 	}
 }
 
-// applyReload re-reads the config; if the routes changed it returns the
-// RouteAdvertise with epoch + 1 to send, else nil.
-func (a *Agent) applyReload(log hclog.Logger) dataplane.ControlMessage {
+// reloader applies Reload's signals until ctx ends.
+func (a *Agent) reloader(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.reload:
+			a.applyReload(a.log)
+		}
+	}
+}
+
+// applyReload re-reads the config; if the routes changed it moves to
+// epoch + 1, which every live connection then advertises (pace).
+func (a *Agent) applyReload(log hclog.Logger) {
 	set, err := a.loadSettings()
 	if err != nil {
 		log.Warn("config reload failed; keeping the current routes", "error", err)
-		return nil
+		return
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.current == nil {
-		return nil // draining: the routes stay withdrawn
+		return // not connected yet (the next connection reads the config), or draining: the routes stay withdrawn
 	}
 	if set.endpoint != a.current.endpoint {
 		log.Info("GatewayEndpoint changed; it takes effect at the next reconnect", "new_endpoint", set.endpoint)
 	}
 	if sameRoutes(a.current, set) {
 		log.Info("config reloaded; routes unchanged")
-		return nil
+		return
 	}
-	a.epoch++
 	a.current = set
+	a.bumpEpochLocked()
 	a.handler.SetRoutes(set.routes)
 	log.Info("config reloaded; advertising new routes", "epoch", a.epoch,
 		"subnets", len(set.routes.Subnets), "domains", len(set.domains))
 	logDetection(log, set)
-	return advertise(set, a.epoch)
 }
 
 // readControl reads the gateway's control messages until the stream ends,

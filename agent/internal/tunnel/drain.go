@@ -12,8 +12,9 @@ import (
 // drainPoll is how often a drain checks for the last session's end.
 const drainPoll = 50 * time.Millisecond
 
-// drain refuses new sessions, withdraws the agent's routes so the gateway
-// routes elsewhere at once, and waits up to DrainTimeout for live sessions.
+// drain refuses new sessions, withdraws the agent's routes on conn so the
+// gateway routes elsewhere at once, and waits up to DrainTimeout for live
+// sessions. Every connection drains this way when Run's context ends.
 // Sessions stay refused afterwards: the caller closes the connection.
 func (a *Agent) drain(conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Logger) {
 	a.handler.SetDraining(true)
@@ -23,9 +24,13 @@ func (a *Agent) drain(conn *quic.Conn, w *dataplane.ControlWriter, log hclog.Log
 	if a.handler.Active() == 0 {
 		return
 	}
+	// The first connection to drain withdraws the routes at a new epoch;
+	// the others withdraw them at the same one.
 	a.mu.Lock()
-	a.epoch++
-	a.current = nil
+	if a.current != nil {
+		a.epoch++
+		a.current = nil
+	}
 	withdraw := advertise(nil, a.epoch)
 	a.mu.Unlock()
 	if err := w.Send(withdraw); err != nil {

@@ -79,3 +79,8 @@ func confirmed(err1, err2 error) error {
 // (RFC 9000 §10.3): a gateway that restarted without closing its
 // connections no longer knows this one. Run reconnects at once.
 var errGatewayRestarted = errors.New("the gateway restarted (stateless reset)")
+
+// errReplicaLeft ends a connection that a replica of a cluster closed with
+// "shutdown": the replica is going away, the others stay. Run dials a
+// replacement at once.
+var errReplicaLeft = errors.New("the gateway replica shut down")

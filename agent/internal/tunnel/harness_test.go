@@ -3,13 +3,19 @@ package tunnel
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
+	"math/big"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,12 +79,42 @@ type gwConn struct {
 	msgs chan dataplane.ControlMessage // every control message, copied
 }
 
+// replicaServer issues a server certificate for 127.0.0.1 and ::1 that
+// names gateway replica id, as a cluster member's does.
+func (p *testPKI) replicaServer(t *testing.T, id string) tls.Certificate {
+	t.Helper()
+	u, err := transport.ReplicaURI(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := testtls.Key(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "gateway replica"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(900 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		URIs:         []*url.URL{u},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.Cert, &key.PublicKey, p.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
 // fakeGateway accepts agent connections on loopback: it admits any client
 // certificate, records the control messages and lets the test answer them
 // and open session streams.
 type fakeGateway struct {
 	ln    *quic.Listener
 	conns chan *gwConn
+	// hellos counts the handshakes begun (ClientHellos), accepted the
+	// connections whose handshake completed: those a gateway registers.
+	hellos, accepted atomic.Int32
+	stop             func() // closes the listener and every connection, waits
 }
 
 func startFakeGateway(t *testing.T, p *testPKI) *fakeGateway {
@@ -89,15 +125,41 @@ func startFakeGateway(t *testing.T, p *testPKI) *fakeGateway {
 // startFakeGatewayQUIC is startFakeGateway with the QUIC settings qc.
 func startFakeGatewayQUIC(t *testing.T, p *testPKI, qc transport.Config) *fakeGateway {
 	t.Helper()
+	return startFakeGatewayCert(t, p.server, qc)
+}
+
+// startReplica starts a fake gateway whose certificate names replica id.
+func startReplica(t *testing.T, p *testPKI, id string) *fakeGateway {
+	t.Helper()
+	return startFakeGatewayCert(t, p.replicaServer(t, id), transport.Config{})
+}
+
+// startFakeGatewayCert starts a fake gateway presenting cert, with the QUIC
+// settings qc.
+func startFakeGatewayCert(t *testing.T, cert tls.Certificate, qc transport.Config) *fakeGateway {
+	t.Helper()
+	gw := &fakeGateway{conns: make(chan *gwConn, 16)}
 	tlsConf := transport.ServerTLS(&tls.Config{
-		Certificates: []tls.Certificate{p.server},
-		ClientAuth:   tls.RequireAnyClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			gw.hellos.Add(1)
+			return &cert, nil
+		},
+		ClientAuth: tls.RequireAnyClientCert,
 	})
-	ln, err := quic.ListenAddr("127.0.0.1:0", tlsConf, qc.QUIC())
+	// A transport of its own, so that stop also ends the connections whose
+	// handshake the agent aborted: a listener alone keeps its transport
+	// (and goroutines) until they time out.
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &fakeGateway{ln: ln, conns: make(chan *gwConn, 16)}
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(tlsConf, qc.QUIC())
+	if err != nil {
+		udp.Close()
+		t.Fatal(err)
+	}
+	gw.ln = ln
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -106,14 +168,18 @@ func startFakeGatewayQUIC(t *testing.T, p *testPKI, qc transport.Config) *fakeGa
 			if err != nil {
 				return
 			}
+			gw.accepted.Add(1)
 			wg.Go(func() { gw.handle(ctx, q) })
 		}
 	})
-	t.Cleanup(func() {
+	gw.stop = sync.OnceFunc(func() {
 		cancel()
 		ln.Close()
 		wg.Wait()
+		tr.Close()
+		udp.Close()
 	})
+	t.Cleanup(gw.stop)
 	return gw
 }
 

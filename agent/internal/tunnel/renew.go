@@ -28,14 +28,16 @@ import (
 	"github.com/outposthq/outpost/internal/atomicfile"
 )
 
-// Certificate renewal (DESIGN.md §4, §7). Each connection runs renewLoop:
+// Certificate renewal (DESIGN.md §4, §7). Each connection runs renewLoop,
+// but only the primary one (replicas.go) renews:
 // once NotAfter − now ≤ RenewFraction × (NotAfter − NotBefore) it sends a
 // CertRenewalRequest with a CSR made from the key in ClientKeyPath — the key
 // the connection proved with mTLS, since the gateway signs only that key —
 // and waits for the CertRenewalResponse. On Success it checks the new
 // certificate, writes the CA and the certificate atomically, closes the
 // connection with "cert-renewed" and Run reconnects at once with the new
-// certificate. On an Error answer, a timeout or an unusable answer it logs a
+// certificate; the other connections then reconnect with it one at a time
+// (replicas.go). On an Error answer, a timeout or an unusable answer it logs a
 // warning, counts the failure (RenewalFailures), keeps the connection and
 // retries after a backoff; the backoff state outlives the connection, so a
 // reconnect does not cause an early retry.
@@ -106,10 +108,11 @@ func (r *renewAnswers) wait(ctx context.Context, seq uint64, timeout time.Durati
 	}
 }
 
-// renewLoop renews the certificate of the connection (set.cert) when it is
-// due, until ctx ends, the agent drains, or a renewal succeeds (then it has
-// closed conn with "cert-renewed").
-func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.ControlWriter, set *settings, answers *renewAnswers, log hclog.Logger) {
+// renewLoop renews the certificate of slot's connection (set.cert) when it
+// is due and the connection is the primary one, until ctx ends, the agent
+// drains, or a renewal succeeds (then it has closed conn with
+// "cert-renewed").
+func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, slot int, w *dataplane.ControlWriter, set *settings, answers *renewAnswers, log hclog.Logger) {
 	due := renewTime(set.cert, a.cfg.RenewFraction)
 	var sent uint64 // requests sent on this connection
 	for {
@@ -133,8 +136,19 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 			continue
 		}
 
+		if changed := a.fleet.changes(); !a.fleet.claimRenewal(slot) {
+			// Another connection renews; if it goes down, this one may
+			// become the primary.
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
 		log.Info("renewing the agent certificate", "not_after", set.cert.NotAfter)
 		cert, err := a.renew(ctx, conn, w, set, answers, &sent)
+		a.fleet.endRenewal(slot)
 		if err != nil && ctx.Err() != nil {
 			return // the connection ended: not the renewal's failure
 		}
@@ -155,7 +169,10 @@ func (a *Agent) renewLoop(ctx context.Context, conn *quic.Conn, w *dataplane.Con
 		draining = a.draining
 		if !draining {
 			// Under mu, so that a drain starting now finds the connection
-			// closed rather than closing it under the drain's feet.
+			// closed rather than closing it under the drain's feet. The
+			// other connections follow one at a time once this one is
+			// back (rollOver).
+			a.fleet.renewed(slot, cert.Raw)
 			transport.Close(conn, dataplane.CloseCertRenewed)
 		}
 		a.mu.Unlock()

@@ -33,6 +33,11 @@ func TestConfigValidate(t *testing.T) {
 	if _, err := New(Config{ConfigDir: t.TempDir(), RenewBackoffMin: time.Hour, RenewBackoffMax: time.Minute}); err == nil {
 		t.Error("RenewBackoffMax < RenewBackoffMin accepted")
 	}
+	for _, k := range []int{-1, MaxHAConnections + 1} {
+		if _, err := New(Config{ConfigDir: t.TempDir(), HAConnections: k}); err == nil {
+			t.Errorf("HAConnections %d accepted", k)
+		}
+	}
 	if _, err := New(Config{ConfigDir: t.TempDir(), RenewFraction: 0.5}); err != nil {
 		t.Error(err)
 	}

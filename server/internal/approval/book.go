@@ -157,6 +157,31 @@ func (b *Book) Admit(a store.Agent) {
 	b.reindexLocked(a.ID, rec)
 }
 
+// Refresh brings the Book's record of a live agent that is not connected
+// to this replica in line with what the store holds of it — its name,
+// approved set and last routes — since another replica of the cluster may
+// have changed them (cluster.Presence calls it). An agent the Book does
+// not hold yet (enrolled through another replica since Load) is added; a
+// forgotten one is ignored; one connected here is left to the local path.
+func (b *Book) Refresh(agentID, name string, approved, last store.RouteSet) {
+	if _, live := b.cfg.Live.Get(agentID); live {
+		return
+	}
+	m, routes := Compile(setFromStore(approved)), fromStrings(last.Subnets, last.Domains)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.forgotten[agentID] {
+		return
+	}
+	rec := b.agents[agentID]
+	if rec == nil {
+		rec = &record{}
+		b.agents[agentID] = rec
+	}
+	rec.name, rec.approved, rec.last = name, m, routes
+	b.reindexLocked(agentID, rec)
+}
+
 // Approve implements registry.Approver: the routes inside the agent's
 // approved set are accepted, the rest refused; an agent the Book does not
 // hold has nothing approved. With Config.AcceptAny every route is accepted.
@@ -248,15 +273,34 @@ func (b *Book) Forget(agentID string) {
 // reindexLocked brings the agent's known routes in the index in line with
 // its last routes and its approval.
 func (b *Book) reindexLocked(agentID string, rec *record) {
-	var accepted registry.Routes
-	if b.cfg.AcceptAny {
-		accepted = rec.last
-	} else {
-		accepted, _ = rec.approved.Split(rec.last)
-	}
 	b.known.withdraw(agentID, rec.known)
-	rec.known = contributionOf(accepted)
+	rec.known = contributionOf(serving(rec.approved, rec.last, b.cfg.AcceptAny))
 	b.known.add(agentID, rec.known)
+}
+
+// Serving returns the routes an agent serves by what the store holds of it:
+// its last advertised routes inside its approved set, or all of them with
+// acceptAny (the gateway's accept_any_routes). They are what a Book
+// indexes as the agent's known routes, and what the other replicas of a
+// cluster route to the agent (cluster.Presence). Routes that do not parse
+// are dropped; domains come back not auto-detected, which the store does
+// not record.
+func Serving(approved, last store.RouteSet, acceptAny bool) registry.Routes {
+	var m *Matcher
+	if !acceptAny {
+		m = Compile(setFromStore(approved))
+	}
+	return serving(m, fromStrings(last.Subnets, last.Domains), acceptAny)
+}
+
+// serving is Serving with the approved set compiled and the last routes
+// read.
+func serving(approved *Matcher, last registry.Routes, acceptAny bool) registry.Routes {
+	if acceptAny {
+		return last
+	}
+	accepted, _ := approved.Split(last)
+	return accepted
 }
 
 // sameAdvertised reports whether two advertisements hold the same routes,

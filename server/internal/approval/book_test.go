@@ -331,3 +331,41 @@ func TestBookLoadWarnsUnapproved(t *testing.T) {
 		t.Fatalf("logs:\n%s", logs)
 	}
 }
+
+// Refresh records what another replica changed of an agent not connected
+// here — a new agent, new last routes, a new approval — and leaves alone
+// a forgotten agent and one connected here. Serving is the same
+// intersection.
+func TestBookRefresh(t *testing.T) {
+	e := newBook(t, false, agent("a", "old-name", store.RouteSet{Subnets: []string{"10.0.0.0/8"}}, store.RouteSet{Subnets: []string{"10.1.0.0/16"}}))
+	approved := store.RouteSet{Subnets: []string{"10.0.0.0/8"}}
+	e.book.Refresh("a", "a", approved, store.RouteSet{Subnets: []string{"10.2.0.0/16", "192.0.2.0/24"}})
+	e.book.Refresh("b", "b", store.RouteSet{Subnets: []string{"172.16.0.0/12"}}, store.RouteSet{Subnets: []string{"172.16.1.0/24"}})
+	for host, want := range map[string]string{
+		"10.1.0.1":   "",
+		"10.2.0.1":   "a 10.2.0.0/16 offline",
+		"192.0.2.1":  "",
+		"172.16.1.1": "b 172.16.1.0/24 offline",
+	} {
+		if got := e.covering(t, host); got != want {
+			t.Errorf("after Refresh: Covering(%q) = %q, want %q", host, got, want)
+		}
+	}
+	if got := Serving(approved, store.RouteSet{Subnets: []string{"10.2.0.0/16", "192.0.2.0/24"}}, false); len(got.Subnets) != 1 || got.Subnets[0].String() != "10.2.0.0/16" {
+		t.Errorf("Serving = %+v, want 10.2.0.0/16 only", got)
+	}
+	if got := Serving(approved, store.RouteSet{Subnets: []string{"192.0.2.0/24"}}, true); len(got.Subnets) != 1 {
+		t.Errorf("Serving with acceptAny = %+v, want everything", got)
+	}
+
+	e.book.Forget("b")
+	e.book.Refresh("b", "b", store.RouteSet{Subnets: []string{"172.16.0.0/12"}}, store.RouteSet{Subnets: []string{"172.16.1.0/24"}})
+	if got := e.covering(t, "172.16.1.1"); got != "" {
+		t.Errorf("a forgotten agent refreshed: %q", got)
+	}
+	e.connect("a", "a")
+	e.book.Refresh("a", "a", approved, store.RouteSet{Subnets: []string{"10.3.0.0/16"}})
+	if got := e.covering(t, "10.3.0.1"); got != "" {
+		t.Errorf("an agent connected here refreshed: %q", got)
+	}
+}

@@ -8,6 +8,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -107,25 +108,11 @@ type Config struct {
 	// target even while they are not online: such a target is never dialed
 	// directly, the session is rejected naming the agent (DESIGN.md §8).
 	Known KnownRoutes
-	// Elsewhere, if set, finds agents connected to other replicas, which
-	// the Tunnel reaches through them (a cluster with a peer link): an
-	// explicitly requested agent with no connection here that another
-	// replica holds is then a candidate. If nil, it is rejected as not
-	// connected.
-	Elsewhere Elsewhere
 	// Now is the clock of audit timestamps. If nil, time.Now. Durations
 	// (setup, session length) are measured on the monotonic clock.
 	Now func() time.Time
 	// Logger may be nil.
 	Logger hclog.Logger
-}
-
-// Elsewhere finds agents connected to other replicas of the cluster;
-// *peer.Client is one. Safe for concurrent use.
-type Elsewhere interface {
-	// Holds reports whether another replica holds a connection of
-	// agentID. It may answer from a cache a second old.
-	Holds(ctx context.Context, agentID string) (bool, error)
 }
 
 // DefaultMaxDirectSessions is Config.MaxDirectSessions' default.
@@ -199,9 +186,8 @@ func New(cfg Config) (*Broker, error) {
 
 // Decide routes target, through agentID only when it is set. A malformed
 // target or agent id is an *InputError; every other outcome, refusals
-// included, is a Decision. ctx bounds asking the cluster about an agent
-// connected elsewhere (Config.Elsewhere).
-func (b *Broker) Decide(ctx context.Context, target, agentID string) (Decision, error) {
+// included, is a Decision.
+func (b *Broker) Decide(target, agentID string) (Decision, error) {
 	t, err := dataplane.ParseTarget(target)
 	if err != nil {
 		return Decision{}, &InputError{"target", err.Error()}
@@ -218,19 +204,12 @@ func (b *Broker) Decide(ctx context.Context, target, agentID string) (Decision, 
 		}
 		snap, ok := b.cfg.Registry.Get(id.String())
 		e, _ := b.cfg.Registry.Lookup(id.String())
+		remote, isRemote := b.cfg.Router.RemoteAgent(id.String())
 		switch {
-		case !ok && b.cfg.Elsewhere != nil:
-			held, err := b.cfg.Elsewhere.Holds(ctx, id.String())
-			switch {
-			case err != nil:
-				d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected to this replica, and the cluster could not be asked where it is: %v", id, err)
-			case !held:
-				d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
-			default:
-				d.Kind = outpostv1.Decision_DECISION_AGENT
-				d.Candidates = []routing.Candidate{{AgentID: id.String(), Name: id.String()}}
-				d.Reason = fmt.Sprintf("agent %s was requested explicitly; it is connected to another replica, which the session goes through", id)
-			}
+		case !ok && isRemote:
+			d.Kind = outpostv1.Decision_DECISION_AGENT
+			d.Candidates = []routing.Candidate{remote}
+			d.Reason = fmt.Sprintf("agent %s was requested explicitly%s", remote.Name, onReplicas(remote))
 		case !ok:
 			d.Kind, d.Reason = outpostv1.Decision_DECISION_REJECTED, fmt.Sprintf("agent %s is not connected", id)
 		case snap.Status != registry.Online:
@@ -250,7 +229,7 @@ func (b *Broker) Decide(ctx context.Context, target, agentID string) (Decision, 
 	if len(d.Candidates) > 0 {
 		c := d.Candidates[0]
 		d.Kind = outpostv1.Decision_DECISION_AGENT
-		d.Reason = fmt.Sprintf("%s matches %s advertised by agent %s", host, c.MatchedRoute, c.Name)
+		d.Reason = fmt.Sprintf("%s matches %s advertised by agent %s%s", host, c.MatchedRoute, c.Name, onReplicas(c))
 		if n := len(d.Candidates) - 1; n > 0 {
 			d.Reason += fmt.Sprintf(" (%d more agent(s) as fallback)", n)
 		}
@@ -275,6 +254,22 @@ func (b *Broker) Decide(ctx context.Context, target, agentID string) (Decision, 
 		d.Reason = fmt.Sprintf("no online agent advertises a route to %s; the direct allow-list admits it, the gateway connects directly", host)
 	}
 	return d, nil
+}
+
+// onReplicas returns, for a candidate connected only to other replicas,
+// " (connected to replica R)" naming them, and "" for a local one.
+func onReplicas(c routing.Candidate) string {
+	if len(c.Replicas) == 0 {
+		return ""
+	}
+	names := make([]string, len(c.Replicas))
+	for i, r := range c.Replicas {
+		names[i] = cmp.Or(r.Name, r.ID)
+	}
+	if len(names) == 1 {
+		return " (connected to replica " + names[0] + ")"
+	}
+	return " (connected to replicas " + strings.Join(names, ", ") + ")"
 }
 
 // ambiguous returns why the candidates for host cannot be chosen from, or
@@ -443,7 +438,7 @@ func (b *Broker) Serve(ctx context.Context, req Request, client ClientStream) {
 		defer cancel()
 	}
 	client = limited{ClientStream: client, ctx: ctx}
-	d, err := b.Decide(ctx, req.Target, req.AgentID)
+	d, err := b.Decide(req.Target, req.AgentID)
 	if err == nil {
 		rec.Decision = d.Kind.String() + ": " + d.Reason
 	}

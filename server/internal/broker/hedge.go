@@ -262,7 +262,14 @@ func (b *Broker) failover(kind string) {
 // demote makes routing offer a's agent after the others until it is heard
 // from again.
 func (b *Broker) demote(a *attempt) {
-	if a.entry != nil && b.cfg.Registry.Demote(a.entry) {
+	if a.entry == nil {
+		if b.cfg.Router.DemoteRemote(a.c.AgentID) {
+			b.log.Info("agent on another replica demoted: tried after the other candidates until its presence changes",
+				"agent", a.c.Name, "agent_id", a.c.AgentID)
+		}
+		return
+	}
+	if b.cfg.Registry.Demote(a.entry) {
 		b.log.Info("agent demoted: tried after the other candidates until it is heard from again",
 			"agent", a.c.Name, "agent_id", a.c.AgentID)
 	}

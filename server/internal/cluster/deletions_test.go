@@ -76,11 +76,16 @@ func TestRunDeletions(t *testing.T) {
 	}
 }
 
-// listenerPIDs returns the backend pids of the listeners on the database.
-func listenerPIDs(t *testing.T, db *sql.DB) []int {
+// listenerPIDs returns the backend pids of the deletion listeners on the
+// database.
+func listenerPIDs(t *testing.T, db *sql.DB) []int { return backendPIDs(t, db, "outpost-listener") }
+
+// backendPIDs returns the pids of the database's backends whose
+// application_name is app.
+func backendPIDs(t *testing.T, db *sql.DB, app string) []int {
 	t.Helper()
 	rows, err := db.QueryContext(t.Context(), `SELECT pid FROM pg_stat_activity
-WHERE datname = current_database() AND application_name = 'outpost-listener' ORDER BY pid`)
+WHERE datname = current_database() AND application_name = $1 ORDER BY pid`, app)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,14 @@
 // (serving, draining, gone) and agent counts; AgentReplicas says which
 // replicas hold each agent.
 //
+// Presence (presence.go) keeps this replica's view of the agents
+// connected to the other replicas — their routes, their latest connection
+// and the replicas holding them — and hands it to the router, so any
+// replica routes to any agent. It follows the store's presence
+// notifications (LISTEN/NOTIFY, fired by triggers on the connection and
+// agent rows) and reads everything again every 10 s, so a lost
+// notification heals.
+//
 // A SQLite store is a cluster of one: the gateway registers itself alone,
 // and nothing is listened for.
 package cluster

@@ -195,14 +195,6 @@ func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.Sessi
 	return nil, &tunnel.AgentError{AgentID: agentID, Err: kind, Reason: strings.Join(reasons, "; ")}
 }
 
-// Holds reports whether a replica other than this one, with a peer
-// endpoint, holds a connection of agentID (broker.Elsewhere). It answers
-// from the cache when it is fresh.
-func (c *Client) Holds(ctx context.Context, agentID string) (bool, error) {
-	targets, err := c.locate(ctx, agentID)
-	return len(targets) > 0, err
-}
-
 // open opens a stream to replica r, writes msg on it and waits for the
 // replica's Status: a refusal is an *tunnel.AgentError, and leaves nothing
 // open.

@@ -341,6 +341,8 @@ func (a *Authority) reissueReason(cert *x509.Certificate, now time.Time) string 
 		return "expires soon"
 	case !certNames(cert).equal(a.names):
 		return "host names changed"
+	case replicaOf(cert) != a.cfg.ReplicaID:
+		return "replica id changed"
 	}
 	return ""
 }
@@ -363,6 +365,9 @@ func (a *Authority) reissueServerLocked(now time.Time, reason string) error {
 		DNSNames:              a.names.dns,
 		IPAddresses:           a.names.netIPs(),
 	}
+	if tmpl.URIs, err = replicaURIs(a.cfg.ReplicaID); err != nil {
+		return fmt.Errorf("pki: issue server certificate: %w", err)
+	}
 	der, err := x509.CreateCertificate(a.cfg.Rand, tmpl, a.caCert, &a.serverKey.PublicKey, a.caKey)
 	if err != nil {
 		return fmt.Errorf("pki: issue server certificate: %w", err)
@@ -383,7 +388,7 @@ func (a *Authority) reissueServerLocked(now time.Time, reason string) error {
 	a.setServer(cert)
 	a.log.Info("issued server certificate", "reason", reason, "file", where,
 		"not_after", cert.NotAfter, "dns_names", cert.DNSNames, "ip_addresses", a.names.ips,
-		"server_spki_sha256", a.serverSPKI)
+		"replica_id", a.cfg.ReplicaID, "server_spki_sha256", a.serverSPKI)
 	return nil
 }
 

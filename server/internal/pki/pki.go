@@ -102,6 +102,11 @@ type Config struct {
 	// Logger receives what was created, loaded and re-issued. If nil, logs
 	// are discarded.
 	Logger hclog.Logger
+	// ReplicaID, if set, is the id of this gateway among the replicas of a
+	// cluster (a lowercase hyphenated UUID): the server certificate then
+	// also carries the URI SAN naming it (replica.go). If empty (a gateway
+	// that is a cluster of one), it carries none.
+	ReplicaID string
 }
 
 func (c Config) withDefaults() Config {
@@ -131,6 +136,9 @@ func (c Config) validate() error {
 	case c.ServerRenewBefore >= c.ServerValidity:
 		return fmt.Errorf("pki: server renew-before %v must be shorter than the server validity %v",
 			c.ServerRenewBefore, c.ServerValidity)
+	}
+	if _, err := replicaURIs(c.ReplicaID); err != nil {
+		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
 }

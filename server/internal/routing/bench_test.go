@@ -49,14 +49,19 @@ func prefix4(a uint32, bits int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4(b), bits)
 }
 
-func newBenchWorld(tb testing.TB) *benchWorld {
+func newBenchWorld(tb testing.TB) *benchWorld { return newBenchWorldRemote(tb, false) }
+
+// newBenchWorldRemote is newBenchWorld; with remote, the odd agents are
+// connected to another replica (Router.SetRemote), so that every HA pair
+// has one local and one remote member, as in a cluster of two.
+func newBenchWorldRemote(tb testing.TB, remote bool) *benchWorld {
 	tb.Helper()
 	w := &benchWorld{reg: registry.New(nil)}
 	w.r = New(w.reg)
 	domains := 0
+	replicas := []Replica{{ID: "r-b", Name: "gw-b"}}
 	for i := range benchAgents {
 		e := &registry.Entry{AgentID: fmt.Sprintf("agent-%05d", i), Name: fmt.Sprintf("jump%05d", i), Conn: fakeConn{}}
-		w.reg.Register(e)
 		subnets := benchSubnetsOf(i, 0)
 		var doms []dataplane.DomainRoute
 		if i%(benchAgents/benchDomains) == 0 {
@@ -68,7 +73,14 @@ func newBenchWorld(tb testing.TB) *benchWorld {
 			doms = []dataplane.DomainRoute{{Name: name}}
 			domains++
 		}
-		w.reg.Advertise(e, 1, subnets, doms)
+		if remote && i%2 == 1 {
+			w.r.SetRemote(Remote{AgentID: e.AgentID, Name: e.Name, Replicas: replicas,
+				Routes: registry.Routes{Epoch: 1, Subnets: subnets, Domains: doms}})
+			e = nil
+		} else {
+			w.reg.Register(e)
+			w.reg.Advertise(e, 1, subnets, doms)
+		}
 		w.entries = append(w.entries, e)
 		w.routes = append(w.routes, subnets)
 		w.domains = append(w.domains, doms)
@@ -108,6 +120,35 @@ func BenchmarkLookupIP(b *testing.B) {
 func BenchmarkLookupName(b *testing.B) {
 	w := newBenchWorld(b)
 	w.run(b, w.names)
+}
+
+// BenchmarkLookupIPRemote and BenchmarkLookupNameRemote are the lookups
+// with half the agents connected to another replica.
+func BenchmarkLookupIPRemote(b *testing.B) {
+	w := newBenchWorldRemote(b, true)
+	w.run(b, w.ipHosts)
+}
+
+func BenchmarkLookupNameRemote(b *testing.B) {
+	w := newBenchWorldRemote(b, true)
+	w.run(b, w.names)
+}
+
+// BenchmarkSetRemote measures one remote agent's change of presence (new
+// routes, 4 of its 10 subnets changed), as the cluster's presence applies
+// it.
+func BenchmarkSetRemote(b *testing.B) {
+	w := newBenchWorldRemote(b, true)
+	const i = 4243
+	id, name := fmt.Sprintf("agent-%05d", i), fmt.Sprintf("jump%05d", i)
+	sets := [2][]netip.Prefix{w.routes[i], benchSubnetsOf(i, 4)}
+	replicas := []Replica{{ID: "r-b", Name: "gw-b"}}
+	n := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		n++
+		w.r.SetRemote(Remote{AgentID: id, Name: name, Replicas: replicas, Routes: registry.Routes{Subnets: sets[n%2], Domains: w.domains[i]}})
+	}
 }
 
 // BenchmarkLookupIPParallel shows how lookups scale across cores (they share

@@ -5,18 +5,43 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/outposthq/outpost/reach"
 	"github.com/outposthq/outpost/server/internal/registry"
 )
 
-// member is one agent connection in a route's member list.
+// member is one agent in a route's member list: a connection of this
+// replica (entry) or an agent connected only to other replicas (remote).
+// Exactly one of entry and remote is set.
 type member struct {
-	entry *registry.Entry
+	entry  *registry.Entry
+	remote *remoteAgent
 	// route is the advertised route, as reported in Candidate.MatchedRoute.
 	route string
 	// auto reports a domain route the agent auto-detected.
 	auto bool
+}
+
+func (m member) agentID() string {
+	if m.entry != nil {
+		return m.entry.AgentID
+	}
+	return m.remote.id
+}
+
+func (m member) connectedAt() time.Time {
+	if m.entry != nil {
+		return m.entry.ConnectedAt
+	}
+	return m.remote.connectedAt
+}
+
+func (m member) demoted() bool {
+	if m.entry != nil {
+		return m.entry.Demoted()
+	}
+	return m.remote.demoted.Load()
 }
 
 // memberList is the agents behind one route, in the order sessions try them:
@@ -27,10 +52,10 @@ type memberList []member
 
 // compareMembers orders members by ConnectedAt descending, then AgentID.
 func compareMembers(a, b member) int {
-	if c := b.entry.ConnectedAt.Compare(a.entry.ConnectedAt); c != 0 {
+	if c := b.connectedAt().Compare(a.connectedAt()); c != 0 {
 		return c
 	}
-	return strings.Compare(a.entry.AgentID, b.entry.AgentID)
+	return strings.Compare(a.agentID(), b.agentID())
 }
 
 // with returns a new list holding l's members and m, in order. l must not
@@ -47,7 +72,7 @@ func (l memberList) with(m member) memberList {
 // without returns a list holding l's members but the agent id's: l itself
 // if id is not in it, nil if nothing is left, a new list otherwise.
 func (l memberList) without(id string) memberList {
-	i := slices.IndexFunc(l, func(m member) bool { return m.entry.AgentID == id })
+	i := slices.IndexFunc(l, func(m member) bool { return m.agentID() == id })
 	switch {
 	case i < 0:
 		return l
@@ -68,11 +93,25 @@ type domainMembers struct {
 	under memberList
 }
 
-// agentRoutes is what one agent contributes to the indexes.
+// agentRoutes is what one agent contributes to the indexes, through a
+// connection of this replica (entry) or as a remote agent (remote): exactly
+// one of the two is set.
 type agentRoutes struct {
 	entry    *registry.Entry
+	remote   *remoteAgent
 	prefixes []netip.Prefix // IPv4, masked, sorted, unique
 	domains  []domainRoute  // sorted by key, unique keys
+}
+
+// member returns the agent's member for a route.
+func (a *agentRoutes) member(route string, auto bool) member {
+	return member{entry: a.entry, remote: a.remote, route: route, auto: auto}
+}
+
+// sameSource reports whether a and b come from the same connection, or the
+// same remote record.
+func (a *agentRoutes) sameSource(b *agentRoutes) bool {
+	return a.entry == b.entry && a.remote == b.remote
 }
 
 // domainRoute is an agent's routes for one domain key.
@@ -88,39 +127,53 @@ type domainRoute struct {
 func (r *Router) apply(c registry.Change) {
 	var next *agentRoutes
 	if c.Entry != nil {
-		next = canonicalRoutes(c.Entry, c.Routes)
+		next = canonicalRoutes(c.Routes)
+		next.entry = c.Entry
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	prev := r.agents[c.AgentID]
+	if next != nil {
+		r.local[c.AgentID] = next
+	} else {
+		delete(r.local, c.AgentID)
+		// Connected elsewhere too: the agent stays, as a remote one.
+		next = r.remote[c.AgentID]
+	}
+	r.indexLocked(c.AgentID, next)
+}
+
+// indexLocked makes next (nil: nothing) what agent id contributes to the
+// indexes.
+func (r *Router) indexLocked(id string, next *agentRoutes) {
+	prev := r.agents[id]
 	switch {
-	case prev != nil && next != nil && prev.entry == next.entry:
+	case prev != nil && next != nil && prev.sameSource(next):
 		// Re-advertisement on the same connection: touch only the routes
 		// that changed.
-		r.updateLocked(c.AgentID, prev, next)
+		r.updateLocked(id, prev, next)
 	default:
 		// Arrival, departure or a new connection superseding the old one.
 		if prev != nil {
 			for _, p := range prev.prefixes {
-				r.withdrawPrefixLocked(c.AgentID, p)
+				r.withdrawPrefixLocked(id, p)
 			}
 			for _, d := range prev.domains {
-				r.withdrawDomainLocked(c.AgentID, d.key)
+				r.withdrawDomainLocked(id, d.key)
 			}
 		}
 		if next != nil {
 			for _, p := range next.prefixes {
-				r.addPrefixLocked(next.entry, p)
+				r.addPrefixLocked(next, p)
 			}
 			for _, d := range next.domains {
-				r.addDomainLocked(next.entry, d)
+				r.addDomainLocked(next, d)
 			}
 		}
 	}
 	if next != nil {
-		r.agents[c.AgentID] = next
+		r.agents[id] = next
 	} else {
-		delete(r.agents, c.AgentID)
+		delete(r.agents, id)
 	}
 }
 
@@ -129,15 +182,15 @@ func (r *Router) apply(c registry.Change) {
 func (r *Router) updateLocked(id string, prev, next *agentRoutes) {
 	mergeSorted(prev.prefixes, next.prefixes, netip.Prefix.Compare,
 		func(p netip.Prefix) { r.withdrawPrefixLocked(id, p) },
-		func(p netip.Prefix) { r.addPrefixLocked(next.entry, p) },
+		func(p netip.Prefix) { r.addPrefixLocked(next, p) },
 		nil)
 	mergeSorted(prev.domains, next.domains, compareDomainKeys,
 		func(d domainRoute) { r.withdrawDomainLocked(id, d.key) },
-		func(d domainRoute) { r.addDomainLocked(next.entry, d) },
+		func(d domainRoute) { r.addDomainLocked(next, d) },
 		func(old, cur domainRoute) {
 			if old != cur {
 				r.withdrawDomainLocked(id, old.key)
-				r.addDomainLocked(next.entry, cur)
+				r.addDomainLocked(next, cur)
 			}
 		})
 }
@@ -182,8 +235,8 @@ func (r *Router) withdrawPrefixLocked(id string, p netip.Prefix) {
 	})
 }
 
-// addPrefixLocked adds e to prefix p's members; e's agent must not be one.
-func (r *Router) addPrefixLocked(e *registry.Entry, p netip.Prefix) {
+// addPrefixLocked adds a to prefix p's members; a's agent must not be one.
+func (r *Router) addPrefixLocked(a *agentRoutes, p netip.Prefix) {
 	r.prefixes.Modify(p, func(l memberList, _ bool) (memberList, bool) {
 		var route string
 		if len(l) > 0 {
@@ -191,7 +244,7 @@ func (r *Router) addPrefixLocked(e *registry.Entry, p netip.Prefix) {
 		} else {
 			route = p.String()
 		}
-		return l.with(member{entry: e, route: route}), false
+		return l.with(a.member(route, false)), false
 	})
 }
 
@@ -209,30 +262,31 @@ func (r *Router) withdrawDomainLocked(id, key string) {
 	r.domains[key] = dm
 }
 
-// addDomainLocked adds e to the members of d's domain; e's agent must not be
+// addDomainLocked adds a to the members of d's domain; a's agent must not be
 // one.
-func (r *Router) addDomainLocked(e *registry.Entry, d domainRoute) {
+func (r *Router) addDomainLocked(a *agentRoutes, d domainRoute) {
 	dm := r.domains[d.key]
 	if d.plain != "" {
-		dm.apex = dm.apex.with(member{entry: e, route: d.plain, auto: d.auto})
-		dm.under = dm.under.with(member{entry: e, route: d.plain, auto: d.auto})
+		dm.apex = dm.apex.with(a.member(d.plain, d.auto))
+		dm.under = dm.under.with(a.member(d.plain, d.auto))
 	} else {
-		dm.under = dm.under.with(member{entry: e, route: d.wildcard})
+		dm.under = dm.under.with(a.member(d.wildcard, false))
 	}
 	r.domains[d.key] = dm
 }
 
 func compareDomainKeys(a, b domainRoute) int { return strings.Compare(a.key, b.key) }
 
-// canonicalRoutes returns the memberships of e's routes: IPv4 subnets masked
+// canonicalRoutes returns the memberships of routes, without their source
+// (entry or remote): IPv4 subnets masked
 // (an IPv4-mapped IPv6 prefix counts as IPv4), domain routes in reach's
 // canonical form (reach.ParseDomain: validated, lower-cased, keyed by the
 // domain without its "*." label), duplicates merged (a plain route counts as
 // auto-detected only if every copy of it was).
 // Routes that are neither are dropped: agents advertise IPv4 subnets only,
 // and the codec rejects invalid domains before they reach the registry.
-func canonicalRoutes(e *registry.Entry, routes registry.Routes) *agentRoutes {
-	a := &agentRoutes{entry: e}
+func canonicalRoutes(routes registry.Routes) *agentRoutes {
+	a := &agentRoutes{}
 	for _, p := range routes.Subnets {
 		if p, ok := canonicalPrefix(p); ok {
 			a.prefixes = append(a.prefixes, p)

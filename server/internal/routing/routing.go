@@ -9,6 +9,13 @@
 // matching prefix length tried, one per label of a host name — whatever the
 // number of agents, and does not allocate when its dst has room.
 //
+// In a cluster of replicas (DESIGN.md §10a), a Router also knows the agents
+// connected only to other replicas (SetRemote, fed by the cluster's
+// presence): they match by the same rules and come back as candidates
+// without an Entry, for the tunnel to reach through a peer replica. An
+// agent connected to this replica is always its local connection, never
+// also a remote candidate.
+//
 // Explicit agent selection and the direct-connection fallback (steps 1 and 4
 // of DESIGN.md §8) are the caller's: a Router only answers steps 2 and 3.
 package routing
@@ -17,6 +24,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gaissmai/bart"
@@ -37,13 +45,46 @@ type Candidate struct {
 	// AutoDetected reports that MatchedRoute is a domain the agent
 	// auto-detected rather than had configured.
 	AutoDetected bool
-	// ConnectedAt is when the agent's current connection registered.
+	// ConnectedAt is when the agent's current connection registered (for
+	// a remote agent: its latest connection to another replica).
 	ConnectedAt time.Time
 	// Entry is the registry entry of the connection that advertised the
 	// route, so the caller opens the session on that very connection (and
 	// counts it with Entry.AcquireSession) without a second registry lookup
-	// that could land on a newer connection.
+	// that could land on a newer connection. It is nil for a remote agent.
 	Entry *registry.Entry
+	// Replicas are, for a remote agent (Entry nil), the other replicas
+	// holding a connection of it; nil for a local one. Callers must not
+	// modify it.
+	Replicas []Replica
+}
+
+// Replica names another gateway replica.
+type Replica struct {
+	ID, Name string
+}
+
+// Remote is an agent connected to other replicas of the cluster, as the
+// cluster's presence reports it (SetRemote).
+type Remote struct {
+	AgentID, Name string
+	// Routes are the routes the agent serves: its last advertised routes
+	// inside its approved set.
+	Routes registry.Routes
+	// ConnectedAt is when its latest connection registered.
+	ConnectedAt time.Time
+	// Replicas are the replicas holding a connection of it; not empty.
+	Replicas []Replica
+}
+
+// remoteAgent is a Remote as the indexes hold it.
+type remoteAgent struct {
+	id, name    string
+	connectedAt time.Time
+	replicas    []Replica
+	// demoted: a session through it just failed (DemoteRemote); cleared
+	// when its presence changes.
+	demoted atomic.Bool
 }
 
 // Router answers which agents can reach a host. Create it with New; the zero
@@ -63,8 +104,12 @@ type Router struct {
 	// to its members.
 	domains map[string]domainMembers
 	// agents is what each agent currently contributes to the indexes, so a
-	// change can withdraw it.
+	// change can withdraw it: its local routes if it is connected to this
+	// replica, else its remote ones.
 	agents map[string]*agentRoutes
+	// local and remote are the agents connected to this replica (from the
+	// registry) and those connected to other replicas (SetRemote).
+	local, remote map[string]*agentRoutes
 }
 
 // New returns a Router that follows reg: it registers a watcher with
@@ -81,6 +126,8 @@ func New(reg *registry.Registry) *Router {
 		reg:     reg,
 		domains: make(map[string]domainMembers),
 		agents:  make(map[string]*agentRoutes),
+		local:   make(map[string]*agentRoutes),
+		remote:  make(map[string]*agentRoutes),
 	}
 	reg.Watch(r.apply)
 	return r
@@ -188,14 +235,14 @@ func (r *Router) lookupName(dst []Candidate, name string) []Candidate {
 }
 
 // appendOnline appends the online members of l to dst, in l's order except
-// that demoted members (Entry.Demoted) come after the others. It runs under
-// r.mu and relies on Registry.Status and Entry.Demoted taking no registry
-// lock: the registry calls apply, which takes r.mu, while holding its own
-// lock.
+// that demoted members (Entry.Demoted, DemoteRemote) come after the others.
+// It runs under r.mu and relies on Registry.Status and Entry.Demoted taking
+// no registry lock: the registry calls apply, which takes r.mu, while
+// holding its own lock.
 func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
 	demoted := false
 	for _, m := range l {
-		if m.entry.Demoted() {
+		if m.demoted() {
 			demoted = true
 			continue
 		}
@@ -203,7 +250,7 @@ func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
 	}
 	if demoted {
 		for _, m := range l {
-			if m.entry.Demoted() {
+			if m.demoted() {
 				dst = r.appendIfOnline(dst, m)
 			}
 		}
@@ -211,7 +258,20 @@ func (r *Router) appendOnline(dst []Candidate, l memberList) []Candidate {
 	return dst
 }
 
+// appendIfOnline appends m unless it is a local connection that is not
+// online. A remote agent counts as online: the presence lists only agents
+// connected to serving replicas that heartbeat.
 func (r *Router) appendIfOnline(dst []Candidate, m member) []Candidate {
+	if m.remote != nil {
+		return append(dst, Candidate{
+			AgentID:      m.remote.id,
+			Name:         m.remote.name,
+			MatchedRoute: m.route,
+			AutoDetected: m.auto,
+			ConnectedAt:  m.remote.connectedAt,
+			Replicas:     m.remote.replicas,
+		})
+	}
 	if r.reg.Status(m.entry) != registry.Online {
 		return dst
 	}
@@ -225,11 +285,72 @@ func (r *Router) appendIfOnline(dst []Candidate, m member) []Candidate {
 	})
 }
 
+// online reports whether m counts as online (see appendIfOnline).
+func (r *Router) online(m member) bool {
+	return m.remote != nil || r.reg.Status(m.entry) == registry.Online
+}
+
+// SetRemote records that agent rem.AgentID is connected to other replicas
+// and serves rem.Routes, replacing what was recorded for it. While the
+// agent is also connected to this replica, its local connection alone is a
+// candidate; rem takes over when that connection leaves. A change clears
+// the agent's demotion (DemoteRemote). rem.Replicas is kept: the caller
+// must not modify it afterwards.
+func (r *Router) SetRemote(rem Remote) {
+	next := canonicalRoutes(rem.Routes)
+	next.remote = &remoteAgent{id: rem.AgentID, name: rem.Name, connectedAt: rem.ConnectedAt, replicas: rem.Replicas}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.remote[rem.AgentID] = next
+	if r.local[rem.AgentID] == nil {
+		r.indexLocked(rem.AgentID, next)
+	}
+}
+
+// RemoveRemote forgets that agent id is connected to other replicas; an
+// unknown id is ignored.
+func (r *Router) RemoveRemote(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.remote[id] == nil {
+		return
+	}
+	delete(r.remote, id)
+	if r.local[id] == nil {
+		r.indexLocked(id, nil)
+	}
+}
+
+// RemoteAgent returns agent id as a candidate, without a MatchedRoute, when
+// it is connected to other replicas and not to this one (whatever its
+// routes), for a session that names its agent; false otherwise.
+func (r *Router) RemoteAgent(id string) (Candidate, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a := r.remote[id]
+	if a == nil || r.local[id] != nil {
+		return Candidate{}, false
+	}
+	return Candidate{AgentID: id, Name: a.remote.name, ConnectedAt: a.remote.connectedAt, Replicas: a.remote.replicas}, true
+}
+
+// DemoteRemote records that a session through remote agent id just failed
+// (no answer): its candidates come after the others' until its presence
+// changes (SetRemote). It reports whether the agent was a remote agent not
+// demoted yet.
+func (r *Router) DemoteRemote(id string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a := r.remote[id]
+	return a != nil && !a.remote.demoted.Swap(true)
+}
+
 // AmbiguousDomains returns, sorted, the auto-detected domains that agent id
 // advertises and at least one other online agent advertises auto-detected
 // too: two networks (two VPCs, two clusters) often share a search domain,
 // so such a domain does not say which network a name is in. It returns nil
-// when the agent is not connected or shares none.
+// when the agent is not connected (here or, as a remote agent, elsewhere)
+// or shares none.
 func (r *Router) AmbiguousDomains(id string) []string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -243,7 +364,7 @@ func (r *Router) AmbiguousDomains(id string) []string {
 			continue
 		}
 		for _, m := range r.domains[d.key].apex {
-			if m.auto && m.entry.AgentID != id && r.reg.Status(m.entry) == registry.Online {
+			if m.auto && m.agentID() != id && r.online(m) {
 				out = append(out, d.key)
 				break
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -92,7 +93,9 @@ func (v *env) expect(host string, want ...string) {
 
 // checkIndex verifies the router's invariants: every list is sorted and
 // holds each agent once, and the indexes hold exactly the memberships the
-// agents' records list, on their current entries.
+// agents' records list, on their current entries or remote records; an
+// agent connected here is indexed by its connection, else by its remote
+// record.
 func checkIndex(t testing.TB, r *Router) {
 	t.Helper()
 	r.mu.RLock()
@@ -108,13 +111,16 @@ func checkIndex(t testing.TB, r *Router) {
 			t.Errorf("%s: members out of order", where)
 		}
 		for _, m := range l {
-			a := r.agents[m.entry.AgentID]
-			if a == nil || a.entry != m.entry {
-				t.Errorf("%s: member %s is not the agent's current entry", where, m.entry.AgentID)
+			if (m.entry == nil) == (m.remote == nil) {
+				t.Errorf("%s: member %s has entry %v and remote %v", where, m.agentID(), m.entry, m.remote)
 			}
-			k := key{m.entry.AgentID, where}
+			a := r.agents[m.agentID()]
+			if a == nil || a.entry != m.entry || a.remote != m.remote {
+				t.Errorf("%s: member %s is not the agent's current entry or remote record", where, m.agentID())
+			}
+			k := key{m.agentID(), where}
 			if seen[k] {
-				t.Errorf("%s: agent %s listed twice", where, m.entry.AgentID)
+				t.Errorf("%s: agent %s listed twice", where, m.agentID())
 			}
 			seen[k] = true
 		}
@@ -135,8 +141,11 @@ func checkIndex(t testing.TB, r *Router) {
 	}
 	want := 0
 	for id, a := range r.agents {
-		if a.entry.AgentID != id {
-			t.Errorf("agent record %s holds entry of %s", id, a.entry.AgentID)
+		switch {
+		case a.entry != nil && (a.entry.AgentID != id || a != r.local[id]):
+			t.Errorf("agent record %s holds entry of %s, or not its local record", id, a.entry.AgentID)
+		case a.entry == nil && (r.local[id] != nil || a != r.remote[id]):
+			t.Errorf("agent %s indexed by its remote record, not its local one or not its current remote one", id)
 		}
 		for _, p := range a.prefixes {
 			if !seen[key{id, p.String()}] {
@@ -159,6 +168,16 @@ func checkIndex(t testing.TB, r *Router) {
 	}
 	if len(seen) != want {
 		t.Errorf("index holds %d memberships, agent records list %d", len(seen), want)
+	}
+	for id := range r.local {
+		if r.agents[id] == nil {
+			t.Errorf("local agent %s not indexed", id)
+		}
+	}
+	for id := range r.remote {
+		if r.agents[id] == nil {
+			t.Errorf("remote agent %s not indexed", id)
+		}
 	}
 }
 
@@ -443,7 +462,7 @@ func TestCandidateFields(t *testing.T) {
 		ConnectedAt:  base.Add(time.Minute),
 		Entry:        e,
 	}
-	if len(got) != 2 || got[0].AgentID != "keep" || got[1] != want {
+	if len(got) != 2 || got[0].AgentID != "keep" || !reflect.DeepEqual(got[1], want) {
 		t.Fatalf("Lookup = %+v, want [keep %+v]", got, want)
 	}
 	if got := v.r.Lookup(got[:1], "192.0.2.1"); len(got) != 1 {
@@ -645,6 +664,15 @@ func TestConcurrentLookupDuringUpdates(t *testing.T) {
 		reg.Advertise(e, 2, subnets[n%2:], domains[n%2:])
 		if n%5 == 0 {
 			reg.Unregister(e)
+		}
+		// Remote records come and go for the same and other agents.
+		remote := fmt.Sprintf("agent-%d", (n+n/agents)%(2*agents))
+		switch n % 3 {
+		case 0:
+			r.SetRemote(Remote{AgentID: remote, ConnectedAt: clk.Now(), Replicas: []Replica{{ID: "r"}},
+				Routes: registry.Routes{Subnets: subnets[n%2:], Domains: domains}})
+		case 1:
+			r.RemoveRemote(remote)
 		}
 	}
 	close(stop)

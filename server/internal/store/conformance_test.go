@@ -62,6 +62,7 @@ var conformance = []struct {
 	// Cluster replicas.
 	{"Replicas", testReplicas},
 	{"AgentConnections", testAgentConnections},
+	{"AgentPresence", testAgentPresence},
 }
 
 // TestConformance runs the conformance cases on SQLite and on PostgreSQL

@@ -14,8 +14,17 @@ import (
 // DeleteAgent announces a deletion; the payload is the agent id.
 const agentDeletedChannel = "outpost_agent_deleted"
 
-// listenerAppName names the listener's connection in pg_stat_activity.
-const listenerAppName = "outpost-listener"
+// presenceChannel is the PostgreSQL notification channel on which the
+// triggers of migration 0006 announce a change of an agent's connections or
+// routes; the payload is the agent id.
+const presenceChannel = "outpost_agent_presence"
+
+// listenerAppName and presenceAppName name the listeners' connections in
+// pg_stat_activity.
+const (
+	listenerAppName = "outpost-listener"
+	presenceAppName = "outpost-presence"
+)
 
 // AgentEvents receives what gateway replicas sharing a PostgreSQL database
 // tell each other about agents (Postgres.ListenAgents). Its methods are
@@ -29,6 +38,21 @@ type AgentEvents interface {
 	// AgentDeleted is called for each agent deleted, through any process,
 	// while the listener listens; the deleting process is told too.
 	AgentDeleted(id string)
+}
+
+// PresenceEvents receives the changes of where agents are connected and of
+// their routes, as ListAgentPresence reads them (Postgres.ListenPresence).
+// Its methods are called from the listener's goroutine, one at a time.
+type PresenceEvents interface {
+	// Resync is called each time the listener has (re)connected and
+	// listens: changes made while it was not listening are not announced,
+	// so the receiver reads everything again. ctx ends when the listener
+	// stops.
+	Resync(ctx context.Context)
+	// PresenceChanged is called, once per transaction, for each agent
+	// whose connections (to any replica), routes, name or deletion a
+	// committed transaction changed while the listener listens.
+	PresenceChanged(agentID string)
 }
 
 // ListenConfig tunes Postgres.ListenAgents. The zero value is usable.
@@ -74,12 +98,42 @@ func (c ListenConfig) withDefaults() ListenConfig {
 // (re)connection, once it listens, so a notification lost meanwhile
 // heals. Not safe to call twice at once with the same ev.
 func (p *Postgres) ListenAgents(ctx context.Context, ev AgentEvents, cfg ListenConfig) error {
+	return p.listen(ctx, listenTo{
+		channel: agentDeletedChannel, appName: listenerAppName, what: "agent event",
+		resync: ev.Resync, notified: ev.AgentDeleted,
+	}, cfg)
+}
+
+// ListenPresence listens, on a connection of its own (application_name
+// outpost-presence), for the changes of agent presence that any process
+// sharing the database commits, and tells ev about them until ctx ends;
+// then it returns nil. It reconnects and resyncs as ListenAgents does. Not
+// safe to call twice at once with the same ev.
+func (p *Postgres) ListenPresence(ctx context.Context, ev PresenceEvents, cfg ListenConfig) error {
+	return p.listen(ctx, listenTo{
+		channel: presenceChannel, appName: presenceAppName, what: "agent presence",
+		resync: ev.Resync, notified: ev.PresenceChanged,
+	}, cfg)
+}
+
+// listenTo is one channel a listener follows, and where its events go.
+type listenTo struct {
+	channel, appName string
+	// what names the events in logs.
+	what     string
+	resync   func(ctx context.Context)
+	notified func(payload string)
+}
+
+// listen runs listenOnce until ctx ends, reconnecting with a capped,
+// jittered backoff.
+func (p *Postgres) listen(ctx context.Context, to listenTo, cfg ListenConfig) error {
 	cfg = cfg.withDefaults()
 	log := p.log.Named("listener")
 	pause := cfg.BackoffMin
 	for {
 		began := time.Now()
-		err := p.listenOnce(ctx, ev, cfg)
+		err := p.listenOnce(ctx, to, cfg)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -87,7 +141,7 @@ func (p *Postgres) ListenAgents(ctx context.Context, ev AgentEvents, cfg ListenC
 			pause = cfg.BackoffMin
 		}
 		wait := pause/2 + rand.N(pause/2+1)
-		log.Warn("agent event listener lost its connection; reconnecting", "error", err, "retry_in", wait)
+		log.Warn(to.what+" listener lost its connection; reconnecting", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -101,13 +155,13 @@ func (p *Postgres) ListenAgents(ctx context.Context, ev AgentEvents, cfg ListenC
 
 // listenOnce connects, listens and delivers notifications until the
 // connection fails or ctx ends.
-func (p *Postgres) listenOnce(ctx context.Context, ev AgentEvents, cfg ListenConfig) error {
+func (p *Postgres) listenOnce(ctx context.Context, to listenTo, cfg ListenConfig) error {
 	cc := p.connCfg.Copy()
-	cc.RuntimeParams["application_name"] = listenerAppName
+	cc.RuntimeParams["application_name"] = to.appName
 	cctx, cancel := context.WithTimeout(ctx, p.timeout)
 	c, err := pgx.ConnectConfig(cctx, cc)
 	if err == nil {
-		_, err = c.Exec(cctx, "LISTEN "+agentDeletedChannel)
+		_, err = c.Exec(cctx, "LISTEN "+to.channel)
 	}
 	cancel()
 	if err != nil {
@@ -121,16 +175,16 @@ func (p *Postgres) listenOnce(ctx context.Context, ev AgentEvents, cfg ListenCon
 		defer cancel()
 		c.Close(cctx)
 	}()
-	p.log.Named("listener").Debug("listening for agent events", "channel", agentDeletedChannel)
-	ev.Resync(ctx)
+	p.log.Named("listener").Debug("listening", "channel", to.channel)
+	to.resync(ctx)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, cfg.PingInterval)
 		n, err := c.WaitForNotification(wctx)
 		cancel()
 		switch {
 		case err == nil:
-			if n.Channel == agentDeletedChannel {
-				ev.AgentDeleted(n.Payload)
+			if n.Channel == to.channel {
+				to.notified(n.Payload)
 			}
 			continue
 		case ctx.Err() != nil:

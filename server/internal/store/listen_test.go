@@ -7,16 +7,25 @@ import (
 	"time"
 )
 
-// recordedEvents is an AgentEvents that records what it is told.
+// recordedEvents is an AgentEvents and a PresenceEvents that records what
+// it is told.
 type recordedEvents struct {
-	mu      sync.Mutex
-	resyncs int
-	deleted []string
-	changed chan struct{} // signalled after every event
+	mu       sync.Mutex
+	resyncs  int
+	deleted  []string
+	presence []string      // PresenceChanged ids since the last waitPresence
+	changed  chan struct{} // signalled after every event
 }
 
 func newRecordedEvents() *recordedEvents {
-	return &recordedEvents{changed: make(chan struct{}, 100)}
+	return &recordedEvents{changed: make(chan struct{}, 1000)}
+}
+
+func (r *recordedEvents) PresenceChanged(id string) {
+	r.mu.Lock()
+	r.presence = append(r.presence, id)
+	r.mu.Unlock()
+	r.changed <- struct{}{}
 }
 
 func (r *recordedEvents) Resync(context.Context) {

@@ -4,7 +4,8 @@
 // sealed secrets that gateway replicas share, and the replicas themselves
 // with the agent connections each one holds. The connections themselves
 // stay in memory elsewhere. On PostgreSQL, agent deletions are announced
-// to every replica (ListenAgents).
+// to every replica (ListenAgents), and so is every change of where agents
+// are connected and of their routes (ListenPresence, ListAgentPresence).
 //
 // Store is the interface, with two implementations sharing one body of SQL
 // over database/sql: SQLite, opened with OpenSQLite, the default (one file
@@ -226,6 +227,15 @@ type Store interface {
 	// of the replicas recorded to hold a connection of the agent and
 	// heard from (heartbeat) at or after heartbeatSince, in id order.
 	AgentReplicas(ctx context.Context, agentIDs []string, heartbeatSince time.Time) (map[string][]string, error)
+	// ListAgentPresence returns the live agents connected to serving
+	// replicas other than opts.ExcludeReplica and heard from since
+	// opts.HeartbeatSince (restricted to opts.AgentIDs if not nil), in id
+	// order, each with its routes and the replicas holding it; an empty,
+	// non-nil slice when there are none. It is one query (per
+	// maxIDsPerQuery ids when AgentIDs is set). On PostgreSQL, each change
+	// that can alter its answer for an agent is announced to
+	// Postgres.ListenPresence.
+	ListAgentPresence(ctx context.Context, opts PresenceOptions) ([]AgentPresence, error)
 
 	// ExportRows reads every row but the cluster secrets, in one
 	// consistent snapshot, to move the gateway to another store.

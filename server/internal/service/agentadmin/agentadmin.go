@@ -22,6 +22,7 @@ import (
 	"github.com/outposthq/outpost/server/internal/approval"
 	"github.com/outposthq/outpost/server/internal/cluster"
 	"github.com/outposthq/outpost/server/internal/registry"
+	"github.com/outposthq/outpost/server/internal/routing"
 	"github.com/outposthq/outpost/server/internal/service/grpcerr"
 	"github.com/outposthq/outpost/server/internal/store"
 )
@@ -74,6 +75,14 @@ type Cluster interface {
 	AgentReplicas(ctx context.Context, agentIDs []string) (map[string][]string, error)
 }
 
+// Remote tells which agents are connected to other replicas of the
+// cluster; *cluster.Presence is one.
+type Remote interface {
+	// Get returns the agent's presence on other replicas, and false when
+	// it is connected to none.
+	Get(agentID string) (routing.Remote, bool)
+}
+
 // Disconnector closes an agent's live connection with a reason.
 type Disconnector func(agentID, reason string) bool
 
@@ -90,6 +99,10 @@ type Config struct {
 	// Cluster, if set, answers ListGateways and fills Agent.replica_ids;
 	// if nil, ListGateways lists none and replica_ids stay empty.
 	Cluster Cluster
+	// Remote, if set, shows an agent connected only to other replicas as
+	// online, with the routes it serves there; if nil, such an agent shows
+	// offline.
+	Remote Remote
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -338,6 +351,11 @@ func (s *Service) view(a store.Agent) *outpostv1.Agent {
 		if t, ok := s.cfg.Live.LastSeen(a.ID); ok {
 			v.LastSeen = timestamppb.New(t)
 		}
+		if s.cfg.Remote != nil {
+			if r, ok := s.cfg.Remote.Get(a.ID); ok {
+				s.remoteView(v, r)
+			}
+		}
 		return v
 	}
 	v.Status = liveStatus(snap.Status)
@@ -352,6 +370,19 @@ func (s *Service) view(a store.Agent) *outpostv1.Agent {
 		v.AmbiguousDomains = append(v.AmbiguousDomains, s.cfg.Ambiguity.AmbiguousDomains(a.ID)...)
 	}
 	return v
+}
+
+// remoteView fills v for an agent connected only to other replicas: online
+// there, since its latest connection, with the routes it serves (already
+// inside its approved set: what it advertised beyond it is not known
+// here).
+func (s *Service) remoteView(v *outpostv1.Agent, r routing.Remote) {
+	v.Status = outpostv1.AgentStatus_AGENT_STATUS_ONLINE
+	v.ConnectedAt = timestamppb.New(r.ConnectedAt)
+	v.Subnets, v.Domains = appendRoutes(v.Subnets, v.Domains, r.Routes)
+	if s.cfg.Ambiguity != nil {
+		v.AmbiguousDomains = append(v.AmbiguousDomains, s.cfg.Ambiguity.AmbiguousDomains(r.AgentID)...)
+	}
 }
 
 // appendRoutes appends r's subnets and domains in their API form.

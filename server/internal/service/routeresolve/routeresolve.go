@@ -85,8 +85,8 @@ func New(cfg Config) (*Service, error) {
 }
 
 // ResolveTarget returns the decision a session to the target would take now.
-func (s *Service) ResolveTarget(ctx context.Context, req *outpostv1.ResolveTargetRequest) (*outpostv1.ResolveTargetResponse, error) {
-	d, err := s.cfg.Broker.Decide(ctx, req.GetTarget(), req.GetAgentId())
+func (s *Service) ResolveTarget(_ context.Context, req *outpostv1.ResolveTargetRequest) (*outpostv1.ResolveTargetResponse, error) {
+	d, err := s.cfg.Broker.Decide(req.GetTarget(), req.GetAgentId())
 	if err != nil {
 		return nil, grpcerr.From(err)
 	}
@@ -106,7 +106,7 @@ func (s *Service) CreateSession(ctx context.Context, req *outpostv1.CreateSessio
 		return nil, grpcerr.Errorf(grpcerr.ErrUnauthenticated, "session tokens are minted for an API key, and this call carries none")
 	}
 	// Validate the target (and the agent id) the way a connect will.
-	if _, err := s.cfg.Broker.Decide(ctx, req.GetTarget(), req.GetAgentId()); err != nil {
+	if _, err := s.cfg.Broker.Decide(req.GetTarget(), req.GetAgentId()); err != nil {
 		return nil, grpcerr.From(err)
 	}
 	agentID := ""

@@ -1,0 +1,1164 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/outposthq/outpost/client/wsstream"
+	"github.com/outposthq/outpost/dataplane/transport"
+	"github.com/outposthq/outpost/internal/testpg"
+)
+
+// The cluster lab: one PostgreSQL, three gateway replicas of the real
+// binary, each in its own namespace, behind an nftables load balancer;
+// agents in an office in front of a private network; clients that reach
+// only the balancer and the replicas. Every address lives inside the
+// test's namespaces.
+//
+//	link                one end                  other end
+//	datacenter          bridge br0 in dc: lb 10.97.0.1, db 10.97.0.5,
+//	                    r1 10.97.0.11, r2 10.97.0.12, r3 10.97.0.13
+//	office ↔ lb         office wan 10.96.1.2     lb office 10.96.1.1
+//	client ↔ lb         client eth0 10.96.2.2    lb client 10.96.2.1
+//	private network     office lan 10.95.0.1     target eth0 10.95.0.10
+//
+// The balancer's address (the cluster's public name) is 10.96.0.1, on lb's
+// loopback. lb forwards between its links and DNATs the balancer's
+// address: UDP 4433 (the agents' QUIC) and TCP 7171 (API and client entry)
+// each spread over the replicas by "numgen inc mod N". numgen, not jhash:
+// round robin over new flows spreads evenly however few flows the test
+// makes (a hash of a handful of source ports may well put them all on one
+// replica), and a client that retries from a new connection lands on the
+// next replica, so a retry loop is bounded by the number of replicas.
+// Either keeps a flow on its replica: NAT is decided on a flow's first
+// packet and conntrack keeps it. The replicas, office and client route
+// through lb; nothing routes to the private network but office, which runs
+// the agents (office-a through the balancer, office-b straight at replica
+// 3). The target runs an echo server (:7) and a sink (:9) that answers the
+// SHA-256 of what it read when the client half-closes.
+//
+// Settings kept short for the test: replica heartbeat 1 s, gone after 4 s
+// (a loaded 2-core machine delays heartbeats; 4 s leaves room), QUIC idle
+// timeout 5 s (how long an agent takes to notice a dead replica).
+const (
+	clusterVIP        = "10.96.0.1"
+	clusterDBIP       = "10.97.0.5"
+	clusterDCNet      = "10.97.0.0/24"
+	clusterLBInside   = "10.97.0.1"
+	clusterPrivSubnet = "10.95.0.0/24"
+	clusterTargetIP   = "10.95.0.10"
+	clusterEcho       = clusterTargetIP + ":7"
+	clusterSink       = clusterTargetIP + ":9"
+
+	clusterHeartbeat = time.Second
+	clusterGoneAfter = 4 * time.Second
+	clusterBigSize   = 50 << 20
+
+	// clusterHealthEvery and clusterHealthFails are the balancer's health
+	// check, which the test plays: a TCP connect to each replica's API port
+	// every 250 ms, a replica dropped after 2 failures in a row (so within
+	// about 0.5 s of its death).
+	clusterHealthEvery = 250 * time.Millisecond
+	clusterHealthFails = 2
+)
+
+// clusterReplicaIPs are the replicas' own addresses, replica 1 first.
+var clusterReplicaIPs = []string{"10.97.0.11", "10.97.0.12", "10.97.0.13"}
+
+// clusterSuite is the state the steps of TestNetnsCluster share.
+type clusterSuite struct {
+	*netLab
+	bin      string
+	pg       *testpg.Server
+	dsn      string
+	sealKey  string
+	secret   string // the file of the static enrollment secret every replica accepts
+	pin      string // the cluster CA's SPKI SHA-256, hex
+	caFile   string
+	apiKey   string
+	api      *http.Client // from the client namespace
+	replicas []*clusterReplica
+	agents   map[string]*netnsAgent
+	target   *clusterTarget
+}
+
+// clusterReplica is one gateway replica.
+type clusterReplica struct {
+	n       int // 1, 2, 3
+	ip, dir string
+	conf    string // its JSON config file (the replica_* settings)
+	id      string // its replica id, once registered
+	proc    *nsProc
+}
+
+func (r *clusterReplica) ns() string  { return fmt.Sprintf("r%d", r.n) }
+func (r *clusterReplica) url() string { return "https://" + r.ip + ":7171" }
+
+// TestNetnsCluster runs three gateway replicas of the real binary on one
+// PostgreSQL, each in its own namespace behind an nftables load balancer,
+// with agents and clients in namespaces of their own (see the lab above).
+// The steps share one lab and run in order.
+func TestNetnsCluster(t *testing.T) {
+	requireNetns(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		reason := "missing nft (apt-get install -y nftables)"
+		if os.Getenv("CI") != "" {
+			t.Fatal("netns cluster suite: " + reason)
+		}
+		skipSuite(t, "netns cluster", reason)
+	}
+	s := &clusterSuite{netLab: newLab(t), bin: outpostBinary(t), agents: map[string]*netnsAgent{}}
+	mustStep(t, "topology", s.topology)
+	// These two skip the whole suite where the kernel cannot balance or
+	// PostgreSQL is missing: they run on t itself, not in a step.
+	s.balancer(t)
+	s.database(t)
+	mustStep(t, "three replicas start", s.replicasStart)
+	mustStep(t, "agent through the balancer", s.agentThroughBalancer)
+	mustStep(t, "enrollment through replica 1, admission on replica 3", s.enrollOnOneAdmitOnAnother)
+	t.Run("GET /v1/gateways through the balancer: three replicas serving, with their agents", s.listGateways)
+	t.Run("one single-use token on two replicas at once: exactly one session", s.singleUseRace)
+	t.Run("50 MB through the balancer with a checksum, retried until the client lands on the agent's replica", s.bigSession)
+	t.Run("DeleteAgent on replica 2 closes the agent on replica 3 within 1 s", s.deleteElsewhere)
+	t.Run("kill -9 of a replica: gone, survivors serve, its agent reconnects to a survivor", s.replicaKilled)
+	s.logf(t, "netns cluster suite done")
+}
+
+// Tests to add once agents hold K connections (--ha-connections) and the
+// peer link forwards sessions (issue 17); the helpers they need are here
+// already (agentReplicas, listenVia, wsEcho, checkedUpload,
+// startHealthCheck, setBackends, replicaHolding):
+//
+//   - every agent holds 2 distinct replicas: start the agents with
+//     --ha-connections 2 and wait until agentReplicas(id) has two distinct
+//     ids, each serving in ListGateways, and every replica's agent_count
+//     matches.
+//   - forwarding: listenVia(a replica not in agentReplicas(id)) carries
+//     checkedUpload of 50 MB with its checksum on the first try (no retry
+//     loop as in bigSession), and the audit on that replica names the
+//     replica that holds the agent.
+//   - kill -9 during continuous session creation: one new session (a
+//     fresh single-use token, wsEcho through the balancer; or outpost
+//     connect, which retries another replica) every 50 ms for 20 s;
+//     replicaKilled's kill in the middle; no setup fails after the kill
+//     but those the dead replica had accepted; the agents are back at K
+//     within one backoff (report the time). replicaKilled's last loop
+//     then serves every session.
+//   - SIGTERM of a replica: it shows draining, its agents dial a
+//     replacement before dropping it (agentReplicas never falls below 1,
+//     back at 2 before the replica exits).
+//   - a v1 agent (one connection, no replica identity) serves sessions for
+//     clients on every replica (listenVia each replica in turn).
+//   - replace the TODO in bigSession: the retry loop is no longer needed.
+
+func (s *clusterSuite) topology(t *testing.T) {
+	s.addNetns(t, "dc", "lb", "db", "r1", "r2", "r3", "office", "client", "target")
+	s.link(t, vethEnd{"lb", "dc", clusterLBInside + "/24"}, vethEnd{"dc", "lb", ""})
+	s.link(t, vethEnd{"db", "eth0", clusterDBIP + "/24"}, vethEnd{"dc", "db", ""})
+	ports := []string{"lb", "db"}
+	for i, ip := range clusterReplicaIPs {
+		ns := fmt.Sprintf("r%d", i+1)
+		s.link(t, vethEnd{ns, "eth0", ip + "/24"}, vethEnd{"dc", ns, ""})
+		s.ip(t, "-n", s.ns(ns), "route", "add", "default", "via", clusterLBInside)
+		ports = append(ports, ns)
+	}
+	s.bridge(t, "dc", "br0", ports...)
+	s.link(t, vethEnd{"office", "wan", "10.96.1.2/24"}, vethEnd{"lb", "office", "10.96.1.1/24"})
+	s.link(t, vethEnd{"client", "eth0", "10.96.2.2/24"}, vethEnd{"lb", "client", "10.96.2.1/24"})
+	s.ip(t, "-n", s.ns("office"), "route", "add", "default", "via", "10.96.1.1")
+	s.ip(t, "-n", s.ns("client"), "route", "add", "default", "via", "10.96.2.1")
+	s.link(t, vethEnd{"office", "lan", "10.95.0.1/24"}, vethEnd{"target", "eth0", clusterTargetIP + "/24"})
+	s.ip(t, "-n", s.ns("lb"), "addr", "add", clusterVIP+"/32", "dev", "lo")
+	if err := s.run("lb", 10*time.Second, nil, nil, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		t.Fatal(err)
+	}
+	s.target = s.startTargets(t, "target", clusterTargetIP)
+	if err := s.waitReachable("office", clusterEcho, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"lb", "client", "r1"} {
+		if ok, _ := s.canReach(ns, clusterEcho, time.Second); ok {
+			t.Fatalf("%s reaches %s: the private network is not private", ns, clusterEcho)
+		}
+	}
+	s.logf(t, "namespaces %s{dc,lb,db,r1,r2,r3,office,client,target} up; the target answers from office only", s.prefix)
+}
+
+// balancer writes the balancer's rules, or skips the suite (fails it under
+// CI) where the kernel cannot.
+func (s *clusterSuite) balancer(t *testing.T) {
+	if err := s.setBackends(clusterReplicaIPs); err != nil {
+		// The nft command is there (TestNetnsCluster checked), so the
+		// kernel lacks nf_tables or its NAT.
+		reason := fmt.Sprintf("nftables DNAT does not work in a namespace on this kernel: %v", err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(reason)
+		}
+		skipSuite(t, "netns cluster", reason)
+	}
+	s.logf(t, "balancer %s → %v (numgen inc mod 3, UDP 4433 and TCP 7171)", clusterVIP, clusterReplicaIPs)
+}
+
+// setBackends (re)writes the balancer's rules in one nft transaction: the
+// balancer's address spread over ips, round robin.
+func (s *clusterSuite) setBackends(ips []string) error {
+	var m []string
+	for i, ip := range ips {
+		m = append(m, fmt.Sprintf("%d : %s", i, ip))
+	}
+	spread := fmt.Sprintf("numgen inc mod %d map { %s }", len(ips), strings.Join(m, ", "))
+	script := strings.Join([]string{
+		"table ip outpost_lb",
+		"flush table ip outpost_lb",
+		"table ip outpost_lb {",
+		"  chain prerouting {",
+		"    type nat hook prerouting priority dstnat; policy accept;",
+		"    ip daddr " + clusterVIP + " udp dport 4433 dnat to " + spread,
+		"    ip daddr " + clusterVIP + " tcp dport 7171 dnat to " + spread,
+		"  }",
+		"}",
+	}, "\n") + "\n"
+	return s.run("lb", 10*time.Second, strings.NewReader(script), nil, "nft", "-f", "-")
+}
+
+// database runs PostgreSQL in the db namespace, or skips the suite (fails
+// it under CI) where PostgreSQL is missing.
+func (s *clusterSuite) database(t *testing.T) {
+	db := s.ns("db")
+	s.pg = testpg.NewServerWith(t, testpg.Options{ListenAddr: clusterDBIP, TrustNet: clusterDCNet,
+		// Forked from a thread inside the db namespace: the server's
+		// sockets are the namespace's.
+		Spawn: func(cmd *exec.Cmd) error {
+			_, err := inNetns(db, func() (struct{}, error) { return struct{}{}, cmd.Start() })
+			return err
+		}})
+	s.dsn = s.pg.DSN(t)
+	if err := s.waitReachable("r1", clusterDBIP+":5432", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.logf(t, "PostgreSQL listens on %s:5432 in db", clusterDBIP)
+}
+
+func (s *clusterSuite) replicasStart(t *testing.T) {
+	keys := s.t.TempDir()
+	s.sealKey, s.secret = filepath.Join(keys, "seal.key"), filepath.Join(keys, "enrollment.secret")
+	if err := s.run("db", 20*time.Second, nil, nil, s.bin, "gateway", "seal-key", "create", "--out", s.sealKey); err != nil {
+		t.Fatal(err)
+	}
+	nsWriteFile(t, s.secret, rand.Text()+"\n")
+	for i, ip := range clusterReplicaIPs {
+		r := &clusterReplica{n: i + 1, ip: ip, dir: s.t.TempDir()}
+		r.conf = filepath.Join(r.dir, "replica.json")
+		conf, _ := json.Marshal(map[string]string{
+			"replica_name":          r.ns(),
+			"replica_quic_endpoint": ip + ":4433",
+			"replica_api_endpoint":  ip + ":7171",
+			"replica_heartbeat":     clusterHeartbeat.String(),
+			"replica_gone_after":    clusterGoneAfter.String(),
+			"replica_sweep_grace":   "5m", // a gone replica stays listed
+		})
+		nsWriteFile(t, r.conf, string(conf))
+		s.replicas = append(s.replicas, r)
+	}
+	// Replica 1 creates the cluster's secrets and the first admin key; the
+	// others find the secrets in the store and are given its admin key.
+	r1 := s.replicas[0]
+	s.startReplica(t, r1)
+	serving := regexp.MustCompile(`gateway serving.*ca_spki_sha256=([0-9a-f]{64})`)
+	pin, err := r1.proc.waitLog(serving, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.pin = pin
+	key, err := os.ReadFile(filepath.Join(r1.dir, "admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.apiKey = strings.TrimSpace(string(key))
+	for _, r := range s.replicas[1:] {
+		nsWriteFile(t, filepath.Join(r.dir, "admin.key"), string(key))
+		s.startReplica(t, r)
+	}
+	for _, r := range s.replicas[1:] {
+		got, err := r.proc.waitLog(serving, 60*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != s.pin {
+			t.Fatalf("replica %d serves CA %s, replica 1 %s: not one cluster", r.n, got, s.pin)
+		}
+	}
+	s.caFile = filepath.Join(keys, "ca.pem")
+	ca, err := s.fetchCA(r1.ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsWriteFile(t, s.caFile, string(ca))
+	s.api = s.httpClient(t, "client", ca)
+	for _, r := range s.replicas {
+		if r.id, err = s.selfID(r.url(), 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.logf(t, "replicas serving: r1 %s, r2 %s, r3 %s; one CA (pin %s…)", s.replicas[0].id, s.replicas[1].id, s.replicas[2].id, s.pin[:12])
+}
+
+// startReplica runs replica r: the balancer's address is its public name,
+// its own address the second name of its certificate.
+func (s *clusterSuite) startReplica(t *testing.T, r *clusterReplica) {
+	t.Helper()
+	r.proc = s.startProc(t, r.ns(), "replica-"+r.ns(), nil, s.bin, "gateway", "--config", r.conf,
+		"--data-dir", r.dir, "--store", s.dsn, "--seal-key-file", s.sealKey,
+		"--listen", r.ip+":7171", "--quic-listen", r.ip+":4433", "--hostname", clusterVIP+","+r.ip,
+		"--enrollment-secret-file", s.secret, "--quic-idle-timeout", "5s", "--allow-direct=false", "--log-level", "debug")
+}
+
+// fetchCA reads the cluster CA certificate from the chain a replica
+// serves, trusting only the pin replica 1 logged.
+func (s *clusterSuite) fetchCA(ip string) ([]byte, error) {
+	pin, err := transport.ParsePin(s.pin)
+	if err != nil {
+		return nil, err
+	}
+	return inNetns(s.ns("client"), func() ([]byte, error) {
+		d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: transport.CAPinnedTLS(ip, pin)}
+		c, err := d.Dial("tcp", ip+":7171")
+		if err != nil {
+			return nil, fmt.Errorf("fetch the CA from %s: %w", ip, err)
+		}
+		defer c.Close()
+		for _, cert := range c.(*tls.Conn).ConnectionState().PeerCertificates {
+			if cert.IsCA && pin.Matches(cert) {
+				return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), nil
+			}
+		}
+		return nil, fmt.Errorf("fetch the CA from %s: no CA certificate with the pin in the chain", ip)
+	})
+}
+
+func (s *clusterSuite) agentThroughBalancer(t *testing.T) {
+	var tok struct{ Token string }
+	body := `{"agent_name":"office-a","routes":{"subnets":["` + clusterPrivSubnet + `"]}}`
+	if err := s.call("POST", clusterURL(clusterVIP), "/v1/enrollment-tokens", body, &tok); err != nil {
+		t.Fatal(err)
+	}
+	a := &netnsAgent{name: "office-a", ns: "office", dir: s.t.TempDir()}
+	a.proc = s.startProc(t, a.ns, "agent-office-a", strings.NewReader(tok.Token+"\n"),
+		s.bin, "agent", "up", "--token", "-", "--config-dir", a.dir, "--log-level", "debug")
+	var err error
+	if a.id, err = netnsAgentID(a.dir, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.agents[a.name] = a
+	// office-b will be on replica 3: office-a must be elsewhere for the
+	// tests that need the two agents on two replicas. A new connection
+	// lands on the next replica (round robin), so a restart moves it.
+	for try := 1; ; try++ {
+		r, err := s.waitHeld(a.id, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.n != 3 {
+			s.logf(t, "office-a (%s) enrolled and connected through the balancer, which sent it to replica %d", a.id, r.n)
+			return
+		}
+		if try == 3 {
+			t.Fatalf("office-a lands on replica 3 after %d restarts: is the balancer round robin?", try)
+		}
+		if err := a.proc.stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		s.waitGone(t, a.id, r)
+		a.proc = s.startProc(t, a.ns, "agent-office-a", nil, s.bin, "agent", "run", "--config-dir", a.dir, "--log-level", "debug")
+	}
+}
+
+func (s *clusterSuite) enrollOnOneAdmitOnAnother(t *testing.T) {
+	r1, r3 := s.replicas[0], s.replicas[2]
+	b := &netnsAgent{name: "office-b", ns: "office", dir: s.t.TempDir()}
+	out, err := s.output(b.ns, 60*time.Second, nil, s.bin, "agent", "enroll", "--secret-file", s.secret,
+		"--gateway", r1.url(), "--ca-pin", s.pin, "--name", b.name, "--advertise-subnets", clusterPrivSubnet,
+		"--quic-endpoint", r3.ip+":4433", "--config-dir", b.dir)
+	if err != nil {
+		t.Fatalf("agent enroll at replica 1's own address: %v", err)
+	}
+	if b.id, err = netnsAgentID(b.dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	s.agents[b.name] = b
+	if !strings.Contains(r1.proc.logText(), b.id) {
+		t.Errorf("replica 1's log does not mention the agent it enrolled (%s)", b.id)
+	}
+	b.proc = s.startProc(t, b.ns, "agent-office-b", nil, s.bin, "agent", "run", "--config-dir", b.dir, "--log-level", "debug")
+	r, err := s.waitHeld(b.id, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r != r3 {
+		t.Fatalf("office-b, pointed at replica 3, connected to replica %d", r.n)
+	}
+	// Replica 2, which saw neither, knows the agent and where it is. (Its
+	// status there is its own registry's: offline until routing is
+	// cluster-wide.)
+	view, err := s.agentView(s.replicas[1].url(), b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(view.ReplicaIDs, []string{r3.id}) {
+		t.Fatalf("office-b through replica 2: on %v, want on [%s]", view.ReplicaIDs, r3.id)
+	}
+	s.logf(t, "office-b (%s) enrolled at replica 1 (%s), admitted by replica 3, seen there through replica 2 (status there %s): %s",
+		b.id, r1.ip, view.Status, tailText(out, 200))
+}
+
+func (s *clusterSuite) listGateways(t *testing.T) {
+	want := map[string]string{}
+	for _, r := range s.replicas {
+		n := 0
+		for _, a := range s.agents {
+			if a.proc != nil && !a.proc.exited() && s.replicaHolding(a.id) == r {
+				n++
+			}
+		}
+		want[r.id] = fmt.Sprintf("serving/%d", n)
+	}
+	var got map[string]string
+	answered := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Each request is a new connection through the balancer: in
+		// turn, every replica answers.
+		gws, err := s.gateways(clusterURL(clusterVIP))
+		if err == nil {
+			got = map[string]string{}
+			for _, g := range gws {
+				got[g.ReplicaID] = fmt.Sprintf("%s/%d", g.state(), g.AgentCount)
+				if g.Self {
+					answered[g.ReplicaID] = true
+				}
+			}
+		}
+		if err == nil && maps.Equal(got, want) && len(answered) == len(s.replicas) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /v1/gateways through the balancer: %v (%v), want %v, answered by every replica (answered: %v)", got, err, want, answered)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.logf(t, "GET /v1/gateways through the balancer, answered by each replica in turn: %v", got)
+}
+
+func (s *clusterSuite) singleUseRace(t *testing.T) {
+	// Two replicas that can each serve the session: the ones holding
+	// office-a and office-b, which both advertise the private network.
+	ra, rb := s.heldBy(s.agents["office-a"].id), s.heldBy(s.agents["office-b"].id)
+	if ra == nil || rb == nil || ra == rb {
+		t.Fatalf("office-a on %v, office-b on %v: want two replicas", ra, rb)
+	}
+	tok := s.sessionToken(t, clusterEcho, false)
+	type result struct {
+		r   *clusterReplica
+		out string
+		err error
+	}
+	results := make(chan result, 2)
+	var start sync.WaitGroup
+	start.Add(1)
+	for _, r := range []*clusterReplica{ra, rb} {
+		go func() {
+			start.Wait()
+			out, err := s.output("client", 30*time.Second, strings.NewReader("ping\n"), s.bin, "connect",
+				"--gateway", r.url(), "--ca-pin", s.pin, "--token", tok, "--stdio")
+			results <- result{r, out, err}
+		}()
+	}
+	start.Done()
+	var ok, refused []result
+	for range 2 {
+		res := <-results
+		switch {
+		case res.err == nil && res.out == "ping":
+			ok = append(ok, res)
+		case res.err != nil && strings.Contains(res.err.Error(), "already used (it is single-use)"):
+			refused = append(refused, res)
+		default:
+			t.Errorf("replica %d: %q %v: neither the echo nor the single-use refusal", res.r.n, res.out, res.err)
+		}
+	}
+	if len(ok) != 1 || len(refused) != 1 {
+		t.Fatalf("one single-use token on replicas %d and %d at once: %d sessions, %d refused; want exactly one of each", ra.n, rb.n, len(ok), len(refused))
+	}
+	s.logf(t, "single-use token on replicas %d and %d at once: replica %d served it, replica %d refused it: %s",
+		ra.n, rb.n, ok[0].r.n, refused[0].r.n, tailText(refused[0].err.Error(), 200))
+}
+
+// bigSession carries 50 MB from the client namespace through the balancer
+// to the sink. Without the peer link a replica can serve only the agents
+// connected to it, so a client that lands elsewhere is refused and tries
+// again from a new connection, which the balancer sends to the next
+// replica.
+//
+// TODO(issue 17, peer link): once a replica forwards a session to the one
+// holding the agent, the first try must succeed wherever the client lands;
+// drop the retry loop and assert that.
+func (s *clusterSuite) bigSession(t *testing.T) {
+	a := s.agents["office-a"]
+	holder := s.heldBy(a.id)
+	if holder == nil {
+		t.Fatal("office-a is not connected")
+	}
+	// office-b serves the same network from replica 3: stop it for this
+	// test so that only office-a's replica can serve it.
+	b := s.agents["office-b"]
+	if err := b.proc.stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.waitGone(t, b.id, s.replicas[2])
+	defer func() {
+		b.proc = s.startProc(t, b.ns, "agent-office-b", nil, s.bin, "agent", "run", "--config-dir", b.dir, "--log-level", "debug")
+		if r, err := s.waitHeld(b.id, 30*time.Second); err != nil || r != s.replicas[2] {
+			t.Errorf("office-b back: on %v, %v; want replica 3", r, err)
+		}
+	}()
+
+	// What a replica without the agent says today.
+	var other *clusterReplica
+	for _, r := range s.replicas {
+		if r != holder {
+			other = r
+			break
+		}
+	}
+	tok := s.sessionToken(t, clusterSink, true)
+	probe := func(addr string) error { _, err := s.checkedUpload(addr, 1<<10, 4, 20*time.Second); return err }
+	addr, p := s.listenVia(t, other.url(), tok)
+	err := probe(addr)
+	p.stop(5 * time.Second)
+	if err == nil {
+		t.Fatalf("replica %d served a session to office-a, connected to replica %d only: is the peer link here? Then replace this test's retry loop", other.n, holder.n)
+	}
+	reason := connectReason(p)
+	if !strings.HasPrefix(reason, "session failed: ") {
+		t.Errorf("replica %d, without office-a, did not say why it refused the session: %s", other.n, reason)
+	}
+	s.logf(t, "replica %d, without office-a (on replica %d), refuses the session: %s", other.n, holder.n, reason)
+
+	// Through the balancer, retried from a new connection until one lands
+	// on the replica holding the agent.
+	var attempts []string
+	for try := 1; ; try++ {
+		addr, p = s.listenVia(t, clusterURL(clusterVIP), tok)
+		err = probe(addr)
+		if err == nil {
+			attempts = append(attempts, fmt.Sprintf("#%d served", try))
+			break
+		}
+		p.stop(5 * time.Second)
+		attempts = append(attempts, fmt.Sprintf("#%d refused (%s)", try, connectReason(p)))
+		if try == 2*len(s.replicas) {
+			t.Fatalf("no session through the balancer in %d tries: %s", try, strings.Join(attempts, "; "))
+		}
+	}
+	defer p.stop(5 * time.Second)
+	d, err := s.checkedUpload(addr, clusterBigSize, 3, 2*time.Minute)
+	if err != nil {
+		t.Fatalf("50 MB through the balancer: %v", err)
+	}
+	s.logf(t, "through the balancer: %s; then 50 MB to the sink, SHA-256 matches (%v, %s)",
+		strings.Join(attempts, ", "), d.Round(time.Millisecond), nsRate(clusterBigSize, d))
+}
+
+func (s *clusterSuite) deleteElsewhere(t *testing.T) {
+	b, r2, r3 := s.agents["office-b"], s.replicas[1], s.replicas[2]
+	if s.heldBy(b.id) != r3 {
+		t.Fatalf("office-b is not on replica 3")
+	}
+	closed := regexp.MustCompile(`agent-deleted`)
+	if closed.MatchString(b.proc.logText()) {
+		t.Fatal("office-b's log mentions agent-deleted before the delete")
+	}
+	// From the request: an upper bound, the close may come before the
+	// answer.
+	deleted := time.Now()
+	if err := s.call("DELETE", r2.url(), "/v1/agents/"+b.id, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.proc.waitLog(closed, 5*time.Second); err != nil {
+		t.Fatalf("office-b, on replica 3, deleted through replica 2: %v", err)
+	}
+	took := time.Since(deleted)
+	// The log is polled every 50 ms: a little slack over the 1 s of the
+	// issue.
+	if took > 1500*time.Millisecond {
+		t.Errorf("office-b closed %v after the delete, want within about 1 s", took.Round(time.Millisecond))
+	}
+	if err := s.waitGateway(r2.url(), r3.id, "serving/0", 5*time.Second); err != nil {
+		t.Error(err)
+	}
+	s.logf(t, "DELETE through replica 2: office-b's connection on replica 3 closed with agent-deleted within %v of the request", took.Round(time.Millisecond))
+}
+
+func (s *clusterSuite) replicaKilled(t *testing.T) {
+	a := s.agents["office-a"]
+	dead := s.heldBy(a.id)
+	if dead == nil {
+		t.Fatal("office-a is not connected")
+	}
+	var survivors []*clusterReplica
+	for _, r := range s.replicas {
+		if r != dead {
+			survivors = append(survivors, r)
+		}
+	}
+	hc := s.startHealthCheck(t)
+	defer hc.stop(t)
+
+	dead.proc.kill()
+	killed := time.Now()
+	s.logf(t, "replica %d (holding office-a) killed with SIGKILL", dead.n)
+	if !dead.proc.waitFor(5 * time.Second) {
+		t.Fatal("the killed replica did not exit")
+	}
+	// The survivors list it gone after replica_gone_after and keep serving.
+	for _, r := range survivors {
+		// Its agent count is its presence rows', which stay until the
+		// survivors sweep them (replica_sweep_grace).
+		if err := s.waitGateway(r.url(), dead.id, "gone/", clusterGoneAfter+10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone := time.Since(killed)
+	for _, r := range survivors {
+		if err := s.waitGateway(survivors[0].url(), r.id, "serving/", 5*time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+	// office-a reconnects through the balancer to a survivor.
+	back, err := s.waitHeld(a.id, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back == dead {
+		t.Fatalf("office-a is held by the dead replica")
+	}
+	reconnected := time.Since(killed)
+	dropped := hc.droppedAfter(dead.ip, killed)
+	// Sessions through the balancer, each on a new connection: the
+	// balancer alternates between the survivors, and only the one holding
+	// office-a can serve them until the peer link forwards the others.
+	tok := s.sessionToken(t, "", true)
+	var served int
+	var failures []string
+	for range 2 * len(survivors) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := s.wsEcho(ctx, clusterURL(clusterVIP), tok)
+		cancel()
+		if err != nil {
+			failures = append(failures, err.Error())
+			continue
+		}
+		served++
+	}
+	if served == 0 {
+		t.Fatalf("no session through the balancer after the kill: %s", strings.Join(failures, "; "))
+	}
+	s.logf(t, "after the kill of replica %d: the balancer dropped it after %v (health check every %v, %d failures), listed gone after %v, office-a back on replica %d after %v",
+		dead.n, dropped, clusterHealthEvery, clusterHealthFails, gone.Round(time.Millisecond), back.n, reconnected.Round(time.Millisecond))
+	s.logf(t, "then %d of %d sessions through the balancer served; the others landed on the survivor without office-a (no peer link yet): %s",
+		served, 2*len(survivors), tailText(strings.Join(failures, "; "), 300))
+}
+
+// Lab helpers.
+
+// clusterURL is the API URL at host (the balancer or a replica).
+func clusterURL(host string) string { return "https://" + host + ":7171" }
+
+// call makes an API request from the client namespace with the admin key
+// and decodes a 200 answer into out (if not nil).
+func (s *clusterSuite) call(method, base, path, body string, out any) error {
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.apiKey)
+	resp, err := s.api.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s%s: %w", method, base, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s%s: %d %s %v", method, base, path, resp.StatusCode, bytes.TrimSpace(b), err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s%s: %w: %s", method, base, path, err, b)
+		}
+	}
+	return nil
+}
+
+// clusterGateway is one replica as GET /v1/gateways shows it.
+type clusterGateway struct {
+	ReplicaID  string `json:"replica_id"`
+	State      string `json:"state"`
+	AgentCount int    `json:"agent_count"`
+	Self       bool   `json:"self"`
+}
+
+// state is "serving", "draining" or "gone".
+func (g clusterGateway) state() string {
+	return strings.ToLower(strings.TrimPrefix(g.State, "GATEWAY_STATE_"))
+}
+
+func (s *clusterSuite) gateways(base string) ([]clusterGateway, error) {
+	var out struct {
+		Gateways []clusterGateway `json:"gateways"`
+	}
+	err := s.call("GET", base, "/v1/gateways", "", &out)
+	return out.Gateways, err
+}
+
+// selfID waits until the replica at base lists itself and returns its id.
+func (s *clusterSuite) selfID(base string, within time.Duration) (string, error) {
+	deadline := time.Now().Add(within)
+	for {
+		gws, err := s.gateways(base)
+		for _, g := range gws {
+			if g.Self {
+				return g.ReplicaID, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s does not list itself after %v: %v %v", base, within, gws, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitGateway waits until the replica at base lists replica id with
+// "state/agents" starting with want.
+func (s *clusterSuite) waitGateway(base, id, want string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		gws, err := s.gateways(base)
+		got := "absent"
+		for _, g := range gws {
+			if g.ReplicaID == id {
+				got = fmt.Sprintf("%s/%d", g.state(), g.AgentCount)
+			}
+		}
+		if strings.HasPrefix(got, want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s lists replica %s as %s after %v, want %s (%v)", base, id, got, within, want, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// clusterAgentView is an agent as GET /v1/agents/{id} shows it.
+type clusterAgentView struct {
+	Status     string   `json:"status"`
+	ReplicaIDs []string `json:"replica_ids"`
+}
+
+func (s *clusterSuite) agentView(base, id string) (clusterAgentView, error) {
+	var out struct {
+		Agent clusterAgentView `json:"agent"`
+	}
+	err := s.call("GET", base, "/v1/agents/"+id, "", &out)
+	return out.Agent, err
+}
+
+// agentReplicas is the ids of the replicas holding agent id, as a live
+// replica reports them.
+func (s *clusterSuite) agentReplicas(id string) ([]string, error) {
+	var lastErr error
+	for _, r := range s.replicas {
+		if r.proc.exited() {
+			continue
+		}
+		v, err := s.agentView(r.url(), id)
+		if err == nil {
+			return v.ReplicaIDs, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// heldBy is the replica holding agent id, nil if none (or several).
+func (s *clusterSuite) heldBy(id string) *clusterReplica {
+	ids, err := s.agentReplicas(id)
+	if err != nil || len(ids) != 1 {
+		return nil
+	}
+	return s.replicaByID(ids[0])
+}
+
+func (s *clusterSuite) replicaByID(id string) *clusterReplica {
+	for _, r := range s.replicas {
+		if r.id == id {
+			return r
+		}
+	}
+	return nil
+}
+
+// waitHeld waits until agent id is online on exactly one live replica and
+// that replica's log shows the connection, and returns it. The log is the
+// evidence that does not come from the store.
+func (s *clusterSuite) waitHeld(id string, within time.Duration) (*clusterReplica, error) {
+	deadline := time.Now().Add(within)
+	for {
+		r := s.heldBy(id)
+		if r != nil && !r.proc.exited() && s.replicaHolding(id) == r {
+			return r, nil
+		}
+		if time.Now().After(deadline) {
+			ids, err := s.agentReplicas(id)
+			return nil, fmt.Errorf("agent %s not held by one live replica after %v: replica_ids %v (%v)", id, within, ids, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitGone waits until agent id is no longer held by r.
+func (s *clusterSuite) waitGone(t *testing.T, id string, r *clusterReplica) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ids, err := s.agentReplicas(id)
+		if err == nil && !slices.Contains(ids, r.id) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent %s still on replica %d after 15 s (%v %v)", id, r.n, ids, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// replicaHolding is the live replica whose log's last connection event for
+// agent id is "agent connected", by its own account.
+func (s *clusterSuite) replicaHolding(id string) *clusterReplica {
+	var holder *clusterReplica
+	for _, r := range s.replicas {
+		if r.proc.exited() {
+			continue
+		}
+		state := ""
+		sc := bufio.NewScanner(strings.NewReader(r.proc.logText()))
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.Contains(line, "agent_id="+id) {
+				continue
+			}
+			switch {
+			case strings.Contains(line, "agent connected"):
+				state = "connected"
+			case strings.Contains(line, "agent disconnected"):
+				state = ""
+			}
+		}
+		if state != "" {
+			if holder != nil {
+				return nil // two
+			}
+			holder = r
+		}
+	}
+	return holder
+}
+
+// sessionToken mints a session token for target (an echo session by
+// default) through replica 2's own address, so that the balancer's round
+// robin is left to the clients.
+func (s *clusterSuite) sessionToken(t *testing.T, target string, reusable bool) string {
+	t.Helper()
+	if target == "" {
+		target = clusterEcho
+	}
+	var out struct{ Token string }
+	body := fmt.Sprintf(`{"target":%q,"ttl":"300s","reusable":%v}`, target, reusable)
+	if err := s.call("POST", s.replicas[1].url(), "/v1/sessions", body, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Token
+}
+
+// listenVia runs "outpost connect --listen" in the client namespace against
+// the API at base and returns the local address it serves: its one
+// standing connection, and so every session through it, goes to one
+// replica.
+func (s *clusterSuite) listenVia(t *testing.T, base, tok string) (string, *nsProc) {
+	t.Helper()
+	p := s.startProc(t, "client", "connect", strings.NewReader(tok+"\n"),
+		s.bin, "connect", "--gateway", base, "--ca-file", s.caFile, "--token", "-", "--listen", "127.0.0.1:0")
+	addr, err := p.waitLog(regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`), 20*time.Second)
+	if err != nil {
+		p.kill()
+		t.Fatal(err)
+	}
+	return addr, p
+}
+
+// connectReason is the last session failure an "outpost connect" process
+// logged (what the gateway answered), or its log's tail.
+func connectReason(p *nsProc) string {
+	text := p.logText()
+	if m := regexp.MustCompile(`(?m)^.*(session (?:failed|refused).*)$`).FindAllStringSubmatch(text, -1); len(m) > 0 {
+		return strings.TrimSuffix(strings.TrimSpace(m[len(m)-1][1]), `"`)
+	}
+	return tailText(text, 300)
+}
+
+// wsEcho opens one session with tok at the client entry of base, as a
+// browser does (a WebSocket on a connection of its own: through the
+// balancer, the next replica in turn), sends a line to the echo target and
+// reads it back.
+func (s *clusterSuite) wsEcho(ctx context.Context, base, tok string) error {
+	ws, resp, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(base, "https")+"/v1/connect", &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: s.api.Transport},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}},
+	})
+	if err != nil {
+		if resp != nil {
+			return fmt.Errorf("entry at %s: HTTP %d: %w", base, resp.StatusCode, err)
+		}
+		return fmt.Errorf("entry at %s: %w", base, err)
+	}
+	st := wsstream.New(ctx, ws)
+	defer st.Close()
+	if _, err := io.WriteString(st, "ping\n"); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := make([]byte, len("ping\n"))
+	_, err = io.ReadFull(st, got)
+	if reason, ok := wsstream.Failure(err); ok {
+		return fmt.Errorf("session failed: %s", reason)
+	}
+	if err != nil || string(got) != "ping\n" {
+		return fmt.Errorf("echo: %q, %v", got, err)
+	}
+	return nil
+}
+
+// checkedUpload sends size pseudo-random bytes (from seed) to the sink
+// through the connect listener at addr and checks the SHA-256 it answers.
+func (s *clusterSuite) checkedUpload(addr string, size int64, seed uint64, within time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	began := time.Now()
+	c, err := s.dial(ctx, "client", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(within))
+	h := sha256.New()
+	n, err := io.Copy(c, io.TeeReader(nsRandomStream(size, seed), h))
+	if err != nil {
+		return 0, fmt.Errorf("after %d bytes: %w", n, err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return 0, err
+	}
+	got, err := io.ReadAll(c)
+	if want := hex.EncodeToString(h.Sum(nil)); strings.TrimSpace(string(got)) != want {
+		return 0, fmt.Errorf("the sink read a SHA-256 of %q (%v), want %s", bytes.TrimSpace(got), err, want)
+	}
+	return time.Since(began), nil
+}
+
+// clusterTarget is the echo server (:7) and the sink (:9) on the private
+// network, served by the test process from sockets in the target
+// namespace.
+type clusterTarget struct {
+	lns []net.Listener
+	wg  sync.WaitGroup
+
+	mu sync.Mutex
+	// guarded by mu
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// startTargets listens on ip:7 and ip:9 in namespace ns until the test
+// ends.
+func (l *netLab) startTargets(t *testing.T, ns, ip string) *clusterTarget {
+	t.Helper()
+	tg := &clusterTarget{conns: map[net.Conn]struct{}{}}
+	l.t.Cleanup(tg.close)
+	serve := map[string]func(net.Conn){
+		"7": func(c net.Conn) { io.Copy(c, c) },
+		"9": func(c net.Conn) {
+			h := sha256.New()
+			if _, err := io.Copy(h, c); err == nil {
+				fmt.Fprintf(c, "%x\n", h.Sum(nil))
+			}
+		},
+	}
+	for port, handle := range serve {
+		ln, err := inNetns(l.ns(ns), func() (net.Listener, error) { return net.Listen("tcp", net.JoinHostPort(ip, port)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg.lns = append(tg.lns, ln)
+		tg.wg.Add(1)
+		go tg.accept(ln, handle)
+	}
+	return tg
+}
+
+func (tg *clusterTarget) accept(ln net.Listener, handle func(net.Conn)) {
+	defer tg.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		tg.mu.Lock()
+		if tg.closed {
+			tg.mu.Unlock()
+			c.Close()
+			return
+		}
+		tg.conns[c] = struct{}{}
+		tg.wg.Add(1)
+		tg.mu.Unlock()
+		go func() {
+			defer tg.wg.Done()
+			defer func() {
+				tg.mu.Lock()
+				delete(tg.conns, c)
+				tg.mu.Unlock()
+				c.Close()
+			}()
+			c.SetDeadline(time.Now().Add(5 * time.Minute))
+			handle(c)
+		}()
+	}
+}
+
+// close stops the listeners, ends every connection and waits for the
+// goroutines.
+func (tg *clusterTarget) close() {
+	tg.mu.Lock()
+	tg.closed = true
+	for _, ln := range tg.lns {
+		ln.Close()
+	}
+	for c := range tg.conns {
+		c.Close()
+	}
+	tg.mu.Unlock()
+	tg.wg.Wait()
+}
+
+// healthCheck plays the balancer's health check (see clusterHealthEvery):
+// it drops a replica from the balancer's rules after clusterHealthFails
+// failed TCP connects in a row from lb, and never adds one back.
+type healthCheck struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// guarded by mu
+	dropped map[string]time.Time // by replica address: when it was dropped
+	err     error                // the first failure to rewrite the rules
+}
+
+func (s *clusterSuite) startHealthCheck(t *testing.T) *healthCheck {
+	ctx, cancel := context.WithCancel(context.Background())
+	hc := &healthCheck{cancel: cancel, done: make(chan struct{}), dropped: map[string]time.Time{}}
+	t.Cleanup(func() { hc.stop(t) })
+	live := slices.Clone(clusterReplicaIPs)
+	fails := map[string]int{}
+	go func() {
+		defer close(hc.done)
+		tick := time.NewTicker(clusterHealthEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			changed := false
+			for _, ip := range slices.Clone(live) {
+				if ok, _ := s.canReach("lb", ip+":7171", clusterHealthEvery); ok {
+					fails[ip] = 0
+					continue
+				}
+				if fails[ip]++; fails[ip] >= clusterHealthFails && len(live) > 1 {
+					live = slices.DeleteFunc(live, func(x string) bool { return x == ip })
+					changed = true
+					hc.mu.Lock()
+					hc.dropped[ip] = time.Now()
+					hc.mu.Unlock()
+				}
+			}
+			if changed {
+				if err := s.setBackends(live); err != nil {
+					hc.mu.Lock()
+					hc.err = errors.Join(hc.err, err)
+					hc.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return hc
+}
+
+// droppedAfter says how long after since the replica at ip was dropped.
+func (hc *healthCheck) droppedAfter(ip string, since time.Time) string {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	at, ok := hc.dropped[ip]
+	if !ok {
+		return "never"
+	}
+	return at.Sub(since).Round(time.Millisecond).String()
+}
+
+// stop ends the health check and waits for it; it is idempotent. A failure
+// to rewrite the rules fails t.
+func (hc *healthCheck) stop(t *testing.T) {
+	hc.cancel()
+	<-hc.done
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.err != nil {
+		t.Errorf("health check: rewriting the balancer's rules: %v", hc.err)
+		hc.err = nil
+	}
+}
