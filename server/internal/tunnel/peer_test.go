@@ -121,3 +121,53 @@ func TestPeersNeedTLS(t *testing.T) {
 		}
 	}
 }
+
+// remoteFunc is a Remote made of a function.
+type remoteFunc func(ctx context.Context, agentID string) (*RemoteStream, error)
+
+func (f remoteFunc) Forward(ctx context.Context, agentID string, _ dataplane.SessionID, _ []byte) (*RemoteStream, error) {
+	return f(ctx, agentID)
+}
+
+// An agent not connected here goes to Remote; its failure is the session's,
+// and a Remote that takes longer than the connect timeout is
+// ErrConnectTimeout, as a local agent would be.
+func TestRequestThroughRemote(t *testing.T) {
+	auth, err := pki.LoadOrCreate(t.TempDir(), pki.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked atomic.Int32
+	remote := remoteFunc(func(ctx context.Context, agentID string) (*RemoteStream, error) {
+		asked.Add(1)
+		if agentID == "nowhere" {
+			return nil, &AgentError{AgentID: agentID, Err: ErrNotConnected, Reason: "no replica holds it"}
+		}
+		<-ctx.Done()
+		return nil, &AgentError{AgentID: agentID, Err: context.Cause(ctx)}
+	})
+	s, err := New(Config{Authority: auth, Store: &fakeStore{}, Registry: registry.New(time.Now), Remote: remote,
+		ConnectTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae *AgentError
+	if _, err := s.Request(context.Background(), "nowhere", dataplane.SessionID{}, "127.0.0.1:22"); !errors.As(err, &ae) ||
+		!errors.Is(err, ErrNotConnected) || ae.Reason != "no replica holds it" {
+		t.Errorf("Request for an agent no replica holds: %v", err)
+	}
+	if _, err := s.Request(context.Background(), "slow", dataplane.SessionID{}, "127.0.0.1:22"); !errors.Is(err, ErrConnectTimeout) {
+		t.Errorf("Request through a slow replica: %v, want ErrConnectTimeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Request(ctx, "slow", dataplane.SessionID{}, "127.0.0.1:22"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Request cancelled by its caller: %v, want context.Canceled", err)
+	}
+	if asked.Load() != 3 {
+		t.Errorf("Remote asked %d times, want 3", asked.Load())
+	}
+	if _, err := s.RequestLocal(context.Background(), "nowhere", dataplane.SessionID{}, "127.0.0.1:22"); !errors.Is(err, ErrNotConnected) || asked.Load() != 3 {
+		t.Errorf("RequestLocal: %v, and Remote asked %d times; want not connected without asking", err, asked.Load())
+	}
+}

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -54,6 +55,10 @@ func (s *Server) requestRemote(ctx context.Context, agentID string, id dataplane
 	mark := time.Now()
 	rs, err := s.cfg.Remote.Forward(octx, agentID, id, frame)
 	if err != nil {
+		if ctx.Err() == nil && octx.Err() != nil {
+			return nil, &AgentError{AgentID: agentID, Err: ErrConnectTimeout,
+				Reason: fmt.Sprintf("no replica holding the agent took the session within %v", s.cfg.ConnectTimeout)}
+		}
 		return nil, err
 	}
 	s.log.Trace("session forwarded to a peer replica", "agent_id", agentID, "replica", rs.ReplicaName, "took", time.Since(mark))
