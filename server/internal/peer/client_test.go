@@ -306,3 +306,16 @@ func TestClientPrefersServingReplicas(t *testing.T) {
 		t.Errorf("Forward: %v, want gw-c tried before the draining gw-a", err)
 	}
 }
+
+// An agent whose connection to the replica went quiet is refused there
+// as unavailable, with the replica's words.
+func TestClientUnresponsiveAgent(t *testing.T) {
+	_, a, b := pair(t)
+	dir := &directory{replicas: []cluster.Gateway{at(a, "gw-a", serveReplica(t, a, refuser{tunnel.ErrUnresponsive}).addr)}}
+	c := newClient(t, b, dir, time.Minute)
+	sid := dataplane.SessionID(uuid.New())
+	_, err := c.Forward(context.Background(), uuid.NewString(), sid, request(t, sid))
+	if !errors.Is(err, tunnel.ErrNotConnected) || !strings.Contains(err.Error(), "(unavailable): agent is unresponsive: busy, busy") {
+		t.Errorf("Forward: %v", err)
+	}
+}

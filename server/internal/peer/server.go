@@ -121,8 +121,8 @@ func (s *Server) serveStream(ctx context.Context, st *quic.Stream, local tunnel.
 			code = CodeSessionLimit
 		}
 		reason := err.Error()
-		if ae := (*tunnel.AgentError)(nil); errors.As(err, &ae) {
-			reason = ae.Reason // the forwarding side knows the agent and the condition
+		if ae := (*tunnel.AgentError)(nil); code != CodeUnavailable && errors.As(err, &ae) {
+			reason = ae.Reason // the code says the condition, the forwarding side knows the agent
 		}
 		s.refuse(st, ep, code, reason)
 		return

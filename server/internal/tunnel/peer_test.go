@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -171,3 +172,29 @@ func TestRequestThroughRemote(t *testing.T) {
 		t.Errorf("RequestLocal: %v, and Remote asked %d times; want not connected without asking", err, asked.Load())
 	}
 }
+
+// RequestLocal, what a peer's forwarded session uses, refuses an agent
+// whose connection went quiet; Request still tries it.
+func TestRequestLocalRefusesUnresponsive(t *testing.T) {
+	auth, err := pki.LoadOrCreate(t.TempDir(), pki.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := registry.New(time.Now)
+	s, err := New(Config{Authority: auth, Store: &fakeStore{}, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &registry.Entry{AgentID: "quiet", Name: "quiet", Conn: closeRecorder{}}
+	reg.Register(e)
+	reg.SetSilent(e, true)
+	if _, err := s.RequestLocal(context.Background(), "quiet", dataplane.SessionID{}, "127.0.0.1:22"); !errors.Is(err, ErrUnresponsive) ||
+		!strings.Contains(err.Error(), "unresponsive") {
+		t.Errorf("RequestLocal to an unresponsive agent: %v, want ErrUnresponsive", err)
+	}
+}
+
+// closeRecorder is a registry.Conn that does nothing.
+type closeRecorder struct{}
+
+func (closeRecorder) CloseWithReason(string) {}

@@ -27,6 +27,8 @@ var (
 	ErrRefused = errors.New("agent refused the session")
 	// ErrConnectTimeout: no ConnectResponse within the connect timeout.
 	ErrConnectTimeout = errors.New("agent did not answer in time")
+	// ErrUnresponsive: the agent's connection went quiet (RequestLocal).
+	ErrUnresponsive = errors.New("agent is unresponsive")
 )
 
 // AgentError is why a session could not be opened through an agent.
@@ -121,13 +123,26 @@ func (s *Server) Request(ctx context.Context, agentID string, id dataplane.Sessi
 	if _, ok := s.reg.Lookup(agentID); !ok && s.cfg.Remote != nil {
 		return s.requestRemote(ctx, agentID, id, target)
 	}
-	return s.RequestLocal(ctx, agentID, id, target)
+	return s.requestLocal(ctx, agentID, id, target)
 }
 
 // RequestLocal is Request through this gateway's own connection to the
 // agent only, never through another replica: what a replica does for a
-// peer that forwards a session to it.
+// peer that forwards a session to it. Since the peer chose this replica
+// without knowing how its connection to the agent fares, an agent that
+// this gateway marks unresponsive is refused at once (ErrUnresponsive), so
+// that the peer moves on to another replica holding the agent.
 func (s *Server) RequestLocal(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
+	if e, ok := s.reg.Lookup(agentID); ok {
+		if st := s.reg.Status(e); st != registry.Online {
+			return nil, &AgentError{AgentID: agentID, Err: ErrUnresponsive, Reason: "its connection to this gateway is " + st.String()}
+		}
+	}
+	return s.requestLocal(ctx, agentID, id, target)
+}
+
+// requestLocal is Request through this gateway's own connection.
+func (s *Server) requestLocal(ctx context.Context, agentID string, id dataplane.SessionID, target string) (*Pending, error) {
 	e, ok := s.reg.Lookup(agentID)
 	if !ok {
 		return nil, &AgentError{AgentID: agentID, Err: ErrNotConnected}
