@@ -28,6 +28,7 @@ import (
 	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testpg"
+	"github.com/outposthq/outpost/server"
 	"github.com/outposthq/outpost/server/servertest"
 )
 
@@ -298,5 +299,31 @@ func TestPeerFailoverAcrossReplicas(t *testing.T) {
 		if err := echoAt(); err != nil {
 			t.Fatalf("a session at replica B after the agent left one of its replicas: %v", err)
 		}
+	}
+}
+
+// An agent on another replica that stops answering at the transport costs
+// a session at replica B no more than the hedge delay, as a local one
+// would: its replica says nothing of it (Heard) until it acknowledges the
+// request, so B starts the next candidate in parallel.
+func TestPeerHedgeSilentRemoteAgent(t *testing.T) {
+	gws := startReplicas(t, testpg.DSN(t), 2, nil)
+	gwA, gwB := gws[0], gws[1]
+	target := tcpServer(t, echo)
+	gwA.onlineAgent("good")
+	dir, id := enrollAgent(t, gwA, "frozen", loopback, nil)
+	frozen := freezableAgent(t, gwA, dir, answerAfter(0))
+	gwA.waitStatus(id, outpostv1.AgentStatus_AGENT_STATUS_ONLINE, 5*time.Second)
+	// Connected last, the frozen agent is replica B's first candidate.
+	lcUntil(t, 10*time.Second, "replica B routes to both agents, the frozen one first", func() bool {
+		c := gwB.resolve(target, "").GetCandidates()
+		return len(c) == 2 && c[0].GetAgentId() == id
+	})
+	timedEcho(t, gwB, target) // the peer link is up
+	frozen.frozen.Store(true)
+	d := timedEcho(t, gwB, target)
+	t.Logf("a session at replica B after the freeze: %v", d)
+	if d < server.DefaultHedgeDelay || d > server.DefaultHedgeDelay+time.Second {
+		t.Errorf("the session took %v, want the hedge delay (%v) plus a round trip", d, server.DefaultHedgeDelay)
 	}
 }

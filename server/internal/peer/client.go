@@ -224,13 +224,26 @@ func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, ms
 	if err != nil {
 		return fail(err)
 	}
-	if status.Refused {
+	switch {
+	case status.Refused:
 		return fail(c.refused(status, r, agentID))
+	case status.Heard:
+		return fail(errors.New("peer: Heard before Accepted"))
 	}
 	if !stop() { // ctx ended meanwhile: the deadline may be set
 		return fail(context.Cause(ctx))
 	}
-	return &tunnel.RemoteStream{Conn: l.conn, Stream: st, Replica: r.ID, ReplicaName: replicaLabel(r), Done: done}, nil
+	return &tunnel.RemoteStream{Conn: l.conn, Stream: st, Replica: r.ID, ReplicaName: replicaLabel(r), Done: done,
+		AwaitHeard: func() error { return awaitHeard(st) }}, nil
+}
+
+// awaitHeard reads the Heard status that precedes the agent's bytes.
+func awaitHeard(st *quic.Stream) error {
+	s, err := ReadStatus(st)
+	if err == nil && !s.Heard {
+		err = errors.New("peer: a status other than Heard after Accepted")
+	}
+	return err
 }
 
 // refused turns a Refused status into an *tunnel.AgentError.

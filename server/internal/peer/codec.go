@@ -30,11 +30,12 @@ const (
 // Tag is the first byte of a peer frame's payload.
 type Tag uint8
 
-// The tags. Forward is the only frame the forwarding side sends; Accepted
-// and Refused are the two Status frames.
+// The tags. Forward is the only frame the forwarding side sends; Accepted,
+// Refused and Heard are the Status frames.
 const (
 	TagAccepted Tag = 0x00
 	TagRefused  Tag = 0x01
+	TagHeard    Tag = 0x02
 	TagForward  Tag = 0x01
 )
 
@@ -112,18 +113,23 @@ func DecodeForward(p []byte) (Forward, error) {
 	return f, nil
 }
 
-// Status is the receiving replica's answer to a Forward.
+// Status is the receiving replica's answer to a Forward (Accepted or
+// Refused), and, after Accepted, its word that the agent acknowledged the
+// request (Heard).
 //
 // Payload layout:
 //
 //	Accepted: u8 tag = 0x00, u16 version
 //	Refused:  u8 tag = 0x01, u16 version, u8 code, u16 length, UTF-8 reason
+//	Heard:    u8 tag = 0x02, u16 version
 //
 // The zero value is an Accepted with version 0.
 type Status struct {
 	Version uint16
-	// Refused is false for Accepted; Code and Reason belong to Refused.
+	// Refused and Heard are both false for Accepted; Code and Reason
+	// belong to Refused, which wins when both are set.
 	Refused bool
+	Heard   bool
 	Code    Code
 	Reason  string
 }
@@ -132,8 +138,12 @@ type Status struct {
 // MaxReasonLen is cut; one that is not UTF-8 has its bad bytes replaced.
 func (s *Status) AppendFrame(dst []byte) []byte {
 	if !s.Refused {
+		tag := TagAccepted
+		if s.Heard {
+			tag = TagHeard
+		}
 		dst = binary.BigEndian.AppendUint32(dst, headerLen)
-		dst = append(dst, byte(TagAccepted))
+		dst = append(dst, byte(tag))
 		return binary.BigEndian.AppendUint16(dst, s.Version)
 	}
 	reason := cutReason(s.Reason)
@@ -170,10 +180,11 @@ func DecodeStatus(p []byte) (Status, error) {
 	s.Version = binary.BigEndian.Uint16(p[1:])
 	rest := p[headerLen:]
 	switch Tag(p[0]) {
-	case TagAccepted:
+	case TagAccepted, TagHeard:
 		if len(rest) != 0 {
 			return Status{}, &DecodeError{Field: "Status", Reason: fmt.Sprintf("%d trailing bytes", len(rest))}
 		}
+		s.Heard = Tag(p[0]) == TagHeard
 		return s, nil
 	case TagRefused:
 	default:

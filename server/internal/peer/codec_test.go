@@ -33,6 +33,7 @@ const (
 		" 01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F 10"
 	goldenAccepted = "00 00 00 03 00 00 01"
 	goldenRefused  = "00 00 00 0B 01 00 01 01 00 05 67 6F 6E 65 21" // not-here, "gone!"
+	goldenHeard    = "00 00 00 03 02 00 01"
 )
 
 func TestGoldenFrames(t *testing.T) {
@@ -49,11 +50,16 @@ func TestGoldenFrames(t *testing.T) {
 		t.Errorf("Refused = % X, want % X", got, want)
 	}
 
+	heard := Status{Version: ProtocolVersion, Heard: true}
+	if got, want := heard.AppendFrame(nil), unhex(t, goldenHeard); !bytes.Equal(got, want) {
+		t.Errorf("Heard = % X, want % X", got, want)
+	}
+
 	gotF, err := ReadForward(bytes.NewReader(unhex(t, goldenForward)))
 	if err != nil || gotF != f {
 		t.Errorf("ReadForward = %+v, %v", gotF, err)
 	}
-	for _, want := range []Status{acc, ref} {
+	for _, want := range []Status{acc, ref, heard} {
 		got, err := ReadStatus(bytes.NewReader(want.AppendFrame(nil)))
 		if err != nil || got != want {
 			t.Errorf("ReadStatus = %+v, %v; want %+v", got, err, want)
@@ -64,7 +70,7 @@ func TestGoldenFrames(t *testing.T) {
 // Every truncation of a payload is a *DecodeError, never a panic or a
 // message.
 func TestTruncated(t *testing.T) {
-	for name, frame := range map[string]string{"Forward": goldenForward, "Refused": goldenRefused, "Accepted": goldenAccepted} {
+	for name, frame := range map[string]string{"Forward": goldenForward, "Refused": goldenRefused, "Accepted": goldenAccepted, "Heard": goldenHeard} {
 		p := unhex(t, frame)[frameHeaderLen:]
 		for n := range len(p) {
 			var err error
@@ -99,8 +105,9 @@ func TestMalformed(t *testing.T) {
 	}{
 		"forward unknown tag":   {payload: "02 00 01" + strings.Repeat(" 00", 32), forward: true, field: "Forward.tag"},
 		"forward trailing byte": {payload: "01 00 01" + strings.Repeat(" 00", 33), forward: true, field: "Forward"},
-		"status unknown tag":    {payload: "02 00 01", field: "Status.tag"},
+		"status unknown tag":    {payload: "03 00 01", field: "Status.tag"},
 		"accepted trailing":     {payload: "00 00 01 00", field: "Status"},
+		"heard trailing":        {payload: "02 00 01 00", field: "Status"},
 		"refused trailing":      {payload: "01 00 01 01 00 01 41 42", field: "Status"},
 		"refused reason cut":    {payload: "01 00 01 01 00 02 41", field: "Status.reason"},
 		"refused bad UTF-8":     {payload: "01 00 01 01 00 02 C3 28", field: "Status.reason"},

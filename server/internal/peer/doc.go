@@ -41,8 +41,9 @@
 // The receiving replica reads both frames (FrameTimeout), checks that the
 // session ids agree and the agent holds a connection to it, opens a
 // stream on that connection as a local session would — counting against
-// the agent's session limit there — and sends the ConnectRequest on it.
-// Then it answers with one Status frame:
+// the agent's session limit there — and sends the ConnectRequest on it; an
+// agent whose connection to it went quiet (unresponsive) is refused. Then
+// it answers with one Status frame:
 //
 //	Accepted  tag 0x00, u16 version
 //	Refused   tag 0x01, u16 version, u8 code, u16 length, UTF-8 reason (≤ MaxReasonLen bytes)
@@ -50,7 +51,16 @@
 // After Accepted it splices the two streams byte for byte both ways, the
 // agent's ConnectResponse included, until both directions end: a
 // half-close passes through as a half-close, a reset of either stream
-// resets the other. After Refused it closes the stream.
+// resets the other. Before the first of the agent's bytes, and as soon as
+// the agent's QUIC stack acknowledged the request (tunnel.Pending.Heard,
+// checked every 2 ms), it sends one more Status frame:
+//
+//	Heard     tag 0x02, u16 version
+//
+// so that the forwarding replica tells an agent that is alive but still
+// dialing from one that is gone, as it does for its own agents (the
+// broker's hedging), and not from the liveness of the replica in between.
+// After Refused it closes the stream.
 //
 // The forwarding side waits for the Status before it hands the stream to
 // the session (tunnel.Remote.Forward), which costs no round trip the

@@ -24,6 +24,7 @@ func fuzzSeeds(t testing.TB) fuzzcorpus.Seeds {
 		"FuzzStatus": {
 			"golden-accepted": payload(goldenAccepted),
 			"golden-refused":  payload(goldenRefused),
+			"golden-heard":    payload(goldenHeard),
 			"reason-too-long": raw("01 00 01 04 01 01"),
 			"bad-utf8":        raw("01 00 01 01 00 02 C3 28"),
 			"unknown-tag":     raw("05 00 01"),

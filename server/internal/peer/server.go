@@ -135,9 +135,65 @@ func (s *Server) serveStream(ctx context.Context, st *quic.Stream, local tunnel.
 		return
 	}
 	_ = st.SetDeadline(time.Time{})
-	stats, err := relay.Relay(ctx, ep, sess, relay.Options{})
+	// Heard goes to the forwarding replica once the agent acknowledged
+	// the request, and before any of the agent's bytes: whichever comes
+	// first, the watch or the first write towards the peer, sends it.
+	heard := sync.OnceValue(func() error {
+		h := Status{Version: ProtocolVersion, Heard: true}
+		_, err := st.Write(h.AppendFrame(nil))
+		return err
+	})
+	done := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Go(func() { watchHeard(p, st.Context(), done, heard) })
+	stats, err := relay.Relay(ctx, &heardFirst{StreamEndpoint: ep, heard: heard}, sess, relay.Options{})
+	close(done)
+	watch.Wait()
 	log.Trace("forwarded session ended", "agent_id", agentID, "session_id", req.SessionID,
 		"to_agent", stats.AToB, "from_agent", stats.BToA, "error", err)
+}
+
+// heardPoll is how often a forwarded session checks whether its agent has
+// acknowledged the request: QUIC says when packets arrive, not which.
+const heardPoll = 2 * time.Millisecond
+
+// watchHeard calls heard once p's agent showed a sign of life after the
+// request (tunnel.Pending.Heard), unless done or stream ends first.
+func watchHeard(p *tunnel.Pending, stream context.Context, done <-chan struct{}, heard func() error) {
+	t := time.NewTicker(heardPoll)
+	defer t.Stop()
+	for !p.Heard() {
+		select {
+		case <-t.C:
+		case <-done:
+			return
+		case <-stream.Done():
+			return
+		}
+	}
+	_ = heard() // a failed write fails the relay's next one too
+}
+
+// heardFirst is the peer's end of a forwarded session: its first write or
+// half-close sends Heard before the agent's bytes (any byte from the agent
+// means it was heard).
+type heardFirst struct {
+	*relay.StreamEndpoint
+	heard func() error
+}
+
+func (h *heardFirst) Write(p []byte) (int, error) {
+	if err := h.heard(); err != nil {
+		return 0, err
+	}
+	return h.StreamEndpoint.Write(p)
+}
+
+func (h *heardFirst) CloseWrite() error {
+	if err := h.heard(); err != nil {
+		return err
+	}
+	return h.StreamEndpoint.CloseWrite()
 }
 
 // refuse answers Refused with code and reason, then closes the stream.

@@ -38,6 +38,11 @@ type RemoteStream struct {
 	// Done is called once when the session ends or fails to open: the
 	// peer link may close when no session uses it.
 	Done func()
+	// AwaitHeard reads the replica's word that the agent acknowledged the
+	// request, which comes before the agent's ConnectResponse; the
+	// stream's read deadline bounds it. Until it returns nil the agent
+	// shows no sign of life (Pending.Heard).
+	AwaitHeard func() error
 }
 
 // requestRemote is Request through another replica that holds the agent.
@@ -65,6 +70,6 @@ func (s *Server) requestRemote(ctx context.Context, agentID string, id dataplane
 	return &Pending{
 		s: s, agentID: agentID, release: rs.Done, remote: rs,
 		conn: rs.Conn, stream: rs.Stream, ep: relay.StreamConn(rs.Stream), id: id,
-		deadline: deadline, mark: rs.Conn.ConnectionStats().PacketsReceived,
+		deadline: deadline,
 	}, nil
 }

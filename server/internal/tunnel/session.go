@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -105,6 +106,7 @@ type Pending struct {
 	agentID  string
 	release  func() // frees what the opening holds: the session slot, or the peer link's hold
 	remote   *RemoteStream
+	heard    atomic.Bool // through a peer: the replica said the agent acknowledged the request
 	conn     *quic.Conn
 	stream   *quic.Stream
 	ep       *relay.StreamEndpoint
@@ -222,9 +224,14 @@ func (p *Pending) Send(ctx context.Context, early []byte) error {
 // Heard reports whether any packet arrived on the agent's connection since
 // the ConnectRequest was sent: an agent that is alive acknowledges the
 // request's packet within a round trip, whether or not it has answered yet.
-// Through another replica it is the peer link's connection: the replica is
-// alive (it passes the request on only to an agent it holds).
-func (p *Pending) Heard() bool { return p.conn.ConnectionStats().PacketsReceived > p.mark }
+// Through another replica, whether that replica said so of its own
+// connection to the agent (while Answer waits).
+func (p *Pending) Heard() bool {
+	if p.remote != nil {
+		return p.heard.Load()
+	}
+	return p.conn.ConnectionStats().PacketsReceived > p.mark
+}
 
 // RTT is the smoothed round-trip time of the agent's connection (or of the
 // peer link): Heard can only be true about one RTT after the request was
@@ -240,6 +247,12 @@ func (p *Pending) RTT() time.Duration { return p.conn.ConnectionStats().Smoothed
 func (p *Pending) Answer(ctx context.Context) (*Session, error) {
 	var resp dataplane.ConnectResponse
 	err := p.within(ctx, p.stream.SetReadDeadline, func() error {
+		if p.remote != nil {
+			if err := p.remote.AwaitHeard(); err != nil {
+				return err
+			}
+			p.heard.Store(true)
+		}
 		var err error
 		resp, err = readResponse(p.stream)
 		return err
