@@ -32,6 +32,11 @@ const (
 	DefaultHAConnections = 2
 	DefaultHARetryMin    = 100 * time.Millisecond
 	DefaultHAWarnAfter   = 2 * time.Minute
+	// DefaultHARetryMax caps the delay between attempts that keep reaching
+	// replicas the agent already holds: far above BackoffMax, so that a
+	// cluster smaller than HAConnections (one PostgreSQL gateway, say)
+	// costs a fleet of agents few handshakes.
+	DefaultHARetryMax = 10 * time.Minute
 )
 
 // MaxHAConnections bounds Config.HAConnections.
@@ -75,10 +80,10 @@ type Config struct {
 	// HARetryMin is the first delay before dialing again after reaching a
 	// replica another connection holds (the handshake is aborted before
 	// the gateway registers it): it doubles with each such attempt in a
-	// row up to BackoffMax, with full jitter. It is also the most the agent
+	// row up to HARetryMax, with full jitter. It is also the most the agent
 	// waits before replacing a connection that a replica closed with
-	// "shutdown". If zero, 100 ms.
-	HARetryMin time.Duration
+	// "shutdown". If zero, 100 ms; HARetryMax, if zero, 10 min.
+	HARetryMin, HARetryMax time.Duration
 	// HAWarnAfter is how long the agent may hold fewer than HAConnections
 	// connections to a cluster before it logs a warning. If zero, 2 min.
 	HAWarnAfter time.Duration
@@ -145,6 +150,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RenewBackoffMax, DefaultRenewBackoffMax)
 	def(&c.RenewCheckInterval, DefaultRenewCheckInterval)
 	def(&c.HARetryMin, DefaultHARetryMin)
+	def(&c.HARetryMax, DefaultHARetryMax)
 	def(&c.HAWarnAfter, DefaultHAWarnAfter)
 	if c.HAConnections == 0 {
 		c.HAConnections = DefaultHAConnections

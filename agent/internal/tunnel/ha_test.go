@@ -290,3 +290,25 @@ func TestHAReplicaShutdownReplacedAtOnce(t *testing.T) {
 		t.Fatal("the replacement was not logged")
 	}
 }
+
+// Attempts that keep reaching held replicas back off well past BackoffMax
+// (a cluster smaller than HAConnections costs few handshakes), never past
+// HARetryMax; the first ones retry quickly.
+func TestDuplicateBackoff(t *testing.T) {
+	var long int
+	for range 200 {
+		d := jitter(DefaultHARetryMin, DefaultHARetryMax, 25)
+		if d <= 0 || d > DefaultHARetryMax {
+			t.Fatalf("delay %v outside (0, %v]", d, DefaultHARetryMax)
+		}
+		if d > DefaultBackoffMax {
+			long++
+		}
+		if d := jitter(DefaultHARetryMin, DefaultHARetryMax, 0); d > DefaultHARetryMin {
+			t.Fatalf("first retry after %v, want at most %v", d, DefaultHARetryMin)
+		}
+	}
+	if long < 100 {
+		t.Errorf("%d of 200 delays past BackoffMax, want most", long)
+	}
+}

@@ -125,11 +125,11 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 		switch {
 		case errors.Is(err, errDuplicateReplica):
 			dups++
-			delay = a.jitter(a.cfg.HARetryMin, dups-1)
+			delay = jitter(a.cfg.HARetryMin, max(a.cfg.HARetryMax, a.cfg.BackoffMax), dups-1)
 			log.Debug("reached a replica this agent already holds; dialing again from a new port", "error", err, "retry_in", delay.Round(time.Millisecond))
 		case errors.Is(err, errReplicaLeft):
 			attempt, lastPermanent = 0, nil
-			delay = a.jitter(a.cfg.HARetryMin, 0)
+			delay = jitter(a.cfg.HARetryMin, a.cfg.BackoffMax, 0)
 			log.Info("the gateway replica shut down; dialing a replacement", "retry_in", delay.Round(time.Millisecond))
 		case errors.Is(err, ErrPermanent) && lastPermanent != nil:
 			return confirmed(lastPermanent, err)
@@ -190,14 +190,15 @@ func (a *Agent) loadSettings() (*settings, error) {
 
 // backoff is the delay before retry number attempt: full jitter over an
 // exponential cap from BackoffMin to BackoffMax.
-func (a *Agent) backoff(attempt int) time.Duration { return a.jitter(a.cfg.BackoffMin, attempt) }
+func (a *Agent) backoff(attempt int) time.Duration {
+	return jitter(a.cfg.BackoffMin, a.cfg.BackoffMax, attempt)
+}
 
 // jitter is full jitter over an exponential cap: from base, doubled attempt
-// times, up to BackoffMax.
-func (a *Agent) jitter(base time.Duration, attempt int) time.Duration {
-	limit := a.cfg.BackoffMax
+// times, up to limit.
+func jitter(base, limit time.Duration, attempt int) time.Duration {
 	if attempt < 30 {
-		limit = min(a.cfg.BackoffMax, base<<attempt)
+		limit = min(limit, base<<attempt)
 	}
 	return rand.N(limit) + 1
 }

@@ -369,7 +369,10 @@ func (m *Member) Gateways(ctx context.Context) ([]Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	cutoff := m.cfg.Now().Add(-m.cfg.GoneAfter)
+	// The store keeps heartbeats in milliseconds and compares with a cutoff
+	// truncated so (AgentReplicas): the same cutoff here, so that a replica
+	// listed gone is never still counted as holding agents.
+	cutoff := m.cfg.Now().Add(-m.cfg.GoneAfter).Truncate(time.Millisecond)
 	out := make([]Gateway, 0, len(list))
 	for _, r := range list {
 		g := Gateway{Replica: r, State: Serving, Self: r.ID == m.id}

@@ -311,13 +311,14 @@ func (p *Presence) put(a store.AgentPresence) {
 	for i, rep := range a.Replicas {
 		r.Replicas[i] = routing.Replica{ID: rep.ID, Name: rep.Name}
 	}
-	p.mu.Lock()
-	p.agents[a.AgentID] = &presentAgent{raw: a, remote: r}
-	p.mu.Unlock()
+	// The router first: once Get shows the agent, its routes are live.
 	if p.cfg.Known != nil {
 		p.cfg.Known.Refresh(a.AgentID, a.Name, a.ApprovedRoutes, a.LastRoutes)
 	}
 	p.cfg.Sink.SetRemote(r)
+	p.mu.Lock()
+	p.agents[a.AgentID] = &presentAgent{raw: a, remote: r}
+	p.mu.Unlock()
 	if prev == nil {
 		p.log.Debug("agent connected to another replica", "agent_id", a.AgentID, "agent", a.Name, "replicas", len(a.Replicas))
 	}
@@ -327,12 +328,16 @@ func (p *Presence) put(a store.AgentPresence) {
 func (p *Presence) remove(id string) {
 	p.mu.Lock()
 	_, ok := p.agents[id]
+	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	// The router first, as in put.
+	p.cfg.Sink.RemoveRemote(id)
+	p.mu.Lock()
 	delete(p.agents, id)
 	p.mu.Unlock()
-	if ok {
-		p.cfg.Sink.RemoveRemote(id)
-		p.log.Debug("agent no longer connected to another replica", "agent_id", id)
-	}
+	p.log.Debug("agent no longer connected to another replica", "agent_id", id)
 }
 
 // samePresence reports whether two reads of an agent's presence are equal.
