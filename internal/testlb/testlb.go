@@ -26,7 +26,11 @@ type Balancer struct {
 	down     map[int]bool
 	next     int                             // the backend of the next new client
 	flows    map[netip.AddrPort]*net.UDPConn // client → its socket toward a backend
-	closed   bool
+	// dead are the backends whose datagrams are dropped both ways, flows
+	// already sent to them included: a host that died without a word.
+	dead   map[int]bool
+	sentTo map[*net.UDPConn]int // each flow's backend
+	closed bool
 }
 
 // Start runs a balancer in front of backends (loopback addresses; one may
@@ -44,7 +48,8 @@ func Start(tb testing.TB, backends ...netip.AddrPort) *Balancer {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b := &Balancer{conn: conn, backends: backends, down: map[int]bool{}, flows: map[netip.AddrPort]*net.UDPConn{}}
+	b := &Balancer{conn: conn, backends: backends, down: map[int]bool{}, flows: map[netip.AddrPort]*net.UDPConn{},
+		dead: map[int]bool{}, sentTo: map[*net.UDPConn]int{}}
 	b.wg.Go(b.serve)
 	tb.Cleanup(b.close)
 	return b
@@ -60,6 +65,25 @@ func (b *Balancer) SetDown(i int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.down[i] = true
+}
+
+// Blackhole makes backend i die silently, as a host powered off or a
+// process killed behind a firewall that sends no ICMP: it leaves the
+// rotation, and every datagram to or from it is dropped from now on, on
+// the flows already sent to it too. The backend itself is not touched.
+func (b *Balancer) Blackhole(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.down[i] = true
+	b.dead[i] = true
+}
+
+// silenced reports whether out's backend was blackholed.
+func (b *Balancer) silenced(out *net.UDPConn) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i, ok := b.sentTo[out]
+	return ok && b.dead[i]
 }
 
 // SetUp puts backend i back into the rotation.
@@ -80,7 +104,7 @@ func (b *Balancer) serve() {
 		if err != nil {
 			continue
 		}
-		if out := b.flow(from); out != nil {
+		if out := b.flow(from); out != nil && !b.silenced(out) {
 			_, _ = out.Write(buf[:n])
 		}
 	}
@@ -105,6 +129,7 @@ func (b *Balancer) flow(from netip.AddrPort) *net.UDPConn {
 			return nil
 		}
 		b.flows[from] = out
+		b.sentTo[out] = i
 		b.wg.Go(func() { b.relayBack(out, from) })
 		return out
 	}
@@ -122,7 +147,9 @@ func (b *Balancer) relayBack(out *net.UDPConn, client netip.AddrPort) {
 		if err != nil {
 			continue // ECONNREFUSED from a backend gone: the flow stays
 		}
-		_, _ = b.conn.WriteToUDPAddrPort(buf[:n], client)
+		if !b.silenced(out) {
+			_, _ = b.conn.WriteToUDPAddrPort(buf[:n], client)
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ const (
 	DefaultAdvertiseInterval = 30 * time.Second
 	DefaultHeartbeatInterval = 60 * time.Second
 	DefaultIdleHeartbeat     = 2 * time.Second
+	DefaultGatewaySilence    = 10 * time.Second
 	DefaultBackoffMin        = 1 * time.Second
 	DefaultBackoffMax        = 60 * time.Second
 	DefaultHealthyAfter      = 30 * time.Second
@@ -66,6 +67,15 @@ type Config struct {
 	// less often gets a Heartbeat, and answers with a HeartbeatAck, every
 	// IdleHeartbeat. If zero, 2 s.
 	IdleHeartbeat time.Duration
+	// GatewaySilence is how long the agent hears nothing at all from the
+	// gateway (a live one PINGs a quiet connection every 1.5 s and answers
+	// every Heartbeat) before it closes the connection and dials again: the
+	// gateway, or the replica of a cluster, died without closing it (kill
+	// -9, a host powered off), and the QUIC idle timeout alone would keep
+	// the dead connection for minutes. It must be at least twice
+	// IdleHeartbeat. If zero, 10 s or three IdleHeartbeats, whichever is
+	// longer; negative, never (the idle timeout alone).
+	GatewaySilence time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay (full jitter);
 	// a connection that lasted HealthyAfter resets it. If zero, 1 s, 60 s
 	// and 30 s. A reconnect after a certificate renewal has no delay.
@@ -141,6 +151,7 @@ func (c Config) withDefaults() Config {
 	def(&c.AdvertiseInterval, DefaultAdvertiseInterval)
 	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
 	def(&c.IdleHeartbeat, DefaultIdleHeartbeat)
+	def(&c.GatewaySilence, max(DefaultGatewaySilence, 3*c.IdleHeartbeat))
 	def(&c.BackoffMin, DefaultBackoffMin)
 	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.HealthyAfter, DefaultHealthyAfter)
@@ -180,6 +191,9 @@ func (c Config) validate() error {
 	}
 	if c.HAConnections < 1 || c.HAConnections > MaxHAConnections {
 		return fmt.Errorf("tunnel: HAConnections %d is not in [1, %d]", c.HAConnections, MaxHAConnections)
+	}
+	if c.GatewaySilence > 0 && c.GatewaySilence < 2*c.IdleHeartbeat {
+		return fmt.Errorf("tunnel: GatewaySilence %v is shorter than twice IdleHeartbeat %v", c.GatewaySilence, c.IdleHeartbeat)
 	}
 	if c.RenewBackoffMax < c.RenewBackoffMin {
 		return fmt.Errorf("tunnel: RenewBackoffMax %v is shorter than RenewBackoffMin %v", c.RenewBackoffMax, c.RenewBackoffMin)

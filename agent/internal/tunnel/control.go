@@ -72,7 +72,14 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 		case <-hb.C:
 			msg = a.heartbeat()
 		case now := <-idle.C:
-			if !quiet.due(conn.ConnectionStats().PacketsReceived, now) {
+			due := quiet.due(conn.ConnectionStats().PacketsReceived, now)
+			if silent := now.Sub(quiet.lastPacket); a.cfg.GatewaySilence > 0 && silent >= a.cfg.GatewaySilence {
+				log.Warn("heard nothing from the gateway; closing the connection and dialing again",
+					"silent_for", silent.Round(time.Millisecond), "limit", a.cfg.GatewaySilence)
+				transport.Close(conn, dataplane.CloseShutdown)
+				return
+			}
+			if !due {
 				continue
 			}
 			msg = a.heartbeat()
@@ -92,11 +99,12 @@ type quietWatch struct {
 	limit, step time.Duration
 	packets     uint64    // the counter at the last change seen
 	heardAt     time.Time // when the last change was seen (or a Heartbeat sent)
+	lastPacket  time.Time // when the last change was seen
 }
 
 func newQuietWatch(conn *quic.Conn, limit time.Duration, now time.Time) *quietWatch {
 	return &quietWatch{limit: limit, step: max(limit/quietChecks, time.Millisecond),
-		packets: conn.ConnectionStats().PacketsReceived, heardAt: now}
+		packets: conn.ConnectionStats().PacketsReceived, heardAt: now, lastPacket: now}
 }
 
 // due reports whether a Heartbeat is due at now, given the connection's
@@ -104,7 +112,7 @@ func newQuietWatch(conn *quic.Conn, limit time.Duration, now time.Time) *quietWa
 // a packet arrives meanwhile.
 func (q *quietWatch) due(packets uint64, now time.Time) bool {
 	if packets != q.packets {
-		q.packets, q.heardAt = packets, now
+		q.packets, q.heardAt, q.lastPacket = packets, now, now
 		return false
 	}
 	if now.Sub(q.heardAt) < q.limit {

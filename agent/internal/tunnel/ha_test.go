@@ -312,3 +312,29 @@ func TestDuplicateBackoff(t *testing.T) {
 		t.Errorf("%d of 200 delays past BackoffMax, want most", long)
 	}
 }
+
+// A replica that dies without a word (no close, no reset: its host is
+// gone) is noticed by its silence and replaced within GatewaySilence, not
+// the minutes of the QUIC idle timeout; the connection to the surviving
+// replica, which keeps answering, is untouched.
+func TestHASilentReplicaReplaced(t *testing.T) {
+	e := newEnv(t)
+	ga, gb, gc := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB), startReplica(t, e.p, replicaC)
+	fw, cfg := e.haEnv(t, ga, gb, gc)
+	cfg.IdleHeartbeat, cfg.GatewaySilence = 50*time.Millisecond, 300*time.Millisecond
+	a := start(t, cfg)
+	ca, cb := ga.nextConn(t), gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, ca)
+	expect[*dataplane.RouteAdvertise](t, cb)
+
+	fw.Blackhole(1)
+	start := time.Now()
+	cc := gc.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, cc)
+	t.Logf("the silent replica was replaced %v after it went silent", time.Since(start).Round(time.Millisecond))
+	waitFor(t, "two connections again", func() bool { return a.Connections() == 2 })
+	if ca.q.Context().Err() != nil || ga.accepted.Load() != 1 {
+		t.Fatal("the connection to the surviving replica was replaced")
+	}
+	serveEach(t, ca, cc)
+}
