@@ -76,6 +76,7 @@ func (a *Agent) pace(ctx context.Context, conn *quic.Conn, w *dataplane.ControlW
 			if silent := now.Sub(quiet.lastPacket); a.cfg.GatewaySilence > 0 && silent >= a.cfg.GatewaySilence {
 				log.Warn("heard nothing from the gateway; closing the connection and dialing again",
 					"silent_for", silent.Round(time.Millisecond), "limit", a.cfg.GatewaySilence)
+				a.suspects.add(conn.RemoteAddr(), now)
 				transport.Close(conn, dataplane.CloseShutdown)
 				return
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -20,6 +21,7 @@ import (
 // the connection, and the next address is tried. It returns the connection,
 // its transport and the replica id ("" if the gateway names none); an
 // error wrapping errDuplicateReplica if only held replicas answered.
+// Addresses that failed lately are tried last (suspects).
 func (a *Agent) dial(ctx context.Context, slot int, set *settings) (*quic.Conn, *quic.Transport, string, error) {
 	host, port, _ := net.SplitHostPort(set.endpoint)
 	var addrs []netip.Addr
@@ -56,7 +58,7 @@ func (a *Agent) dial(ctx context.Context, slot int, set *settings) (*quic.Conn, 
 		replica = id
 		return nil
 	}
-	for _, ip := range addrs {
+	for _, ip := range a.suspects.order(addrs, time.Now()) {
 		udp, err := net.ListenUDP("udp", nil)
 		if err != nil {
 			return nil, nil, "", fmt.Errorf("open UDP socket: %w", err)
@@ -73,7 +75,11 @@ func (a *Agent) dial(ctx context.Context, slot int, set *settings) (*quic.Conn, 
 		replica, refusal = "", nil
 		conn, err := tr.Dial(ctx, raddr, transport.ClientTLS(tlsConf), a.quic)
 		if err == nil {
+			a.suspects.clear(ip)
 			return conn, tr, replica, nil
+		}
+		if refusal == nil && ctx.Err() == nil {
+			a.suspects.add(raddr, time.Now())
 		}
 		tr.Close()
 		udp.Close()

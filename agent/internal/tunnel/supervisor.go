@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/outposthq/outpost/agent/internal/detect"
+	"github.com/outposthq/outpost/dataplane"
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // The reconnect supervisor: Run keeps HAConnections connection loops
@@ -223,6 +225,13 @@ func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) (up
 	}
 	defer tr.Conn.Close()
 	defer tr.Close()
+	if latest, err := a.loadSettings(); err == nil && !latest.cert.Equal(set.cert) {
+		// Another connection renewed the certificate while this one dialed
+		// with the old one: start over with the new one at once, rather
+		// than hold a replica with a certificate on its way out.
+		transport.Close(conn, dataplane.CloseCertRenewed)
+		return false, errCertRenewed
+	}
 	log = log.With("gateway", set.endpoint, "remote", conn.RemoteAddr().String())
 	if replica != "" {
 		log = log.With("replica", replica)

@@ -52,6 +52,7 @@ type Agent struct {
 	fleet  *fleet        // the connections to distinct replicas
 
 	reportOnce sync.Once // logs the UDP socket report once
+	suspects   suspects  // gateway addresses that failed lately
 
 	renewFailures atomic.Uint64 // failed renewal attempts since New
 
