@@ -8,11 +8,14 @@
 // sessions, the most sessions one agent carries, session setup right after
 // a kill -9 of the agent routing prefers, the liveness traffic and CPU of
 // idle agents, and the gateway's route lookup and store (token use, audit)
-// benchmarks.
+// benchmarks; and, with a PostgreSQL server, a cluster part (cluster.go):
+// session setup and throughput through a replica that holds the agent vs
+// one that forwards over the peer link, and how soon HA agents are back at
+// two replicas after a kill -9 of one (-only cluster runs it alone).
 //
 // Run it from the repository root (make bench runs the full mode):
 //
-//	go run ./bench/tunnel          # about 3 minutes on 2 cores, bounded at 9
+//	go run ./bench/tunnel          # about 4 minutes on 2 cores, bounded at 9
 //	go run ./bench/tunnel -quick   # about a minute
 //
 // The agent and the client (`outpost connect --listen`) are the real outpost
@@ -71,7 +74,7 @@ func run(args []string) int {
 		quick      = fs.Bool("quick", false, "small transfers, one run each, 2,000 capacity sessions: about a minute")
 		timeout    = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 170s with -quick)")
 		outpost    = fs.String("outpost", "", "outpost binary to run the agent and the client with (default: build ./cmd/outpost)")
-		resultsOut = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md; \"-\": nowhere)")
+		resultsOut = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md, nowhere with -only; \"-\": nowhere)")
 		cpuprofile = fs.String("cpuprofile", "", "keep the gateway child's CPU profiles as PREFIX-connect.pprof and PREFIX-raw.pprof")
 		logLevel   = fs.String("log-level", "info", "log level of this program: trace, debug, info, warn, error")
 		mode       = fs.String("mode", "", "internal: \"gateway\", \"quic\" or \"agent\" runs a child process of the benchmark")
@@ -137,7 +140,11 @@ func run(args []string) int {
 	fmt.Print(res.Table())
 	log.Info("benchmark done", "elapsed", res.Elapsed.Round(time.Millisecond))
 	out := *resultsOut
-	if out == "" {
+	switch {
+	case out == "" && *only != "":
+		// A part alone leaves the whole run's results alone.
+		out = "-"
+	case out == "":
 		out = filepath.Join(root, "bench", "RESULTS.md")
 	}
 	if out != "-" {
