@@ -230,6 +230,8 @@ func (c *clusterRun) peerHop(ctx context.Context, res *load.ClusterResult) error
 	if err := c.runAgent("hop agent", dir, 1); err != nil {
 		return err
 	}
+	// The processes charged with the transfers' CPU (load.ClusterProcesses).
+	pids := []int{ra.gw.PID(), rb.gw.PID(), c.agents[0].PID(), os.Getpid()}
 	token, err := ra.gw.sessionToken(ctx, id, b.rig.Targets.MuxAddr(), s.Timeout+10*time.Minute)
 	if err != nil {
 		return err
@@ -283,10 +285,23 @@ func (c *clusterRun) peerHop(ctx context.Context, res *load.ClusterResult) error
 	for rep := range s.Reps {
 		for d := range load.NumDirs {
 			for h := range load.NumHops {
+				before, err := load.TicksOf(pids)
+				if err != nil {
+					return err
+				}
 				took, err := load.ClientTransfer(ctx, clients[h], d, res.Bytes)
 				if err != nil {
 					return fmt.Errorf("%s %s, run %d: %w", load.Hop(h), d, rep+1, err)
 				}
+				after, err := load.TicksOf(pids)
+				if err != nil {
+					return err
+				}
+				cpu := &res.CPU[d][h]
+				for i := range pids {
+					cpu.Ticks[i] += after[i] - before[i]
+				}
+				cpu.Bytes += res.Bytes
 				rate := float64(res.Bytes) / took.Seconds() / 1e6
 				res.MBps[d][h] = append(res.MBps[d][h], rate)
 				b.log.Info("cluster transfer", "entry", load.Hop(h).String(), "dir", d.String(), "run", rep+1,

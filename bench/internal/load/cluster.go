@@ -35,6 +35,10 @@ var hopNames = [NumHops]string{
 // String is the entry's name in the report.
 func (h Hop) String() string { return hopNames[h] }
 
+// ClusterProcesses name the processes whose CPU the cluster transfers are
+// charged, in the order of CPUTotals.Ticks.
+var ClusterProcesses = []string{"replica A", "replica B", "agent", "client + target"}
+
 // ClusterResult is what the cluster part measured. The zero value is a
 // part that did not run, for no reason given.
 type ClusterResult struct {
@@ -49,9 +53,11 @@ type ClusterResult struct {
 	// entry replica opens itself (DialAgent + echo + close).
 	Setup, Gateway [NumHops]Stats
 	// Bytes is what one transfer carries; MBps the measured transfers'
-	// rates, by direction and entry.
+	// rates, by direction and entry; CPU the ticks the processes spent on
+	// them, in the order of ClusterProcesses.
 	Bytes int64
 	MBps  [NumDirs][NumHops][]float64
+	CPU   [NumDirs][NumHops]CPUTotals
 	// Rehome is the kill -9 of a replica.
 	Rehome Rehome
 }

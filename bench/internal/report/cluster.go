@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/outposthq/outpost/bench/internal/load"
@@ -46,6 +47,7 @@ func (r *Results) clusterRows() []row {
 			if len(xs) > 1 {
 				fig += fmt.Sprintf(" (median of %d: %.0f–%.0f)", len(xs), slices.Min(xs), slices.Max(xs))
 			}
+			fig += r.hopCPU(c.CPU[d][h])
 			what := fmt.Sprintf("Cluster throughput %s, %s, single session via the connect library, %s", d, binarySize(c.Bytes), load.Hop(h))
 			if h == load.HopLocal {
 				rows = append(rows, row{what, fig, "— (reference)", "—"})
@@ -60,6 +62,27 @@ func (r *Results) clusterRows() []row {
 		}
 	}
 	return append(rows, r.rehomeRow())
+}
+
+// hopCPU describes the CPU-seconds per GB each process spent on a path's
+// transfers, their total, and the throughput ceiling that sets on this
+// machine's cores ("" when not measured).
+func (r *Results) hopCPU(c load.CPUTotals) string {
+	if c.Bytes == 0 || r.ClockHz == 0 {
+		return ""
+	}
+	var parts []string
+	var total float64
+	for i, name := range load.ClusterProcesses {
+		v := perGB(c.Ticks[i], c.Bytes, r.ClockHz)
+		parts = append(parts, fmt.Sprintf("%s %.2f", name, v))
+		total += v
+	}
+	s := fmt.Sprintf("; CPU-s per GB: %s; all %.2f", strings.Join(parts, ", "), total)
+	if total > 0 && r.Machine.CPUs > 0 {
+		s += fmt.Sprintf(" (ceiling on %d cores: %.0f MB/s)", r.Machine.CPUs, float64(r.Machine.CPUs)/total*1e3)
+	}
+	return s
 }
 
 // hopSetupRows are the p50 and p99 of sessions opened local and through

@@ -32,13 +32,17 @@ func TestClusterRows(t *testing.T) {
 	}
 	c.MBps[load.DirUp] = [load.NumHops][]float64{{100, 110, 90}, {85}}
 	c.MBps[load.DirDown] = [load.NumHops][]float64{{100}, {70}}
-	r := &Results{Cluster: c, ClusterOnly: true}
+	// 0.5 GB carried for 100 + 0 + 50 + 50 ticks at 100 Hz: 2, 0, 1 and 1
+	// CPU-s per GB, 4 in all: 500 MB/s on 2 cores at most.
+	c.CPU[load.DirUp][load.HopLocal] = load.CPUTotals{Ticks: [4]int64{100, 0, 50, 50}, Bytes: 500_000_000}
+	r := &Results{Cluster: c, ClusterOnly: true, ClockHz: 100}
+	r.Machine.CPUs = 2
 	table := r.Table()
 	for _, want := range []string{
 		"the hop adds 0.080 ms = 0.80 QUIC round trips (0.100 ms) — PASS",
 		"the hop adds 0.500 ms = 1.25 QUIC round trips (0.400 ms) — FAIL",
 		"the hop adds 1.000 ms = 10.00 QUIC round trips (0.100 ms) |", // in the gateway: compared, not judged
-		"100 MB/s (median of 3: 90–110)",
+		"100 MB/s (median of 3: 90–110); CPU-s per GB: replica A 2.00, replica B 0.00, agent 1.00, client + target 1.00; all 4.00 (ceiling on 2 cores: 500 MB/s)",
 		"0.85 × local — PASS",
 		"0.70 × local — FAIL",
 		"14 agents were on it: back after p50 6.00 s, max 7.00 s; 1 not back within 1m0s",
