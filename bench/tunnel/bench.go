@@ -27,7 +27,11 @@ type options struct {
 	cpuprofile    string // prefix of the gateway CPU profiles to keep, or ""
 	childLogLevel string
 	root          string // module root
+	only          string // "" (everything) or onlyCluster
 }
+
+// onlyCluster is the -only value that runs the cluster part alone.
+const onlyCluster = "cluster"
 
 // bench is one run's moving parts: the processes it started, and the rig
 // the loads run against.
@@ -54,7 +58,8 @@ type bench struct {
 }
 
 // runBench sets everything up, measures, and tears everything down (also
-// on failure) before returning.
+// on failure) before returning. With o.only "cluster" it runs only the
+// cluster part (cluster.go).
 func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger) (*report.Results, error) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		return nil, fmt.Errorf("this benchmark reads /proc (Linux only): %w", err)
@@ -68,6 +73,7 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	hz, fromAuxv := proc.ClockTicks()
 	b := &bench{s: s, o: o, log: log, res: &report.Results{
 		Settings:    s,
+		ClusterOnly: o.only == onlyCluster,
 		Machine:     proc.DescribeMachine(limit, fileLimit, lerr),
 		ClockHz:     hz,
 		ClockSource: "AT_CLKTCK from /proc/self/auxv",
@@ -80,14 +86,16 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	// First, while nothing else runs: the route lookup and store
 	// benchmarks.
 	var err error
-	if b.res.Lookups, err = load.RouteLookups(ctx, o.root, s.Benchtime, log); err != nil {
-		return nil, err
-	}
-	if b.res.StoreWrites, err = load.StoreWrites(ctx, o.root, s.Benchtime, log); err != nil {
-		return nil, err
-	}
-	if b.res.StoreSetups, err = load.StoreSetups(ctx, o.root, s.Sessions, log); err != nil {
-		return nil, err
+	if !b.res.ClusterOnly {
+		if b.res.Lookups, err = load.RouteLookups(ctx, o.root, s.Benchtime, log); err != nil {
+			return nil, err
+		}
+		if b.res.StoreWrites, err = load.StoreWrites(ctx, o.root, s.Benchtime, log); err != nil {
+			return nil, err
+		}
+		if b.res.StoreSetups, err = load.StoreSetups(ctx, o.root, s.Sessions, log); err != nil {
+			return nil, err
+		}
 	}
 
 	if b.tmp, err = os.MkdirTemp("", "outpost-bench-"); err != nil {
@@ -118,58 +126,6 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 		return nil, fmt.Errorf("find this program's binary: %w", err)
 	}
 
-	gw, err := proc.StartCtl(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
-		"-entry", "127.0.0.1:0", "-max-sessions", strconv.Itoa(s.Capacity + capacityHeadroom), "-log-level", o.childLogLevel}, &b.gwHello)
-	if err != nil {
-		return nil, err
-	}
-	defer gw.Stop()
-	b.gw = gatewayChild{ctlProcess{gw}}
-	if b.gwHello.Entry == "" || b.gwHello.Token == "" || b.gwHello.CAPEM == "" {
-		return nil, fmt.Errorf("gateway child hello is incomplete: %+v", b.gwHello)
-	}
-	log.Info("gateway child up", "pid", b.gw.PID(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
-	b.rig.Gateway, b.rig.Entry, b.rig.API = b.gw, b.gwHello.Entry, b.gwHello.API
-
-	b.agentDir = filepath.Join(b.tmp, "agent")
-	if b.rig.AgentID, err = enrollAgent(ctx, b.bin, b.agentDir, b.gwHello.Token); err != nil {
-		return nil, err
-	}
-	// The stream limit is raised (DESIGN's default is 4,096) so that the
-	// capacity run can reach its target with the real binary.
-	if b.agentPprof, err = freeLoopbackAddr(); err != nil {
-		return nil, err
-	}
-	b.agent, err = proc.Start("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
-		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.Capacity+capacityHeadroom),
-		"--pprof-listen", b.agentPprof))
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		b.agent.Stop(10 * time.Second)
-		if b.libAgent != nil {
-			b.libAgent.Stop()
-		}
-	}()
-	b.rig.AgentPID = b.agent.PID()
-	log.Info("agent started", "pid", b.agent.PID(), "agent_id", b.rig.AgentID)
-	if err := b.rig.WaitReady(ctx); err != nil {
-		return nil, err
-	}
-
-	defer func() {
-		if b.client != nil {
-			b.client.Stop()
-		}
-		if b.rig.WS != nil {
-			b.rig.WS.Close()
-		}
-	}()
-	if err := b.startClient(ctx); err != nil {
-		return nil, err
-	}
-
 	quicLocalSrv, certPEM, err := load.StartQUICServer(log.Named("rawquic"))
 	if err != nil {
 		return nil, err
@@ -192,18 +148,87 @@ func runBench(ctx context.Context, s load.Settings, o options, log hclog.Logger)
 	defer b.rig.QUICRemote.Close()
 	log.Info("raw QUIC servers up", "local", quicLocalSrv.Addr(), "child", qh.Addr, "child_pid", b.quicChild.PID())
 
-	if b.res.RSSBefore, err = b.rig.RSS(); err != nil {
-		return nil, err
-	}
-	if b.res.GwRuntime[0], err = b.rig.Gateway.Runtime(ctx); err != nil {
-		return nil, err
-	}
-	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.idleConnect, b.throughput, b.capacity, b.failover} {
-		if err := phase(ctx); err != nil {
+	if !b.res.ClusterOnly {
+		if err := b.single(ctx); err != nil {
 			return nil, err
 		}
 	}
+	// Last, once the single gateway and its agents have stopped.
+	if err := b.cluster(ctx); err != nil {
+		return nil, err
+	}
 	return b.res, nil
+}
+
+// single is the run against one gateway child: it starts the gateway, the
+// agent and `outpost connect`, runs every phase but the cluster part, and
+// stops them.
+func (b *bench) single(ctx context.Context) error {
+	s, o, log := b.s, b.o, b.log
+	gw, err := proc.StartCtl(ctx, "gateway", b.exe, []string{"-mode=gateway", "-data-dir", filepath.Join(b.tmp, "gateway"),
+		"-entry", "127.0.0.1:0", "-max-sessions", strconv.Itoa(s.Capacity + capacityHeadroom), "-log-level", o.childLogLevel}, &b.gwHello)
+	if err != nil {
+		return err
+	}
+	defer gw.Stop()
+	b.gw = gatewayChild{ctlProcess{gw}}
+	if b.gwHello.Entry == "" || b.gwHello.Token == "" || b.gwHello.CAPEM == "" {
+		return fmt.Errorf("gateway child hello is incomplete: %+v", b.gwHello)
+	}
+	log.Info("gateway child up", "pid", b.gw.PID(), "entry", b.gwHello.Entry, "api", b.gwHello.API, "quic", b.gwHello.QUIC)
+	b.rig.Gateway, b.rig.Entry, b.rig.API = b.gw, b.gwHello.Entry, b.gwHello.API
+
+	b.agentDir = filepath.Join(b.tmp, "agent")
+	if b.rig.AgentID, err = enrollAgent(ctx, b.bin, b.agentDir, b.gwHello.Token); err != nil {
+		return err
+	}
+	// The stream limit is raised (DESIGN's default is 4,096) so that the
+	// capacity run can reach its target with the real binary.
+	if b.agentPprof, err = freeLoopbackAddr(); err != nil {
+		return err
+	}
+	b.agent, err = proc.Start("agent", exec.Command(b.bin, "agent", "run", "--config-dir", b.agentDir,
+		"--log-level", o.childLogLevel, "--drain-timeout", "2s", "--max-sessions", strconv.Itoa(s.Capacity+capacityHeadroom),
+		"--pprof-listen", b.agentPprof))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		b.agent.Stop(10 * time.Second)
+		if b.libAgent != nil {
+			b.libAgent.Stop()
+		}
+	}()
+	b.rig.AgentPID = b.agent.PID()
+	log.Info("agent started", "pid", b.agent.PID(), "agent_id", b.rig.AgentID)
+	if err := b.rig.WaitReady(ctx); err != nil {
+		return err
+	}
+
+	defer func() {
+		if b.client != nil {
+			b.client.Stop()
+		}
+		if b.rig.WS != nil {
+			b.rig.WS.Close()
+		}
+	}()
+	if err := b.startClient(ctx); err != nil {
+		return err
+	}
+
+	if b.res.RSSBefore, err = b.rig.RSS(); err != nil {
+		return err
+	}
+	if b.res.GwRuntime[0], err = b.rig.Gateway.Runtime(ctx); err != nil {
+		return err
+	}
+	for _, phase := range []func(context.Context) error{b.setup, b.idle, b.idleConnect, b.throughput, b.capacity, b.failover} {
+		if err := phase(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startClient mints a reusable session token for the mux target through

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -69,19 +70,46 @@ const (
 	benchStreamsPerConnection = 1 << 16
 )
 
-// serveGateway is the gateway child's life (see runChild). maxSessions is
-// the gateway's MaxSessionsPerAgent.
-func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions int, log hclog.Logger) error {
-	if dataDir == "" {
+// gatewayOptions are the gateway child's flags (internal: the benchmark
+// passes them to its own children).
+type gatewayOptions struct {
+	dataDir     string // required
+	entryAddr   string // the bench entry's address
+	maxSessions int    // the gateway's MaxSessionsPerAgent; 0: its default
+	// store and sealKeyFile put the gateway on PostgreSQL, a replica of
+	// the cluster on that database; empty: SQLite in dataDir.
+	store, sealKeyFile string
+	replicaName        string        // the replica's name in ListGateways; empty: the host name
+	quicIdleTimeout    time.Duration // the gateway's QUIC idle timeout; 0: its default
+}
+
+func (o *gatewayOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.dataDir, "data-dir", "", "internal: the gateway child's data directory")
+	fs.StringVar(&o.entryAddr, "entry", "127.0.0.1:0", "internal: the gateway child's entry address")
+	fs.IntVar(&o.maxSessions, "max-sessions", 0, "internal: the gateway child's sessions-per-agent cap")
+	fs.StringVar(&o.store, "store", "", "internal: the gateway child's PostgreSQL store (a cluster replica)")
+	fs.StringVar(&o.sealKeyFile, "seal-key-file", "", "internal: the gateway child's seal key, with -store")
+	fs.StringVar(&o.replicaName, "replica-name", "", "internal: the gateway child's replica name, with -store")
+	fs.DurationVar(&o.quicIdleTimeout, "quic-idle-timeout", 0, "internal: the gateway child's QUIC idle timeout")
+}
+
+// serveGateway is the gateway child's life (see runChild).
+func serveGateway(ctx context.Context, o gatewayOptions, log hclog.Logger) error {
+	if o.dataDir == "" {
 		return errors.New("-data-dir is required")
 	}
+	dataDir := o.dataDir
 	g, err := server.New(server.Config{
 		DataDir:             dataDir,
+		Store:               o.store,
+		SealKeyFile:         o.sealKeyFile,
+		ReplicaName:         o.replicaName,
+		QUICIdleTimeout:     server.Duration(o.quicIdleTimeout),
 		Listen:              "127.0.0.1:0",
 		QUICListen:          "127.0.0.1:0",
 		Hostnames:           []string{"127.0.0.1"},
 		EnrollRateLimit:     1000,
-		MaxSessionsPerAgent: maxSessions,
+		MaxSessionsPerAgent: o.maxSessions,
 		AgentAnswerTimeout:  server.Duration(agentAnswerTimeout),
 		// One reusable token carries every session of a run.
 		MaxTokenConnections: benchTokenConnections,
@@ -93,7 +121,7 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 		return err
 	}
 	defer g.Close()
-	laddr, err := net.ResolveTCPAddr("tcp", entryAddr)
+	laddr, err := net.ResolveTCPAddr("tcp", o.entryAddr)
 	if err != nil {
 		return fmt.Errorf("entry address: %w", err)
 	}
@@ -115,7 +143,7 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 	return proc.Server[request]{
 		Run: g.Run,
 		Hello: func(ctx context.Context) (any, error) {
-			api, err := dialAPI(g, dataDir)
+			api, err := dialAPI(dataDir, g.Addr().String(), g.CACertPEM())
 			if err != nil {
 				return nil, err
 			}
@@ -132,14 +160,15 @@ func serveGateway(ctx context.Context, dataDir, entryAddr string, maxSessions in
 	}.Serve(ctx)
 }
 
-// dialAPI connects to the gateway's own gRPC API with the admin key it
-// wrote, as an operator's tooling would.
-func dialAPI(g *server.Gateway, dataDir string) (*grpc.ClientConn, error) {
+// dialAPI connects to the gRPC API of a gateway at addr, whose CA is caPEM,
+// with the admin key in its data directory, as an operator's tooling
+// would.
+func dialAPI(dataDir, addr string, caPEM []byte) (*grpc.ClientConn, error) {
 	key, err := apiclient.ReadKeyFile(filepath.Join(dataDir, "admin.key"))
 	if err != nil {
 		return nil, err
 	}
-	return apiclient.Dial(apiclient.Config{Gateway: "https://" + g.Addr().String(), APIKey: key, CAPEM: g.CACertPEM()})
+	return apiclient.Dial(apiclient.Config{Gateway: "https://" + addr, APIKey: key, CAPEM: caPEM})
 }
 
 // createEnrollmentToken asks for an enrollment token for an agent called

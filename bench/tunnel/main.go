@@ -8,11 +8,14 @@
 // sessions, the most sessions one agent carries, session setup right after
 // a kill -9 of the agent routing prefers, the liveness traffic and CPU of
 // idle agents, and the gateway's route lookup and store (token use, audit)
-// benchmarks.
+// benchmarks; and, with a PostgreSQL server, a cluster part (cluster.go):
+// session setup and throughput through a replica that holds the agent vs
+// one that forwards over the peer link, and how soon HA agents are back at
+// two replicas after a kill -9 of one (-only cluster runs it alone).
 //
 // Run it from the repository root (make bench runs the full mode):
 //
-//	go run ./bench/tunnel          # about 3 minutes on 2 cores, bounded at 9
+//	go run ./bench/tunnel          # about 4 minutes on 2 cores, bounded at 9
 //	go run ./bench/tunnel -quick   # about a minute
 //
 // The agent and the client (`outpost connect --listen`) are the real outpost
@@ -68,26 +71,26 @@ func main() { os.Exit(run(os.Args[1:])) }
 func run(args []string) int {
 	fs := flag.NewFlagSet("tunnel", flag.ContinueOnError)
 	var (
-		quick       = fs.Bool("quick", false, "small transfers, one run each, 2,000 capacity sessions: about a minute")
-		timeout     = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 170s with -quick)")
-		outpost     = fs.String("outpost", "", "outpost binary to run the agent and the client with (default: build ./cmd/outpost)")
-		resultsOut  = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md; \"-\": nowhere)")
-		cpuprofile  = fs.String("cpuprofile", "", "keep the gateway child's CPU profiles as PREFIX-connect.pprof and PREFIX-raw.pprof")
-		logLevel    = fs.String("log-level", "info", "log level of this program: trace, debug, info, warn, error")
-		mode        = fs.String("mode", "", "internal: \"gateway\", \"quic\" or \"agent\" runs a child process of the benchmark")
-		dataDir     = fs.String("data-dir", "", "internal: the gateway child's data directory")
-		entryAddr   = fs.String("entry", "127.0.0.1:0", "internal: the gateway child's entry address")
-		maxSessions = fs.Int("max-sessions", 0, "internal: the gateway child's sessions-per-agent cap")
-		configDir   = fs.String("config-dir", "", "internal: the agent child's config directory")
-		maxStreams  = fs.Int("max-streams", 0, "internal: the agent child's QUIC stream limit")
+		quick      = fs.Bool("quick", false, "small transfers, one run each, 2,000 capacity sessions: about a minute")
+		timeout    = fs.Duration("timeout", 0, "abort the whole run after this long (default 9m, or 170s with -quick)")
+		outpost    = fs.String("outpost", "", "outpost binary to run the agent and the client with (default: build ./cmd/outpost)")
+		resultsOut = fs.String("results", "", "where to write the Markdown results (default <repo>/bench/RESULTS.md, nowhere with -only; \"-\": nowhere)")
+		cpuprofile = fs.String("cpuprofile", "", "keep the gateway child's CPU profiles as PREFIX-connect.pprof and PREFIX-raw.pprof")
+		logLevel   = fs.String("log-level", "info", "log level of this program: trace, debug, info, warn, error")
+		mode       = fs.String("mode", "", "internal: \"gateway\", \"quic\" or \"agent\" runs a child process of the benchmark")
+		only       = fs.String("only", "", "run only this part: \"cluster\" (replicas on PostgreSQL: the peer hop and re-homing after a kill -9)")
+		gwOpts     gatewayOptions
+		configDir  = fs.String("config-dir", "", "internal: the agent child's config directory")
+		maxStreams = fs.Int("max-streams", 0, "internal: the agent child's QUIC stream limit")
 	)
+	gwOpts.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	switch *mode {
 	case "gateway":
 		return runChild("gateway", *logLevel, func(ctx context.Context, log hclog.Logger) error {
-			return serveGateway(ctx, *dataDir, *entryAddr, *maxSessions, log)
+			return serveGateway(ctx, gwOpts, log)
 		})
 	case "quic":
 		return runChild("quic", *logLevel, serveQUIC)
@@ -101,6 +104,10 @@ func run(args []string) int {
 		return 2
 	}
 
+	if *only != "" && *only != onlyCluster {
+		fmt.Fprintf(os.Stderr, "unknown -only %q (want %q)\n", *only, onlyCluster)
+		return 2
+	}
 	level := hclog.LevelFromString(*logLevel)
 	if level == hclog.NoLevel {
 		fmt.Fprintf(os.Stderr, "unknown -log-level %q\n", *logLevel)
@@ -120,7 +127,7 @@ func run(args []string) int {
 		log.Error("benchmark failed", "error", err)
 		return 1
 	}
-	o := options{outpost: *outpost, cpuprofile: *cpuprofile, childLogLevel: "warn", root: root}
+	o := options{outpost: *outpost, cpuprofile: *cpuprofile, childLogLevel: "warn", root: root, only: *only}
 	if level < hclog.Info {
 		o.childLogLevel = level.String()
 	}
@@ -133,7 +140,11 @@ func run(args []string) int {
 	fmt.Print(res.Table())
 	log.Info("benchmark done", "elapsed", res.Elapsed.Round(time.Millisecond))
 	out := *resultsOut
-	if out == "" {
+	switch {
+	case out == "" && *only != "":
+		// A part alone leaves the whole run's results alone.
+		out = "-"
+	case out == "":
 		out = filepath.Join(root, "bench", "RESULTS.md")
 	}
 	if out != "-" {

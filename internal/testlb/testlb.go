@@ -4,11 +4,13 @@
 // marked down), through a socket of its own per client, and relays the
 // answers back. A client that dials again from a new source port may so
 // reach another backend, as behind an L4 balancer that hashes the 5-tuple.
-// It is imported by tests only, and uses only the standard library.
+// It is imported by tests, and by the benchmark program (New and Close, as
+// tests use Start), and uses only the standard library.
 package testlb
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -39,20 +41,31 @@ type Balancer struct {
 // test if a backend is not a loopback address.
 func Start(tb testing.TB, backends ...netip.AddrPort) *Balancer {
 	tb.Helper()
+	b, err := New(backends...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(b.Close)
+	return b
+}
+
+// New runs a balancer in front of backends, as Start does, outside a test:
+// the caller stops it with Close. It fails if a backend is not a loopback
+// address or if the balancer's socket cannot be opened.
+func New(backends ...netip.AddrPort) (*Balancer, error) {
 	for _, b := range backends {
 		if !b.Addr().IsLoopback() {
-			tb.Fatalf("testlb: backend %s is not a loopback address", b)
+			return nil, fmt.Errorf("testlb: backend %s is not a loopback address", b)
 		}
 	}
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
-		tb.Fatal(err)
+		return nil, fmt.Errorf("testlb: %w", err)
 	}
 	b := &Balancer{conn: conn, backends: backends, down: map[int]bool{}, flows: map[netip.AddrPort]*net.UDPConn{},
 		dead: map[int]bool{}, sentTo: map[*net.UDPConn]int{}}
 	b.wg.Go(b.serve)
-	tb.Cleanup(b.close)
-	return b
+	return b, nil
 }
 
 // Addr is the balancer's address, host:port.
@@ -153,8 +166,9 @@ func (b *Balancer) relayBack(out *net.UDPConn, client netip.AddrPort) {
 	}
 }
 
-// close stops the balancer and waits for its goroutines.
-func (b *Balancer) close() {
+// Close stops the balancer and waits for its goroutines. It is
+// idempotent.
+func (b *Balancer) Close() {
 	b.mu.Lock()
 	b.closed = true
 	flows := b.flows

@@ -537,17 +537,45 @@ func NewServerWith(tb testing.TB, o Options) *Server {
 // server is removed.
 func (srv *Server) DSN(tb testing.TB) string {
 	tb.Helper()
+	dsn, err := srv.NewDatabase(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dsn
+}
+
+// NewDatabase is DSN outside a test: it returns the error instead of
+// failing a test. ctx bounds the creation, itself bounded at 30 s.
+func (srv *Server) NewDatabase(ctx context.Context) (string, error) {
 	name := "t_" + randomHex(8)
-	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
 	if err := srv.s.admin(ctx, "CREATE DATABASE "+name); err != nil {
-		tb.Fatalf("testpg: %v", err)
+		return "", fmt.Errorf("testpg: %w", err)
 	}
 	if srv.s.opts.ListenAddr != "" {
-		return srv.s.tcpDSN(name)
+		return srv.s.tcpDSN(name), nil
 	}
-	return srv.s.dsn(name)
+	return srv.s.dsn(name), nil
 }
+
+// Launch starts a server of the caller's own outside a test (a benchmark
+// program), as NewServer does in one: on a Unix socket only, as the
+// postgres user when this process runs as root. The error says why no
+// server can run (no server binaries, no postgres user: what to install),
+// or why it did not start. The caller removes it with Close; if this
+// process dies first, the kernel tells the server to shut down.
+func Launch() (*Server, error) {
+	s, err := start(Options{})
+	if err != nil {
+		return nil, err
+	}
+	return &Server{s: s}, nil
+}
+
+// Close shuts the server down and removes its directory, as the cleanup of
+// NewServer does: for a server of Launch. Call it once.
+func (srv *Server) Close() error { return srv.s.stop() }
 
 // Stop shuts the server down (a fast shutdown: connections are cut); its
 // data stays for Start.

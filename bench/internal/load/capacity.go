@@ -95,7 +95,7 @@ func (r *Rig) Capacity(ctx context.Context, what string, streamLimit int64) (Cap
 	s := r.Settings
 	r.log().Info("capacity run", "agent", what, "sessions", s.Capacity, "workers", capacityWorkers, "bound", s.CapWait)
 	res := CapacityResult{What: what, StreamLimit: streamLimit, AgentGoroutines: -1}
-	st, err := r.Gateway.Hold(ctx, GatewaySessions{AgentID: r.AgentID, Target: r.Targets.echoAddr(),
+	st, err := r.Gateway.Hold(ctx, GatewaySessions{AgentID: r.AgentID, Target: r.Targets.EchoAddr(),
 		N: s.Capacity, Workers: capacityWorkers, Timeout: s.CapWait})
 	if err != nil {
 		return res, err

@@ -41,7 +41,11 @@ type Settings struct {
 	IdleAgents int           // idle agents whose liveness traffic is measured
 	IdleWindow time.Duration // how long it is measured (and the gateway's baseline before)
 	Benchtime  string        // go test -benchtime of the route lookup and store benchmarks
-	Timeout    time.Duration // bound of the whole run
+	// ClusterBytes is one transfer of the cluster part (local vs peer
+	// hop), ClusterAgents the HA agents of its kill -9.
+	ClusterBytes  int64
+	ClusterAgents int
+	Timeout       time.Duration // bound of the whole run
 }
 
 // TargetCapacity is the sessions one agent must carry: the capacity run's
@@ -68,7 +72,10 @@ func SettingsFor(quick bool) Settings {
 		IdleAgents: 16,
 		IdleWindow: 20 * time.Second,
 		Benchtime:  "1s",
-		Timeout:    9 * time.Minute,
+		// 128 MiB × 3 runs × 2 directions × 2 entries: about 10 s.
+		ClusterBytes:  128 << 20,
+		ClusterAgents: 20,
+		Timeout:       9 * time.Minute,
 	}
 	if quick {
 		s.Bytes, s.WarmBytes, s.Reps = 64<<20, 16<<20, 1
@@ -76,6 +83,7 @@ func SettingsFor(quick bool) Settings {
 		s.Capacity, s.CapWait = 2000, 30*time.Second
 		s.IdleAgents, s.IdleWindow = 8, 10*time.Second
 		s.Benchtime, s.Timeout = "200ms", 170*time.Second
+		s.ClusterBytes, s.ClusterAgents = 64<<20, 10
 	}
 	return s
 }

@@ -184,3 +184,28 @@ PASS
 		t.Errorf("storeBenches = %+v, want %+v", got, want)
 	}
 }
+
+func TestRehomeTimes(t *testing.T) {
+	back := map[string]time.Duration{"a": 3 * time.Second, "b": time.Second, "c": 2 * time.Second}
+	st, missing := RehomeTimes([]string{"a", "b", "d"}, back)
+	if missing != 1 || st.N != 2 || st.P50 != time.Second || st.Max != 3*time.Second {
+		t.Errorf("RehomeTimes = %+v, missing %d; want 2 agents (p50 1 s, max 3 s), 1 missing", st, missing)
+	}
+}
+
+func TestHeldBy(t *testing.T) {
+	alive := func(id string) bool { return id != "dead" }
+	for _, tt := range []struct {
+		ids  []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"r1", "r2"}, 2},
+		{[]string{"r1", "dead"}, 1},
+		{[]string{"r1", "r1", "dead", "r2"}, 2},
+	} {
+		if got := HeldBy(tt.ids, alive); got != tt.want {
+			t.Errorf("HeldBy(%v) = %d, want %d", tt.ids, got, tt.want)
+		}
+	}
+}

@@ -21,7 +21,7 @@ func (r *Rig) WaitAgent(ctx context.Context, agentID string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	header := []byte(agentID + " " + r.Targets.echoAddr() + "\n")
+	header := []byte(agentID + " " + r.Targets.EchoAddr() + "\n")
 	for {
 		err := echoSession(ctx, r.Entry, header)
 		if err == nil {

@@ -36,7 +36,7 @@ type SetupResult struct {
 func (r *Rig) Setup(ctx context.Context) (SetupResult, error) {
 	var res SetupResult
 	s := r.Settings
-	echo := r.Targets.echoAddr()
+	echo := r.Targets.EchoAddr()
 	r.log().Info("session setup latency", "sessions", s.Sessions, "warmup", s.Warmup)
 	measure := func(i Setup, once func(context.Context) error) error {
 		st, err := MeasureLatency(ctx, s.Warmup, s.Sessions, once)

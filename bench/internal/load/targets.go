@@ -59,10 +59,12 @@ func StartTargets(deadline time.Time, log hclog.Logger) (*Targets, error) {
 // MuxAddr is the address of the mux, whose first byte picks the service.
 func (t *Targets) MuxAddr() string { return t.mux.Addr().String() }
 
-// Addresses of the three services.
+// EchoAddr is the address of the echo service.
+func (t *Targets) EchoAddr() string { return t.echo.Addr().String() }
+
+// Addresses of the other two services.
 func (t *Targets) sinkAddr() string   { return t.sink.Addr().String() }
 func (t *Targets) sourceAddr() string { return t.source.Addr().String() }
-func (t *Targets) echoAddr() string   { return t.echo.Addr().String() }
 
 func (t *Targets) serve(ln *net.TCPListener, name string, handle func(duplex) error) {
 	for {

@@ -207,7 +207,7 @@ func (r *Rig) measure(ctx context.Context, t *throughputRun, p Path, d Dir, rep 
 		}
 		t.files[p] = append(t.files[p], f)
 	}
-	before, err := ticksOf(pids)
+	before, err := TicksOf(pids)
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func (r *Rig) measure(ctx context.Context, t *throughputRun, p Path, d Dir, rep 
 	if err != nil {
 		return fmt.Errorf("%s %s, run %d: %w", p, d, rep+1, err)
 	}
-	after, err := ticksOf(pids)
+	after, err := TicksOf(pids)
 	if err != nil {
 		return err
 	}
@@ -263,8 +263,8 @@ func (r *Rig) summarizeProfiles(ctx context.Context, t *throughputRun) {
 	}
 }
 
-// ticksOf reads the CPU ticks of each pid.
-func ticksOf(pids []int) ([]int64, error) {
+// TicksOf reads the CPU ticks (proc.CPUTicks) of each pid, in order.
+func TicksOf(pids []int) ([]int64, error) {
 	out := make([]int64, len(pids))
 	for i, pid := range pids {
 		t, err := proc.CPUTicks(pid)

@@ -79,6 +79,17 @@ func (c *Child) Stop(grace time.Duration) {
 	c.wait(grace)
 }
 
+// Kill kills the process with SIGKILL (kill -9: no chance to say goodbye)
+// and returns once it has been reaped. It does nothing if the process has
+// already ended.
+func (c *Child) Kill() {
+	if done, _ := c.Exited(); done {
+		return
+	}
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
 // wait waits up to grace for the process to end, then kills it and waits
 // for it to be reaped.
 func (c *Child) wait(grace time.Duration) {

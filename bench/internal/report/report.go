@@ -90,6 +90,12 @@ type Results struct {
 	// gateway on each store (in one process); a backend that could not
 	// run has none.
 	StoreSetups []load.StoreBench
+	// Cluster is the cluster part (replicas on PostgreSQL: the peer hop,
+	// re-homing after a kill -9); nil if it was not run.
+	Cluster *load.ClusterResult
+	// ClusterOnly is set when the run was the cluster part alone (-only
+	// cluster): the table and the file hold its rows only.
+	ClusterOnly bool
 	Elapsed     time.Duration // the whole run
 }
 
@@ -140,6 +146,9 @@ func (r *Results) pathName(p load.Path) string {
 
 // rows turns the results into the table.
 func (r *Results) rows() []row {
+	if r.ClusterOnly {
+		return r.clusterRows()
+	}
 	var rows []row
 	rows = append(rows, r.throughputRows()...)
 	rows = append(rows, r.cpuRows()...)
@@ -151,6 +160,7 @@ func (r *Results) rows() []row {
 	rows = append(rows, r.lookupRows()...)
 	rows = append(rows, r.storeRows()...)
 	rows = append(rows, r.storeSetupRows()...)
+	rows = append(rows, r.clusterRows()...)
 	return rows
 }
 
@@ -482,6 +492,9 @@ func (r *Results) File(now time.Time, args string) string {
 	fmt.Fprintf(&b, "| Run time | %s |\n", r.Elapsed.Round(time.Second))
 	b.WriteString("\n")
 	b.WriteString(table(r.rows()))
+	if r.ClusterOnly {
+		return b.String()
+	}
 	b.WriteString("\nGo runtime of the gateway child (from runtime.ReadMemStats), without and with the idle sessions:\n\n")
 	b.WriteString("| | goroutines | heap in use | stacks in use | total from OS (Sys) |\n|---|---|---|---|---|\n")
 	for i, what := range []string{"no session", thousands(int64(r.Idle)) + " idle sessions via the WebSocket entry"} {
