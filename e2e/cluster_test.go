@@ -3,12 +3,15 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"database/sql"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +20,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 
+	"github.com/outposthq/outpost/dataplane/transport"
 	outpostv1 "github.com/outposthq/outpost/gen/outpost/v1"
 	"github.com/outposthq/outpost/internal/testpg"
 	"github.com/outposthq/outpost/server"
@@ -248,6 +252,18 @@ func TestClusterListGateways(t *testing.T) {
 	if code != http.StatusOK || strings.Count(body, `"state":"GATEWAY_STATE_SERVING"`) != 3 {
 		t.Errorf("GET /v1/gateways: %d %s", code, body)
 	}
+	// The CLI, with the CA's pin: a PostgreSQL replica keeps no ca.pem.
+	block, _ := pem.Decode(gws[1].g.CACertPEM())
+	pin := transport.SPKIHashHex(mustCert(t, block.Bytes).RawSubjectPublicKeyInfo)
+	admin := []string{"--gateway", gws[1].url, "--api-key-file", filepath.Join(gws[1].cfg.DataDir, "admin.key"), "--ca-pin", pin}
+	out, err := exec.Command(outpostBinary(t), append([]string{"gateways"}, admin...)...).CombinedOutput()
+	if err != nil || strings.Count(string(out), " serving ") != 3 || !strings.Contains(string(out), ids[1]+" *") {
+		t.Errorf("outpost gateways: %v\n%s", err, out)
+	}
+	out, err = exec.Command(outpostBinary(t), append([]string{"agents"}, admin...)...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "REPLICAS") || !strings.Contains(string(out), "office-a") {
+		t.Errorf("outpost agents: %v\n%s", err, out)
+	}
 
 	// Agent a, on replica 1, deleted through replica 2: closed on replica
 	// 1, whose count drops.
@@ -278,4 +294,13 @@ func TestClusterListGateways(t *testing.T) {
 	}
 	gws[0].waitGateways(10*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0", ids[2]: "gone/0"})
 	gws[1].waitGateways(10*time.Second, map[string]string{ids[0]: "serving/0", ids[1]: "serving/0"})
+}
+
+func mustCert(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -39,7 +39,7 @@ func (l *listFlags) pageSize(max int) int32 {
 func (l *listFlags) full(n int) bool { return l.limit > 0 && n >= l.limit }
 
 func runAgentsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("agents", stderr, "agents --api-key-file F [--ca-file F] [--gateway URL] [--status S] [--json] [--limit N]")
+	fs := newFlagSet("agents", stderr, "agents --api-key-file F [--ca-file F | --ca-pin HEX] [--gateway URL] [--status S] [--json] [--limit N]")
 	var (
 		af     adminFlags
 		lf     listFlags
@@ -83,25 +83,68 @@ func runAgentsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return writeAgentTable(stdout, agents, time.Now())
 }
 
+func runGatewaysList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("gateways", stderr, "gateways --api-key-file F [--ca-file F | --ca-pin HEX] [--gateway URL] [--json]")
+	var (
+		af   adminFlags
+		asJS bool
+	)
+	af.register(fs)
+	fs.BoolVar(&asJS, "json", false, "print a JSON array (the API's field names) instead of a table")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	conn, err := af.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := outpostv1.NewAgentAdminServiceClient(conn).ListGateways(ctx, &outpostv1.ListGatewaysRequest{})
+	if err != nil {
+		return af.callErr(ctx, "list gateways", err)
+	}
+	if asJS {
+		return writeJSON(stdout, resp.GetGateways())
+	}
+	return writeGatewayTable(stdout, resp.GetGateways(), time.Now())
+}
+
+// writeGatewayTable prints one line per gateway replica; the one that
+// answered is marked with *.
+func writeGatewayTable(w io.Writer, gws []*outpostv1.Gateway, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPLICA	NAME	STATE	AGENTS	QUIC	API	STARTED	HEARTBEAT")
+	for _, g := range gws {
+		id := g.GetReplicaId()
+		if g.GetSelf() {
+			id += " *"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", id, dash(g.GetName()),
+			strings.ToLower(strings.TrimPrefix(g.GetState().String(), "GATEWAY_STATE_")), g.GetAgentCount(),
+			dash(g.GetQuicEndpoint()), dash(g.GetApiEndpoint()), ago(g.GetStartedAt(), now), ago(g.GetHeartbeatAt(), now))
+	}
+	return tw.Flush()
+}
+
 // writeAgentTable prints one line per agent.
 func writeAgentTable(w io.Writer, agents []*outpostv1.Agent, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tREMOTE\tROUTES\tSESSIONS\tLAST SEEN\tCERT EXPIRES")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tREMOTE\tROUTES\tSESSIONS\tREPLICAS\tLAST SEEN\tCERT EXPIRES")
 	for _, a := range agents {
 		routes := append([]string{}, a.GetSubnets()...)
 		for _, d := range a.GetDomains() {
 			routes = append(routes, d.GetDomain())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.GetAgentId(), a.GetName(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.GetAgentId(), a.GetName(),
 			strings.ToLower(strings.TrimPrefix(a.GetStatus().String(), "AGENT_STATUS_")),
 			dash(a.GetRemoteAddr()), dash(strings.Join(routes, ",")), a.GetActiveSessions(),
-			ago(a.GetLastSeen(), now), stamp(a.GetCertNotAfter()))
+			len(a.GetReplicaIds()), ago(a.GetLastSeen(), now), stamp(a.GetCertNotAfter()))
 	}
 	return tw.Flush()
 }
 
 func runSessionsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("sessions", stderr, "sessions --api-key-file F [--ca-file F] [--gateway URL] [--agent ID] [--target H:P] [--outcome O] [--since D | --from T] [--until T] [--json] [--limit N]")
+	fs := newFlagSet("sessions", stderr, "sessions --api-key-file F [--ca-file F | --ca-pin HEX] [--gateway URL] [--agent ID] [--target H:P] [--outcome O] [--since D | --from T] [--until T] [--json] [--limit N]")
 	var (
 		af                   adminFlags
 		lf                   listFlags

@@ -95,6 +95,9 @@ func commands() *command {
 		leaf("sessions", "list recent sessions from the audit", func(ctx context.Context, s io3, args []string) error {
 			return runSessionsList(ctx, args, s.stdout, s.stderr)
 		}),
+		leaf("gateways", "list the gateway replicas of the cluster and their state", func(ctx context.Context, s io3, args []string) error {
+			return runGatewaysList(ctx, args, s.stdout, s.stderr)
+		}),
 		leaf("version", "show the version, commit, build date and protocol", func(_ context.Context, s io3, args []string) error {
 			return runVersion(args, s.stdout, s.stderr)
 		}),

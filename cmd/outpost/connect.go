@@ -106,7 +106,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 }
 
 func runSessionCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--token-file F [--force]] [--ca-file F] [--gateway URL] [--agent ID] [--reusable] [--ttl D]")
+	fs := newFlagSet("session create", stderr, "session create --target host:port --api-key-file F [--token-file F [--force]] [--ca-file F | --ca-pin HEX] [--gateway URL] [--agent ID] [--reusable] [--ttl D]")
 	var (
 		af              adminFlags
 		target, agentID string

@@ -23,14 +23,15 @@ import (
 
 // adminFlags locate the gateway API and the key for admin commands.
 type adminFlags struct {
-	gateway, keyFile, caFile string
-	cfg                      apiclient.Config // what dial used
+	gateway, keyFile, caFile, caPin string
+	cfg                             apiclient.Config // what dial used
 }
 
 func (a *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.gateway, "gateway", server.DefaultAPIURL, "gateway API URL")
 	fs.StringVar(&a.keyFile, "api-key-file", "", "file holding an API key (required; e.g. <data-dir>/admin.key)")
 	fs.StringVar(&a.caFile, "ca-file", "", "gateway CA certificate to trust (e.g. <data-dir>/ca.pem; default: system roots)")
+	fs.StringVar(&a.caPin, "ca-pin", "", "trust the gateway CA whose key has this SHA-256 (ca_spki_sha256 in the gateway's log) instead of --ca-file")
 }
 
 func (a *adminFlags) dial() (*apiclientConn, error) {
@@ -47,7 +48,7 @@ func (a *adminFlags) dial() (*apiclientConn, error) {
 			return nil, fmt.Errorf("ca file: %w", err)
 		}
 	}
-	a.cfg = apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca}
+	a.cfg = apiclient.Config{Gateway: a.gateway, APIKey: key, CAPEM: ca, CAPin: a.caPin}
 	conn, err := apiclient.Dial(a.cfg)
 	if err != nil {
 		return nil, err
@@ -92,7 +93,7 @@ func (a *adminFlags) callErr(ctx context.Context, what string, err error) error 
 }
 
 func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--token-file F [--force]] [--ca-file F] [--gateway URL] [--name N] [--ttl D] [--subnets CSV] [--domains CSV]")
+	fs := newFlagSet("gateway token create", stderr, "gateway token create --api-key-file F [--token-file F [--force]] [--ca-file F | --ca-pin HEX] [--gateway URL] [--name N] [--ttl D] [--subnets CSV] [--domains CSV]")
 	var (
 		af               adminFlags
 		name             string

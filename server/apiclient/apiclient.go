@@ -16,6 +16,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/outposthq/outpost/dataplane/transport"
 )
 
 // Config says where the gateway is and how to authenticate; Dial builds a
@@ -27,6 +29,12 @@ type Config struct {
 	APIKey string
 	// CAPEM is the gateway CA certificate (PEM). If empty, the system roots are used.
 	CAPEM []byte
+	// CAPin, if set, trusts exactly the CA whose key has this SHA-256
+	// (64 hex digits, as the gateway logs ca_spki_sha256) instead of CAPEM
+	// or the system roots: the gateway sends that CA after its certificate
+	// (transport.VerifyCAPin). A PostgreSQL-backed gateway keeps no ca.pem
+	// in its data directory; its pin is in its log.
+	CAPin string
 }
 
 // Dial returns a client connection; it connects lazily on the first call.
@@ -50,6 +58,16 @@ func Dial(o Config) (*grpc.ClientConn, error) {
 
 // tlsConfig trusts o.CAPEM, or the system roots when it is empty.
 func tlsConfig(o Config, host string) (*tls.Config, error) {
+	if o.CAPin != "" {
+		if len(o.CAPEM) > 0 {
+			return nil, errors.New("apiclient: give a CA file or a CA pin, not both")
+		}
+		pin, err := transport.ParsePin(o.CAPin)
+		if err != nil {
+			return nil, fmt.Errorf("apiclient: CA pin: %w", err)
+		}
+		return transport.CAPinnedTLS(host, pin), nil
+	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
 	if len(o.CAPEM) > 0 {
 		pool := x509.NewCertPool()
