@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -868,9 +869,9 @@ func (s *clusterSuite) replicaKilled(t *testing.T) {
 	// target: one sink session on each replica, through three more
 	// listeners, each sent a little and left open.
 	sinkTok := s.sessionToken(t, clusterSink, true)
-	logFrom := map[*clusterReplica]int{}
+	sinkLogFrom, logFrom := map[*clusterReplica]int{}, map[*clusterReplica]int{}
 	for _, r := range s.replicas {
-		logFrom[r] = len(r.proc.logText())
+		sinkLogFrom[r] = len(r.proc.logText())
 	}
 	var pending []*pendingUpload
 	var sinkListeners []*nsProc
@@ -908,6 +909,9 @@ func (s *clusterSuite) replicaKilled(t *testing.T) {
 	tick := time.NewTicker(every)
 	for i := range sessions {
 		if i == killAt {
+			for _, r := range survivors {
+				logFrom[r] = len(r.proc.logText())
+			}
 			killed = time.Now()
 			dead.proc.kill()
 			s.logf(t, "replica %d (office-a on %s) killed with SIGKILL, %d sessions in", dead.n, replicaNames(held), i)
@@ -965,7 +969,7 @@ func (s *clusterSuite) replicaKilled(t *testing.T) {
 	throughDead := 0
 	forwardedDead := regexp.MustCompile(`session open: .*target=` + regexp.QuoteMeta(clusterSink) + ` via="agent office-a through replica ` + dead.id + `"`)
 	for _, r := range survivors {
-		throughDead += len(forwardedDead.FindAllString(r.proc.logText()[logFrom[r]:], -1))
+		throughDead += len(forwardedDead.FindAllString(r.proc.logText()[sinkLogFrom[r]:], -1))
 	}
 	var reopened, sinkFailed []string
 	for i, u := range pending {
@@ -1052,9 +1056,24 @@ func (s *clusterSuite) replicaKilled(t *testing.T) {
 	if n := len(took); n > 0 {
 		p50, p99, worst = took[n/2], took[n*99/100], took[n-1]
 	}
-	s.logf(t, "%d sessions through outpost connect, one every %v, and %d WebSocket sessions through the balancer; kill of replica %d %d ticks in; failed: %d after the kill, %d in flight at the kill, %d WebSockets before the balancer dropped the dead replica; connect sessions after the kill took p50 %v, p99 %v, at most %v (echo round trip included); the load ended %v after the kill",
+	slow := len(took) - sort.Search(len(took), func(i int) bool { return took[i] >= time.Second })
+	// The survivors' slowest setup after the kill, as their logs tell it.
+	var slowest time.Duration
+	var slowestLine string
+	setup := regexp.MustCompile(`session open: .*setup=(\S+)`)
+	for _, r := range survivors {
+		for line := range strings.Lines(r.proc.logText()[logFrom[r]:]) {
+			if m := setup.FindStringSubmatch(line); m != nil {
+				if d, err := time.ParseDuration(m[1]); err == nil && d > slowest {
+					slowest, slowestLine = d, r.ns()+": "+strings.TrimSpace(line)
+				}
+			}
+		}
+	}
+	s.logf(t, "%d sessions through outpost connect, one every %v, and %d WebSocket sessions through the balancer; kill of replica %d %d ticks in; failed: %d after the kill, %d in flight at the kill, %d WebSockets before the balancer dropped the dead replica; connect sessions after the kill took p50 %v, p99 %v, at most %v (echo round trip included), %d of them 1 s or more; the load ended %v after the kill",
 		total, every, wsTotal, dead.n, killAt, len(after), len(inFlight), len(wsWindow),
-		p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), loadEnded.Round(time.Millisecond))
+		p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), slow, loadEnded.Round(time.Millisecond))
+	s.logf(t, "the survivors' slowest session setup after the kill: %s", tailText(slowestLine, 700))
 	s.logf(t, "%d sink sessions opened before the kill, one per replica: %d finished with their SHA-256 after it, %d forwarded by a survivor through the dead replica, %d of them ended; opened again on a new connection: %s",
 		len(pending), len(pending)-len(sinkFailed), throughDead, len(sinkFailed), strings.Join(reopened, ", "))
 	s.logf(t, "the balancer dropped the dead replica after %s (health check every %v, %d failures); office-a noticed it %v after the kill (QUIC idle timeout %v), drew a reconnect delay of %v, had its replacement up %v after noticing, %v after the kill; the store shows it on two live replicas %v after the kill (now %s); replica 2 listed the dead replica gone after %v; %s",
