@@ -21,8 +21,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,9 +59,11 @@ import (
 // Either keeps a flow on its replica: NAT is decided on a flow's first
 // packet and conntrack keeps it. The replicas, office and client route
 // through lb; nothing routes to the private network but office, which runs
-// the agents (office-a through the balancer, office-b straight at replica
-// 3). The target runs an echo server (:7) and a sink (:9) that answers the
-// SHA-256 of what it read when the client half-closes.
+// the agents: office-a through the balancer, holding two replicas
+// (--ha-connections 2), and office-b straight at replica 3 with one
+// connection, as a v1 agent (--ha-connections 1). The target runs an echo
+// server (:7) and a sink (:9) that answers the SHA-256 of what it read when
+// the client half-closes.
 //
 // Settings kept short for the test: replica heartbeat 1 s, gone after 4 s
 // (a loaded 2-core machine delays heartbeats; 4 s leaves room), QUIC idle
@@ -140,40 +144,15 @@ func TestNetnsCluster(t *testing.T) {
 	mustStep(t, "three replicas start", s.replicasStart)
 	mustStep(t, "agent through the balancer", s.agentThroughBalancer)
 	mustStep(t, "enrollment through replica 1, admission on replica 3", s.enrollOnOneAdmitOnAnother)
+	t.Run("a v1-like agent (one connection) serves clients on every replica", s.v1Agent)
 	t.Run("GET /v1/gateways through the balancer: three replicas serving, with their agents", s.listGateways)
 	t.Run("one single-use token on two replicas at once: exactly one session", s.singleUseRace)
-	t.Run("50 MB through the balancer with a checksum, retried until the client lands on the agent's replica", s.bigSession)
+	t.Run("50 MB with a checksum from a replica without the agent, forwarded, on the first try", s.forwarded)
 	t.Run("DeleteAgent on replica 2 closes the agent on replica 3 within 1 s", s.deleteElsewhere)
-	t.Run("kill -9 of a replica: gone, survivors serve, its agent reconnects to a survivor", s.replicaKilled)
+	t.Run("SIGTERM of a replica: draining, its agent re-homes, never on no replica", s.drained)
+	t.Run("kill -9 of a replica during continuous session creation: no setup fails after the kill", s.replicaKilled)
 	s.logf(t, "netns cluster suite done")
 }
-
-// Tests to add once agents hold K connections (--ha-connections) and the
-// peer link forwards sessions (issue 17); the helpers they need are here
-// already (agentReplicas, listenVia, wsEcho, checkedUpload,
-// startHealthCheck, setBackends, replicaHolding):
-//
-//   - every agent holds 2 distinct replicas: start the agents with
-//     --ha-connections 2 and wait until agentReplicas(id) has two distinct
-//     ids, each serving in ListGateways, and every replica's agent_count
-//     matches.
-//   - forwarding: listenVia(a replica not in agentReplicas(id)) carries
-//     checkedUpload of 50 MB with its checksum on the first try (no retry
-//     loop as in bigSession), and the audit on that replica names the
-//     replica that holds the agent.
-//   - kill -9 during continuous session creation: one new session (a
-//     fresh single-use token, wsEcho through the balancer; or outpost
-//     connect, which retries another replica) every 50 ms for 20 s;
-//     replicaKilled's kill in the middle; no setup fails after the kill
-//     but those the dead replica had accepted; the agents are back at K
-//     within one backoff (report the time). replicaKilled's last loop
-//     then serves every session.
-//   - SIGTERM of a replica: it shows draining, its agents dial a
-//     replacement before dropping it (agentReplicas never falls below 1,
-//     back at 2 before the replica exits).
-//   - a v1 agent (one connection, no replica identity) serves sessions for
-//     clients on every replica (listenVia each replica in turn).
-//   - replace the TODO in bigSession: the retry loop is no longer needed.
 
 func (s *clusterSuite) topology(t *testing.T) {
 	s.addNetns(t, "dc", "lb", "db", "r1", "r2", "r3", "office", "client", "target")
@@ -368,33 +347,17 @@ func (s *clusterSuite) agentThroughBalancer(t *testing.T) {
 	}
 	a := &netnsAgent{name: "office-a", ns: "office", dir: s.t.TempDir()}
 	a.proc = s.startProc(t, a.ns, "agent-office-a", strings.NewReader(tok.Token+"\n"),
-		s.bin, "agent", "up", "--token", "-", "--config-dir", a.dir, "--log-level", "debug")
+		s.bin, "agent", "up", "--token", "-", "--config-dir", a.dir, "--ha-connections", "2", "--log-level", "debug")
 	var err error
 	if a.id, err = netnsAgentID(a.dir, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	s.agents[a.name] = a
-	// office-b will be on replica 3: office-a must be elsewhere for the
-	// tests that need the two agents on two replicas. A new connection
-	// lands on the next replica (round robin), so a restart moves it.
-	for try := 1; ; try++ {
-		r, err := s.waitHeld(a.id, 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.n != 3 {
-			s.logf(t, "office-a (%s) enrolled and connected through the balancer, which sent it to replica %d", a.id, r.n)
-			return
-		}
-		if try == 3 {
-			t.Fatalf("office-a lands on replica 3 after %d restarts: is the balancer round robin?", try)
-		}
-		if err := a.proc.stop(10 * time.Second); err != nil {
-			t.Fatal(err)
-		}
-		s.waitGone(t, a.id, r)
-		a.proc = s.startProc(t, a.ns, "agent-office-a", nil, s.bin, "agent", "run", "--config-dir", a.dir, "--log-level", "debug")
+	held, err := s.waitHeld(a.id, 2, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
+	s.logf(t, "office-a (%s) enrolled and connected through the balancer to two replicas: %s", a.id, replicaNames(held))
 }
 
 func (s *clusterSuite) enrollOnOneAdmitOnAnother(t *testing.T) {
@@ -413,13 +376,16 @@ func (s *clusterSuite) enrollOnOneAdmitOnAnother(t *testing.T) {
 	if !strings.Contains(r1.proc.logText(), b.id) {
 		t.Errorf("replica 1's log does not mention the agent it enrolled (%s)", b.id)
 	}
-	b.proc = s.startProc(t, b.ns, "agent-office-b", nil, s.bin, "agent", "run", "--config-dir", b.dir, "--log-level", "debug")
-	r, err := s.waitHeld(b.id, 30*time.Second)
+	// One connection, as a v1 agent keeps: office-b is the suite's v1-like
+	// agent (see v1Agent).
+	b.proc = s.startProc(t, b.ns, "agent-office-b", nil, s.bin, "agent", "run", "--config-dir", b.dir,
+		"--ha-connections", "1", "--log-level", "debug")
+	held, err := s.waitHeld(b.id, 1, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r != r3 {
-		t.Fatalf("office-b, pointed at replica 3, connected to replica %d", r.n)
+	if held[0] != r3 {
+		t.Fatalf("office-b, pointed at replica 3, connected to replica %d", held[0].n)
 	}
 	// Replica 2, which saw neither, knows the agent and where it is. (Its
 	// status there is its own registry's: offline until routing is
@@ -435,12 +401,39 @@ func (s *clusterSuite) enrollOnOneAdmitOnAnother(t *testing.T) {
 		b.id, r1.ip, view.Status, tailText(out, 200))
 }
 
+// v1Agent: office-b keeps one connection (--ha-connections 1, as a v1
+// agent that knows nothing of replicas), to replica 3; a client on each
+// replica in turn reaches it, the others through the peer link.
+func (s *clusterSuite) v1Agent(t *testing.T) {
+	b, r3 := s.agents["office-b"], s.replicas[2]
+	if held := s.replicasHolding(b.id); len(held) != 1 || held[0] != r3 {
+		t.Fatalf("office-b is on %s, want replica 3 only", replicaNames(held))
+	}
+	tok := s.sessionTokenFor(t, clusterEcho, b.id, true)
+	forwarded := regexp.MustCompile(`session open: .*via="agent office-b through replica ` + r3.id + `"`)
+	var seen []string
+	for _, r := range s.replicas {
+		before := len(r.proc.logText())
+		addr, p := s.listenVia(t, r.url(), tok)
+		err := s.echoVia(addr, 20*time.Second)
+		p.stop(5 * time.Second)
+		if err != nil {
+			t.Fatalf("office-b through replica %d: %v (%s)", r.n, err, connectReason(p))
+		}
+		if r != r3 && !forwarded.MatchString(r.proc.logText()[before:]) {
+			t.Errorf("replica %d served office-b's session, but its log does not say it went through replica r3", r.n)
+		}
+		seen = append(seen, r.ns())
+	}
+	s.logf(t, "office-b (one connection, to replica 3) served an echo session to a client on each of %v; r1 and r2 forwarded it to r3", seen)
+}
+
 func (s *clusterSuite) listGateways(t *testing.T) {
 	want := map[string]string{}
 	for _, r := range s.replicas {
 		n := 0
 		for _, a := range s.agents {
-			if a.proc != nil && !a.proc.exited() && s.replicaHolding(a.id) == r {
+			if a.proc != nil && !a.proc.exited() && slices.Contains(s.replicasHolding(a.id), r) {
 				n++
 			}
 		}
@@ -474,12 +467,9 @@ func (s *clusterSuite) listGateways(t *testing.T) {
 }
 
 func (s *clusterSuite) singleUseRace(t *testing.T) {
-	// Two replicas that can each serve the session: the ones holding
-	// office-a and office-b, which both advertise the private network.
-	ra, rb := s.heldBy(s.agents["office-a"].id), s.heldBy(s.agents["office-b"].id)
-	if ra == nil || rb == nil || ra == rb {
-		t.Fatalf("office-a on %v, office-b on %v: want two replicas", ra, rb)
-	}
+	// With the peer link any replica serves the session: replica 1 and
+	// replica 3 (which holds office-b).
+	ra, rb := s.replicas[0], s.replicas[2]
 	tok := s.sessionToken(t, clusterEcho, false)
 	type result struct {
 		r   *clusterReplica
@@ -517,86 +507,52 @@ func (s *clusterSuite) singleUseRace(t *testing.T) {
 		ra.n, rb.n, ok[0].r.n, refused[0].r.n, tailText(refused[0].err.Error(), 200))
 }
 
-// bigSession carries 50 MB from the client namespace through the balancer
-// to the sink. Without the peer link a replica can serve only the agents
-// connected to it, so a client that lands elsewhere is refused and tries
-// again from a new connection, which the balancer sends to the next
-// replica.
-//
-// TODO(issue 17, peer link): once a replica forwards a session to the one
-// holding the agent, the first try must succeed wherever the client lands;
-// drop the retry loop and assert that.
-func (s *clusterSuite) bigSession(t *testing.T) {
+// forwarded carries 50 MB from the client namespace to the sink, through
+// office-a, first from a replica that holds office-a (local), then from the
+// replica that does not (forwarded over the peer link), each on the first
+// try and checked with the sink's SHA-256.
+func (s *clusterSuite) forwarded(t *testing.T) {
 	a := s.agents["office-a"]
-	holder := s.heldBy(a.id)
-	if holder == nil {
-		t.Fatal("office-a is not connected")
+	held := s.replicasHolding(a.id)
+	if len(held) != 2 {
+		t.Fatalf("office-a is on %s, want two replicas", replicaNames(held))
 	}
-	// office-b serves the same network from replica 3: stop it for this
-	// test so that only office-a's replica can serve it.
-	b := s.agents["office-b"]
-	if err := b.proc.stop(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	s.waitGone(t, b.id, s.replicas[2])
-	defer func() {
-		b.proc = s.startProc(t, b.ns, "agent-office-b", nil, s.bin, "agent", "run", "--config-dir", b.dir, "--log-level", "debug")
-		if r, err := s.waitHeld(b.id, 30*time.Second); err != nil || r != s.replicas[2] {
-			t.Errorf("office-b back: on %v, %v; want replica 3", r, err)
-		}
-	}()
-
-	// What a replica without the agent says today.
 	var other *clusterReplica
 	for _, r := range s.replicas {
-		if r != holder {
+		if !slices.Contains(held, r) {
 			other = r
-			break
 		}
 	}
-	tok := s.sessionToken(t, clusterSink, true)
-	probe := func(addr string) error { _, err := s.checkedUpload(addr, 1<<10, 4, 20*time.Second); return err }
-	addr, p := s.listenVia(t, other.url(), tok)
-	err := probe(addr)
-	p.stop(5 * time.Second)
-	if err == nil {
-		t.Fatalf("replica %d served a session to office-a, connected to replica %d only: is the peer link here? Then replace this test's retry loop", other.n, holder.n)
-	}
-	reason := connectReason(p)
-	if !strings.HasPrefix(reason, "session failed: ") {
-		t.Errorf("replica %d, without office-a, did not say why it refused the session: %s", other.n, reason)
-	}
-	s.logf(t, "replica %d, without office-a (on replica %d), refuses the session: %s", other.n, holder.n, reason)
-
-	// Through the balancer, retried from a new connection until one lands
-	// on the replica holding the agent.
-	var attempts []string
-	for try := 1; ; try++ {
-		addr, p = s.listenVia(t, clusterURL(clusterVIP), tok)
-		err = probe(addr)
-		if err == nil {
-			attempts = append(attempts, fmt.Sprintf("#%d served", try))
-			break
+	tok := s.sessionTokenFor(t, clusterSink, a.id, true)
+	upload := func(r *clusterReplica, seed uint64) time.Duration {
+		t.Helper()
+		addr, p := s.listenVia(t, r.url(), tok)
+		defer p.stop(5 * time.Second)
+		d, err := s.checkedUpload(addr, clusterBigSize, seed, 2*time.Minute)
+		if err != nil {
+			t.Fatalf("50 MB from a client on replica %d: %v (%s)", r.n, err, connectReason(p))
 		}
-		p.stop(5 * time.Second)
-		attempts = append(attempts, fmt.Sprintf("#%d refused (%s)", try, connectReason(p)))
-		if try == 2*len(s.replicas) {
-			t.Fatalf("no session through the balancer in %d tries: %s", try, strings.Join(attempts, "; "))
-		}
+		return d
 	}
-	defer p.stop(5 * time.Second)
-	d, err := s.checkedUpload(addr, clusterBigSize, 3, 2*time.Minute)
-	if err != nil {
-		t.Fatalf("50 MB through the balancer: %v", err)
+	local := upload(held[0], 3)
+	before := len(other.proc.logText())
+	fwd := upload(other, 5)
+	through := regexp.MustCompile(`session open: .*via="agent office-a through replica ([0-9a-f-]{36})"`).FindStringSubmatch(other.proc.logText()[before:])
+	if through == nil {
+		t.Fatalf("replica %d's log does not say which replica its session went through", other.n)
 	}
-	s.logf(t, "through the balancer: %s; then 50 MB to the sink, SHA-256 matches (%v, %s)",
-		strings.Join(attempts, ", "), d.Round(time.Millisecond), nsRate(clusterBigSize, d))
+	if via := s.replicaByID(through[1]); via == nil || !slices.Contains(held, via) {
+		t.Fatalf("replica %d forwarded through replica %s, which does not hold office-a (%s)", other.n, through[1], replicaNames(held))
+	}
+	s.logf(t, "50 MB to the sink through office-a, SHA-256 matches on the first try: from replica %d (holds it) %v, %s; from replica %d (forwarded through replica %s) %v, %s (%.2f × local)",
+		held[0].n, local.Round(time.Millisecond), nsRate(clusterBigSize, local),
+		other.n, s.replicaByID(through[1]).ns(), fwd.Round(time.Millisecond), nsRate(clusterBigSize, fwd), local.Seconds()/fwd.Seconds())
 }
 
 func (s *clusterSuite) deleteElsewhere(t *testing.T) {
 	b, r2, r3 := s.agents["office-b"], s.replicas[1], s.replicas[2]
-	if s.heldBy(b.id) != r3 {
-		t.Fatalf("office-b is not on replica 3")
+	if held := s.replicasHolding(b.id); len(held) != 1 || held[0] != r3 {
+		t.Fatalf("office-b is on %s, not on replica 3 only", replicaNames(held))
 	}
 	closed := regexp.MustCompile(`agent-deleted`)
 	if closed.MatchString(b.proc.logText()) {
@@ -623,77 +579,552 @@ func (s *clusterSuite) deleteElsewhere(t *testing.T) {
 	s.logf(t, "DELETE through replica 2: office-b's connection on replica 3 closed with agent-deleted within %v of the request", took.Round(time.Millisecond))
 }
 
-func (s *clusterSuite) replicaKilled(t *testing.T) {
+// victim is the replica the failure steps stop: one holding office-a,
+// not replica 2 (through which the suite mints its session tokens).
+func (s *clusterSuite) victim(t *testing.T) (*clusterReplica, []*clusterReplica) {
+	t.Helper()
 	a := s.agents["office-a"]
-	dead := s.heldBy(a.id)
-	if dead == nil {
-		t.Fatal("office-a is not connected")
+	held, err := s.waitHeld(a.id, 2, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
+	for _, r := range held {
+		if r != s.replicas[1] {
+			return r, held
+		}
+	}
+	t.Fatalf("office-a on %s: no victim but replica 2", replicaNames(held))
+	return nil, nil
+}
+
+// presenceWatch polls, every 50 ms from replica 2, where office-a is
+// connected and what replica 2 says of the replica watched.
+type presenceWatch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// guarded by mu
+	least  int                  // fewest live replicas holding the agent seen
+	states map[string]time.Time // the watched replica's states seen, when first
+	back   time.Time            // when the agent was first seen back on two live replicas, both not the watched one
+	err    error                // the last failure to ask
+}
+
+func (s *clusterSuite) watchPresence(t *testing.T, agentID string, watched *clusterReplica) *presenceWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &presenceWatch{cancel: cancel, done: make(chan struct{}), least: len(s.replicas), states: map[string]time.Time{}}
+	t.Cleanup(w.stop)
+	r2 := s.replicas[1]
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			v, err := s.agentView(r2.url(), agentID)
+			gws, gerr := s.gateways(r2.url())
+			w.mu.Lock()
+			w.err = errors.Join(err, gerr)
+			if err == nil {
+				live, others := 0, 0
+				for _, id := range v.ReplicaIDs {
+					if r := s.replicaByID(id); r != nil && !r.proc.exited() {
+						live++
+						if r != watched {
+							others++
+						}
+					}
+				}
+				w.least = min(w.least, live)
+				if others >= 2 && w.back.IsZero() {
+					w.back = time.Now()
+				}
+			}
+			for _, g := range gws {
+				if _, seen := w.states[g.state()]; g.ReplicaID == watched.id && !seen {
+					w.states[g.state()] = time.Now()
+				}
+			}
+			w.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and waits for it; it is idempotent.
+func (w *presenceWatch) stop() {
+	w.cancel()
+	<-w.done
+}
+
+// stateAfter waits up to within for the watched replica listed in state
+// and says how long after since that was first seen.
+func (w *presenceWatch) stateAfter(state string, since time.Time, within time.Duration) (time.Duration, error) {
+	deadline := time.Now().Add(within)
+	for {
+		w.mu.Lock()
+		at, ok := w.states[state]
+		err := w.err
+		w.mu.Unlock()
+		if ok {
+			return at.Sub(since), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("not listed %s within %v (%v)", state, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// backAfter waits up to within for the agent back on two other replicas
+// and says how long after since that was.
+func (w *presenceWatch) backAfter(since time.Time, within time.Duration) (time.Duration, error) {
+	deadline := time.Now().Add(within)
+	for {
+		w.mu.Lock()
+		back, err := w.back, w.err
+		w.mu.Unlock()
+		if !back.IsZero() {
+			return back.Sub(since), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("not back on two replicas within %v (%v)", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// drained: SIGTERM of a replica holding office-a while a client session
+// runs through it. The replica shows draining and closes its API port (the
+// balancer's health check drops it); the live session keeps working; when
+// it ends, the drain is over: the replica closes office-a's connection with
+// "shutdown" and office-a dials a replacement at once. The agent is never
+// on fewer than one live replica, and is back on two. The replica then
+// starts again from its data directory, with the same id.
+func (s *clusterSuite) drained(t *testing.T) {
+	a := s.agents["office-a"]
+	victim, held := s.victim(t)
+	addr, p := s.listenVia(t, victim.url(), s.sessionToken(t, "", true))
+	defer p.stop(5 * time.Second)
+	c, err := s.dial(context.Background(), "client", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	echo := func() error {
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			return err
+		}
+		got := make([]byte, len("ping\n"))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping\n" {
+			return fmt.Errorf("echo: %q, %v (%s)", got, err, connectReason(p))
+		}
+		return nil
+	}
+	if err := echo(); err != nil {
+		t.Fatalf("a session through replica %d: %v", victim.n, err)
+	}
+	hc := s.startHealthCheck(t)
+	defer hc.stop(t)
+	w := s.watchPresence(t, a.id, victim)
+	defer w.stop()
+	agentLog := len(a.proc.logText())
+
+	victim.proc.cmd.Process.Signal(syscall.SIGTERM)
+	termed := time.Now()
+	draining, err := w.stateAfter("draining", termed, 10*time.Second)
+	if err != nil {
+		t.Fatalf("replica %d after SIGTERM: %v", victim.n, err)
+	}
+	if _, err := hc.droppedWithin(victim.ip, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stillHeld := slices.Contains(s.replicasHolding(a.id), victim)
+	if err := echo(); err != nil {
+		t.Fatalf("the live session through draining replica %d: %v", victim.n, err)
+	}
+	ended := time.Now()
+	c.Close() // the drain's last session
+	if !victim.proc.waitFor(20 * time.Second) {
+		t.Fatalf("replica %d did not exit within 20 s of SIGTERM", victim.n)
+	}
+	exited := time.Since(termed)
+	back, err := w.backAfter(termed, 15*time.Second)
+	if err != nil {
+		t.Fatalf("office-a after SIGTERM of replica %d: %v", victim.n, err)
+	}
+	if _, err := s.waitHeld(a.id, 2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w.stop()
+	w.mu.Lock()
+	least, states := w.least, slices.Sorted(maps.Keys(w.states))
+	w.mu.Unlock()
+	if least < 1 {
+		t.Errorf("office-a was on no live replica at some point while replica %d drained", victim.n)
+	}
+	if !strings.Contains(victim.proc.logText(), "gateway stopping") {
+		t.Errorf("replica %d's log does not show its graceful stop", victim.n)
+	}
+	// The agent's own account: when it saw the shutdown close and when
+	// its replacement connection was up.
+	agentText := a.proc.logText()[agentLog:]
+	closedAt, ok1 := logTime(agentText, "the gateway replica shut down; dialing a replacement", 0)
+	upAt, ok2 := logTime(agentText, "tunnel up:", strings.Index(agentText, "dialing a replacement"))
+	if !ok1 || !ok2 {
+		t.Errorf("office-a's log does not show the replacement of the connection replica %d closed with shutdown (%v, %v)", victim.n, ok1, ok2)
+	}
+	hc.stop(t)
+	s.logf(t, "SIGTERM of replica %d (office-a on %s) with a session through it: listed draining after %v (states seen %v), dropped by the balancer after %s, still holding office-a while draining: %v; the live session served on and ended %v after the SIGTERM; the replica exited %v after the SIGTERM",
+		victim.n, replicaNames(held), draining.Round(time.Millisecond), states, hc.droppedAfter(victim.ip, termed), stillHeld,
+		ended.Sub(termed).Round(time.Millisecond), exited.Round(time.Millisecond))
+	s.logf(t, "office-a: on at least %d live replica(s) throughout (polled every 50 ms); by its log, the shutdown close came %v after the SIGTERM and the replacement was up %v later, %v after the SIGTERM (the replica exited %v after it); the store shows it on two others %v after the SIGTERM; now on %s",
+		least, closedAt.Sub(termed).Round(time.Millisecond), upAt.Sub(closedAt).Round(time.Millisecond), upAt.Sub(termed).Round(time.Millisecond),
+		exited.Round(time.Millisecond), back.Round(time.Millisecond), replicaNames(s.replicasHolding(a.id)))
+
+	// Back: the same replica id from the data directory, and in the
+	// balancer again.
+	s.startReplica(t, victim)
+	if _, err := victim.proc.waitLog(regexp.MustCompile(`gateway serving`), 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.waitGateway(s.replicas[1].url(), victim.id, "serving/", 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setBackends(clusterReplicaIPs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// clusterSession is one session of replicaKilled's continuous load.
+type clusterSession struct {
+	n          int
+	via        int // which connect listener; -1 for a WebSocket through the balancer
+	start, end time.Time
+	err        error
+}
+
+// describe tells what happened to r, its times from killed.
+func (r *clusterSession) describe(killed time.Time) string {
+	via := fmt.Sprintf("connect listener %d", r.via)
+	if r.via < 0 {
+		via = "WebSocket through the balancer"
+	}
+	return fmt.Sprintf("#%d (%s) started %v from the kill, ended %v: %v", r.n, via,
+		r.start.Sub(killed).Round(time.Millisecond), r.end.Sub(killed).Round(time.Millisecond), r.err)
+}
+
+// replicaKilled: kill -9 of a replica holding office-a during continuous
+// session creation, one new session every 50 ms for 20 s, the kill 5 s in.
+// The sessions go through three "outpost connect" listeners, whose standing
+// connections the balancer put on the three replicas in turn: the one on
+// the killed replica reconnects through the balancer (which drops the dead
+// replica after its health check fails) and opens again on the new
+// connection a session that had not heard from the gateway. No session
+// that starts after the kill may fail; those that fail had been accepted
+// by the dead replica before it died, and are reported. Every fifth tick
+// also opens a WebSocket session through the balancer, as a browser does,
+// without any retry: one that starts after the balancer dropped the dead
+// replica must not fail; those before may land on the dead replica, and
+// are counted. office-a is back on two live replicas within one reconnect
+// backoff of noticing the dead replica (by the QUIC idle timeout, see
+// below).
+func (s *clusterSuite) replicaKilled(t *testing.T) {
+	const (
+		every    = 50 * time.Millisecond
+		sessions = 400 // 20 s
+		killAt   = 100 // 5 s in
+		wsEvery  = 5   // ticks
+		// idle is the replicas' --quic-idle-timeout.
+		idle = 5 * time.Second
+	)
+	a := s.agents["office-a"]
+	dead, held := s.victim(t)
 	var survivors []*clusterReplica
 	for _, r := range s.replicas {
 		if r != dead {
 			survivors = append(survivors, r)
 		}
 	}
+	tok := s.sessionToken(t, "", true)
+	var addrs []string
+	var listeners []*nsProc
+	for range len(s.replicas) {
+		addr, p := s.listenVia(t, clusterURL(clusterVIP), tok)
+		defer p.stop(5 * time.Second)
+		// The first session makes the standing connection: one at a
+		// time, so that the round robin spreads them.
+		if err := s.echoVia(addr, 20*time.Second); err != nil {
+			t.Fatalf("connect listener %d: %v (%s)", len(addrs), err, connectReason(p))
+		}
+		addrs, listeners = append(addrs, addr), append(listeners, p)
+	}
+	// Sessions accepted before the kill that have not heard from the
+	// target: one sink session on each replica, through three more
+	// listeners, each sent a little and left open.
+	sinkTok := s.sessionToken(t, clusterSink, true)
+	sinkLogFrom, logFrom := map[*clusterReplica]int{}, map[*clusterReplica]int{}
+	for _, r := range s.replicas {
+		sinkLogFrom[r] = len(r.proc.logText())
+	}
+	var pending []*pendingUpload
+	var sinkListeners []*nsProc
+	for i := range len(s.replicas) {
+		addr, p := s.listenVia(t, clusterURL(clusterVIP), sinkTok)
+		defer p.stop(5 * time.Second)
+		u, err := s.startUpload(addr, 1<<10, uint64(10+i), 2*time.Minute)
+		if err != nil {
+			t.Fatalf("sink listener %d: %v (%s)", i, err, connectReason(p))
+		}
+		defer u.c.Close()
+		pending, sinkListeners = append(pending, u), append(sinkListeners, p)
+	}
 	hc := s.startHealthCheck(t)
 	defer hc.stop(t)
+	w := s.watchPresence(t, a.id, dead)
+	defer w.stop()
+	agentLog := len(a.proc.logText())
 
-	dead.proc.kill()
-	killed := time.Now()
-	s.logf(t, "replica %d (holding office-a) killed with SIGKILL", dead.n)
-	if !dead.proc.waitFor(5 * time.Second) {
-		t.Fatal("the killed replica did not exit")
+	var results []*clusterSession
+	var wg sync.WaitGroup
+	var killed time.Time
+	open := func(r *clusterSession) {
+		defer wg.Done()
+		r.start = time.Now()
+		if r.via >= 0 {
+			r.err = s.echoVia(addrs[r.via], 15*time.Second)
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			r.err = s.wsEcho(ctx, clusterURL(clusterVIP), tok)
+			cancel()
+		}
+		r.end = time.Now()
 	}
-	// The survivors list it gone after replica_gone_after and keep serving.
+	tick := time.NewTicker(every)
+	for i := range sessions {
+		if i == killAt {
+			for _, r := range survivors {
+				logFrom[r] = len(r.proc.logText())
+			}
+			killed = time.Now()
+			dead.proc.kill()
+			s.logf(t, "replica %d (office-a on %s) killed with SIGKILL, %d sessions in", dead.n, replicaNames(held), i)
+		}
+		r := &clusterSession{n: i, via: i % len(addrs)}
+		results = append(results, r)
+		wg.Add(1)
+		go open(r)
+		if i%wsEvery == 0 {
+			ws := &clusterSession{n: i, via: -1}
+			results = append(results, ws)
+			wg.Add(1)
+			go open(ws)
+		}
+		<-tick.C
+	}
+	tick.Stop()
+	wg.Wait()
+	loadEnded := time.Since(killed)
+	droppedAt, dropErr := hc.droppedWithin(dead.ip, 0)
+
+	var inFlight, after, wsWindow []string
+	var total, wsTotal int
+	var took []time.Duration // connect sessions that started after the kill and served
+	for _, r := range results {
+		if r.via >= 0 && r.err == nil && !r.start.Before(killed) {
+			took = append(took, r.end.Sub(r.start))
+		}
+		if r.via < 0 {
+			wsTotal++
+		} else {
+			total++
+		}
+		if r.err == nil {
+			continue
+		}
+		switch desc := r.describe(killed); {
+		case r.start.Before(killed):
+			inFlight = append(inFlight, desc)
+		case r.via < 0 && dropErr == nil && r.start.Before(droppedAt):
+			wsWindow = append(wsWindow, desc)
+		default:
+			after = append(after, desc)
+		}
+	}
+	for _, d := range inFlight {
+		s.logf(t, "failed, in flight at the kill: %s", d)
+	}
+	// The open sink sessions. The one on the dead replica's standing
+	// connection was opened again on the listener's new connection. One
+	// that a survivor had forwarded through the dead replica ends: the
+	// survivor resets it when its peer link to the dead replica times out
+	// (as a session flowing through the dead replica, the client
+	// reconnects); the survivors' logs say how many went that way.
+	throughDead := 0
+	forwardedDead := regexp.MustCompile(`session open: .*target=` + regexp.QuoteMeta(clusterSink) + ` via="agent office-a through replica ` + dead.id + `"`)
+	for _, r := range survivors {
+		throughDead += len(forwardedDead.FindAllString(r.proc.logText()[sinkLogFrom[r]:], -1))
+	}
+	var reopened, sinkFailed []string
+	for i, u := range pending {
+		p := sinkListeners[i]
+		if err := u.finish(20 * time.Second); err != nil {
+			sinkFailed = append(sinkFailed, fmt.Sprintf("sink listener %d: %v (%s)", i, err, connectReason(p)))
+		}
+		if n := strings.Count(p.logText(), "opened it again on a new connection"); n > 0 {
+			reopened = append(reopened, fmt.Sprintf("sink listener %d (%d time(s))", i, n))
+		}
+	}
+	if len(reopened) == 0 {
+		t.Errorf("no sink session opened before the kill was opened again: none was on the killed replica?")
+	}
+	for _, f := range sinkFailed {
+		s.logf(t, "a sink session opened before the kill ended: %s", f)
+	}
+	if len(sinkFailed) > throughDead {
+		t.Errorf("%d sink sessions opened before the kill failed, %d had been forwarded through the dead replica: %s", len(sinkFailed), throughDead, strings.Join(sinkFailed, "; "))
+	}
+	for _, d := range wsWindow {
+		s.logf(t, "failed, a WebSocket before the balancer dropped the dead replica: %s", d)
+	}
+	if len(after) > 0 {
+		t.Errorf("%d session setups that started after the kill failed:\n%s", len(after), strings.Join(after, "\n"))
+	}
+	// office-a drains only when it is signalled to stop, which this test
+	// never does.
+	if strings.Contains(a.proc.logText()[agentLog:], "draining: new sessions are refused") {
+		t.Errorf("office-a drained during the load: it got SIGTERM or SIGINT from outside the test (its pid is in 00-commands.log)")
+	}
+	// What the connect listeners went through.
+	var lost []string
+	for i, p := range listeners {
+		text := p.logText()
+		lost = append(lost, fmt.Sprintf("listener %d: %d lost, %d failed reconnects, %d sessions opened again", i,
+			strings.Count(text, "connection to the gateway lost; reconnecting"),
+			strings.Count(text, "cannot connect to the gateway; retrying"),
+			strings.Count(text, "opened it again on a new connection")))
+	}
+	if !slices.ContainsFunc(listeners, func(p *nsProc) bool {
+		return strings.Contains(p.logText(), "connection to the gateway lost; reconnecting")
+	}) {
+		t.Errorf("no connect listener had its standing connection on the killed replica (the round robin did not spread them?): %s", strings.Join(lost, "; "))
+	}
+	// office-a notices the dead replica after the idle timeout, counted
+	// from its last packet from the replica or, if later, from the first
+	// packet it sent after that (its keep-alive PING, sent after at most
+	// half the idle timeout of silence): within 1.5 × the idle timeout.
+	// Its replacement is up within the reconnect delay it drew (and the
+	// handshakes: a dial that reaches a replica it holds already is
+	// retried after 100 ms).
+	back, err := w.backAfter(killed, 15*time.Second)
+	if err != nil {
+		t.Errorf("office-a after the kill of replica %d: %v", dead.n, err)
+	}
+	agentText := a.proc.logText()[agentLog:]
+	downAt, ok1 := logTime(agentText, "tunnel down; reconnecting", 0)
+	upAt, ok2 := logTime(agentText, "tunnel up:", strings.Index(agentText, "tunnel down; reconnecting"))
+	delay := time.Duration(-1)
+	if m := regexp.MustCompile(`tunnel down; reconnecting.*retry_in=(\S+)`).FindStringSubmatch(agentText); m != nil {
+		delay, _ = time.ParseDuration(m[1])
+	}
+	switch {
+	case !ok1 || !ok2 || delay < 0:
+		t.Errorf("office-a's log does not show the lost connection and its replacement (%v, %v, retry_in %v)", ok1, ok2, delay)
+	case downAt.Sub(killed) > idle*3/2+time.Second:
+		t.Errorf("office-a noticed the dead replica %v after the kill, want within 1.5 × the idle timeout (%v)", downAt.Sub(killed).Round(time.Millisecond), idle)
+	case upAt.Sub(downAt) > delay+time.Second:
+		t.Errorf("office-a's replacement was up %v after it noticed the dead replica, want within its reconnect delay (%v) and a second of handshakes", upAt.Sub(downAt).Round(time.Millisecond), delay)
+	}
+	// The survivors list it gone after replica_gone_after.
+	gone, err := w.stateAfter("gone", killed, clusterGoneAfter+10*time.Second)
+	if err != nil {
+		t.Errorf("replica 2 on the killed replica %d: %v", dead.n, err)
+	}
+	w.stop()
+	now, err := s.waitHeld(a.id, 2, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(took)
+	var p50, p99, worst time.Duration
+	if n := len(took); n > 0 {
+		p50, p99, worst = took[n/2], took[n*99/100], took[n-1]
+	}
+	slow := len(took) - sort.Search(len(took), func(i int) bool { return took[i] >= time.Second })
+	// The survivors' slowest setup after the kill, as their logs tell it.
+	var slowest time.Duration
+	var slowestLine string
+	setup := regexp.MustCompile(`session open: .*setup=(\S+)`)
+	for _, r := range survivors {
+		for line := range strings.Lines(r.proc.logText()[logFrom[r]:]) {
+			if m := setup.FindStringSubmatch(line); m != nil {
+				if d, err := time.ParseDuration(m[1]); err == nil && d > slowest {
+					slowest, slowestLine = d, r.ns()+": "+strings.TrimSpace(line)
+				}
+			}
+		}
+	}
+	s.logf(t, "%d sessions through outpost connect, one every %v, and %d WebSocket sessions through the balancer; kill of replica %d %d ticks in; failed: %d after the kill, %d in flight at the kill, %d WebSockets before the balancer dropped the dead replica; connect sessions after the kill took p50 %v, p99 %v, at most %v (echo round trip included), %d of them 1 s or more; the load ended %v after the kill",
+		total, every, wsTotal, dead.n, killAt, len(after), len(inFlight), len(wsWindow),
+		p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), slow, loadEnded.Round(time.Millisecond))
+	s.logf(t, "the survivors' slowest session setup after the kill: %s", tailText(slowestLine, 700))
+	s.logf(t, "%d sink sessions opened before the kill, one per replica: %d finished with their SHA-256 after it, %d forwarded by a survivor through the dead replica, %d of them ended; opened again on a new connection: %s",
+		len(pending), len(pending)-len(sinkFailed), throughDead, len(sinkFailed), strings.Join(reopened, ", "))
+	s.logf(t, "the balancer dropped the dead replica after %s (health check every %v, %d failures); office-a noticed it %v after the kill (QUIC idle timeout %v), drew a reconnect delay of %v, had its replacement up %v after noticing, %v after the kill; the store shows it on two live replicas %v after the kill (now %s); replica 2 listed the dead replica gone after %v; %s",
+		hc.droppedAfter(dead.ip, killed), clusterHealthEvery, clusterHealthFails, downAt.Sub(killed).Round(time.Millisecond), idle, delay,
+		upAt.Sub(downAt).Round(time.Millisecond), upAt.Sub(killed).Round(time.Millisecond), back.Round(time.Millisecond), replicaNames(now),
+		gone.Round(time.Millisecond), strings.Join(lost, "; "))
+
+	// Every survivor lists it gone and keeps serving.
 	for _, r := range survivors {
 		// Its agent count is its presence rows', which stay until the
 		// survivors sweep them (replica_sweep_grace).
 		if err := s.waitGateway(r.url(), dead.id, "gone/", clusterGoneAfter+10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-	}
-	gone := time.Since(killed)
-	for _, r := range survivors {
-		if err := s.waitGateway(survivors[0].url(), r.id, "serving/", 5*time.Second); err != nil {
+		if err := s.waitGateway(r.url(), r.id, "serving/", 5*time.Second); err != nil {
 			t.Error(err)
 		}
 	}
-	// office-a reconnects through the balancer to a survivor.
-	back, err := s.waitHeld(a.id, 60*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if back == dead {
-		t.Fatalf("office-a is held by the dead replica")
-	}
-	reconnected := time.Since(killed)
-	dropped := hc.droppedAfter(dead.ip, killed)
-	// Sessions through the balancer, each on a new connection: the
-	// balancer alternates between the survivors, and only the one holding
-	// office-a can serve them until the peer link forwards the others.
-	tok := s.sessionToken(t, "", true)
-	var served int
+	// Browser sessions through the balancer, which alternates between the
+	// survivors: every one served.
 	var failures []string
 	for range 2 * len(survivors) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := s.wsEcho(ctx, clusterURL(clusterVIP), tok)
-		cancel()
-		if err != nil {
+		if err := s.wsEcho(ctx, clusterURL(clusterVIP), tok); err != nil {
 			failures = append(failures, err.Error())
-			continue
 		}
-		served++
+		cancel()
 	}
-	if served == 0 {
-		t.Fatalf("no session through the balancer after the kill: %s", strings.Join(failures, "; "))
+	if len(failures) > 0 {
+		t.Errorf("%d of %d WebSocket sessions through the balancer failed after the kill: %s", len(failures), 2*len(survivors), strings.Join(failures, "; "))
 	}
-	s.logf(t, "after the kill of replica %d: the balancer dropped it after %v (health check every %v, %d failures), listed gone after %v, office-a back on replica %d after %v",
-		dead.n, dropped, clusterHealthEvery, clusterHealthFails, gone.Round(time.Millisecond), back.n, reconnected.Round(time.Millisecond))
-	s.logf(t, "then %d of %d sessions through the balancer served; the others landed on the survivor without office-a (no peer link yet): %s",
-		served, 2*len(survivors), tailText(strings.Join(failures, "; "), 300))
 }
 
 // Lab helpers.
+
+// logTime is the time stamp of the first line of an hclog text that
+// contains what, at or after byte from (none if from is negative).
+func logTime(text, what string, from int) (time.Time, bool) {
+	if from < 0 {
+		return time.Time{}, false
+	}
+	for line := range strings.Lines(text[from:]) {
+		if !strings.Contains(line, what) {
+			continue
+		}
+		stamp, _, _ := strings.Cut(line, " ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		return at, err == nil
+	}
+	return time.Time{}, false
+}
 
 // clusterURL is the API URL at host (the balancer or a replica).
 func clusterURL(host string) string { return "https://" + host + ":7171" }
@@ -814,15 +1245,6 @@ func (s *clusterSuite) agentReplicas(id string) ([]string, error) {
 	return nil, lastErr
 }
 
-// heldBy is the replica holding agent id, nil if none (or several).
-func (s *clusterSuite) heldBy(id string) *clusterReplica {
-	ids, err := s.agentReplicas(id)
-	if err != nil || len(ids) != 1 {
-		return nil
-	}
-	return s.replicaByID(ids[0])
-}
-
 func (s *clusterSuite) replicaByID(id string) *clusterReplica {
 	for _, r := range s.replicas {
 		if r.id == id {
@@ -832,49 +1254,56 @@ func (s *clusterSuite) replicaByID(id string) *clusterReplica {
 	return nil
 }
 
-// waitHeld waits until agent id is online on exactly one live replica and
-// that replica's log shows the connection, and returns it. The log is the
-// evidence that does not come from the store.
-func (s *clusterSuite) waitHeld(id string, within time.Duration) (*clusterReplica, error) {
+// waitHeld waits until agent id is online on k distinct live replicas,
+// by the store (agentReplicas) and by the replicas' own logs
+// (replicasHolding, the evidence that does not come from the store), and
+// returns them, replica 1 first.
+func (s *clusterSuite) waitHeld(id string, k int, within time.Duration) ([]*clusterReplica, error) {
 	deadline := time.Now().Add(within)
 	for {
-		r := s.heldBy(id)
-		if r != nil && !r.proc.exited() && s.replicaHolding(id) == r {
-			return r, nil
-		}
-		if time.Now().After(deadline) {
-			ids, err := s.agentReplicas(id)
-			return nil, fmt.Errorf("agent %s not held by one live replica after %v: replica_ids %v (%v)", id, within, ids, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// waitGone waits until agent id is no longer held by r.
-func (s *clusterSuite) waitGone(t *testing.T, id string, r *clusterReplica) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
 		ids, err := s.agentReplicas(id)
-		if err == nil && !slices.Contains(ids, r.id) {
-			return
+		var stored []*clusterReplica
+		for _, rid := range ids {
+			if r := s.replicaByID(rid); r != nil && !r.proc.exited() && !slices.Contains(stored, r) {
+				stored = append(stored, r)
+			}
+		}
+		slices.SortFunc(stored, func(a, b *clusterReplica) int { return a.n - b.n })
+		logged := s.replicasHolding(id)
+		if err == nil && len(ids) == k && len(stored) == k && slices.Equal(stored, logged) {
+			return stored, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent %s still on replica %d after 15 s (%v %v)", id, r.n, ids, err)
+			return nil, fmt.Errorf("agent %s not held by %d live replicas after %v: replica_ids %v (%v), by the logs on %s", id, k, within, ids, err, replicaNames(logged))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// replicaHolding is the live replica whose log's last connection event for
-// agent id is "agent connected", by its own account.
-func (s *clusterSuite) replicaHolding(id string) *clusterReplica {
-	var holder *clusterReplica
+// replicaNames names rs for a message: "[r1 r3]".
+func replicaNames(rs []*clusterReplica) string {
+	names := make([]string, len(rs))
+	for i, r := range rs {
+		names[i] = r.ns()
+	}
+	return "[" + strings.Join(names, " ") + "]"
+}
+
+// connGeneration finds the connection generation in a tunnel log line.
+var connGeneration = regexp.MustCompile(`\bgeneration=(\d+)`)
+
+// replicasHolding is the live replicas that hold a connection of agent id
+// by their own account: a connection generation their log shows as "agent
+// connected" and not yet "agent disconnected" (a superseded connection's
+// disconnection may come after its successor's connection). Replica 1
+// first.
+func (s *clusterSuite) replicasHolding(id string) []*clusterReplica {
+	var holders []*clusterReplica
 	for _, r := range s.replicas {
 		if r.proc.exited() {
 			continue
 		}
-		state := ""
+		open := map[string]bool{}
 		sc := bufio.NewScanner(strings.NewReader(r.proc.logText()))
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -882,37 +1311,66 @@ func (s *clusterSuite) replicaHolding(id string) *clusterReplica {
 			if !strings.Contains(line, "agent_id="+id) {
 				continue
 			}
+			gen := connGeneration.FindStringSubmatch(line)
+			if gen == nil {
+				continue
+			}
 			switch {
 			case strings.Contains(line, "agent connected"):
-				state = "connected"
+				open[gen[1]] = true
 			case strings.Contains(line, "agent disconnected"):
-				state = ""
+				delete(open, gen[1])
 			}
 		}
-		if state != "" {
-			if holder != nil {
-				return nil // two
-			}
-			holder = r
+		if len(open) > 0 {
+			holders = append(holders, r)
 		}
 	}
-	return holder
+	return holders
 }
 
 // sessionToken mints a session token for target (an echo session by
-// default) through replica 2's own address, so that the balancer's round
-// robin is left to the clients.
+// default), routed by the target, through replica 2's own address, so that
+// the balancer's round robin is left to the clients.
 func (s *clusterSuite) sessionToken(t *testing.T, target string, reusable bool) string {
+	t.Helper()
+	return s.sessionTokenFor(t, target, "", reusable)
+}
+
+// sessionTokenFor is sessionToken for agent agentID explicitly ("" for
+// routing by the target).
+func (s *clusterSuite) sessionTokenFor(t *testing.T, target, agentID string, reusable bool) string {
 	t.Helper()
 	if target == "" {
 		target = clusterEcho
 	}
 	var out struct{ Token string }
-	body := fmt.Sprintf(`{"target":%q,"ttl":"300s","reusable":%v}`, target, reusable)
+	body := fmt.Sprintf(`{"target":%q,"agent_id":%q,"ttl":"300s","reusable":%v}`, target, agentID, reusable)
 	if err := s.call("POST", s.replicas[1].url(), "/v1/sessions", body, &out); err != nil {
 		t.Fatal(err)
 	}
 	return out.Token
+}
+
+// echoVia opens one session through the connect listener at addr, sends a
+// line to the echo target and reads it back.
+func (s *clusterSuite) echoVia(addr string, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	c, err := s.dial(ctx, "client", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(within))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := make([]byte, len("ping\n"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping\n" {
+		return fmt.Errorf("echo: %q, %v", got, err)
+	}
+	return nil
 }
 
 // listenVia runs "outpost connect --listen" in the client namespace against
@@ -975,28 +1433,56 @@ func (s *clusterSuite) wsEcho(ctx context.Context, base, tok string) error {
 // checkedUpload sends size pseudo-random bytes (from seed) to the sink
 // through the connect listener at addr and checks the SHA-256 it answers.
 func (s *clusterSuite) checkedUpload(addr string, size int64, seed uint64, within time.Duration) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
 	began := time.Now()
-	c, err := s.dial(ctx, "client", addr)
+	u, err := s.startUpload(addr, size, seed, within)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(within))
-	h := sha256.New()
-	n, err := io.Copy(c, io.TeeReader(nsRandomStream(size, seed), h))
-	if err != nil {
-		return 0, fmt.Errorf("after %d bytes: %w", n, err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := u.finish(within); err != nil {
 		return 0, err
-	}
-	got, err := io.ReadAll(c)
-	if want := hex.EncodeToString(h.Sum(nil)); strings.TrimSpace(string(got)) != want {
-		return 0, fmt.Errorf("the sink read a SHA-256 of %q (%v), want %s", bytes.TrimSpace(got), err, want)
 	}
 	return time.Since(began), nil
+}
+
+// pendingUpload is a session to the sink, its bytes sent, the sink's
+// answer not yet asked for.
+type pendingUpload struct {
+	c    net.Conn
+	hash []byte // the SHA-256 of what was sent
+}
+
+// startUpload opens a session to the sink through the connect listener at
+// addr and sends it size pseudo-random bytes (from seed), all within
+// within.
+func (s *clusterSuite) startUpload(addr string, size int64, seed uint64, within time.Duration) (*pendingUpload, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	c, err := s.dial(ctx, "client", addr)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(within))
+	h := sha256.New()
+	if n, err := io.Copy(c, io.TeeReader(nsRandomStream(size, seed), h)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("after %d bytes: %w", n, err)
+	}
+	return &pendingUpload{c: c, hash: h.Sum(nil)}, nil
+}
+
+// finish half-closes the session, checks the SHA-256 the sink answers
+// within within and closes the session.
+func (u *pendingUpload) finish(within time.Duration) error {
+	defer u.c.Close()
+	u.c.SetDeadline(time.Now().Add(within))
+	if err := u.c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	got, err := io.ReadAll(u.c)
+	if want := hex.EncodeToString(u.hash); strings.TrimSpace(string(got)) != want {
+		return fmt.Errorf("the sink read a SHA-256 of %q (%v), want %s", bytes.TrimSpace(got), err, want)
+	}
+	return nil
 }
 
 // clusterTarget is the echo server (:7) and the sink (:9) on the private
@@ -1137,6 +1623,24 @@ func (s *clusterSuite) startHealthCheck(t *testing.T) *healthCheck {
 		}
 	}()
 	return hc
+}
+
+// droppedWithin waits up to within for the replica at ip dropped and
+// returns when it was.
+func (hc *healthCheck) droppedWithin(ip string, within time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(within)
+	for {
+		hc.mu.Lock()
+		at, ok := hc.dropped[ip]
+		hc.mu.Unlock()
+		if ok {
+			return at, nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("the balancer's health check did not drop %s within %v", ip, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // droppedAfter says how long after since the replica at ip was dropped.

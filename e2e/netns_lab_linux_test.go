@@ -291,6 +291,7 @@ func (l *netLab) startProc(t testing.TB, ns, name string, stdin io.Reader, args 
 		t.Fatalf("start %s: %v", name, err)
 	}
 	p := &nsProc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	l.appendLog("commands", fmt.Sprintf("# [%s] started %s: pid %d", ns, filepath.Base(logPath), cmd.Process.Pid))
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
