@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,13 @@ type ClientConfig struct {
 	// IdleTimeout closes a link that carried no session for this long. If
 	// zero, DefaultIdleTimeout (1 min).
 	IdleTimeout time.Duration
+	// StatusTimeout bounds the wait for a replica's first answer when
+	// another replica holding the agent is left to try (the last one is
+	// waited for as long as the session's context allows): a replica that
+	// died without a word (kill -9) would otherwise hold every session
+	// forwarded to it until the link's QUIC idle timeout. If zero,
+	// DefaultStatusTimeout (1 s).
+	StatusTimeout time.Duration
 	// Logger may be nil.
 	Logger hclog.Logger
 }
@@ -72,6 +80,9 @@ type Client struct {
 	replicas map[string]cluster.Gateway
 	readAt   time.Time
 	closed   bool
+	// suspects are the replicas that lately did not answer in time, by id:
+	// tried after the others for suspectFor.
+	suspects map[string]time.Time
 }
 
 // location is where an agent was last found connected.
@@ -104,6 +115,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
+	if cfg.StatusTimeout <= 0 {
+		cfg.StatusTimeout = DefaultStatusTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -122,6 +136,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		links:    make(map[string]*link),
 		located:  make(map[string]location),
 		replicas: make(map[string]cluster.Gateway),
+		suspects: make(map[string]time.Time),
 	}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	return c, nil
@@ -172,10 +187,20 @@ func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.Sessi
 	msg := append(fwd.AppendFrame(make([]byte, 0, frameHeaderLen+forwardLen+len(request))), request...)
 	var reasons []string
 	kind := tunnel.ErrSessionLimit // unless another failure than the limit
-	for _, r := range targets {
-		rs, err := c.open(ctx, r, agentID, msg)
+	for i, r := range targets {
+		// The last replica is waited for as long as ctx allows, unless it
+		// already failed to answer in time lately.
+		var wait time.Duration
+		if i < len(targets)-1 || c.suspected(r.ID) {
+			wait = c.cfg.StatusTimeout
+		}
+		rs, err := c.open(ctx, r, agentID, msg, wait)
 		if err == nil {
+			c.trust(r.ID)
 			return rs, nil
+		}
+		if errors.Is(err, errNoStatus) {
+			c.suspect(r.ID)
 		}
 		if ctx.Err() != nil {
 			return nil, &tunnel.AgentError{AgentID: agentID, Err: context.Cause(ctx)}
@@ -198,9 +223,42 @@ func (c *Client) Forward(ctx context.Context, agentID string, id dataplane.Sessi
 // open opens a stream to replica r, writes msg on it and waits for the
 // replica's Status: a refusal is an *tunnel.AgentError, and leaves nothing
 // open.
-func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, msg []byte) (*tunnel.RemoteStream, error) {
-	l, err := c.link(ctx, r)
+// errNoStatus: the replica did not answer within the status wait.
+var errNoStatus = errors.New("peer: no answer from the replica in time")
+
+// suspect notes that replica id did not answer in time; trust forgets it.
+func (c *Client) suspect(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.suspects[id] = time.Now()
+}
+
+func (c *Client) suspected(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.suspects[id]
+	return ok && time.Since(at) < suspectFor
+}
+
+func (c *Client) trust(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.suspects, id)
+}
+
+func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, msg []byte, wait time.Duration) (*tunnel.RemoteStream, error) {
+	lctx := ctx
+	if wait > 0 {
+		// A link still being dialed counts against the same wait.
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+	}
+	l, err := c.link(lctx, r)
 	if err != nil {
+		if wait > 0 && ctx.Err() == nil && lctx.Err() != nil {
+			err = fmt.Errorf("%w (%v, dialing)", errNoStatus, wait)
+		}
 		return nil, err
 	}
 	done := sync.OnceFunc(func() { c.release(l) })
@@ -220,10 +278,17 @@ func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, ms
 	if _, err := st.Write(msg); err != nil {
 		return fail(err)
 	}
+	if wait > 0 {
+		_ = st.SetReadDeadline(time.Now().Add(wait))
+	}
 	status, err := ReadStatus(st)
 	if err != nil {
+		if wait > 0 && ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w (%v)", errNoStatus, wait)
+		}
 		return fail(err)
 	}
+	_ = st.SetReadDeadline(time.Time{})
 	switch {
 	case status.Refused:
 		return fail(c.refused(status, r, agentID))
@@ -428,7 +493,17 @@ func (c *Client) locate(ctx context.Context, agentID string) ([]cluster.Gateway,
 		}
 		return 0
 	}
-	slices.SortStableFunc(out, func(a, b cluster.Gateway) int { return cmp.Compare(draining(a), draining(b)) })
+	// One that lately did not answer in time (dead, most likely, but not yet
+	// gone for the cluster) comes after those.
+	suspected := func(g cluster.Gateway) int {
+		if at, ok := c.suspects[g.ID]; ok && time.Since(at) < suspectFor {
+			return 1
+		}
+		return 0
+	}
+	slices.SortStableFunc(out, func(a, b cluster.Gateway) int {
+		return cmp.Or(cmp.Compare(suspected(a), suspected(b)), cmp.Compare(draining(a), draining(b)))
+	})
 	return out, nil
 }
 

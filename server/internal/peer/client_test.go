@@ -319,3 +319,52 @@ func TestClientUnresponsiveAgent(t *testing.T) {
 		t.Errorf("Forward: %v", err)
 	}
 }
+
+// silent is a LocalOpener that never answers: the replica behind it is as
+// good as dead (kill -9 leaves the link up until its idle timeout).
+type silent struct{ calls atomic.Int32 }
+
+func (s *silent) RequestLocal(ctx context.Context, _ string, _ dataplane.SessionID, _ string) (*tunnel.Pending, error) {
+	s.calls.Add(1)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A replica that does not answer within StatusTimeout, with another
+// replica holding the agent left to try, costs a session that wait, not
+// the link's idle timeout; later sessions try it last, and with that wait
+// even then.
+func TestClientMovesOnFromASilentReplica(t *testing.T) {
+	_, a, b := pair(t)
+	c2, err := NewIdentity(a.ca, uuid.NewString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mute := &silent{}
+	dead := serveReplica(t, a, mute)
+	live := serveReplica(t, c2, refuser{tunnel.ErrNotConnected})
+	dir := &directory{replicas: []cluster.Gateway{at(a, "gw-a", dead.addr), at(c2, "gw-c", live.addr)}}
+	c := newClient(t, b, dir, time.Minute)
+	c.cfg.StatusTimeout = 200 * time.Millisecond
+	for i := range 2 {
+		sid := dataplane.SessionID(uuid.New())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		_, err := c.Forward(ctx, uuid.NewString(), sid, request(t, sid))
+		took := time.Since(start)
+		cancel()
+		if !errors.Is(err, tunnel.ErrNotConnected) || !strings.Contains(err.Error(), "gw-c") {
+			t.Fatalf("session %d: %v, want gw-c's answer", i, err)
+		}
+		if took > 5*time.Second {
+			t.Errorf("session %d took %v", i, took)
+		}
+		// The reasons are in the order tried: gw-a first, then last.
+		if aFirst := strings.Index(err.Error(), "gw-a") < strings.Index(err.Error(), "gw-c"); aFirst != (i == 0) {
+			t.Errorf("session %d tried the replicas in the wrong order: %v", i, err)
+		}
+	}
+	if n := mute.calls.Load(); n != 2 {
+		t.Errorf("the silent replica was asked %d times, want 2 (each time with the wait)", n)
+	}
+}

@@ -25,6 +25,14 @@ const (
 	// DefaultIdleTimeout is how long a dialed link may carry no session
 	// before it is closed.
 	DefaultIdleTimeout = time.Minute
+	// DefaultStatusTimeout is how long the forwarding side waits for a
+	// replica's first answer (Accepted or Refused, sent once the replica
+	// opened the agent's stream, so within a round trip when it lives)
+	// before it moves on to the next replica holding the agent.
+	DefaultStatusTimeout = time.Second
+	// suspectFor is how long a replica that did not answer in time is tried
+	// after the others.
+	suspectFor = 30 * time.Second
 )
 
 // Application error codes of peer connections.
