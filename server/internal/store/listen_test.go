@@ -68,24 +68,8 @@ func TestPostgresListenAgents(t *testing.T) {
 	f := newFixture(t, postgresBackend)
 	deleting, _ := f.open(t)
 	ctx := ctxT(t)
-	p, err := OpenPostgres(ctx, f.where, Config{Now: f.clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	ev := newRecordedEvents()
-	lctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- p.ListenAgents(lctx, ev, ListenConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
-	}()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("ListenAgents: %v", err)
-		}
-	})
-	ev.waitFor(t, "the first resync", func(n int, _ []string) bool { return n == 1 })
+	p := openPostgresT(t, f)
+	ev := listenT(t, "ListenAgents", p.ListenAgents)
 
 	a := mustEnroll(t, deleting, enrollReq(f.clk, "j1", "a", "c1")).Agent
 	b := mustEnroll(t, deleting, enrollReq(f.clk, "j2", "b", "c2")).Agent
@@ -104,4 +88,37 @@ WHERE datname = current_database() AND application_name = $1`, listenerAppName).
 		t.Fatal(err)
 	}
 	ev.waitFor(t, "the deletion of b", func(_ int, d []string) bool { return len(d) == 2 && d[1] == b.ID })
+}
+
+// openPostgresT opens a second handle on f's PostgreSQL database, closed
+// at cleanup.
+func openPostgresT(t *testing.T, f *fixture) *Postgres {
+	t.Helper()
+	p, err := OpenPostgres(ctxT(t), f.where, Config{Now: f.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// listenT runs listen (a Postgres listener method, named name) until the
+// test ends, with short reconnect delays, and returns its events once the
+// first resync arrived.
+func listenT[E any](t *testing.T, name string, listen func(context.Context, E, ListenConfig) error) *recordedEvents {
+	t.Helper()
+	ev := newRecordedEvents()
+	ctx, stop := context.WithCancel(ctxT(t))
+	done := make(chan error, 1)
+	go func() {
+		done <- listen(ctx, any(ev).(E), ListenConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	}()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	})
+	ev.waitFor(t, "the first resync", func(n int, _ []string) bool { return n == 1 })
+	return ev
 }

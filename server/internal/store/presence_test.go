@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"reflect"
 	"slices"
 	"strings"
@@ -113,24 +112,8 @@ func TestPostgresListenPresence(t *testing.T) {
 	f := newFixture(t, postgresBackend)
 	s, _ := f.open(t)
 	ctx := ctxT(t)
-	p, err := OpenPostgres(ctx, f.where, Config{Now: f.clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	ev := newRecordedEvents()
-	lctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- p.ListenPresence(lctx, ev, ListenConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
-	}()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("ListenPresence: %v", err)
-		}
-	})
-	ev.waitFor(t, "the first resync", func(n int, _ []string) bool { return n == 1 })
+	p := openPostgresT(t, f)
+	ev := listenT(t, "ListenPresence", p.ListenPresence)
 
 	if err := s.RegisterReplica(ctx, Replica{ID: "r-a", State: ReplicaServing}); err != nil {
 		t.Fatal(err)
