@@ -295,11 +295,28 @@ func (c *Client) open(ctx context.Context, r cluster.Gateway, agentID string, ms
 	case status.Heard:
 		return fail(errors.New("peer: Heard before Accepted"))
 	}
+	awaitHeard := func() error { return awaitHeard(st) }
+	if wait > 0 {
+		// Another replica is left to try: take this one only once its
+		// connection to the agent carried the request (Heard). A stream
+		// that dies before (the agent left this replica just now) or an
+		// agent silent on it moves the session on, and nothing reached
+		// the agent that another path could repeat.
+		_ = st.SetReadDeadline(time.Now().Add(wait))
+		if err := awaitHeard(); err != nil {
+			if ctx.Err() == nil {
+				err = fmt.Errorf("the agent did not acknowledge the request through this replica within %v: %w", wait, err)
+			}
+			return fail(err)
+		}
+		_ = st.SetReadDeadline(time.Time{})
+		awaitHeard = func() error { return nil }
+	}
 	if !stop() { // ctx ended meanwhile: the deadline may be set
 		return fail(context.Cause(ctx))
 	}
 	return &tunnel.RemoteStream{Conn: l.conn, Stream: st, Replica: r.ID, ReplicaName: replicaLabel(r), Done: done,
-		AwaitHeard: func() error { return awaitHeard(st) }}, nil
+		AwaitHeard: awaitHeard}, nil
 }
 
 // awaitHeard reads the Heard status that precedes the agent's bytes.
