@@ -66,7 +66,12 @@
 // the session (tunnel.Remote.Forward), which costs no round trip the
 // session would not wait for anyway: the agent's ConnectResponse comes
 // after it. A Refused, or a replica that cannot be reached, moves it on to
-// the next replica holding the agent; when none takes the session it fails
+// the next replica holding the agent. While another replica is left to
+// try, a replica must also answer within StatusTimeout (1 s; one that does
+// not is tried last for a while: it died, most likely) and say Heard before
+// the session is handed over, so that an agent leaving that replica in the
+// meantime moves the session on rather than fails it. When none takes the
+// session it fails
 // with a *tunnel.AgentError naming the agent and, for each replica, why
 // (the broker then tries its next candidate). A replica never forwards a
 // forwarded session again.
