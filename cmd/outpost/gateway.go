@@ -47,6 +47,9 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&hostnames, "hostname", "DNS name or IP the server certificate covers; repeatable or comma-separated (default "+server.DefaultHostname+")")
 	fs.StringVar(&flagCfg.PublicURL, "public-url", "", "HTTPS base URL agents enroll at (default https://<first hostname>:<listen port>)")
 	fs.StringVar(&flagCfg.PublicQUICEndpoint, "public-quic-endpoint", "", "host:port agents dial (default <first hostname>:<quic port>)")
+	fs.StringVar(&flagCfg.ReplicaName, "replica-name", "", "this gateway's name among the replicas of a cluster (default: the host name)")
+	fs.StringVar(&flagCfg.ReplicaQUICEndpoint, "replica-quic-endpoint", "", "host:port of this replica's own QUIC listener, for the peer link of a cluster (default: the bound --quic-listen address, the host name for an unspecified IP)")
+	fs.StringVar(&flagCfg.ReplicaAPIEndpoint, "replica-api-endpoint", "", "host:port of this replica's own API listener, as ListGateways shows it (default: the bound --listen address, the host name for an unspecified IP)")
 	fs.DurationVar(&shutdown, "shutdown-timeout", server.DefaultShutdownTimeout, "how long a graceful stop may take")
 	fs.StringVar(&secretFile, "enrollment-secret-file", "", "file holding a static enrollment secret accepted in place of a token (default: none)")
 	fs.StringVar(&flagCfg.ProvisionerPublicKey, "provisioner-public-key", "", "PEM file of an ECDSA P-256 key whose enrollment JWTs are accepted (default: none)")
@@ -102,6 +105,12 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			cfg.PublicURL = flagCfg.PublicURL
 		case "public-quic-endpoint":
 			cfg.PublicQUICEndpoint = flagCfg.PublicQUICEndpoint
+		case "replica-name":
+			cfg.ReplicaName = flagCfg.ReplicaName
+		case "replica-quic-endpoint":
+			cfg.ReplicaQUICEndpoint = flagCfg.ReplicaQUICEndpoint
+		case "replica-api-endpoint":
+			cfg.ReplicaAPIEndpoint = flagCfg.ReplicaAPIEndpoint
 		case "shutdown-timeout":
 			cfg.ShutdownTimeout = server.Duration(shutdown)
 		case "provisioner-public-key":
