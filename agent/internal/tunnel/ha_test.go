@@ -354,3 +354,24 @@ func TestHASilentReplicaReplaced(t *testing.T) {
 	}
 	serveEach(t, ca, cc)
 }
+
+// A deletion heard on one connection names the agent's end, even when
+// another connection confirms the refusal first: that one, coming back, is
+// only refused as unknown (agent-not-accepted), which says less.
+func TestHADeletionHeardElsewhereNamesTheEnd(t *testing.T) {
+	e := newEnv(t)
+	ga, gb := startReplica(t, e.p, replicaA), startReplica(t, e.p, replicaB)
+	fw, cfg := e.haEnv(t, ga, gb)
+	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	a := start(t, cfg)
+	ca, cb := ga.nextConn(t), gb.nextConn(t)
+	expect[*dataplane.RouteAdvertise](t, ca)
+	expect[*dataplane.RouteAdvertise](t, cb)
+
+	fw.SetDown(0) // connection A, redialing, finds only B, which B's connection holds
+	ca.q.CloseWithError(0, string(dataplane.CloseAgentDeleted))
+	waitFor(t, "the deletion heard", func() bool { return e.logs.Contains("this agent was deleted at the gateway") })
+	cb.q.CloseWithError(0, string(dataplane.CloseAgentNotAccepted))
+	gb.nextConn(t).q.CloseWithError(0, string(dataplane.CloseAgentNotAccepted))
+	checkPermanent(t, a.exit(t), errAgentDeleted, "outpost agent enroll --config-dir "+e.dir)
+}

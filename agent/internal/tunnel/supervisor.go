@@ -134,14 +134,19 @@ func (a *Agent) runSlot(ctx context.Context, slot int) error {
 			delay = jitter(a.cfg.HARetryMin, a.cfg.BackoffMax, 0)
 			log.Info("the gateway replica shut down; dialing a replacement", "retry_in", delay.Round(time.Millisecond))
 		case errors.Is(err, ErrPermanent) && lastPermanent != nil:
-			return confirmed(lastPermanent, err)
+			return a.mostSpecific(confirmed(lastPermanent, err))
 		default:
 			msg := "tunnel down; reconnecting"
 			if errors.Is(err, ErrPermanent) {
 				lastPermanent = err
+				if errors.Is(err, errAgentDeleted) {
+					a.deletedSeen.CompareAndSwap(nil, &err)
+				}
 				msg = "tunnel down; retrying once: if the next attempt fails permanently too, the agent stops"
 			} else {
+				// Not a refusal: a deletion heard before is old news.
 				lastPermanent = nil
+				a.deletedSeen.Store(nil)
 			}
 			if errors.Is(err, errGatewayRestarted) || time.Since(started) >= a.cfg.HealthyAfter {
 				attempt = 0
@@ -237,4 +242,16 @@ func (a *Agent) connectOnce(ctx context.Context, slot int, log hclog.Logger) (up
 		log = log.With("replica", replica)
 	}
 	return true, a.serve(ctx, slot, conn, set, log)
+}
+
+// mostSpecific returns the deletion another connection heard, if any, in
+// place of err when err only says the gateway does not accept the agent:
+// once one connection was closed with "agent-deleted", the others that
+// come back are refused as unknown (agent-not-accepted), and the deletion
+// says better what happened and what to do.
+func (a *Agent) mostSpecific(err error) error {
+	if d := a.deletedSeen.Load(); d != nil && errors.Is(err, errNotAccepted) {
+		return *d
+	}
+	return err
 }

@@ -56,6 +56,10 @@ type Agent struct {
 
 	renewFailures atomic.Uint64 // failed renewal attempts since New
 
+	// deletedSeen is the first "agent-deleted" refusal any connection had
+	// since a failure that was no refusal (mostSpecific).
+	deletedSeen atomic.Pointer[error]
+
 	mu      sync.Mutex
 	epoch   uint64    // epoch of the routes last advertised
 	current *settings // settings of the live connections; nil while draining
