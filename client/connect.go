@@ -65,7 +65,14 @@ type Config struct {
 	// WebSocket, if true, opens one WebSocket per session (the entry's
 	// plain form) instead of sessions on a standing connection.
 	WebSocket bool
-	Logger    hclog.Logger
+	// ReplayOnLoss lets a session whose standing connection is lost before
+	// the gateway's first byte be opened again with the bytes the local side
+	// had sent (at most 64 KiB) sent again (retrying). The target may then
+	// get them twice, on two connections (the first one cut): opt in only
+	// for protocols where that is harmless. Without it, such a session is
+	// opened again only if nothing had been sent yet.
+	ReplayOnLoss bool
+	Logger       hclog.Logger
 	// OnFailure, if set, is called once with the gateway's reason when a
 	// session fails (the gateway refused it, no agent could connect, the
 	// target refused, ...), as soon as the failure arrives — before the
@@ -87,6 +94,7 @@ type Client struct {
 	connectWait time.Duration
 	log         hclog.Logger
 	single      bool
+	replay      bool
 	onFail      func(reason string)
 
 	state connState
@@ -139,6 +147,7 @@ func New(o Config) (*Client, error) {
 		connectWait: o.ConnectWait,
 		log:         o.Logger,
 		single:      !reusable(o.Token),
+		replay:      o.ReplayOnLoss,
 		onFail:      o.OnFailure,
 		state:       connState{changed: make(chan struct{}), all: map[*standing]struct{}{}, webSocket: o.WebSocket},
 	}

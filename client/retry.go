@@ -21,11 +21,14 @@ const replayMax = 64 << 10
 // of that connection while the session is opening: until the gateway's
 // first byte arrives, a lost connection (the gateway replica that held it
 // died, say) makes it open the session again on the next connection and
-// send again what the local side had sent (at most replayMax bytes, and its
-// half-close), so the local program sees no failure. The target may have
-// seen a first connection that was cut: it was, by the dead replica's
-// agent stream. After the first byte, after replayMax bytes, or past the
-// deadline, a lost connection fails the session as before.
+// send again its half-close and, with Config.ReplayOnLoss, what the local
+// side had sent (at most replayMax bytes), so the local program sees no
+// failure. The target may have seen a first connection that was cut (by
+// the dead replica's agent stream), with those bytes: that is why sending
+// them again is opt-in, and without it a session that sent anything is not
+// opened again. After the first byte, once the bytes may not be sent
+// again, or past the deadline, a lost connection fails the session as
+// before.
 //
 // The relay reads from one goroutine and writes from another; a loss seen
 // by either is repaired once (by generation), under mu, while the other
@@ -111,11 +114,12 @@ func (r *retrying) Write(p []byte) (int, error) {
 	}
 	r.mu.Lock()
 	if !r.settled.Load() {
-		if len(r.sent)+len(p) <= replayMax {
-			r.sent = append(r.sent, p...)
-		} else {
+		if !r.c.replay || len(r.sent)+len(p) > replayMax {
+			// Nothing that was sent is sent again without ReplayOnLoss.
 			r.settled.Store(true)
 			r.sent = nil
+		} else {
+			r.sent = append(r.sent, p...)
 		}
 	}
 	s, gen := r.cur, r.gen

@@ -561,18 +561,26 @@ func bridgeEcho(t *testing.T, c *Client, msg string) (string, error) {
 }
 
 // A standing connection lost while a session opens (the replica that held
-// it died before answering) costs the local program nothing: the session
-// is opened again on the next connection with the bytes already sent. Once
+// it died before answering) costs the local program nothing with
+// ReplayOnLoss: the session is opened again on the next connection with
+// the bytes already sent; without it, a session that sent bytes fails. Once
 // the gateway has answered, a loss fails the session as before; so it does
 // for a single-use token, which the first attempt spent.
 func TestBridgeSurvivesALossDuringSetup(t *testing.T) {
 	g := newFakeGateway(t)
-	c := newTestClient(t, g, nil)
+	plain := newTestClient(t, g, nil)
+	g.cutAfter.Store(1)
+	if _, err := bridgeEcho(t, plain, "hello"); !errors.Is(err, muxstream.ErrConnectionLost) {
+		t.Errorf("without ReplayOnLoss, a session that sent bytes: %v; want the loss", err)
+	}
+	plain.Close() // its reconnection counts no more
+	c := newTestClient(t, g, func(c *Config) { c.ReplayOnLoss = true })
+	before := g.upgrades.Load()
 	g.cutAfter.Store(1)
 	if got, err := bridgeEcho(t, c, "hello"); err != nil || got != "hello" {
 		t.Fatalf("session through a lost connection: %q, %v", got, err)
 	}
-	if n := g.upgrades.Load(); n != 2 {
+	if n := g.upgrades.Load() - before; n != 2 {
 		t.Errorf("%d standing connections, want 2", n)
 	}
 
@@ -582,7 +590,7 @@ func TestBridgeSurvivesALossDuringSetup(t *testing.T) {
 		t.Errorf("a loss after the gateway answered: %q, %v; want hi and the loss", got, err)
 	}
 
-	single := newTestClient(t, g, func(c *Config) { c.Token = "a.eyJyZXVzYWJsZSI6ZmFsc2V9.c" })
+	single := newTestClient(t, g, func(c *Config) { c.Token, c.ReplayOnLoss = "a.eyJyZXVzYWJsZSI6ZmFsc2V9.c", true })
 	g.greet = false
 	g.cutAfter.Store(1)
 	if _, err := bridgeEcho(t, single, "hello"); !errors.Is(err, muxstream.ErrConnectionLost) {

@@ -1380,7 +1380,7 @@ func (s *clusterSuite) echoVia(addr string, within time.Duration) error {
 func (s *clusterSuite) listenVia(t *testing.T, base, tok string) (string, *nsProc) {
 	t.Helper()
 	p := s.startProc(t, "client", "connect", strings.NewReader(tok+"\n"),
-		s.bin, "connect", "--gateway", base, "--ca-file", s.caFile, "--token", "-", "--listen", "127.0.0.1:0")
+		s.bin, "connect", "--gateway", base, "--ca-file", s.caFile, "--token", "-", "--listen", "127.0.0.1:0", "--replay-on-loss")
 	addr, err := p.waitLog(regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`), 20*time.Second)
 	if err != nil {
 		p.kill()

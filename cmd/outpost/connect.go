@@ -22,6 +22,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	var (
 		gateway, tok, tokFile, listen, caFile, caPin string
 		stdio                                        bool
+		replay                                       bool
 		lf                                           logFlags
 		pf                                           pprofFlag
 	)
@@ -32,6 +33,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	fs.BoolVar(&stdio, "stdio", false, "bridge stdin/stdout instead (for ssh -o ProxyCommand)")
 	fs.StringVar(&caFile, "ca-file", "", "gateway CA certificate (PEM) to trust")
 	fs.StringVar(&caPin, "ca-pin", "", "SHA-256 of the gateway CA's public key (hex), as CreateSession returns it")
+	fs.BoolVar(&replay, "replay-on-loss", false, "when the gateway connection is lost before a session's first answer, open it again and send the first bytes again (up to 64 KiB; the target may get them twice: only for protocols where that is harmless; reusable tokens)")
 	lf.register(fs)
 	pf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -71,7 +73,7 @@ func runConnect(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return err
 	}
 	defer stopPprof()
-	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, Logger: log}
+	opts := client.Config{Gateway: gateway, Token: tok, CAPEM: ca, CAPin: caPin, ReplayOnLoss: replay, Logger: log}
 	var reported atomic.Bool
 	if stdio {
 		// Print the reason while ssh still reads our stderr, before stdout
